@@ -1,0 +1,61 @@
+# make demo: what diffaccel does on this machine. make test: the whole test suite.
+# Both work from a fresh clone: they make a virtual environment in .venv that
+# sees the system's packages (so a CUDA build of torch already installed is
+# reused), install torch==2.13.0 (the CPU build) only when no torch imports,
+# then build and install diffaccel with its test extra, without build
+# isolation so the extension is compiled against the torch that will run it.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.diffaccel-installed
+SOURCES := $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/include/diffaccel/*.h) setup.py pyproject.toml
+CUDA_SOURCES := $(wildcard csrc/cuda/*.cu)
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+# pytest-benchmark output is kept under build/; benchmarks need stable malloc (DESIGN.md).
+BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728
+
+.PHONY: demo test bench install cuda-compile-check cmake-check clean
+
+demo: $(STAMP)
+	$(PY) -m diffaccel info
+	$(BENCH_ENV) $(PY) -m diffaccel bench
+
+test: $(STAMP) cuda-compile-check
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(BENCH_ENV) $(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,rounds
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(STAMP): $(PY) $(SOURCES)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install --no-build-isolation -e ".[test]"
+	@touch $(STAMP)
+
+# Compile-only check of the CUDA kernels: object files, no linking, so it runs
+# on a machine whose torch has no CUDA (the .cu files include no torch header).
+cuda-compile-check:
+ifeq ($(strip $(NVCC)),)
+	@echo "cuda-compile-check: nvcc not found, skipped"
+else ifeq ($(strip $(CUDA_SOURCES)),)
+	@echo "cuda-compile-check: no csrc/cuda/*.cu files yet"
+else
+	@mkdir -p build/cuda-check
+	@for f in $(CUDA_SOURCES); do \
+		echo "nvcc -c $$f"; \
+		$(NVCC) -std=c++17 -O3 -Icsrc/include -arch=sm_90 -c $$f -o build/cuda-check/$$(basename $$f .cu).o || exit 1; \
+	done
+endif
+
+# Builds the op library against libtorch with CMake (for C++ users).
+cmake-check: $(STAMP)
+	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake -j2
+
+clean:
+	rm -rf build $(VENV) diffaccel/*.so *.egg-info

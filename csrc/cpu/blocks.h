@@ -1,0 +1,159 @@
+// Block staging for the CPU kernels: each kernel walks its range in blocks of
+// kBlock elements, converts 16-bit inputs to acc_t into small stack buffers
+// (float32 and float64 inputs are read in place), computes into stack buffers,
+// then stores. This keeps one kernel body per acc_t whatever the mix of input
+// dtypes (a bf16 model output with a float32 state, say), and makes aliasing
+// safe: every read of a block happens before any write of it, so x_next may be
+// x and d may be a history tensor.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+
+#define DA_CPU_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+
+namespace diffaccel::cpu {
+
+constexpr int64_t kBlock = 256;
+
+DA_INLINE float float_from_bits(uint32_t w) {
+  float f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
+DA_INLINE uint32_t bits_from_float(float f) {
+  uint32_t w;
+  std::memcpy(&w, &f, sizeof w);
+  return w;
+}
+
+DA_INLINE float bfloat16_to_float(uint16_t h) { return float_from_bits(uint32_t(h) << 16); }
+
+// Round to nearest even; NaN stays a (quiet) NaN.
+DA_INLINE uint16_t float_to_bfloat16(float f) {
+  const uint32_t w = bits_from_float(f);
+  if (f != f) return uint16_t((w >> 16) | 0x0040u);
+  return uint16_t((w + 0x7FFFu + ((w >> 16) & 1u)) >> 16);
+}
+
+// IEEE half <-> float without branches on the value, so the loops vectorize:
+// normal halves are rebased by an exponent shift and a multiply, subnormals by
+// a magic-number subtraction.
+DA_INLINE float float16_to_float(uint16_t h) {
+  const uint32_t w = uint32_t(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normal = float_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float subnormal = float_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t magnitude =
+      two_w < (1u << 27) ? bits_from_float(subnormal) : bits_from_float(normal);
+  return float_from_bits(sign | magnitude);
+}
+
+// Rounds to nearest even by letting the float adder do it: the value is scaled
+// so that its bits below half precision fall off in one addition.
+DA_INLINE uint16_t float_to_float16(float f) {
+  const uint32_t w = bits_from_float(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  const float magnitude = (f < 0 ? -f : f) * 0x1.0p+112f * 0x1.0p-110f;
+  const float rounded = float_from_bits((bias >> 1) + 0x07800000u) + magnitude;
+  const uint32_t r = bits_from_float(rounded);
+  const uint32_t nonsign = ((r >> 13) & 0x00007C00u) + (r & 0x00000FFFu);
+  return uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+// Returns a pointer to n acc_t values of src starting at element offset:
+// src itself when it already holds acc_t, else buf filled by conversion.
+template <typename acc_t>
+DA_INLINE const acc_t* load_block(In src, int64_t offset, int64_t n, acc_t* buf) {
+  switch (src.dtype) {
+    case DType::kFloat16: {
+      const uint16_t* p = static_cast<const uint16_t*>(src.data) + offset;
+      for (int64_t i = 0; i < n; ++i) buf[i] = acc_t(float16_to_float(p[i]));
+      return buf;
+    }
+    case DType::kBFloat16: {
+      const uint16_t* p = static_cast<const uint16_t*>(src.data) + offset;
+      for (int64_t i = 0; i < n; ++i) buf[i] = acc_t(bfloat16_to_float(p[i]));
+      return buf;
+    }
+    case DType::kFloat32:
+      if constexpr (sizeof(acc_t) == sizeof(float)) {
+        return static_cast<const acc_t*>(src.data) + offset;
+      } else {
+        const float* p = static_cast<const float*>(src.data) + offset;
+        for (int64_t i = 0; i < n; ++i) buf[i] = acc_t(p[i]);
+        return buf;
+      }
+    case DType::kFloat64:
+      if constexpr (sizeof(acc_t) == sizeof(double)) {
+        return static_cast<const acc_t*>(src.data) + offset;
+      } else {
+        const double* p = static_cast<const double*>(src.data) + offset;
+        for (int64_t i = 0; i < n; ++i) buf[i] = acc_t(p[i]);
+        return buf;
+      }
+  }
+  return buf;
+}
+
+template <typename acc_t>
+DA_INLINE void store_block(Out dst, int64_t offset, int64_t n, const acc_t* values) {
+  switch (dst.dtype) {
+    case DType::kFloat16: {
+      uint16_t* p = static_cast<uint16_t*>(dst.data) + offset;
+      for (int64_t i = 0; i < n; ++i) p[i] = float_to_float16(float(values[i]));
+      return;
+    }
+    case DType::kBFloat16: {
+      uint16_t* p = static_cast<uint16_t*>(dst.data) + offset;
+      for (int64_t i = 0; i < n; ++i) p[i] = float_to_bfloat16(float(values[i]));
+      return;
+    }
+    case DType::kFloat32: {
+      float* p = static_cast<float*>(dst.data) + offset;
+      for (int64_t i = 0; i < n; ++i) p[i] = float(values[i]);
+      return;
+    }
+    case DType::kFloat64: {
+      double* p = static_cast<double*>(dst.data) + offset;
+      for (int64_t i = 0; i < n; ++i) p[i] = double(values[i]);
+      return;
+    }
+  }
+}
+
+// Calls body(sample, first_element, count) for each per-sample piece of the
+// flat range [begin, end), so kernels can pick the sample's coefficient row.
+template <typename Body>
+DA_INLINE void for_each_sample_span(int64_t per_sample, int64_t begin, int64_t end, Body&& body) {
+  if (per_sample <= 0) return;
+  while (begin < end) {
+    const int64_t sample = begin / per_sample;
+    const int64_t sample_end = (sample + 1) * per_sample;
+    const int64_t stop = end < sample_end ? end : sample_end;
+    body(sample, begin, stop - begin);
+    begin = stop;
+  }
+}
+
+// Splits a span into blocks: body(first_element, count).
+template <typename Body>
+DA_INLINE void for_each_block(int64_t first, int64_t count, Body&& body) {
+  for (int64_t start = 0; start < count; start += kBlock) {
+    const int64_t n = count - start < kBlock ? count - start : kBlock;
+    body(first + start, n);
+  }
+}
+
+// The linear-interpolation quantile of n values that are all >= 0 or NaN
+// (absolute values), found by selection; values is reordered.
+template <typename acc_t>
+acc_t quantile_of_magnitudes(acc_t* values, int64_t n, double ratio);
+
+}  // namespace diffaccel::cpu

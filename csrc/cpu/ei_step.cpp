@@ -1,0 +1,107 @@
+// CPU kernel of diffaccel::ei_step: one pass over memory per call (two with
+// dynamic thresholding, whose per-sample scale needs all of d first).
+#include <cmath>
+#include <vector>
+
+#include "blocks.h"
+#include "diffaccel/elementwise.h"
+
+namespace diffaccel::cpu {
+namespace {
+
+template <typename acc_t, int K, bool kNoise, bool kThreshold>
+DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t first,
+                            int64_t count) {
+  const acc_t* row = a.coeffs + sample * a.coeff_stride;
+  acc_t limit = 0, divisor = 1;
+  if (kThreshold) {
+    limit = a.limit[sample * a.threshold_stride];
+    divisor = a.divisor[sample * a.threshold_stride];
+  }
+  for_each_block(first, count, [&](int64_t offset, int64_t n) {
+    acc_t x_buf[kBlock], m_buf[kBlock], z_buf[kBlock], h_buf[K > 0 ? K : 1][kBlock];
+    acc_t x_next[kBlock], d_out[kBlock];
+    const acc_t* x = load_block(a.x, offset, n, x_buf);
+    const acc_t* m = load_block(a.model_out, offset, n, m_buf);
+    const acc_t* z = kNoise ? load_block(a.noise, offset, n, z_buf) : x;
+    const acc_t* h[K > 0 ? K : 1];
+    for (int j = 0; j < K; ++j) h[j] = load_block(a.history[j], offset, n, h_buf[j]);
+    for (int64_t i = 0; i < n; ++i) {
+      acc_t d = ei_data_term(row, x[i], m[i]);
+      if (kThreshold) d = threshold_element(d, limit, divisor);
+      acc_t hv[K > 0 ? K : 1];
+      for (int j = 0; j < K; ++j) hv[j] = h[j][i];
+      x_next[i] = ei_combine<acc_t, K, kNoise>(row, x[i], d, hv, z[i]);
+      d_out[i] = d;
+    }
+    store_block(a.x_next, offset, n, x_next);
+    store_block(a.d, offset, n, d_out);
+  });
+}
+
+template <typename acc_t, int K, bool kNoise, bool kThreshold>
+DA_INLINE void ei_step_spans(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
+  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t n) {
+    ei_step_span<acc_t, K, kNoise, kThreshold>(a, sample, first, n);
+  });
+}
+
+template <typename acc_t, int K>
+DA_INLINE void ei_step_dispatch_flags(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
+  if (a.has_noise) {
+    if (a.has_threshold) ei_step_spans<acc_t, K, true, true>(a, begin, end);
+    else ei_step_spans<acc_t, K, true, false>(a, begin, end);
+  } else {
+    if (a.has_threshold) ei_step_spans<acc_t, K, false, true>(a, begin, end);
+    else ei_step_spans<acc_t, K, false, false>(a, begin, end);
+  }
+}
+
+template <typename acc_t>
+DA_INLINE void ei_step_range_impl(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
+  switch (a.num_history) {
+    case 0: return ei_step_dispatch_flags<acc_t, 0>(a, begin, end);
+    case 1: return ei_step_dispatch_flags<acc_t, 1>(a, begin, end);
+    case 2: return ei_step_dispatch_flags<acc_t, 2>(a, begin, end);
+    case 3: return ei_step_dispatch_flags<acc_t, 3>(a, begin, end);
+    case 4: return ei_step_dispatch_flags<acc_t, 4>(a, begin, end);
+  }
+}
+
+template <typename acc_t>
+void ei_step_dynamic_scales_impl(const EiStepArgs<acc_t>& a, const DynamicThreshold& t,
+                                 acc_t* scale, int64_t sample_begin, int64_t sample_end) {
+  std::vector<acc_t> magnitudes(a.per_sample);
+  for (int64_t b = sample_begin; b < sample_end; ++b) {
+    const acc_t* row = a.coeffs + b * a.coeff_stride;
+    for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) {
+      acc_t x_buf[kBlock], m_buf[kBlock];
+      const acc_t* x = load_block(a.x, offset, n, x_buf);
+      const acc_t* m = load_block(a.model_out, offset, n, m_buf);
+      acc_t* out = magnitudes.data() + (offset - b * a.per_sample);
+      for (int64_t i = 0; i < n; ++i) out[i] = std::abs(ei_data_term(row, x[i], m[i]));
+    });
+    const acc_t q = quantile_of_magnitudes(magnitudes.data(), a.per_sample, t.ratio);
+    scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
+  }
+}
+
+}  // namespace
+
+DA_CPU_MULTIVERSION void ei_step_range(const EiStepArgs<float>& a, int64_t begin, int64_t end) {
+  ei_step_range_impl(a, begin, end);
+}
+DA_CPU_MULTIVERSION void ei_step_range(const EiStepArgs<double>& a, int64_t begin, int64_t end) {
+  ei_step_range_impl(a, begin, end);
+}
+
+void ei_step_dynamic_scales(const EiStepArgs<float>& a, const DynamicThreshold& t, float* scale,
+                            int64_t sample_begin, int64_t sample_end) {
+  ei_step_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
+}
+void ei_step_dynamic_scales(const EiStepArgs<double>& a, const DynamicThreshold& t,
+                            double* scale, int64_t sample_begin, int64_t sample_end) {
+  ei_step_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
+}
+
+}  // namespace diffaccel::cpu

@@ -1,0 +1,113 @@
+// The CPU kernels' interface: raw pointers and sizes, no torch types, so the
+// kernels compile and test like the CUDA launchers. csrc/torch/ checks the
+// arguments, makes the tensors contiguous, and splits the work with
+// at::parallel_for over the [begin, end) ranges these functions take.
+//
+// Every tensor is viewed as [batch, per_sample], contiguous: element i of
+// sample b sits at b * per_sample + i.
+#pragma once
+
+#include <cstdint>
+
+#include "diffaccel/config.h"
+#include "diffaccel/quantile.h"
+
+namespace diffaccel::cpu {
+
+enum class DType : int { kFloat16, kBFloat16, kFloat32, kFloat64 };
+
+struct In {
+  const void* data = nullptr;
+  DType dtype = DType::kFloat32;
+};
+struct Out {
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+};
+
+// acc_t is float when every tensor is 16- or 32-bit, double when all are float64.
+template <typename acc_t>
+struct EiStepArgs {
+  int64_t per_sample = 0;
+  In x, model_out, noise;
+  In history[kMaxHistory];
+  int num_history = 0;
+  bool has_noise = false;
+  const acc_t* coeffs = nullptr;  // row b starts at coeffs + b * coeff_stride
+  int64_t coeff_stride = 0;       // 0 when one row is shared by the batch
+  // Thresholding of d: clamp(d, -limit[b], limit[b]) / divisor[b].
+  bool has_threshold = false;
+  const acc_t* limit = nullptr;
+  const acc_t* divisor = nullptr;
+  int64_t threshold_stride = 0;  // 0 for clip (one limit), 1 for per-sample scales
+  Out x_next, d;
+};
+
+template <typename acc_t>
+struct CombineArgs {
+  int64_t per_sample = 0;
+  In tensors[kMaxCombine];
+  int num_tensors = 0;
+  const acc_t* coeffs = nullptr;
+  int64_t coeff_stride = 0;
+  Out y;
+};
+
+template <typename acc_t>
+struct ThresholdArgs {
+  int64_t per_sample = 0;
+  In x;
+  const acc_t* limit = nullptr;
+  const acc_t* divisor = nullptr;
+  int64_t threshold_stride = 0;
+  Out y;
+};
+
+template <typename acc_t>
+struct LangevinArgs {
+  int64_t per_sample = 0;
+  In x, score, noise;
+  const acc_t* step = nullptr;         // per sample
+  const acc_t* noise_scale = nullptr;  // per sample, sqrt(2 * step)
+  Out x_new, x_mean;
+};
+
+// Elementwise passes over the flat element range [begin, end) of batch * per_sample.
+void ei_step_range(const EiStepArgs<float>& args, int64_t begin, int64_t end);
+void ei_step_range(const EiStepArgs<double>& args, int64_t begin, int64_t end);
+void multistep_combine_range(const CombineArgs<float>& args, int64_t begin, int64_t end);
+void multistep_combine_range(const CombineArgs<double>& args, int64_t begin, int64_t end);
+void threshold_range(const ThresholdArgs<float>& args, int64_t begin, int64_t end);
+void threshold_range(const ThresholdArgs<double>& args, int64_t begin, int64_t end);
+void langevin_range(const LangevinArgs<float>& args, int64_t begin, int64_t end);
+void langevin_range(const LangevinArgs<double>& args, int64_t begin, int64_t end);
+
+// Dynamic thresholding, first pass: scale[b] for samples [sample_begin, sample_end).
+// ei_step thresholds d = c_x * x + c_m * m, so its scales come from d.
+struct DynamicThreshold {
+  double ratio;
+  ThresholdStyle style;
+  double max_value;
+};
+void ei_step_dynamic_scales(const EiStepArgs<float>& args, const DynamicThreshold& t,
+                            float* scale, int64_t sample_begin, int64_t sample_end);
+void ei_step_dynamic_scales(const EiStepArgs<double>& args, const DynamicThreshold& t,
+                            double* scale, int64_t sample_begin, int64_t sample_end);
+void threshold_dynamic_scales(const ThresholdArgs<float>& args, const DynamicThreshold& t,
+                              float* scale, int64_t sample_begin, int64_t sample_end);
+void threshold_dynamic_scales(const ThresholdArgs<double>& args, const DynamicThreshold& t,
+                              double* scale, int64_t sample_begin, int64_t sample_end);
+
+// Sums of squares in double over fixed chunks of kNormChunk elements of each
+// sample: partial[b * chunks_per_sample + c]. Chunks [chunk_begin, chunk_end)
+// are flat over the batch. The chunking does not depend on the thread count,
+// so the norms are the same bits however the work is split.
+constexpr int64_t kNormChunk = 4096;
+void sum_squares_chunks(In t, int64_t per_sample, double* partial, int64_t chunk_begin,
+                        int64_t chunk_end);
+
+// The ISA level the multiversioned kernels run at on this CPU:
+// "avx512f", "avx2" or "baseline".
+const char* cpu_isa_level();
+
+}  // namespace diffaccel::cpu

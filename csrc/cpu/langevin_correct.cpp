@@ -1,0 +1,85 @@
+// CPU kernels of diffaccel::langevin_correct: per-sample sums of squares for
+// the score and noise norms, then the elementwise Langevin update.
+#include "blocks.h"
+#include "diffaccel/elementwise.h"
+
+namespace diffaccel::cpu {
+namespace {
+
+// Eight interleaved double accumulators, combined in a fixed order: the loop
+// vectorizes without -ffast-math and the result does not depend on the ISA.
+template <typename acc_t>
+DA_INLINE double sum_squares(const acc_t* v, int64_t n) {
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const double e = double(v[i + l]);
+      lanes[l] += e * e;
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const double e = double(v[i]);
+    lanes[l] += e * e;
+  }
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+template <typename acc_t>
+DA_INLINE void sum_squares_chunks_impl(In t, int64_t per_sample, double* partial,
+                                       int64_t chunk_begin, int64_t chunk_end) {
+  const int64_t chunks_per_sample = (per_sample + kNormChunk - 1) / kNormChunk;
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    const int64_t sample = c / chunks_per_sample;
+    const int64_t start = (c % chunks_per_sample) * kNormChunk;
+    const int64_t len = per_sample - start < kNormChunk ? per_sample - start : kNormChunk;
+    double total = 0;
+    // Blocks of kBlock elements are summed in order; kNormChunk is a multiple of kBlock.
+    for_each_block(sample * per_sample + start, len, [&](int64_t offset, int64_t n) {
+      acc_t buf[kBlock];
+      total += sum_squares(load_block(t, offset, n, buf), n);
+    });
+    partial[c] = total;
+  }
+}
+
+template <typename acc_t>
+DA_INLINE void langevin_range_impl(const LangevinArgs<acc_t>& a, int64_t begin, int64_t end) {
+  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) {
+    const acc_t step = a.step[sample];
+    const acc_t noise_scale = a.noise_scale[sample];
+    for_each_block(first, count, [&](int64_t offset, int64_t n) {
+      acc_t x_buf[kBlock], s_buf[kBlock], z_buf[kBlock], x_new[kBlock], x_mean[kBlock];
+      const acc_t* x = load_block(a.x, offset, n, x_buf);
+      const acc_t* s = load_block(a.score, offset, n, s_buf);
+      const acc_t* z = load_block(a.noise, offset, n, z_buf);
+      for (int64_t i = 0; i < n; ++i) {
+        langevin_element(x[i], s[i], z[i], step, noise_scale, x_new[i], x_mean[i]);
+      }
+      store_block(a.x_new, offset, n, x_new);
+      store_block(a.x_mean, offset, n, x_mean);
+    });
+  });
+}
+
+}  // namespace
+
+DA_CPU_MULTIVERSION void sum_squares_chunks(In t, int64_t per_sample, double* partial,
+                                            int64_t chunk_begin, int64_t chunk_end) {
+  if (t.dtype == DType::kFloat64) {
+    sum_squares_chunks_impl<double>(t, per_sample, partial, chunk_begin, chunk_end);
+  } else {
+    sum_squares_chunks_impl<float>(t, per_sample, partial, chunk_begin, chunk_end);
+  }
+}
+
+DA_CPU_MULTIVERSION void langevin_range(const LangevinArgs<float>& a, int64_t begin, int64_t end) {
+  langevin_range_impl(a, begin, end);
+}
+DA_CPU_MULTIVERSION void langevin_range(const LangevinArgs<double>& a, int64_t begin,
+                                        int64_t end) {
+  langevin_range_impl(a, begin, end);
+}
+
+}  // namespace diffaccel::cpu

@@ -1,0 +1,62 @@
+// CPU kernel of diffaccel::threshold: clip, or Imagen's dynamic thresholding
+// (per-sample quantile of |x| by selection, then clamp and rescale).
+#include <cmath>
+#include <vector>
+
+#include "blocks.h"
+#include "diffaccel/elementwise.h"
+
+namespace diffaccel::cpu {
+namespace {
+
+template <typename acc_t>
+DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin, int64_t end) {
+  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) {
+    const acc_t limit = a.limit[sample * a.threshold_stride];
+    const acc_t divisor = a.divisor[sample * a.threshold_stride];
+    for_each_block(first, count, [&](int64_t offset, int64_t n) {
+      acc_t x_buf[kBlock], y[kBlock];
+      const acc_t* x = load_block(a.x, offset, n, x_buf);
+      for (int64_t i = 0; i < n; ++i) y[i] = threshold_element(x[i], limit, divisor);
+      store_block(a.y, offset, n, y);
+    });
+  });
+}
+
+template <typename acc_t>
+void threshold_dynamic_scales_impl(const ThresholdArgs<acc_t>& a, const DynamicThreshold& t,
+                                   acc_t* scale, int64_t sample_begin, int64_t sample_end) {
+  std::vector<acc_t> magnitudes(a.per_sample);
+  for (int64_t b = sample_begin; b < sample_end; ++b) {
+    for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) {
+      acc_t x_buf[kBlock];
+      const acc_t* x = load_block(a.x, offset, n, x_buf);
+      acc_t* out = magnitudes.data() + (offset - b * a.per_sample);
+      for (int64_t i = 0; i < n; ++i) out[i] = std::abs(x[i]);
+    });
+    const acc_t q = quantile_of_magnitudes(magnitudes.data(), a.per_sample, t.ratio);
+    scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
+  }
+}
+
+}  // namespace
+
+DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<float>& a, int64_t begin,
+                                         int64_t end) {
+  threshold_range_impl(a, begin, end);
+}
+DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<double>& a, int64_t begin,
+                                         int64_t end) {
+  threshold_range_impl(a, begin, end);
+}
+
+void threshold_dynamic_scales(const ThresholdArgs<float>& a, const DynamicThreshold& t,
+                              float* scale, int64_t sample_begin, int64_t sample_end) {
+  threshold_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
+}
+void threshold_dynamic_scales(const ThresholdArgs<double>& a, const DynamicThreshold& t,
+                              double* scale, int64_t sample_begin, int64_t sample_end) {
+  threshold_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
+}
+
+}  // namespace diffaccel::cpu

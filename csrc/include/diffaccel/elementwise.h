@@ -1,0 +1,68 @@
+// Per-element math of every diffaccel op, written once and used by both the
+// CPU kernels (csrc/cpu) and the CUDA kernels (csrc/cuda). acc_t is float for
+// 16- and 32-bit inputs and double for float64 inputs.
+//
+// The operations are written as separate multiplies and adds, in the same
+// order as the PyTorch reference (diffaccel/ops/reference.py); the CPU build
+// uses -ffp-contract=off so no fused multiply-add changes the rounding between
+// ISA levels.
+#pragma once
+
+#include "diffaccel/config.h"
+
+namespace diffaccel {
+
+// clamp(v, lo, hi) that keeps a NaN v, like torch.clamp.
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE acc_t clamp_keep_nan(acc_t v, acc_t lo, acc_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Thresholding of a data prediction: clamp(d, -limit, limit) / divisor.
+// kind="clip" uses limit=max_value, divisor=1 (x / 1 is exact);
+// kind="dynamic" uses limit=divisor=s, the per-sample scale.
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE acc_t threshold_element(acc_t d, acc_t limit, acc_t divisor) {
+  return clamp_keep_nan(d, -limit, limit) / divisor;
+}
+
+// ei_step, part 1: the data term d = c_x * x + c_m * m.
+// row points at [c_x, c_m, a, b_0, b_1 .. b_K, s].
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE acc_t ei_data_term(const acc_t* row, acc_t x, acc_t m) {
+  return row[0] * x + row[1] * m;
+}
+
+// ei_step, part 2: x_next = a * x + b_0 * d + sum_j b_j * h_j (+ s * z).
+// Without noise the s * z term is left out entirely (not multiplied by zero),
+// so an unused s column can hold anything.
+template <typename acc_t, int K, bool kNoise>
+DA_HOST_DEVICE DA_INLINE acc_t ei_combine(const acc_t* row, acc_t x, acc_t d,
+                                          const acc_t* h, acc_t z) {
+  acc_t y = row[2] * x + row[3] * d;
+DA_UNROLL
+  for (int j = 0; j < K; ++j) y = y + row[kEiFixedCoeffs + j] * h[j];
+  if (kNoise) y = y + row[kEiFixedCoeffs + K] * z;
+  return y;
+}
+
+// multistep_combine: y = sum_j c_j * t_j, summed left to right.
+template <typename acc_t, int N>
+DA_HOST_DEVICE DA_INLINE acc_t combine_element(const acc_t* c, const acc_t* t) {
+  acc_t y = c[0] * t[0];
+DA_UNROLL
+  for (int j = 1; j < N; ++j) y = y + c[j] * t[j];
+  return y;
+}
+
+// langevin_correct: x_mean = x + step * score; x_new = x_mean + noise_scale * z,
+// with noise_scale = sqrt(2 * step) computed once per sample.
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE void langevin_element(acc_t x, acc_t score, acc_t z, acc_t step,
+                                               acc_t noise_scale, acc_t& x_new,
+                                               acc_t& x_mean) {
+  x_mean = x + step * score;
+  x_new = x_mean + noise_scale * z;
+}
+
+}  // namespace diffaccel

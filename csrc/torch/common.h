@@ -1,0 +1,139 @@
+// Shared helpers of the torch binding layer: argument checks that name the
+// argument, views of tensors as the raw In/Out the CPU kernels take, and the
+// contiguous staging of non-contiguous inputs and outputs.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
+
+#include <string>
+#include <vector>
+
+#include "../cpu/kernels.h"
+
+namespace diffaccel {
+
+// Elementwise work below this many elements stays on one thread.
+constexpr int64_t kParallelGrain = 32768;
+
+inline std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+// Every op computes in float32 unless its state x is float64, and then all
+// tensors must be float64: mixing float64 with 16/32-bit is refused rather
+// than silently losing the precision the caller asked for.
+inline void check_float_dtype(const char* op, const char* name, const at::Tensor& t,
+                              at::ScalarType state_dtype) {
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": argument '", name,
+                   "' must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+  const bool state_f64 = state_dtype == at::kDouble;
+  TORCH_CHECK_TYPE((t.scalar_type() == at::kDouble) == state_f64, op, ": argument '", name,
+                   "' has dtype ", t.scalar_type(), " but the state is ", state_dtype,
+                   "; float64 cannot be mixed with 16/32-bit tensors");
+}
+
+inline void check_like(const char* op, const char* name, const at::Tensor& t,
+                       const at::Tensor& x, const char* x_name) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": argument '", name, "' is on ", t.device(),
+                    " but '", x_name, "' is on ", x.device());
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": argument '", name, "' must have shape ",
+                    shape_str(x), " like '", x_name, "', got ", shape_str(t));
+}
+
+inline void check_out(const char* op, const char* name, const at::Tensor& out,
+                      const at::Tensor& x) {
+  TORCH_CHECK_VALUE(out.device() == x.device(), op, ": argument '", name, "' is on ",
+                    out.device(), " but must be on ", x.device());
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes(), op, ": argument '", name, "' must have shape ",
+                    shape_str(x), ", got ", shape_str(out));
+  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), op, ": argument '", name,
+                   "' must have dtype ", x.scalar_type(), ", got ", out.scalar_type());
+  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, op, ": argument '",
+                    name, "' has elements that share memory");
+}
+
+// An output may be exactly one of the inputs (in place) but may not overlap
+// any of them partially.
+inline void check_no_partial_overlap(const char* op, const char* name, const at::Tensor& out,
+                                     const at::Tensor& in, const char* in_name) {
+  TORCH_CHECK_VALUE(at::get_overlap_status(out, in) != at::MemOverlapStatus::Partial, op,
+                    ": argument '", name, "' partially overlaps '", in_name,
+                    "'; an output may be the very same tensor as an input, or not overlap it");
+}
+
+// Coefficients: shape [n] (shared by the batch) or [batch, n], on x's device.
+inline void check_coeffs(const char* op, const at::Tensor& coeffs, const at::Tensor& x,
+                         int64_t n, const char* layout) {
+  TORCH_CHECK_VALUE(coeffs.device() == x.device(), op, ": argument 'coeffs' is on ",
+                    coeffs.device(), " but the data is on ", x.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(coeffs.scalar_type()), op,
+                   ": argument 'coeffs' must be a floating tensor, got ", coeffs.scalar_type());
+  const bool shared = coeffs.dim() == 1 && coeffs.size(0) == n;
+  const bool per_sample = coeffs.dim() == 2 && coeffs.size(0) == x.size(0) && coeffs.size(1) == n;
+  TORCH_CHECK_VALUE(shared || per_sample, op, ": argument 'coeffs' must have shape [", n,
+                    "] or [", x.size(0), ", ", n, "] (", layout, "), got ", shape_str(coeffs));
+}
+
+inline cpu::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return cpu::DType::kFloat16;
+    case at::kBFloat16: return cpu::DType::kBFloat16;
+    case at::kDouble: return cpu::DType::kFloat64;
+    default: return cpu::DType::kFloat32;
+  }
+}
+
+// Inputs are read through contiguous views; a non-contiguous input is copied once.
+inline at::Tensor contiguous_input(const at::Tensor& t) { return t.contiguous(); }
+inline cpu::In kernel_in(const at::Tensor& contiguous) {
+  return {contiguous.data_ptr(), kernel_dtype(contiguous.scalar_type())};
+}
+
+// An output the kernel writes: the caller's tensor when it is contiguous, else
+// a contiguous buffer copied back by finish().
+struct KernelOut {
+  at::Tensor target;
+  at::Tensor buffer;
+  explicit KernelOut(const at::Tensor& out)
+      : target(out), buffer(out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous)) {}
+  cpu::Out view() const { return {buffer.data_ptr(), kernel_dtype(buffer.scalar_type())}; }
+  void finish() {
+    if (!buffer.is_same(target)) target.copy_(buffer);
+  }
+};
+
+inline int64_t batch_of(const at::Tensor& x) { return x.dim() == 0 ? 1 : x.size(0); }
+inline int64_t per_sample_of(const at::Tensor& x) {
+  const int64_t b = batch_of(x);
+  return b == 0 ? 0 : x.numel() / b;
+}
+
+// Coefficients converted to the compute type, contiguous, with the row stride
+// the kernels take (0 when one row is shared by the batch).
+struct CoeffTable {
+  at::Tensor values;
+  int64_t stride;
+  CoeffTable(const at::Tensor& coeffs, at::ScalarType acc)
+      : values(coeffs.to(acc).contiguous()), stride(coeffs.dim() == 2 ? coeffs.size(1) : 0) {}
+};
+
+inline at::ScalarType acc_type_of(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Runs fn(begin, end) over [0, total) on the intra-op thread pool.
+template <typename Fn>
+inline void parallel_elements(int64_t total, Fn&& fn) {
+  at::parallel_for(0, total, kParallelGrain, fn);
+}
+// Per-sample work (selection, norms) gets one sample per task.
+template <typename Fn>
+inline void parallel_samples(int64_t batch, Fn&& fn) {
+  at::parallel_for(0, batch, 1, fn);
+}
+
+}  // namespace diffaccel

@@ -1,0 +1,120 @@
+// diffaccel::ei_step on CPU: argument checks, then the fused kernel of csrc/cpu.
+#include <optional>
+#include <string_view>
+
+#include <torch/library.h>
+
+#include "common.h"
+#include "threshold_options.h"
+
+namespace diffaccel {
+namespace {
+
+constexpr const char* kOp = "diffaccel.ei_step";
+
+void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
+                     const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
+                     std::optional<std::string_view> threshold_kind, double threshold_ratio,
+                     double threshold_max_value, std::string_view threshold_style,
+                     const at::Tensor& x_next_out, const at::Tensor& d_out) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
+                    shape_str(x));
+  check_float_dtype(kOp, "x", x, x.scalar_type());
+  check_like(kOp, "model_out", model_out, x, "x");
+  check_float_dtype(kOp, "model_out", model_out, x.scalar_type());
+  const int64_t k = static_cast<int64_t>(history.size());
+  TORCH_CHECK_VALUE(k <= kMaxHistory, kOp, ": argument 'history' holds ", k,
+                    " tensors, at most ", kMaxHistory, " are supported");
+  for (const at::Tensor& h : history) {
+    check_like(kOp, "history", h, x, "x");
+    check_float_dtype(kOp, "history", h, x.scalar_type());
+  }
+  check_coeffs(kOp, coeffs, x, kEiFixedCoeffs + 1 + k,
+               "[c_x, c_m, a, b_0, b_1..b_k, s] for k history tensors");
+  if (noise) {
+    check_like(kOp, "noise", *noise, x, "x");
+    check_float_dtype(kOp, "noise", *noise, x.scalar_type());
+  }
+  std::optional<ThresholdOptions> threshold;
+  if (threshold_kind) {
+    threshold = parse_threshold(kOp, *threshold_kind, threshold_ratio, threshold_max_value,
+                                threshold_style);
+  }
+  check_out(kOp, "out[0] (x_next)", x_next_out, x);
+  check_out(kOp, "out[1] (d)", d_out, x);
+  TORCH_CHECK_VALUE(at::get_overlap_status(x_next_out, d_out) == at::MemOverlapStatus::No, kOp,
+                    ": the two outputs (x_next, d) must not share memory");
+  for (const at::Tensor* out : {&x_next_out, &d_out}) {
+    const char* name = out == &x_next_out ? "out[0] (x_next)" : "out[1] (d)";
+    check_no_partial_overlap(kOp, name, *out, x, "x");
+    check_no_partial_overlap(kOp, name, *out, model_out, "model_out");
+    for (const at::Tensor& h : history) check_no_partial_overlap(kOp, name, *out, h, "history");
+    if (noise) check_no_partial_overlap(kOp, name, *out, *noise, "noise");
+  }
+
+  const int64_t batch = batch_of(x);
+  const at::ScalarType acc = acc_type_of(x);
+  const at::Tensor xc = contiguous_input(x);
+  const at::Tensor mc = contiguous_input(model_out);
+  std::vector<at::Tensor> hc;
+  for (const at::Tensor& h : history) hc.push_back(contiguous_input(h));
+  const std::optional<at::Tensor> zc = noise ? std::optional(contiguous_input(*noise)) : std::nullopt;
+  const CoeffTable table(coeffs, acc);
+  std::optional<ThresholdTable> thresholds;
+  if (threshold) thresholds.emplace(*threshold, batch, acc);
+  KernelOut x_next(x_next_out), d(d_out);
+
+  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_ei_step_cpu", [&] {
+    cpu::EiStepArgs<scalar_t> args;
+    args.per_sample = per_sample_of(x);
+    args.x = kernel_in(xc);
+    args.model_out = kernel_in(mc);
+    args.num_history = static_cast<int>(k);
+    for (int64_t j = 0; j < k; ++j) args.history[j] = kernel_in(hc[j]);
+    args.has_noise = zc.has_value();
+    if (zc) args.noise = kernel_in(*zc);
+    args.coeffs = table.values.data_ptr<scalar_t>();
+    args.coeff_stride = table.stride;
+    args.x_next = x_next.view();
+    args.d = d.view();
+    if (thresholds) {
+      args.has_threshold = true;
+      args.limit = thresholds->limit.data_ptr<scalar_t>();
+      args.divisor = thresholds->divisor.data_ptr<scalar_t>();
+      args.threshold_stride = thresholds->stride;
+      if (threshold->kind == ThresholdKind::kDynamic && args.per_sample > 0) {
+        const cpu::DynamicThreshold dyn{threshold->ratio, threshold->style, threshold->max_value};
+        scalar_t* scale = thresholds->limit.data_ptr<scalar_t>();
+        parallel_samples(batch, [&](int64_t b0, int64_t b1) {
+          cpu::ei_step_dynamic_scales(args, dyn, scale, b0, b1);
+        });
+      }
+    }
+    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
+      cpu::ei_step_range(args, begin, end);
+    });
+  });
+  x_next.finish();
+  d.finish();
+}
+
+std::tuple<at::Tensor, at::Tensor> ei_step_cpu(
+    const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
+    const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
+    std::optional<std::string_view> threshold_kind, double threshold_ratio,
+    double threshold_max_value, std::string_view threshold_style) {
+  at::Tensor x_next = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor d = at::empty_like(x_next);
+  ei_step_out_cpu(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio,
+                  threshold_max_value, threshold_style, x_next, d);
+  return {x_next, d};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
+  m.impl("ei_step", &ei_step_cpu);
+  m.impl("ei_step_out", &ei_step_out_cpu);
+}
+
+}  // namespace diffaccel

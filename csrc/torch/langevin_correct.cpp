@@ -1,0 +1,140 @@
+// diffaccel::langevin_correct on CPU: the corrector of predictor-corrector
+// sampling (Song et al. 2021; score_sde's LangevinCorrector and diffusers'
+// ScoreSdeVeScheduler.step_correct).
+#include <cmath>
+#include <optional>
+#include <string_view>
+
+#include <ATen/core/Generator.h>
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace diffaccel {
+namespace {
+
+constexpr const char* kOp = "diffaccel.langevin_correct";
+
+// Per-sample L2 norms in double, from fixed chunks summed in order, so the
+// result is the same bits whatever the thread count.
+std::vector<double> sample_norms(const at::Tensor& contiguous) {
+  const int64_t batch = batch_of(contiguous);
+  const int64_t per_sample = per_sample_of(contiguous);
+  const int64_t chunks_per_sample = (per_sample + cpu::kNormChunk - 1) / cpu::kNormChunk;
+  std::vector<double> partial(batch * chunks_per_sample);
+  const cpu::In in = kernel_in(contiguous);
+  at::parallel_for(0, batch * chunks_per_sample, 1, [&](int64_t c0, int64_t c1) {
+    cpu::sum_squares_chunks(in, per_sample, partial.data(), c0, c1);
+  });
+  std::vector<double> norms(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    double total = 0;
+    for (int64_t c = 0; c < chunks_per_sample; ++c) total += partial[b * chunks_per_sample + c];
+    norms[b] = std::sqrt(total);
+  }
+  return norms;
+}
+
+void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, double snr,
+                              const at::Tensor& alpha, const std::optional<at::Tensor>& noise,
+                              std::optional<at::Generator> generator,
+                              std::string_view reduction, const at::Tensor& x_new_out,
+                              const at::Tensor& x_mean_out) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
+                    shape_str(x));
+  check_float_dtype(kOp, "x", x, x.scalar_type());
+  check_like(kOp, "score", score, x, "x");
+  check_float_dtype(kOp, "score", score, x.scalar_type());
+  TORCH_CHECK_VALUE(snr >= 0.0, kOp, ": argument 'snr' must be >= 0, got ", snr);
+  const int64_t batch = batch_of(x);
+  TORCH_CHECK_VALUE(alpha.device() == x.device(), kOp, ": argument 'alpha' is on ",
+                    alpha.device(), " but 'x' is on ", x.device());
+  TORCH_CHECK_VALUE(alpha.dim() == 0 || (alpha.dim() == 1 && alpha.size(0) == batch), kOp,
+                    ": argument 'alpha' must be a number, a 0-d tensor or shape [", batch,
+                    "], got shape ", shape_str(alpha));
+  TORCH_CHECK_VALUE(reduction == "batch" || reduction == "sample", kOp,
+                    ": argument 'reduction' must be \"batch\" or \"sample\", got \"", reduction,
+                    "\"");
+  if (noise) {
+    check_like(kOp, "noise", *noise, x, "x");
+    check_float_dtype(kOp, "noise", *noise, x.scalar_type());
+  }
+  check_out(kOp, "out[0] (x_new)", x_new_out, x);
+  check_out(kOp, "out[1] (x_mean)", x_mean_out, x);
+  TORCH_CHECK_VALUE(at::get_overlap_status(x_new_out, x_mean_out) == at::MemOverlapStatus::No,
+                    kOp, ": the two outputs (x_new, x_mean) must not share memory");
+  for (const at::Tensor* out : {&x_new_out, &x_mean_out}) {
+    const char* name = out == &x_new_out ? "out[0] (x_new)" : "out[1] (x_mean)";
+    check_no_partial_overlap(kOp, name, *out, x, "x");
+    check_no_partial_overlap(kOp, name, *out, score, "score");
+    if (noise) check_no_partial_overlap(kOp, name, *out, *noise, "noise");
+  }
+
+  // Drawn exactly as torch.randn(x.shape, generator=generator, dtype=x.dtype) would.
+  const at::Tensor z = noise ? contiguous_input(*noise) : at::randn(x.sizes(), generator, x.options());
+  const at::Tensor xc = contiguous_input(x);
+  const at::Tensor sc = contiguous_input(score);
+
+  const std::vector<double> grad_norm = sample_norms(sc);
+  const std::vector<double> noise_norm = sample_norms(z);
+  const at::Tensor alpha_values = alpha.to(at::kDouble).contiguous().expand({batch}).contiguous();
+  const double* alpha_b = alpha_values.data_ptr<double>();
+  double grad_mean = 0, noise_mean = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    grad_mean += grad_norm[b];
+    noise_mean += noise_norm[b];
+  }
+  grad_mean /= double(batch);
+  noise_mean /= double(batch);
+
+  const at::ScalarType acc = acc_type_of(x);
+  at::Tensor step = at::empty({batch}, at::TensorOptions().dtype(acc));
+  at::Tensor noise_scale = at::empty({batch}, at::TensorOptions().dtype(acc));
+  KernelOut x_new(x_new_out), x_mean(x_mean_out);
+  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_langevin_correct_cpu", [&] {
+    scalar_t* step_b = step.data_ptr<scalar_t>();
+    scalar_t* scale_b = noise_scale.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < batch; ++b) {
+      const bool per_sample = reduction == "sample";
+      const double r = snr * (per_sample ? noise_norm[b] : noise_mean) /
+                       (per_sample ? grad_norm[b] : grad_mean);
+      const double s = 2.0 * alpha_b[b] * r * r;
+      step_b[b] = scalar_t(s);
+      scale_b[b] = scalar_t(std::sqrt(2.0 * s));
+    }
+    cpu::LangevinArgs<scalar_t> args;
+    args.per_sample = per_sample_of(x);
+    args.x = kernel_in(xc);
+    args.score = kernel_in(sc);
+    args.noise = kernel_in(z);
+    args.step = step_b;
+    args.noise_scale = scale_b;
+    args.x_new = x_new.view();
+    args.x_mean = x_mean.view();
+    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
+      cpu::langevin_range(args, begin, end);
+    });
+  });
+  x_new.finish();
+  x_mean.finish();
+}
+
+std::tuple<at::Tensor, at::Tensor> langevin_correct_cpu(
+    const at::Tensor& x, const at::Tensor& score, double snr, const at::Tensor& alpha,
+    const std::optional<at::Tensor>& noise, std::optional<at::Generator> generator,
+    std::string_view reduction) {
+  at::Tensor x_new = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor x_mean = at::empty_like(x_new);
+  langevin_correct_out_cpu(x, score, snr, alpha, noise, std::move(generator), reduction, x_new,
+                           x_mean);
+  return {x_new, x_mean};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
+  m.impl("langevin_correct", &langevin_correct_cpu);
+  m.impl("langevin_correct_out", &langevin_correct_out_cpu);
+}
+
+}  // namespace diffaccel

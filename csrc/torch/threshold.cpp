@@ -1,0 +1,64 @@
+// diffaccel::threshold on CPU: clip, or dynamic thresholding by selection.
+#include <string_view>
+
+#include <torch/library.h>
+
+#include "common.h"
+#include "threshold_options.h"
+
+namespace diffaccel {
+namespace {
+
+constexpr const char* kOp = "diffaccel.threshold";
+
+void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
+                       double max_value, std::string_view style, const at::Tensor& out) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
+                    shape_str(x));
+  check_float_dtype(kOp, "x", x, x.scalar_type());
+  const ThresholdOptions options = parse_threshold(kOp, kind, ratio, max_value, style);
+  check_out(kOp, "out", out, x);
+  check_no_partial_overlap(kOp, "out", out, x, "x");
+
+  const int64_t batch = batch_of(x);
+  const at::ScalarType acc = acc_type_of(x);
+  const at::Tensor xc = contiguous_input(x);
+  ThresholdTable table(options, batch, acc);
+  KernelOut y(out);
+  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_threshold_cpu", [&] {
+    cpu::ThresholdArgs<scalar_t> args;
+    args.per_sample = per_sample_of(x);
+    args.x = kernel_in(xc);
+    args.limit = table.limit.data_ptr<scalar_t>();
+    args.divisor = table.divisor.data_ptr<scalar_t>();
+    args.threshold_stride = table.stride;
+    args.y = y.view();
+    if (options.kind == ThresholdKind::kDynamic && args.per_sample > 0) {
+      const cpu::DynamicThreshold dyn{options.ratio, options.style, options.max_value};
+      scalar_t* scale = table.limit.data_ptr<scalar_t>();
+      parallel_samples(batch, [&](int64_t b0, int64_t b1) {
+        cpu::threshold_dynamic_scales(args, dyn, scale, b0, b1);
+      });
+    }
+    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
+      cpu::threshold_range(args, begin, end);
+    });
+  });
+  y.finish();
+}
+
+at::Tensor threshold_cpu(const at::Tensor& x, std::string_view kind, double ratio,
+                         double max_value, std::string_view style) {
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  threshold_out_cpu(x, kind, ratio, max_value, style, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
+  m.impl("threshold", &threshold_cpu);
+  m.impl("threshold_out", &threshold_out_cpu);
+}
+
+}  // namespace diffaccel

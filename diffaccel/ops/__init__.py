@@ -1,0 +1,232 @@
+"""The fused sampler-update ops.
+
+Each op checks its arguments (:mod:`diffaccel.ops.validation`), then runs the
+compiled kernel registered under ``torch.ops.diffaccel`` for the tensors'
+device, or its pure-PyTorch twin in :mod:`diffaccel.ops.reference` where none
+is (see :mod:`diffaccel.ops.backend`). Math is done in float32 for 16/32-bit
+inputs and in float64 for float64 inputs; inputs may be non-contiguous; no op
+synchronizes with the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from diffaccel import _extension
+from diffaccel.ops import reference, validation
+from diffaccel.ops.backend import backend, use_compiled
+
+if _extension.available():
+    from diffaccel.ops import fake  # noqa: F401  (registers the fake kernels)
+
+__all__ = [
+    "Threshold",
+    "backend",
+    "ei_step",
+    "langevin_correct",
+    "multistep_combine",
+    "reference",
+    "threshold",
+]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Thresholding of a data prediction, as diffusers' ``thresholding`` /
+    ``clip_sample`` and the official DPM-Solver's ``dynamic_thresholding``.
+
+    kind: ``"clip"`` clamps to ``[-max_value, max_value]``; ``"dynamic"`` (Imagen)
+        takes per sample ``s = quantile(|x_b|, ratio)`` (torch.quantile's linear
+        interpolation), then ``y = clamp(x, -s, s) / s``.
+    ratio: the quantile, in (0, 1] (diffusers' ``dynamic_thresholding_ratio``).
+    max_value: > 0 (diffusers' ``sample_max_value`` / ``clip_sample_range``,
+        DPM-Solver's ``thresholding_max_val``).
+    style: how ``s`` is bounded: ``"diffusers"``: ``s = clamp(s, 1, max_value)``;
+        ``"dpm-solver"``: ``s = max(s, max_value)``.
+    """
+
+    kind: str = "dynamic"
+    ratio: float = 0.995
+    max_value: float = 1.0
+    style: str = "diffusers"
+
+    def __post_init__(self):
+        validation.check_threshold_options("diffaccel.Threshold", self.kind, self.ratio, self.max_value, self.style)
+
+
+def ei_step(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    history: Sequence[torch.Tensor],
+    coeffs: torch.Tensor,
+    *,
+    threshold: Optional[Threshold] = None,
+    noise: Optional[torch.Tensor] = None,
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One exponential-integrator / multistep sampler update, fused::
+
+        d      = threshold(c_x * x + c_m * model_out)
+        x_next = a * x + b_0 * d + sum_j b_j * history[j] + s * noise
+
+    Args:
+        x: the state the model was evaluated at, ``[B, ...]``.
+        model_out: the raw model output, shaped like ``x``; may be another
+            floating dtype than ``x`` (a bf16 model with a float32 state).
+        history: 0 to 4 earlier tensors shaped like ``x`` (earlier ``d``'s or an
+            earlier state), any 16/32-bit dtype.
+        coeffs: ``[5 + k]`` shared by the batch, or ``[B, 5 + k]`` (a row per
+            sample, so each sample may sit at its own step), laid out
+            ``[c_x, c_m, a, b_0, b_1 .. b_k, s]`` for ``k = len(history)``.
+            Any floating dtype, on ``x``'s device.
+        threshold: a :class:`Threshold` applied to ``d`` inside the fused pass.
+        noise: standard normal noise shaped like ``x``; without it the ``s``
+            term is left out (``s`` is ignored).
+        out: ``(x_next_buf, d_buf)`` to write in place; ``x_next_buf`` may be
+            ``x`` and ``d_buf`` may be any history tensor.
+
+    Returns:
+        ``(x_next, d)``, both with ``x``'s dtype.
+    """
+    validation.ei_step(x, model_out, history, coeffs, noise)
+    if threshold is not None and not isinstance(threshold, Threshold):
+        raise TypeError("diffaccel.ei_step: argument 'threshold' must be None or a diffaccel.ops.Threshold")
+    if out is not None:
+        validation.check_out_pair("diffaccel.ei_step", ("x_next", "d"), out, x)
+    if not use_compiled("ei_step", x.device.type):
+        if out is not None:
+            inputs = {"x": x, "model_out": model_out, "noise": noise}
+            inputs.update({f"history[{j}]": h for j, h in enumerate(history)})
+            validation.check_no_partial_overlap("diffaccel.ei_step", {"out[0] (x_next)": out[0], "out[1] (d)": out[1]}, inputs)
+        return reference.ei_step(x, model_out, history, coeffs, threshold=threshold, noise=noise, out=out)
+    t = threshold or Threshold()
+    args = (x, model_out, list(history), coeffs, noise, None if threshold is None else t.kind, t.ratio, t.max_value, t.style)
+    if out is None:
+        return torch.ops.diffaccel.ei_step(*args)
+    torch.ops.diffaccel.ei_step_out(*args, out[0], out[1])
+    return out[0], out[1]
+
+
+def multistep_combine(
+    tensors: Sequence[torch.Tensor], coeffs: torch.Tensor, *, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``y = sum_j coeffs[..., j] * tensors[j]`` in one pass: the history combine
+    of LMS / Adams-Bashforth and UniPC's corrector.
+
+    Args:
+        tensors: 1 to 8 tensors of one shape ``[B, ...]``; dtypes may differ.
+        coeffs: ``[n]`` shared by the batch or ``[B, n]`` per sample.
+        out: a buffer to write in place; it may be one of ``tensors``.
+
+    Returns:
+        ``y`` with the promoted dtype of ``tensors`` (``torch.promote_types``).
+    """
+    result_dtype = validation.multistep_combine(tensors, coeffs)
+    if out is not None:
+        validation.check_out("diffaccel.multistep_combine", "out", out, tensors[0], dtype=result_dtype)
+    if not use_compiled("multistep_combine", tensors[0].device.type):
+        if out is not None:
+            validation.check_no_partial_overlap(
+                "diffaccel.multistep_combine", {"out": out}, {f"tensors[{j}]": t for j, t in enumerate(tensors)}
+            )
+        return reference.multistep_combine(tensors, coeffs, out=out)
+    if out is None:
+        return torch.ops.diffaccel.multistep_combine(list(tensors), coeffs)
+    torch.ops.diffaccel.multistep_combine_out(list(tensors), coeffs, out)
+    return out
+
+
+def threshold(
+    x: torch.Tensor,
+    *,
+    kind: str = "dynamic",
+    ratio: float = 0.995,
+    max_value: float = 1.0,
+    style: str = "diffusers",
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Thresholds a batch of data predictions (see :class:`Threshold`).
+
+    The dynamic quantile is found by selection, not by sorting, and works at
+    any size (torch.quantile stops at 2**24 elements per sample). Up to that
+    size it equals ``torch.quantile(|x_b|, ratio)``; beyond it the rank
+    ``ratio * (n - 1)`` is computed in double.
+
+    Args:
+        x: ``[B, ...]``; each sample ``x[b]`` gets its own scale.
+        out: a buffer to write in place; it may be ``x``.
+
+    Returns:
+        ``y`` with ``x``'s dtype.
+    """
+    validation.threshold(x, kind, ratio, max_value, style)
+    if out is not None:
+        validation.check_out("diffaccel.threshold", "out", out, x)
+    if not use_compiled("threshold", x.device.type):
+        if out is not None:
+            validation.check_no_partial_overlap("diffaccel.threshold", {"out": out}, {"x": x})
+        return reference.threshold(x, kind=kind, ratio=ratio, max_value=max_value, style=style, out=out)
+    if out is None:
+        return torch.ops.diffaccel.threshold(x, kind, float(ratio), float(max_value), style)
+    torch.ops.diffaccel.threshold_out(x, kind, float(ratio), float(max_value), style, out)
+    return out
+
+
+def langevin_correct(
+    x: torch.Tensor,
+    score: torch.Tensor,
+    snr: float,
+    *,
+    alpha: Union[float, torch.Tensor] = 1.0,
+    noise: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    reduction: str = "batch",
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One Langevin corrector step of predictor-corrector sampling::
+
+        g = ||score_b||, n = ||z_b||          (L2 over the non-batch dims)
+        step   = 2 * alpha * (snr * n / g)**2
+        x_mean = x + step * score
+        x_new  = x_mean + sqrt(2 * step) * z
+
+    Args:
+        x: the state, ``[B, ...]``.
+        score: the model's score estimate at ``x``, shaped like ``x``.
+        snr: the target signal-to-noise ratio, >= 0 (score_sde's ``snr``).
+        alpha: a number, or a 0-d / ``[B]`` tensor on ``x``'s device
+            (score_sde's VP corrector uses ``alpha_t``; VE uses 1).
+        noise: standard normal ``z`` shaped like ``x``; when None it is drawn
+            inside the op as ``torch.randn(x.shape, generator=generator,
+            dtype=x.dtype, device=x.device)`` would draw it.
+        reduction: ``"batch"`` averages ``g`` and ``n`` over the batch, as
+            score_sde and diffusers do; ``"sample"`` keeps them per sample so a
+            sample's result does not depend on the rest of its batch.
+        out: ``(x_new_buf, x_mean_buf)`` to write in place; ``x_new_buf`` may be ``x``.
+
+    Returns:
+        ``(x_new, x_mean)`` with ``x``'s dtype.
+    """
+    validation.langevin_correct(x, score, snr, alpha, noise, reduction)
+    if out is not None:
+        validation.check_out_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out, x)
+    if not use_compiled("langevin_correct", x.device.type):
+        if out is not None:
+            validation.check_no_partial_overlap(
+                "diffaccel.langevin_correct",
+                {"out[0] (x_new)": out[0], "out[1] (x_mean)": out[1]},
+                {"x": x, "score": score, "noise": noise},
+            )
+        return reference.langevin_correct(
+            x, score, snr, alpha=alpha, noise=noise, generator=generator, reduction=reduction, out=out
+        )
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.full((), float(alpha), dtype=torch.float64, device=x.device)
+    args = (x, score, float(snr), alpha, noise, generator, reduction)
+    if out is None:
+        return torch.ops.diffaccel.langevin_correct(*args)
+    torch.ops.diffaccel.langevin_correct_out(*args, out[0], out[1])
+    return out[0], out[1]

@@ -1,0 +1,169 @@
+"""Pure-PyTorch twins of every diffaccel op: the oracle of every test, and the
+backend used where no compiled kernel exists.
+
+Each function has the same signature and semantics as its fused counterpart in
+:mod:`diffaccel.ops`, written the plain way: one PyTorch op per term, math in
+float32 for 16/32-bit inputs and in float64 for float64 inputs, in the same
+order as the per-element math of csrc/include/diffaccel/elementwise.h.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+# Up to this many elements per sample the quantile rank is computed as
+# torch.quantile computes it (ratio rounded to the compute dtype, times n - 1,
+# in that dtype); beyond it, where torch.quantile refuses, in double.
+TORCH_QUANTILE_MAX_SIZE = 1 << 24
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [B] or [1] vector shaped to broadcast over a [B, ...] tensor."""
+    return values.reshape(values.shape[0], *([1] * (like.dim() - 1)))
+
+
+def _coeff_column(coeffs: torch.Tensor, j: int, like: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    rows = coeffs.to(acc)
+    rows = rows.unsqueeze(0) if rows.dim() == 1 else rows
+    return _per_sample(rows[:, j], like)
+
+
+def quantile_of_magnitudes(flat: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Per-row linear-interpolation quantile of |flat| ([B, n], compute dtype),
+    with torch.quantile's semantics (a row holding NaN gives NaN) at any n."""
+    batch, n = flat.shape
+    if n == 0:
+        return torch.full((batch,), float("nan"), dtype=flat.dtype, device=flat.device)
+    values = flat.abs().sort(dim=1).values  # NaN sorts last
+    if n <= TORCH_QUANTILE_MAX_SIZE:
+        rank = torch.scalar_tensor(ratio, dtype=flat.dtype) * (n - 1)
+        below = int(rank)
+        weight = rank - below
+        above = math.ceil(rank.item())
+    else:
+        rank = ratio * (n - 1)
+        below = int(rank)
+        weight = torch.scalar_tensor(rank - below, dtype=flat.dtype)
+        above = math.ceil(rank)
+    above = min(above, n - 1)
+    has_nan = values[:, -1].isnan()
+    lo = torch.where(has_nan, values[:, -1], values[:, below])
+    hi = torch.where(has_nan, values[:, -1], values[:, above])
+    return torch.lerp(lo, hi, weight.to(flat.device))
+
+
+def _threshold_compute(v: torch.Tensor, kind: str, ratio: float, max_value: float, style: str) -> torch.Tensor:
+    """Thresholds v, already in the compute dtype."""
+    if kind == "clip":
+        return torch.clamp(v, -max_value, max_value)
+    q = quantile_of_magnitudes(v.reshape(v.shape[0], -1), ratio)
+    if style == "diffusers":
+        s = torch.clamp(q, min=1.0, max=max_value)
+    else:
+        s = torch.maximum(q, torch.full_like(q, max_value))
+    s = _per_sample(s, v)
+    return torch.clamp(v, -s, s) / s
+
+
+def _write(out, results):
+    for buffer, value in zip(out, results):
+        buffer.copy_(value)
+    return tuple(out)
+
+
+def ei_step(
+    x: torch.Tensor,
+    model_out: torch.Tensor,
+    history: Sequence[torch.Tensor],
+    coeffs: torch.Tensor,
+    *,
+    threshold=None,
+    noise: Optional[torch.Tensor] = None,
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`diffaccel.ops.ei_step`."""
+    acc = compute_dtype(x.dtype)
+    xa = x.to(acc)
+    col = lambda j: _coeff_column(coeffs, j, x, acc)  # noqa: E731
+    d = col(0) * xa + col(1) * model_out.to(acc)
+    if threshold is not None:
+        d = _threshold_compute(d, threshold.kind, threshold.ratio, threshold.max_value, threshold.style)
+    y = col(2) * xa + col(3) * d
+    for j, h in enumerate(history):
+        y = y + col(4 + j) * h.to(acc)
+    if noise is not None:
+        y = y + col(4 + len(history)) * noise.to(acc)
+    results = (y.to(x.dtype), d.to(x.dtype))
+    return results if out is None else _write(out, results)
+
+
+def multistep_combine(
+    tensors: Sequence[torch.Tensor], coeffs: torch.Tensor, *, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Reference of :func:`diffaccel.ops.multistep_combine`."""
+    result_dtype = tensors[0].dtype
+    for t in tensors:
+        result_dtype = torch.promote_types(result_dtype, t.dtype)
+    acc = compute_dtype(result_dtype)
+    y = _coeff_column(coeffs, 0, tensors[0], acc) * tensors[0].to(acc)
+    for j in range(1, len(tensors)):
+        y = y + _coeff_column(coeffs, j, tensors[0], acc) * tensors[j].to(acc)
+    y = y.to(result_dtype)
+    return y if out is None else _write((out,), (y,))[0]
+
+
+def threshold(
+    x: torch.Tensor,
+    *,
+    kind: str = "dynamic",
+    ratio: float = 0.995,
+    max_value: float = 1.0,
+    style: str = "diffusers",
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Reference of :func:`diffaccel.ops.threshold`."""
+    y = _threshold_compute(x.to(compute_dtype(x.dtype)), kind, ratio, max_value, style).to(x.dtype)
+    return y if out is None else _write((out,), (y,))[0]
+
+
+def _sample_norms(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1).to(torch.float64), dim=1)
+
+
+def langevin_correct(
+    x: torch.Tensor,
+    score: torch.Tensor,
+    snr: float,
+    *,
+    alpha: Union[float, torch.Tensor] = 1.0,
+    noise: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    reduction: str = "batch",
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`diffaccel.ops.langevin_correct`."""
+    z = noise if noise is not None else torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    batch = x.shape[0]
+    grad_norm = _sample_norms(score)
+    noise_norm = _sample_norms(z)
+    if reduction == "batch":
+        grad_norm = grad_norm.mean().expand(batch)
+        noise_norm = noise_norm.mean().expand(batch)
+    alpha_b = torch.as_tensor(alpha, dtype=torch.float64, device=x.device).expand(batch)
+    r = snr * noise_norm / grad_norm
+    step = 2.0 * alpha_b * r * r
+    noise_scale = torch.sqrt(2.0 * step)
+    acc = compute_dtype(x.dtype)
+    step = _per_sample(step.to(acc), x)
+    noise_scale = _per_sample(noise_scale.to(acc), x)
+    x_mean = x.to(acc) + step * score.to(acc)
+    x_new = x_mean + noise_scale * z.to(acc)
+    results = (x_new.to(x.dtype), x_mean.to(x.dtype))
+    return results if out is None else _write(out, results)

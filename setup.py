@@ -1,0 +1,68 @@
+"""Builds diffaccel._C, the compiled ops.
+
+The CPU kernels are always built. The CUDA kernels (csrc/cuda/*.cu) are added
+only when the installed torch was built with CUDA and nvcc is found, so the
+same command works on a CPU-only machine. Nothing is compiled with
+-march=native: the CPU kernels carry AVX-512, AVX2 and baseline clones
+(target_clones) and the loader picks one for the CPU at run time.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def cuda_available_for_build():
+    import torch
+
+    if os.environ.get("DIFFACCEL_NO_CUDA") == "1":
+        return False
+    nvcc = shutil.which("nvcc") or (
+        cpp_extension.CUDA_HOME and os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    )
+    return bool(torch.version.cuda) and bool(nvcc) and bool(sources("csrc/cuda/*.cu"))
+
+
+def extension():
+    cxx_flags = [
+        "-O3",
+        "-fopenmp",  # at::parallel_for's OpenMP backend is inlined from the torch headers
+        "-ffp-contract=off",  # no FMA contraction: the same bits at every ISA level
+        "-fvisibility=hidden",
+    ]
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    common = dict(
+        name="diffaccel._C",
+        include_dirs=include_dirs,
+        extra_link_args=["-fopenmp"],
+    )
+    cpu_sources = sources("csrc/cpu/*.cpp") + sources("csrc/torch/*.cpp")
+    if cuda_available_for_build():
+        return cpp_extension.CUDAExtension(
+            sources=cpu_sources + sources("csrc/cuda/*.cu"),
+            define_macros=[("DIFFACCEL_WITH_CUDA", None)],
+            extra_compile_args={
+                "cxx": cxx_flags,
+                "nvcc": ["-O3", "--expt-relaxed-constexpr"]
+                + os.environ.get("DIFFACCEL_NVCC_FLAGS", "").split(),
+            },
+            **common,
+        )
+    return cpp_extension.CppExtension(
+        sources=cpu_sources, extra_compile_args={"cxx": cxx_flags}, **common
+    )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
