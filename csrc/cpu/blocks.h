@@ -12,7 +12,15 @@
 
 #include "kernels.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
 #define DA_CPU_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DA_CPU_MULTIVERSION
+#endif
+// Everything a multiversioned kernel calls must be inlined into it to be
+// compiled for the clone's ISA; lambdas are not inlined by default.
+#define DA_LAMBDA_INLINE __attribute__((always_inline))
 
 namespace diffaccel::cpu {
 
@@ -117,6 +125,18 @@ DA_INLINE void store_block(Out dst, int64_t offset, int64_t n, const acc_t* valu
     }
     case DType::kFloat32: {
       float* p = static_cast<float*>(dst.data) + offset;
+#if defined(__x86_64__)
+      if (dst.streaming) {
+        int64_t i = 0;
+        for (; i < n && (reinterpret_cast<uintptr_t>(p + i) & 15u) != 0; ++i) p[i] = float(values[i]);
+        for (; i + 4 <= n; i += 4) {
+          _mm_stream_ps(p + i, _mm_setr_ps(float(values[i]), float(values[i + 1]),
+                                           float(values[i + 2]), float(values[i + 3])));
+        }
+        for (; i < n; ++i) p[i] = float(values[i]);
+        return;
+      }
+#endif
       for (int64_t i = 0; i < n; ++i) p[i] = float(values[i]);
       return;
     }
@@ -126,6 +146,13 @@ DA_INLINE void store_block(Out dst, int64_t offset, int64_t n, const acc_t* valu
       return;
     }
   }
+}
+
+// Orders this thread's streaming stores before whatever follows the kernel.
+DA_INLINE void streaming_store_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
 }
 
 // Calls body(sample, first_element, count) for each per-sample piece of the

@@ -18,7 +18,7 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t 
     limit = a.limit[sample * a.threshold_stride];
     divisor = a.divisor[sample * a.threshold_stride];
   }
-  for_each_block(first, count, [&](int64_t offset, int64_t n) {
+  for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
     acc_t x_buf[kBlock], m_buf[kBlock], z_buf[kBlock], h_buf[K > 0 ? K : 1][kBlock];
     acc_t x_next[kBlock], d_out[kBlock];
     const acc_t* x = load_block(a.x, offset, n, x_buf);
@@ -41,7 +41,7 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t 
 
 template <typename acc_t, int K, bool kNoise, bool kThreshold>
 DA_INLINE void ei_step_spans(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
-  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t n) {
+  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t n) DA_LAMBDA_INLINE {
     ei_step_span<acc_t, K, kNoise, kThreshold>(a, sample, first, n);
   });
 }
@@ -74,7 +74,7 @@ void ei_step_dynamic_scales_impl(const EiStepArgs<acc_t>& a, const DynamicThresh
   std::vector<acc_t> magnitudes(a.per_sample);
   for (int64_t b = sample_begin; b < sample_end; ++b) {
     const acc_t* row = a.coeffs + b * a.coeff_stride;
-    for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) {
+    for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t x_buf[kBlock], m_buf[kBlock];
       const acc_t* x = load_block(a.x, offset, n, x_buf);
       const acc_t* m = load_block(a.model_out, offset, n, m_buf);
@@ -90,9 +90,11 @@ void ei_step_dynamic_scales_impl(const EiStepArgs<acc_t>& a, const DynamicThresh
 
 DA_CPU_MULTIVERSION void ei_step_range(const EiStepArgs<float>& a, int64_t begin, int64_t end) {
   ei_step_range_impl(a, begin, end);
+  streaming_store_fence();
 }
 DA_CPU_MULTIVERSION void ei_step_range(const EiStepArgs<double>& a, int64_t begin, int64_t end) {
   ei_step_range_impl(a, begin, end);
+  streaming_store_fence();
 }
 
 void ei_step_dynamic_scales(const EiStepArgs<float>& a, const DynamicThreshold& t, float* scale,

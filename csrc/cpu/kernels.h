@@ -23,6 +23,9 @@ struct In {
 struct Out {
   void* data = nullptr;
   DType dtype = DType::kFloat32;
+  // Write around the cache (non-temporal stores): set for data larger than the
+  // last-level cache, where a normal store would first read the line it writes.
+  bool streaming = false;
 };
 
 // acc_t is float when every tensor is 16- or 32-bit, double when all are float64.

@@ -36,7 +36,7 @@ DA_INLINE void sum_squares_chunks_impl(In t, int64_t per_sample, double* partial
     const int64_t len = per_sample - start < kNormChunk ? per_sample - start : kNormChunk;
     double total = 0;
     // Blocks of kBlock elements are summed in order; kNormChunk is a multiple of kBlock.
-    for_each_block(sample * per_sample + start, len, [&](int64_t offset, int64_t n) {
+    for_each_block(sample * per_sample + start, len, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t buf[kBlock];
       total += sum_squares(load_block(t, offset, n, buf), n);
     });
@@ -46,10 +46,10 @@ DA_INLINE void sum_squares_chunks_impl(In t, int64_t per_sample, double* partial
 
 template <typename acc_t>
 DA_INLINE void langevin_range_impl(const LangevinArgs<acc_t>& a, int64_t begin, int64_t end) {
-  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) {
+  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
     const acc_t step = a.step[sample];
     const acc_t noise_scale = a.noise_scale[sample];
-    for_each_block(first, count, [&](int64_t offset, int64_t n) {
+    for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t x_buf[kBlock], s_buf[kBlock], z_buf[kBlock], x_new[kBlock], x_mean[kBlock];
       const acc_t* x = load_block(a.x, offset, n, x_buf);
       const acc_t* s = load_block(a.score, offset, n, s_buf);
@@ -76,10 +76,12 @@ DA_CPU_MULTIVERSION void sum_squares_chunks(In t, int64_t per_sample, double* pa
 
 DA_CPU_MULTIVERSION void langevin_range(const LangevinArgs<float>& a, int64_t begin, int64_t end) {
   langevin_range_impl(a, begin, end);
+  streaming_store_fence();
 }
 DA_CPU_MULTIVERSION void langevin_range(const LangevinArgs<double>& a, int64_t begin,
                                         int64_t end) {
   langevin_range_impl(a, begin, end);
+  streaming_store_fence();
 }
 
 }  // namespace diffaccel::cpu

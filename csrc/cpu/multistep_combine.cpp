@@ -7,9 +7,9 @@ namespace {
 
 template <typename acc_t, int N>
 DA_INLINE void combine_spans(const CombineArgs<acc_t>& a, int64_t begin, int64_t end) {
-  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) {
+  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
     const acc_t* c = a.coeffs + sample * a.coeff_stride;
-    for_each_block(first, count, [&](int64_t offset, int64_t n) {
+    for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t t_buf[N][kBlock], y[kBlock];
       const acc_t* t[N];
       for (int j = 0; j < N; ++j) t[j] = load_block(a.tensors[j], offset, n, t_buf[j]);
@@ -42,10 +42,12 @@ DA_INLINE void combine_range_impl(const CombineArgs<acc_t>& a, int64_t begin, in
 DA_CPU_MULTIVERSION void multistep_combine_range(const CombineArgs<float>& a, int64_t begin,
                                                  int64_t end) {
   combine_range_impl(a, begin, end);
+  streaming_store_fence();
 }
 DA_CPU_MULTIVERSION void multistep_combine_range(const CombineArgs<double>& a, int64_t begin,
                                                  int64_t end) {
   combine_range_impl(a, begin, end);
+  streaming_store_fence();
 }
 
 }  // namespace diffaccel::cpu

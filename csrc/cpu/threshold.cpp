@@ -11,10 +11,10 @@ namespace {
 
 template <typename acc_t>
 DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin, int64_t end) {
-  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) {
+  for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
     const acc_t limit = a.limit[sample * a.threshold_stride];
     const acc_t divisor = a.divisor[sample * a.threshold_stride];
-    for_each_block(first, count, [&](int64_t offset, int64_t n) {
+    for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t x_buf[kBlock], y[kBlock];
       const acc_t* x = load_block(a.x, offset, n, x_buf);
       for (int64_t i = 0; i < n; ++i) y[i] = threshold_element(x[i], limit, divisor);
@@ -28,7 +28,7 @@ void threshold_dynamic_scales_impl(const ThresholdArgs<acc_t>& a, const DynamicT
                                    acc_t* scale, int64_t sample_begin, int64_t sample_end) {
   std::vector<acc_t> magnitudes(a.per_sample);
   for (int64_t b = sample_begin; b < sample_end; ++b) {
-    for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) {
+    for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t x_buf[kBlock];
       const acc_t* x = load_block(a.x, offset, n, x_buf);
       acc_t* out = magnitudes.data() + (offset - b * a.per_sample);
@@ -44,10 +44,12 @@ void threshold_dynamic_scales_impl(const ThresholdArgs<acc_t>& a, const DynamicT
 DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<float>& a, int64_t begin,
                                          int64_t end) {
   threshold_range_impl(a, begin, end);
+  streaming_store_fence();
 }
 DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<double>& a, int64_t begin,
                                          int64_t end) {
   threshold_range_impl(a, begin, end);
+  streaming_store_fence();
 }
 
 void threshold_dynamic_scales(const ThresholdArgs<float>& a, const DynamicThreshold& t,

@@ -7,6 +7,8 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
+#include <unistd.h>
+
 #include <string>
 #include <vector>
 
@@ -65,6 +67,13 @@ inline void check_no_partial_overlap(const char* op, const char* name, const at:
                     "'; an output may be the very same tensor as an input, or not overlap it");
 }
 
+// Two outputs of one op must be distinct memory. (get_overlap_status answers
+// TooHard for non-dense views; those are not flagged.)
+inline bool outputs_overlap(const at::Tensor& a, const at::Tensor& b) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
+  return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
+}
+
 // Coefficients: shape [n] (shared by the batch) or [batch, n], on x's device.
 inline void check_coeffs(const char* op, const at::Tensor& coeffs, const at::Tensor& x,
                          int64_t n, const char* layout) {
@@ -93,6 +102,23 @@ inline cpu::In kernel_in(const at::Tensor& contiguous) {
   return {contiguous.data_ptr(), kernel_dtype(contiguous.scalar_type())};
 }
 
+// Whether an op touching this many bytes in all is larger than the last-level
+// cache, so its outputs are best written with streaming stores.
+inline bool exceeds_last_level_cache(int64_t bytes) {
+  static const int64_t llc = [] {
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return int64_t(l3 > 0 ? l3 : (l2 > 0 ? l2 : 32l << 20));
+  }();
+  return bytes > llc;
+}
+
+inline int64_t total_bytes(std::initializer_list<const at::Tensor*> tensors) {
+  int64_t bytes = 0;
+  for (const at::Tensor* t : tensors) bytes += t->numel() * int64_t(t->element_size());
+  return bytes;
+}
+
 // An output the kernel writes: the caller's tensor when it is contiguous, else
 // a contiguous buffer copied back by finish().
 struct KernelOut {
@@ -100,7 +126,10 @@ struct KernelOut {
   at::Tensor buffer;
   explicit KernelOut(const at::Tensor& out)
       : target(out), buffer(out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous)) {}
-  cpu::Out view() const { return {buffer.data_ptr(), kernel_dtype(buffer.scalar_type())}; }
+  // streaming: the op's whole footprint exceeds the last-level cache.
+  cpu::Out view(bool streaming) const {
+    return {buffer.data_ptr(), kernel_dtype(buffer.scalar_type()), streaming};
+  }
   void finish() {
     if (!buffer.is_same(target)) target.copy_(buffer);
   }

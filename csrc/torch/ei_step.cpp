@@ -42,7 +42,7 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
   }
   check_out(kOp, "out[0] (x_next)", x_next_out, x);
   check_out(kOp, "out[1] (d)", d_out, x);
-  TORCH_CHECK_VALUE(at::get_overlap_status(x_next_out, d_out) == at::MemOverlapStatus::No, kOp,
+  TORCH_CHECK_VALUE(!outputs_overlap(x_next_out, d_out), kOp,
                     ": the two outputs (x_next, d) must not share memory");
   for (const at::Tensor* out : {&x_next_out, &d_out}) {
     const char* name = out == &x_next_out ? "out[0] (x_next)" : "out[1] (d)";
@@ -75,8 +75,12 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
     if (zc) args.noise = kernel_in(*zc);
     args.coeffs = table.values.data_ptr<scalar_t>();
     args.coeff_stride = table.stride;
-    args.x_next = x_next.view();
-    args.d = d.view();
+    int64_t footprint = total_bytes({&xc, &mc, &x_next_out, &d_out});
+    for (const at::Tensor& h : hc) footprint += total_bytes({&h});
+    if (zc) footprint += total_bytes({&*zc});
+    const bool streaming = exceeds_last_level_cache(footprint);
+    args.x_next = x_next.view(streaming);
+    args.d = d.view(streaming);
     if (thresholds) {
       args.has_threshold = true;
       args.limit = thresholds->limit.data_ptr<scalar_t>();

@@ -61,7 +61,7 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
   }
   check_out(kOp, "out[0] (x_new)", x_new_out, x);
   check_out(kOp, "out[1] (x_mean)", x_mean_out, x);
-  TORCH_CHECK_VALUE(at::get_overlap_status(x_new_out, x_mean_out) == at::MemOverlapStatus::No,
+  TORCH_CHECK_VALUE(!outputs_overlap(x_new_out, x_mean_out),
                     kOp, ": the two outputs (x_new, x_mean) must not share memory");
   for (const at::Tensor* out : {&x_new_out, &x_mean_out}) {
     const char* name = out == &x_new_out ? "out[0] (x_new)" : "out[1] (x_mean)";
@@ -94,8 +94,8 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_langevin_correct_cpu", [&] {
     scalar_t* step_b = step.data_ptr<scalar_t>();
     scalar_t* scale_b = noise_scale.data_ptr<scalar_t>();
+    const bool per_sample = reduction == "sample";
     for (int64_t b = 0; b < batch; ++b) {
-      const bool per_sample = reduction == "sample";
       const double r = snr * (per_sample ? noise_norm[b] : noise_mean) /
                        (per_sample ? grad_norm[b] : grad_mean);
       const double s = 2.0 * alpha_b[b] * r * r;
@@ -109,8 +109,10 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
     args.noise = kernel_in(z);
     args.step = step_b;
     args.noise_scale = scale_b;
-    args.x_new = x_new.view();
-    args.x_mean = x_mean.view();
+    const bool streaming =
+        exceeds_last_level_cache(total_bytes({&xc, &sc, &z, &x_new_out, &x_mean_out}));
+    args.x_new = x_new.view(streaming);
+    args.x_mean = x_mean.view(streaming);
     parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
       cpu::langevin_range(args, begin, end);
     });

@@ -50,7 +50,9 @@ void multistep_combine_out_cpu(at::TensorList tensors, const at::Tensor& coeffs,
     for (int64_t j = 0; j < n; ++j) args.tensors[j] = kernel_in(inputs[j]);
     args.coeffs = table.values.data_ptr<scalar_t>();
     args.coeff_stride = table.stride;
-    args.y = y.view();
+    int64_t footprint = total_bytes({&out});
+    for (const at::Tensor& t : inputs) footprint += total_bytes({&t});
+    args.y = y.view(exceeds_last_level_cache(footprint));
     parallel_elements(first.numel(), [&](int64_t begin, int64_t end) {
       cpu::multistep_combine_range(args, begin, end);
     });

@@ -32,7 +32,7 @@ void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
     args.limit = table.limit.data_ptr<scalar_t>();
     args.divisor = table.divisor.data_ptr<scalar_t>();
     args.threshold_stride = table.stride;
-    args.y = y.view();
+    args.y = y.view(exceeds_last_level_cache(total_bytes({&xc, &out})));
     if (options.kind == ThresholdKind::kDynamic && args.per_sample > 0) {
       const cpu::DynamicThreshold dyn{options.ratio, options.style, options.max_value};
       scalar_t* scale = table.limit.data_ptr<scalar_t>();

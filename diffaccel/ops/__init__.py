@@ -3,7 +3,7 @@
 Each op checks its arguments (:mod:`diffaccel.ops.validation`), then runs the
 compiled kernel registered under ``torch.ops.diffaccel`` for the tensors'
 device, or its pure-PyTorch twin in :mod:`diffaccel.ops.reference` where none
-is (see :mod:`diffaccel.ops.backend`). Math is done in float32 for 16/32-bit
+is (see :mod:`diffaccel.ops.backends`). Math is done in float32 for 16/32-bit
 inputs and in float64 for float64 inputs; inputs may be non-contiguous; no op
 synchronizes with the host.
 """
@@ -17,7 +17,7 @@ import torch
 
 from diffaccel import _extension
 from diffaccel.ops import reference, validation
-from diffaccel.ops.backend import backend, use_compiled
+from diffaccel.ops.backends import backend, use_compiled
 
 if _extension.available():
     from diffaccel.ops import fake  # noqa: F401  (registers the fake kernels)

@@ -63,7 +63,7 @@ def _threshold_compute(v: torch.Tensor, kind: str, ratio: float, max_value: floa
     """Thresholds v, already in the compute dtype."""
     if kind == "clip":
         return torch.clamp(v, -max_value, max_value)
-    q = quantile_of_magnitudes(v.reshape(v.shape[0], -1), ratio)
+    q = quantile_of_magnitudes(v.reshape(v.shape[0], math.prod(v.shape[1:])), ratio)
     if style == "diffusers":
         s = torch.clamp(q, min=1.0, max=max_value)
     else:
@@ -134,7 +134,7 @@ def threshold(
 
 
 def _sample_norms(t: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1).to(torch.float64), dim=1)
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], math.prod(t.shape[1:])).to(torch.float64), dim=1)
 
 
 def langevin_correct(

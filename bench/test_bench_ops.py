@@ -1,0 +1,63 @@
+"""CPU benchmarks of every op (pytest-benchmark), run by `make bench`.
+
+For each case and shape, one run times: the fused op, the eager reference,
+torch.compile of the reference, and dst.copy_(src) at the same size (the copy
+bandwidth that bounds these memory-bound ops). bench/report.py turns the JSON
+into the table of ratios and GB/s in bench/results/. The dynamic threshold is
+also timed against torch.quantile written the diffusers way.
+"""
+
+import pytest
+import torch
+
+from diffaccel import benchmarking
+
+SHAPES = dict(benchmarking.SHAPES, large=(16, 16, 128, 128))  # large: 16 MiB per tensor, beyond the cache
+IMPLS = ["fused", "eager_reference", "compiled_reference"]
+
+_compiled = {}
+
+
+def _callable(case, impl):
+    if impl == "fused":
+        return case.fused
+    if impl == "eager_reference":
+        return case.reference
+    if case.name not in _compiled:
+        _compiled[case.name] = torch.compile(case.reference)
+    return _compiled[case.name]
+
+
+def _record(benchmark, case_name, shape_name, impl, nbytes):
+    benchmark.group = f"{case_name} {shape_name}"
+    benchmark.extra_info.update(case=case_name, shape=shape_name, impl=impl, bytes=nbytes)
+
+
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("case_name", list(benchmarking.CASES))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_op(benchmark, case_name, shape_name, impl):
+    case = benchmarking.CASES[case_name]
+    shape = SHAPES[shape_name]
+    args, kwargs = case.make(shape, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    fn = _callable(case, impl)
+    fn(*args, **kwargs)  # warm-up (and compilation)
+    _record(benchmark, case_name, shape_name, impl, benchmarking.bytes_moved(case, shape, torch.float32))
+    benchmark(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_copy(benchmark, shape_name):
+    src = torch.randn(SHAPES[shape_name])
+    dst = torch.empty_like(src)
+    _record(benchmark, "copy", shape_name, "copy", 2 * src.numel() * src.element_size())
+    benchmark(dst.copy_, src)
+
+
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_threshold_torch_quantile(benchmark, shape_name):
+    case = benchmarking.CASES["threshold_dynamic"]
+    shape = SHAPES[shape_name]
+    (x,), kwargs = case.make(shape, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    _record(benchmark, "threshold_dynamic", shape_name, "torch_quantile", benchmarking.bytes_moved(case, shape, torch.float32))
+    benchmark(benchmarking.quantile_threshold, x, **kwargs)

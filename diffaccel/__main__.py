@@ -1,0 +1,55 @@
+"""Command line: ``python -m diffaccel info`` and ``python -m diffaccel bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def _bench(args) -> None:
+    from diffaccel import benchmarking
+
+    device = args.device
+    torch.manual_seed(0)
+    shapes = [benchmarking.SHAPES[s] for s in args.shapes]
+    print(f"diffaccel quick benchmark on {device}, float32, {torch.get_num_threads()} threads")
+    print("(median of 5 runs; GB/s = bytes the op must move / time; copy = dst.copy_(src) at the same size)")
+    print()
+    header = f"{'case':<20} {'shape':<18} {'fused us':>10} {'ref us':>10} {'speedup':>8} {'fused GB/s':>11} {'copy GB/s':>10}"
+    print(header)
+    print("-" * len(header))
+    for shape in shapes:
+        copy = benchmarking.copy_bandwidth(shape, torch.float32, device)
+        for case in benchmarking.CASES.values():
+            g = torch.Generator().manual_seed(0)
+            call_args, kwargs = case.make(shape, torch.float32, device, g)
+            fused = benchmarking.median_seconds(lambda: case.fused(*call_args, **kwargs), device)
+            ref = benchmarking.median_seconds(lambda: case.reference(*call_args, **kwargs), device)
+            gbs = benchmarking.bytes_moved(case, shape, torch.float32) / fused / 1e9
+            print(
+                f"{case.name:<20} {str(tuple(shape)):<18} {fused * 1e6:>10.1f} {ref * 1e6:>10.1f} "
+                f"{ref / fused:>7.1f}x {gbs:>11.1f} {copy / 1e9:>10.1f}"
+            )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="diffaccel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, live backends and why others are off")
+    bench = sub.add_parser("bench", help="a short table: fused ops vs the eager reference")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--shapes", nargs="+", default=["small", "medium"], choices=["small", "medium", "batch16"])
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        from diffaccel.info import report
+
+        print(report())
+    else:
+        _bench(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Shared test helpers: random inputs in every layout, per-dtype tolerances,
+and the backends every op is checked on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from diffaccel import _extension
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+# Odd, tiny (one element, batch 1), empty-batch and large-ish shapes.
+SHAPES = [(1,), (3, 5, 7, 11), (2, 4, 64, 64), (0, 3, 4)]
+
+LAYOUTS = ["contiguous", "sliced", "transposed"]
+
+# Tolerances of the fused kernel against the reference on identical inputs.
+# Both compute in float32 (float64 for float64), so fp32 results agree to the
+# last bit or two; 16-bit outputs may round one unit apart when the float32
+# results straddle a rounding boundary.
+TOLERANCES = {
+    torch.float32: dict(rtol=1e-6, atol=1e-6),
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
+}
+
+
+def assert_close(actual, expected, dtype=None):
+    dtype = dtype or expected.dtype
+    assert actual.dtype == expected.dtype
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, equal_nan=True, **TOLERANCES[dtype])
+
+
+def make(shape, dtype, layout="contiguous", generator=None, scale=1.0):
+    """Fresh standard-normal data with the given shape and memory layout."""
+    if layout == "contiguous" or len(shape) == 0:
+        base = torch.randn(shape, generator=generator)
+        return (base * scale).to(dtype)
+    if layout == "sliced":  # every other element of a wider last dimension
+        wide = tuple(shape[:-1]) + (2 * shape[-1] + 1,)
+        base = (torch.randn(wide, generator=generator) * scale).to(dtype)
+        view = base[..., 1::2]
+    elif layout == "transposed":  # same elements, dimensions stored in reverse order
+        base = (torch.randn(tuple(reversed(shape)), generator=generator) * scale).to(dtype)
+        view = base.permute(*reversed(range(len(shape))))
+    else:
+        raise ValueError(layout)
+    assert view.shape == tuple(shape)
+    return view
+
+
+@pytest.fixture
+def gen():
+    """A fresh, seeded generator per test (different per test via its name)."""
+    return torch.Generator().manual_seed(abs(hash(os.environ.get("PYTEST_CURRENT_TEST", ""))) % (2**31))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _require_compiled_extension():
+    """The suite checks the compiled kernels: without them it would silently
+    test the reference against itself, so that is an error unless asked for."""
+    if not _extension.available() and os.environ.get("DIFFACCEL_ALLOW_NO_EXTENSION") != "1":
+        pytest.fail(f"diffaccel's compiled extension did not load: {_extension.load_error}")

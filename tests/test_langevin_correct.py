@@ -1,0 +1,79 @@
+"""diffaccel.ops.langevin_correct against its reference."""
+
+import pytest
+import torch
+
+from diffaccel import ops
+from diffaccel.ops import reference
+
+from conftest import DTYPES, LAYOUTS, SHAPES, assert_close, make
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(3, 5000)], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+@pytest.mark.parametrize("alpha", ["one", "number", "per_sample"])
+def test_matches_reference(dtype, shape, layout, reduction, alpha, gen):
+    x, score, z = (make(shape, dtype, layout, gen) for _ in range(3))
+    alpha = {"one": 1.0, "number": 0.37, "per_sample": torch.rand(shape[0], generator=gen) + 0.5}[alpha]
+    got = ops.langevin_correct(x, score, 0.16, alpha=alpha, noise=z, reduction=reduction)
+    want = reference.langevin_correct(x, score, 0.16, alpha=alpha, noise=z, reduction=reduction)
+    for g, w in zip(got, want):
+        assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_draws_noise_like_torch_randn(dtype):
+    shape = (2, 3, 16, 16)
+    x = torch.randn(shape).to(dtype)
+    score = torch.randn(shape).to(dtype)
+    got = ops.langevin_correct(x, score, 0.2, generator=torch.Generator().manual_seed(7))
+    want = reference.langevin_correct(x, score, 0.2, generator=torch.Generator().manual_seed(7))
+    explicit = reference.langevin_correct(
+        x, score, 0.2, noise=torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    )
+    for g, w, e in zip(got, want, explicit):
+        assert_close(g, w)
+        assert torch.equal(w, e)
+
+
+def test_sample_reduction_is_independent_of_the_batch(gen):
+    x, score, z = (make((4, 3, 10, 10), torch.float32, generator=gen) for _ in range(3))
+    whole = ops.langevin_correct(x, score, 0.16, noise=z, reduction="sample")
+    alone = ops.langevin_correct(x[1:2], score[1:2], 0.16, noise=z[1:2], reduction="sample")
+    assert torch.equal(whole[0][1:2], alone[0])
+
+
+def test_in_place(gen):
+    x, score, z = (make((2, 3, 20, 20), torch.float32, generator=gen) for _ in range(3))
+    x_mean = torch.empty_like(x)
+    want = reference.langevin_correct(x.clone(), score, 0.16, noise=z)
+    result = ops.langevin_correct(x, score, 0.16, noise=z, out=(x, x_mean))
+    assert result[0] is x and result[1] is x_mean
+    assert_close(x, want[0])
+    assert_close(x_mean, want[1])
+
+
+def test_zero_score_propagates_like_reference(gen):
+    x, z = make((2, 30), torch.float32, generator=gen), make((2, 30), torch.float32, generator=gen)
+    score = torch.zeros_like(x)
+    got = ops.langevin_correct(x, score, 0.16, noise=z, reduction="sample")
+    want = reference.langevin_correct(x, score, 0.16, noise=z, reduction="sample")
+    for g, w in zip(got, want):
+        assert_close(g, w)
+
+
+def test_deterministic_for_a_seed():
+    x = torch.randn(4, 4, 64, 64)
+    score = torch.randn(4, 4, 64, 64)
+    a = ops.langevin_correct(x, score, 0.16, generator=torch.Generator().manual_seed(3))
+    b = ops.langevin_correct(x, score, 0.16, generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        c = ops.langevin_correct(x, score, 0.16, generator=torch.Generator().manual_seed(3))
+    finally:
+        torch.set_num_threads(threads)
+    for u, v, w in zip(a, b, c):
+        assert torch.equal(u, v) and torch.equal(u, w)
