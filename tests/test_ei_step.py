@@ -141,3 +141,16 @@ def test_deterministic_across_calls_and_threads(gen):
     again = ops.ei_step(x, m, [h], coeffs, noise=z, threshold=t)
     for a, b, c in zip(first, single, again):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_large_data_streaming_stores(in_place, gen):
+    """Data beyond the last-level cache takes the streaming-store path (and odd
+    sizes its unaligned head and tail)."""
+    shape = (3, 1_500_001)
+    x, m, h, z = (make(shape, torch.float32, generator=gen) for _ in range(4))
+    coeffs = _coeffs(3, 1, True, gen)
+    want = reference.ei_step(x, m, [h], coeffs, noise=z)
+    got = ops.ei_step(x, m, [h], coeffs, noise=z, out=(x, h) if in_place else None)
+    for g, w in zip(got, want):
+        assert_close(g, w)

@@ -77,3 +77,11 @@ def test_deterministic_for_a_seed():
         torch.set_num_threads(threads)
     for u, v, w in zip(a, b, c):
         assert torch.equal(u, v) and torch.equal(u, w)
+
+
+def test_large_data_streaming_stores(gen):
+    x, score, z = (make((2, 2_000_003), torch.float32, generator=gen) for _ in range(3))
+    got = ops.langevin_correct(x, score, 0.16, noise=z)
+    want = reference.langevin_correct(x, score, 0.16, noise=z)
+    for g, w in zip(got, want):
+        assert_close(g, w)

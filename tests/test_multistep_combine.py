@@ -59,3 +59,9 @@ def test_deterministic(gen):
     tensors = [make((4, 4, 64, 64), torch.bfloat16, generator=gen) for _ in range(4)]
     coeffs = torch.randn((4, 4), generator=gen)
     assert torch.equal(ops.multistep_combine(tensors, coeffs), ops.multistep_combine(tensors, coeffs))
+
+
+def test_large_data_streaming_stores(gen):
+    tensors = [make((2, 2_000_003), torch.float32, generator=gen) for _ in range(3)]
+    coeffs = torch.randn(2, 3, generator=gen)
+    assert_close(ops.multistep_combine(tensors, coeffs), reference.multistep_combine(tensors, coeffs))

@@ -178,9 +178,9 @@ DA_INLINE void for_each_block(int64_t first, int64_t count, Body&& body) {
   }
 }
 
-// The linear-interpolation quantile of n values that are all >= 0 or NaN
-// (absolute values), found by selection; values is reordered.
+// The linear-interpolation quantile of n >= 1 values that are all >= 0 or NaN
+// (absolute values), found by selection (csrc/cpu/quantile.cpp).
 template <typename acc_t>
-acc_t quantile_of_magnitudes(acc_t* values, int64_t n, double ratio);
+acc_t quantile_of_magnitudes(const acc_t* values, int64_t n, double ratio);
 
 }  // namespace diffaccel::cpu

@@ -103,12 +103,17 @@ inline cpu::In kernel_in(const at::Tensor& contiguous) {
 }
 
 // Whether an op touching this many bytes in all is larger than the last-level
-// cache, so its outputs are best written with streaming stores.
+// cache, so its outputs are best written with streaming stores (measured on the
+// 2-core dev machine: 16 MiB tensors, ei_step 2M row, about 1.8x faster; 1 MiB
+// tensors about 1.2x slower, since the next op would have read them from cache).
+// The cache size is capped at 32 MiB because virtual machines report the
+// host's total L3 (320 MiB on the dev machine) rather than the slice one
+// core's data actually shares.
 inline bool exceeds_last_level_cache(int64_t bytes) {
   static const int64_t llc = [] {
+    constexpr int64_t kCap = int64_t(32) << 20;
     const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return int64_t(l3 > 0 ? l3 : (l2 > 0 ? l2 : 32l << 20));
+    return l3 > 0 && int64_t(l3) < kCap ? int64_t(l3) : kCap;
   }();
   return bytes > llc;
 }
