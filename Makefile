@@ -24,8 +24,13 @@ demo: $(STAMP)
 test: $(STAMP) cuda-compile-check
 	$(PY) -m pytest tests
 
+# pytest-benchmark of every op vs the eager and compiled reference and the copy
+# bandwidth; the markdown report lands in bench/results/<date>-cpu.md.
 bench: $(STAMP)
-	$(BENCH_ENV) $(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,rounds
+	@mkdir -p build bench/results
+	$(BENCH_ENV) $(PY) -m pytest bench -q --benchmark-only --benchmark-json=build/bench-cpu.json --benchmark-columns=median,rounds
+	$(PY) bench/report.py build/bench-cpu.json > bench/results/$$(date +%F)-cpu.md
+	@cat bench/results/$$(date +%F)-cpu.md
 
 install: $(STAMP)
 

@@ -1,10 +1,16 @@
 // Block staging for the CPU kernels: each kernel walks its range in blocks of
-// kBlock elements, converts 16-bit inputs to acc_t into small stack buffers
-// (float32 and float64 inputs are read in place), computes into stack buffers,
-// then stores. This keeps one kernel body per acc_t whatever the mix of input
-// dtypes (a bf16 model output with a float32 state, say), and makes aliasing
-// safe: every read of a block happens before any write of it, so x_next may be
-// x and d may be a history tensor.
+// kBlock elements. Inputs that already hold acc_t are read in place; 16-bit
+// ones are converted into small stack buffers. Results go straight into
+// outputs that hold acc_t, else into stack buffers converted on store (and
+// into stack buffers too when the output is written with streaming stores).
+// This keeps one kernel body per acc_t whatever the mix of dtypes (a bf16
+// model output with a float32 state, say).
+//
+// Aliasing: an output may be exactly one of the inputs (x_next may be x, d a
+// history tensor); partial overlap is refused before any kernel runs. With
+// exact aliasing, element i is read and written only in iteration i, so the
+// loops carry no dependence and are marked DA_IVDEP (vectorized without
+// run-time alias checks, which would fail exactly in the in-place case).
 #pragma once
 
 #include <cstdint>
@@ -18,6 +24,8 @@
 #else
 #define DA_CPU_MULTIVERSION
 #endif
+#define DA_IVDEP _Pragma("GCC ivdep")
+
 // Everything a multiversioned kernel calls must be inlined into it to be
 // compiled for the clone's ISA; lambdas are not inlined by default.
 #define DA_LAMBDA_INLINE __attribute__((always_inline))
@@ -153,6 +161,25 @@ DA_INLINE void streaming_store_fence() {
 #if defined(__x86_64__)
   _mm_sfence();
 #endif
+}
+
+template <typename acc_t>
+constexpr DType dtype_of() {
+  return sizeof(acc_t) == sizeof(double) ? DType::kFloat64 : DType::kFloat32;
+}
+
+// Where a block's results are computed: the output itself when it holds acc_t
+// and is written normally, else buf (then stored by commit_block).
+template <typename acc_t>
+DA_INLINE acc_t* output_block(Out dst, int64_t offset, acc_t* buf) {
+  if (dst.dtype == dtype_of<acc_t>() && !dst.streaming) return static_cast<acc_t*>(dst.data) + offset;
+  return buf;
+}
+
+template <typename acc_t>
+DA_INLINE void commit_block(Out dst, int64_t offset, int64_t n, const acc_t* buf,
+                            const acc_t* written) {
+  if (written == buf) store_block(dst, offset, n, buf);
 }
 
 // Calls body(sample, first_element, count) for each per-sample piece of the

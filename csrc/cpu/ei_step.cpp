@@ -20,13 +20,15 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t 
   }
   for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
     acc_t x_buf[kBlock], m_buf[kBlock], z_buf[kBlock], h_buf[K > 0 ? K : 1][kBlock];
-    acc_t x_next[kBlock], d_out[kBlock];
+    acc_t x_next_buf[kBlock], d_buf[kBlock];
     const acc_t* x = load_block(a.x, offset, n, x_buf);
     const acc_t* m = load_block(a.model_out, offset, n, m_buf);
     const acc_t* z = kNoise ? load_block(a.noise, offset, n, z_buf) : x;
     const acc_t* h[K > 0 ? K : 1];
     for (int j = 0; j < K; ++j) h[j] = load_block(a.history[j], offset, n, h_buf[j]);
-    for (int64_t i = 0; i < n; ++i) {
+    acc_t* x_next = output_block(a.x_next, offset, x_next_buf);
+    acc_t* d_out = output_block(a.d, offset, d_buf);
+    DA_IVDEP for (int64_t i = 0; i < n; ++i) {
       acc_t d = ei_data_term(row, x[i], m[i]);
       if (kThreshold) d = threshold_element(d, limit, divisor);
       acc_t hv[K > 0 ? K : 1];
@@ -34,8 +36,8 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t 
       x_next[i] = ei_combine<acc_t, K, kNoise>(row, x[i], d, hv, z[i]);
       d_out[i] = d;
     }
-    store_block(a.x_next, offset, n, x_next);
-    store_block(a.d, offset, n, d_out);
+    commit_block(a.x_next, offset, n, x_next_buf, x_next);
+    commit_block(a.d, offset, n, d_buf, d_out);
   });
 }
 

@@ -50,15 +50,20 @@ DA_INLINE void langevin_range_impl(const LangevinArgs<acc_t>& a, int64_t begin, 
     const acc_t step = a.step[sample];
     const acc_t noise_scale = a.noise_scale[sample];
     for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
-      acc_t x_buf[kBlock], s_buf[kBlock], z_buf[kBlock], x_new[kBlock], x_mean[kBlock];
+      acc_t x_buf[kBlock], s_buf[kBlock], z_buf[kBlock], x_new_buf[kBlock], x_mean_buf[kBlock];
       const acc_t* x = load_block(a.x, offset, n, x_buf);
       const acc_t* s = load_block(a.score, offset, n, s_buf);
       const acc_t* z = load_block(a.noise, offset, n, z_buf);
-      for (int64_t i = 0; i < n; ++i) {
-        langevin_element(x[i], s[i], z[i], step, noise_scale, x_new[i], x_mean[i]);
+      acc_t* x_new = output_block(a.x_new, offset, x_new_buf);
+      acc_t* x_mean = output_block(a.x_mean, offset, x_mean_buf);
+      DA_IVDEP for (int64_t i = 0; i < n; ++i) {
+        acc_t new_value, mean_value;
+        langevin_element(x[i], s[i], z[i], step, noise_scale, new_value, mean_value);
+        x_new[i] = new_value;
+        x_mean[i] = mean_value;
       }
-      store_block(a.x_new, offset, n, x_new);
-      store_block(a.x_mean, offset, n, x_mean);
+      commit_block(a.x_new, offset, n, x_new_buf, x_new);
+      commit_block(a.x_mean, offset, n, x_mean_buf, x_mean);
     });
   });
 }

@@ -10,15 +10,16 @@ DA_INLINE void combine_spans(const CombineArgs<acc_t>& a, int64_t begin, int64_t
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
     const acc_t* c = a.coeffs + sample * a.coeff_stride;
     for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
-      acc_t t_buf[N][kBlock], y[kBlock];
+      acc_t t_buf[N][kBlock], y_buf[kBlock];
       const acc_t* t[N];
       for (int j = 0; j < N; ++j) t[j] = load_block(a.tensors[j], offset, n, t_buf[j]);
-      for (int64_t i = 0; i < n; ++i) {
+      acc_t* y = output_block(a.y, offset, y_buf);
+      DA_IVDEP for (int64_t i = 0; i < n; ++i) {
         acc_t v[N];
         for (int j = 0; j < N; ++j) v[j] = t[j][i];
         y[i] = combine_element<acc_t, N>(c, v);
       }
-      store_block(a.y, offset, n, y);
+      commit_block(a.y, offset, n, y_buf, y);
     });
   });
 }

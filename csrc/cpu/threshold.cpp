@@ -15,10 +15,11 @@ DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin
     const acc_t limit = a.limit[sample * a.threshold_stride];
     const acc_t divisor = a.divisor[sample * a.threshold_stride];
     for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
-      acc_t x_buf[kBlock], y[kBlock];
+      acc_t x_buf[kBlock], y_buf[kBlock];
       const acc_t* x = load_block(a.x, offset, n, x_buf);
-      for (int64_t i = 0; i < n; ++i) y[i] = threshold_element(x[i], limit, divisor);
-      store_block(a.y, offset, n, y);
+      acc_t* y = output_block(a.y, offset, y_buf);
+      DA_IVDEP for (int64_t i = 0; i < n; ++i) y[i] = threshold_element(x[i], limit, divisor);
+      commit_block(a.y, offset, n, y_buf, y);
     });
   });
 }

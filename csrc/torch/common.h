@@ -21,6 +21,23 @@ constexpr int64_t kParallelGrain = 32768;
 
 inline std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
 
+// Dtypes named as Python spells them, so C++ and Python errors read the same.
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
@@ -31,10 +48,10 @@ inline bool is_supported_float(at::ScalarType t) {
 inline void check_float_dtype(const char* op, const char* name, const at::Tensor& t,
                               at::ScalarType state_dtype) {
   TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": argument '", name,
-                   "' must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+                   "' must be float16, bfloat16, float32 or float64, got ", dtype_name(t.scalar_type()));
   const bool state_f64 = state_dtype == at::kDouble;
   TORCH_CHECK_TYPE((t.scalar_type() == at::kDouble) == state_f64, op, ": argument '", name,
-                   "' has dtype ", t.scalar_type(), " but the state is ", state_dtype,
+                   "' has dtype ", dtype_name(t.scalar_type()), " but the state is ", dtype_name(state_dtype),
                    "; float64 cannot be mixed with 16/32-bit tensors");
 }
 
@@ -53,7 +70,7 @@ inline void check_out(const char* op, const char* name, const at::Tensor& out,
   TORCH_CHECK_VALUE(out.sizes() == x.sizes(), op, ": argument '", name, "' must have shape ",
                     shape_str(x), ", got ", shape_str(out));
   TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), op, ": argument '", name,
-                   "' must have dtype ", x.scalar_type(), ", got ", out.scalar_type());
+                   "' must have dtype ", dtype_name(x.scalar_type()), ", got ", dtype_name(out.scalar_type()));
   TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, op, ": argument '",
                     name, "' has elements that share memory");
 }
@@ -80,7 +97,7 @@ inline void check_coeffs(const char* op, const at::Tensor& coeffs, const at::Ten
   TORCH_CHECK_VALUE(coeffs.device() == x.device(), op, ": argument 'coeffs' is on ",
                     coeffs.device(), " but the data is on ", x.device());
   TORCH_CHECK_TYPE(at::isFloatingType(coeffs.scalar_type()), op,
-                   ": argument 'coeffs' must be a floating tensor, got ", coeffs.scalar_type());
+                   ": argument 'coeffs' must be a floating tensor, got ", dtype_name(coeffs.scalar_type()));
   const bool shared = coeffs.dim() == 1 && coeffs.size(0) == n;
   const bool per_sample = coeffs.dim() == 2 && coeffs.size(0) == x.size(0) && coeffs.size(1) == n;
   TORCH_CHECK_VALUE(shared || per_sample, op, ": argument 'coeffs' must have shape [", n,

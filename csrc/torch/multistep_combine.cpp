@@ -32,8 +32,8 @@ void multistep_combine_out_cpu(at::TensorList tensors, const at::Tensor& coeffs,
   TORCH_CHECK_VALUE(out.device() == first.device() && out.sizes() == first.sizes(), kOp,
                     ": argument 'out' must have shape ", shape_str(first), " on ",
                     first.device(), ", got ", shape_str(out), " on ", out.device());
-  TORCH_CHECK_TYPE(out.scalar_type() == result, kOp, ": argument 'out' must have dtype ", result,
-                   " (the promoted dtype of 'tensors'), got ", out.scalar_type());
+  TORCH_CHECK_TYPE(out.scalar_type() == result, kOp, ": argument 'out' must have dtype ", dtype_name(result),
+                   " (the promoted dtype of 'tensors'), got ", dtype_name(out.scalar_type()));
   TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, kOp,
                     ": argument 'out' has elements that share memory");
   for (const at::Tensor& t : tensors) check_no_partial_overlap(kOp, "out", out, t, "tensors");

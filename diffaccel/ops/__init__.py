@@ -1,9 +1,10 @@
 """The fused sampler-update ops.
 
-Each op checks its arguments (:mod:`diffaccel.ops.validation`), then runs the
-compiled kernel registered under ``torch.ops.diffaccel`` for the tensors'
-device, or its pure-PyTorch twin in :mod:`diffaccel.ops.reference` where none
-is (see :mod:`diffaccel.ops.backends`). Math is done in float32 for 16/32-bit
+Each op runs the compiled kernel registered under ``torch.ops.diffaccel`` for
+the tensors' device, which checks its arguments in C++, or, where there is
+none, checks them in :mod:`diffaccel.ops.validation` (same wording) and runs
+its pure-PyTorch twin in :mod:`diffaccel.ops.reference` (see
+:mod:`diffaccel.ops.backends`). Math is done in float32 for 16/32-bit
 inputs and in float64 for float64 inputs; inputs may be non-contiguous; no op
 synchronizes with the host.
 """
@@ -91,13 +92,14 @@ def ei_step(
     Returns:
         ``(x_next, d)``, both with ``x``'s dtype.
     """
-    validation.ei_step(x, model_out, history, coeffs, noise)
+    validation.check_tensor("diffaccel.ei_step", "x", x)
     if threshold is not None and not isinstance(threshold, Threshold):
         raise TypeError("diffaccel.ei_step: argument 'threshold' must be None or a diffaccel.ops.Threshold")
-    if out is not None:
-        validation.check_out_pair("diffaccel.ei_step", ("x_next", "d"), out, x)
+    validation.check_pair("diffaccel.ei_step", ("x_next", "d"), out)
     if not use_compiled("ei_step", x.device.type):
+        validation.ei_step(x, model_out, history, coeffs, noise)
         if out is not None:
+            validation.check_out_pair("diffaccel.ei_step", ("x_next", "d"), out, x)
             inputs = {"x": x, "model_out": model_out, "noise": noise}
             inputs.update({f"history[{j}]": h for j, h in enumerate(history)})
             validation.check_no_partial_overlap("diffaccel.ei_step", {"out[0] (x_next)": out[0], "out[1] (d)": out[1]}, inputs)
@@ -124,11 +126,12 @@ def multistep_combine(
     Returns:
         ``y`` with the promoted dtype of ``tensors`` (``torch.promote_types``).
     """
-    result_dtype = validation.multistep_combine(tensors, coeffs)
-    if out is not None:
-        validation.check_out("diffaccel.multistep_combine", "out", out, tensors[0], dtype=result_dtype)
+    if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(tensors[0], torch.Tensor):
+        validation.multistep_combine(tensors, coeffs)  # raises the error that names the problem
     if not use_compiled("multistep_combine", tensors[0].device.type):
+        result_dtype = validation.multistep_combine(tensors, coeffs)
         if out is not None:
+            validation.check_out("diffaccel.multistep_combine", "out", out, tensors[0], dtype=result_dtype)
             validation.check_no_partial_overlap(
                 "diffaccel.multistep_combine", {"out": out}, {f"tensors[{j}]": t for j, t in enumerate(tensors)}
             )
@@ -162,11 +165,11 @@ def threshold(
     Returns:
         ``y`` with ``x``'s dtype.
     """
-    validation.threshold(x, kind, ratio, max_value, style)
-    if out is not None:
-        validation.check_out("diffaccel.threshold", "out", out, x)
+    validation.check_tensor("diffaccel.threshold", "x", x)
     if not use_compiled("threshold", x.device.type):
+        validation.threshold(x, kind, ratio, max_value, style)
         if out is not None:
+            validation.check_out("diffaccel.threshold", "out", out, x)
             validation.check_no_partial_overlap("diffaccel.threshold", {"out": out}, {"x": x})
         return reference.threshold(x, kind=kind, ratio=ratio, max_value=max_value, style=style, out=out)
     if out is None:
@@ -210,11 +213,12 @@ def langevin_correct(
     Returns:
         ``(x_new, x_mean)`` with ``x``'s dtype.
     """
-    validation.langevin_correct(x, score, snr, alpha, noise, reduction)
-    if out is not None:
-        validation.check_out_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out, x)
+    validation.check_tensor("diffaccel.langevin_correct", "x", x)
+    validation.check_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out)
     if not use_compiled("langevin_correct", x.device.type):
+        validation.langevin_correct(x, score, snr, alpha, noise, reduction)
         if out is not None:
+            validation.check_out_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out, x)
             validation.check_no_partial_overlap(
                 "diffaccel.langevin_correct",
                 {"out[0] (x_new)": out[0], "out[1] (x_mean)": out[1]},
@@ -224,6 +228,9 @@ def langevin_correct(
             x, score, snr, alpha=alpha, noise=noise, generator=generator, reduction=reduction, out=out
         )
     if not isinstance(alpha, torch.Tensor):
+        # The C++ op takes alpha as a tensor; a number is checked here.
+        if not isinstance(alpha, (int, float)) or not alpha >= 0.0:
+            raise ValueError(f"diffaccel.langevin_correct: argument 'alpha' must be a number >= 0 or a tensor, got {alpha!r}")
         alpha = torch.full((), float(alpha), dtype=torch.float64, device=x.device)
     args = (x, score, float(snr), alpha, noise, generator, reduction)
     if out is None:

@@ -87,9 +87,14 @@ def check_out(op: str, name: str, out, x: torch.Tensor, dtype: Optional[torch.dt
         raise TypeError(f"{op}: argument '{name}' must have dtype {dtype}, got {out.dtype}")
 
 
-def check_out_pair(op: str, names: tuple, out, x: torch.Tensor) -> None:
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
+def check_pair(op: str, names: tuple, out) -> None:
+    """out is None or a pair of tensors."""
+    if out is not None and (not isinstance(out, (tuple, list)) or len(out) != 2):
         raise TypeError(f"{op}: argument 'out' must be a pair of tensors ({names[0]}, {names[1]})")
+
+
+def check_out_pair(op: str, names: tuple, out, x: torch.Tensor) -> None:
+    check_pair(op, names, out)
     check_out(op, f"out[0] ({names[0]})", out[0], x)
     check_out(op, f"out[1] ({names[1]})", out[1], x)
     if out[0] is out[1]:
