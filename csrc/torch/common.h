@@ -163,13 +163,21 @@ inline int64_t per_sample_of(const at::Tensor& x) {
   return b == 0 ? 0 : x.numel() / b;
 }
 
-// Coefficients converted to the compute type, contiguous, with the row stride
-// the kernels take (0 when one row is shared by the batch).
+// Coefficients read on the host into the compute type (a few dozen values, so
+// no tensor is allocated for them), with the row stride the kernels take (0
+// when one row is shared by the batch). CPU tensors only.
+template <typename acc_t>
 struct CoeffTable {
-  at::Tensor values;
+  std::vector<acc_t> values;
   int64_t stride;
-  CoeffTable(const at::Tensor& coeffs, at::ScalarType acc)
-      : values(coeffs.to(acc).contiguous()), stride(coeffs.dim() == 2 ? coeffs.size(1) : 0) {}
+  explicit CoeffTable(const at::Tensor& coeffs)
+      : values(coeffs.numel()), stride(coeffs.dim() == 2 ? coeffs.size(1) : 0) {
+    const at::Tensor dense = coeffs.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dense.scalar_type(), "diffaccel_coeffs", [&] {
+      const scalar_t* p = dense.data_ptr<scalar_t>();
+      for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<acc_t>(p[i]);
+    });
+  }
 };
 
 inline at::ScalarType acc_type_of(const at::Tensor& x) {

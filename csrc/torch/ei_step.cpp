@@ -59,7 +59,6 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
   std::vector<at::Tensor> hc;
   for (const at::Tensor& h : history) hc.push_back(contiguous_input(h));
   const std::optional<at::Tensor> zc = noise ? std::optional(contiguous_input(*noise)) : std::nullopt;
-  const CoeffTable table(coeffs, acc);
   std::optional<ThresholdTable> thresholds;
   if (threshold) thresholds.emplace(*threshold, batch, acc);
   KernelOut x_next(x_next_out), d(d_out);
@@ -73,7 +72,8 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
     for (int64_t j = 0; j < k; ++j) args.history[j] = kernel_in(hc[j]);
     args.has_noise = zc.has_value();
     if (zc) args.noise = kernel_in(*zc);
-    args.coeffs = table.values.data_ptr<scalar_t>();
+    const CoeffTable<scalar_t> table(coeffs);
+    args.coeffs = table.values.data();
     args.coeff_stride = table.stride;
     int64_t footprint = total_bytes({&xc, &mc, &x_next_out, &d_out});
     for (const at::Tensor& h : hc) footprint += total_bytes({&h});

@@ -41,14 +41,14 @@ void multistep_combine_out_cpu(at::TensorList tensors, const at::Tensor& coeffs,
   const at::ScalarType acc = result == at::kDouble ? at::kDouble : at::kFloat;
   std::vector<at::Tensor> inputs;
   for (const at::Tensor& t : tensors) inputs.push_back(contiguous_input(t));
-  const CoeffTable table(coeffs, acc);
   KernelOut y(out);
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_multistep_combine_cpu", [&] {
     cpu::CombineArgs<scalar_t> args;
     args.per_sample = per_sample_of(first);
     args.num_tensors = static_cast<int>(n);
     for (int64_t j = 0; j < n; ++j) args.tensors[j] = kernel_in(inputs[j]);
-    args.coeffs = table.values.data_ptr<scalar_t>();
+    const CoeffTable<scalar_t> table(coeffs);
+    args.coeffs = table.values.data();
     args.coeff_stride = table.stride;
     int64_t footprint = total_bytes({&out});
     for (const at::Tensor& t : inputs) footprint += total_bytes({&t});
