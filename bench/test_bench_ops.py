@@ -12,7 +12,7 @@ import torch
 
 from diffaccel import benchmarking
 
-SHAPES = dict(benchmarking.SHAPES, large=(16, 16, 128, 128))  # large: 16 MiB per tensor, beyond the cache
+SHAPES = benchmarking.SHAPES
 IMPLS = ["fused", "eager_reference", "compiled_reference"]
 
 _compiled = {}

@@ -35,12 +35,14 @@ def _bench(args) -> None:
 
 
 def main(argv=None) -> int:
+    from diffaccel.benchmarking import SHAPES
+
     parser = argparse.ArgumentParser(prog="diffaccel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, live backends and why others are off")
     bench = sub.add_parser("bench", help="a short table: fused ops vs the eager reference")
     bench.add_argument("--device", default="cpu")
-    bench.add_argument("--shapes", nargs="+", default=["small", "medium"], choices=["small", "medium", "batch16"])
+    bench.add_argument("--shapes", nargs="+", default=["small", "medium"], choices=list(SHAPES))
     args = parser.parse_args(argv)
     if args.command == "info":
         from diffaccel.info import report

@@ -17,10 +17,14 @@ import torch
 
 from diffaccel import ops
 
+# Latent-sized float32 tensors: 64 KiB, 1 MiB and 1 MiB per tensor (these stay
+# in the last-level cache, as they do between the steps of a sampling loop),
+# and 16 MiB per tensor, beyond the cache.
 SHAPES = {
     "small": (1, 4, 64, 64),
     "medium": (4, 4, 128, 128),
     "batch16": (16, 4, 64, 64),
+    "large": (16, 16, 128, 128),
 }
 
 
