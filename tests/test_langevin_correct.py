@@ -85,3 +85,15 @@ def test_large_data_streaming_stores(gen):
     want = reference.langevin_correct(x, score, 0.16, noise=z)
     for g, w in zip(got, want):
         assert_close(g, w)
+
+
+def test_nan_and_inf_propagate(gen):
+    x, score, z = (make((3, 40), torch.float32, generator=gen) for _ in range(3))
+    x[0, 5] = float("nan")
+    score[1, 2] = float("inf")
+    for reduction in ("batch", "sample"):
+        got = ops.langevin_correct(x, score, 0.16, noise=z, reduction=reduction)
+        want = reference.langevin_correct(x, score, 0.16, noise=z, reduction=reduction)
+        for g, w in zip(got, want):
+            assert_close(g, w)
+        assert got[0][0, 5].isnan()

@@ -59,8 +59,6 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
   std::vector<at::Tensor> hc;
   for (const at::Tensor& h : history) hc.push_back(contiguous_input(h));
   const std::optional<at::Tensor> zc = noise ? std::optional(contiguous_input(*noise)) : std::nullopt;
-  std::optional<ThresholdTable> thresholds;
-  if (threshold) thresholds.emplace(*threshold, batch, acc);
   KernelOut x_next(x_next_out), d(d_out);
 
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_ei_step_cpu", [&] {
@@ -81,18 +79,20 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
     const bool streaming = exceeds_last_level_cache(footprint);
     args.x_next = x_next.view(streaming);
     args.d = d.view(streaming);
-    if (thresholds) {
-      args.has_threshold = true;
-      args.limit = thresholds->limit.data_ptr<scalar_t>();
-      args.divisor = thresholds->divisor.data_ptr<scalar_t>();
-      args.threshold_stride = thresholds->stride;
-      if (threshold->kind == ThresholdKind::kDynamic && args.per_sample > 0) {
+    std::optional<ThresholdTable<scalar_t>> thresholds;
+    if (threshold) {
+      thresholds.emplace(*threshold, batch);
+      if (thresholds->dynamic && args.per_sample > 0) {
         const cpu::DynamicThreshold dyn{threshold->ratio, threshold->style, threshold->max_value};
-        scalar_t* scale = thresholds->limit.data_ptr<scalar_t>();
+        scalar_t* scale = thresholds->scales();
         parallel_samples(batch, [&](int64_t b0, int64_t b1) {
           cpu::ei_step_dynamic_scales(args, dyn, scale, b0, b1);
         });
       }
+      args.has_threshold = true;
+      args.limit = thresholds->limit();
+      args.divisor = thresholds->divisor();
+      args.threshold_stride = thresholds->stride();
     }
     parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
       cpu::ei_step_range(args, begin, end);

@@ -23,23 +23,23 @@ void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
   const int64_t batch = batch_of(x);
   const at::ScalarType acc = acc_type_of(x);
   const at::Tensor xc = contiguous_input(x);
-  ThresholdTable table(options, batch, acc);
   KernelOut y(out);
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_threshold_cpu", [&] {
     cpu::ThresholdArgs<scalar_t> args;
     args.per_sample = per_sample_of(x);
     args.x = kernel_in(xc);
-    args.limit = table.limit.data_ptr<scalar_t>();
-    args.divisor = table.divisor.data_ptr<scalar_t>();
-    args.threshold_stride = table.stride;
-    args.y = y.view(exceeds_last_level_cache(total_bytes({&xc, &out})));
-    if (options.kind == ThresholdKind::kDynamic && args.per_sample > 0) {
+    ThresholdTable<scalar_t> table(options, batch);
+    if (table.dynamic && args.per_sample > 0) {
       const cpu::DynamicThreshold dyn{options.ratio, options.style, options.max_value};
-      scalar_t* scale = table.limit.data_ptr<scalar_t>();
+      scalar_t* scale = table.scales();
       parallel_samples(batch, [&](int64_t b0, int64_t b1) {
         cpu::threshold_dynamic_scales(args, dyn, scale, b0, b1);
       });
     }
+    args.limit = table.limit();
+    args.divisor = table.divisor();
+    args.threshold_stride = table.stride();
+    args.y = y.view(exceeds_last_level_cache(total_bytes({&xc, &out})));
     parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
       cpu::threshold_range(args, begin, end);
     });

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string_view>
+#include <vector>
 
 #include "common.h"
 
@@ -30,24 +31,22 @@ inline ThresholdOptions parse_threshold(const char* op, std::string_view kind, d
           style == "diffusers" ? ThresholdStyle::kDiffusers : ThresholdStyle::kDpmSolver};
 }
 
-// The per-sample (limit, divisor) of threshold_element, stored in the compute
-// type: for clip one shared pair (max_value, 1); for dynamic one scale s per
-// sample, used as both, filled by the caller's selection pass.
+// The per-sample (limit, divisor) of threshold_element in the compute type:
+// for clip one shared pair (max_value, 1); for dynamic one scale s per sample,
+// used as both, filled by the caller's selection pass into scales().
+template <typename acc_t>
 struct ThresholdTable {
-  at::Tensor limit;
-  at::Tensor divisor;
-  int64_t stride;
-  ThresholdTable(const ThresholdOptions& t, int64_t batch, at::ScalarType acc) {
-    if (t.kind == ThresholdKind::kClip) {
-      limit = at::full({1}, t.max_value, at::TensorOptions().dtype(acc));
-      divisor = at::ones({1}, at::TensorOptions().dtype(acc));
-      stride = 0;
-    } else {
-      limit = at::empty({batch}, at::TensorOptions().dtype(acc));
-      divisor = limit;
-      stride = 1;
-    }
+  std::vector<acc_t> values;
+  bool dynamic;
+  ThresholdTable(const ThresholdOptions& t, int64_t batch)
+      : dynamic(t.kind == ThresholdKind::kDynamic) {
+    if (dynamic) values.resize(batch);
+    else values = {acc_t(t.max_value), acc_t(1)};
   }
+  acc_t* scales() { return values.data(); }
+  const acc_t* limit() const { return values.data(); }
+  const acc_t* divisor() const { return dynamic ? values.data() : values.data() + 1; }
+  int64_t stride() const { return dynamic ? 1 : 0; }
 };
 
 }  // namespace diffaccel
