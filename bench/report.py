@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import torch
 
-from diffaccel.benchmarking import SHAPES
+from diffaccel.benchmarking import CASES, SHAPES
 
 
 def main(path):
@@ -29,6 +29,7 @@ def main(path):
     print(f"# diffaccel CPU benchmarks, {data['datetime'][:10]}\n")
     print(f"- machine: {m.get('cpu', {}).get('brand_raw', platform.processor())}, {m.get('cpu', {}).get('count', '?')} cores; "
           f"python {m['python_version']}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    print("- cases: " + "; ".join(f"{c.name} = {c.description}" for c in CASES.values()))
     print("- shapes: " + ", ".join(f"{name} = {tuple(dims)}" for name, dims in SHAPES.items()))
     print("- float32; times are pytest-benchmark medians; speedups compare medians from this one run")
     print("- GB/s = bytes the op must read + write / median time; copy = dst.copy_(src) at the same size; "

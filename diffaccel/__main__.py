@@ -32,6 +32,9 @@ def _bench(args) -> None:
                 f"{case.name:<20} {str(tuple(shape)):<18} {fused * 1e6:>10.1f} {ref * 1e6:>10.1f} "
                 f"{ref / fused:>7.1f}x {gbs:>11.1f} {copy / 1e9:>10.1f}"
             )
+    print()
+    for case in benchmarking.CASES.values():
+        print(f"{case.name:<20} {case.description}")
 
 
 def main(argv=None) -> int:
