@@ -4,9 +4,11 @@ The ops live in :mod:`diffaccel.ops` (and under ``torch.ops.diffaccel``);
 ``python -m diffaccel info`` reports which backends run on this machine.
 """
 
-from diffaccel import ops
+from diffaccel import ops, schedules
 from diffaccel.ops import Threshold
+from diffaccel.sampling import sample
+from diffaccel.solvers import plan, samplers
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "Threshold", "__version__"]
+__all__ = ["ops", "schedules", "Threshold", "sample", "plan", "samplers", "__version__"]

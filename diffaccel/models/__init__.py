@@ -1,0 +1,1 @@
+"""Models with known answers, for tests and the demo."""

@@ -1,0 +1,46 @@
+"""The eager sampling loop: call the model, then one fused op, per plan row."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from diffaccel import ops
+from diffaccel.solvers import plan as make_plan
+from diffaccel.solvers.plan import Plan
+
+
+def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+             callback: Optional[Callable] = None, threshold: Optional[ops.Threshold] = None) -> torch.Tensor:
+    """Runs a plan from the initial noise x (at the plan's first time); returns the sample.
+    All buffers are allocated once, before the first step."""
+    buffers = [x.clone()] + [torch.empty_like(x) for _ in range(plan.num_buffers - 1)]
+    coeffs = plan.coeff_tensors(x.device)
+    time_dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+    batch = x.shape[0]
+    for i, (row, c) in enumerate(zip(plan.rows, coeffs)):
+        state = buffers[row.x_slot]
+        model_out = model(state, torch.full((batch,), row.t, dtype=time_dtype, device=x.device))
+        if not isinstance(model_out, torch.Tensor) or model_out.shape != x.shape:
+            got = tuple(model_out.shape) if isinstance(model_out, torch.Tensor) else type(model_out).__name__
+            raise ValueError(f"the model must return a tensor of shape {tuple(x.shape)} (like x), got {got}")
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None
+        ops.ei_step(state, model_out, [buffers[j] for j in row.history], c, threshold=threshold, noise=noise,
+                    out=(buffers[row.out_slot], buffers[row.d_slot]))
+        if callback is not None:
+            callback({"x": buffers[0], "i": i, "t": row.t, "denoised": buffers[row.d_slot]})
+    return buffers[0]
+
+
+def sample(model: Callable, x: torch.Tensor, *, sampler: str = "dpmpp_2m", steps: int = 20, schedule=None,
+           prediction_type: str = "epsilon", t_start=None, t_end=None, spacing: str = "logsnr",
+           generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
+           threshold: Optional[ops.Threshold] = None, **options) -> torch.Tensor:
+    """Samples from ``model(x, t)`` starting at the noise ``x`` (drawn at t_start).
+
+    ``t`` is a tensor of shape [B] in the schedule's own time. See
+    :func:`diffaccel.solvers.plan` for the sampler, schedule and grid options."""
+    p = make_plan(sampler, steps=steps, schedule=schedule, spacing=spacing, t_start=t_start, t_end=t_end,
+                  prediction_type=prediction_type, **options)
+    return run_plan(p, model, x, generator=generator, callback=callback, threshold=threshold)

@@ -1,0 +1,55 @@
+"""Solver plans: each sampler turns a schedule and a time grid into a
+:class:`~diffaccel.solvers.plan.Plan` that the loop runs on the fused ops.
+
+Sampler names follow k-diffusion and ComfyUI. This release has ddim and the
+DPM-Solver++ multistep family; the other samplers of the roadmap follow.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from diffaccel import schedules as _schedules
+from diffaccel.solvers import dpm_solver_pp
+from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row
+
+SAMPLERS = {
+    "ddim": dpm_solver_pp.ddim_plan,
+    "dpmpp_1m": partial(dpm_solver_pp.multistep_plan, order=1, name="dpmpp_1m"),
+    "dpmpp_2m": partial(dpm_solver_pp.multistep_plan, order=2, name="dpmpp_2m"),
+    "dpmpp_3m": partial(dpm_solver_pp.multistep_plan, order=3, name="dpmpp_3m"),
+}
+
+STEP_SELECTIONS = {
+    "logsnr": _schedules.logsnr_uniform,
+    "time_uniform": _schedules.time_uniform,
+    "time_quadratic": _schedules.time_quadratic,
+    "karras": _schedules.karras,
+    "exponential": _schedules.exponential,
+}
+
+
+def samplers():
+    """The sampler names :func:`plan` and :func:`diffaccel.sample` accept."""
+    return sorted(SAMPLERS)
+
+
+def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: str = "logsnr",
+         t_start=None, t_end=None, prediction_type: str = "epsilon", **options) -> Plan:
+    """The plan of a sampler for a schedule (default: diffusers' linear VP) and
+    a step count, its grid chosen by ``spacing`` between t_start and t_end."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(samplers())}")
+    if spacing not in STEP_SELECTIONS:
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(STEP_SELECTIONS)}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+    schedule = schedule if schedule is not None else _schedules.VPDiscrete.from_diffusers("linear")
+    times = STEP_SELECTIONS[spacing](schedule, steps, t_start, t_end)
+    try:
+        return SAMPLERS[sampler](schedule, times, prediction_type=prediction_type, **options)
+    except TypeError as error:
+        raise ValueError(f"{sampler}: unsupported option ({error})") from None
+
+
+__all__ = ["Plan", "Row", "plan", "samplers", "SAMPLERS"]

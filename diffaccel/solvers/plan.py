@@ -1,0 +1,84 @@
+"""What a solver produces: a plan, the per-model-evaluation table the loop runs.
+
+A plan works on a few same-shaped buffers: slot 0 holds the state (it starts
+as the initial noise and ends as the sample); other slots hold history (earlier
+data predictions d, or earlier states for single-step methods). Each row says
+where to call the model, on which buffer, and how to combine it, as one
+``ei_step``::
+
+    d           = c_x * x + c_m * model(x, t)           x = buffers[row.x_slot]
+    x_next      = a * x + b_0 * d + sum_j b_j * buffers[row.history[j]] + s * noise
+    buffers[row.out_slot] = x_next;  buffers[row.d_slot] = d
+
+Every number is float64 and depends only on the schedule and the step index,
+never on the data, so the loop has nothing to synchronize on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+
+
+def data_prediction_coeffs(prediction_type: str, alpha: float, sigma: float) -> Tuple[float, float]:
+    """(c_x, c_m) with x0 = c_x * x + c_m * model_out, for a model of this
+    prediction type evaluated where x = alpha x0 + sigma eps."""
+    if prediction_type == "epsilon":
+        return 1.0 / alpha, -sigma / alpha
+    if prediction_type == "sample":
+        return 0.0, 1.0
+    if prediction_type == "v_prediction":  # v = alpha eps - sigma x0
+        norm = alpha * alpha + sigma * sigma
+        return alpha / norm, -sigma / norm
+    if prediction_type == "flow":  # v = eps - x0 on x = (1 - t) x0 + t eps
+        return 1.0, -sigma
+    raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model evaluation and the fused update that follows it."""
+
+    t: float  # model time, in the schedule's own units
+    coeffs: Tuple[float, ...]  # [c_x, c_m, a, b_0, b_1 .. b_k, s]
+    x_slot: int = 0
+    out_slot: int = 0
+    d_slot: int = 1
+    history: Tuple[int, ...] = ()
+    noise: bool = False
+    order: int = 1  # the solver order this row realizes (for inspection)
+
+    def __post_init__(self):
+        if len(self.coeffs) != 5 + len(self.history):
+            raise ValueError(f"Row: {len(self.coeffs)} coefficients for {len(self.history)} history slots")
+
+
+@dataclass
+class Plan:
+    """The table a sampler runs: rows, how many buffers they use, and the
+    times they step between (for callbacks and inspection)."""
+
+    sampler: str
+    rows: List[Row]
+    num_buffers: int
+    times: torch.Tensor  # the grid t_0 > t_1 > ... > t_N
+    options: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        lines = [f"Plan({self.sampler}, {len(self.rows)} model calls, {self.num_buffers} buffers, options={self.options})"]
+        for i, r in enumerate(self.rows):
+            c = ", ".join(f"{v:+.6g}" for v in r.coeffs)
+            lines.append(
+                f"  {i:3d} t={r.t:<12.6g} order={r.order} x=b{r.x_slot} hist={list(r.history)} -> x:b{r.out_slot} d:b{r.d_slot}"
+                f"{' +noise' if r.noise else ''}  [{c}]"
+            )
+        return "\n".join(lines)
+
+    def coeff_tensors(self, device, dtype=torch.float64) -> List[torch.Tensor]:
+        """Each row's coefficients as a tensor on the device, built once per run."""
+        return [torch.tensor(r.coeffs, dtype=dtype).to(device) for r in self.rows]
+

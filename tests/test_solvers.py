@@ -1,0 +1,138 @@
+"""Solver plans on the exact oracle (Gaussian data, whose probability-flow ODE
+solution is known): measured convergence orders, agreement of the fused and
+reference ops, prediction types, and bad input."""
+
+import math
+
+import pytest
+import torch
+
+from diffaccel import ops, schedules as S
+from diffaccel.models.analytic import GaussianData
+from diffaccel.sampling import run_plan, sample
+from diffaccel.solvers import plan, samplers
+
+SCHEDULE = S.VPLinear()
+DATA = GaussianData(torch.linspace(-1.0, 1.0, 8), torch.linspace(0.2, 1.5, 8))
+T_END = 1e-3
+
+
+def _x_T(batch=64):
+    return DATA.sample_marginal(SCHEDULE, 1.0, batch, torch.Generator().manual_seed(0))
+
+
+def _error(sampler, steps, **options):
+    x = _x_T()
+    exact = DATA.pf_ode_solution(SCHEDULE, x, 1.0, T_END)
+    p = plan(sampler, steps=steps, schedule=SCHEDULE, t_end=T_END, **options)
+    return (run_plan(p, DATA.denoiser(SCHEDULE), x) - exact).abs().max().item()
+
+
+def _slope(errors, steps):
+    xs = [math.log(n) for n in steps]
+    ys = [math.log(e) for e in errors]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return -sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+
+
+STEPS = [20, 40, 80, 160]
+
+
+@pytest.mark.parametrize(
+    "sampler, options, order",
+    [
+        ("ddim", {}, 1),
+        ("dpmpp_1m", {}, 1),
+        ("dpmpp_2m", {"solver_type": "midpoint"}, 2),
+        ("dpmpp_2m", {"solver_type": "heun"}, 2),
+    ],
+)
+def test_convergence_order(sampler, options, order):
+    slope = _slope([_error(sampler, n, **options) for n in STEPS], STEPS)
+    assert abs(slope - order) <= 0.3, f"{sampler} {options}: measured order {slope:.2f}, theory {order}"
+
+
+def test_third_order_multistep_converges_at_least_like_2m():
+    """3M starts with lower-order steps, so globally it converges at order 2
+    (first step's local error is O(h^2)); it must beat 2M at every step count."""
+    errors_3m = [_error("dpmpp_3m", n) for n in STEPS]
+    errors_2m = [_error("dpmpp_2m", n) for n in STEPS]
+    assert _slope(errors_3m, STEPS) >= 1.7
+    assert all(e3 < e2 for e3, e2 in zip(errors_3m, errors_2m))
+
+
+def test_dpmpp_2m_beats_ddim_at_20_steps():
+    assert _error("ddim", 20) >= 5 * _error("dpmpp_2m", 20)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_3m"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_fused_and_reference_ops_agree(sampler, dtype):
+    x = _x_T(16).to(dtype)
+    model = DATA.denoiser(SCHEDULE)
+    fused = sample(model, x, sampler=sampler, steps=12, schedule=SCHEDULE, t_end=T_END)
+    with ops.backend("reference"):
+        ref = sample(model, x, sampler=sampler, steps=12, schedule=SCHEDULE, t_end=T_END)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(fused, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_prediction_types_agree_for_the_ideal_model(prediction_type):
+    x = _x_T(16)
+    want = sample(DATA.denoiser(SCHEDULE, "sample"), x, sampler="dpmpp_2m", steps=15, schedule=SCHEDULE, t_end=T_END,
+                  prediction_type="sample")
+    got = sample(DATA.denoiser(SCHEDULE, prediction_type), x, sampler="dpmpp_2m", steps=15, schedule=SCHEDULE,
+                 t_end=T_END, prediction_type=prediction_type)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_flow_prediction_on_a_flow_schedule():
+    """A flow-matching velocity model on the rectified-flow schedule converges
+    to the exact solution at second order with DPM-Solver++(2M)."""
+    flow = S.FlowMatching()
+    x = DATA.sample_marginal(flow, 0.999, 32, torch.Generator().manual_seed(1))
+    exact = DATA.pf_ode_solution(flow, x, 0.999, 0.001)
+    errors = []
+    for n in STEPS:
+        got = sample(DATA.denoiser(flow, "flow"), x, sampler="dpmpp_2m", steps=n, schedule=flow,
+                     t_start=0.999, t_end=0.001, prediction_type="flow")
+        errors.append((got - exact).abs().max().item())
+    assert abs(_slope(errors, STEPS) - 2) <= 0.3
+
+
+def test_ddim_eta_one_is_stochastic_and_seeded():
+    x = _x_T(8)
+    model = DATA.denoiser(SCHEDULE)
+    a = sample(model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(5))
+    b = sample(model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(5))
+    c = sample(model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_plan_repr_and_callback():
+    p = plan("dpmpp_3m", steps=5, schedule=SCHEDULE)
+    text = repr(p)
+    assert "dpmpp_3m" in text and text.count("order=") == 5
+    seen = []
+    sample(DATA.denoiser(SCHEDULE), _x_T(4), sampler="dpmpp_2m", steps=5, schedule=SCHEDULE,
+           callback=lambda info: seen.append(info["i"]))
+    assert seen == list(range(5))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="valid samplers: ddim, dpmpp_1m"):
+        plan("euler_magic")
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        plan("dpmpp_2m", steps=0)
+    with pytest.raises(ValueError, match="t_end < t_start"):
+        plan("dpmpp_2m", schedule=SCHEDULE, t_start=0.1, t_end=0.5)
+    with pytest.raises(ValueError, match="prediction_type"):
+        plan("dpmpp_2m", prediction_type="noise")
+    with pytest.raises(ValueError, match="unsupported option"):
+        plan("ddim", order=3)
+    with pytest.raises(ValueError, match="solver_type"):
+        plan("dpmpp_2m", solver_type="rk4")
+    with pytest.raises(ValueError, match=r"shape \(2, 8\)"):
+        sample(lambda x, t: x[:1], torch.randn(2, 8), steps=3)
+    assert "dpmpp_2m" in samplers()
