@@ -45,6 +45,11 @@ STEPS = [20, 40, 80, 160]
         ("dpmpp_1m", {}, 1),
         ("dpmpp_2m", {"solver_type": "midpoint"}, 2),
         ("dpmpp_2m", {"solver_type": "heun"}, 2),
+        ("euler", {}, 1),
+        ("heun", {}, 2),
+        ("dpm_solver_1", {}, 1),
+        ("dpm_solver_2", {}, 2),
+        ("dpm_solver_3", {}, 3),
     ],
 )
 def test_convergence_order(sampler, options, order):
@@ -65,7 +70,7 @@ def test_dpmpp_2m_beats_ddim_at_20_steps():
     assert _error("ddim", 20) >= 5 * _error("dpmpp_2m", 20)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_3m"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_3m", "heun", "dpm_solver_3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_fused_and_reference_ops_agree(sampler, dtype):
     x = _x_T(16).to(dtype)
@@ -77,14 +82,15 @@ def test_fused_and_reference_ops_agree(sampler, dtype):
     torch.testing.assert_close(fused, ref, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "heun", "dpm_solver_2"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-def test_prediction_types_agree_for_the_ideal_model(prediction_type):
+def test_prediction_types_agree_for_the_ideal_model(sampler, prediction_type):
     x = _x_T(16)
-    want = sample(DATA.denoiser(SCHEDULE, "sample"), x, sampler="dpmpp_2m", steps=15, schedule=SCHEDULE, t_end=T_END,
+    want = sample(DATA.denoiser(SCHEDULE, "sample"), x, sampler=sampler, steps=15, schedule=SCHEDULE, t_end=T_END,
                   prediction_type="sample")
-    got = sample(DATA.denoiser(SCHEDULE, prediction_type), x, sampler="dpmpp_2m", steps=15, schedule=SCHEDULE,
+    got = sample(DATA.denoiser(SCHEDULE, prediction_type), x, sampler=sampler, steps=15, schedule=SCHEDULE,
                  t_end=T_END, prediction_type=prediction_type)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
 
 
 def test_flow_prediction_on_a_flow_schedule():
@@ -121,7 +127,7 @@ def test_plan_repr_and_callback():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="valid samplers: ddim, dpmpp_1m"):
+    with pytest.raises(ValueError, match="valid samplers: ddim, dpm_solver_1"):
         plan("euler_magic")
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         plan("dpmpp_2m", steps=0)

@@ -1,8 +1,9 @@
 """Solver plans: each sampler turns a schedule and a time grid into a
 :class:`~diffaccel.solvers.plan.Plan` that the loop runs on the fused ops.
 
-Sampler names follow k-diffusion and ComfyUI. This release has ddim and the
-DPM-Solver++ multistep family; the other samplers of the roadmap follow.
+Sampler names follow k-diffusion and ComfyUI. This release has the
+deterministic ODE samplers (ddim with eta, euler, heun, DPM-Solver 1-3
+single-step, DPM-Solver++ 1-3M); the other samplers of the roadmap follow.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 from diffaccel import schedules as _schedules
-from diffaccel.solvers import dpm_solver_pp
+from diffaccel.solvers import dpm_solver_pp, single_step
 from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row
 
 SAMPLERS = {
@@ -18,6 +19,13 @@ SAMPLERS = {
     "dpmpp_1m": partial(dpm_solver_pp.multistep_plan, order=1, name="dpmpp_1m"),
     "dpmpp_2m": partial(dpm_solver_pp.multistep_plan, order=2, name="dpmpp_2m"),
     "dpmpp_3m": partial(dpm_solver_pp.multistep_plan, order=3, name="dpmpp_3m"),
+    # Euler on the probability-flow ODE in k-diffusion's variables is, step for
+    # step, deterministic DDIM (and DPM-Solver++ order 1): one plan serves all three.
+    "euler": partial(dpm_solver_pp.ddim_plan, eta=0.0),
+    "heun": single_step.heun_plan,
+    "dpm_solver_1": partial(single_step.dpm_solver_plan, order=1, name="dpm_solver_1"),
+    "dpm_solver_2": partial(single_step.dpm_solver_plan, order=2, name="dpm_solver_2"),
+    "dpm_solver_3": partial(single_step.dpm_solver_plan, order=3, name="dpm_solver_3"),
 }
 
 STEP_SELECTIONS = {
