@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffaccel import ops, schedules as S
-from diffaccel.models.analytic import GaussianData
+from diffaccel.models.analytic import GaussianData, GaussianMixture
 from diffaccel.sampling import run_plan, sample
 from diffaccel.solvers import plan, samplers
 
@@ -127,7 +127,7 @@ def test_plan_repr_and_callback():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="valid samplers: ddim, dpm_solver_1"):
+    with pytest.raises(ValueError, match="valid samplers: ddim, ddpm, dpm_solver_1"):
         plan("euler_magic")
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         plan("dpmpp_2m", steps=0)
@@ -142,3 +142,35 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"shape \(2, 8\)"):
         sample(lambda x, t: x[:1], torch.randn(2, 8), steps=3)
     assert "dpmpp_2m" in samplers()
+
+
+MIXTURE = GaussianMixture([0.2, 0.5, 0.3], [[-2.0, 0.5], [0.0, -1.0], [2.0, 1.0]], [[0.3, 0.5], [0.6, 0.2], [0.4, 0.4]])
+
+
+@pytest.mark.parametrize(
+    "sampler, options",
+    [("ddpm", {}), ("ddim", {"eta": 0.5}), ("euler_ancestral", {}), ("dpmpp_2m_sde", {}),
+     ("dpmpp_2m_sde", {"solver_type": "heun"}), ("dpmpp_2m", {})],
+)
+def test_samplers_reproduce_the_mixture_moments(sampler, options):
+    """From x_T drawn at t = 1, the samples at t_end must have the mixture's
+    marginal mean and covariance there, within sampling error (5 standard
+    errors) plus a small allowance for the discretization bias at 200 steps."""
+    n = 20000
+    x = MIXTURE.sample_marginal(SCHEDULE, 1.0, n, torch.Generator().manual_seed(0))
+    mean, cov = MIXTURE.marginal_moments(SCHEDULE, T_END)
+    p = plan(sampler, steps=200, schedule=SCHEDULE, t_end=T_END, **options)
+    y = run_plan(p, MIXTURE.denoiser(SCHEDULE), x, generator=torch.Generator().manual_seed(1))
+    var = torch.diagonal(cov)
+    se_mean = torch.sqrt(var / n)
+    se_cov = torch.sqrt((var[:, None] * var[None, :] + cov**2) / n)
+    assert bool(((y.mean(0) - mean).abs() <= 5 * se_mean + 0.02).all())
+    assert bool(((torch.cov(y.T) - cov).abs() <= 5 * se_cov + 0.03).all())
+
+
+def test_ddpm_is_euler_ancestral():
+    """DDPM's posterior step and Euler ancestral (eta = 1) are the same update."""
+    x = _x_T(8)
+    a = sample(DATA.denoiser(SCHEDULE), x, sampler="ddpm", steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(2))
+    b = sample(DATA.denoiser(SCHEDULE), x, sampler="euler_ancestral", steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

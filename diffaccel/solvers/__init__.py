@@ -2,8 +2,9 @@
 :class:`~diffaccel.solvers.plan.Plan` that the loop runs on the fused ops.
 
 Sampler names follow k-diffusion and ComfyUI. This release has the
-deterministic ODE samplers (ddim with eta, euler, heun, DPM-Solver 1-3
-single-step, DPM-Solver++ 1-3M); the other samplers of the roadmap follow.
+ODE samplers (ddim, euler, heun, DPM-Solver 1-3 single-step, DPM-Solver++
+1-3M) and the stochastic ddpm, ddim with eta, euler_ancestral and
+dpmpp_2m_sde; the other samplers of the roadmap follow.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 from diffaccel import schedules as _schedules
-from diffaccel.solvers import dpm_solver_pp, single_step
+from diffaccel.solvers import ancestral, dpm_solver_pp, single_step
 from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row
 
 SAMPLERS = {
@@ -22,6 +23,10 @@ SAMPLERS = {
     # Euler on the probability-flow ODE in k-diffusion's variables is, step for
     # step, deterministic DDIM (and DPM-Solver++ order 1): one plan serves all three.
     "euler": partial(dpm_solver_pp.ddim_plan, eta=0.0),
+    # DDPM's ancestral sampling is DDIM with eta = 1 (the posterior q(x_s | x_t, x0)).
+    "ddpm": partial(dpm_solver_pp.ddim_plan, eta=1.0),
+    "euler_ancestral": ancestral.euler_ancestral_plan,
+    "dpmpp_2m_sde": partial(dpm_solver_pp.multistep_plan, order=2, sde=True, name="dpmpp_2m_sde"),
     "heun": single_step.heun_plan,
     "dpm_solver_1": partial(single_step.dpm_solver_plan, order=1, name="dpm_solver_1"),
     "dpm_solver_2": partial(single_step.dpm_solver_plan, order=2, name="dpm_solver_2"),

@@ -67,13 +67,22 @@ def multistep_plan(
     solver_type: str = "midpoint",
     prediction_type: str = "epsilon",
     lower_order_final: bool = True,
+    sde: bool = False,
+    s_noise: float = 1.0,
     name: str = "dpmpp_2m",
 ) -> Plan:
-    """A DPM-Solver++(order)M plan over the grid ``times`` (noisiest first)."""
-    if order not in (1, 2, 3):
-        raise ValueError(f"{name}: 'order' must be 1, 2 or 3, got {order}")
+    """A DPM-Solver++(order)M plan over the grid ``times`` (noisiest first).
+
+    ``sde=True`` is SDE-DPM-Solver++ (diffusers' "sde-dpmsolver++", orders 1
+    and 2): x_t = sigma_t/sigma_s0 e^-h x + alpha_t (1 - e^-2h) (D0 + c D1)
+    + sigma_t sqrt(1 - e^-2h) z, with c = 1/2 (midpoint) or
+    (1 - e^-2h)^-1 ((1 - e^-2h)/(-2h) + 1) (heun)."""
+    if order not in (1, 2, 3) or (sde and order == 3):
+        raise ValueError(f"{name}: 'order' must be 1, 2{'' if sde else ' or 3'}, got {order}")
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"{name}: 'solver_type' must be 'midpoint' or 'heun', got {solver_type!r}")
+    if not s_noise >= 0:
+        raise ValueError(f"{name}: 's_noise' must be >= 0, got {s_noise}")
     steps = len(times) - 1
     alpha = schedule.alpha(times).tolist()
     sigma = schedule.sigma(times).tolist()
@@ -85,18 +94,31 @@ def multistep_plan(
     for i, step_order in enumerate(_orders(steps, order, lower_order_final)):
         h = lam[i + 1] - lam[i]
         r = [(lam[i - j] - lam[i - j - 1]) / h for j in range(step_order - 1)]
-        w = _combination(step_order, h, r, solver_type)
+        if sde:
+            decay = -math.expm1(-2.0 * h)  # 1 - e^-2h
+            d1 = 0.5 * decay if solver_type == "midpoint" else decay / (-2.0 * h) + 1.0
+            w = [decay] if step_order == 1 else [decay + d1 / r[0], -d1 / r[0]]
+            a = sigma[i + 1] / sigma[i] * math.exp(-h)
+            noise_std = s_noise * sigma[i + 1] * math.sqrt(decay)
+        else:
+            w = _combination(step_order, h, r, solver_type)
+            a = sigma[i + 1] / sigma[i]
+            noise_std = 0.0
         c_x, c_m = data_prediction_coeffs(prediction_type, alpha[i], sigma[i])
         newest = 1 + i % ring
         history = tuple(1 + (i - j) % ring for j in range(1, step_order))
-        coeffs = (c_x, c_m, sigma[i + 1] / sigma[i], *(alpha[i + 1] * wj for wj in w), 0.0)
-        rows.append(Row(t=float(times[i]), coeffs=tuple(float(c) for c in coeffs), d_slot=newest, history=history, order=step_order))
-    return Plan(name, rows, 1 + ring, times, dict(order=order, solver_type=solver_type, prediction_type=prediction_type, lower_order_final=lower_order_final))
+        coeffs = (c_x, c_m, a, *(alpha[i + 1] * wj for wj in w), noise_std)
+        rows.append(Row(t=float(times[i]), coeffs=tuple(float(c) for c in coeffs), d_slot=newest, history=history,
+                        noise=sde, order=step_order))
+    options = dict(order=order, solver_type=solver_type, prediction_type=prediction_type, lower_order_final=lower_order_final)
+    if sde:
+        options.update(sde=True, s_noise=s_noise)
+    return Plan(name, rows, 1 + ring, times, options)
 
 
 def ddim_plan(schedule, times, *, eta: float = 0.0, prediction_type: str = "epsilon") -> Plan:
     """DDIM: x_t = alpha_t x0 + sqrt(sigma_t^2 - s^2) eps + s z, eps = (x - alpha_s x0)/sigma_s,
-    s = eta sigma_t/sigma_s sqrt(1 - (alpha_s sigma_t)^2 / (alpha_t sigma_s)^2).
+    s = eta sigma_t/sigma_s sqrt(1 - alpha_s^2 / alpha_t^2) (Song et al. eq. 16, alpha_bar = alpha^2).
     eta = 0 is deterministic (DPM-Solver++ order 1); eta = 1 is DDPM ancestral."""
     if not eta >= 0:
         raise ValueError(f"ddim: 'eta' must be >= 0, got {eta}")
@@ -105,7 +127,7 @@ def ddim_plan(schedule, times, *, eta: float = 0.0, prediction_type: str = "epsi
     rows = []
     for i in range(len(times) - 1):
         a_s, s_s, a_t, s_t = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
-        noise_std = eta * s_t / s_s * math.sqrt(max(0.0, 1.0 - (a_s * s_t) ** 2 / (a_t * s_s) ** 2))
+        noise_std = eta * s_t / s_s * math.sqrt(max(0.0, 1.0 - (a_s / a_t) ** 2))
         direction = math.sqrt(max(0.0, s_t * s_t - noise_std * noise_std))
         c_x, c_m = data_prediction_coeffs(prediction_type, a_s, s_s)
         coeffs = (c_x, c_m, direction / s_s, a_t - direction * a_s / s_s, noise_std)
