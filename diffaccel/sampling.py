@@ -8,7 +8,7 @@ import torch
 
 from diffaccel import ops
 from diffaccel.solvers import plan as make_plan
-from diffaccel.solvers.plan import Plan
+from diffaccel.solvers.plan import LangevinRow, Plan
 
 
 def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optional[torch.Generator] = None,
@@ -25,11 +25,18 @@ def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optiona
         if not isinstance(model_out, torch.Tensor) or model_out.shape != x.shape:
             got = tuple(model_out.shape) if isinstance(model_out, torch.Tensor) else type(model_out).__name__
             raise ValueError(f"the model must return a tensor of shape {tuple(x.shape)} (like x), got {got}")
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None
-        ops.ei_step(state, model_out, [buffers[j] for j in row.history], c, threshold=threshold, noise=noise,
-                    out=(buffers[row.out_slot], buffers[row.d_slot]))
+        if isinstance(row, LangevinRow):
+            score = ops.multistep_combine([state, model_out], c)
+            ops.langevin_correct(state, score, row.snr, alpha=row.alpha, generator=generator,
+                                 out=(state, buffers[row.mean_slot]))
+            denoised = buffers[row.mean_slot]
+        else:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None
+            ops.ei_step(state, model_out, [buffers[j] for j in row.history], c, threshold=threshold, noise=noise,
+                        out=(buffers[row.out_slot], buffers[row.d_slot]))
+            denoised = buffers[row.d_slot]
         if callback is not None:
-            callback({"x": buffers[0], "i": i, "t": row.t, "denoised": buffers[row.d_slot]})
+            callback({"x": buffers[0], "i": i, "t": row.t, "denoised": denoised})
     return buffers[0]
 
 

@@ -3,8 +3,8 @@
 
 Sampler names follow k-diffusion and ComfyUI. This release has the
 ODE samplers (ddim, euler, heun, DPM-Solver 1-3 single-step, DPM-Solver++
-1-3M) and the stochastic ddpm, ddim with eta, euler_ancestral and
-dpmpp_2m_sde; the other samplers of the roadmap follow.
+1-3M) and the stochastic ddpm, ddim with eta, euler_ancestral,
+dpmpp_2m_sde and pc (predictor-corrector with Langevin steps); the other samplers of the roadmap follow.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 from diffaccel import schedules as _schedules
-from diffaccel.solvers import ancestral, dpm_solver_pp, single_step
+from diffaccel.solvers import ancestral, dpm_solver_pp, predictor_corrector, single_step
 from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row
 
 SAMPLERS = {
@@ -27,6 +27,7 @@ SAMPLERS = {
     "ddpm": partial(dpm_solver_pp.ddim_plan, eta=1.0),
     "euler_ancestral": ancestral.euler_ancestral_plan,
     "dpmpp_2m_sde": partial(dpm_solver_pp.multistep_plan, order=2, sde=True, name="dpmpp_2m_sde"),
+    "pc": predictor_corrector.pc_plan,
     "heun": single_step.heun_plan,
     "dpm_solver_1": partial(single_step.dpm_solver_plan, order=1, name="dpm_solver_1"),
     "dpm_solver_2": partial(single_step.dpm_solver_plan, order=2, name="dpm_solver_2"),

@@ -17,7 +17,7 @@ never on the data, so the loop has nothing to synchronize on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import torch
 
@@ -57,13 +57,37 @@ class Row:
             raise ValueError(f"Row: {len(self.coeffs)} coefficients for {len(self.history)} history slots")
 
 
+@dataclass(frozen=True)
+class LangevinRow:
+    """One model evaluation and a Langevin corrector step at the same time
+    (predictor-corrector sampling): score = c_x * x + c_m * model(x, t) in one
+    multistep_combine, then langevin_correct(x, score, snr, alpha) in place."""
+
+    t: float
+    score_coeffs: Tuple[float, float]
+    snr: float
+    alpha: float = 1.0
+    x_slot: int = 0
+    mean_slot: int = 1  # receives x_mean, the update before its noise
+
+    @property
+    def coeffs(self) -> Tuple[float, ...]:
+        return self.score_coeffs
+
+
+def score_coeffs(prediction_type: str, alpha: float, sigma: float) -> Tuple[float, float]:
+    """(c_x, c_m) with score = grad log p_t(x) = (alpha x0 - x) / sigma^2 = c_x x + c_m out."""
+    c_x, c_m = data_prediction_coeffs(prediction_type, alpha, sigma)
+    return (alpha * c_x - 1.0) / sigma**2, alpha * c_m / sigma**2
+
+
 @dataclass
 class Plan:
     """The table a sampler runs: rows, how many buffers they use, and the
     times they step between (for callbacks and inspection)."""
 
     sampler: str
-    rows: List[Row]
+    rows: List[Union[Row, LangevinRow]]
     num_buffers: int
     times: torch.Tensor  # the grid t_0 > t_1 > ... > t_N
     options: dict = field(default_factory=dict)
@@ -72,6 +96,9 @@ class Plan:
         lines = [f"Plan({self.sampler}, {len(self.rows)} model calls, {self.num_buffers} buffers, options={self.options})"]
         for i, r in enumerate(self.rows):
             c = ", ".join(f"{v:+.6g}" for v in r.coeffs)
+            if isinstance(r, LangevinRow):
+                lines.append(f"  {i:3d} t={r.t:<12.6g} langevin snr={r.snr} alpha={r.alpha:.6g} x=b{r.x_slot}  score=[{c}]")
+                continue
             lines.append(
                 f"  {i:3d} t={r.t:<12.6g} order={r.order} x=b{r.x_slot} hist={list(r.history)} -> x:b{r.out_slot} d:b{r.d_slot}"
                 f"{' +noise' if r.noise else ''}  [{c}]"
