@@ -6,9 +6,9 @@ The ops live in :mod:`diffaccel.ops` (and under ``torch.ops.diffaccel``);
 
 from diffaccel import ops, schedules
 from diffaccel.ops import Threshold
-from diffaccel.sampling import sample
+from diffaccel.sampling import classifier_free_guidance, sample
 from diffaccel.solvers import plan, samplers
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "schedules", "Threshold", "sample", "plan", "samplers", "__version__"]
+__all__ = ["ops", "schedules", "Threshold", "sample", "plan", "samplers", "classifier_free_guidance", "__version__"]

@@ -43,11 +43,46 @@ def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optiona
 def sample(model: Callable, x: torch.Tensor, *, sampler: str = "dpmpp_2m", steps: int = 20, schedule=None,
            prediction_type: str = "epsilon", t_start=None, t_end=None, spacing: str = "logsnr",
            generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
-           threshold: Optional[ops.Threshold] = None, **options) -> torch.Tensor:
+           threshold: Optional[ops.Threshold] = None, progress: bool = False, **options) -> torch.Tensor:
     """Samples from ``model(x, t)`` starting at the noise ``x`` (drawn at t_start).
 
     ``t`` is a tensor of shape [B] in the schedule's own time. See
-    :func:`diffaccel.solvers.plan` for the sampler, schedule and grid options."""
+    :func:`diffaccel.solvers.plan` for the sampler, schedule and grid options.
+    ``progress=True`` shows a tqdm bar (tqdm must be installed)."""
     p = make_plan(sampler, steps=steps, schedule=schedule, spacing=spacing, t_start=t_start, t_end=t_end,
                   prediction_type=prediction_type, **options)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise ImportError("diffaccel.sample(progress=True) needs tqdm: pip install tqdm") from None
+        bar = tqdm(total=len(p.rows), desc=p.sampler)
+        user_callback = callback
+
+        def callback(info):  # noqa: F811  (wraps the user's callback)
+            bar.update(1)
+            if user_callback is not None:
+                user_callback(info)
+
+        try:
+            return run_plan(p, model, x, generator=generator, callback=callback, threshold=threshold)
+        finally:
+            bar.close()
     return run_plan(p, model, x, generator=generator, callback=callback, threshold=threshold)
+
+
+def classifier_free_guidance(model: Callable, cond, uncond, guidance_scale: float) -> Callable:
+    """Wraps ``model(x, t, c)`` as ``model(x, t)`` with classifier-free guidance:
+    one batched call on [uncond, cond], then ``u + scale * (c - u)`` as one
+    fused multistep_combine."""
+    weights = None
+
+    def guided(x, t):
+        nonlocal weights
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
+        u, c = out.chunk(2)
+        if weights is None or weights.device != x.device:
+            weights = torch.tensor([1.0 - guidance_scale, guidance_scale], dtype=torch.float64, device=x.device)
+        return ops.multistep_combine([u, c], weights)
+
+    return guided

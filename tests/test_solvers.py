@@ -9,7 +9,7 @@ import torch
 
 from diffaccel import ops, schedules as S
 from diffaccel.models.analytic import GaussianData, GaussianMixture
-from diffaccel.sampling import run_plan, sample
+from diffaccel.sampling import classifier_free_guidance, run_plan, sample
 from diffaccel.solvers import plan, samplers
 
 SCHEDULE = S.VPLinear()
@@ -200,3 +200,32 @@ def test_stochastic_samplers_fused_and_reference_agree(sampler):
     with ops.backend("reference"):
         ref = sample(model, x, sampler=sampler, steps=8, schedule=SCHEDULE, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("threshold", [ops.Threshold("clip", max_value=1.0), ops.Threshold("dynamic", 0.9, 1.0)], ids=repr)
+def test_thresholded_samplers_stay_within_bounds(threshold):
+    data = GaussianData(torch.full((8,), 1.5), torch.full((8,), 0.5))  # mostly beyond [-1, 1]
+    x = data.sample_marginal(SCHEDULE, 1.0, 32, torch.Generator().manual_seed(3))
+    seen = []
+    sample(data.denoiser(SCHEDULE), x, sampler="dpmpp_2m", steps=10, schedule=SCHEDULE, threshold=threshold,
+           callback=lambda info: seen.append(info["denoised"].abs().max().item()))
+    assert max(seen) <= 1.0 + 1e-12
+    unthresholded = []
+    sample(data.denoiser(SCHEDULE), x, sampler="dpmpp_2m", steps=10, schedule=SCHEDULE,
+           callback=lambda info: unthresholded.append(info["denoised"].abs().max().item()))
+    assert max(unthresholded) > 1.5  # so the bound above was the threshold's doing
+
+
+def test_classifier_free_guidance_batches_one_call():
+    calls = []
+
+    def model(x, t, c):
+        calls.append(x.shape[0])
+        return x * 0 + c  # the "prediction" is the conditioning value
+
+    x = torch.zeros(3, 4, dtype=torch.float64)
+    cond, uncond = torch.full((3, 4), 2.0, dtype=torch.float64), torch.full((3, 4), 1.0, dtype=torch.float64)
+    guided = classifier_free_guidance(model, cond, uncond, 7.5)
+    out = guided(x, torch.zeros(3, dtype=torch.float64))
+    assert calls == [6]
+    torch.testing.assert_close(out, torch.full((3, 4), 1.0 + 7.5 * (2.0 - 1.0), dtype=torch.float64))
