@@ -229,3 +229,42 @@ def test_classifier_free_guidance_batches_one_call():
     out = guided(x, torch.zeros(3, dtype=torch.float64))
     assert calls == [6]
     torch.testing.assert_close(out, torch.full((3, 4), 1.0 + 7.5 * (2.0 - 1.0), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_lms_convergence_order(order):
+    steps = STEPS[1:]
+    slope = _slope([_error("lms", n, order=order) for n in steps], steps)
+    assert abs(slope - order) <= 0.3, f"lms order {order}: measured {slope:.2f}"
+
+
+def test_lms_order_4_beats_order_3():
+    steps = STEPS[1:]
+    errors_4 = [_error("lms", n, order=4) for n in steps]
+    errors_3 = [_error("lms", n, order=3) for n in steps]
+    assert _slope(errors_4, steps) >= 3.3
+    assert all(e4 < e3 for e4, e3 in zip(errors_4, errors_3))
+
+
+def test_lcm_with_an_exact_consistency_function_samples_the_data():
+    """For Gaussian data the consistency function is the exact ODE map to
+    t = 0; LCM's multistep sampling with it returns data-distributed samples."""
+    n = 20000
+    x = DATA.sample_marginal(SCHEDULE, 1.0, n, torch.Generator().manual_seed(0))
+    consistency = lambda x, t: DATA.pf_ode_solution(SCHEDULE, x, t, 0.0)  # noqa: E731
+    y = sample(consistency, x, sampler="lcm", steps=4, schedule=SCHEDULE, prediction_type="sample", boundary=False,
+               generator=torch.Generator().manual_seed(1))
+    se = DATA.std / math.sqrt(n)
+    assert bool(((y.mean(0) - DATA.mean).abs() <= 5 * se).all())
+    assert bool(((y.std(0) - DATA.std).abs() <= 5 * DATA.std / math.sqrt(2 * n)).all())
+
+
+def test_denoise_to_zero_returns_the_last_data_prediction():
+    x = _x_T(8)
+    model = DATA.denoiser(SCHEDULE)
+    p = plan("dpmpp_2m", steps=6, schedule=SCHEDULE, denoise_to_zero=True)
+    assert len(p.rows) == 7
+    plain = sample(model, x, sampler="dpmpp_2m", steps=6, schedule=SCHEDULE)
+    t_end = torch.full((8,), SCHEDULE.t_min, dtype=torch.float64)
+    want = DATA.denoiser(SCHEDULE, "sample")(plain, t_end)
+    torch.testing.assert_close(run_plan(p, model, x), want, rtol=1e-10, atol=1e-10)

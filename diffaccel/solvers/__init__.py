@@ -4,7 +4,7 @@
 Sampler names follow k-diffusion and ComfyUI. This release has the
 ODE samplers (ddim, euler, heun, DPM-Solver 1-3 single-step, DPM-Solver++
 1-3M) and the stochastic ddpm, ddim with eta, euler_ancestral,
-dpmpp_2m_sde and pc (predictor-corrector with Langevin steps); the other samplers of the roadmap follow.
+dpmpp_2m_sde and pc (predictor-corrector with Langevin steps), lms and lcm; the other samplers of the roadmap follow.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from functools import partial
 
 from diffaccel import schedules as _schedules
-from diffaccel.solvers import ancestral, dpm_solver_pp, predictor_corrector, single_step
-from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row
+from diffaccel.solvers import ancestral, consistency, dpm_solver_pp, lms, predictor_corrector, single_step
+from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row, data_prediction_coeffs
 
 SAMPLERS = {
     "ddim": dpm_solver_pp.ddim_plan,
@@ -28,6 +28,8 @@ SAMPLERS = {
     "euler_ancestral": ancestral.euler_ancestral_plan,
     "dpmpp_2m_sde": partial(dpm_solver_pp.multistep_plan, order=2, sde=True, name="dpmpp_2m_sde"),
     "pc": predictor_corrector.pc_plan,
+    "lms": lms.lms_plan,
+    "lcm": consistency.lcm_plan,
     "heun": single_step.heun_plan,
     "dpm_solver_1": partial(single_step.dpm_solver_plan, order=1, name="dpm_solver_1"),
     "dpm_solver_2": partial(single_step.dpm_solver_plan, order=2, name="dpm_solver_2"),
@@ -49,9 +51,11 @@ def samplers():
 
 
 def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: str = "logsnr",
-         t_start=None, t_end=None, prediction_type: str = "epsilon", **options) -> Plan:
+         t_start=None, t_end=None, prediction_type: str = "epsilon", denoise_to_zero: bool = False,
+         **options) -> Plan:
     """The plan of a sampler for a schedule (default: diffusers' linear VP) and
-    a step count, its grid chosen by ``spacing`` between t_start and t_end."""
+    a step count, its grid chosen by ``spacing`` between t_start and t_end.
+    ``denoise_to_zero`` adds a final model call whose data prediction is returned."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(samplers())}")
     if spacing not in STEP_SELECTIONS:
@@ -61,9 +65,16 @@ def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: 
     schedule = schedule if schedule is not None else _schedules.VPDiscrete.from_diffusers("linear")
     times = STEP_SELECTIONS[spacing](schedule, steps, t_start, t_end)
     try:
-        return SAMPLERS[sampler](schedule, times, prediction_type=prediction_type, **options)
+        p = SAMPLERS[sampler](schedule, times, prediction_type=prediction_type, **options)
     except TypeError as error:
         raise ValueError(f"{sampler}: unsupported option ({error})") from None
+    if denoise_to_zero:
+        # One more model call at the last time, whose data prediction is the result.
+        t = float(times[-1])
+        c_x, c_m = data_prediction_coeffs(prediction_type, float(schedule.alpha(t)), float(schedule.sigma(t)))
+        p.rows.append(Row(t=t, coeffs=(c_x, c_m, 0.0, 1.0, 0.0), d_slot=1))
+        p.options["denoise_to_zero"] = True
+    return p
 
 
 __all__ = ["Plan", "Row", "plan", "samplers", "SAMPLERS"]
