@@ -36,8 +36,12 @@ def main(path):
           "floor x = fused time / (bytes / copy bandwidth)\n")
     print("| case | shape | fused us | eager ref us | compiled ref us | vs eager | vs compiled | fused GB/s | copy GB/s | floor x |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    calls = {}
+    for b in data["benchmarks"]:
+        if "model_calls" in b["extra_info"]:
+            calls[b["extra_info"]["case"]] = b["extra_info"]["model_calls"]
     for (case, shape), t in sorted(median.items()):
-        if case == "copy" or "fused" not in t:
+        if case == "copy" or case in calls or "fused" not in t:
             continue
         fused = t["fused"]
         gbs = nbytes[(case, shape)] / fused / 1e9
@@ -46,6 +50,15 @@ def main(path):
                  f"{t.get('eager_reference', float('nan')) / fused:.2f}x", f"{t.get('compiled_reference', float('nan')) / fused:.2f}x",
                  f"{gbs:.1f}", f"{copy_gbs[shape]:.1f}", f"{copy_gbs[shape] / gbs:.2f}"]
         print("| " + " | ".join(cells) + " |")
+    loops = [(case, shape, t) for (case, shape), t in sorted(median.items()) if case in calls and "fused" in t]
+    if loops:
+        print("\nWhole 20-step loop with a zero-cost model (the time a user pays beyond the network):\n")
+        print("| sampler | shape | model calls | fused us/call | reference us/call | speedup |")
+        print("|---|---|---:|---:|---:|---:|")
+        for case, shape, t in loops:
+            n = calls[case]
+            ref = t.get("eager_reference", float("nan"))
+            print(f"| {case[len('loop_'):]} | {shape} | {n} | {t['fused'] / n * 1e6:.1f} | {ref / n * 1e6:.1f} | {ref / t['fused']:.1f}x |")
     quantile = [(shape, t) for (case, shape), t in sorted(median.items()) if "torch_quantile" in t]
     if quantile:
         print("\nDynamic threshold against torch.quantile (diffusers' formulation):\n")

@@ -50,6 +50,7 @@ STEPS = [20, 40, 80, 160]
         ("dpm_solver_1", {}, 1),
         ("dpm_solver_2", {}, 2),
         ("dpm_solver_3", {}, 3),
+        ("dpmpp_2s_ancestral", {"eta": 0.0}, 2),
     ],
 )
 def test_convergence_order(sampler, options, order):
@@ -150,7 +151,7 @@ MIXTURE = GaussianMixture([0.2, 0.5, 0.3], [[-2.0, 0.5], [0.0, -1.0], [2.0, 1.0]
 @pytest.mark.parametrize(
     "sampler, options",
     [("ddpm", {}), ("ddim", {"eta": 0.5}), ("euler_ancestral", {}), ("dpmpp_2m_sde", {}),
-     ("dpmpp_2m_sde", {"solver_type": "heun"}), ("dpmpp_2m", {})],
+     ("dpmpp_2m_sde", {"solver_type": "heun"}), ("dpmpp_2s_ancestral", {}), ("dpmpp_2m", {})],
 )
 def test_samplers_reproduce_the_mixture_moments(sampler, options):
     """From x_T drawn at t = 1, the samples at t_end must have the mixture's
@@ -192,7 +193,7 @@ def test_predictor_corrector_langevin_steps_help():
     assert cov_error(1) < 0.5 * cov_error(0)
 
 
-@pytest.mark.parametrize("sampler", ["pc", "dpmpp_2m_sde", "euler_ancestral"])
+@pytest.mark.parametrize("sampler", ["pc", "dpmpp_2m_sde", "euler_ancestral", "dpmpp_2s_ancestral"])
 def test_stochastic_samplers_fused_and_reference_agree(sampler):
     x = _x_T(16)
     model = DATA.denoiser(SCHEDULE)

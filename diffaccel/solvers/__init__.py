@@ -4,7 +4,7 @@
 Sampler names follow k-diffusion and ComfyUI. This release has the
 ODE samplers (ddim, euler, heun, DPM-Solver 1-3 single-step, DPM-Solver++
 1-3M) and the stochastic ddpm, ddim with eta, euler_ancestral,
-dpmpp_2m_sde and pc (predictor-corrector with Langevin steps), lms and lcm; the other samplers of the roadmap follow.
+dpmpp_2m_sde, dpmpp_2s_ancestral and pc (predictor-corrector with Langevin steps), lms and lcm; the other samplers of the roadmap follow.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ SAMPLERS = {
     # DDPM's ancestral sampling is DDIM with eta = 1 (the posterior q(x_s | x_t, x0)).
     "ddpm": partial(dpm_solver_pp.ddim_plan, eta=1.0),
     "euler_ancestral": ancestral.euler_ancestral_plan,
+    "dpmpp_2s_ancestral": ancestral.dpmpp_2s_ancestral_plan,
     "dpmpp_2m_sde": partial(dpm_solver_pp.multistep_plan, order=2, sde=True, name="dpmpp_2m_sde"),
     "pc": predictor_corrector.pc_plan,
     "lms": lms.lms_plan,
