@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from diffaccel.solvers.plan import Plan, Row, data_prediction_coeffs
+from diffaccel.solvers.plan import Plan, Row, data_prediction_coeffs, grid_values
 
 
 def ancestral_split(v_s: float, v_t: float, eta: float):
@@ -31,12 +31,10 @@ def _check(name, eta, s_noise):
 def euler_ancestral_plan(schedule, times, *, eta: float = 1.0, s_noise: float = 1.0,
                          prediction_type: str = "epsilon") -> Plan:
     _check("euler_ancestral", eta, s_noise)
-    alpha = schedule.alpha(times).tolist()
-    sigma = schedule.sigma(times).tolist()
+    alpha, sigma, v = grid_values(schedule, times)
     rows = []
     for i in range(len(times) - 1):
-        a_s, a_t = alpha[i], alpha[i + 1]
-        v_s, v_t = sigma[i] / a_s, sigma[i + 1] / a_t
+        a_s, a_t, v_s, v_t = alpha[i], alpha[i + 1], v[i], v[i + 1]
         v_down, v_up = ancestral_split(v_s, v_t, eta)
         ratio = v_down / v_s
         c_x, c_m = data_prediction_coeffs(prediction_type, a_s, sigma[i])
@@ -51,12 +49,10 @@ def dpmpp_2s_ancestral_plan(schedule, times, *, eta: float = 1.0, s_noise: float
     to the next level; eta = 0 is the deterministic second-order DPM-Solver++(2S).
     Buffers: 0 state, 1 first data prediction, 2 the midpoint state."""
     _check("dpmpp_2s_ancestral", eta, s_noise)
-    alpha = schedule.alpha(times).tolist()
-    sigma = schedule.sigma(times).tolist()
+    alpha, sigma, v = grid_values(schedule, times)
     rows = []
     for i in range(len(times) - 1):
-        a_i, a_n = alpha[i], alpha[i + 1]
-        v_i, v_n = sigma[i] / a_i, sigma[i + 1] / a_n
+        a_i, a_n, v_i, v_n = alpha[i], alpha[i + 1], v[i], v[i + 1]
         v_down, v_up = ancestral_split(v_i, v_n, eta)
         h = math.log(v_i / v_down)
         v_mid = v_i * math.exp(-0.5 * h)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import List
 
-from diffaccel.solvers.plan import Plan, Row, data_prediction_coeffs
+from diffaccel.solvers.plan import Plan, Row, data_prediction_coeffs, grid_values
 
 
 def _poly_mul(p: List[float], q: List[float]) -> List[float]:
@@ -38,9 +38,7 @@ def lagrange_weights(nodes: List[float], lo: float, hi: float) -> List[float]:
 def lms_plan(schedule, times, *, order: int = 4, prediction_type: str = "epsilon") -> Plan:
     if order not in (1, 2, 3, 4):
         raise ValueError(f"lms: 'order' must be 1 to 4, got {order}")
-    alpha = schedule.alpha(times).tolist()
-    sigma = schedule.sigma(times).tolist()
-    ve = [s / a for s, a in zip(sigma, alpha)]
+    alpha, sigma, ve = grid_values(schedule, times)
     rows = []
     for i in range(len(times) - 1):
         step_order = min(order, i + 1)

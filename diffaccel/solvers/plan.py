@@ -24,6 +24,14 @@ import torch
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
 
 
+def grid_values(schedule, times):
+    """alpha, sigma and the variance-exploding noise level v = sigma / alpha at
+    each grid time, as float lists (plans are built on the host, in float64)."""
+    alpha = schedule.alpha(times).tolist()
+    sigma = schedule.sigma(times).tolist()
+    return alpha, sigma, [s / a for s, a in zip(sigma, alpha)]
+
+
 def data_prediction_coeffs(prediction_type: str, alpha: float, sigma: float) -> Tuple[float, float]:
     """(c_x, c_m) with x0 = c_x * x + c_m * model_out, for a model of this
     prediction type evaluated where x = alpha x0 + sigma eps."""

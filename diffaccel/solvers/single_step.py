@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row, data_prediction_coeffs
+from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row, data_prediction_coeffs, grid_values
 
 
 def noise_prediction_coeffs(prediction_type: str, alpha: float, sigma: float):
@@ -30,12 +30,10 @@ def noise_prediction_coeffs(prediction_type: str, alpha: float, sigma: float):
 def heun_plan(schedule, times, *, prediction_type: str = "epsilon") -> Plan:
     """Two model calls per interval. Buffers: 0 state, 1 first data prediction,
     2 the Euler predictor state (its data prediction overwrites it in place)."""
-    alpha = schedule.alpha(times).tolist()
-    sigma = schedule.sigma(times).tolist()
+    alpha, sigma, ve = grid_values(schedule, times)
     rows = []
     for i in range(len(times) - 1):
-        a_s, a_t = alpha[i], alpha[i + 1]
-        ve_s, ve_t = sigma[i] / a_s, sigma[i + 1] / a_t
+        a_s, a_t, ve_s, ve_t = alpha[i], alpha[i + 1], ve[i], ve[i + 1]
         delta = ve_t - ve_s
         # Predictor: Euler from x_i to the state at t_{i+1} (kept in buffer 2).
         c_x, c_m = data_prediction_coeffs(prediction_type, a_s, sigma[i])
