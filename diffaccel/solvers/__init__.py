@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 from diffaccel import schedules as _schedules
-from diffaccel.solvers import ancestral, consistency, dpm_solver_pp, lms, predictor_corrector, single_step
+from diffaccel.solvers import ancestral, consistency, dpm_solver_pp, lms, predictor_corrector, single_step, unipc
 from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row, data_prediction_coeffs
 
 SAMPLERS = {
@@ -31,6 +31,8 @@ SAMPLERS = {
     "pc": predictor_corrector.pc_plan,
     "lms": lms.lms_plan,
     "lcm": consistency.lcm_plan,
+    "unipc_bh1": partial(unipc.unipc_plan, variant="bh1", name="unipc_bh1"),
+    "unipc_bh2": partial(unipc.unipc_plan, variant="bh2", name="unipc_bh2"),
     "heun": single_step.heun_plan,
     "dpm_solver_1": partial(single_step.dpm_solver_plan, order=1, name="dpm_solver_1"),
     "dpm_solver_2": partial(single_step.dpm_solver_plan, order=2, name="dpm_solver_2"),
