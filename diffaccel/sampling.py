@@ -14,7 +14,10 @@ from diffaccel.solvers.plan import LangevinRow, Plan
 def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optional[torch.Generator] = None,
              callback: Optional[Callable] = None, threshold: Optional[ops.Threshold] = None) -> torch.Tensor:
     """Runs a plan from the initial noise x (at the plan's first time); returns the sample.
-    All buffers are allocated once, before the first step."""
+    All buffers are allocated once, before the first step. ``callback`` gets,
+    after each model call, k-diffusion's dict: ``x`` (the state), ``i``,
+    ``sigma`` / ``sigma_hat`` (the call's noise level sigma_t / alpha_t),
+    ``denoised`` (its data prediction), plus ``t`` (the schedule's time)."""
     buffers = [x.clone()] + [torch.empty_like(x) for _ in range(plan.num_buffers - 1)]
     coeffs = plan.coeff_tensors(x.device)
     time_dtype = x.dtype if x.dtype == torch.float64 else torch.float32
@@ -36,7 +39,10 @@ def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optiona
                         out=(buffers[row.out_slot], buffers[row.d_slot]))
             denoised = buffers[row.d_slot]
         if callback is not None:
-            callback({"x": buffers[0], "i": i, "t": row.t, "denoised": denoised})
+            info = {"x": buffers[0], "i": i, "t": row.t, "denoised": denoised}
+            if plan.row_sigmas:  # k-diffusion's keys: the noise level of this model call
+                info["sigma"] = info["sigma_hat"] = plan.row_sigmas[i]
+            callback(info)
     return buffers[0]
 
 

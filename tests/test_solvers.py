@@ -123,8 +123,12 @@ def test_plan_repr_and_callback():
     assert "dpmpp_3m" in text and text.count("order=") == 5
     seen = []
     sample(DATA.denoiser(SCHEDULE), _x_T(4), sampler="dpmpp_2m", steps=5, schedule=SCHEDULE,
-           callback=lambda info: seen.append(info["i"]))
-    assert seen == list(range(5))
+           callback=lambda info: seen.append(info))
+    assert [info["i"] for info in seen] == list(range(5))
+    for info in seen:
+        t = torch.tensor(info["t"], dtype=torch.float64)
+        assert info["sigma"] == pytest.approx(float(SCHEDULE.sigma(t) / SCHEDULE.alpha(t)), rel=1e-12)
+        assert set(info) >= {"x", "i", "sigma", "sigma_hat", "denoised"}
 
 
 def test_bad_input():

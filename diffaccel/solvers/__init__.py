@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
+
 from diffaccel import schedules as _schedules
 from diffaccel.solvers import ancestral, consistency, dpm_solver_pp, lms, predictor_corrector, single_step, unipc
 from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row, data_prediction_coeffs
@@ -77,6 +79,8 @@ def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: 
         c_x, c_m = data_prediction_coeffs(prediction_type, float(schedule.alpha(t)), float(schedule.sigma(t)))
         p.rows.append(Row(t=t, coeffs=(c_x, c_m, 0.0, 1.0, 0.0), d_slot=1))
         p.options["denoise_to_zero"] = True
+    row_times = torch.tensor([r.t for r in p.rows], dtype=torch.float64)
+    p.row_sigmas = (schedule.sigma(row_times) / schedule.alpha(row_times)).tolist()
     return p
 
 

@@ -99,6 +99,9 @@ class Plan:
     num_buffers: int
     times: torch.Tensor  # the grid t_0 > t_1 > ... > t_N
     options: dict = field(default_factory=dict)
+    # Variance-exploding noise level sigma_t / alpha_t of each row's model time:
+    # k-diffusion's "sigma", reported to callbacks. Filled by diffaccel.solvers.plan().
+    row_sigmas: List[float] = field(default_factory=list)
 
     def __repr__(self) -> str:
         lines = [f"Plan({self.sampler}, {len(self.rows)} model calls, {self.num_buffers} buffers, options={self.options})"]
