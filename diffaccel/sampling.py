@@ -7,7 +7,9 @@ from typing import Callable, Optional
 import torch
 
 from diffaccel import ops
-from diffaccel.solvers import plan as make_plan
+from diffaccel.schedules import VPDiscrete
+from diffaccel.solvers import ADAPTIVE_SAMPLERS, plan as make_plan
+from diffaccel.solvers.adaptive import sample_adaptive
 from diffaccel.solvers.plan import LangevinRow, Plan
 
 
@@ -54,7 +56,16 @@ def sample(model: Callable, x: torch.Tensor, *, sampler: str = "dpmpp_2m", steps
 
     ``t`` is a tensor of shape [B] in the schedule's own time. See
     :func:`diffaccel.solvers.plan` for the sampler, schedule and grid options.
-    ``progress=True`` shows a tqdm bar (tqdm must be installed)."""
+    ``progress=True`` shows a tqdm bar (tqdm must be installed). The adaptive
+    samplers (dpm_adaptive_12 / _23) take atol, rtol, theta, h_init and t_err
+    instead of steps and spacing."""
+    if sampler in ADAPTIVE_SAMPLERS:
+        if threshold is not None or progress:
+            raise ValueError(f"{sampler}: 'threshold' and 'progress' are not supported by the adaptive samplers")
+        schedule = schedule if schedule is not None else VPDiscrete.from_diffusers("linear")
+        result, _ = sample_adaptive(model, x, schedule, order=ADAPTIVE_SAMPLERS[sampler], t_start=t_start, t_end=t_end,
+                                    prediction_type=prediction_type, callback=callback, **options)
+        return result
     p = make_plan(sampler, steps=steps, schedule=schedule, spacing=spacing, t_start=t_start, t_end=t_end,
                   prediction_type=prediction_type, **options)
     if progress:

@@ -50,9 +50,15 @@ STEP_SELECTIONS = {
 }
 
 
+# Adaptive step size: the step count depends on the data, so these have no
+# plan; diffaccel.sample runs them eagerly (diffaccel.solvers.adaptive).
+ADAPTIVE_SAMPLERS = {"dpm_adaptive_12": 2, "dpm_adaptive_23": 3}
+
+
 def samplers():
-    """The sampler names :func:`plan` and :func:`diffaccel.sample` accept."""
-    return sorted(SAMPLERS)
+    """The sampler names :func:`diffaccel.sample` accepts (all but the adaptive
+    ones also have a :func:`plan`)."""
+    return sorted(list(SAMPLERS) + list(ADAPTIVE_SAMPLERS))
 
 
 def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: str = "logsnr",
@@ -61,6 +67,8 @@ def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: 
     """The plan of a sampler for a schedule (default: diffusers' linear VP) and
     a step count, its grid chosen by ``spacing`` between t_start and t_end.
     ``denoise_to_zero`` adds a final model call whose data prediction is returned."""
+    if sampler in ADAPTIVE_SAMPLERS:
+        raise ValueError(f"{sampler} chooses its steps from the data and has no fixed plan; run it with diffaccel.sample")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(samplers())}")
     if spacing not in STEP_SELECTIONS:
@@ -84,4 +92,4 @@ def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: 
     return p
 
 
-__all__ = ["Plan", "Row", "plan", "samplers", "SAMPLERS"]
+__all__ = ["Plan", "Row", "plan", "samplers", "SAMPLERS", "ADAPTIVE_SAMPLERS"]

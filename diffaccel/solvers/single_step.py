@@ -47,51 +47,61 @@ def heun_plan(schedule, times, *, prediction_type: str = "epsilon") -> Plan:
     return Plan("heun", rows, 3, times, dict(prediction_type=prediction_type))
 
 
+def dpm_solver_interval(schedule, t_s: float, t_t: float, order: int, prediction_type: str, out_slot: int = 0):
+    """The rows of one DPM-Solver-``order`` step from t_s to t_t, and the
+    coefficients of the one-order-lower estimate that the same model calls give
+    (for adaptive step control): over [x, eps_s] for order 2, over
+    [x, eps_s, eps_1] (buffers 0, 1, 3, read after the second row) for order 3.
+
+    Buffers: 0 the state x (kept), 1 eps_s, 2 the intermediate states, 3 eps_1;
+    the result goes to ``out_slot``."""
+    lam_s, lam_t = float(schedule.lambda_(t_s)), float(schedule.lambda_(t_t))
+    a_s, s_s = float(schedule.alpha(t_s)), float(schedule.sigma(t_s))
+    a_t, s_t = float(schedule.alpha(t_t)), float(schedule.sigma(t_t))
+    h = lam_t - lam_s
+    cx, cm = noise_prediction_coeffs(prediction_type, a_s, s_s)
+    phi = math.expm1(h)
+
+    def at(lam):
+        t = float(schedule.t_from_lambda(torch.tensor(lam, dtype=torch.float64)))
+        return t, float(schedule.alpha(t)), float(schedule.sigma(t))
+
+    if order == 1:  # DDIM in noise prediction
+        return [Row(t=t_s, coeffs=(cx, cm, a_t / a_s, -s_t * phi, 0.0), out_slot=out_slot, order=1)], None
+    r1 = 0.5 if order == 2 else 1.0 / 3.0
+    t1, a1, s1 = at(lam_s + r1 * h)
+    # u1 = a1/a_s x - s1 expm1(r1 h) eps_s  (buffer 2); eps_s kept in buffer 1.
+    rows = [Row(t=t_s, coeffs=(cx, cm, a1 / a_s, -s1 * math.expm1(r1 * h), 0.0), out_slot=2, d_slot=1, order=1)]
+    cx1, cm1 = noise_prediction_coeffs(prediction_type, a1, s1)
+    # Second order: x_t = a_t/a_s x - s_t phi eps_s - s_t/(2 r1) phi (eps_1 - eps_s)
+    k = s_t / (2 * r1) * phi
+    if order == 2:
+        rows.append(Row(t=t1, coeffs=(cx1, cm1, 0.0, -k, a_t / a_s, -s_t * phi + k, 0.0),
+                        x_slot=2, out_slot=out_slot, d_slot=2, history=(0, 1), order=2))
+        return rows, (a_t / a_s, -s_t * phi)
+    r2 = 2.0 / 3.0
+    t2, a2, s2 = at(lam_s + r2 * h)
+    phi2 = math.expm1(r2 * h)
+    k1 = s2 * r2 / r1 * (phi2 / (r2 * h) - 1.0)
+    # u2 = a2/a_s x - s2 phi2 eps_s - k1 (eps_1 - eps_s)  (into buffer 2, over u1); eps_1 into buffer 3.
+    rows.append(Row(t=t1, coeffs=(cx1, cm1, 0.0, -k1, a2 / a_s, -s2 * phi2 + k1, 0.0),
+                    x_slot=2, out_slot=2, d_slot=3, history=(0, 1), order=2))
+    cx2, cm2 = noise_prediction_coeffs(prediction_type, a2, s2)
+    k2 = s_t / r2 * (phi / h - 1.0)
+    # x_t = a_t/a_s x - s_t phi eps_s - k2 (eps_2 - eps_s); eps_2 overwrites u2 in place.
+    rows.append(Row(t=t2, coeffs=(cx2, cm2, 0.0, -k2, a_t / a_s, -s_t * phi + k2, 0.0),
+                    x_slot=2, out_slot=out_slot, d_slot=2, history=(0, 1), order=3))
+    return rows, (a_t / a_s, -s_t * phi + k, -k)
+
+
 def dpm_solver_plan(schedule, times, *, order: int = 2, prediction_type: str = "epsilon", name: str = "dpm_solver_2") -> Plan:
     """DPM-Solver-``order`` single-step: ``order`` model calls per interval of the grid."""
     if order not in (1, 2, 3):
         raise ValueError(f"{name}: 'order' must be 1, 2 or 3, got {order}")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
-    lam_grid = schedule.lambda_(times).tolist()
     rows = []
-
-    def at(lam):
-        t = float(schedule.t_from_lambda(torch.tensor(lam, dtype=torch.float64)))
-        return t, float(schedule.alpha(t)), float(schedule.sigma(t))
-
     for i in range(len(times) - 1):
-        t_s, t_t = float(times[i]), float(times[i + 1])
-        a_s, s_s = float(schedule.alpha(t_s)), float(schedule.sigma(t_s))
-        a_t, s_t = float(schedule.alpha(t_t)), float(schedule.sigma(t_t))
-        h = lam_grid[i + 1] - lam_grid[i]
-        cx, cm = noise_prediction_coeffs(prediction_type, a_s, s_s)
-        phi = math.expm1(h)
-        if order == 1:  # DDIM in noise prediction
-            rows.append(Row(t=t_s, coeffs=(cx, cm, a_t / a_s, -s_t * phi, 0.0), order=1))
-            continue
-        r1 = 0.5 if order == 2 else 1.0 / 3.0
-        t1, a1, s1 = at(lam_grid[i] + r1 * h)
-        # u1 = a1/a_s x - s1 expm1(r1 h) eps_s  (buffer 2); eps_s kept in buffer 1.
-        rows.append(Row(t=t_s, coeffs=(cx, cm, a1 / a_s, -s1 * math.expm1(r1 * h), 0.0), out_slot=2, d_slot=1, order=1))
-        cx1, cm1 = noise_prediction_coeffs(prediction_type, a1, s1)
-        if order == 2:
-            # x_t = a_t/a_s x - s_t phi eps_s - s_t/(2 r1) phi (eps_1 - eps_s)
-            k = s_t / (2 * r1) * phi
-            rows.append(Row(t=t1, coeffs=(cx1, cm1, 0.0, -k, a_t / a_s, -s_t * phi + k, 0.0),
-                            x_slot=2, out_slot=0, d_slot=2, history=(0, 1), order=2))
-            continue
-        r2 = 2.0 / 3.0
-        t2, a2, s2 = at(lam_grid[i] + r2 * h)
-        phi2 = math.expm1(r2 * h)
-        k1 = s2 * r2 / r1 * (phi2 / (r2 * h) - 1.0)
-        # u2 = a2/a_s x - s2 phi2 eps_s - k1 (eps_1 - eps_s)  (into buffer 2, over u1); eps_1 into buffer 3.
-        rows.append(Row(t=t1, coeffs=(cx1, cm1, 0.0, -k1, a2 / a_s, -s2 * phi2 + k1, 0.0),
-                        x_slot=2, out_slot=2, d_slot=3, history=(0, 1), order=2))
-        cx2, cm2 = noise_prediction_coeffs(prediction_type, a2, s2)
-        k2 = s_t / r2 * (phi / h - 1.0)
-        # x_t = a_t/a_s x - s_t phi eps_s - k2 (eps_2 - eps_s)
-        rows.append(Row(t=t2, coeffs=(cx2, cm2, 0.0, -k2, a_t / a_s, -s_t * phi + k2, 0.0),
-                        x_slot=2, out_slot=0, d_slot=3, history=(0, 1), order=3))
-    buffers = order + 1  # the state, eps_s, then u and eps_1 as the order needs
+        rows.extend(dpm_solver_interval(schedule, float(times[i]), float(times[i + 1]), order, prediction_type)[0])
+    buffers = {1: 2, 2: 3, 3: 4}[order]  # the state, eps_s, then u and eps_1 as the order needs
     return Plan(name, rows, buffers, times, dict(order=order, prediction_type=prediction_type))
