@@ -12,6 +12,8 @@ STAMP := $(VENV)/.diffaccel-installed
 SOURCES := $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/include/diffaccel/*.h) setup.py pyproject.toml
 CUDA_SOURCES := $(wildcard csrc/cuda/*.cu)
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
+CUDA_INCLUDE ?= $(firstword $(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h /usr/local/cuda/include/cuda_runtime_api.h $(dir $(NVCC))../include/cuda_runtime_api.h))
+CUDA_INCLUDE := $(patsubst %/,%,$(dir $(CUDA_INCLUDE)))
 # pytest-benchmark output is kept under build/; benchmarks need stable malloc (DESIGN.md).
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728
 
@@ -21,8 +23,9 @@ demo: $(STAMP)
 	$(PY) -m diffaccel info
 	$(BENCH_ENV) $(PY) -m diffaccel bench
 
+# TRITON_INTERPRET=1: the Triton kernels run on CPU tensors (tests/test_triton.py).
 test: $(STAMP) cuda-compile-check
-	$(PY) -m pytest tests
+	TRITON_INTERPRET=1 $(PY) -m pytest tests
 
 # pytest-benchmark of every op vs the eager and compiled reference and the copy
 # bandwidth; the markdown report lands in bench/results/<date>-cpu.md.
@@ -39,21 +42,32 @@ $(PY):
 
 $(STAMP): $(PY) $(SOURCES)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	@# Triton 3.6, the GPU machine's, for the Triton kernels' interpreter tests.
+	@$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install triton==3.6.0
 	$(PY) -m pip install --no-build-isolation -e ".[test]"
 	@touch $(STAMP)
 
 # Compile-only check of the CUDA kernels: object files, no linking, so it runs
 # on a machine whose torch has no CUDA (the .cu files include no torch header).
-cuda-compile-check:
+cuda-compile-check: $(STAMP)
 ifeq ($(strip $(NVCC)),)
 	@echo "cuda-compile-check: nvcc not found, skipped"
 else ifeq ($(strip $(CUDA_SOURCES)),)
 	@echo "cuda-compile-check: no csrc/cuda/*.cu files yet"
 else
-	@mkdir -p build/cuda-check
+	@mkdir -p build/cuda-check/stub/c10/cuda/impl
 	@for f in $(CUDA_SOURCES); do \
 		echo "nvcc -c $$f"; \
-		$(NVCC) -std=c++17 -O3 -Icsrc/include -arch=sm_90 -c $$f -o build/cuda-check/$$(basename $$f .cu).o || exit 1; \
+		$(NVCC) -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc/include -gencode=arch=compute_90,code=sm_90 -c $$f -o build/cuda-check/$$(basename $$f .cu).o || exit 1; \
+	done
+	@# The CUDA bindings of csrc/torch: a syntax check against this torch's headers
+	@# (the CPU wheel lacks one generated CUDA header; a stub stands in for it).
+	@echo "#define C10_CUDA_BUILD_SHARED_LIBS" > build/cuda-check/stub/c10/cuda/impl/cuda_cmake_macros.h
+	@for f in csrc/torch/*.cpp; do \
+		echo "g++ -fsyntax-only -DDIFFACCEL_WITH_CUDA $$f"; \
+		g++ -std=c++20 -fsyntax-only -DDIFFACCEL_WITH_CUDA \
+			$$($(PY) -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths() + [sysconfig.get_paths()['include']]))") \
+			-Ibuild/cuda-check/stub -I$(CUDA_INCLUDE) -Icsrc/include $$f || exit 1; \
 	done
 endif
 

@@ -1,8 +1,12 @@
-"""Turns a pytest-benchmark JSON of bench/test_bench_ops.py into a markdown
-table: median times, speedups measured side by side in that one run, achieved
-GB/s and the copy bandwidth at the same size.
+"""Turns a pytest-benchmark JSON of bench/ into a markdown report: median
+times, speedups measured side by side in that one run, achieved GB/s and the
+copy bandwidth at the same size.
 
-    python bench/report.py build/bench.json > bench/results/<date>-cpu.md
+    python bench/report.py build/bench-cpu.json > bench/results/<date>-cpu.md
+    python bench/report.py build/bench-gpu.json > bench/results/<date>-<card>.md
+
+CPU runs time the compiled kernel as impl "fused"; GPU runs time the "cuda"
+and "triton" backends (each timed call there runs the op `reps` times).
 """
 
 import json
@@ -12,45 +16,68 @@ from collections import defaultdict
 
 import torch
 
-from diffaccel.benchmarking import CASES, SHAPES
+from diffaccel.benchmarking import CASES
+
+FUSED = ("fused", "cuda", "triton")
+
+
+def _us(seconds):
+    return f"{seconds * 1e6:.1f}" if seconds == seconds else "-"
 
 
 def main(path):
     data = json.load(open(path))
-    median = defaultdict(dict)  # (case, shape) -> impl -> seconds
-    nbytes = {}
+    median = defaultdict(dict)  # (case, shape, dtype) -> impl -> seconds per op call
+    nbytes, calls = {}, {}
     for b in data["benchmarks"]:
         info = b["extra_info"]
-        key = (info["case"], info["shape"])
-        median[key][info["impl"]] = b["stats"]["median"]
+        key = (info["case"], info["shape"], info.get("dtype", "fp32"))
+        median[key][info["impl"]] = b["stats"]["median"] / info.get("reps", 1)
         nbytes[key] = info["bytes"]
-    copy_gbs = {shape: nbytes[("copy", shape)] / median[("copy", shape)]["copy"] / 1e9 for (c, shape) in median if c == "copy"}
+        if "model_calls" in info:
+            calls[info["case"]] = info["model_calls"]
+    copy_gbs = {(s, d): nbytes[(c, s, d)] / t["copy"] / 1e9 for (c, s, d), t in median.items() if c == "copy"}
+    fused_impls = [i for i in FUSED if any(i in t for t in median.values())]
+    gpu = any("device" in b["extra_info"] for b in data["benchmarks"])
     m = data["machine_info"]
-    print(f"# diffaccel CPU benchmarks, {data['datetime'][:10]}\n")
-    print(f"- machine: {m.get('cpu', {}).get('brand_raw', platform.processor())}, {m.get('cpu', {}).get('count', '?')} cores; "
-          f"python {m['python_version']}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    if gpu:
+        device = next(b["extra_info"]["device"] for b in data["benchmarks"] if "device" in b["extra_info"])
+        print(f"# diffaccel GPU benchmarks, {data['datetime'][:10]}, {device}\n")
+        try:
+            import triton
+
+            triton_version = triton.__version__
+        except ImportError:
+            triton_version = "not installed"
+        print(f"- {device}; python {m['python_version']}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
+              f"triton {triton_version}")
+        print("- each timed call runs the op `reps` times and synchronizes once; times are per op")
+    else:
+        print(f"# diffaccel CPU benchmarks, {data['datetime'][:10]}\n")
+        print(f"- machine: {m.get('cpu', {}).get('brand_raw', platform.processor())}, {m.get('cpu', {}).get('count', '?')} cores; "
+              f"python {m['python_version']}; torch {torch.__version__}; {torch.get_num_threads()} threads")
     print("- cases: " + "; ".join(f"{c.name} = {c.description}" for c in CASES.values()))
-    print("- shapes: " + ", ".join(f"{name} = {tuple(dims)}" for name, dims in SHAPES.items()))
-    print("- float32; times are pytest-benchmark medians; speedups compare medians from this one run")
-    print("- GB/s = bytes the op must read + write / median time; copy = dst.copy_(src) at the same size; "
-          "floor x = fused time / (bytes / copy bandwidth)\n")
-    print("| case | shape | fused us | eager ref us | compiled ref us | vs eager | vs compiled | fused GB/s | copy GB/s | floor x |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    calls = {}
-    for b in data["benchmarks"]:
-        if "model_calls" in b["extra_info"]:
-            calls[b["extra_info"]["case"]] = b["extra_info"]["model_calls"]
-    for (case, shape), t in sorted(median.items()):
-        if case == "copy" or case in calls or "fused" not in t:
+    print("- times are pytest-benchmark medians; speedups compare medians from this one run")
+    print("- GB/s = bytes the op must read + write / median time; copy = dst.copy_(src) at the same size "
+          "(read + write); % copy = achieved GB/s / copy GB/s\n")
+    head = ["case", "shape", "dtype"] + [f"{i} us" for i in fused_impls] + ["eager ref us", "compiled ref us",
+                                                                           "best vs eager", "best vs compiled"]
+    head += [f"{i} GB/s" for i in fused_impls] + ["copy GB/s"] + [f"{i} % copy" for i in fused_impls]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
+    for (case, shape, dtype), t in sorted(median.items()):
+        if case == "copy" or case in calls or not any(i in t for i in fused_impls):
             continue
-        fused = t["fused"]
-        gbs = nbytes[(case, shape)] / fused / 1e9
-        cells = [case, shape, f"{fused * 1e6:.1f}", f"{t.get('eager_reference', float('nan')) * 1e6:.1f}",
-                 f"{t.get('compiled_reference', float('nan')) * 1e6:.1f}",
-                 f"{t.get('eager_reference', float('nan')) / fused:.2f}x", f"{t.get('compiled_reference', float('nan')) / fused:.2f}x",
-                 f"{gbs:.1f}", f"{copy_gbs[shape]:.1f}", f"{copy_gbs[shape] / gbs:.2f}"]
+        best = min(t[i] for i in fused_impls if i in t)
+        eager, compiled = t.get("eager_reference", float("nan")), t.get("compiled_reference", float("nan"))
+        copy = copy_gbs.get((shape, dtype), float("nan"))
+        gbs = {i: nbytes[(case, shape, dtype)] / t[i] / 1e9 for i in fused_impls if i in t}
+        cells = [case, shape, dtype] + [_us(t.get(i, float("nan"))) for i in fused_impls]
+        cells += [_us(eager), _us(compiled), f"{eager / best:.2f}x", f"{compiled / best:.2f}x"]
+        cells += [f"{gbs[i]:.0f}" if i in gbs else "-" for i in fused_impls] + [f"{copy:.0f}"]
+        cells += [f"{100 * gbs[i] / copy:.0f}%" if i in gbs else "-" for i in fused_impls]
         print("| " + " | ".join(cells) + " |")
-    loops = [(case, shape, t) for (case, shape), t in sorted(median.items()) if case in calls and "fused" in t]
+    loops = [(case, shape, t) for (case, shape, _), t in sorted(median.items()) if case in calls and "fused" in t]
     if loops:
         print("\nWhole 20-step loop with a zero-cost model (the time a user pays beyond the network):\n")
         print("| sampler | shape | model calls | fused us/call | reference us/call | speedup |")
@@ -59,13 +86,14 @@ def main(path):
             n = calls[case]
             ref = t.get("eager_reference", float("nan"))
             print(f"| {case[len('loop_'):]} | {shape} | {n} | {t['fused'] / n * 1e6:.1f} | {ref / n * 1e6:.1f} | {ref / t['fused']:.1f}x |")
-    quantile = [(shape, t) for (case, shape), t in sorted(median.items()) if "torch_quantile" in t]
+    quantile = [(shape, dtype, t) for (case, shape, dtype), t in sorted(median.items()) if "torch_quantile" in t]
     if quantile:
         print("\nDynamic threshold against torch.quantile (diffusers' formulation):\n")
-        print("| shape | fused us | torch.quantile us | speedup |")
-        print("|---|---:|---:|---:|")
-        for shape, t in quantile:
-            print(f"| {shape} | {t['fused'] * 1e6:.1f} | {t['torch_quantile'] * 1e6:.1f} | {t['torch_quantile'] / t['fused']:.1f}x |")
+        print("| shape | dtype | best fused us | torch.quantile us | speedup |")
+        print("|---|---|---:|---:|---:|")
+        for shape, dtype, t in quantile:
+            best = min(t[i] for i in fused_impls if i in t)
+            print(f"| {shape} | {dtype} | {best * 1e6:.1f} | {t['torch_quantile'] * 1e6:.1f} | {t['torch_quantile'] / best:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,13 @@ def backend_rows() -> List[Tuple[str, bool, str]]:
         rows.append(("cuda", False, "diffaccel was built without CUDA kernels (CUDA ops run on the reference)"))
     else:
         rows.append(("cuda", True, f"compiled kernels on {torch.cuda.get_device_name()}"))
-    rows.append(("triton", False, "no Triton kernels in this version"))
+    from diffaccel.ops import triton as triton_backend
+
+    if triton_backend.unavailable_reason is None:
+        where = "CPU tensors under TRITON_INTERPRET=1" if triton_backend.INTERPRET else "CUDA tensors"
+        rows.append(("triton", True, f"Triton kernels on {where}"))
+    else:
+        rows.append(("triton", False, triton_backend.unavailable_reason))
     return rows
 
 

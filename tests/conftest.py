@@ -1,5 +1,11 @@
 """Shared test helpers: random inputs in every layout, per-dtype tolerances,
-and the backends every op is checked on."""
+and the device and backends every op is checked on.
+
+DIFFACCEL_TEST_DEVICE=cuda runs the suite on the GPU (tensors made without a
+device land there), with whatever DIFFACCEL_BACKEND selects (bench/gpu_check.sh
+runs it once per GPU backend). Tests marked ``cuda`` need a GPU and are skipped
+without one; tests marked ``cpu_only`` check a CPU-only contract.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,14 @@ import pytest
 import torch
 
 from diffaccel import _extension
+from diffaccel.ops import triton as triton_backend
+
+DEVICE = os.environ.get("DIFFACCEL_TEST_DEVICE", "cpu")
+if DEVICE != "cpu":
+    torch.set_default_device(DEVICE)
+
+# Backends the front-end tests run each case on, for this device.
+TEST_BACKENDS = ["auto", "reference"] + (["triton"] if triton_backend.available(DEVICE) else [])
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -61,7 +75,7 @@ def gen(request):
     failure reproduces when the test is run again. DIFFACCEL_TEST_SEED varies
     all of them at once."""
     seed = zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("DIFFACCEL_TEST_SEED", "0"))
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=DEVICE).manual_seed(seed)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -70,3 +84,12 @@ def _require_compiled_extension():
     test the reference against itself, so that is an error unless asked for."""
     if not _extension.available() and os.environ.get("DIFFACCEL_ALLOW_NO_EXTENSION") != "1":
         pytest.fail(f"diffaccel's compiled extension did not load: {_extension.load_error}")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = torch.cuda.is_available()
+    for item in items:
+        if "cuda" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "cpu_only" in item.keywords and DEVICE != "cpu":
+            item.add_marker(pytest.mark.skip(reason="checks a CPU-only contract"))

@@ -7,7 +7,7 @@ import torch
 
 from diffaccel import ops
 
-BACKENDS = ["auto", "reference"]
+from conftest import TEST_BACKENDS as BACKENDS
 
 X = lambda: torch.randn(2, 3, 4)  # noqa: E731
 COEFFS = lambda k=1: torch.randn(5 + k)  # noqa: E731

@@ -6,7 +6,7 @@ import torch
 from diffaccel import ops
 from diffaccel.ops import reference
 
-from conftest import DTYPES, LAYOUTS, SHAPES, assert_close, make
+from conftest import DEVICE, DTYPES, LAYOUTS, SHAPES, assert_close, make
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -23,6 +23,7 @@ def test_matches_reference(dtype, shape, layout, reduction, alpha, gen):
         assert_close(g, w)
 
 
+@pytest.mark.cpu_only  # CUDA draws in-kernel Philox noise instead: tests/test_cuda.py checks it
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 def test_draws_noise_like_torch_randn(dtype):
     shape = (2, 3, 16, 16)
@@ -67,12 +68,12 @@ def test_zero_score_propagates_like_reference(gen):
 def test_deterministic_for_a_seed():
     x = torch.randn(4, 4, 64, 64)
     score = torch.randn(4, 4, 64, 64)
-    a = ops.langevin_correct(x, score, 0.16, generator=torch.Generator().manual_seed(3))
-    b = ops.langevin_correct(x, score, 0.16, generator=torch.Generator().manual_seed(3))
+    a = ops.langevin_correct(x, score, 0.16, generator=torch.Generator(DEVICE).manual_seed(3))
+    b = ops.langevin_correct(x, score, 0.16, generator=torch.Generator(DEVICE).manual_seed(3))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        c = ops.langevin_correct(x, score, 0.16, generator=torch.Generator().manual_seed(3))
+        c = ops.langevin_correct(x, score, 0.16, generator=torch.Generator(DEVICE).manual_seed(3))
     finally:
         torch.set_num_threads(threads)
     for u, v, w in zip(a, b, c):

@@ -6,8 +6,12 @@ import torch
 
 from diffaccel import ops
 from diffaccel.ops import reference
+from diffaccel.ops import triton as triton_backend
 
-from conftest import assert_close
+from conftest import DEVICE, assert_close
+
+# The C++ ops, and the Triton ops where they run on this device.
+NAMESPACES = ["diffaccel"] + (["diffaccel_triton"] if triton_backend.available(DEVICE) else [])
 
 
 def _inputs(gen):
@@ -15,28 +19,29 @@ def _inputs(gen):
     return [torch.randn(shape, generator=gen) for _ in range(4)]
 
 
-def _opcheck_cases(gen):
+def _opcheck_cases(gen, namespace):
+    lib = getattr(torch.ops, namespace)
     x, m, h, z = _inputs(gen)
     c = torch.randn(6, generator=gen, dtype=torch.float64)
     cs = torch.randn(2, 6, generator=gen)
     bf = m.bfloat16()
     return {
-        "ei_step": (torch.ops.diffaccel.ei_step.default, (x, m, [h], c, z, None, 0.995, 1.0, "diffusers")),
-        "ei_step_dynamic": (torch.ops.diffaccel.ei_step.default, (x, bf, [h], cs, None, "dynamic", 0.9, 1.5, "dpm-solver")),
+        "ei_step": (lib.ei_step.default, (x, m, [h], c, z, None, 0.995, 1.0, "diffusers")),
+        "ei_step_dynamic": (lib.ei_step.default, (x, bf, [h], cs, None, "dynamic", 0.9, 1.5, "dpm-solver")),
         "ei_step_out": (
-            torch.ops.diffaccel.ei_step_out.default,
+            lib.ei_step_out.default,
             (x, m, [h], c, z, "clip", 0.995, 1.0, "diffusers", torch.empty_like(x), torch.empty_like(x)),
         ),
-        "multistep_combine": (torch.ops.diffaccel.multistep_combine.default, ([x, m, h], torch.randn(3, generator=gen))),
+        "multistep_combine": (lib.multistep_combine.default, ([x, m, h], torch.randn(3, generator=gen))),
         "multistep_combine_out": (
-            torch.ops.diffaccel.multistep_combine_out.default,
+            lib.multistep_combine_out.default,
             ([x, m], torch.randn(2, 2, generator=gen), torch.empty_like(x)),
         ),
-        "threshold": (torch.ops.diffaccel.threshold.default, (x * 3, "dynamic", 0.995, 1.0, "diffusers")),
-        "threshold_out": (torch.ops.diffaccel.threshold_out.default, (x * 3, "clip", 0.995, 1.0, "diffusers", torch.empty_like(x))),
-        "langevin_correct": (torch.ops.diffaccel.langevin_correct.default, (x, m, 0.16, torch.ones(()), z, None, "batch")),
+        "threshold": (lib.threshold.default, (x * 3, "dynamic", 0.995, 1.0, "diffusers")),
+        "threshold_out": (lib.threshold_out.default, (x * 3, "clip", 0.995, 1.0, "diffusers", torch.empty_like(x))),
+        "langevin_correct": (lib.langevin_correct.default, (x, m, 0.16, torch.ones(()), z, None, "batch")),
         "langevin_correct_out": (
-            torch.ops.diffaccel.langevin_correct_out.default,
+            lib.langevin_correct_out.default,
             (x, m, 0.16, torch.rand(2), z, None, "sample", torch.empty_like(x), torch.empty_like(x)),
         ),
     }
@@ -47,8 +52,9 @@ def _opcheck_cases(gen):
     ["ei_step", "ei_step_dynamic", "ei_step_out", "multistep_combine", "multistep_combine_out",
      "threshold", "threshold_out", "langevin_correct", "langevin_correct_out"],
 )
-def test_opcheck(name, gen):
-    op, args = _opcheck_cases(gen)[name]
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_opcheck(name, namespace, gen):
+    op, args = _opcheck_cases(gen, namespace)[name]
     torch.library.opcheck(op, args)
 
 

@@ -80,3 +80,18 @@ def test_in_place(dtype, gen):
 def test_deterministic(gen):
     x = make((4, 4, 64, 64), torch.float32, generator=gen, scale=2.0)
     assert torch.equal(ops.threshold(x), ops.threshold(x.clone()))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 1000, 4097, 65536])
+@pytest.mark.parametrize("ratio", [1e-4, 0.3, 0.9, 0.995, 1.0])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_selection_matches_reference(n, ratio, ties, dtype, gen):
+    """The selection (nth_element on CPU, radix select on GPU) at many sizes
+    and ranks, with and without runs of equal magnitudes (the quantile's two
+    order statistics then often coincide)."""
+    x = torch.randn((3, n), generator=gen, dtype=dtype) * 3
+    if ties:
+        x = x.round()
+    options = dict(kind="dynamic", ratio=ratio, max_value=10.0, style="dpm-solver")
+    assert_close(ops.threshold(x, **options), reference.threshold(x, **options))

@@ -11,15 +11,13 @@
 
 #include "diffaccel/config.h"
 #include "diffaccel/quantile.h"
+#include "diffaccel/views.h"
 
 namespace diffaccel::cpu {
 
-enum class DType : int { kFloat16, kBFloat16, kFloat32, kFloat64 };
+using diffaccel::DType;
+using diffaccel::In;
 
-struct In {
-  const void* data = nullptr;
-  DType dtype = DType::kFloat32;
-};
 struct Out {
   void* data = nullptr;
   DType dtype = DType::kFloat32;

@@ -1,10 +1,12 @@
-// diffaccel::ei_step on CPU: argument checks, then the fused kernel of csrc/cpu.
+// diffaccel::ei_step: argument checks, then the fused kernel of csrc/cpu (CPU)
+// or csrc/cuda (CUDA).
 #include <optional>
 #include <string_view>
 
 #include <torch/library.h>
 
 #include "common.h"
+#include "cuda_common.h"
 #include "threshold_options.h"
 
 namespace diffaccel {
@@ -12,11 +14,13 @@ namespace {
 
 constexpr const char* kOp = "diffaccel.ei_step";
 
-void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
-                     const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
-                     std::optional<std::string_view> threshold_kind, double threshold_ratio,
-                     double threshold_max_value, std::string_view threshold_style,
-                     const at::Tensor& x_next_out, const at::Tensor& d_out) {
+// Every check of the op's arguments, for both devices; returns the parsed thresholding.
+std::optional<ThresholdOptions> check_ei_step(
+    const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
+    const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
+    std::optional<std::string_view> threshold_kind, double threshold_ratio,
+    double threshold_max_value, std::string_view threshold_style, const at::Tensor& x_next_out,
+    const at::Tensor& d_out) {
   TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
                     shape_str(x));
   check_float_dtype(kOp, "x", x, x.scalar_type());
@@ -51,7 +55,17 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
     for (const at::Tensor& h : history) check_no_partial_overlap(kOp, name, *out, h, "history");
     if (noise) check_no_partial_overlap(kOp, name, *out, *noise, "noise");
   }
+  return threshold;
+}
 
+void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
+                     const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
+                     std::optional<std::string_view> threshold_kind, double threshold_ratio,
+                     double threshold_max_value, std::string_view threshold_style,
+                     const at::Tensor& x_next_out, const at::Tensor& d_out) {
+  const std::optional<ThresholdOptions> threshold =
+      check_ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio,
+                    threshold_max_value, threshold_style, x_next_out, d_out);
   const int64_t batch = batch_of(x);
   const at::ScalarType acc = acc_type_of(x);
   const at::Tensor xc = contiguous_input(x);
@@ -66,8 +80,8 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
     args.per_sample = per_sample_of(x);
     args.x = kernel_in(xc);
     args.model_out = kernel_in(mc);
-    args.num_history = static_cast<int>(k);
-    for (int64_t j = 0; j < k; ++j) args.history[j] = kernel_in(hc[j]);
+    args.num_history = static_cast<int>(hc.size());
+    for (size_t j = 0; j < hc.size(); ++j) args.history[j] = kernel_in(hc[j]);
     args.has_noise = zc.has_value();
     if (zc) args.noise = kernel_in(*zc);
     const CoeffTable<scalar_t> table(coeffs);
@@ -102,23 +116,85 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
   d.finish();
 }
 
-std::tuple<at::Tensor, at::Tensor> ei_step_cpu(
+#ifdef DIFFACCEL_WITH_CUDA
+void ei_step_out_cuda(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
+                      const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
+                      std::optional<std::string_view> threshold_kind, double threshold_ratio,
+                      double threshold_max_value, std::string_view threshold_style,
+                      const at::Tensor& x_next_out, const at::Tensor& d_out) {
+  const std::optional<ThresholdOptions> threshold =
+      check_ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio,
+                    threshold_max_value, threshold_style, x_next_out, d_out);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t batch = batch_of(x);
+  check_cuda_sizes(kOp, batch, per_sample_of(x));
+  const at::Tensor xc = contiguous_input(x);
+  const at::Tensor mc = contiguous_input(model_out);
+  std::vector<at::Tensor> hc;
+  for (const at::Tensor& h : history) hc.push_back(contiguous_input(h));
+  const std::optional<at::Tensor> zc = noise ? std::optional(contiguous_input(*noise)) : std::nullopt;
+  const at::Tensor cc = coeffs.contiguous();
+  KernelOut x_next(x_next_out), d(d_out);
+
+  cuda::EiStepParams p;
+  p.batch = batch;
+  p.per_sample = per_sample_of(x);
+  p.x = kernel_in(xc);
+  p.model_out = kernel_in(mc);
+  p.num_history = static_cast<int>(hc.size());
+  for (size_t j = 0; j < hc.size(); ++j) p.history[j] = kernel_in(hc[j]);
+  p.has_noise = zc.has_value();
+  if (zc) p.noise = kernel_in(*zc);
+  p.coeffs = coeffs_in(cc);
+  p.coeff_stride = cc.dim() == 2 ? cc.size(1) : 0;
+  p.x_next = cuda_out(x_next.buffer);
+  p.d = cuda_out(d.buffer);
+  const at::ScalarType acc = acc_type_of(x);
+  std::optional<cuda::ThresholdSelect> select;
+  at::Tensor scales;
+  if (threshold && threshold->kind == ThresholdKind::kDynamic) {
+    select = cuda::ThresholdSelect{threshold->ratio, threshold->style, threshold->max_value};
+    scales = at::empty({batch}, x.options().dtype(acc));
+  } else if (threshold) {
+    p.threshold.enabled = true;
+    p.threshold.clip_max = threshold->max_value;
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_ei_step_cuda", [&] {
+    check_launch(kOp, cuda::launch_ei_step<scalar_t>(p, select ? &*select : nullptr,
+                                                     select ? scales.data_ptr() : nullptr, stream));
+  });
+  x_next.finish();
+  d.finish();
+}
+#endif
+
+// The functional form: fresh contiguous outputs, then the _out kernel of the device.
+template <auto kOutKernel>
+std::tuple<at::Tensor, at::Tensor> ei_step_functional(
     const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
     const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
     std::optional<std::string_view> threshold_kind, double threshold_ratio,
     double threshold_max_value, std::string_view threshold_style) {
   at::Tensor x_next = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor d = at::empty_like(x_next);
-  ei_step_out_cpu(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio,
-                  threshold_max_value, threshold_style, x_next, d);
+  kOutKernel(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio,
+             threshold_max_value, threshold_style, x_next, d);
   return {x_next, d};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("ei_step", &ei_step_cpu);
+  m.impl("ei_step", &ei_step_functional<&ei_step_out_cpu>);
   m.impl("ei_step_out", &ei_step_out_cpu);
 }
+
+#ifdef DIFFACCEL_WITH_CUDA
+TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
+  m.impl("ei_step", &ei_step_functional<&ei_step_out_cuda>);
+  m.impl("ei_step_out", &ei_step_out_cuda);
+}
+#endif
 
 }  // namespace diffaccel

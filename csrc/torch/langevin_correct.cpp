@@ -1,4 +1,4 @@
-// diffaccel::langevin_correct on CPU: the corrector of predictor-corrector
+// diffaccel::langevin_correct on CPU and CUDA: the corrector of predictor-corrector
 // sampling (Song et al. 2021; score_sde's LangevinCorrector and diffusers'
 // ScoreSdeVeScheduler.step_correct).
 #include <cmath>
@@ -9,6 +9,11 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "cuda_common.h"
+
+#ifdef DIFFACCEL_WITH_CUDA
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#endif
 
 namespace diffaccel {
 namespace {
@@ -35,11 +40,10 @@ std::vector<double> sample_norms(const at::Tensor& contiguous) {
   return norms;
 }
 
-void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, double snr,
-                              const at::Tensor& alpha, const std::optional<at::Tensor>& noise,
-                              std::optional<at::Generator> generator,
-                              std::string_view reduction, const at::Tensor& x_new_out,
-                              const at::Tensor& x_mean_out) {
+void check_langevin_correct(const at::Tensor& x, const at::Tensor& score, double snr,
+                            const at::Tensor& alpha, const std::optional<at::Tensor>& noise,
+                            std::string_view reduction, const at::Tensor& x_new_out,
+                            const at::Tensor& x_mean_out) {
   TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
                     shape_str(x));
   check_float_dtype(kOp, "x", x, x.scalar_type());
@@ -69,7 +73,15 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
     check_no_partial_overlap(kOp, name, *out, score, "score");
     if (noise) check_no_partial_overlap(kOp, name, *out, *noise, "noise");
   }
+}
 
+void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, double snr,
+                              const at::Tensor& alpha, const std::optional<at::Tensor>& noise,
+                              std::optional<at::Generator> generator,
+                              std::string_view reduction, const at::Tensor& x_new_out,
+                              const at::Tensor& x_mean_out) {
+  check_langevin_correct(x, score, snr, alpha, noise, reduction, x_new_out, x_mean_out);
+  const int64_t batch = batch_of(x);
   // Drawn exactly as torch.randn(x.shape, generator=generator, dtype=x.dtype) would.
   const at::Tensor z = noise ? contiguous_input(*noise) : at::randn(x.sizes(), generator, x.options());
   const at::Tensor xc = contiguous_input(x);
@@ -121,22 +133,97 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
   x_mean.finish();
 }
 
-std::tuple<at::Tensor, at::Tensor> langevin_correct_cpu(
+#ifdef DIFFACCEL_WITH_CUDA
+// With noise=None the noise is drawn inside the kernels from the generator's
+// Philox stream (diffaccel/philox.h): element i is philox_normal(seed, offset, i)
+// for the (seed, offset) the generator hands out, and the generator advances by
+// 4, so consecutive calls draw independent noise. Under CUDA-graph capture the
+// seed and offset are read on the device at each replay.
+cuda::PhiloxArgs philox_args(std::optional<at::Generator> generator) {
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator());
+  at::PhiloxCudaState state;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    state = gen->philox_cuda_state(4);
+  }
+  cuda::PhiloxArgs args;
+  args.captured = state.captured_;
+  if (state.captured_) {
+    args.seed_ptr = state.seed_.ptr;
+    args.offset_ptr = state.offset_.ptr;
+    args.offset_intragraph = state.offset_intragraph_;
+  } else {
+    args.seed = state.seed_.val;
+    args.offset = state.offset_.val;
+  }
+  return args;
+}
+
+void langevin_correct_out_cuda(const at::Tensor& x, const at::Tensor& score, double snr,
+                               const at::Tensor& alpha, const std::optional<at::Tensor>& noise,
+                               std::optional<at::Generator> generator,
+                               std::string_view reduction, const at::Tensor& x_new_out,
+                               const at::Tensor& x_mean_out) {
+  check_langevin_correct(x, score, snr, alpha, noise, reduction, x_new_out, x_mean_out);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t batch = batch_of(x);
+  const int64_t per_sample = per_sample_of(x);
+  check_cuda_sizes(kOp, batch, per_sample);
+  const at::Tensor xc = contiguous_input(x);
+  const at::Tensor sc = contiguous_input(score);
+  const std::optional<at::Tensor> zc = noise ? std::optional(contiguous_input(*noise)) : std::nullopt;
+  // The kernel reads alpha in its own floating dtype; anything else is converted.
+  const at::Tensor alpha_c = alpha.is_floating_point() ? alpha.contiguous() : alpha.to(at::kDouble);
+  KernelOut x_new(x_new_out), x_mean(x_mean_out);
+  cuda::LangevinParams p;
+  p.batch = batch;
+  p.per_sample = per_sample;
+  p.x = kernel_in(xc);
+  p.score = kernel_in(sc);
+  p.has_noise = zc.has_value();
+  if (zc) p.noise = kernel_in(*zc);
+  else p.philox = philox_args(std::move(generator));
+  p.snr = snr;
+  p.alpha = kernel_in(alpha_c);
+  p.alpha_stride = alpha_c.dim() == 1 ? 1 : 0;
+  p.per_sample_reduction = reduction == "sample";
+  p.x_new = cuda_out(x_new.buffer);
+  p.x_mean = cuda_out(x_mean.buffer);
+  const at::Tensor scratch =
+      at::empty({cuda::langevin_scratch_bytes(batch, per_sample)}, x.options().dtype(at::kByte));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc_type_of(x), "diffaccel_langevin_correct_cuda", [&] {
+    check_launch(kOp, cuda::launch_langevin_correct<scalar_t>(p, scratch.data_ptr(), stream));
+  });
+  x_new.finish();
+  x_mean.finish();
+}
+#endif
+
+template <auto kOutKernel>
+std::tuple<at::Tensor, at::Tensor> langevin_correct_functional(
     const at::Tensor& x, const at::Tensor& score, double snr, const at::Tensor& alpha,
     const std::optional<at::Tensor>& noise, std::optional<at::Generator> generator,
     std::string_view reduction) {
   at::Tensor x_new = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor x_mean = at::empty_like(x_new);
-  langevin_correct_out_cpu(x, score, snr, alpha, noise, std::move(generator), reduction, x_new,
-                           x_mean);
+  kOutKernel(x, score, snr, alpha, noise, std::move(generator), reduction, x_new, x_mean);
   return {x_new, x_mean};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("langevin_correct", &langevin_correct_cpu);
+  m.impl("langevin_correct", &langevin_correct_functional<&langevin_correct_out_cpu>);
   m.impl("langevin_correct_out", &langevin_correct_out_cpu);
 }
+
+#ifdef DIFFACCEL_WITH_CUDA
+TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
+  m.impl("langevin_correct", &langevin_correct_functional<&langevin_correct_out_cuda>);
+  m.impl("langevin_correct_out", &langevin_correct_out_cuda);
+}
+#endif
 
 }  // namespace diffaccel

@@ -1,7 +1,8 @@
-// diffaccel::multistep_combine on CPU: y = sum_j coeffs[..., j] * tensors[j].
+// diffaccel::multistep_combine on CPU and CUDA: y = sum_j coeffs[..., j] * tensors[j].
 #include <torch/library.h>
 
 #include "common.h"
+#include "cuda_common.h"
 
 namespace diffaccel {
 namespace {
@@ -14,8 +15,9 @@ at::ScalarType combine_result_type(at::TensorList tensors) {
   return t;
 }
 
-void multistep_combine_out_cpu(at::TensorList tensors, const at::Tensor& coeffs,
-                               const at::Tensor& out) {
+// Every check of the op's arguments; returns the dtype the sum is computed in.
+at::ScalarType check_multistep_combine(at::TensorList tensors, const at::Tensor& coeffs,
+                                       const at::Tensor& out) {
   const int64_t n = static_cast<int64_t>(tensors.size());
   TORCH_CHECK_VALUE(n >= 1 && n <= kMaxCombine, kOp, ": argument 'tensors' must hold 1 to ",
                     kMaxCombine, " tensors, got ", n);
@@ -37,8 +39,14 @@ void multistep_combine_out_cpu(at::TensorList tensors, const at::Tensor& coeffs,
   TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, kOp,
                     ": argument 'out' has elements that share memory");
   for (const at::Tensor& t : tensors) check_no_partial_overlap(kOp, "out", out, t, "tensors");
+  return result == at::kDouble ? at::kDouble : at::kFloat;
+}
 
-  const at::ScalarType acc = result == at::kDouble ? at::kDouble : at::kFloat;
+void multistep_combine_out_cpu(at::TensorList tensors, const at::Tensor& coeffs,
+                               const at::Tensor& out) {
+  const at::ScalarType acc = check_multistep_combine(tensors, coeffs, out);
+  const at::Tensor& first = tensors[0];
+  const int64_t n = static_cast<int64_t>(tensors.size());
   std::vector<at::Tensor> inputs;
   for (const at::Tensor& t : tensors) inputs.push_back(contiguous_input(t));
   KernelOut y(out);
@@ -60,20 +68,54 @@ void multistep_combine_out_cpu(at::TensorList tensors, const at::Tensor& coeffs,
   y.finish();
 }
 
-at::Tensor multistep_combine_cpu(at::TensorList tensors, const at::Tensor& coeffs) {
+#ifdef DIFFACCEL_WITH_CUDA
+void multistep_combine_out_cuda(at::TensorList tensors, const at::Tensor& coeffs,
+                                const at::Tensor& out) {
+  const at::ScalarType acc = check_multistep_combine(tensors, coeffs, out);
+  const at::Tensor& first = tensors[0];
+  const c10::cuda::CUDAGuard guard(first.device());
+  std::vector<at::Tensor> inputs;
+  for (const at::Tensor& t : tensors) inputs.push_back(contiguous_input(t));
+  const at::Tensor cc = coeffs.contiguous();
+  KernelOut y(out);
+  cuda::CombineParams p;
+  p.batch = batch_of(first);
+  p.per_sample = per_sample_of(first);
+  p.num_tensors = static_cast<int>(inputs.size());
+  for (size_t j = 0; j < inputs.size(); ++j) p.tensors[j] = kernel_in(inputs[j]);
+  p.coeffs = coeffs_in(cc);
+  p.coeff_stride = cc.dim() == 2 ? cc.size(1) : 0;
+  p.y = cuda_out(y.buffer);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_multistep_combine_cuda", [&] {
+    check_launch(kOp, cuda::launch_multistep_combine<scalar_t>(p, stream));
+  });
+  y.finish();
+}
+#endif
+
+template <auto kOutKernel>
+at::Tensor multistep_combine_functional(at::TensorList tensors, const at::Tensor& coeffs) {
   TORCH_CHECK_VALUE(!tensors.empty(), kOp, ": argument 'tensors' must hold 1 to ", kMaxCombine,
                     " tensors, got 0");
   at::Tensor out = at::empty(tensors[0].sizes(),
                              tensors[0].options().dtype(combine_result_type(tensors)));
-  multistep_combine_out_cpu(tensors, coeffs, out);
+  kOutKernel(tensors, coeffs, out);
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("multistep_combine", &multistep_combine_cpu);
+  m.impl("multistep_combine", &multistep_combine_functional<&multistep_combine_out_cpu>);
   m.impl("multistep_combine_out", &multistep_combine_out_cpu);
 }
+
+#ifdef DIFFACCEL_WITH_CUDA
+TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
+  m.impl("multistep_combine", &multistep_combine_functional<&multistep_combine_out_cuda>);
+  m.impl("multistep_combine_out", &multistep_combine_out_cuda);
+}
+#endif
 
 }  // namespace diffaccel

@@ -1,9 +1,10 @@
-// diffaccel::threshold on CPU: clip, or dynamic thresholding by selection.
+// diffaccel::threshold on CPU and CUDA: clip, or dynamic thresholding by selection.
 #include <string_view>
 
 #include <torch/library.h>
 
 #include "common.h"
+#include "cuda_common.h"
 #include "threshold_options.h"
 
 namespace diffaccel {
@@ -11,14 +12,20 @@ namespace {
 
 constexpr const char* kOp = "diffaccel.threshold";
 
-void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
-                       double max_value, std::string_view style, const at::Tensor& out) {
+ThresholdOptions check_threshold(const at::Tensor& x, std::string_view kind, double ratio,
+                                 double max_value, std::string_view style, const at::Tensor& out) {
   TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
                     shape_str(x));
   check_float_dtype(kOp, "x", x, x.scalar_type());
   const ThresholdOptions options = parse_threshold(kOp, kind, ratio, max_value, style);
   check_out(kOp, "out", out, x);
   check_no_partial_overlap(kOp, "out", out, x, "x");
+  return options;
+}
+
+void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
+                       double max_value, std::string_view style, const at::Tensor& out) {
+  const ThresholdOptions options = check_threshold(x, kind, ratio, max_value, style, out);
 
   const int64_t batch = batch_of(x);
   const at::ScalarType acc = acc_type_of(x);
@@ -47,18 +54,54 @@ void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
   y.finish();
 }
 
-at::Tensor threshold_cpu(const at::Tensor& x, std::string_view kind, double ratio,
-                         double max_value, std::string_view style) {
+#ifdef DIFFACCEL_WITH_CUDA
+void threshold_out_cuda(const at::Tensor& x, std::string_view kind, double ratio,
+                        double max_value, std::string_view style, const at::Tensor& out) {
+  const ThresholdOptions options = check_threshold(x, kind, ratio, max_value, style, out);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t batch = batch_of(x);
+  check_cuda_sizes(kOp, batch, per_sample_of(x));
+  const at::Tensor xc = contiguous_input(x);
+  KernelOut y(out);
+  cuda::ThresholdParams p;
+  p.batch = batch;
+  p.per_sample = per_sample_of(x);
+  p.x = kernel_in(xc);
+  p.y = cuda_out(y.buffer);
+  p.threshold.clip_max = options.max_value;
+  const at::ScalarType acc = acc_type_of(x);
+  const bool dynamic = options.kind == ThresholdKind::kDynamic;
+  const cuda::ThresholdSelect select{options.ratio, options.style, options.max_value};
+  const at::Tensor scales = dynamic ? at::empty({batch}, x.options().dtype(acc)) : at::Tensor();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_threshold_cuda", [&] {
+    check_launch(kOp, cuda::launch_threshold<scalar_t>(p, dynamic ? &select : nullptr,
+                                                       dynamic ? scales.data_ptr() : nullptr, stream));
+  });
+  y.finish();
+}
+#endif
+
+template <auto kOutKernel>
+at::Tensor threshold_functional(const at::Tensor& x, std::string_view kind, double ratio,
+                                double max_value, std::string_view style) {
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  threshold_out_cpu(x, kind, ratio, max_value, style, out);
+  kOutKernel(x, kind, ratio, max_value, style, out);
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("threshold", &threshold_cpu);
+  m.impl("threshold", &threshold_functional<&threshold_out_cpu>);
   m.impl("threshold_out", &threshold_out_cpu);
 }
+
+#ifdef DIFFACCEL_WITH_CUDA
+TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
+  m.impl("threshold", &threshold_functional<&threshold_out_cuda>);
+  m.impl("threshold_out", &threshold_out_cuda);
+}
+#endif
 
 }  // namespace diffaccel

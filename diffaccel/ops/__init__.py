@@ -18,10 +18,12 @@ import torch
 
 from diffaccel import _extension
 from diffaccel.ops import reference, validation
-from diffaccel.ops.backends import backend, use_compiled
+from diffaccel.ops.backends import backend, resolve
+
+from diffaccel.ops import fake
 
 if _extension.available():
-    from diffaccel.ops import fake  # noqa: F401  (registers the fake kernels)
+    fake.register_compiled()
 
 __all__ = [
     "Threshold",
@@ -32,6 +34,11 @@ __all__ = [
     "reference",
     "threshold",
 ]
+
+
+def _namespace(impl: str):
+    """The torch.ops namespace of a backend: the C++ ops or the Triton ops."""
+    return torch.ops.diffaccel_triton if impl == "triton" else torch.ops.diffaccel
 
 
 @dataclass(frozen=True)
@@ -96,19 +103,22 @@ def ei_step(
     if threshold is not None and not isinstance(threshold, Threshold):
         raise TypeError("diffaccel.ei_step: argument 'threshold' must be None or a diffaccel.ops.Threshold")
     validation.check_pair("diffaccel.ei_step", ("x_next", "d"), out)
-    if not use_compiled("ei_step", x.device.type):
+    impl = resolve("ei_step", x.device.type)
+    if impl != "compiled":  # the C++ ops check their own arguments
         validation.ei_step(x, model_out, history, coeffs, noise)
         if out is not None:
             validation.check_out_pair("diffaccel.ei_step", ("x_next", "d"), out, x)
             inputs = {"x": x, "model_out": model_out, "noise": noise}
             inputs.update({f"history[{j}]": h for j, h in enumerate(history)})
             validation.check_no_partial_overlap("diffaccel.ei_step", {"out[0] (x_next)": out[0], "out[1] (d)": out[1]}, inputs)
+    if impl == "reference":
         return reference.ei_step(x, model_out, history, coeffs, threshold=threshold, noise=noise, out=out)
+    ops = _namespace(impl)
     t = threshold or Threshold()
     args = (x, model_out, list(history), coeffs, noise, None if threshold is None else t.kind, t.ratio, t.max_value, t.style)
     if out is None:
-        return torch.ops.diffaccel.ei_step(*args)
-    torch.ops.diffaccel.ei_step_out(*args, out[0], out[1])
+        return ops.ei_step(*args)
+    ops.ei_step_out(*args, out[0], out[1])
     return out[0], out[1]
 
 
@@ -128,17 +138,20 @@ def multistep_combine(
     """
     if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(tensors[0], torch.Tensor):
         validation.multistep_combine(tensors, coeffs)  # raises the error that names the problem
-    if not use_compiled("multistep_combine", tensors[0].device.type):
+    impl = resolve("multistep_combine", tensors[0].device.type)
+    if impl != "compiled":
         result_dtype = validation.multistep_combine(tensors, coeffs)
         if out is not None:
             validation.check_out("diffaccel.multistep_combine", "out", out, tensors[0], dtype=result_dtype)
             validation.check_no_partial_overlap(
                 "diffaccel.multistep_combine", {"out": out}, {f"tensors[{j}]": t for j, t in enumerate(tensors)}
             )
+    if impl == "reference":
         return reference.multistep_combine(tensors, coeffs, out=out)
+    ops = _namespace(impl)
     if out is None:
-        return torch.ops.diffaccel.multistep_combine(list(tensors), coeffs)
-    torch.ops.diffaccel.multistep_combine_out(list(tensors), coeffs, out)
+        return ops.multistep_combine(list(tensors), coeffs)
+    ops.multistep_combine_out(list(tensors), coeffs, out)
     return out
 
 
@@ -166,15 +179,18 @@ def threshold(
         ``y`` with ``x``'s dtype.
     """
     validation.check_tensor("diffaccel.threshold", "x", x)
-    if not use_compiled("threshold", x.device.type):
+    impl = resolve("threshold", x.device.type)
+    if impl != "compiled":
         validation.threshold(x, kind, ratio, max_value, style)
         if out is not None:
             validation.check_out("diffaccel.threshold", "out", out, x)
             validation.check_no_partial_overlap("diffaccel.threshold", {"out": out}, {"x": x})
+    if impl == "reference":
         return reference.threshold(x, kind=kind, ratio=ratio, max_value=max_value, style=style, out=out)
+    ops = _namespace(impl)
     if out is None:
-        return torch.ops.diffaccel.threshold(x, kind, float(ratio), float(max_value), style)
-    torch.ops.diffaccel.threshold_out(x, kind, float(ratio), float(max_value), style, out)
+        return ops.threshold(x, kind, float(ratio), float(max_value), style)
+    ops.threshold_out(x, kind, float(ratio), float(max_value), style, out)
     return out
 
 
@@ -215,7 +231,8 @@ def langevin_correct(
     """
     validation.check_tensor("diffaccel.langevin_correct", "x", x)
     validation.check_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out)
-    if not use_compiled("langevin_correct", x.device.type):
+    impl = resolve("langevin_correct", x.device.type)
+    if impl != "compiled":
         validation.langevin_correct(x, score, snr, alpha, noise, reduction)
         if out is not None:
             validation.check_out_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out, x)
@@ -224,6 +241,7 @@ def langevin_correct(
                 {"out[0] (x_new)": out[0], "out[1] (x_mean)": out[1]},
                 {"x": x, "score": score, "noise": noise},
             )
+    if impl == "reference":
         return reference.langevin_correct(
             x, score, snr, alpha=alpha, noise=noise, generator=generator, reduction=reduction, out=out
         )
@@ -232,8 +250,9 @@ def langevin_correct(
         if not isinstance(alpha, (int, float)) or not alpha >= 0.0:
             raise ValueError(f"diffaccel.langevin_correct: argument 'alpha' must be a number >= 0 or a tensor, got {alpha!r}")
         alpha = torch.full((), float(alpha), dtype=torch.float64, device=x.device)
+    ops = _namespace(impl)
     args = (x, score, float(snr), alpha, noise, generator, reduction)
     if out is None:
-        return torch.ops.diffaccel.langevin_correct(*args)
-    torch.ops.diffaccel.langevin_correct_out(*args, out[0], out[1])
+        return ops.langevin_correct(*args)
+    ops.langevin_correct_out(*args, out[0], out[1])
     return out[0], out[1]

@@ -1,9 +1,21 @@
-"""Which implementation runs an op: the compiled kernels or the reference.
+"""Which implementation runs an op: the compiled kernels, the Triton kernels or
+the reference.
 
 ``DIFFACCEL_BACKEND`` (read at import) and the :func:`backend` context manager
-pick it. ``auto`` runs the compiled kernel where one is registered for the
-tensors' device and the reference elsewhere; ``reference`` always runs the
-pure-PyTorch twin (useful to compare, or to rule the kernels out).
+pick it:
+
+- ``auto`` (default): on CPU the compiled CPU kernels; on CUDA, per op, the
+  GPU backend that measured faster (:data:`AUTO_CUDA_CHOICE`), or the other
+  one when that is not available; the reference where neither is.
+- ``cuda``: the compiled C++ kernels (csrc/cuda on CUDA tensors; csrc/cpu on
+  CPU tensors).
+- ``triton``: the Triton kernels on CUDA tensors (and on CPU tensors under
+  ``TRITON_INTERPRET=1``); CPU tensors otherwise run the compiled CPU kernels.
+- ``reference``: the pure-PyTorch twin everywhere (to compare, or to rule the
+  kernels out).
+
+Asking for ``cuda`` or ``triton`` where that backend cannot run on CUDA
+tensors is an error that says why; ``auto`` falls back quietly.
 """
 
 from __future__ import annotations
@@ -12,8 +24,19 @@ import contextlib
 import os
 
 from diffaccel import _extension
+from diffaccel.ops import triton as triton_backend
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "cuda", "triton", "reference")
+OPS = ("ei_step", "multistep_combine", "threshold", "langevin_correct")
+
+# What `auto` runs on CUDA tensors, per op: the faster backend in the GPU
+# check's side-by-side benchmark (bench/results/2026-11-27-h200.md), large sizes.
+AUTO_CUDA_CHOICE = {
+    "ei_step": "cuda",
+    "multistep_combine": "cuda",
+    "threshold": "cuda",
+    "langevin_correct": "cuda",
+}
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
@@ -29,8 +52,7 @@ _current = _parse(os.environ.get("DIFFACCEL_BACKEND", "auto"))
 # op name -> device types with a compiled kernel; computed once, so that
 # torch.compile sees plain constants when it traces the op fronts.
 COMPILED_DEVICE_TYPES = {
-    op: frozenset(dev for dev, key in _DISPATCH_KEYS.items() if _extension.has_kernel(op, key))
-    for op in ("ei_step", "multistep_combine", "threshold", "langevin_correct")
+    op: frozenset(dev for dev, key in _DISPATCH_KEYS.items() if _extension.has_kernel(op, key)) for op in OPS
 }
 
 
@@ -49,11 +71,36 @@ def backend(name: str):
         _current = previous
 
 
-def use_compiled(op: str, device_type: str) -> bool:
+def _cuda_unavailable(op: str) -> str:
+    if not _extension.available():
+        return f"the compiled extension did not load ({_extension.load_error})"
+    return "diffaccel was built without CUDA kernels (rebuild with a CUDA torch and nvcc)"
+
+
+def resolve(op: str, device_type: str) -> str:
+    """'compiled', 'triton' or 'reference': what runs ``op`` on this device type."""
     if _current == "reference":
-        return False
-    if device_type in COMPILED_DEVICE_TYPES[op]:
-        return True
+        return "reference"
+    compiled = device_type in COMPILED_DEVICE_TYPES[op]
+    triton_ok = triton_backend.available(device_type)
+    if device_type == "cuda":
+        wanted = AUTO_CUDA_CHOICE[op] if _current == "auto" else _current
+        if wanted == "cuda" and compiled:
+            return "compiled"
+        if wanted == "triton" and triton_ok:
+            return "triton"
+        if _current != "auto":
+            why = _cuda_unavailable(op) if wanted == "cuda" else triton_backend.unavailable_reason
+            raise RuntimeError(f"diffaccel.{op}: backend {wanted!r} cannot run on CUDA tensors: {why}")
+        if compiled:
+            return "compiled"
+        if triton_ok:
+            return "triton"
+        return "reference"
+    if _current == "triton" and triton_ok:
+        return "triton"
+    if compiled:
+        return "compiled"
     if not _extension.available():
         _extension.warn_fallback_once()
-    return False
+    return "reference"

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The one command for the GPU machine (H100/H200, no network; its own python3
+# with torch and triton): builds the extension with CUDA for sm_90, runs the
+# whole test suite on CUDA once per GPU backend (tests/test_cuda.py checks every
+# op under torch.cuda.set_sync_debug_mode("error"), CUDA-graph capture and the
+# launch counts), then benchmarks every op x backend against the eager and
+# torch.compile'd reference and the device copy bandwidth. It writes one
+# markdown report, <date>-<card>.md, into $OUT (the device tool brings it
+# back) or build/gpu-check, and ends well inside 8 minutes: every phase has a
+# time limit and the report is written whatever fails.
+#
+#   bash bench/gpu_check.sh            # everything
+#   PHASES="build bench" bash bench/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-build/gpu-check}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+PHASES=${PHASES:-"build tests bench"}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # -gencode=arch=compute_90,code=sm_90
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | sed 's/NVIDIA //; s/ .*//' | tr 'A-Z' 'a-z')
+report="$OUT/$(date +%F)-${card:-gpu}.md"
+start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+
+{
+  echo "# diffaccel GPU check, $(date +%F), ${card:-unknown card}"
+  echo
+  echo '```'
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1
+  $PY -c "import sys, torch; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'CUDA', torch.version.cuda)" 2>&1
+  $PY -c "import triton; print('triton', triton.__version__)" 2>&1
+  nvcc --version 2>&1 | tail -1
+  echo '```'
+} > "$report"
+
+section() { printf '\n## %s\n\n' "$1" >> "$report"; }
+fenced_tail() { echo '```' >> "$report"; tail -n "$2" "$1" >> "$report"; echo '```' >> "$report"; }
+
+if [[ " $PHASES " == *" build "* ]]; then
+  section "Build (setup.py build_ext --inplace, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+  rm -f diffaccel/_C*.so
+  timeout 300 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1
+  status=$?
+  $PY -c "from diffaccel import _extension as e; print('extension loaded:', e.available(), '| with_cuda:', e._C.with_cuda if e._C else None, '|', e.load_error or '')" >> "$OUT/build.log" 2>&1
+  echo "exit $status after $(elapsed) s" >> "$report"
+  fenced_tail "$OUT/build.log" 12
+  $PY -m diffaccel info >> "$OUT/build.log" 2>&1
+  echo '```' >> "$report"; $PY -m diffaccel info >> "$report" 2>&1; echo '```' >> "$report"
+fi
+
+if [[ " $PHASES " == *" tests "* ]]; then
+  for backend in cuda triton; do
+    section "Tests on CUDA, DIFFACCEL_BACKEND=$backend"
+    DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=$backend timeout 170 \
+      $PY -m pytest tests -q -n 8 -p no:cacheprovider -o addopts="" -rfE > "$OUT/tests-$backend.log" 2>&1
+    echo "exit $? after $(elapsed) s" >> "$report"
+    echo '```' >> "$report"
+    grep -E "^(FAILED|ERROR) " "$OUT/tests-$backend.log" | cut -c1-300 | head -60 >> "$report"
+    tail -n 1 "$OUT/tests-$backend.log" >> "$report"
+    echo '```' >> "$report"
+  done
+fi
+
+if [[ " $PHASES " == *" bench "* ]]; then
+  section "Benchmarks"
+  timeout 200 $PY -m pytest bench/test_bench_gpu.py -q -p no:cacheprovider --benchmark-only \
+    --benchmark-json="$OUT/bench-gpu.json" --benchmark-columns=median,rounds > "$OUT/bench.log" 2>&1
+  echo "exit $? after $(elapsed) s" >> "$report"
+  if [ -s "$OUT/bench-gpu.json" ]; then
+    $PY bench/report.py "$OUT/bench-gpu.json" 2>&1 | sed '1,2d' >> "$report"
+  else
+    fenced_tail "$OUT/bench.log" 30
+  fi
+fi
+
+printf '\nTotal %s s.\n' "$(elapsed)" >> "$report"
+cat "$report"

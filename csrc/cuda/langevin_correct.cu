@@ -1,0 +1,195 @@
+// diffaccel::langevin_correct on CUDA, in two launches:
+//  1. norms: per (chunk, sample) block, the sums of squares of score and z in
+//     double by a fixed-shape block reduction; the last block to finish adds
+//     the chunks of each sample in order and turns the norms into each
+//     sample's step and noise scale (so the result is the same bits every run);
+//  2. update: x_mean = x + step * score, x_new = x_mean + sqrt(2 step) * z.
+// With noise=None, z is drawn in both launches from the same counter-based
+// Philox stream (philox.h): element i is philox_normal(seed, offset, i), never
+// written to memory.
+#include <cmath>
+
+#include "diffaccel/elementwise.h"
+#include "diffaccel/philox.h"
+#include "launchers.h"
+#include "memory_access.cuh"
+
+namespace diffaccel::cuda {
+namespace {
+
+constexpr int64_t kNormChunk = 16384;  // elements of one sample per norms block
+
+struct Scratch {
+  unsigned int* counter;
+  double* partial;  // [batch][chunks][2]: score, noise
+  double* norms;    // [batch][2]
+  void* step;       // acc_t [batch]
+  void* noise_scale;
+};
+
+int64_t chunks_of(int64_t per_sample) { return (per_sample + kNormChunk - 1) / kNormChunk; }
+
+int64_t round16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+Scratch scratch_layout(void* base, int64_t batch, int64_t per_sample) {
+  char* p = static_cast<char*>(base);
+  Scratch s;
+  s.counter = reinterpret_cast<unsigned int*>(p);
+  p += 16;
+  s.partial = reinterpret_cast<double*>(p);
+  p += round16(batch * chunks_of(per_sample) * 2 * sizeof(double));
+  s.norms = reinterpret_cast<double*>(p);
+  p += round16(batch * 2 * sizeof(double));
+  s.step = p;
+  p += round16(batch * sizeof(double));
+  s.noise_scale = p;
+  return s;
+}
+
+struct PhiloxKey {
+  uint64_t seed, offset;
+};
+
+__device__ __forceinline__ PhiloxKey unpack(const PhiloxArgs& a) {
+  if (a.captured) {
+    return {static_cast<uint64_t>(*a.seed_ptr), static_cast<uint64_t>(*a.offset_ptr) + a.offset_intragraph};
+  }
+  return {a.seed, a.offset};
+}
+
+// Sum over the block (kThreads threads) in a fixed order; valid in thread 0.
+__device__ __forceinline__ double block_sum(double v, double* buffer) {
+  buffer[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) buffer[threadIdx.x] += buffer[threadIdx.x + half];
+    __syncthreads();
+  }
+  const double total = buffer[0];
+  __syncthreads();
+  return total;
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams p, Scratch s) {
+  __shared__ double buffer[kThreads];
+  __shared__ bool last_block;
+  const int64_t chunks = gridDim.x;
+  const int64_t b = blockIdx.y, c = blockIdx.x;
+  const int64_t begin = b * p.per_sample + c * kNormChunk;
+  const int64_t end = b * p.per_sample + min((c + 1) * kNormChunk, p.per_sample);
+  const PhiloxKey key = unpack(p.philox);
+  double score_sq = 0, noise_sq = 0;
+  // Groups of four elements, the four normals of one Philox block.
+  for (int64_t q = begin / 4 + threadIdx.x; q * 4 < end; q += kThreads) {
+    acc_t z4[4];  // drawn in acc_t exactly as the update kernel draws it
+    if (!p.has_noise) philox_normal4<acc_t>(key.seed, key.offset, q, z4);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t i = 4 * q + e;
+      if (i < begin || i >= end) continue;
+      const double g = load_one<acc_t>(p.score.data, p.score.dtype, i);
+      const double z = p.has_noise ? double(load_one<acc_t>(p.noise.data, p.noise.dtype, i))
+                                   : double(z4[e]);
+      score_sq += g * g;
+      noise_sq += z * z;
+    }
+  }
+  score_sq = block_sum(score_sq, buffer);
+  noise_sq = block_sum(noise_sq, buffer);
+  if (threadIdx.x == 0) {
+    s.partial[(b * chunks + c) * 2] = score_sq;
+    s.partial[(b * chunks + c) * 2 + 1] = noise_sq;
+    __threadfence();
+    const unsigned int done = atomicAdd(s.counter, 1u);
+    last_block = done == gridDim.x * gridDim.y - 1;
+  }
+  __syncthreads();
+  if (!last_block) return;
+
+  // The last block: each sample's norms, then its step.
+  for (int64_t j = threadIdx.x; j < p.batch; j += kThreads) {
+    double gs = 0, ns = 0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      gs += __ldcg(&s.partial[(j * chunks + k) * 2]);
+      ns += __ldcg(&s.partial[(j * chunks + k) * 2 + 1]);
+    }
+    s.norms[2 * j] = sqrt(gs);
+    s.norms[2 * j + 1] = sqrt(ns);
+  }
+  __syncthreads();
+  __shared__ double mean_grad, mean_noise;
+  if (threadIdx.x == 0) {
+    double gm = 0, nm = 0;
+    for (int64_t j = 0; j < p.batch; ++j) gm += s.norms[2 * j], nm += s.norms[2 * j + 1];
+    mean_grad = gm / double(p.batch);
+    mean_noise = nm / double(p.batch);
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < p.batch; j += kThreads) {
+    const double g = p.per_sample_reduction ? s.norms[2 * j] : mean_grad;
+    const double n = p.per_sample_reduction ? s.norms[2 * j + 1] : mean_noise;
+    const double alpha = load_one<double>(p.alpha.data, p.alpha.dtype, j * p.alpha_stride);
+    const double r = p.snr * n / g;
+    const double step = 2.0 * alpha * r * r;
+    static_cast<acc_t*>(s.step)[j] = acc_t(step);
+    static_cast<acc_t*>(s.noise_scale)[j] = acc_t(sqrt(2.0 * step));
+  }
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) langevin_update_kernel(LangevinParams p, Scratch s,
+                                                                   bool vectorized) {
+  const PhiloxKey key = unpack(p.philox);
+  const acc_t* step = static_cast<const acc_t*>(s.step);
+  const acc_t* noise_scale = static_cast<const acc_t*>(s.noise_scale);
+  for_each_element(p.batch * p.per_sample, vectorized, [&](auto width, int64_t i) {
+    constexpr int W = decltype(width)::value;
+    const int64_t b = i / p.per_sample;
+    acc_t x[W], g[W], z[W];
+    load_elements<W>(p.x, i, x);
+    load_elements<W>(p.score, i, g);
+    if (p.has_noise) {
+      load_elements<W>(p.noise, i, z);
+    } else if constexpr (W == kPack) {
+      philox_normal4<acc_t>(key.seed, key.offset, i / 4, z);
+      philox_normal4<acc_t>(key.seed, key.offset, i / 4 + 1, z + 4);
+    } else {
+      z[0] = philox_normal<acc_t>(key.seed, key.offset, i);
+    }
+    acc_t x_new[W], x_mean[W];
+#pragma unroll
+    for (int e = 0; e < W; ++e) langevin_element(x[e], g[e], z[e], step[b], noise_scale[b], x_new[e], x_mean[e]);
+    store_elements<W>(p.x_mean, i, x_mean);
+    store_elements<W>(p.x_new, i, x_new);
+  });
+}
+
+}  // namespace
+
+int64_t langevin_scratch_bytes(int64_t batch, int64_t per_sample) {
+  return 16 + round16(batch * chunks_of(per_sample) * 2 * sizeof(double)) +
+         round16(batch * 2 * sizeof(double)) + 2 * round16(batch * sizeof(double));
+}
+
+template <typename acc_t>
+cudaError_t launch_langevin_correct(const LangevinParams& p, void* scratch, cudaStream_t stream) {
+  const int64_t n = p.batch * p.per_sample;
+  if (n == 0) return cudaSuccess;
+  const Scratch s = scratch_layout(scratch, p.batch, p.per_sample);
+  cudaError_t status = cudaMemsetAsync(s.counter, 0, sizeof(unsigned int), stream);
+  if (status != cudaSuccess) return status;
+  const dim3 norms_grid(static_cast<unsigned int>(chunks_of(p.per_sample)), static_cast<unsigned int>(p.batch));
+  langevin_norms_kernel<acc_t><<<norms_grid, kThreads, 0, stream>>>(p, s);
+  const bool vectorized = can_vectorize({p.x.data, p.score.data, p.has_noise ? p.noise.data : nullptr,
+                                         p.x_new.data, p.x_mean.data},
+                                        true, p.per_sample);
+  const int grid = grid_size(vectorized ? (n + kPack - 1) / kPack : n);
+  langevin_update_kernel<acc_t><<<grid, kThreads, 0, stream>>>(p, s, vectorized);
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_langevin_correct<float>(const LangevinParams&, void*, cudaStream_t);
+template cudaError_t launch_langevin_correct<double>(const LangevinParams&, void*, cudaStream_t);
+
+}  // namespace diffaccel::cuda

@@ -1,0 +1,350 @@
+"""The Triton kernels of the diffaccel ops.
+
+The per-element math is the same as csrc/include/diffaccel/elementwise.h,
+operation for operation (the Triton language cannot include that header; the
+tests hold both to the one reference). Tensors reach these kernels contiguous;
+ACC is tl.float32, or tl.float64 when the state is float64.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from diffaccel.ops.triton import INTERPRET
+
+# Box-Muller's log, cos and sin: on the GPU libdevice's, the functions CUDA C++'s
+# logf / cosf / sinf are, so both GPU backends draw the same noise to the last
+# bit or two; the interpreter has no libdevice and uses numpy's.
+_INTERPRET = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _log(v):
+    if _INTERPRET:
+        return tl.log(v)
+    else:
+        return libdevice.log(v)
+
+
+@triton.jit
+def _cos(v):
+    if _INTERPRET:
+        return tl.cos(v)
+    else:
+        return libdevice.cos(v)
+
+
+@triton.jit
+def _sin(v):
+    if _INTERPRET:
+        return tl.sin(v)
+    else:
+        return libdevice.sin(v)
+
+# Elements per program of the elementwise kernels, and per loop step of the
+# selection and norm kernels.
+BLOCK = 1024
+# Radix select: bits of the key resolved per pass.
+DIGIT_BITS = 11
+DIGIT_BINS = 1 << DIGIT_BITS
+# Elements of one sample per norms program of langevin_correct.
+NORM_CHUNK = 16384
+
+
+@triton.jit
+def _scalar(hi, lo, ACC: tl.constexpr):
+    # A float argument passed as a float32 pair (launch._split).
+    if ACC == tl.float64:
+        return tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
+    else:
+        return tl.cast(hi, tl.float32)
+
+
+@triton.jit
+def _sqrt(v, ACC: tl.constexpr):
+    # Correctly rounded, like sqrtf / sqrt in C++ (tl.sqrt is approximate in float32).
+    if ACC == tl.float64:
+        return tl.sqrt(v)
+    else:
+        return tl.sqrt_rn(v)
+
+
+@triton.jit
+def _clamp_keep_nan(v, lo, hi):
+    return tl.where(v < lo, lo, tl.where(v > hi, hi, v))
+
+
+@triton.jit
+def _coeff(row_ptr, j, mask, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr):
+    # One coefficient: gathered per element when rows differ per sample, else one scalar.
+    if PER_SAMPLE:
+        return tl.load(row_ptr + j, mask=mask, other=0).to(ACC)
+    else:
+        return tl.load(row_ptr + j).to(ACC)
+
+
+@triton.jit
+def ei_step_kernel(
+    x_ptr, m_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr, z_ptr, c_ptr, c_stride, scale_ptr, clip_hi, clip_lo,
+    x_next_ptr, d_ptr, n, per_sample,
+    K: tl.constexpr, NOISE: tl.constexpr, THRESHOLD: tl.constexpr, PER_SAMPLE: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # THRESHOLD: 0 none, 1 clip at clip_max, 2 dynamic with scale_ptr[b].
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    if PER_SAMPLE:
+        b = offs // per_sample
+        row = c_ptr + b * c_stride
+    else:
+        b = 0
+        row = c_ptr
+    x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    m = tl.load(m_ptr + offs, mask=mask, other=0).to(ACC)
+    d = _coeff(row, 0, mask, PER_SAMPLE, ACC) * x + _coeff(row, 1, mask, PER_SAMPLE, ACC) * m
+    if THRESHOLD == 1:
+        clip_max = _scalar(clip_hi, clip_lo, ACC)
+        d = _clamp_keep_nan(d, -clip_max, clip_max)
+    if THRESHOLD == 2:
+        s = tl.load(scale_ptr + b, mask=mask, other=1).to(ACC)
+        d = _clamp_keep_nan(d, -s, s) / s
+    y = _coeff(row, 2, mask, PER_SAMPLE, ACC) * x + _coeff(row, 3, mask, PER_SAMPLE, ACC) * d
+    if K > 0:
+        y = y + _coeff(row, 4, mask, PER_SAMPLE, ACC) * tl.load(h0_ptr + offs, mask=mask, other=0).to(ACC)
+    if K > 1:
+        y = y + _coeff(row, 5, mask, PER_SAMPLE, ACC) * tl.load(h1_ptr + offs, mask=mask, other=0).to(ACC)
+    if K > 2:
+        y = y + _coeff(row, 6, mask, PER_SAMPLE, ACC) * tl.load(h2_ptr + offs, mask=mask, other=0).to(ACC)
+    if K > 3:
+        y = y + _coeff(row, 7, mask, PER_SAMPLE, ACC) * tl.load(h3_ptr + offs, mask=mask, other=0).to(ACC)
+    if NOISE:
+        y = y + _coeff(row, 4 + K, mask, PER_SAMPLE, ACC) * tl.load(z_ptr + offs, mask=mask, other=0).to(ACC)
+    # All loads above come before both stores: x_next may be x, d a history tensor.
+    tl.store(d_ptr + offs, d.to(d_ptr.dtype.element_ty), mask=mask)
+    tl.store(x_next_ptr + offs, y.to(x_next_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def multistep_combine_kernel(
+    t0, t1, t2, t3, t4, t5, t6, t7, c_ptr, c_stride, y_ptr, n, per_sample,
+    N: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    if PER_SAMPLE:
+        row = c_ptr + (offs // per_sample) * c_stride
+    else:
+        row = c_ptr
+    y = _coeff(row, 0, mask, PER_SAMPLE, ACC) * tl.load(t0 + offs, mask=mask, other=0).to(ACC)
+    if N > 1:
+        y = y + _coeff(row, 1, mask, PER_SAMPLE, ACC) * tl.load(t1 + offs, mask=mask, other=0).to(ACC)
+    if N > 2:
+        y = y + _coeff(row, 2, mask, PER_SAMPLE, ACC) * tl.load(t2 + offs, mask=mask, other=0).to(ACC)
+    if N > 3:
+        y = y + _coeff(row, 3, mask, PER_SAMPLE, ACC) * tl.load(t3 + offs, mask=mask, other=0).to(ACC)
+    if N > 4:
+        y = y + _coeff(row, 4, mask, PER_SAMPLE, ACC) * tl.load(t4 + offs, mask=mask, other=0).to(ACC)
+    if N > 5:
+        y = y + _coeff(row, 5, mask, PER_SAMPLE, ACC) * tl.load(t5 + offs, mask=mask, other=0).to(ACC)
+    if N > 6:
+        y = y + _coeff(row, 6, mask, PER_SAMPLE, ACC) * tl.load(t6 + offs, mask=mask, other=0).to(ACC)
+    if N > 7:
+        y = y + _coeff(row, 7, mask, PER_SAMPLE, ACC) * tl.load(t7 + offs, mask=mask, other=0).to(ACC)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def threshold_kernel(
+    x_ptr, scale_ptr, clip_hi, clip_lo, y_ptr, n, per_sample,
+    DYNAMIC: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    if DYNAMIC:
+        s = tl.load(scale_ptr + offs // per_sample, mask=mask, other=1).to(ACC)
+        y = _clamp_keep_nan(x, -s, s) / s
+    else:
+        clip_max = _scalar(clip_hi, clip_lo, ACC)
+        y = _clamp_keep_nan(x, -clip_max, clip_max)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI: tl.constexpr, ACC: tl.constexpr, KEY: tl.constexpr):
+    v = tl.load(x_ptr + base + offs, mask=mask, other=0).to(ACC)
+    if FROM_EI:
+        v = cx * v + cm * tl.load(m_ptr + base + offs, mask=mask, other=0).to(ACC)
+    return tl.abs(v).to(KEY, bitcast=True)
+
+
+@triton.jit(do_not_specialize=["per_sample", "below", "above"])
+def select_scales_kernel(
+    x_ptr, m_ptr, c_ptr, c_stride, scale_ptr, per_sample, below, above, w_hi, w_lo, mv_hi, mv_lo,
+    FROM_EI: tl.constexpr, DPM_SOLVER_STYLE: tl.constexpr, ACC: tl.constexpr, KEY: tl.constexpr,
+    KEY_BITS: tl.constexpr, INF_KEY: tl.constexpr, MAX_KEY: tl.constexpr, PASSES: tl.constexpr, BLOCK: tl.constexpr,
+    DIGIT_BITS: tl.constexpr,
+):
+    """One program per sample: the ratio-quantile of |v| by radix select on the
+    bits of the magnitudes (see csrc/cuda/radix_select.cuh), then the scale."""
+    BINS: tl.constexpr = 1 << DIGIT_BITS
+    b = tl.program_id(0).to(tl.int64)
+    base = b * per_sample
+    cx = 0.0
+    cm = 0.0
+    if FROM_EI:
+        cx = tl.load(c_ptr + b * c_stride).to(ACC)
+        cm = tl.load(c_ptr + b * c_stride + 1).to(ACC)
+    bins = tl.arange(0, BINS)
+    prefix = tl.zeros([1], KEY)
+    remaining = below
+    equal_count = 0
+    nans = 0
+    for p in tl.static_range(PASSES):
+        shift: tl.constexpr = KEY_BITS - DIGIT_BITS * (p + 1) if KEY_BITS - DIGIT_BITS * (p + 1) > 0 else 0
+        fixed: tl.constexpr = KEY_BITS - DIGIT_BITS * p  # bits at and above this are fixed by prefix
+        hist = tl.zeros([BINS], tl.int32)
+        start = 0
+        while start < per_sample:  # (a while loop: the interpreter cannot range() over an argument)
+            offs = start + tl.arange(0, BLOCK)
+            start += BLOCK
+            mask = offs < per_sample
+            key = _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY)
+            if p == 0:
+                nans += tl.sum((mask & (key > INF_KEY)).to(tl.int32))
+            else:
+                mask = mask & ((key >> fixed) == (prefix >> fixed))
+            digit = ((key >> shift) & (BINS - 1)).to(tl.int32)
+            hist += tl.histogram(digit, BINS, mask=mask)
+        cumulative = tl.cumsum(hist, 0)
+        digit = tl.sum((cumulative <= remaining).to(tl.int32))
+        before = tl.sum(tl.where(bins < digit, hist, 0))
+        equal_count = tl.sum(tl.where(bins == digit, hist, 0))
+        prefix = prefix | (digit.to(KEY) << shift)
+        remaining = remaining - before
+    at_most_below = below - remaining + equal_count
+    above_key = prefix
+    if (above != below) & (at_most_below <= above):
+        smallest = tl.full([1], MAX_KEY, KEY)
+        start = 0
+        while start < per_sample:
+            offs = start + tl.arange(0, BLOCK)
+            start += BLOCK
+            mask = offs < per_sample
+            key = _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY)
+            candidate = tl.where(mask & (key > prefix), key, tl.full([BLOCK], MAX_KEY, KEY))
+            smallest = tl.minimum(smallest, tl.min(candidate, 0))
+        above_key = smallest
+    lo = prefix.to(ACC, bitcast=True)
+    hi = above_key.to(ACC, bitcast=True)
+    w = _scalar(w_hi, w_lo, ACC)
+    diff = hi - lo
+    q = tl.where(w < 0.5, lo + w * diff, hi - diff * (1 - w))
+    mv = _scalar(mv_hi, mv_lo, ACC)
+    if DPM_SOLVER_STYLE:
+        s = tl.where(q < mv, mv, q)
+    else:
+        s = tl.where(q < 1, 1, q)
+        s = tl.where(s > mv, mv, s)
+    s = tl.where(q != q, q, s)
+    s = tl.where(nans > 0, float("nan"), s)
+    tl.store(scale_ptr + b + tl.arange(0, 1), s.to(scale_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _philox_normal(seed_lo, seed_hi, offset_lo, offset_hi, i, ACC: tl.constexpr):
+    """Element i of the in-kernel normal stream: diffaccel/philox.h's
+    philox_normal (Triton's tl.philox is the same Philox4x32-10 with the same
+    key and counter layout), so the cuda and triton backends draw the same noise."""
+    block = i // 4
+    lane = i % 4
+    seed = (tl.cast(seed_hi, tl.uint64) << 32) | tl.cast(seed_lo, tl.uint64)
+    c0 = (block & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((block >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + tl.cast(offset_lo, tl.uint32)
+    c3 = tl.zeros_like(c0) + tl.cast(offset_hi, tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
+    a = tl.where(lane < 2, r0, r2)
+    bb = tl.where(lane < 2, r1, r3)
+    u1 = (a.to(ACC) + 1) * 2.3283064365386963e-10
+    u2 = bb.to(ACC) * 2.3283064365386963e-10
+    radius = _sqrt((-2.0 * _log(u1.to(ACC))).to(ACC), ACC)
+    angle = (6.283185307179586 * u2).to(ACC)
+    return tl.where(lane % 2 == 0, radius * _cos(angle), radius * _sin(angle)).to(ACC)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
+def langevin_norms_kernel(
+    score_ptr, z_ptr, partial_ptr, per_sample, chunks, seed_lo, seed_hi, offset_lo, offset_hi,
+    HAS_NOISE: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    c = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    score_sq = tl.zeros([BLOCK], tl.float64)
+    noise_sq = tl.zeros([BLOCK], tl.float64)
+    for start in range(0, CHUNK, BLOCK):
+        offs = c * CHUNK + start + tl.arange(0, BLOCK)
+        mask = offs < per_sample
+        i = b * per_sample + offs
+        g = tl.load(score_ptr + i, mask=mask, other=0).to(ACC).to(tl.float64)
+        if HAS_NOISE:
+            z = tl.load(z_ptr + i, mask=mask, other=0).to(ACC).to(tl.float64)
+        else:
+            z = tl.where(mask, _philox_normal(seed_lo, seed_hi, offset_lo, offset_hi, i, ACC), 0).to(tl.float64)
+        score_sq += g * g
+        noise_sq += z * z
+    out = partial_ptr + (b * chunks + c) * 2 + tl.arange(0, 1)
+    tl.store(out, tl.sum(score_sq, 0) + tl.zeros([1], tl.float64))
+    tl.store(out + 1, tl.sum(noise_sq, 0) + tl.zeros([1], tl.float64))
+
+
+@triton.jit
+def langevin_steps_kernel(
+    partial_ptr, alpha_ptr, alpha_stride, step_ptr, noise_scale_ptr, batch, chunks, snr_hi, snr_lo,
+    PER_SAMPLE: tl.constexpr, BATCH_BLOCK: tl.constexpr,
+):
+    """One program: every sample's norms (chunks added in order), then its step."""
+    samples = tl.arange(0, BATCH_BLOCK)
+    valid = samples < batch
+    grad_sq = tl.zeros([BATCH_BLOCK], tl.float64)
+    noise_sq = tl.zeros([BATCH_BLOCK], tl.float64)
+    c = 0
+    while c < chunks:
+        grad_sq += tl.load(partial_ptr + (samples * chunks + c) * 2, mask=valid, other=1)  # no 0/0 in padding lanes
+        noise_sq += tl.load(partial_ptr + (samples * chunks + c) * 2 + 1, mask=valid, other=0)
+        c += 1
+    grad = _sqrt(grad_sq, tl.float64)
+    noise = _sqrt(noise_sq, tl.float64)
+    if not PER_SAMPLE:
+        grad = tl.zeros([BATCH_BLOCK], tl.float64) + tl.sum(tl.where(valid, grad, 0), 0) / batch
+        noise = tl.zeros([BATCH_BLOCK], tl.float64) + tl.sum(tl.where(valid, noise, 0), 0) / batch
+    alpha = tl.load(alpha_ptr + samples * alpha_stride, mask=valid, other=0).to(tl.float64)
+    r = _scalar(snr_hi, snr_lo, tl.float64) * noise / grad
+    step = 2.0 * alpha * r * r
+    tl.store(step_ptr + samples, step.to(step_ptr.dtype.element_ty), mask=valid)
+    tl.store(noise_scale_ptr + samples, _sqrt(2.0 * step, tl.float64).to(noise_scale_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
+def langevin_update_kernel(
+    x_ptr, score_ptr, z_ptr, step_ptr, noise_scale_ptr, x_new_ptr, x_mean_ptr, n, per_sample,
+    seed_lo, seed_hi, offset_lo, offset_hi,
+    HAS_NOISE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    b = offs // per_sample
+    x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    g = tl.load(score_ptr + offs, mask=mask, other=0).to(ACC)
+    if HAS_NOISE:
+        z = tl.load(z_ptr + offs, mask=mask, other=0).to(ACC)
+    else:
+        z = _philox_normal(seed_lo, seed_hi, offset_lo, offset_hi, offs, ACC)
+    step = tl.load(step_ptr + b, mask=mask, other=0)
+    scale = tl.load(noise_scale_ptr + b, mask=mask, other=0)
+    x_mean = x + step * g
+    x_new = x_mean + scale * z
+    tl.store(x_mean_ptr + offs, x_mean.to(x_mean_ptr.dtype.element_ty), mask=mask)
+    tl.store(x_new_ptr + offs, x_new.to(x_new_ptr.dtype.element_ty), mask=mask)

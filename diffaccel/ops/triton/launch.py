@@ -1,0 +1,223 @@
+"""Host side of the Triton backend: argument checks, contiguous staging, the
+quantile rank, the generator state, and the kernel launches (through
+``wrap_triton`` on CUDA, so torch.compile can trace them)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from diffaccel.ops import validation
+from diffaccel.ops.triton import INTERPRET, kernels
+
+if INTERPRET:
+
+    def _kernel(k):
+        return k
+
+else:
+    from torch.library import wrap_triton as _kernel
+
+TORCH_QUANTILE_MAX_SIZE = 1 << 24  # csrc/include/diffaccel/quantile.h: kTorchQuantileMaxSize
+NUM_WARPS = 4
+
+
+def _acc(x: torch.Tensor):
+    return tl.float64 if x.dtype == torch.float64 else tl.float32
+
+
+def _acc_torch(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _split(value: float):
+    """A double as a float32 pair (hi, lo), hi + lo exact to ~48 bits: Triton
+    passes Python floats as float32, and float64 states need more."""
+    hi = float(np.float32(value))
+    return hi, float(np.float32(value - hi))
+
+
+def _batch(x):
+    return x.shape[0] if x.dim() else 1
+
+
+def _per_sample(x):
+    b = _batch(x)
+    return x.numel() // b if b else 0
+
+
+class _Output:
+    """An output written through a contiguous buffer when it is not contiguous."""
+
+    def __init__(self, target: torch.Tensor):
+        self.target = target
+        self.buffer = target if target.is_contiguous() else torch.empty_like(target, memory_format=torch.contiguous_format)
+
+    def finish(self):
+        if self.buffer is not self.target:
+            self.target.copy_(self.buffer)
+
+
+def quantile_rank(ratio: float, n: int, float64: bool):
+    """(below, above, weight) as diffaccel/quantile.h and torch.quantile compute them."""
+    if n <= TORCH_QUANTILE_MAX_SIZE:
+        f = np.float64 if float64 else np.float32
+        rank = f(ratio) * f(n - 1)
+        below = int(rank)
+        weight = float(rank - f(below))
+        above = int(math.ceil(rank))
+    else:
+        rank = ratio * (n - 1)
+        below = int(rank)
+        weight = rank - below
+        above = int(math.ceil(rank))
+    return below, min(above, n - 1), weight
+
+
+def _select_scales(x, m, coeffs, per_sample, ratio, max_value, style, from_ei):
+    """Launches the selection kernel: one dynamic-threshold scale per sample."""
+    batch = _batch(x)
+    float64 = x.dtype == torch.float64
+    scales = torch.empty(batch, dtype=_acc_torch(x), device=x.device)
+    below, above, weight = quantile_rank(ratio, per_sample, float64)
+    w_hi, w_lo = _split(weight)
+    mv_hi, mv_lo = _split(max_value)
+    key_bits = 63 if float64 else 31
+    _kernel(kernels.select_scales_kernel)[(batch,)](
+        x, m, coeffs, coeffs.shape[1] if coeffs.dim() == 2 else 0, scales, per_sample,
+        below, above, w_hi, w_lo, mv_hi, mv_lo,
+        FROM_EI=from_ei, DPM_SOLVER_STYLE=style == "dpm-solver", ACC=_acc(x),
+        KEY=tl.uint64 if float64 else tl.uint32, KEY_BITS=key_bits,
+        INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000,
+        MAX_KEY=(1 << 64) - 1 if float64 else (1 << 32) - 1,
+        PASSES=-(-key_bits // kernels.DIGIT_BITS), BLOCK=2048, DIGIT_BITS=kernels.DIGIT_BITS,
+        num_warps=8,
+    )
+    return scales
+
+
+def ei_step(x, model_out, history, coeffs, noise, threshold_kind, ratio, max_value, style, x_next_out, d_out):
+    op = "diffaccel.ei_step"
+    validation.ei_step(x, model_out, history, coeffs, noise)
+    validation.check_out_pair(op, ("x_next", "d"), (x_next_out, d_out), x)
+    if threshold_kind is not None:
+        validation.check_threshold_options(op, threshold_kind, ratio, max_value, style)
+    n, per_sample = x.numel(), _per_sample(x)
+    if n == 0:
+        return
+    xc, mc, cc = x.contiguous(), model_out.contiguous(), coeffs.contiguous()
+    hc = [h.contiguous() for h in history]
+    zc = noise.contiguous() if noise is not None else None
+    x_next, d = _Output(x_next_out), _Output(d_out)
+    mode, scales, clip = 0, xc, 0.0
+    if threshold_kind == "clip":
+        mode, clip = 1, max_value
+    elif threshold_kind == "dynamic":
+        mode = 2
+        scales = _select_scales(xc, mc, cc, per_sample, ratio, max_value, style, True)
+    clip_hi, clip_lo = _split(clip)
+    slots = hc + [xc] * (4 - len(hc))
+    _kernel(kernels.ei_step_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
+        xc, mc, *slots, zc if zc is not None else xc, cc, cc.shape[1] if cc.dim() == 2 else 0,
+        scales, clip_hi, clip_lo, x_next.buffer, d.buffer, n, per_sample,
+        K=len(hc), NOISE=zc is not None, THRESHOLD=mode, PER_SAMPLE=cc.dim() == 2 or mode == 2,
+        ACC=_acc(x), BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+    )
+    x_next.finish()
+    d.finish()
+
+
+def multistep_combine(tensors, coeffs, out):
+    dtype = validation.multistep_combine(tensors, coeffs)
+    validation.check_out("diffaccel.multistep_combine", "out", out, tensors[0], dtype=dtype)
+    first = tensors[0]
+    n = first.numel()
+    if n == 0:
+        return
+    tc = [t.contiguous() for t in tensors]
+    cc = coeffs.contiguous()
+    y = _Output(out)
+    slots = tc + [tc[0]] * (8 - len(tc))
+    _kernel(kernels.multistep_combine_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
+        *slots, cc, cc.shape[1] if cc.dim() == 2 else 0, y.buffer, n, _per_sample(first),
+        N=len(tc), PER_SAMPLE=cc.dim() == 2, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+        BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+    )
+    y.finish()
+
+
+def threshold(x, kind, ratio, max_value, style, out):
+    validation.threshold(x, kind, ratio, max_value, style)
+    validation.check_out("diffaccel.threshold", "out", out, x)
+    n, per_sample = x.numel(), _per_sample(x)
+    if n == 0:
+        return
+    xc = x.contiguous()
+    y = _Output(out)
+    dynamic = kind == "dynamic"
+    scales = _select_scales(xc, xc, xc, per_sample, ratio, max_value, style, False) if dynamic else xc
+    clip_hi, clip_lo = _split(max_value)
+    _kernel(kernels.threshold_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
+        xc, scales, clip_hi, clip_lo, y.buffer, n, per_sample,
+        DYNAMIC=dynamic, ACC=_acc(x), BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+    )
+    y.finish()
+
+
+def _philox_state(generator, device):
+    """(seed, offset) of an in-kernel draw, consuming the generator as the cuda
+    backend does (philox_cuda_state(4)): both backends then draw the same noise."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "diffaccel.langevin_correct: the triton backend cannot draw noise inside a CUDA graph "
+                "capture; pass noise= or use the cuda backend"
+            )
+        gen = generator if generator is not None else torch.cuda.default_generators[device.index or 0]
+        offset = gen.get_offset()
+        gen.set_offset(offset + 4)
+        return gen.initial_seed(), offset
+    # Under the interpreter (CPU tensors): a fresh stream drawn from the CPU generator.
+    words = torch.randint(0, 1 << 32, (2,), generator=generator, dtype=torch.int64).tolist()
+    return words[0] | (words[1] << 32), 0
+
+
+def langevin_correct(x, score, snr, alpha, noise, generator, reduction, x_new_out, x_mean_out):
+    op = "diffaccel.langevin_correct"
+    validation.langevin_correct(x, score, snr, alpha, noise, reduction)
+    validation.check_out_pair(op, ("x_new", "x_mean"), (x_new_out, x_mean_out), x)
+    n, batch, per_sample = x.numel(), _batch(x), _per_sample(x)
+    if n == 0:
+        return
+    xc, sc = x.contiguous(), score.contiguous()
+    zc = noise.contiguous() if noise is not None else None
+    seed, offset = (0, 0) if zc is not None else _philox_state(generator, x.device)
+    philox = (seed & 0xFFFFFFFF, seed >> 32, offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF)
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.full((), float(alpha), dtype=torch.float64, device=x.device)
+    alpha_c = alpha.contiguous() if alpha.is_floating_point() else alpha.to(torch.float64)
+    chunks = -(-per_sample // kernels.NORM_CHUNK)
+    partial = torch.empty(batch * chunks * 2, dtype=torch.float64, device=x.device)
+    _kernel(kernels.langevin_norms_kernel)[(chunks, batch)](
+        sc, zc if zc is not None else sc, partial, per_sample, chunks, *philox,
+        HAS_NOISE=zc is not None, ACC=_acc(x), CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK,
+        num_warps=NUM_WARPS,
+    )
+    step = torch.empty(batch, dtype=_acc_torch(x), device=x.device)
+    noise_scale = torch.empty_like(step)
+    snr_hi, snr_lo = _split(snr)
+    _kernel(kernels.langevin_steps_kernel)[(1,)](
+        partial, alpha_c, 1 if alpha_c.dim() == 1 else 0, step, noise_scale, batch, chunks, snr_hi, snr_lo,
+        PER_SAMPLE=reduction == "sample", BATCH_BLOCK=max(16, triton.next_power_of_2(batch)), num_warps=NUM_WARPS,
+    )
+    x_new, x_mean = _Output(x_new_out), _Output(x_mean_out)
+    _kernel(kernels.langevin_update_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
+        xc, sc, zc if zc is not None else xc, step, noise_scale, x_new.buffer, x_mean.buffer, n, per_sample,
+        *philox, HAS_NOISE=zc is not None, ACC=_acc(x), BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+    )
+    x_new.finish()
+    x_mean.finish()

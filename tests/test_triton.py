@@ -1,0 +1,123 @@
+"""The Triton backend (diffaccel/ops/triton) against the reference: on CUDA
+tensors, and on CPU under TRITON_INTERPRET=1 (what `make test` sets), at sizes
+the interpreter runs in seconds. Skipped where Triton cannot run on the test
+device (no triton installed, or a CPU run without the interpreter)."""
+
+import pytest
+import torch
+
+from diffaccel import ops
+from diffaccel.ops import reference
+from diffaccel.ops import triton as triton_backend
+
+from conftest import DEVICE, DTYPES, LAYOUTS, assert_close, make
+
+pytestmark = pytest.mark.skipif(
+    not triton_backend.available(DEVICE), reason=f"triton backend off: {triton_backend.unavailable_reason}"
+)
+
+SHAPES = [(1,), (3, 5, 7, 11), (0, 3, 4), (2, 3, 40)]
+THRESHOLDS = [None, ops.Threshold("clip", max_value=0.7), ops.Threshold("dynamic", 0.9, 1.5),
+              ops.Threshold("dynamic", 0.5, 0.2, "dpm-solver")]
+
+
+def _coeffs(batch, n, per_sample, gen):
+    return torch.randn((batch, n) if per_sample else (n,), generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("k", [0, 2, 4])
+def test_ei_step(dtype, shape, layout, k, gen):
+    x, m, z = (make(shape, dtype, layout, gen, scale=2.0) for _ in range(3))
+    history = [make(shape, dtype, layout, gen) for _ in range(k)]
+    for per_sample in (False, True):
+        coeffs = _coeffs(shape[0], 5 + k, per_sample, gen)
+        for threshold in THRESHOLDS:
+            noise = z if threshold is None else None
+            with ops.backend("triton"):
+                got = ops.ei_step(x, m, history, coeffs, noise=noise, threshold=threshold)
+            want = reference.ei_step(x, m, history, coeffs, noise=noise, threshold=threshold)
+            for g, w in zip(got, want):
+                assert_close(g, w)
+
+
+def test_ei_step_mixed_dtypes_and_aliasing(gen):
+    shape = (3, 4, 9, 10)
+    x = make(shape, torch.float32, "transposed", gen)
+    m = make(shape, torch.bfloat16, generator=gen)
+    h0, h1 = make(shape, torch.float16, generator=gen), make(shape, torch.float32, generator=gen)
+    coeffs = _coeffs(3, 7, True, gen).float()
+    t = ops.Threshold("dynamic", 0.95, 1.2)
+    want = reference.ei_step(x, m, [h0.float(), h1], coeffs, threshold=t)
+    h0f = h0.float()
+    with ops.backend("triton"):
+        result = ops.ei_step(x, m, [h0f, h1], coeffs, threshold=t, out=(x, h0f))
+    assert result[0] is x and result[1] is h0f
+    assert_close(x, want[0])
+    assert_close(h0f, want[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
+def test_multistep_combine(dtype, n, per_sample, gen):
+    tensors = [make((3, 5, 7, 11), dtype, layout, gen) for layout in (LAYOUTS * 3)[:n]]
+    coeffs = _coeffs(3, n, per_sample, gen)
+    with ops.backend("triton"):
+        got = ops.multistep_combine(tensors, coeffs)
+    assert_close(got, reference.multistep_combine(tensors, coeffs))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(7, 1)], ids=str)
+@pytest.mark.parametrize("options", [dict(kind="clip", max_value=0.25), dict(kind="dynamic", ratio=0.995),
+                                     dict(kind="dynamic", ratio=0.8, max_value=2.5),
+                                     dict(kind="dynamic", ratio=1.0, max_value=0.1, style="dpm-solver")],
+                         ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_threshold(dtype, shape, options, gen):
+    x = make(shape, dtype, "sliced", gen, scale=2.0)
+    with ops.backend("triton"):
+        got = ops.threshold(x, **options)
+    assert_close(got, reference.threshold(x, **options))
+
+
+@pytest.mark.parametrize("n", [1, 2, 101, 4097])
+@pytest.mark.parametrize("ratio", [1e-4, 0.5, 0.995, 1.0])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_threshold_selection(n, ratio, ties, gen):
+    x = torch.randn((2, n), generator=gen) * 3
+    if ties:
+        x = x.round()
+    x[1, 0] = float("nan") if n > 1 else x[1, 0]
+    options = dict(kind="dynamic", ratio=ratio, max_value=10.0, style="dpm-solver")
+    with ops.backend("triton"):
+        got = ops.threshold(x, **options)
+    assert_close(got, reference.threshold(x, **options))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1,), (3, 5, 7, 11), (0, 3, 4), (2, 17000)], ids=str)
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+def test_langevin_correct(dtype, shape, reduction, gen):
+    x, score, z = (make(shape, dtype, "transposed", gen) for _ in range(3))
+    alpha = torch.rand(shape[0], generator=gen) + 0.5
+    with ops.backend("triton"):
+        got = ops.langevin_correct(x, score, 0.16, alpha=alpha, noise=z, reduction=reduction)
+    want = reference.langevin_correct(x, score, 0.16, alpha=alpha, noise=z, reduction=reduction)
+    for g, w in zip(got, want):
+        assert_close(g, w)
+
+
+def test_langevin_correct_draws_standard_normal_noise(gen):
+    """noise=None: the in-kernel Philox noise, recovered from the outputs, is
+    what the reference turns into the same outputs, and looks standard normal."""
+    x, score = (make((4, 3, 32, 32), torch.float32, generator=gen) for _ in range(2))
+    with ops.backend("triton"):
+        x_new, x_mean = ops.langevin_correct(x, score, 0.16, reduction="sample")
+    step = ((x_mean - x) / score).flatten(1).median(dim=1).values
+    z = (x_new - x_mean) / (2 * step).sqrt().view(-1, 1, 1, 1)
+    assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
+    want = reference.langevin_correct(x, score, 0.16, noise=z, reduction="sample")
+    torch.testing.assert_close(x_new, want[0], rtol=1e-4, atol=1e-4)
