@@ -3,7 +3,7 @@ times, speedups measured side by side in that one run, achieved GB/s and the
 copy bandwidth at the same size.
 
     python bench/report.py build/bench-cpu.json > bench/results/<date>-cpu.md
-    python bench/report.py build/bench-gpu.json > bench/results/<date>-<card>.md
+    python bench/report.py build/bench-gpu.json [more.json ...] > bench/results/<date>-<card>.md
 
 CPU runs time the compiled kernel as impl "fused"; GPU runs time the "cuda"
 and "triton" backends (each timed call there runs the op `reps` times).
@@ -25,8 +25,10 @@ def _us(seconds):
     return f"{seconds * 1e6:.1f}" if seconds == seconds else "-"
 
 
-def main(path):
-    data = json.load(open(path))
+def main(*paths):
+    data = json.load(open(paths[0]))
+    for extra in paths[1:]:  # further runs of the same suite (the GPU check splits it)
+        data["benchmarks"] += json.load(open(extra))["benchmarks"]
     median = defaultdict(dict)  # (case, shape, dtype) -> impl -> seconds per op call
     nbytes, calls = {}, {}
     for b in data["benchmarks"]:
@@ -97,4 +99,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -19,7 +19,9 @@ from diffaccel.ops import triton as triton_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-SHAPES = dict(benchmarking.SHAPES, xlarge=(16, 16, 256, 256))
+# (1,4,64,64) is launch-bound; (16,16,256,256) float32 is 64 MiB a tensor, beyond the L2.
+SHAPES = {name: benchmarking.SHAPES[name] for name in ("small", "medium", "large")}
+SHAPES["xlarge"] = (16, 16, 256, 256)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ["cuda", "triton", "eager_reference", "compiled_reference"]
 REPS = 20

@@ -251,7 +251,13 @@ def langevin_correct(
             raise ValueError(f"diffaccel.langevin_correct: argument 'alpha' must be a number >= 0 or a tensor, got {alpha!r}")
         alpha = torch.full((), float(alpha), dtype=torch.float64, device=x.device)
     ops = _namespace(impl)
-    args = (x, score, float(snr), alpha, noise, generator, reduction)
+    if impl == "triton":  # the Triton op takes the Philox stream, not the generator
+        from diffaccel.ops.triton import launch as triton_launch
+
+        stream = [0, 0, 0, 0] if noise is not None else triton_launch.philox_words(generator, x.device)
+        args = (x, score, float(snr), alpha, noise, stream, reduction)
+    else:
+        args = (x, score, float(snr), alpha, noise, generator, reduction)
     if out is None:
         return ops.langevin_correct(*args)
     ops.langevin_correct_out(*args, out[0], out[1])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -45,30 +45,8 @@ def available(device_type: str) -> bool:
 if unavailable_reason is None:
     from diffaccel.ops.triton import launch
 
-    _SCHEMAS = {
-        "ei_step": (
-            "(Tensor x, Tensor model_out, Tensor[] history, Tensor coeffs, Tensor? noise, "
-            "str? threshold_kind, float threshold_ratio, float threshold_max_value, "
-            "str threshold_style) -> (Tensor, Tensor)"
-        ),
-        "ei_step_out": (
-            "(Tensor x, Tensor model_out, Tensor[] history, Tensor coeffs, Tensor? noise, "
-            "str? threshold_kind, float threshold_ratio, float threshold_max_value, "
-            "str threshold_style, Tensor(a!) x_next_out, Tensor(b!) d_out) -> ()"
-        ),
-        "multistep_combine": "(Tensor[] tensors, Tensor coeffs) -> Tensor",
-        "multistep_combine_out": "(Tensor[] tensors, Tensor coeffs, Tensor(a!) out) -> ()",
-        "threshold": "(Tensor x, str kind, float ratio, float max_value, str style) -> Tensor",
-        "threshold_out": "(Tensor x, str kind, float ratio, float max_value, str style, Tensor(a!) out) -> ()",
-        "langevin_correct": (
-            "(Tensor x, Tensor score, float snr, Tensor alpha, Tensor? noise, Generator? generator, "
-            "str reduction) -> (Tensor, Tensor)"
-        ),
-        "langevin_correct_out": (
-            "(Tensor x, Tensor score, float snr, Tensor alpha, Tensor? noise, Generator? generator, "
-            "str reduction, Tensor(a!) x_new_out, Tensor(b!) x_mean_out) -> ()"
-        ),
-    }
+    Tensor = torch.Tensor
+    # What each _out op writes.
     _MUTATES = {
         "ei_step_out": ("x_next_out", "d_out"),
         "multistep_combine_out": ("out",),
@@ -76,61 +54,73 @@ if unavailable_reason is None:
         "langevin_correct_out": ("x_new_out", "x_mean_out"),
     }
 
-    def _register(name, fn):
-        qualified = f"diffaccel_triton::{name}"
-        mutates = _MUTATES.get(name, ())
-        if INTERPRET:
-            op = torch.library.custom_op(qualified, fn, mutates_args=mutates, device_types="cpu", schema=_SCHEMAS[name])
-            from diffaccel.ops import fake
+    def _contiguous_like(x: Tensor) -> Tensor:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-            fake.register(op, name)
-        else:
-            torch.library.triton_op(qualified, fn, mutates_args=mutates, schema=_SCHEMAS[name])
-
-    def _ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value, threshold_style):
+    # The op signatures are those of torch.ops.diffaccel (torch.library infers
+    # them from these annotations), except langevin_correct: a custom op cannot
+    # take a Generator, so it takes the Philox stream the front drew from one,
+    # as [seed_lo, seed_hi, offset_lo, offset_hi] (launch.philox_words).
+    def ei_step(x: Tensor, model_out: Tensor, history: List[Tensor], coeffs: Tensor, noise: Optional[Tensor],
+                threshold_kind: Optional[str], threshold_ratio: float, threshold_max_value: float,
+                threshold_style: str) -> Tuple[Tensor, Tensor]:
         validation.ei_step(x, model_out, history, coeffs, noise)
-        x_next, d = torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(x, memory_format=torch.contiguous_format)
-        launch.ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value, threshold_style, x_next, d)
+        x_next, d = _contiguous_like(x), _contiguous_like(x)
+        launch.ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value,
+                       threshold_style, x_next, d)
         return x_next, d
 
-    def _ei_step_out(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value, threshold_style, x_next_out, d_out):
-        launch.ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value, threshold_style, x_next_out, d_out)
+    def ei_step_out(x: Tensor, model_out: Tensor, history: List[Tensor], coeffs: Tensor, noise: Optional[Tensor],
+                    threshold_kind: Optional[str], threshold_ratio: float, threshold_max_value: float,
+                    threshold_style: str, x_next_out: Tensor, d_out: Tensor) -> None:
+        launch.ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value,
+                       threshold_style, x_next_out, d_out)
 
-    def _multistep_combine(tensors, coeffs):
+    def multistep_combine(tensors: List[Tensor], coeffs: Tensor) -> Tensor:
         dtype = validation.multistep_combine(tensors, coeffs)
         y = torch.empty(tensors[0].shape, dtype=dtype, device=tensors[0].device)
         launch.multistep_combine(tensors, coeffs, y)
         return y
 
-    def _multistep_combine_out(tensors, coeffs, out):
+    def multistep_combine_out(tensors: List[Tensor], coeffs: Tensor, out: Tensor) -> None:
         launch.multistep_combine(tensors, coeffs, out)
 
-    def _threshold(x, kind, ratio, max_value, style):
+    def threshold(x: Tensor, kind: str, ratio: float, max_value: float, style: str) -> Tensor:
         validation.threshold(x, kind, ratio, max_value, style)
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        y = _contiguous_like(x)
         launch.threshold(x, kind, ratio, max_value, style, y)
         return y
 
-    def _threshold_out(x, kind, ratio, max_value, style, out):
+    def threshold_out(x: Tensor, kind: str, ratio: float, max_value: float, style: str, out: Tensor) -> None:
         launch.threshold(x, kind, ratio, max_value, style, out)
 
-    def _langevin_correct(x, score, snr, alpha, noise, generator, reduction):
+    def langevin_correct(x: Tensor, score: Tensor, snr: float, alpha: Tensor, noise: Optional[Tensor],
+                         philox: List[int], reduction: str) -> Tuple[Tensor, Tensor]:
         validation.langevin_correct(x, score, snr, alpha, noise, reduction)
-        x_new, x_mean = torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(x, memory_format=torch.contiguous_format)
-        launch.langevin_correct(x, score, snr, alpha, noise, generator, reduction, x_new, x_mean)
+        x_new, x_mean = _contiguous_like(x), _contiguous_like(x)
+        launch.langevin_correct(x, score, snr, alpha, noise, philox, reduction, x_new, x_mean)
         return x_new, x_mean
 
-    def _langevin_correct_out(x, score, snr, alpha, noise, generator, reduction, x_new_out, x_mean_out):
-        launch.langevin_correct(x, score, snr, alpha, noise, generator, reduction, x_new_out, x_mean_out)
+    def langevin_correct_out(x: Tensor, score: Tensor, snr: float, alpha: Tensor, noise: Optional[Tensor],
+                             philox: List[int], reduction: str, x_new_out: Tensor, x_mean_out: Tensor) -> None:
+        launch.langevin_correct(x, score, snr, alpha, noise, philox, reduction, x_new_out, x_mean_out)
 
-    for _name, _fn in {
-        "ei_step": _ei_step,
-        "ei_step_out": _ei_step_out,
-        "multistep_combine": _multistep_combine,
-        "multistep_combine_out": _multistep_combine_out,
-        "threshold": _threshold,
-        "threshold_out": _threshold_out,
-        "langevin_correct": _langevin_correct,
-        "langevin_correct_out": _langevin_correct_out,
-    }.items():
-        _register(_name, _fn)
+    def _fake(name):
+        """The fake of an op under the interpreter (diffaccel.ops.fake; langevin
+        takes philox words where the C++ op takes a generator)."""
+        from diffaccel.ops import fake
+
+        if name.startswith("langevin_correct"):
+            return lambda x, score, snr, alpha, noise, philox, reduction, *outs: fake.FAKES[name](
+                x, score, snr, alpha, noise, None, reduction, *outs)
+        return fake.FAKES[name]
+
+    for _fn in (ei_step, ei_step_out, multistep_combine, multistep_combine_out, threshold, threshold_out,
+                langevin_correct, langevin_correct_out):
+        _name = _fn.__name__
+        _mutates = _MUTATES.get(_name, ())
+        if INTERPRET:
+            _op = torch.library.custom_op(f"diffaccel_triton::{_name}", _fn, mutates_args=_mutates, device_types="cpu")
+            _op.register_fake(_fake(_name))
+        else:
+            torch.library.triton_op(f"diffaccel_triton::{_name}", _fn, mutates_args=_mutates)

@@ -168,9 +168,10 @@ def threshold(x, kind, ratio, max_value, style, out):
     y.finish()
 
 
-def _philox_state(generator, device):
-    """(seed, offset) of an in-kernel draw, consuming the generator as the cuda
-    backend does (philox_cuda_state(4)): both backends then draw the same noise."""
+def philox_words(generator, device):
+    """[seed_lo, seed_hi, offset_lo, offset_hi] of an in-kernel draw, consuming
+    the generator as the cuda backend does (philox_cuda_state(4)), so both
+    backends draw the same noise from the same generator state."""
     if device.type == "cuda":
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
@@ -180,13 +181,15 @@ def _philox_state(generator, device):
         gen = generator if generator is not None else torch.cuda.default_generators[device.index or 0]
         offset = gen.get_offset()
         gen.set_offset(offset + 4)
-        return gen.initial_seed(), offset
-    # Under the interpreter (CPU tensors): a fresh stream drawn from the CPU generator.
-    words = torch.randint(0, 1 << 32, (2,), generator=generator, dtype=torch.int64).tolist()
-    return words[0] | (words[1] << 32), 0
+        seed = gen.initial_seed()
+    else:
+        # Under the interpreter (CPU tensors): a fresh stream drawn from the CPU generator.
+        low, high = torch.randint(0, 1 << 32, (2,), generator=generator, dtype=torch.int64).tolist()
+        seed, offset = low | (high << 32), 0
+    return [seed & 0xFFFFFFFF, seed >> 32, offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF]
 
 
-def langevin_correct(x, score, snr, alpha, noise, generator, reduction, x_new_out, x_mean_out):
+def langevin_correct(x, score, snr, alpha, noise, philox, reduction, x_new_out, x_mean_out):
     op = "diffaccel.langevin_correct"
     validation.langevin_correct(x, score, snr, alpha, noise, reduction)
     validation.check_out_pair(op, ("x_new", "x_mean"), (x_new_out, x_mean_out), x)
@@ -195,8 +198,7 @@ def langevin_correct(x, score, snr, alpha, noise, generator, reduction, x_new_ou
         return
     xc, sc = x.contiguous(), score.contiguous()
     zc = noise.contiguous() if noise is not None else None
-    seed, offset = (0, 0) if zc is not None else _philox_state(generator, x.device)
-    philox = (seed & 0xFFFFFFFF, seed >> 32, offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF)
+    philox = [int(w) for w in philox] if zc is None else [0, 0, 0, 0]
     if not isinstance(alpha, torch.Tensor):
         alpha = torch.full((), float(alpha), dtype=torch.float64, device=x.device)
     alpha_c = alpha.contiguous() if alpha.is_floating_point() else alpha.to(torch.float64)
