@@ -7,8 +7,10 @@ from typing import Callable, Optional
 import torch
 
 from diffaccel import ops
+from diffaccel.noise import standard_normal
 from diffaccel.schedules import VPDiscrete
-from diffaccel.solvers import ADAPTIVE_SAMPLERS, plan as make_plan
+from diffaccel.solvers import ADAPTIVE_SAMPLERS
+from diffaccel.solvers import plan as make_plan
 from diffaccel.solvers.adaptive import sample_adaptive
 from diffaccel.solvers.plan import LangevinRow, Plan
 
@@ -32,11 +34,15 @@ def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optiona
             raise ValueError(f"the model must return a tensor of shape {tuple(x.shape)} (like x), got {got}")
         if isinstance(row, LangevinRow):
             score = ops.multistep_combine([state, model_out], c)
-            ops.langevin_correct(state, score, row.snr, alpha=row.alpha, generator=generator,
+            # The op draws its noise with a generator of the state's device; one
+            # of another device (a CPU generator for CUDA latents) draws it here.
+            foreign = generator is not None and generator.device.type != x.device.type
+            noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if foreign else None
+            ops.langevin_correct(state, score, row.snr, alpha=row.alpha, noise=noise, generator=None if foreign else generator,
                                  out=(state, buffers[row.mean_slot]))
             denoised = buffers[row.mean_slot]
         else:
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None
+            noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None
             ops.ei_step(state, model_out, [buffers[j] for j in row.history], c, threshold=threshold, noise=noise,
                         out=(buffers[row.out_slot], buffers[row.d_slot]))
             denoised = buffers[row.d_slot]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from diffaccel.noise import standard_normal
 from diffaccel.solvers.plan import PREDICTION_TYPES
 
 
@@ -52,7 +53,8 @@ class GaussianData:
     def sample_marginal(self, schedule, t: float, batch: int, generator=None) -> torch.Tensor:
         """Draws x_t for a batch (float64)."""
         alpha, _, std_t = self._marginal(schedule, t, self.mean.unsqueeze(0))
-        z = torch.randn((batch,) + tuple(self.mean.shape), generator=generator, dtype=torch.float64)
+        z = standard_normal((batch,) + tuple(self.mean.shape), generator=generator, dtype=torch.float64,
+                            device=self.mean.device)
         return alpha * self.mean + std_t * z
 
     def denoiser(self, schedule, prediction_type: str = "epsilon"):
@@ -90,9 +92,12 @@ class GaussianMixture:
 
     def sample_marginal(self, schedule, t: float, batch: int, generator=None) -> torch.Tensor:
         alpha, sigma = float(schedule.alpha(t)), float(schedule.sigma(t))
-        k = torch.multinomial(self.weights, batch, replacement=True, generator=generator)
-        z0 = torch.randn((batch, self.means.shape[1]), generator=generator, dtype=torch.float64)
-        z = torch.randn((batch, self.means.shape[1]), generator=generator, dtype=torch.float64)
+        # Drawn on the generator's device (a CPU generator may feed CUDA data).
+        weights = self.weights.to(generator.device) if generator is not None else self.weights
+        k = torch.multinomial(weights, batch, replacement=True, generator=generator).to(self.means.device)
+        shape = (batch, self.means.shape[1])
+        z0 = standard_normal(shape, generator=generator, dtype=torch.float64, device=self.means.device)
+        z = standard_normal(shape, generator=generator, dtype=torch.float64, device=self.means.device)
         return alpha * (self.means[k] + self.stds[k] * z0) + sigma * z
 
     def denoiser(self, schedule, prediction_type: str = "epsilon"):

@@ -17,10 +17,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from diffaccel import _extension
-from diffaccel.ops import reference, validation
+from diffaccel.ops import fake, reference, validation
 from diffaccel.ops.backends import backend, resolve
-
-from diffaccel.ops import fake
 
 if _extension.available():
     fake.register_compiled()

@@ -14,7 +14,15 @@ from functools import partial
 import torch
 
 from diffaccel import schedules as _schedules
-from diffaccel.solvers import ancestral, consistency, dpm_solver_pp, lms, predictor_corrector, single_step, unipc
+from diffaccel.solvers import (
+    ancestral,
+    consistency,
+    dpm_solver_pp,
+    lms,
+    predictor_corrector,
+    single_step,
+    unipc,
+)
 from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row, data_prediction_coeffs
 
 SAMPLERS = {

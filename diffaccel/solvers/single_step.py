@@ -16,7 +16,13 @@ import math
 
 import torch
 
-from diffaccel.solvers.plan import PREDICTION_TYPES, Plan, Row, data_prediction_coeffs, grid_values
+from diffaccel.solvers.plan import (
+    PREDICTION_TYPES,
+    Plan,
+    Row,
+    data_prediction_coeffs,
+    grid_values,
+)
 
 
 def noise_prediction_coeffs(prediction_type: str, alpha: float, sigma: float):

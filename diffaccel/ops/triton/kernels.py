@@ -202,9 +202,14 @@ def select_scales_kernel(
     remaining = below
     equal_count = 0
     nans = 0
-    for p in tl.static_range(PASSES):
-        shift: tl.constexpr = KEY_BITS - DIGIT_BITS * (p + 1) if KEY_BITS - DIGIT_BITS * (p + 1) > 0 else 0
-        fixed: tl.constexpr = KEY_BITS - DIGIT_BITS * p  # bits at and above this are fixed by prefix
+    # Each pass resolves the digit of bits [shift, fixed) of the key; bits at and
+    # above `fixed` are those of prefix. (Runtime values, not constexpr: a
+    # constexpr cannot change between the passes.)
+    shift = tl.zeros([1], tl.int32) + (KEY_BITS - DIGIT_BITS)
+    fixed = tl.zeros([1], tl.int32) + KEY_BITS
+    for _ in range(PASSES):
+        shift_k = shift.to(KEY)
+        fixed_k = fixed.to(KEY)
         hist = tl.zeros([BINS], tl.int32)
         start = 0
         while start < per_sample:  # (a while loop: the interpreter cannot range() over an argument)
@@ -212,18 +217,18 @@ def select_scales_kernel(
             start += BLOCK
             mask = offs < per_sample
             key = _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY)
-            if p == 0:
-                nans += tl.sum((mask & (key > INF_KEY)).to(tl.int32))
-            else:
-                mask = mask & ((key >> fixed) == (prefix >> fixed))
-            digit = ((key >> shift) & (BINS - 1)).to(tl.int32)
-            hist += tl.histogram(digit, BINS, mask=mask)
+            nans += tl.sum((mask & (key > INF_KEY)).to(tl.int32))
+            match = mask & ((key >> fixed_k) == (prefix >> fixed_k))
+            digit = ((key >> shift_k) & (BINS - 1)).to(tl.int32)
+            hist += tl.histogram(digit, BINS, mask=match)
         cumulative = tl.cumsum(hist, 0)
         digit = tl.sum((cumulative <= remaining).to(tl.int32))
         before = tl.sum(tl.where(bins < digit, hist, 0))
         equal_count = tl.sum(tl.where(bins == digit, hist, 0))
-        prefix = prefix | (digit.to(KEY) << shift)
+        prefix = prefix | (digit.to(KEY) << shift_k)
         remaining = remaining - before
+        fixed = shift
+        shift = tl.maximum(shift - DIGIT_BITS, 0)
     at_most_below = below - remaining + equal_count
     above_key = prefix
     if (above != below) & (at_most_below <= above):
