@@ -78,6 +78,11 @@ def _make_langevin(shape, dtype, device, g):
     return (x, score, 0.16), {"noise": z}
 
 
+def _make_error_norm(shape, dtype, device, g):
+    x_high, x_low, x_prev = (_randn(shape, dtype, device, g) for _ in range(3))
+    return (x_high, x_low, x_prev), {"atol": 0.0078, "rtol": 0.05}
+
+
 CASES: Dict[str, Case] = {
     c.name: c
     for c in (
@@ -87,6 +92,7 @@ CASES: Dict[str, Case] = {
         Case("multistep_combine3", "multistep_combine, 3 tensors", ops.multistep_combine, ops.reference.multistep_combine, _make_combine3, 4),
         Case("threshold_dynamic", "threshold, dynamic (quantile 0.995)", ops.threshold, ops.reference.threshold, _make_threshold, 2),
         Case("langevin_correct", "langevin_correct (noise given)", ops.langevin_correct, ops.reference.langevin_correct, _make_langevin, 5),
+        Case("error_norm", "error_norm (adaptive step control)", ops.error_norm, ops.reference.error_norm, _make_error_norm, 3),
     )
 }
 

@@ -73,11 +73,13 @@ def _cases(gen):
                            lambda: reference.threshold(x, kind="clip", max_value=0.3)),
         "langevin_correct": (lambda: ops.langevin_correct(x, m, 0.16, noise=z),
                              lambda: reference.langevin_correct(x, m, 0.16, noise=z)),
+        "error_norm": (lambda: ops.error_norm(x, m, h0, atol=0.0078, rtol=0.05),
+                       lambda: reference.error_norm(x, m, h0, atol=0.0078, rtol=0.05)),
     }
 
 
 CASES = ["ei_step", "ei_step_bf16_dynamic", "ei_step_clip", "multistep_combine", "threshold_dynamic",
-         "threshold_clip", "langevin_correct"]
+         "threshold_clip", "langevin_correct", "error_norm"]
 
 
 def _as_tuple(v):
@@ -107,6 +109,7 @@ def test_cuda_graph_capture_and_replay(case, gpu_backend, gen):
         "threshold_dynamic": lambda lib: lib.threshold(x * 3, ratio=0.9, max_value=2.0),
         "threshold_clip": lambda lib: lib.threshold(x, kind="clip", max_value=0.3),
         "langevin_correct": lambda lib: lib.langevin_correct(x, m, 0.16, noise=h),
+        "error_norm": lambda lib: lib.error_norm(x, m, h, atol=0.0078, rtol=0.05),
     }.get(case, lambda lib: lib.ei_step(x, m, [h], coeffs, threshold=t))
     with ops.backend(gpu_backend):
         stream = torch.cuda.Stream()

@@ -41,6 +41,7 @@ def _opcheck_cases(gen, namespace):
         ),
         "threshold": (lib.threshold.default, (x * 3, "dynamic", 0.995, 1.0, "diffusers")),
         "threshold_out": (lib.threshold_out.default, (x * 3, "clip", 0.995, 1.0, "diffusers", torch.empty_like(x))),
+        "error_norm": (lib.error_norm.default, (x, m, h, 0.0078, 0.05)),
         "langevin_correct": (lib.langevin_correct.default, (x, m, 0.16, torch.ones(()), z, no_generator, "batch")),
         "langevin_correct_out": (
             lib.langevin_correct_out.default,
@@ -52,7 +53,7 @@ def _opcheck_cases(gen, namespace):
 @pytest.mark.parametrize(
     "name",
     ["ei_step", "ei_step_dynamic", "ei_step_out", "multistep_combine", "multistep_combine_out",
-     "threshold", "threshold_out", "langevin_correct", "langevin_correct_out"],
+     "threshold", "threshold_out", "langevin_correct", "langevin_correct_out", "error_norm"],
 )
 @pytest.mark.parametrize("namespace", NAMESPACES)
 def test_opcheck(name, namespace, gen):
@@ -72,10 +73,12 @@ def _fronts(gen):
         "threshold": (lambda: ops.threshold(x * 3), lambda: reference.threshold(x * 3)),
         "langevin_correct": (lambda: ops.langevin_correct(x, m, 0.16, noise=z),
                              lambda: reference.langevin_correct(x, m, 0.16, noise=z)),
+        "error_norm": (lambda: ops.error_norm(x, m, h, atol=0.0078, rtol=0.05),
+                       lambda: reference.error_norm(x, m, h, atol=0.0078, rtol=0.05)),
     }
 
 
-@pytest.mark.parametrize("name", ["ei_step", "multistep_combine", "threshold", "langevin_correct"])
+@pytest.mark.parametrize("name", ["ei_step", "multistep_combine", "threshold", "langevin_correct", "error_norm"])
 def test_compile_fullgraph(name, gen):
     fused, ref = _fronts(gen)[name]
     torch._dynamo.reset()

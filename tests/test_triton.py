@@ -110,6 +110,16 @@ def test_langevin_correct(dtype, shape, reduction, gen):
         assert_close(g, w)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1,), (3, 5, 7, 11), (0, 3, 4), (2, 0), (2, 17000)], ids=str)
+def test_error_norm(dtype, shape, gen):
+    x_high, x_low, x_prev = (make(shape, dtype, "sliced", gen) for _ in range(3))
+    with ops.backend("triton"):
+        got = ops.error_norm(x_high, x_low, x_prev, atol=0.0078, rtol=0.05)
+    want = reference.error_norm(x_high, x_low, x_prev, atol=0.0078, rtol=0.05)
+    torch.testing.assert_close(got, want, rtol=1e-6 if dtype != torch.float64 else 1e-12, atol=0, equal_nan=True)
+
+
 def test_langevin_correct_draws_standard_normal_noise(gen):
     """noise=None: the in-kernel Philox noise, recovered from the outputs, is
     what the reference turns into the same outputs, and looks standard normal."""

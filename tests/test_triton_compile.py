@@ -75,6 +75,18 @@ def test_select_scales_kernel(data, from_ei):
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
+def test_error_norm_kernels(data):
+    _compile(kernels.error_norm_partials_kernel,
+             dict(high_ptr=POINTER[data], low_ptr=POINTER[data], prev_ptr=POINTER[data], partial_ptr="*fp64",
+                  per_sample="i64", chunks="i64", atol_hi="fp32", atol_lo="fp32", rtol_hi="fp32", rtol_lo="fp32"),
+             dict(ACC=ACC[data], CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK))
+    _compile(kernels.error_norm_finish_kernel,
+             dict(partial_ptr="*fp64", out_ptr="*fp64" if data == tl.float64 else "*fp32", batch="i64", chunks="i64",
+                  per_sample="i64"),
+             dict(BATCH_BLOCK=16))
+
+
+@pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
 @pytest.mark.parametrize("has_noise", [False, True])
 def test_langevin_kernels(data, has_noise):
     acc = ACC[data]

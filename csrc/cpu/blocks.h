@@ -205,6 +205,46 @@ DA_INLINE void for_each_block(int64_t first, int64_t count, Body&& body) {
   }
 }
 
+// Eight interleaved double accumulators, combined in a fixed order: the loop
+// vectorizes without -ffast-math and the result does not depend on the ISA.
+template <typename acc_t>
+DA_INLINE double sum_squares(const acc_t* v, int64_t n) {
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const double e = double(v[i + l]);
+      lanes[l] += e * e;
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const double e = double(v[i]);
+    lanes[l] += e * e;
+  }
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// Per-sample reductions run over fixed chunks of kNormChunk elements, chunks
+// [chunk_begin, chunk_end) flat over the batch: partial[c] = the sum of
+// block_sum(offset, n) over the chunk's blocks, in order (kNormChunk is a
+// multiple of kBlock), so the result does not depend on the thread split.
+template <typename BlockSum>
+DA_INLINE void for_each_norm_chunk(int64_t per_sample, double* partial, int64_t chunk_begin,
+                                   int64_t chunk_end, BlockSum&& block_sum) {
+  const int64_t chunks_per_sample = (per_sample + kNormChunk - 1) / kNormChunk;
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    const int64_t sample = c / chunks_per_sample;
+    const int64_t start = (c % chunks_per_sample) * kNormChunk;
+    const int64_t len = per_sample - start < kNormChunk ? per_sample - start : kNormChunk;
+    double total = 0;
+    for_each_block(sample * per_sample + start, len, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
+      total += block_sum(offset, n);
+    });
+    partial[c] = total;
+  }
+}
+
 // The linear-interpolation quantile of n >= 1 values that are all >= 0 or NaN
 // (absolute values), found by selection (csrc/cpu/quantile.cpp).
 template <typename acc_t>

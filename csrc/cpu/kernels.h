@@ -107,6 +107,19 @@ constexpr int64_t kNormChunk = 4096;
 void sum_squares_chunks(In t, int64_t per_sample, double* partial, int64_t chunk_begin,
                         int64_t chunk_end);
 
+// error_norm, per chunk as sum_squares_chunks: the sum over the chunk of
+// scaled_error(high, low, prev, atol, rtol)^2 (elementwise.h), in double.
+template <typename acc_t>
+struct ErrorNormArgs {
+  int64_t per_sample = 0;
+  In high, low, prev;
+  acc_t atol = 0, rtol = 0;
+};
+void error_sum_squares_chunks(const ErrorNormArgs<float>& args, double* partial, int64_t chunk_begin,
+                              int64_t chunk_end);
+void error_sum_squares_chunks(const ErrorNormArgs<double>& args, double* partial, int64_t chunk_begin,
+                              int64_t chunk_end);
+
 // The ISA level the multiversioned kernels run at on this CPU:
 // "avx512f", "avx2" or "baseline".
 const char* cpu_isa_level();

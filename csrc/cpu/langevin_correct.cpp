@@ -6,42 +6,13 @@
 namespace diffaccel::cpu {
 namespace {
 
-// Eight interleaved double accumulators, combined in a fixed order: the loop
-// vectorizes without -ffast-math and the result does not depend on the ISA.
-template <typename acc_t>
-DA_INLINE double sum_squares(const acc_t* v, int64_t n) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int l = 0; l < 8; ++l) {
-      const double e = double(v[i + l]);
-      lanes[l] += e * e;
-    }
-  }
-  for (int l = 0; i < n; ++i, ++l) {
-    const double e = double(v[i]);
-    lanes[l] += e * e;
-  }
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-}
-
 template <typename acc_t>
 DA_INLINE void sum_squares_chunks_impl(In t, int64_t per_sample, double* partial,
                                        int64_t chunk_begin, int64_t chunk_end) {
-  const int64_t chunks_per_sample = (per_sample + kNormChunk - 1) / kNormChunk;
-  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
-    const int64_t sample = c / chunks_per_sample;
-    const int64_t start = (c % chunks_per_sample) * kNormChunk;
-    const int64_t len = per_sample - start < kNormChunk ? per_sample - start : kNormChunk;
-    double total = 0;
-    // Blocks of kBlock elements are summed in order; kNormChunk is a multiple of kBlock.
-    for_each_block(sample * per_sample + start, len, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
-      acc_t buf[kBlock];
-      total += sum_squares(load_block(t, offset, n, buf), n);
-    });
-    partial[c] = total;
-  }
+  for_each_norm_chunk(per_sample, partial, chunk_begin, chunk_end, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
+    acc_t buf[kBlock];
+    return sum_squares(load_block(t, offset, n, buf), n);
+  });
 }
 
 template <typename acc_t>

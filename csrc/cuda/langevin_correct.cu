@@ -11,13 +11,12 @@
 
 #include "diffaccel/elementwise.h"
 #include "diffaccel/philox.h"
+#include "chunked_reduction.cuh"
 #include "launchers.h"
 #include "memory_access.cuh"
 
 namespace diffaccel::cuda {
 namespace {
-
-constexpr int64_t kNormChunk = 16384;  // elements of one sample per norms block
 
 struct Scratch {
   unsigned int* counter;
@@ -26,10 +25,6 @@ struct Scratch {
   void* step;       // acc_t [batch]
   void* noise_scale;
 };
-
-int64_t chunks_of(int64_t per_sample) { return (per_sample + kNormChunk - 1) / kNormChunk; }
-
-int64_t round16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
 Scratch scratch_layout(void* base, int64_t batch, int64_t per_sample) {
   char* p = static_cast<char*>(base);
@@ -57,23 +52,9 @@ __device__ __forceinline__ PhiloxKey unpack(const PhiloxArgs& a) {
   return {a.seed, a.offset};
 }
 
-// Sum over the block (kThreads threads) in a fixed order; valid in thread 0.
-__device__ __forceinline__ double block_sum(double v, double* buffer) {
-  buffer[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) buffer[threadIdx.x] += buffer[threadIdx.x + half];
-    __syncthreads();
-  }
-  const double total = buffer[0];
-  __syncthreads();
-  return total;
-}
-
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams p, Scratch s) {
   __shared__ double buffer[kThreads];
-  __shared__ bool last_block;
   const int64_t chunks = gridDim.x;
   const int64_t b = blockIdx.y, c = blockIdx.x;
   const int64_t begin = b * p.per_sample + c * kNormChunk;
@@ -100,22 +81,13 @@ __global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams
   if (threadIdx.x == 0) {
     s.partial[(b * chunks + c) * 2] = score_sq;
     s.partial[(b * chunks + c) * 2 + 1] = noise_sq;
-    __threadfence();
-    const unsigned int done = atomicAdd(s.counter, 1u);
-    last_block = done == gridDim.x * gridDim.y - 1;
   }
-  __syncthreads();
-  if (!last_block) return;
+  if (!finished_last(s.counter)) return;
 
   // The last block: each sample's norms, then its step.
   for (int64_t j = threadIdx.x; j < p.batch; j += kThreads) {
-    double gs = 0, ns = 0;
-    for (int64_t k = 0; k < chunks; ++k) {
-      gs += __ldcg(&s.partial[(j * chunks + k) * 2]);
-      ns += __ldcg(&s.partial[(j * chunks + k) * 2 + 1]);
-    }
-    s.norms[2 * j] = sqrt(gs);
-    s.norms[2 * j + 1] = sqrt(ns);
+    s.norms[2 * j] = sqrt(sample_total(s.partial, j, chunks, 2, 0));
+    s.norms[2 * j + 1] = sqrt(sample_total(s.partial, j, chunks, 2, 1));
   }
   __syncthreads();
   __shared__ double mean_grad, mean_noise;

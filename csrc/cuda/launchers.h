@@ -93,8 +93,18 @@ struct LangevinParams {
   Out x_new, x_mean;
 };
 
+// error_norm: out[b] = sqrt(mean_i scaled_error(high, low, prev, atol, rtol)^2),
+// written in acc_t.
+struct ErrorNormParams {
+  int64_t batch = 0, per_sample = 0;
+  In high, low, prev;
+  double atol = 0, rtol = 0;
+  Out out;
+};
+
 // Scratch sizes the caller allocates on the device (bytes).
 int64_t langevin_scratch_bytes(int64_t batch, int64_t per_sample);
+int64_t error_norm_scratch_bytes(int64_t batch, int64_t per_sample);
 
 // acc_t is float, or double when every tensor is float64. Each returns the
 // CUDA error of its launches (cudaSuccess when all went in).
@@ -110,5 +120,7 @@ cudaError_t launch_threshold(const ThresholdParams& p, const ThresholdSelect* se
 // partial sums, norms, steps, and a counter the launcher zeroes first).
 template <typename acc_t>
 cudaError_t launch_langevin_correct(const LangevinParams& p, void* scratch, cudaStream_t stream);
+template <typename acc_t>
+cudaError_t launch_error_norm(const ErrorNormParams& p, void* scratch, cudaStream_t stream);
 
 }  // namespace diffaccel::cuda

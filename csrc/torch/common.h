@@ -195,4 +195,22 @@ inline void parallel_samples(int64_t batch, Fn&& fn) {
   at::parallel_for(0, batch, 1, fn);
 }
 
+// Per-sample totals of a reduction over cpu::kNormChunk-element chunks:
+// chunks(partial, chunk_begin, chunk_end) fills partial[c] for chunks flat over
+// the batch, in parallel; each sample's chunks are then added in order, so the
+// totals are the same bits whatever the thread count.
+template <typename Chunks>
+std::vector<double> per_sample_totals(int64_t batch, int64_t per_sample, Chunks&& chunks) {
+  const int64_t chunks_per_sample = (per_sample + cpu::kNormChunk - 1) / cpu::kNormChunk;
+  std::vector<double> partial(batch * chunks_per_sample);
+  at::parallel_for(0, batch * chunks_per_sample, 1, [&](int64_t c0, int64_t c1) {
+    chunks(partial.data(), c0, c1);
+  });
+  std::vector<double> totals(batch, 0.0);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t c = 0; c < chunks_per_sample; ++c) totals[b] += partial[b * chunks_per_sample + c];
+  }
+  return totals;
+}
+
 }  // namespace diffaccel

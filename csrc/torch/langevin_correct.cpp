@@ -20,23 +20,14 @@ namespace {
 
 constexpr const char* kOp = "diffaccel.langevin_correct";
 
-// Per-sample L2 norms in double, from fixed chunks summed in order, so the
-// result is the same bits whatever the thread count.
+// Per-sample L2 norms in double (same bits whatever the thread count).
 std::vector<double> sample_norms(const at::Tensor& contiguous) {
-  const int64_t batch = batch_of(contiguous);
   const int64_t per_sample = per_sample_of(contiguous);
-  const int64_t chunks_per_sample = (per_sample + cpu::kNormChunk - 1) / cpu::kNormChunk;
-  std::vector<double> partial(batch * chunks_per_sample);
   const cpu::In in = kernel_in(contiguous);
-  at::parallel_for(0, batch * chunks_per_sample, 1, [&](int64_t c0, int64_t c1) {
-    cpu::sum_squares_chunks(in, per_sample, partial.data(), c0, c1);
+  std::vector<double> norms = per_sample_totals(batch_of(contiguous), per_sample, [&](double* partial, int64_t c0, int64_t c1) {
+    cpu::sum_squares_chunks(in, per_sample, partial, c0, c1);
   });
-  std::vector<double> norms(batch);
-  for (int64_t b = 0; b < batch; ++b) {
-    double total = 0;
-    for (int64_t c = 0; c < chunks_per_sample; ++c) total += partial[b * chunks_per_sample + c];
-    norms[b] = std::sqrt(total);
-  }
+  for (double& n : norms) n = std::sqrt(n);
   return norms;
 }
 

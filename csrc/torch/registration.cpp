@@ -25,4 +25,5 @@ TORCH_LIBRARY(diffaccel, m) {
   m.def(
       "langevin_correct_out(Tensor x, Tensor score, float snr, Tensor alpha, Tensor? noise, "
       "Generator? generator, str reduction, Tensor(a!) x_new_out, Tensor(b!) x_mean_out) -> ()");
+  m.def("error_norm(Tensor x_high, Tensor x_low, Tensor x_prev, float atol, float rtol) -> Tensor");
 }

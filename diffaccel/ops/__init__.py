@@ -27,6 +27,7 @@ __all__ = [
     "Threshold",
     "backend",
     "ei_step",
+    "error_norm",
     "langevin_correct",
     "multistep_combine",
     "reference",
@@ -260,3 +261,28 @@ def langevin_correct(
         return ops.langevin_correct(*args)
     ops.langevin_correct_out(*args, out[0], out[1])
     return out[0], out[1]
+
+
+def error_norm(x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor, *, atol: float, rtol: float) -> torch.Tensor:
+    """The error estimate of adaptive step-size control (the official
+    DPM-Solver's ``dpm_solver_adaptive``), per sample, in one pass::
+
+        delta = max(atol, rtol * max(|x_low|, |x_prev|))
+        E_b   = sqrt(mean_i(((x_high - x_low) / delta)_b,i ** 2))
+
+    Args:
+        x_high, x_low: the higher- and lower-order solutions of a trial step, ``[B, ...]``.
+        x_prev: the previous accepted lower-order solution, shaped like ``x_high``.
+        atol: > 0; rtol: >= 0.
+
+    Returns:
+        ``[B]`` in float32 (float64 for float64 inputs); the squares are summed
+        in float64, in a fixed order, so the result is the same bits every run.
+    """
+    validation.check_tensor("diffaccel.error_norm", "x_high", x_high)
+    impl = resolve("error_norm", x_high.device.type)
+    if impl != "compiled":
+        validation.error_norm(x_high, x_low, x_prev, atol, rtol)
+    if impl == "reference":
+        return reference.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
+    return _namespace(impl).error_norm(x_high, x_low, x_prev, float(atol), float(rtol))

@@ -27,7 +27,7 @@ from diffaccel import _extension
 from diffaccel.ops import triton as triton_backend
 
 BACKENDS = ("auto", "cuda", "triton", "reference")
-OPS = ("ei_step", "multistep_combine", "threshold", "langevin_correct")
+OPS = ("ei_step", "multistep_combine", "threshold", "langevin_correct", "error_norm")
 
 # What `auto` runs on CUDA tensors, per op: the faster backend in the GPU
 # check's side-by-side benchmark (bench/results/2026-11-27-h200.md), large sizes.
@@ -36,6 +36,8 @@ AUTO_CUDA_CHOICE = {
     "multistep_combine": "cuda",
     "threshold": "cuda",
     "langevin_correct": "cuda",
+    # Not yet timed on a GPU; the CUDA kernel, like the other ops' (one launch).
+    "error_norm": "cuda",
 }
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}

@@ -55,6 +55,12 @@ def _langevin_correct_out(x, score, snr, alpha, noise, generator, reduction, x_n
     validation.check_out_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), (x_new_out, x_mean_out), x)
 
 
+def _error_norm(x_high, x_low, x_prev, atol, rtol):
+    validation.error_norm(x_high, x_low, x_prev, atol, rtol)
+    acc = torch.float64 if x_high.dtype == torch.float64 else torch.float32
+    return torch.empty(x_high.shape[0], dtype=acc, device=x_high.device)
+
+
 FAKES = {
     "ei_step": _ei_step,
     "ei_step_out": _ei_step_out,
@@ -64,6 +70,7 @@ FAKES = {
     "threshold_out": _threshold_out,
     "langevin_correct": _langevin_correct,
     "langevin_correct_out": _langevin_correct_out,
+    "error_norm": _error_norm,
 }
 
 

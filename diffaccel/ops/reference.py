@@ -167,3 +167,12 @@ def langevin_correct(
     x_new = x_mean + noise_scale * z.to(acc)
     results = (x_new.to(x.dtype), x_mean.to(x.dtype))
     return results if out is None else _write(out, results)
+
+
+def error_norm(x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor, *, atol: float, rtol: float) -> torch.Tensor:
+    """Reference of :func:`diffaccel.ops.error_norm`."""
+    acc = compute_dtype(x_high.dtype)
+    low = x_low.to(acc)
+    delta = torch.clamp(rtol * torch.maximum(low.abs(), x_prev.to(acc).abs()), min=atol)
+    e = ((x_high.to(acc) - low) / delta).reshape(x_high.shape[0], math.prod(x_high.shape[1:]))
+    return e.to(torch.float64).pow(2).mean(dim=1).sqrt().to(acc)

@@ -193,6 +193,19 @@ def langevin_correct(x, score, snr, alpha, noise, reduction) -> None:
         check_float_dtype(op, "noise", noise, x.dtype)
 
 
+def error_norm(x_high, x_low, x_prev, atol, rtol) -> None:
+    op = "diffaccel.error_norm"
+    check_batched(op, "x_high", x_high)
+    check_float_dtype(op, "x_high", x_high, x_high.dtype)
+    for name, t in (("x_low", x_low), ("x_prev", x_prev)):
+        check_like(op, name, t, x_high, "x_high")
+        check_float_dtype(op, name, t, x_high.dtype)
+    if not isinstance(atol, (int, float)) or not atol > 0.0:
+        raise ValueError(f"{op}: argument 'atol' must be > 0, got {atol}")
+    if not isinstance(rtol, (int, float)) or not rtol >= 0.0:
+        raise ValueError(f"{op}: argument 'rtol' must be >= 0, got {rtol}")
+
+
 def check_no_partial_overlap(op: str, outputs: dict, inputs: dict) -> None:
     """An output may be exactly one of the inputs (in place) but may not overlap
     one partially. The compiled ops check this in C++; this conservative

@@ -65,4 +65,18 @@ DA_HOST_DEVICE DA_INLINE void langevin_element(acc_t x, acc_t score, acc_t z, ac
   x_new = x_mean + noise_scale * z;
 }
 
+// error_norm: the scaled difference of adaptive step-size control (the
+// official DPM-Solver's dpm_solver_adaptive, k-diffusion's DPM-Solver-12/23):
+// (high - low) / max(atol, rtol * max(|low|, |prev|)). NaN propagates as
+// through torch.maximum and torch.clamp.
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE acc_t scaled_error(acc_t high, acc_t low, acc_t prev, acc_t atol, acc_t rtol) {
+  const acc_t a = low < acc_t(0) ? -low : low;
+  const acc_t b = prev < acc_t(0) ? -prev : prev;
+  const acc_t larger = (a != a || a > b) ? a : b;
+  const acc_t scaled = rtol * larger;
+  const acc_t delta = scaled < atol ? atol : scaled;
+  return (high - low) / delta;
+}
+
 }  // namespace diffaccel

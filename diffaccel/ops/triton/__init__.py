@@ -105,6 +105,13 @@ if unavailable_reason is None:
                              philox: List[int], reduction: str, x_new_out: Tensor, x_mean_out: Tensor) -> None:
         launch.langevin_correct(x, score, snr, alpha, noise, philox, reduction, x_new_out, x_mean_out)
 
+    def error_norm(x_high: Tensor, x_low: Tensor, x_prev: Tensor, atol: float, rtol: float) -> Tensor:
+        validation.error_norm(x_high, x_low, x_prev, atol, rtol)
+        acc = torch.float64 if x_high.dtype == torch.float64 else torch.float32
+        out = torch.empty(x_high.shape[0], dtype=acc, device=x_high.device)
+        launch.error_norm(x_high, x_low, x_prev, atol, rtol, out)
+        return out
+
     def _fake(name):
         """The fake of an op under the interpreter (diffaccel.ops.fake; langevin
         takes philox words where the C++ op takes a generator)."""
@@ -116,7 +123,7 @@ if unavailable_reason is None:
         return fake.FAKES[name]
 
     for _fn in (ei_step, ei_step_out, multistep_combine, multistep_combine_out, threshold, threshold_out,
-                langevin_correct, langevin_correct_out):
+                langevin_correct, langevin_correct_out, error_norm):
         _name = _fn.__name__
         _mutates = _MUTATES.get(_name, ())
         if INTERPRET:

@@ -353,3 +353,51 @@ def langevin_update_kernel(
     x_new = x_mean + scale * z
     tl.store(x_mean_ptr + offs, x_mean.to(x_mean_ptr.dtype.element_ty), mask=mask)
     tl.store(x_new_ptr + offs, x_new.to(x_new_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scaled_error(high, low, prev, atol, rtol):
+    # elementwise.h's scaled_error: NaN propagates as through torch.maximum / clamp.
+    a = tl.abs(low)
+    b = tl.abs(prev)
+    larger = tl.where((a != a) | (a > b), a, b)
+    scaled = rtol * larger
+    delta = tl.where(scaled < atol, atol, scaled)
+    return (high - low) / delta
+
+
+@triton.jit
+def error_norm_partials_kernel(
+    high_ptr, low_ptr, prev_ptr, partial_ptr, per_sample, chunks, atol_hi, atol_lo, rtol_hi, rtol_lo,
+    ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Program (chunk, sample): the sum of squared scaled errors of the chunk, in float64."""
+    c = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    atol = _scalar(atol_hi, atol_lo, ACC)
+    rtol = _scalar(rtol_hi, rtol_lo, ACC)
+    total = tl.zeros([BLOCK], tl.float64)
+    for start in range(0, CHUNK, BLOCK):
+        offs = c * CHUNK + start + tl.arange(0, BLOCK)
+        mask = offs < per_sample
+        i = b * per_sample + offs
+        high = tl.load(high_ptr + i, mask=mask, other=0).to(ACC)
+        low = tl.load(low_ptr + i, mask=mask, other=0).to(ACC)
+        prev = tl.load(prev_ptr + i, mask=mask, other=0).to(ACC)
+        e = tl.where(mask, _scaled_error(high, low, prev, atol, rtol), 0).to(tl.float64)
+        total += e * e
+    tl.store(partial_ptr + b * chunks + c + tl.arange(0, 1), tl.sum(total, 0) + tl.zeros([1], tl.float64))
+
+
+@triton.jit
+def error_norm_finish_kernel(partial_ptr, out_ptr, batch, chunks, per_sample, BATCH_BLOCK: tl.constexpr):
+    """One program: each sample's chunks added in order, then the RMS."""
+    samples = tl.arange(0, BATCH_BLOCK)
+    valid = samples < batch
+    total = tl.zeros([BATCH_BLOCK], tl.float64)
+    c = 0
+    while c < chunks:
+        total += tl.load(partial_ptr + samples * chunks + c, mask=valid, other=0)
+        c += 1
+    rms = _sqrt(total / per_sample, tl.float64)
+    tl.store(out_ptr + samples, rms.to(out_ptr.dtype.element_ty), mask=valid)

@@ -223,3 +223,22 @@ def langevin_correct(x, score, snr, alpha, noise, philox, reduction, x_new_out, 
     )
     x_new.finish()
     x_mean.finish()
+
+
+def error_norm(x_high, x_low, x_prev, atol, rtol, out):
+    """Two launches: per-chunk sums of squared scaled errors, then per-sample RMS."""
+    batch, per_sample = _batch(x_high), _per_sample(x_high)
+    if batch == 0:
+        return
+    hc, lc, pc = x_high.contiguous(), x_low.contiguous(), x_prev.contiguous()
+    chunks = max(1, -(-per_sample // kernels.NORM_CHUNK))  # an empty sample: 0 / 0 = NaN
+    partial = torch.empty(batch * chunks, dtype=torch.float64, device=x_high.device)
+    atol_hi, atol_lo = _split(atol)
+    rtol_hi, rtol_lo = _split(rtol)
+    _kernel(kernels.error_norm_partials_kernel)[(chunks, batch)](
+        hc, lc, pc, partial, per_sample, chunks, atol_hi, atol_lo, rtol_hi, rtol_lo,
+        ACC=_acc(x_high), CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+    )
+    _kernel(kernels.error_norm_finish_kernel)[(1,)](
+        partial, out, batch, chunks, per_sample, BATCH_BLOCK=max(16, triton.next_power_of_2(batch)), num_warps=NUM_WARPS,
+    )

@@ -1,0 +1,53 @@
+// Per-sample reductions on the GPU in a fixed order: one block per (chunk,
+// sample) sums its kNormChunk elements in double with a fixed-shape tree, and
+// the last block to finish (a counter the launcher zeroes) adds each sample's
+// chunks in order. No atomics touch the sums, so the result is the same bits
+// every run. Used by langevin_correct (norms) and error_norm.
+#pragma once
+
+#include <cstdint>
+
+#include "memory_access.cuh"
+
+namespace diffaccel::cuda {
+
+constexpr int64_t kNormChunk = 16384;  // elements of one sample per block
+
+inline int64_t chunks_of(int64_t per_sample) { return (per_sample + kNormChunk - 1) / kNormChunk; }
+inline int64_t round16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// Sum over the block (kThreads threads) in a fixed order; every thread gets it.
+__device__ __forceinline__ double block_sum(double v, double* buffer) {
+  buffer[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) buffer[threadIdx.x] += buffer[threadIdx.x + half];
+    __syncthreads();
+  }
+  const double total = buffer[0];
+  __syncthreads();
+  return total;
+}
+
+// Called by every thread after thread 0 stored this block's partial sums:
+// whether this is the grid's last block to finish (then all partials are
+// visible to it; read them with __ldcg, past the non-coherent L1).
+__device__ __forceinline__ bool finished_last(unsigned int* counter) {
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+  }
+  __syncthreads();
+  return last;
+}
+
+// The sample's total: its chunks added in order.
+__device__ __forceinline__ double sample_total(const double* partial, int64_t sample, int64_t chunks,
+                                               int stride, int component) {
+  double total = 0;
+  for (int64_t k = 0; k < chunks; ++k) total += __ldcg(&partial[(sample * chunks + k) * stride + component]);
+  return total;
+}
+
+}  // namespace diffaccel::cuda
