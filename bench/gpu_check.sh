@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-PHASES=${PHASES:-"build tests bench"}
+PHASES=${PHASES:-"build check tests bench"}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # -gencode=arch=compute_90,code=sm_90
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | sed 's/NVIDIA //; s/ .*//' | tr 'A-Z' 'a-z')
@@ -69,6 +69,14 @@ except Exception as e:
     done
     echo '```'
   } >> "$report" 2>&1
+fi
+
+if [[ " $PHASES " == *" check "* ]]; then
+  section "diffaccel check --device cuda"
+  echo '```' >> "$report"
+  timeout 120 $PY -m diffaccel check --device cuda >> "$report" 2>&1
+  echo "exit $?" >> "$report"
+  echo '```' >> "$report"
 fi
 
 if [[ " $PHASES " == *" tests "* ]]; then

@@ -1,4 +1,5 @@
-"""Command line: ``python -m diffaccel info`` and ``python -m diffaccel bench``."""
+"""Command line: ``diffaccel info``, ``diffaccel bench`` and ``diffaccel check``
+(also ``python -m diffaccel ...``)."""
 
 from __future__ import annotations
 
@@ -46,11 +47,20 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="a short table: fused ops vs the eager reference")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--shapes", nargs="+", default=["small", "medium"], choices=list(SHAPES))
+    check = sub.add_parser("check", help="every live backend against the reference; exits 1 on any failure")
+    check.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    check.add_argument("--backends", nargs="+", choices=["cpu", "cuda", "triton"],
+                       help="backends to check (default: every live one on the device)")
+    check.add_argument("--seed", type=int, help="seed of the random inputs (default: a fresh one, printed)")
     args = parser.parse_args(argv)
     if args.command == "info":
         from diffaccel.info import report
 
         print(report())
+    elif args.command == "check":
+        from diffaccel import check as check_module
+
+        return 1 if check_module.run(args.device, args.backends, args.seed) else 0
     else:
         _bench(args)
     return 0

@@ -15,7 +15,7 @@ import zlib
 import pytest
 import torch
 
-from diffaccel import _extension
+from diffaccel import _extension, check
 from diffaccel.ops import triton as triton_backend
 
 DEVICE = os.environ.get("DIFFACCEL_TEST_DEVICE", "cpu")
@@ -32,16 +32,8 @@ SHAPES = [(1,), (3, 5, 7, 11), (2, 4, 64, 64), (0, 3, 4)]
 
 LAYOUTS = ["contiguous", "sliced", "transposed"]
 
-# Tolerances of the fused kernel against the reference on identical inputs.
-# Both compute in float32 (float64 for float64), so fp32 results agree to the
-# last bit or two; 16-bit outputs may round one unit apart when the float32
-# results straddle a rounding boundary.
-TOLERANCES = {
-    torch.float32: dict(rtol=1e-6, atol=1e-6),
-    torch.float64: dict(rtol=1e-12, atol=1e-12),
-    torch.float16: dict(rtol=1e-3, atol=1e-3),
-    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
-}
+# Tolerances of a kernel against the reference (shared with `diffaccel check`).
+TOLERANCES = check.TOLERANCES
 
 
 def assert_close(actual, expected, dtype=None):
