@@ -20,6 +20,10 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#endif
+// DIFFACCEL_CPU_BASELINE_ONLY (setup.py, DIFFACCEL_CPU_CLONES=0) builds one
+// baseline clone: a quicker build where CPU speed does not matter (the GPU check).
+#if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
 #define DA_CPU_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define DA_CPU_MULTIVERSION
