@@ -8,11 +8,12 @@ namespace diffaccel::cpu {
 const char* cpu_isa_level() {
 #ifdef DIFFACCEL_CPU_BASELINE_ONLY
   return "baseline (built with DIFFACCEL_CPU_CLONES=0)";
-#endif
+#else
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) return "avx512f";
   if (__builtin_cpu_supports("avx2")) return "avx2";
   return "baseline";
+#endif
 }
 
 }  // namespace diffaccel::cpu
