@@ -46,6 +46,11 @@ $(STAMP): $(PY) $(SOURCES)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 	@# Triton 3.6, the GPU machine's, for the Triton kernels' interpreter tests.
 	@$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install triton==3.6.0
+	@# k-diffusion's sampling module and what it imports, to test the drop-in against
+	@# the real package (--no-deps: its __init__'s training dependencies are not needed).
+	@$(PY) -c "import scipy" 2>/dev/null || $(PY) -m pip install scipy
+	@$(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('k_diffusion') is None)" || \
+		$(PY) -m pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2 tqdm
 	$(PY) -m pip install --no-build-isolation -e ".[test]"
 	@touch $(STAMP)
 
