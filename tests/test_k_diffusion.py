@@ -54,6 +54,9 @@ def _load_k_diffusion_sampling():
 
 K = _load_k_diffusion_sampling()
 
+# torchsde warns when a query falls a rounding error outside the tree's interval; k-diffusion does the same.
+pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")
+
 
 def denoiser(x, sigma):
     """A deterministic, non-linear stand-in for a network's denoised output."""
@@ -96,6 +99,17 @@ def _relative_error(a, b):
     ("sample_dpm_2", {}),
     ("sample_dpm_2_ancestral", {}),
     ("sample_dpmpp_2m", {}),
+    ("sample_lms", {}),
+    ("sample_lms", {"order": 2}),
+    ("sample_dpmpp_2s_ancestral", {}),
+    ("sample_dpmpp_2s_ancestral", {"eta": 0.0}),
+    ("sample_dpmpp_sde", {}),
+    ("sample_dpmpp_sde", {"eta": 0.5, "r": 0.3}),
+    ("sample_dpmpp_2m_sde", {}),
+    ("sample_dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.7}),
+    ("sample_dpmpp_2m_sde", {"eta": 0.0}),
+    ("sample_dpmpp_3m_sde", {}),
+    ("sample_dpmpp_3m_sde", {"eta": 0.0}),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()) or "default")
 def test_same_samples_as_k_diffusion(sampler, options, schedule):
     sigmas = SCHEDULES[schedule](25)
@@ -104,7 +118,8 @@ def test_same_samples_as_k_diffusion(sampler, options, schedule):
     got = getattr(ours, sampler)(denoiser, x, sigmas, disable=True, **options)
     torch.manual_seed(7)
     want = getattr(K, sampler)(denoiser, x, sigmas, disable=True, **options)
-    assert _relative_error(got, want) < 1e-4
+    # Measured: 1e-7 to 1e-6 (the update fused into one expression, coefficients in float64).
+    assert _relative_error(got, want) < 1e-5
     # and both drew the same random numbers: the generator states agree afterwards
     torch.manual_seed(7)
     getattr(ours, sampler)(denoiser, x, sigmas, disable=True, **options)

@@ -16,7 +16,11 @@ expression instead of k-diffusion's chain of tensor ops).
 
 Covered so far: get_sigmas_karras / exponential / polyexponential / vp,
 sample_euler, sample_euler_ancestral, sample_heun, sample_dpm_2,
-sample_dpm_2_ancestral and sample_dpmpp_2m.
+sample_dpm_2_ancestral, sample_lms, sample_dpmpp_2s_ancestral,
+sample_dpmpp_sde, sample_dpmpp_2m, sample_dpmpp_2m_sde and
+sample_dpmpp_3m_sde (the SDE samplers with k-diffusion's Brownian-tree noise
+by default, which needs torchsde). Not yet: sample_dpm_fast and
+sample_dpm_adaptive.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Callable, List, Optional
 import torch
 
 from diffaccel import ops
+from diffaccel.solvers.lms import lagrange_weights
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -70,6 +75,40 @@ def default_noise_sampler(x):
     return lambda sigma, sigma_next: torch.randn_like(x)
 
 
+class BrownianTreeNoiseSampler:
+    """k-diffusion's Brownian-tree noise (torchsde.BrownianTree): increments
+    over [sigma_next, sigma], normalised to unit variance, consistent across
+    step counts for one seed. ``seed`` may be a list (one tree per sample);
+    None draws one from the global generator, as k-diffusion does."""
+
+    def __init__(self, x, sigma_min, sigma_max, seed=None, transform=lambda v: v):
+        try:
+            import torchsde
+        except ImportError as error:
+            raise ImportError("BrownianTreeNoiseSampler needs torchsde (pip install torchsde), "
+                              "or pass noise_sampler=") from error
+        self.transform = transform
+        t0, t1 = transform(torch.as_tensor(sigma_min)), transform(torch.as_tensor(sigma_max))
+        t0, t1, self.sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        w0 = torch.zeros_like(x)
+        if seed is None:
+            seed = torch.randint(0, 2**63 - 1, []).item()
+        self.batched = isinstance(seed, (list, tuple))
+        if self.batched:
+            if len(seed) != x.shape[0]:
+                raise ValueError(f"BrownianTreeNoiseSampler: {len(seed)} seeds for a batch of {x.shape[0]}")
+            w0 = w0[0]
+        seeds = list(seed) if self.batched else [seed]
+        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s) for s in seeds]
+
+    def __call__(self, sigma, sigma_next):
+        t0, t1 = self.transform(torch.as_tensor(sigma)), self.transform(torch.as_tensor(sigma_next))
+        lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        w = torch.stack([tree(lo, hi) for tree in self.trees]) * (self.sign * sign)
+        w = w if self.batched else w[0]
+        return w / (t1 - t0).abs().sqrt()
+
+
 class _Loop:
     """What every sampler shares: the sigmas read once, the model call with
     k-diffusion's arguments, the callback dict, the progress bar, and one fused
@@ -98,6 +137,13 @@ class _Loop:
     def report(self, x, i, sigma_hat, denoised):
         if self.callback is not None:
             self.callback({"x": x, "i": i, "sigma": self.sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+
+    def positive_range(self):
+        """The smallest positive and the largest sigma, as elements of the sigmas tensor."""
+        positive = [j for j, v in enumerate(self.values) if v > 0]
+        low = min(positive, key=lambda j: self.values[j])
+        high = max(range(len(self.values)), key=lambda j: self.values[j])
+        return self.sigmas[low], self.sigmas[high]
 
     def step(self, x, denoised, history, a, b, noise=None, s=0.0):
         """x_next = a x + b[0] denoised + sum_j b[j+1] history[j] (+ s noise): one ei_step
@@ -243,8 +289,174 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     return x
 
 
+@torch.no_grad()
+def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
+    """Linear multistep in sigma with the last `order` derivatives (k-diffusion's
+    sample_lms). The weights integrate the Lagrange polynomials exactly, where
+    k-diffusion calls scipy's quad on the host every step."""
+    if order not in (1, 2, 3, 4, 5):
+        raise ValueError(f"sample_lms: 'order' must be 1 to 5 (the fused step holds 4 earlier derivatives), got {order}")
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    ds = []  # earlier derivatives (x - denoised) / sigma, newest last
+    for i in loop.steps():
+        sigma = loop.values[i]
+        denoised = loop.denoise(x, loop.sigmas[i])
+        loop.report(x, i, loop.sigmas[i], denoised)
+        cur = min(i + 1, order)
+        w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
+        # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
+        coeffs = torch.tensor([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], dtype=torch.float64, device=x.device)
+        x, d = ops.ei_step(x, denoised, list(reversed(ds[len(ds) - (cur - 1):])) if cur > 1 else [], coeffs)
+        ds = (ds + [d])[-(order - 1):] if order > 1 else []
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                              noise_sampler: Optional[Callable] = None):
+    """Ancestral sampling with DPM-Solver++(2S) steps."""
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    for i in loop.steps():
+        sigma, sigma_next = loop.values[i], loop.values[i + 1]
+        denoised = loop.denoise(x, loop.sigmas[i])
+        sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
+        loop.report(x, i, loop.sigmas[i], denoised)
+        if sigma_down == 0:
+            source, a, b = denoised, 0.0, 1.0
+        else:
+            h = math.log(sigma) - math.log(sigma_down)
+            sigma_s = math.exp(-(-math.log(sigma) + h / 2))
+            x_2, _ = loop.step(x, denoised, [], sigma_s / sigma, [-math.expm1(-h / 2)])
+            t, t_next = loop.sigmas[i].log().neg(), loop.sigmas.new_tensor(sigma_down).log().neg()
+            source = loop.denoise(x_2, (t + (t_next - t) / 2).neg().exp())
+            a, b = sigma_down / sigma, -math.expm1(-h)
+        noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
+        x, _ = loop.step(x, source, [], a, [b], noise=noise, s=s_noise * sigma_up)
+    return x
+
+
+def _one_minus_ratio(sigma_to, sigma_from):
+    """1 - sigma_to / sigma_from as k-diffusion computes it, -expm1(log(sigma_to / sigma_from))
+    (accurate for small steps); 1 when sigma_to = 0."""
+    return -math.expm1(math.log(sigma_to / sigma_from)) if sigma_to > 0 else 1.0
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                     noise_sampler: Optional[Callable] = None, r=1 / 2):
+    """DPM-Solver++ (stochastic, k-diffusion's sample_dpmpp_sde): two model calls a
+    step, with Brownian-tree noise by default."""
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    noise_sampler = BrownianTreeNoiseSampler(x, *loop.positive_range()) if noise_sampler is None else noise_sampler
+    fac = 1 / (2 * r)
+    for i in loop.steps():
+        sigma, sigma_next = loop.values[i], loop.values[i + 1]
+        denoised = loop.denoise(x, loop.sigmas[i])
+        loop.report(x, i, loop.sigmas[i], denoised)
+        if sigma_next == 0:
+            x, _ = loop.step(x, denoised, [], 0.0, [1.0])
+            continue
+        h = math.log(sigma) - math.log(sigma_next)
+        sigma_s = sigma * math.exp(-h * r)
+        # The times the noise sampler and the model see, computed with k-diffusion's
+        # tensor ops: a Brownian increment is rough in its end points, so even a
+        # rounding difference there would show in the noise.
+        t, t_next = loop.sigmas[i].log().neg(), loop.sigmas[i + 1].log().neg()
+        sigma_t, sigma_s_t = t.neg().exp(), (t + (t_next - t) * r).neg().exp()
+        sigma_next_t = t_next.neg().exp()
+        # Step 1: to the intermediate time, ancestrally.
+        sd, su = get_ancestral_step(sigma, sigma_s, eta)
+        x_2, _ = loop.step(x, denoised, [], sd / sigma, [_one_minus_ratio(sd, sigma)],
+                           noise=noise_sampler(sigma_t, sigma_s_t), s=s_noise * su)
+        denoised_2 = loop.denoise(x_2, sigma_s_t)
+        # Step 2: the whole step with the combined data prediction.
+        sd, su = get_ancestral_step(sigma, sigma_next, eta)
+        phi = _one_minus_ratio(sd, sigma)
+        noise = noise_sampler(sigma_t, sigma_next_t)
+        x, _ = loop.step(x, denoised, [denoised_2], sd / sigma, [phi * (1 - fac), phi * fac], noise=noise,
+                         s=s_noise * su)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                        noise_sampler: Optional[Callable] = None, solver_type="midpoint"):
+    """DPM-Solver++(2M) SDE (midpoint or heun), Brownian-tree noise by default."""
+    if solver_type not in ("heun", "midpoint"):
+        raise ValueError("solver_type must be 'heun' or 'midpoint'")
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    noise_sampler = BrownianTreeNoiseSampler(x, *loop.positive_range()) if noise_sampler is None else noise_sampler
+    old_denoised, h_last = None, None
+    for i in loop.steps():
+        sigma, sigma_next = loop.values[i], loop.values[i + 1]
+        denoised = loop.denoise(x, loop.sigmas[i])
+        loop.report(x, i, loop.sigmas[i], denoised)
+        if sigma_next == 0:
+            x, kept = loop.step(x, denoised, [], 0.0, [1.0])
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            eta_h = eta * h
+            a = sigma_next / sigma * math.exp(-eta_h)
+            phi = -math.expm1(-h - eta_h)
+            b, history = [phi], []
+            if old_denoised is not None:
+                r = h_last / h
+                c = (0.5 * phi if solver_type == "midpoint" else phi / (-h - eta_h) + 1) / r
+                b, history = [phi + c, -c], [old_denoised]
+            noise, s = None, 0.0
+            if eta:
+                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                s = sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
+            x, kept = loop.step(x, denoised, history, a, b, noise=noise, s=s)
+            h_last = h
+        old_denoised = kept
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                        noise_sampler: Optional[Callable] = None):
+    """DPM-Solver++(3M) SDE, Brownian-tree noise by default."""
+    loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    noise_sampler = BrownianTreeNoiseSampler(x, *loop.positive_range()) if noise_sampler is None else noise_sampler
+    denoised_1 = denoised_2 = None
+    h_1 = h_2 = None
+    for i in loop.steps():
+        sigma, sigma_next = loop.values[i], loop.values[i + 1]
+        denoised = loop.denoise(x, loop.sigmas[i])
+        loop.report(x, i, loop.sigmas[i], denoised)
+        if sigma_next == 0:
+            x, kept = loop.step(x, denoised, [], 0.0, [1.0])
+            h = h_1
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            h_eta = h * (eta + 1)
+            phi = -math.expm1(-h_eta)
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            b, history = [phi], []
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                # phi_2 d1 - phi_3 d2 of k-diffusion, as weights of denoised, denoised_1, denoised_2.
+                u = phi_2 * r0 / (r0 + r1) - (phi_2 / h_eta - 0.5) / (r0 + r1)
+                b = [phi + phi_2 / r0 + u / r0, -phi_2 / r0 - u * (1 / r0 + 1 / r1), u / r1]
+                history = [denoised_1, denoised_2]
+            elif h_1 is not None:
+                r = h_1 / h
+                b, history = [phi + phi_2 / r, -phi_2 / r], [denoised_1]
+            noise, s = None, 0.0
+            if eta:
+                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                s = sigma_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
+            x, kept = loop.step(x, denoised, history, math.exp(-h_eta), b, noise=noise, s=s)
+        denoised_1, denoised_2 = kept, denoised_1
+        h_1, h_2 = h, h_1
+    return x
+
+
 __all__ = [
-    "default_noise_sampler", "get_ancestral_step", "get_sigmas_exponential", "get_sigmas_karras",
+    "BrownianTreeNoiseSampler", "default_noise_sampler", "get_ancestral_step", "get_sigmas_exponential", "get_sigmas_karras",
     "get_sigmas_polyexponential", "get_sigmas_vp", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2m",
-    "sample_euler", "sample_euler_ancestral", "sample_heun",
+    "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_lms", "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_sde", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde",
 ]
