@@ -48,6 +48,8 @@ $(STAMP): $(PY) $(SOURCES)
 	@$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install triton==3.6.0
 	@# k-diffusion's sampling module and what it imports, to test the drop-in against
 	@# the real package (--no-deps: its __init__'s training dependencies are not needed).
+	@# diffusers, to test the scheduler drop-ins against the real package.
+	@$(PY) -c "import diffusers" 2>/dev/null || $(PY) -m pip install diffusers==0.42.1
 	@$(PY) -c "import scipy" 2>/dev/null || $(PY) -m pip install scipy
 	@$(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('k_diffusion') is None)" || \
 		$(PY) -m pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2 tqdm

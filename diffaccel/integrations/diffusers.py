@@ -1,0 +1,222 @@
+"""diffusers' schedulers on the fused ops: subclasses with the same names,
+configs and behaviour, whose ``step()`` runs one fused op per model evaluation.
+
+    from diffaccel.integrations import diffusers as accelerated
+    pipe.scheduler = accelerated.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    # or: accelerated.accelerate(pipe)
+
+``set_timesteps``, the sigmas, ``scale_model_input``, ``add_noise`` and the
+public state (step_index, begin_index, model_outputs, lower_order_nums) are
+diffusers' own; ``step()`` computes the update's coefficients on the host in
+float64 from the scheduler's CPU sigmas and runs one ``ei_step`` (the data
+prediction, its thresholding, the multistep combination and the SDE noise in
+one pass), with no host synchronization after the first step (whose
+``_init_step_index`` is diffusers').
+
+Covered so far: DPMSolverMultistepScheduler (every algorithm type, order,
+solver type, sigma schedule, prediction type, lower_order_final, euler_at_final
+and final_sigmas_type; thresholding with the data-prediction algorithms).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from diffaccel import ops
+
+try:
+    import diffusers as _diffusers
+    from diffusers.schedulers.scheduling_utils import SchedulerOutput
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as error:  # diffusers is an optional dependency
+    raise ImportError("diffaccel.integrations.diffusers needs diffusers (pip install diffusers)") from error
+
+
+def _lambda(alpha: float, sigma: float) -> float:
+    """Half log-SNR; +inf at sigma = 0 (the final step to the data)."""
+    return math.log(alpha) - math.log(sigma) if sigma > 0 else math.inf
+
+
+class DPMSolverMultistepScheduler(_diffusers.DPMSolverMultistepScheduler):
+    """diffusers' DPMSolverMultistepScheduler with a fused ``step()``."""
+
+    def unsupported_options(self) -> List[str]:
+        """Config options whose step this class does not fuse (accelerate() keeps the stock class)."""
+        c = self.config
+        bad = []
+        if c.thresholding and c.algorithm_type in ("dpmsolver", "sde-dpmsolver"):
+            bad.append("thresholding (with a noise-prediction algorithm_type)")
+        if c.solver_order == 3 and c.algorithm_type == "sde-dpmsolver":
+            bad.append("solver_order=3 (with algorithm_type='sde-dpmsolver')")
+        return bad
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        # Host copies read by every step (no tensor indexing on the hot path).
+        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+        self._unfused = self.unsupported_options()
+
+    def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
+        if self.config.use_flow_sigmas:
+            return 1.0 - sigma, sigma
+        alpha = 1.0 / math.sqrt(sigma * sigma + 1.0)
+        return alpha, sigma * alpha
+
+    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
+        """(c_x, c_m): what the algorithm integrates, as c_x * sample + c_m * model_output
+        (convert_model_output): the data prediction for dpmsolver++ / sde-dpmsolver++,
+        the noise prediction for dpmsolver / sde-dpmsolver."""
+        p = self.config.prediction_type
+        if self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
+            table = {"epsilon": (1.0 / alpha, -sigma / alpha), "sample": (0.0, 1.0),
+                     "v_prediction": (alpha, -sigma), "flow_prediction": (1.0, -sigma)}
+        else:
+            table = {"epsilon": (0.0, 1.0), "sample": (1.0 / sigma, -alpha / sigma),
+                     "v_prediction": (sigma, alpha)}
+        if p not in table:
+            raise ValueError(f"prediction_type {p!r} is not supported with algorithm_type {self.config.algorithm_type!r}")
+        return table[p]
+
+    def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
+        """(a, weights of m0, m1, m2, s) of x_t = a x + sum_j w_j m_j + s noise, the
+        update diffusers' {first,second,third}-order functions compute."""
+        i = self.step_index
+        sig = [self._host_sigmas[i + 1 - k] for k in range(order + 1)]  # sigma_t, sigma_s0, s1, s2
+        alphas_sigmas = [self._alpha_sigma(v) for v in sig]
+        (alpha_t, sigma_t), (alpha_s0, sigma_s0) = alphas_sigmas[0], alphas_sigmas[1]
+        lam = [_lambda(a, s) for a, s in alphas_sigmas]
+        h = lam[0] - lam[1]
+        algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
+        e_minus, e_minus2 = math.exp(-h), math.exp(-2.0 * h)
+        s = 0.0
+        if algorithm == "dpmsolver++":
+            a = sigma_t / sigma_s0
+            A = alpha_t * (1.0 - e_minus)
+            B = 0.5 * A if (midpoint and order == 2) else alpha_t * ((e_minus - 1.0) / h + 1.0)
+            C = -alpha_t * ((e_minus - 1.0 + h) / h**2 - 0.5) if order == 3 else 0.0
+        elif algorithm == "sde-dpmsolver++":
+            a = sigma_t / sigma_s0 * e_minus
+            A = alpha_t * (1.0 - e_minus2)
+            B = 0.5 * A if (midpoint and order == 2) else alpha_t * ((1.0 - e_minus2) / (-2.0 * h) + 1.0)
+            C = alpha_t * ((1.0 - e_minus2 - 2.0 * h) / (2.0 * h) ** 2 - 0.5) if order == 3 else 0.0
+            s = sigma_t * math.sqrt(1.0 - e_minus2)
+        else:  # dpmsolver, sde-dpmsolver: noise prediction, sigma_t > 0 (final_sigmas_type sigma_min)
+            e_plus = math.exp(h)
+            factor = 2.0 if algorithm == "sde-dpmsolver" else 1.0
+            a = alpha_t / alpha_s0
+            A = -factor * sigma_t * (e_plus - 1.0)
+            B = 0.5 * A if (midpoint and order == 2) else -factor * sigma_t * ((e_plus - 1.0) / h - 1.0)
+            C = -sigma_t * ((e_plus - 1.0 - h) / h**2 - 0.5) if order == 3 else 0.0
+            if algorithm == "sde-dpmsolver":
+                s = sigma_t * math.sqrt(math.exp(2.0 * h) - 1.0)
+        if order == 1:
+            return a, [A], s
+        r0 = (lam[1] - lam[2]) / h
+        if order == 2:  # D1 = (m0 - m1) / r0
+            return a, [A + B / r0, -B / r0], s
+        r1 = (lam[2] - lam[3]) / h
+        # D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1),
+        # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1.
+        u = B * r0 / (r0 + r1) + C / (r0 + r1)
+        return a, [A + B / r0 + u / r0, -B / r0 - u * (1.0 / r0 + 1.0 / r1), u / r1], s
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, variance_noise: Optional[torch.Tensor] = None,
+             return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        if self._unfused:  # built directly rather than through accelerate(): run diffusers' step
+            return super().step(model_output, timestep, sample, generator=generator,
+                                variance_noise=variance_noise, return_dict=return_dict)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        c = self.config
+        steps = len(self._host_sigmas) - 1
+        last = self.step_index == steps - 1
+        lower_order_final = last and (c.euler_at_final or (c.lower_order_final and steps < 15)
+                                      or c.final_sigmas_type == "zero")
+        lower_order_second = (self.step_index == steps - 2) and c.lower_order_final and steps < 15
+        if c.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
+            order = 1
+        elif c.solver_order == 2 or self.lower_order_nums < 2 or lower_order_second:
+            order = 2
+        else:
+            order = 3
+
+        if c.variance_type in ("learned", "learned_range") and c.prediction_type == "epsilon":
+            model_output = model_output[:, :3]
+        alpha_s0, sigma_s0 = self._alpha_sigma(self._host_sigmas[self.step_index])
+        c_x, c_m = self._data_term(alpha_s0, sigma_s0)
+        a, weights, s = self._update_coefficients(order)
+        noise = None
+        if c.algorithm_type in ("sde-dpmsolver", "sde-dpmsolver++"):
+            noise = (randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=torch.float32)
+                     if variance_noise is None else variance_noise.to(device=model_output.device, dtype=torch.float32))
+        threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
+                     if c.thresholding else None)
+        history = [self.model_outputs[-1 - k] for k in range(order - 1)]  # m1, m2: earlier converted outputs
+        coeffs = torch.tensor([c_x, c_m, a, *weights, s], dtype=torch.float64, device=sample.device)
+        # diffusers upcasts the sample to float32 for the update and casts the result back.
+        # The converted output goes into the history slot about to be dropped (ei_step
+        # allows it to be one of the history tensors it reads).
+        sample32 = sample.to(torch.float32)
+        oldest = self.model_outputs[0]
+        reusable = (oldest is not None and c.solver_order > 1 and oldest.shape == sample32.shape
+                    and oldest.dtype == torch.float32 and oldest.device == sample32.device)
+        out = (torch.empty_like(sample32, memory_format=torch.contiguous_format),
+               oldest if reusable else torch.empty_like(sample32, memory_format=torch.contiguous_format))
+        prev_sample, converted = ops.ei_step(sample32, model_output, history, coeffs, threshold=threshold,
+                                             noise=noise, out=out)
+        for k in range(c.solver_order - 1):
+            self.model_outputs[k] = self.model_outputs[k + 1]
+        self.model_outputs[-1] = converted
+        if self.lower_order_nums < c.solver_order:
+            self.lower_order_nums += 1
+        prev_sample = prev_sample.to(model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+
+ACCELERATED = {"DPMSolverMultistepScheduler": DPMSolverMultistepScheduler}
+
+
+def accelerate(obj):
+    """Swaps diffusers schedulers for their accelerated classes, built from the
+    same config. ``obj`` is a scheduler (the accelerated one is returned) or a
+    pipeline (its ``scheduler`` is replaced in place and the pipeline
+    returned). Returns ``(result, changes)`` with ``changes`` a list of what was
+    swapped. A scheduler without an accelerated class, or with a config option
+    the accelerated step does not fuse, is kept, with a warning naming why."""
+    changes: List[str] = []
+
+    def swap(scheduler):
+        name = type(scheduler).__name__
+        cls = ACCELERATED.get(name)
+        if cls is None:
+            if not isinstance(scheduler, tuple(ACCELERATED.values())):
+                warnings.warn(f"diffaccel: no accelerated {name} yet; keeping the stock scheduler", stacklevel=3)
+            return scheduler
+        candidate = cls.from_config(scheduler.config)
+        bad = candidate.unsupported_options()
+        if bad:
+            warnings.warn(f"diffaccel: {name} option(s) {', '.join(bad)} not accelerated; keeping the stock scheduler",
+                          stacklevel=3)
+            return scheduler
+        changes.append(f"{name} -> diffaccel {cls.__name__}")
+        return candidate
+
+    if isinstance(obj, _diffusers.SchedulerMixin):
+        return swap(obj), changes
+    if hasattr(obj, "scheduler"):
+        obj.scheduler = swap(obj.scheduler)
+        return obj, changes
+    raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
+
+
+__all__: Dict = ["DPMSolverMultistepScheduler", "accelerate", "ACCELERATED"]
