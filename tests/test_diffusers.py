@@ -19,12 +19,13 @@ def model(x, t):
     return torch.tanh(x) * 0.5 + 0.1 * torch.sin(x * (1 + float(t) / 1000))
 
 
-def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16)):
+def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), **step_options):
     scheduler.set_timesteps(steps, device=DEVICE)
     x = torch.randn(shape, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
     noise = torch.Generator(DEVICE).manual_seed(1)
     for t in scheduler.timesteps:
-        x = scheduler.step(model(scheduler.scale_model_input(x, t), t).to(dtype), t, x, generator=noise).prev_sample
+        out = model(scheduler.scale_model_input(x, t), t).to(dtype)
+        x = scheduler.step(out, t, x, generator=noise, **step_options).prev_sample
     return x
 
 
@@ -122,7 +123,65 @@ def test_accelerate_keeps_what_it_cannot_fuse():
     with pytest.warns(UserWarning, match="thresholding"):
         kept, changes = accelerated.accelerate(unsupported)
     assert kept is unsupported and changes == []
-    with pytest.warns(UserWarning, match="no accelerated DDIMScheduler"):
-        kept, _ = accelerated.accelerate(diffusers.DDIMScheduler())
+    with pytest.warns(UserWarning, match="no accelerated EulerDiscreteScheduler"):
+        kept, _ = accelerated.accelerate(diffusers.EulerDiscreteScheduler())
     with pytest.raises(TypeError, match="scheduler or pipeline"):
         accelerated.accelerate(42)
+
+
+DDIM_CASES = [
+    ({}, {}),
+    ({"clip_sample": False}, {}),
+    ({"clip_sample": False}, {"eta": 1.0}),
+    ({}, {"eta": 0.5, "use_clipped_model_output": True}),
+    ({"thresholding": True, "clip_sample": False}, {}),
+    ({"thresholding": True, "sample_max_value": 2.0}, {"eta": 0.3}),
+    ({"clip_sample_range": 0.5}, {}),
+    ({"prediction_type": "sample"}, {}),
+    ({"prediction_type": "v_prediction", "clip_sample": False}, {"eta": 1.0}),
+    ({"set_alpha_to_one": False, "timestep_spacing": "trailing"}, {}),
+    ({"timestep_spacing": "linspace", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, {}),
+    ({"steps_offset": 1, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}, {}),
+]
+
+
+@pytest.mark.parametrize("config,step_options", DDIM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_ddim_matches_diffusers(config, step_options):
+    want = _loop(diffusers.DDIMScheduler(**config), **step_options)
+    got = _loop(accelerated.DDIMScheduler(**config), **step_options)
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_ddim_outputs_and_device_timesteps():
+    """pred_original_sample is the (clipped) data prediction; device timesteps are counted, not read."""
+    stock, ours = diffusers.DDIMScheduler(), accelerated.DDIMScheduler()
+    for s in (stock, ours):
+        s.set_timesteps(10, device=DEVICE)
+    x = torch.randn(2, 4, 8, 8, device=DEVICE)
+    t = ours.timesteps[0]
+    a = stock.step(model(x, t), t, x, return_dict=False)
+    b = ours.step(model(x, t), t, x, return_dict=False)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+
+
+def test_ddim_pipeline_gives_the_same_images():
+    """diffusers' DDIMPipeline with a small randomly initialised UNet2DModel (built
+    from a config, nothing downloaded): the same images with either scheduler."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(16, 32), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(DEVICE)
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def images():
+        return pipe(batch_size=2, generator=torch.Generator(DEVICE).manual_seed(3), num_inference_steps=10, eta=0.5,
+                    output_type="np").images
+
+    stock = images()
+    pipe, changes = accelerated.accelerate(pipe)
+    assert isinstance(pipe.scheduler, accelerated.DDIMScheduler) and len(changes) == 1
+    fused = images()
+    assert abs(fused - stock).max() < 1e-4  # images in [0, 1]

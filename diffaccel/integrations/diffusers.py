@@ -15,7 +15,9 @@ one pass), with no host synchronization after the first step (whose
 
 Covered so far: DPMSolverMultistepScheduler (every algorithm type, order,
 solver type, sigma schedule, prediction type, lower_order_final, euler_at_final
-and final_sigmas_type; thresholding with the data-prediction algorithms).
+and final_sigmas_type; thresholding with the data-prediction algorithms) and
+DDIMScheduler (eta, clip_sample, thresholding, prediction types,
+use_clipped_model_output).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from diffaccel import ops
 
 try:
     import diffusers as _diffusers
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # diffusers is an optional dependency
@@ -183,7 +186,86 @@ class DPMSolverMultistepScheduler(_diffusers.DPMSolverMultistepScheduler):
         return SchedulerOutput(prev_sample=prev_sample)
 
 
-ACCELERATED = {"DPMSolverMultistepScheduler": DPMSolverMultistepScheduler}
+def _ratio(a: float, b: float) -> float:
+    """a / b with IEEE semantics (inf or nan for b = 0), as the tensor arithmetic it replaces."""
+    return a / b if b != 0 else (math.copysign(math.inf, a) if a != 0 else math.nan)
+
+
+def _host_timestep(scheduler, timestep, counter: int) -> int:
+    """The timestep's value without a device synchronization: read from an int
+    or a CPU tensor; a device tensor is not read, and the step is taken to be
+    the counter-th of scheduler.timesteps (diffusers' own multistep schedulers
+    keep such a counter too)."""
+    if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+        return scheduler._host_timesteps[counter]
+    return int(timestep)
+
+
+class DDIMScheduler(_diffusers.DDIMScheduler):
+    """diffusers' DDIMScheduler with a fused ``step()`` (eta, clip_sample,
+    thresholding, every prediction type, use_clipped_model_output)."""
+
+    def unsupported_options(self) -> List[str]:
+        return []
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_timesteps = [int(t) for t in self.timesteps.tolist()]
+        self._host_alphas_cumprod = self.alphas_cumprod.tolist()
+        self._step_counter = 0
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
+             variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        c = self.config
+        t = _host_timestep(self, timestep, self._step_counter)
+        self._step_counter += 1
+        prev_t = t - c.num_train_timesteps // self.num_inference_steps
+        alpha_t = self._host_alphas_cumprod[t]
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
+        sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(beta_t)
+        # The data prediction x0 = c_x x + c_m m and the noise prediction eps = e_x x + e_m m.
+        # (With a zero terminal SNR, alpha_t = 0 at the first step: only v_prediction is finite there.)
+        if c.prediction_type == "epsilon":
+            (c_x, c_m), (e_x, e_m) = (_ratio(1.0, sqrt_a), _ratio(-sqrt_b, sqrt_a)), (0.0, 1.0)
+        elif c.prediction_type == "sample":
+            (c_x, c_m), (e_x, e_m) = (0.0, 1.0), (_ratio(1.0, sqrt_b), _ratio(-sqrt_a, sqrt_b))
+        else:
+            (c_x, c_m), (e_x, e_m) = (sqrt_a, -sqrt_b), (sqrt_b, sqrt_a)
+        variance = (beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev)
+        std = eta * math.sqrt(variance)
+        k = math.sqrt(max(1.0 - alpha_prev - std * std, 0.0))
+        # prev = sqrt(alpha_prev) x0 + k eps (+ std noise); eps from the clipped x0 when asked.
+        b0 = math.sqrt(alpha_prev)
+        if use_clipped_model_output:
+            a, b0, history, weights = _ratio(k, sqrt_b), b0 - k * _ratio(sqrt_a, sqrt_b), [], []
+        else:
+            a, history, weights = k * e_x, [model_output], [k * e_m]
+        threshold = None
+        if c.thresholding:
+            threshold = ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
+        elif c.clip_sample:
+            threshold = ops.Threshold("clip", max_value=c.clip_sample_range)
+        noise = None
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either "
+                                 "`generator` or `variance_noise` stays `None`.")
+            noise = variance_noise if variance_noise is not None else randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+        coeffs = torch.tensor([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0],
+                              dtype=torch.float64, device=sample.device)
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold,
+                                                        noise=noise)
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+ACCELERATED = {"DPMSolverMultistepScheduler": DPMSolverMultistepScheduler, "DDIMScheduler": DDIMScheduler}
 
 
 def accelerate(obj):
@@ -219,4 +301,4 @@ def accelerate(obj):
     raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
 
 
-__all__: Dict = ["DPMSolverMultistepScheduler", "accelerate", "ACCELERATED"]
+__all__: Dict = ["DDIMScheduler", "DPMSolverMultistepScheduler", "accelerate", "ACCELERATED"]
