@@ -123,8 +123,8 @@ def test_accelerate_keeps_what_it_cannot_fuse():
     with pytest.warns(UserWarning, match="thresholding"):
         kept, changes = accelerated.accelerate(unsupported)
     assert kept is unsupported and changes == []
-    with pytest.warns(UserWarning, match="no accelerated EulerDiscreteScheduler"):
-        kept, _ = accelerated.accelerate(diffusers.EulerDiscreteScheduler())
+    with pytest.warns(UserWarning, match="no accelerated HeunDiscreteScheduler"):
+        kept, _ = accelerated.accelerate(diffusers.HeunDiscreteScheduler())
     with pytest.raises(TypeError, match="scheduler or pipeline"):
         accelerated.accelerate(42)
 
@@ -185,3 +185,25 @@ def test_ddim_pipeline_gives_the_same_images():
     assert isinstance(pipe.scheduler, accelerated.DDIMScheduler) and len(changes) == 1
     fused = images()
     assert abs(fused - stock).max() < 1e-4  # images in [0, 1]
+
+
+EULER_CASES = [
+    ("EulerDiscreteScheduler", {}, {}),
+    ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, {}),
+    ("EulerDiscreteScheduler", {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}, {}),
+    ("EulerDiscreteScheduler", {"prediction_type": "sample", "final_sigmas_type": "sigma_min"}, {}),
+    ("EulerDiscreteScheduler", {}, {"s_churn": 1.0, "s_tmin": 0.5, "s_tmax": 10.0}),
+    ("EulerDiscreteScheduler", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                                "interpolation_type": "log_linear"}, {"s_churn": 0.5, "s_noise": 1.003}),
+    ("EulerAncestralDiscreteScheduler", {}, {}),
+    ("EulerAncestralDiscreteScheduler", {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}, {}),
+    ("EulerAncestralDiscreteScheduler", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, {}),
+]
+
+
+@pytest.mark.parametrize("name,config,step_options", EULER_CASES,
+                         ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()) or "default")
+def test_euler_schedulers_match_diffusers(name, config, step_options):
+    want = _loop(getattr(diffusers, name)(**config), **step_options)
+    got = _loop(getattr(accelerated, name)(**config), **step_options)
+    assert _relative_error(got, want) < 1e-5

@@ -17,7 +17,8 @@ Covered so far: DPMSolverMultistepScheduler (every algorithm type, order,
 solver type, sigma schedule, prediction type, lower_order_final, euler_at_final
 and final_sigmas_type; thresholding with the data-prediction algorithms) and
 DDIMScheduler (eta, clip_sample, thresholding, prediction types,
-use_clipped_model_output).
+use_clipped_model_output), EulerDiscreteScheduler (s_churn) and
+EulerAncestralDiscreteScheduler.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from diffaccel import ops
 try:
     import diffusers as _diffusers
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # diffusers is an optional dependency
@@ -265,7 +268,98 @@ class DDIMScheduler(_diffusers.DDIMScheduler):
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
-ACCELERATED = {"DPMSolverMultistepScheduler": DPMSolverMultistepScheduler, "DDIMScheduler": DDIMScheduler}
+def _euler_data_term(prediction_type: str, sigma: float, sigma_hat: float) -> Tuple[float, float]:
+    """(c_x, c_m) of the Euler schedulers' pred_original_sample (v uses sigma, not sigma_hat, as diffusers)."""
+    if prediction_type in ("original_sample", "sample"):
+        return 0.0, 1.0
+    if prediction_type == "epsilon":
+        return 1.0, -sigma_hat
+    if prediction_type == "v_prediction":
+        return 1.0 / (sigma * sigma + 1.0), -sigma / math.sqrt(sigma * sigma + 1.0)
+    raise ValueError(f"prediction_type given as {prediction_type} must be one of `epsilon`, or `v_prediction`")
+
+
+class _EulerBase:
+    """What the two Euler schedulers share: host sigmas, and diffusers' guard against
+    timesteps given as indices."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+
+    def unsupported_options(self) -> List[str]:
+        return []
+
+    def _start(self, timestep, scheduler_name: str):
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            raise ValueError(
+                f"Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `{scheduler_name}.step()`"
+                " is not supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+
+
+class EulerDiscreteScheduler(_EulerBase, _diffusers.EulerDiscreteScheduler):
+    """diffusers' EulerDiscreteScheduler with a fused ``step()`` (s_churn and
+    its noise as diffusers: drawn after the model call, only when gamma > 0)."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, s_churn: float = 0.0,
+             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        self._start(timestep, "EulerDiscreteScheduler")
+        sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
+        sample = sample.to(torch.float32)
+        gamma = min(s_churn / (len(self._host_sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (gamma + 1)
+        if gamma > 0:
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                                 generator=generator)
+            scale = s_noise * math.sqrt(sigma_hat**2 - sigma**2)
+            sample = ops.multistep_combine([sample, noise], torch.tensor([1.0, scale], dtype=torch.float64,
+                                                                           device=sample.device))
+        c_x, c_m = _euler_data_term(self.config.prediction_type, sigma, sigma_hat)
+        r = sigma_next / sigma_hat  # sample + (sample - x0) / sigma_hat * (sigma_next - sigma_hat)
+        coeffs = torch.tensor([c_x, c_m, r, 1.0 - r, 0.0], dtype=torch.float64, device=sample.device)
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs)
+        prev_sample = prev_sample.to(model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return EulerDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscreteScheduler):
+    """diffusers' EulerAncestralDiscreteScheduler with a fused ``step()`` (the
+    Euler step to sigma_down and the noise to sigma_next in one pass)."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        self._start(timestep, "EulerAncestralDiscreteScheduler")
+        if self.config.prediction_type == "sample":
+            raise NotImplementedError("prediction_type not implemented yet: sample")
+        sigma, sigma_to = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
+        sample = sample.to(torch.float32)
+        c_x, c_m = _euler_data_term(self.config.prediction_type, sigma, sigma)
+        sigma_up = math.sqrt(sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2)
+        sigma_down = math.sqrt(max(sigma_to**2 - sigma_up**2, 0.0))
+        noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                             generator=generator)
+        r = sigma_down / sigma
+        coeffs = torch.tensor([c_x, c_m, r, 1.0 - r, sigma_up], dtype=torch.float64, device=sample.device)
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
+        prev_sample = prev_sample.to(model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+ACCELERATED = {
+    "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "DDIMScheduler": DDIMScheduler,
+    "EulerDiscreteScheduler": EulerDiscreteScheduler,
+    "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
+}
 
 
 def accelerate(obj):
@@ -301,4 +395,5 @@ def accelerate(obj):
     raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
 
 
-__all__: Dict = ["DDIMScheduler", "DPMSolverMultistepScheduler", "accelerate", "ACCELERATED"]
+__all__: Dict = ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+                  "EulerDiscreteScheduler", "accelerate", "ACCELERATED"]
