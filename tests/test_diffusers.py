@@ -24,7 +24,8 @@ def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), **step
     x = torch.randn(shape, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
     noise = torch.Generator(DEVICE).manual_seed(1)
     for t in scheduler.timesteps:
-        out = model(scheduler.scale_model_input(x, t), t).to(dtype)
+        scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        out = model(scaled, t).to(dtype)
         x = scheduler.step(out, t, x, generator=noise, **step_options).prev_sample
     return x
 
@@ -198,6 +199,10 @@ EULER_CASES = [
     ("EulerAncestralDiscreteScheduler", {}, {}),
     ("EulerAncestralDiscreteScheduler", {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}, {}),
     ("EulerAncestralDiscreteScheduler", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True, "shift": 3.0}, {}),
 ]
 
 

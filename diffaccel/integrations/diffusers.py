@@ -17,8 +17,8 @@ Covered so far: DPMSolverMultistepScheduler (every algorithm type, order,
 solver type, sigma schedule, prediction type, lower_order_final, euler_at_final
 and final_sigmas_type; thresholding with the data-prediction algorithms) and
 DDIMScheduler (eta, clip_sample, thresholding, prediction types,
-use_clipped_model_output), EulerDiscreteScheduler (s_churn) and
-EulerAncestralDiscreteScheduler.
+use_clipped_model_output), EulerDiscreteScheduler (s_churn),
+EulerAncestralDiscreteScheduler and FlowMatchEulerDiscreteScheduler.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ try:
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # diffusers is an optional dependency
@@ -354,11 +355,42 @@ class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscr
         return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
+class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscreteScheduler):
+    """diffusers' FlowMatchEulerDiscreteScheduler (SD3, Flux) with a fused
+    ``step()``: one multistep_combine, x + dt v, or with stochastic_sampling
+    (1 - sigma_next) (x - sigma v) + sigma_next z. Per-token timesteps run
+    diffusers' step."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, s_churn: float = 0.0,
+             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, per_token_timesteps: Optional[torch.Tensor] = None,
+             return_dict: bool = True):
+        if per_token_timesteps is not None:
+            return super().step(model_output, timestep, sample, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                                s_noise=s_noise, generator=generator, per_token_timesteps=per_token_timesteps,
+                                return_dict=return_dict)
+        self._start(timestep, "FlowMatchEulerDiscreteScheduler")
+        sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
+        sample = sample.to(torch.float32)
+        if self.config.stochastic_sampling:
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            tensors, weights = [sample, model_output, noise], [1.0 - sigma_next, -(1.0 - sigma_next) * sigma, sigma_next]
+        else:
+            tensors, weights = [sample, model_output], [1.0, sigma_next - sigma]
+        prev_sample = ops.multistep_combine(tensors, torch.tensor(weights, dtype=torch.float64, device=sample.device))
+        self._step_index += 1
+        prev_sample = prev_sample.to(model_output.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
+
+
 ACCELERATED = {
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "DDIMScheduler": DDIMScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
+    "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
 }
 
 
@@ -396,4 +428,4 @@ def accelerate(obj):
 
 
 __all__: Dict = ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
-                  "EulerDiscreteScheduler", "accelerate", "ACCELERATED"]
+                  "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "accelerate", "ACCELERATED"]
