@@ -212,3 +212,48 @@ def test_euler_schedulers_match_diffusers(name, config, step_options):
     want = _loop(getattr(diffusers, name)(**config), **step_options)
     got = _loop(getattr(accelerated, name)(**config), **step_options)
     assert _relative_error(got, want) < 1e-5
+
+
+DDPM_CASES = [
+    {},
+    {"clip_sample": False},
+    {"variance_type": "fixed_large"},
+    {"variance_type": "fixed_small_log", "prediction_type": "v_prediction", "clip_sample": False},
+    {"thresholding": True, "sample_max_value": 1.5},
+    {"prediction_type": "sample", "timestep_spacing": "trailing"},
+    {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"},
+]
+
+
+@pytest.mark.parametrize("config", DDPM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_ddpm_matches_diffusers(config):
+    want = _loop(diffusers.DDPMScheduler(**config))
+    got = _loop(accelerated.DDPMScheduler(**config))
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_ddpm_custom_timesteps_and_pipeline():
+    stock, ours = diffusers.DDPMScheduler(), accelerated.DDPMScheduler()
+    for sch in (stock, ours):
+        sch.set_timesteps(timesteps=[900, 700, 400, 100, 0])
+    x = torch.randn(2, 4, 8, 8, device=DEVICE)
+    results = []
+    for sch in (stock, ours):
+        y, g = x, torch.Generator(DEVICE).manual_seed(5)
+        for t in sch.timesteps:
+            y = sch.step(model(y, t), t, y, generator=g).prev_sample
+        results.append(y)
+    assert _relative_error(results[1], results[0]) < 1e-5
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(16, 32), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(DEVICE)
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=50))
+    pipe.set_progress_bar_config(disable=True)
+    stock_images = pipe(batch_size=2, generator=torch.Generator(DEVICE).manual_seed(3), num_inference_steps=10,
+                        output_type="np").images
+    accelerated.accelerate(pipe)
+    fused_images = pipe(batch_size=2, generator=torch.Generator(DEVICE).manual_seed(3), num_inference_steps=10,
+                        output_type="np").images
+    assert abs(fused_images - stock_images).max() < 1e-4

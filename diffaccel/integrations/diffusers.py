@@ -17,7 +17,7 @@ Covered so far: DPMSolverMultistepScheduler (every algorithm type, order,
 solver type, sigma schedule, prediction type, lower_order_final, euler_at_final
 and final_sigmas_type; thresholding with the data-prediction algorithms) and
 DDIMScheduler (eta, clip_sample, thresholding, prediction types,
-use_clipped_model_output), EulerDiscreteScheduler (s_churn),
+use_clipped_model_output), DDPMScheduler (fixed variances), EulerDiscreteScheduler (s_churn),
 EulerAncestralDiscreteScheduler and FlowMatchEulerDiscreteScheduler.
 """
 
@@ -34,6 +34,7 @@ from diffaccel import ops
 try:
     import diffusers as _diffusers
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
@@ -269,6 +270,66 @@ class DDIMScheduler(_diffusers.DDIMScheduler):
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
+class DDPMScheduler(_diffusers.DDPMScheduler):
+    """diffusers' DDPMScheduler with a fused ``step()`` (clip_sample,
+    thresholding, prediction types, fixed_small / fixed_small_log / fixed_large
+    variances, custom timesteps)."""
+
+    def unsupported_options(self) -> List[str]:
+        if self.config.variance_type in ("learned", "learned_range", "fixed_large_log"):
+            return [f"variance_type={self.config.variance_type!r}"]
+        return []
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_timesteps = [int(t) for t in self.timesteps.tolist()]
+        self._host_alphas_cumprod = self.alphas_cumprod.tolist()
+        self._step_counter = 0
+
+    def _previous_host_timestep(self, t: int) -> int:
+        if self.custom_timesteps or self.num_inference_steps:
+            index = self._host_timesteps.index(t)
+            return self._host_timesteps[index + 1] if index + 1 < len(self._host_timesteps) else -1
+        return t - 1
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.unsupported_options() or self.num_inference_steps is None:
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        c = self.config
+        t = _host_timestep(self, timestep, self._step_counter)
+        self._step_counter += 1
+        prev_t = self._previous_host_timestep(t)
+        alpha_t = self._host_alphas_cumprod[t]
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
+        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
+        current_alpha = alpha_t / alpha_prev
+        current_beta = 1.0 - current_alpha
+        sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(beta_t)
+        c_x, c_m = {"epsilon": (1.0 / sqrt_a, -sqrt_b / sqrt_a) if sqrt_a else (math.inf, -math.inf),
+                    "sample": (0.0, 1.0), "v_prediction": (sqrt_a, -sqrt_b)}[c.prediction_type]
+        threshold = None
+        if c.thresholding:
+            threshold = ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
+        elif c.clip_sample:
+            threshold = ops.Threshold("clip", max_value=c.clip_sample_range)
+        # prev = x0 coefficient * x0 + sample coefficient * x (+ std z where t > 0)
+        b0 = math.sqrt(alpha_prev) * current_beta / beta_t
+        a = math.sqrt(current_alpha) * beta_prev / beta_t
+        noise, std = None, 0.0
+        if t > 0:
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+            variance = current_beta if self.variance_type == "fixed_large" else max(beta_prev / beta_t * current_beta, 1e-20)
+            std = math.sqrt(variance)
+        coeffs = torch.tensor([c_x, c_m, a, b0, std], dtype=torch.float64, device=sample.device)
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, threshold=threshold,
+                                                        noise=noise)
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
 def _euler_data_term(prediction_type: str, sigma: float, sigma_hat: float) -> Tuple[float, float]:
     """(c_x, c_m) of the Euler schedulers' pred_original_sample (v uses sigma, not sigma_hat, as diffusers)."""
     if prediction_type in ("original_sample", "sample"):
@@ -388,6 +449,7 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
 ACCELERATED = {
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "DDIMScheduler": DDIMScheduler,
+    "DDPMScheduler": DDPMScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
@@ -427,5 +489,5 @@ def accelerate(obj):
     raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
 
 
-__all__: Dict = ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "accelerate", "ACCELERATED"]
