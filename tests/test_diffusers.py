@@ -2,6 +2,7 @@
 loop, deterministic non-linear model and noise generator, over the config
 matrix of DPMSolverMultistepScheduler."""
 
+import inspect
 import warnings
 
 import pytest
@@ -23,10 +24,12 @@ def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), **step
     scheduler.set_timesteps(steps, device=DEVICE)
     x = torch.randn(shape, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
     noise = torch.Generator(DEVICE).manual_seed(1)
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_options = dict(step_options, generator=noise)
     for t in scheduler.timesteps:
         scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         out = model(scaled, t).to(dtype)
-        x = scheduler.step(out, t, x, generator=noise, **step_options).prev_sample
+        x = scheduler.step(out, t, x, **step_options).prev_sample
     return x
 
 
@@ -124,8 +127,8 @@ def test_accelerate_keeps_what_it_cannot_fuse():
     with pytest.warns(UserWarning, match="thresholding"):
         kept, changes = accelerated.accelerate(unsupported)
     assert kept is unsupported and changes == []
-    with pytest.warns(UserWarning, match="no accelerated HeunDiscreteScheduler"):
-        kept, _ = accelerated.accelerate(diffusers.HeunDiscreteScheduler())
+    with pytest.warns(UserWarning, match="no accelerated UniPCMultistepScheduler"):
+        kept, _ = accelerated.accelerate(diffusers.UniPCMultistepScheduler())
     with pytest.raises(TypeError, match="scheduler or pipeline"):
         accelerated.accelerate(42)
 
@@ -203,6 +206,12 @@ EULER_CASES = [
     ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {}),
     ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}, {}),
     ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True, "shift": 3.0}, {}),
+    ("HeunDiscreteScheduler", {}, {}),
+    ("HeunDiscreteScheduler", {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, {}),
+    ("HeunDiscreteScheduler", {"prediction_type": "sample", "clip_sample": True, "clip_sample_range": 0.8}, {}),
+    ("LMSDiscreteScheduler", {}, {}),
+    ("LMSDiscreteScheduler", {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, {}),
+    ("LMSDiscreteScheduler", {"prediction_type": "sample"}, {"order": 2}),
 ]
 
 

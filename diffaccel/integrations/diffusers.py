@@ -18,7 +18,8 @@ solver type, sigma schedule, prediction type, lower_order_final, euler_at_final
 and final_sigmas_type; thresholding with the data-prediction algorithms) and
 DDIMScheduler (eta, clip_sample, thresholding, prediction types,
 use_clipped_model_output), DDPMScheduler (fixed variances), EulerDiscreteScheduler (s_churn),
-EulerAncestralDiscreteScheduler and FlowMatchEulerDiscreteScheduler.
+EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
+HeunDiscreteScheduler and LMSDiscreteScheduler.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from diffaccel import ops
+from diffaccel.solvers.lms import lagrange_weights
 
 try:
     import diffusers as _diffusers
@@ -38,6 +40,8 @@ try:
     from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # diffusers is an optional dependency
@@ -416,6 +420,96 @@ class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscr
         return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
+class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
+    """diffusers' HeunDiscreteScheduler with fused steps: the first call of a
+    step is an Euler ei_step; the second combines both derivatives in one
+    ei_step from the saved sample and data prediction. (``prev_derivative`` is
+    not materialised: the first call keeps ``sample`` and its data prediction.)"""
+
+    def _data_term(self, sigma: float) -> Tuple[float, float]:
+        p = self.config.prediction_type
+        if p == "sample":
+            return 0.0, 1.0
+        return _euler_data_term(p, sigma, sigma)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        self._start(timestep, "HeunDiscreteScheduler")
+        first = self.state_in_first_order
+        i = self.step_index
+        sigma, sigma_next = (self._host_sigmas[i], self._host_sigmas[i + 1]) if first else (
+            self._host_sigmas[i - 1], self._host_sigmas[i])
+        c_x, c_m = self._data_term(sigma if first else sigma_next)
+        clip = ops.Threshold("clip", max_value=self.config.clip_sample_range) if self.config.clip_sample else None
+        if first:
+            r = sigma_next / sigma  # sample + (sample - x0) / sigma * (sigma_next - sigma)
+            coeffs = [c_x, c_m, r, 1.0 - r, 0.0]
+            history = []
+        else:
+            # saved + dt/2 ((saved - x0_1) / sigma + (sample - x0_2) / sigma_next)
+            half = self.dt / 2
+            coeffs = [c_x, c_m, half / sigma_next, -half / sigma_next, 1.0 + half / sigma, -half / sigma, 0.0]
+            history = [self.sample, self._first_data_prediction]
+        prev_sample, pred_original_sample = ops.ei_step(
+            sample, model_output, history, torch.tensor(coeffs, dtype=torch.float64, device=sample.device),
+            threshold=clip)
+        if first:
+            self.dt, self.sample, self._first_data_prediction = sigma_next - sigma, sample, pred_original_sample
+        else:
+            self.dt = self.sample = self._first_data_prediction = None
+        self.prev_derivative = None
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
+    """diffusers' LMSDiscreteScheduler with a fused ``step()``: the derivative
+    and the multistep sum in one ei_step (weights integrated exactly, where
+    diffusers calls scipy's quad each step), then pred_original_sample."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, order: int = 4,
+             return_dict: bool = True):
+        if not self.is_scale_input_called:
+            warnings.warn("The `scale_model_input` function should be called before `step` to ensure correct "
+                          "denoising. See `StableDiffusionPipeline` for a usage example.")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        if not 1 <= order <= 5:
+            raise ValueError(f"LMSDiscreteScheduler.step: 'order' must be 1 to 5 (4 earlier derivatives), got {order}")
+        i = self.step_index
+        sigma = self._host_sigmas[i]
+        p = self.config.prediction_type
+        # The derivative (sample - x0) / sigma as c_x sample + c_m model_output.
+        if p == "epsilon":
+            c_x, c_m = 0.0, 1.0
+        elif p == "v_prediction":
+            c_x, c_m = sigma / (sigma * sigma + 1.0), 1.0 / math.sqrt(sigma * sigma + 1.0)
+        elif p == "sample":
+            c_x, c_m = 1.0 / sigma, -1.0 / sigma
+        else:
+            raise ValueError(f"prediction_type given as {p} must be one of `epsilon`, or `v_prediction`")
+        cur = min(i + 1, order)
+        weights = lagrange_weights([self._host_sigmas[i - j] for j in range(cur)], sigma, self._host_sigmas[i + 1])
+        history = list(reversed(self.derivatives[len(self.derivatives) - (cur - 1):])) if cur > 1 else []
+        coeffs = torch.tensor([c_x, c_m, 1.0, *weights, 0.0], dtype=torch.float64, device=sample.device)
+        prev_sample, derivative = ops.ei_step(sample, model_output, history, coeffs)
+        self.derivatives.append(derivative)
+        if len(self.derivatives) > order:
+            self.derivatives.pop(0)
+        # pred_original_sample = sample - sigma * derivative
+        pred_original_sample = ops.multistep_combine(
+            [sample, derivative], torch.tensor([1.0, -sigma], dtype=torch.float64, device=sample.device))
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return LMSDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
 class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscreteScheduler):
     """diffusers' FlowMatchEulerDiscreteScheduler (SD3, Flux) with a fused
     ``step()``: one multistep_combine, x + dt v, or with stochastic_sampling
@@ -453,6 +547,8 @@ ACCELERATED = {
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
+    "HeunDiscreteScheduler": HeunDiscreteScheduler,
+    "LMSDiscreteScheduler": LMSDiscreteScheduler,
 }
 
 
@@ -490,4 +586,5 @@ def accelerate(obj):
 
 
 __all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
-                  "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "accelerate", "ACCELERATED"]
+                  "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
+                  "LMSDiscreteScheduler", "accelerate", "ACCELERATED"]
