@@ -266,3 +266,27 @@ def test_ddpm_custom_timesteps_and_pipeline():
     fused_images = pipe(batch_size=2, generator=torch.Generator(DEVICE).manual_seed(3), num_inference_steps=10,
                         output_type="np").images
     assert abs(fused_images - stock_images).max() < 1e-4
+
+
+LCM_CASES = [{}, {"prediction_type": "v_prediction"}, {"prediction_type": "sample", "clip_sample": True},
+             {"thresholding": True, "sample_max_value": 1.2}, {"timestep_spacing": "trailing", "set_alpha_to_one": False}]
+
+
+@pytest.mark.parametrize("config", LCM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_lcm_matches_diffusers(config):
+    results = []
+    for cls in (diffusers.LCMScheduler, accelerated.LCMScheduler):
+        scheduler = cls(**config)
+        scheduler.set_timesteps(4, device=DEVICE)
+        x = torch.randn(2, 4, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+        g = torch.Generator(DEVICE).manual_seed(1)
+        denoised = []
+        for t in scheduler.timesteps:
+            out = scheduler.step(model(x, t), t, x, generator=g)
+            x = out.prev_sample
+            denoised.append(out.denoised)
+        results.append((x, denoised))
+    (want, want_d), (got, got_d) = results
+    assert _relative_error(got, want) < 1e-5
+    for a, b in zip(got_d, want_d):
+        assert _relative_error(a, b) < 1e-5

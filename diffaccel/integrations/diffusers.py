@@ -19,7 +19,7 @@ and final_sigmas_type; thresholding with the data-prediction algorithms) and
 DDIMScheduler (eta, clip_sample, thresholding, prediction types,
 use_clipped_model_output), DDPMScheduler (fixed variances), EulerDiscreteScheduler (s_churn),
 EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
-HeunDiscreteScheduler and LMSDiscreteScheduler.
+HeunDiscreteScheduler, LMSDiscreteScheduler and LCMScheduler.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ try:
     from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
@@ -334,6 +335,62 @@ class DDPMScheduler(_diffusers.DDPMScheduler):
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
+class LCMScheduler(_diffusers.LCMScheduler):
+    """diffusers' LCMScheduler (latent consistency models) with a fused
+    ``step()``: the boundary-condition combination and the renoising to the
+    next timestep in one ei_step (plus one pass for ``denoised`` when the data
+    prediction is clipped or thresholded)."""
+
+    def unsupported_options(self) -> List[str]:
+        return []
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_timesteps = [int(t) for t in self.timesteps.tolist()]
+        self._host_alphas_cumprod = self.alphas_cumprod.tolist()
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        c = self.config
+        i = self.step_index
+        t = self._host_timesteps[i]
+        prev_t = self._host_timesteps[i + 1] if i + 1 < len(self._host_timesteps) else t
+        alpha_t = self._host_alphas_cumprod[t]
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(1.0 - alpha_t)
+        c_skip, c_out = (float(v) for v in self.get_scalings_for_boundary_condition_discrete(t))
+        c_x, c_m = {"epsilon": (_ratio(1.0, sqrt_a), _ratio(-sqrt_b, sqrt_a)), "sample": (0.0, 1.0),
+                    "v_prediction": (sqrt_a, -sqrt_b)}[c.prediction_type]
+        threshold = None
+        if c.thresholding:
+            threshold = ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
+        elif c.clip_sample:
+            threshold = ops.Threshold("clip", max_value=c.clip_sample_range)
+        last = i == self.num_inference_steps - 1
+        noise = None if last else randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                               dtype=sample.dtype)
+        scale = 1.0 if last else math.sqrt(alpha_prev)
+        s = 0.0 if last else math.sqrt(1.0 - alpha_prev)
+        if threshold is None:
+            # denoised = c_out x0 + c_skip x is itself the data term: d = denoised.
+            coeffs = [c_out * c_x + c_skip, c_out * c_m, 0.0, scale, s]
+        else:
+            coeffs = [c_x, c_m, scale * c_skip, scale * c_out, s]
+        prev_sample, d = ops.ei_step(sample, model_output, [], torch.tensor(coeffs, dtype=torch.float64,
+                                                                            device=sample.device),
+                                     threshold=threshold, noise=noise)
+        denoised = d if threshold is None else ops.multistep_combine(
+            [d, sample], torch.tensor([c_out, c_skip], dtype=torch.float64, device=sample.device))
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, denoised
+        return LCMSchedulerOutput(prev_sample=prev_sample, denoised=denoised)
+
+
 def _euler_data_term(prediction_type: str, sigma: float, sigma_hat: float) -> Tuple[float, float]:
     """(c_x, c_m) of the Euler schedulers' pred_original_sample (v uses sigma, not sigma_hat, as diffusers)."""
     if prediction_type in ("original_sample", "sample"):
@@ -549,6 +606,7 @@ ACCELERATED = {
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
+    "LCMScheduler": LCMScheduler,
 }
 
 
@@ -587,4 +645,4 @@ def accelerate(obj):
 
 __all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
-                  "LMSDiscreteScheduler", "accelerate", "ACCELERATED"]
+                  "LCMScheduler", "LMSDiscreteScheduler", "accelerate", "ACCELERATED"]
