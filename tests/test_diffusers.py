@@ -290,3 +290,30 @@ def test_lcm_matches_diffusers(config):
     assert _relative_error(got, want) < 1e-5
     for a, b in zip(got_d, want_d):
         assert _relative_error(a, b) < 1e-5
+
+
+def score(x, sigma):
+    """A stable, non-linear score of VE-noised data: about -(x - x0) / sigma^2."""
+    return -(x - 0.3 * torch.tanh(x)) / (sigma**2 + 1)
+
+
+@pytest.mark.parametrize("correct_steps", [0, 1, 2])
+def test_score_sde_ve_matches_diffusers(correct_steps):
+    """The loop of diffusers' ScoreSdeVePipeline: correct_steps Langevin corrections, then a predictor step."""
+    results = []
+    for cls in (diffusers.ScoreSdeVeScheduler, accelerated.ScoreSdeVeScheduler):
+        scheduler = cls(snr=0.16)
+        scheduler.set_timesteps(20, device=DEVICE)
+        scheduler.set_sigmas(20)
+        x = torch.randn(2, 3, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE) * 50
+        g = torch.Generator(DEVICE).manual_seed(1)
+        for i, t in enumerate(scheduler.timesteps):
+            sigma = float(scheduler.sigmas[i])
+            for _ in range(correct_steps):
+                x = scheduler.step_correct(score(x, sigma), x, generator=g).prev_sample
+            out = scheduler.step_pred(score(x, sigma), t, x, generator=g)
+            x = out.prev_sample
+        results.append((out.prev_sample_mean, x))
+    (want_mean, want), (got_mean, got) = results
+    assert _relative_error(got, want) < 1e-5
+    assert _relative_error(got_mean, want_mean) < 1e-5

@@ -19,7 +19,8 @@ and final_sigmas_type; thresholding with the data-prediction algorithms) and
 DDIMScheduler (eta, clip_sample, thresholding, prediction types,
 use_clipped_model_output), DDPMScheduler (fixed variances), EulerDiscreteScheduler (s_churn),
 EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
-HeunDiscreteScheduler, LMSDiscreteScheduler and LCMScheduler.
+HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
+ScoreSdeVeScheduler (step_correct on the fused Langevin op).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ try:
     from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
+    from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
@@ -201,14 +203,14 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b != 0 else (math.copysign(math.inf, a) if a != 0 else math.nan)
 
 
-def _host_timestep(scheduler, timestep, counter: int) -> int:
-    """The timestep's value without a device synchronization: read from an int
-    or a CPU tensor; a device tensor is not read, and the step is taken to be
-    the counter-th of scheduler.timesteps (diffusers' own multistep schedulers
-    keep such a counter too)."""
+def _host_timestep(scheduler, timestep, counter: int, cast=int):
+    """The timestep's value without a device synchronization: read from a
+    number or a CPU tensor; a device tensor is not read, and the step is taken
+    to be the counter-th of scheduler.timesteps (diffusers' own multistep
+    schedulers keep such a counter too)."""
     if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
         return scheduler._host_timesteps[counter]
-    return int(timestep)
+    return cast(timestep)
 
 
 class DDIMScheduler(_diffusers.DDIMScheduler):
@@ -389,6 +391,55 @@ class LCMScheduler(_diffusers.LCMScheduler):
         if not return_dict:
             return prev_sample, denoised
         return LCMSchedulerOutput(prev_sample=prev_sample, denoised=denoised)
+
+
+class ScoreSdeVeScheduler(_diffusers.ScoreSdeVeScheduler):
+    """diffusers' ScoreSdeVeScheduler (Song et al.'s VE SDE, predictor-corrector)
+    with fused steps: step_pred as one ei_step (the mean and the noisy sample),
+    step_correct on the fused Langevin op (the noise drawn as diffusers draws it)."""
+
+    def unsupported_options(self) -> List[str]:
+        return []
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_timesteps = self.timesteps.tolist()
+        self._pred_counter = 0
+
+    def set_sigmas(self, *args, **kwargs):
+        super().set_sigmas(*args, **kwargs)
+        self._host_discrete_sigmas = self.discrete_sigmas.tolist()
+
+    def step_pred(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+                  generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.timesteps is None:
+            raise ValueError("`self.timesteps` is not set, you need to run 'set_timesteps' after creating the scheduler")
+        t = _host_timestep(self, timestep, self._pred_counter, cast=float)
+        self._pred_counter += 1
+        # diffusers' index: float32 t times (N - 1), truncated.
+        index = int(torch.tensor(t, dtype=torch.float32) * (len(self._host_timesteps) - 1))
+        sigma = self._host_discrete_sigmas[index]
+        adjacent = self._host_discrete_sigmas[index - 1] if index > 0 else 0.0
+        g2 = sigma * sigma - adjacent * adjacent
+        noise = randn_tensor(sample.shape, layout=sample.layout, generator=generator, device=sample.device,
+                             dtype=sample.dtype)
+        # mean = sample + g^2 model_output (the data term); prev = mean + g noise
+        coeffs = torch.tensor([1.0, g2, 0.0, 1.0, math.sqrt(g2)], dtype=torch.float64, device=sample.device)
+        prev_sample, prev_sample_mean = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
+        if not return_dict:
+            return prev_sample, prev_sample_mean
+        return SdeVeOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample_mean)
+
+    def step_correct(self, model_output: torch.Tensor, sample: torch.Tensor,
+                     generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.timesteps is None:
+            raise ValueError("`self.timesteps` is not set, you need to run 'set_timesteps' after creating the scheduler")
+        noise = randn_tensor(sample.shape, layout=sample.layout, generator=generator).to(sample.device)
+        prev_sample, _ = ops.langevin_correct(sample, model_output, float(self.config.snr), noise=noise,
+                                              reduction="batch")
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
 
 
 def _euler_data_term(prediction_type: str, sigma: float, sigma_hat: float) -> Tuple[float, float]:
@@ -607,6 +658,7 @@ ACCELERATED = {
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
     "LCMScheduler": LCMScheduler,
+    "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
 }
 
 
@@ -645,4 +697,4 @@ def accelerate(obj):
 
 __all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
-                  "LCMScheduler", "LMSDiscreteScheduler", "accelerate", "ACCELERATED"]
+                  "LCMScheduler", "LMSDiscreteScheduler", "ScoreSdeVeScheduler", "accelerate", "ACCELERATED"]
