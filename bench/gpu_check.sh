@@ -19,6 +19,13 @@ PY=${PYTHON:-python3}
 PHASES=${PHASES:-"build check tests bench"}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # -gencode=arch=compute_90,code=sm_90
+# Wheels carried to the machine (no network there), e.g. diffusers for the
+# drop-in tests and bench: put them in .whl/ (git-ignored via
+# .git/info/exclude) and name .whl in the device tool's carry.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target build/site .whl/*.whl && \
+    export PYTHONPATH="$PWD/build/site:$PYTHONPATH"
+fi
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | sed 's/NVIDIA //; s/ .*//' | tr 'A-Z' 'a-z')
 report="$OUT/$(date +%F)-${card:-gpu}.md"
 start=$(date +%s)
@@ -103,6 +110,14 @@ if [[ " $PHASES " == *" bench "* ]]; then
   timeout ${COMPILE_BENCH_SECONDS:-150} $PY -m pytest bench/test_bench_gpu.py -q -p no:cacheprovider --benchmark-only \
     -k "compiled_reference and (large or xlarge)" --benchmark-json="$OUT/bench-gpu-compiled.json" >> "$OUT/bench.log" 2>&1
   echo "torch.compile of the reference: exit $? after $(elapsed) s" >> "$report"
+  # diffusers is not on the GPU image: the drop-in bench runs where it is carried.
+  if $PY -c "import diffusers" 2>/dev/null; then
+    DIFFACCEL_BENCH_DEVICE=cuda timeout ${DIFFUSERS_BENCH_SECONDS:-60} $PY -m pytest bench/test_bench_diffusers.py -q \
+      -p no:cacheprovider --benchmark-only --benchmark-json="$OUT/bench-gpu-diffusers.json" >> "$OUT/bench.log" 2>&1
+    echo "diffusers drop-ins: exit $? after $(elapsed) s" >> "$report"
+  else
+    echo "diffusers drop-ins: skipped (diffusers not importable; carry its wheel, see the device README)" >> "$report"
+  fi
   jsons=$(ls "$OUT"/bench-gpu*.json 2>/dev/null)
   if [ -n "$jsons" ]; then
     $PY bench/report.py $jsons 2>&1 | sed '1,2d' >> "$report"

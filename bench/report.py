@@ -86,7 +86,17 @@ def main(*paths):
         cells += [f"{gbs[i]:.0f}" if i in gbs else "-" for i in fused_impls] + [f"{copy:.0f}"]
         cells += [f"{100 * gbs[i] / copy:.0f}%" if i in gbs else "-" for i in fused_impls]
         print("| " + " | ".join(cells) + " |")
-    loops = [(case, shape, t) for (case, shape, _), t in sorted(median.items()) if case in calls and "fused" in t]
+    stock = [(case, t) for (case, _, _), t in sorted(median.items()) if "stock_diffusers" in t and "fused" in t]
+    if stock:
+        print("\nScheduler steps, stock diffusers against diffaccel's drop-in (25-step loop, (4,4,128,128) fp32):\n")
+        print("| scheduler loop | stock us/step | diffaccel us/step | speedup |")
+        print("|---|---:|---:|---:|")
+        for case, t in stock:
+            n = calls[case]
+            print(f"| {case} | {t['stock_diffusers'] / n * 1e6:.1f} | {t['fused'] / n * 1e6:.1f} | "
+                  f"{t['stock_diffusers'] / t['fused']:.1f}x |")
+    loops = [(case, shape, t) for (case, shape, _), t in sorted(median.items())
+             if case in calls and "fused" in t and "stock_diffusers" not in t]
     if loops:
         print("\nWhole 20-step loop with a zero-cost model (the time a user pays beyond the network):\n")
         print("| sampler | shape | model calls | fused us/call | reference us/call | speedup |")

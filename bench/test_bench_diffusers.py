@@ -1,8 +1,12 @@
 """Stock diffusers scheduler steps against diffaccel's accelerated ones
-(pytest-benchmark): a whole 25-step DPMSolverMultistepScheduler loop with a
-zero-cost model at (4,4,128,128) float32, with and without dynamic
-thresholding (set_timesteps, diffusers' own code in both, outside the timing);
-bench/report.py prints the time per step."""
+(pytest-benchmark): a whole 25-step loop with a zero-cost model at
+(4,4,128,128) float32, DPMSolverMultistepScheduler with and without dynamic
+thresholding, and DDIM and Euler (set_timesteps, diffusers' own code in both,
+outside the timing); bench/report.py prints the time per step. On the GPU
+check (DIFFACCEL_BENCH_DEVICE=cuda) the loop runs on CUDA and each timed loop
+ends with a synchronization."""
+
+import os
 
 import pytest
 import torch
@@ -13,29 +17,42 @@ from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 
 STEPS = 25
 SHAPE = (4, 4, 128, 128)
+DEVICE = os.environ.get("DIFFACCEL_BENCH_DEVICE", "cpu")
+CASES = {
+    "diffusers_dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "diffusers_dpmpp_2m_thresholding": ("DPMSolverMultistepScheduler", {"thresholding": True}),
+    "diffusers_ddim": ("DDIMScheduler", {}),
+    "diffusers_euler": ("EulerDiscreteScheduler", {}),
+}
 
 
-@pytest.mark.parametrize("thresholding", [False, True], ids=["plain", "thresholding"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("impl", ["stock_diffusers", "diffaccel"])
-def test_dpm_solver_multistep_loop(benchmark, impl, thresholding):
-    cls = accelerated.DPMSolverMultistepScheduler if impl == "diffaccel" else diffusers.DPMSolverMultistepScheduler
-    scheduler = cls(thresholding=thresholding)
-    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+def test_scheduler_loop(benchmark, impl, case):
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("DIFFACCEL_BENCH_DEVICE=cuda without a GPU")
+    name, config = CASES[case]
+    scheduler = getattr(accelerated if impl == "diffaccel" else diffusers, name)(**config)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
     def loop():
         x = x0
         for t in scheduler.timesteps:
             x = scheduler.step(eps, t, x).prev_sample
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
         return x
 
     def reset():  # set_timesteps is the same code in both: kept out of the timing
-        scheduler.set_timesteps(STEPS)
+        scheduler.set_timesteps(STEPS, device=DEVICE)
 
     reset()
     loop()
-    case = "diffusers_dpmpp_2m" + ("_thresholding" if thresholding else "")
     benchmark.group = case
     benchmark.extra_info.update(case=case, shape="medium", impl="fused" if impl == "diffaccel" else "stock_diffusers",
                                 bytes=0, model_calls=STEPS)
-    benchmark.pedantic(loop, setup=reset, rounds=20 if thresholding and impl == "stock_diffusers" else 100)
+    if DEVICE == "cuda":
+        benchmark.extra_info["device"] = torch.cuda.get_device_name()
+    slow = "thresholding" in case and impl == "stock_diffusers"
+    benchmark.pedantic(loop, setup=reset, rounds=20 if slow else 100)
