@@ -127,8 +127,8 @@ def test_accelerate_keeps_what_it_cannot_fuse():
     with pytest.warns(UserWarning, match="thresholding"):
         kept, changes = accelerated.accelerate(unsupported)
     assert kept is unsupported and changes == []
-    with pytest.warns(UserWarning, match="no accelerated UniPCMultistepScheduler"):
-        kept, _ = accelerated.accelerate(diffusers.UniPCMultistepScheduler())
+    with pytest.warns(UserWarning, match="no accelerated DPMSolverSinglestepScheduler"):
+        kept, _ = accelerated.accelerate(diffusers.DPMSolverSinglestepScheduler())
     with pytest.raises(TypeError, match="scheduler or pipeline"):
         accelerated.accelerate(42)
 
@@ -317,3 +317,27 @@ def test_score_sde_ve_matches_diffusers(correct_steps):
     (want_mean, want), (got_mean, got) = results
     assert _relative_error(got, want) < 1e-5
     assert _relative_error(got_mean, want_mean) < 1e-5
+
+
+UNIPC_CASES = [
+    {},
+    {"solver_order": 3},
+    # (bh1 and predict_x0=False give NaN in diffusers itself at a zero final sigma: sigma_min there.)
+    {"solver_type": "bh1", "final_sigmas_type": "sigma_min"},
+    {"solver_order": 3, "solver_type": "bh1", "lower_order_final": False, "final_sigmas_type": "sigma_min"},
+    {"disable_corrector": [0, 5, 6]},
+    {"thresholding": True, "solver_order": 3},
+    {"predict_x0": False, "final_sigmas_type": "sigma_min"},
+    {"predict_x0": False, "prediction_type": "v_prediction", "solver_order": 3, "final_sigmas_type": "sigma_min"},
+    {"prediction_type": "v_prediction", "use_karras_sigmas": True},
+    {"prediction_type": "sample", "use_exponential_sigmas": True},
+    {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0},
+    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "timestep_spacing": "trailing"},
+]
+
+
+@pytest.mark.parametrize("config", UNIPC_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_unipc_matches_diffusers(config):
+    want = _loop(diffusers.UniPCMultistepScheduler(**config))
+    got = _loop(accelerated.UniPCMultistepScheduler(**config))
+    assert _relative_error(got, want) < 1e-5

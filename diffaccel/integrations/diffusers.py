@@ -20,7 +20,8 @@ DDIMScheduler (eta, clip_sample, thresholding, prediction types,
 use_clipped_model_output), DDPMScheduler (fixed variances), EulerDiscreteScheduler (s_churn),
 EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
 HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
-ScoreSdeVeScheduler (step_correct on the fused Langevin op).
+ScoreSdeVeScheduler (step_correct on the fused Langevin op) and
+UniPCMultistepScheduler.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import warnings
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from diffaccel import ops
@@ -49,6 +51,28 @@ try:
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # diffusers is an optional dependency
     raise ImportError("diffaccel.integrations.diffusers needs diffusers (pip install diffusers)") from error
+
+
+def _alpha_sigma(sigma: float, flow: bool) -> Tuple[float, float]:
+    """(alpha_t, sigma_t) of diffusers' _sigma_to_alpha_sigma_t for a VP sigma (or a flow sigma)."""
+    if flow:
+        return 1.0 - sigma, sigma
+    alpha = 1.0 / math.sqrt(sigma * sigma + 1.0)
+    return alpha, sigma * alpha
+
+
+def _conversion(prediction_type: str, alpha: float, sigma: float, to_data: bool) -> Tuple[float, float]:
+    """(c_x, c_m) of convert_model_output: the data prediction (to_data) or the
+    noise prediction, as c_x * sample + c_m * model_output."""
+    if to_data:
+        table = {"epsilon": (1.0 / alpha, -sigma / alpha), "sample": (0.0, 1.0),
+                 "v_prediction": (alpha, -sigma), "flow_prediction": (1.0, -sigma)}
+    else:
+        table = {"epsilon": (0.0, 1.0), "sample": (_ratio(1.0, sigma), _ratio(-alpha, sigma)),
+                 "v_prediction": (sigma, alpha)}
+    if prediction_type not in table:
+        raise ValueError(f"prediction_type {prediction_type!r} is not supported here")
+    return table[prediction_type]
 
 
 def _lambda(alpha: float, sigma: float) -> float:
@@ -76,25 +100,13 @@ class DPMSolverMultistepScheduler(_diffusers.DPMSolverMultistepScheduler):
         self._unfused = self.unsupported_options()
 
     def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
-        if self.config.use_flow_sigmas:
-            return 1.0 - sigma, sigma
-        alpha = 1.0 / math.sqrt(sigma * sigma + 1.0)
-        return alpha, sigma * alpha
+        return _alpha_sigma(sigma, self.config.use_flow_sigmas)
 
     def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
-        """(c_x, c_m): what the algorithm integrates, as c_x * sample + c_m * model_output
-        (convert_model_output): the data prediction for dpmsolver++ / sde-dpmsolver++,
-        the noise prediction for dpmsolver / sde-dpmsolver."""
-        p = self.config.prediction_type
-        if self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
-            table = {"epsilon": (1.0 / alpha, -sigma / alpha), "sample": (0.0, 1.0),
-                     "v_prediction": (alpha, -sigma), "flow_prediction": (1.0, -sigma)}
-        else:
-            table = {"epsilon": (0.0, 1.0), "sample": (1.0 / sigma, -alpha / sigma),
-                     "v_prediction": (sigma, alpha)}
-        if p not in table:
-            raise ValueError(f"prediction_type {p!r} is not supported with algorithm_type {self.config.algorithm_type!r}")
-        return table[p]
+        """(c_x, c_m): what the algorithm integrates (convert_model_output): the data
+        prediction for dpmsolver++ / sde-dpmsolver++, the noise prediction for the others."""
+        return _conversion(self.config.prediction_type, alpha, sigma,
+                           to_data=self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"))
 
     def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
         """(a, weights of m0, m1, m2, s) of x_t = a x + sum_j w_j m_j + s noise, the
@@ -442,6 +454,132 @@ class ScoreSdeVeScheduler(_diffusers.ScoreSdeVeScheduler):
         return SchedulerOutput(prev_sample=prev_sample)
 
 
+class UniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
+    """diffusers' UniPCMultistepScheduler with fused steps: the model output's
+    conversion and the UniC corrector in one ei_step (writing the corrected
+    sample diffusers keeps as last_sample), then the UniP predictor in another;
+    one ei_step in all where the corrector is off. The rho weights are solved on
+    the host in float64 (numpy), where diffusers solves them on the device."""
+
+    def unsupported_options(self) -> List[str]:
+        bad = []
+        if self.solver_p is not None:
+            bad.append("solver_p")
+        if self.config.thresholding and not self.predict_x0:
+            bad.append("thresholding (with predict_x0=False)")
+        return bad
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+
+    def _lambda_at(self, index: int) -> float:
+        return _lambda(*_alpha_sigma(self._host_sigmas[index], self.config.use_flow_sigmas))
+
+    def _bh(self, h: float, order: int, rks: List[float], corrector: bool):
+        """(h_phi_1, B_h, rhos) of diffusers' multistep_uni_{p,c}_bh_update."""
+        hh = -h if self.predict_x0 else h
+        h_phi_1 = math.expm1(hh)
+        h_phi_k = _ratio(h_phi_1, hh) - 1.0
+        factorial = 1
+        b_h = hh if self.config.solver_type == "bh1" else math.expm1(hh)
+        if self.config.solver_type not in ("bh1", "bh2"):
+            raise NotImplementedError(self.config.solver_type)
+        rows, b = [], []
+        for i in range(1, order + 1):
+            rows.append([rk ** (i - 1) for rk in rks])
+            b.append(_ratio(h_phi_k * factorial, b_h))
+            factorial *= i + 1
+            h_phi_k = _ratio(h_phi_k, hh) - 1.0 / factorial
+        if corrector:
+            rhos = [0.5] if order == 1 else list(np.linalg.solve(np.array(rows), np.array(b)))
+        else:
+            rhos = [] if order == 1 else ([0.5] if order == 2 else
+                                          list(np.linalg.solve(np.array(rows)[:-1, :-1], np.array(b)[:-1])))
+        return h_phi_1, b_h, rhos
+
+    def _base_and_scale(self, t_index: int, s0_index: int) -> Tuple[float, float]:
+        (alpha_t, sigma_t) = _alpha_sigma(self._host_sigmas[t_index], self.config.use_flow_sigmas)
+        (alpha_s0, sigma_s0) = _alpha_sigma(self._host_sigmas[s0_index], self.config.use_flow_sigmas)
+        if self.predict_x0:
+            return sigma_t / sigma_s0, alpha_t
+        return alpha_t / alpha_s0, sigma_t
+
+    def _combination(self, t_index: int, s0_index: int, order: int, older: List[int], corrector: bool):
+        """(base, weight of m0, weights of the older outputs, weight of model_t) of
+        x_t = base x - scale h_phi_1 m0 - scale B_h (sum_k rho_k (m_k - m0) / r_k [+ rho_last (model_t - m0)])."""
+        lam_t, lam_s0 = self._lambda_at(t_index), self._lambda_at(s0_index)
+        h = lam_t - lam_s0
+        rks = [_ratio(self._lambda_at(si) - lam_s0, h) for si in older] + [1.0]
+        h_phi_1, b_h, rhos = self._bh(h, order, rks, corrector)
+        base, scale = self._base_and_scale(t_index, s0_index)
+        # The corrector's last rho weighs (model_t - m0); the others weigh the older outputs.
+        older_rhos = rhos[:-1] if corrector else rhos
+        older_w = [-scale * b_h * _ratio(rho, rk) for rho, rk in zip(older_rhos, rks)]
+        m0 = -scale * h_phi_1 - sum(older_w)
+        model_t = 0.0
+        if corrector:
+            model_t = -scale * b_h * rhos[-1]
+            m0 += scale * b_h * rhos[-1]
+        return base, m0, older_w[: len(older)], model_t
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
+             generator: Optional[torch.Generator] = None):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        if self.unsupported_options():
+            return super().step(model_output, timestep, sample, return_dict=return_dict)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        c = self.config
+        i = self.step_index
+        use_corrector = i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None
+        alpha, sigma = _alpha_sigma(self._host_sigmas[i], c.use_flow_sigmas)
+        c_x, c_m = _conversion(c.prediction_type, alpha, sigma, to_data=self.predict_x0)
+        threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
+                     if c.thresholding else None)
+        order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
+        this_order = min(order, self.lower_order_nums + 1)
+        device = sample.device
+
+        def coeffs(values):
+            return torch.tensor(values, dtype=torch.float64, device=device)
+
+        if use_corrector:
+            # Pass 1: converted output d and the corrected sample, from last_sample, the
+            # previous outputs m0 = model_outputs[-1], m_k = model_outputs[-(k+1)].
+            k_order = self.this_order
+            older = [i - (k + 1) for k in range(1, k_order)]
+            base, w0, w_older, w_t = self._combination(i, i - 1, k_order, older, corrector=True)
+            history = [self.last_sample, self.model_outputs[-1]] + [self.model_outputs[-(k + 1)] for k in range(1, k_order)]
+            sample, converted = ops.ei_step(sample, model_output, history,
+                                            coeffs([c_x, c_m, 0.0, w_t, base, w0, *w_older, 0.0]), threshold=threshold)
+        for k in range(c.solver_order - 1):
+            self.model_outputs[k] = self.model_outputs[k + 1]
+            self.timestep_list[k] = self.timestep_list[k + 1]
+        self.timestep_list[-1] = timestep
+        self.this_order = this_order
+        self.last_sample = sample
+        # The predictor, from the (corrected) sample, this step's converted output and the older ones.
+        older = [i - k for k in range(1, this_order)]
+        base, w0, w_older, _ = self._combination(i + 1, i, this_order, older, corrector=False)
+        older_outputs = [self.model_outputs[-(k + 1)] for k in range(1, this_order)]
+        if use_corrector:
+            # d is already converted: pass it as the model output with c_x = 0, c_m = 1.
+            prev_sample, _ = ops.ei_step(sample, converted, older_outputs, coeffs([0.0, 1.0, base, w0, *w_older, 0.0]),
+                                         out=(torch.empty_like(sample, memory_format=torch.contiguous_format), converted))
+        else:
+            prev_sample, converted = ops.ei_step(sample, model_output, older_outputs,
+                                                 coeffs([c_x, c_m, base, w0, *w_older, 0.0]), threshold=threshold)
+        self.model_outputs[-1] = converted
+        if self.lower_order_nums < c.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+
 def _euler_data_term(prediction_type: str, sigma: float, sigma_hat: float) -> Tuple[float, float]:
     """(c_x, c_m) of the Euler schedulers' pred_original_sample (v uses sigma, not sigma_hat, as diffusers)."""
     if prediction_type in ("original_sample", "sample"):
@@ -659,6 +797,7 @@ ACCELERATED = {
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
     "LCMScheduler": LCMScheduler,
     "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
+    "UniPCMultistepScheduler": UniPCMultistepScheduler,
 }
 
 
@@ -697,4 +836,5 @@ def accelerate(obj):
 
 __all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
-                  "LCMScheduler", "LMSDiscreteScheduler", "ScoreSdeVeScheduler", "accelerate", "ACCELERATED"]
+                  "LCMScheduler", "LMSDiscreteScheduler", "ScoreSdeVeScheduler", "UniPCMultistepScheduler", "accelerate",
+                  "ACCELERATED"]
