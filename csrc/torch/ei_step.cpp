@@ -58,6 +58,20 @@ std::optional<ThresholdOptions> check_ei_step(
   return threshold;
 }
 
+// The op's tensor inputs as the kernels read them: contiguous (a non-contiguous
+// one is copied once).
+struct EiStepInputs {
+  at::Tensor x, model_out;
+  std::vector<at::Tensor> history;
+  std::optional<at::Tensor> noise;
+  EiStepInputs(const at::Tensor& x_, const at::Tensor& model_out_, at::TensorList history_,
+               const std::optional<at::Tensor>& noise_)
+      : x(contiguous_input(x_)), model_out(contiguous_input(model_out_)) {
+    for (const at::Tensor& h : history_) history.push_back(contiguous_input(h));
+    if (noise_) noise = contiguous_input(*noise_);
+  }
+};
+
 void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
                      const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
                      std::optional<std::string_view> threshold_kind, double threshold_ratio,
@@ -68,11 +82,10 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
                     threshold_max_value, threshold_style, x_next_out, d_out);
   const int64_t batch = batch_of(x);
   const at::ScalarType acc = acc_type_of(x);
-  const at::Tensor xc = contiguous_input(x);
-  const at::Tensor mc = contiguous_input(model_out);
-  std::vector<at::Tensor> hc;
-  for (const at::Tensor& h : history) hc.push_back(contiguous_input(h));
-  const std::optional<at::Tensor> zc = noise ? std::optional(contiguous_input(*noise)) : std::nullopt;
+  const EiStepInputs in(x, model_out, history, noise);
+  const at::Tensor &xc = in.x, &mc = in.model_out;
+  const std::vector<at::Tensor>& hc = in.history;
+  const std::optional<at::Tensor>& zc = in.noise;
   KernelOut x_next(x_next_out), d(d_out);
 
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_ei_step_cpu", [&] {
@@ -128,11 +141,10 @@ void ei_step_out_cuda(const at::Tensor& x, const at::Tensor& model_out, at::Tens
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t batch = batch_of(x);
   check_cuda_sizes(kOp, batch, per_sample_of(x));
-  const at::Tensor xc = contiguous_input(x);
-  const at::Tensor mc = contiguous_input(model_out);
-  std::vector<at::Tensor> hc;
-  for (const at::Tensor& h : history) hc.push_back(contiguous_input(h));
-  const std::optional<at::Tensor> zc = noise ? std::optional(contiguous_input(*noise)) : std::nullopt;
+  const EiStepInputs in(x, model_out, history, noise);
+  const at::Tensor &xc = in.x, &mc = in.model_out;
+  const std::vector<at::Tensor>& hc = in.history;
+  const std::optional<at::Tensor>& zc = in.noise;
   const at::Tensor cc = coeffs.contiguous();
   KernelOut x_next(x_next_out), d(d_out);
 

@@ -602,6 +602,14 @@ class _EulerBase:
     def unsupported_options(self) -> List[str]:
         return []
 
+    def _finish(self, prev_sample, pred_original_sample, model_output, output_cls, return_dict: bool):
+        """diffusers' ending of an Euler-family step: cast back, count the step, return."""
+        prev_sample = prev_sample.to(model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return output_cls(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
     def _start(self, timestep, scheduler_name: str):
         if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
             raise ValueError(
@@ -633,11 +641,7 @@ class EulerDiscreteScheduler(_EulerBase, _diffusers.EulerDiscreteScheduler):
         r = sigma_next / sigma_hat  # sample + (sample - x0) / sigma_hat * (sigma_next - sigma_hat)
         coeffs = torch.tensor([c_x, c_m, r, 1.0 - r, 0.0], dtype=torch.float64, device=sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs)
-        prev_sample = prev_sample.to(model_output.dtype)
-        self._step_index += 1
-        if not return_dict:
-            return prev_sample, pred_original_sample
-        return EulerDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._finish(prev_sample, pred_original_sample, model_output, EulerDiscreteSchedulerOutput, return_dict)
 
 
 class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscreteScheduler):
@@ -659,11 +663,8 @@ class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscr
         r = sigma_down / sigma
         coeffs = torch.tensor([c_x, c_m, r, 1.0 - r, sigma_up], dtype=torch.float64, device=sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
-        prev_sample = prev_sample.to(model_output.dtype)
-        self._step_index += 1
-        if not return_dict:
-            return prev_sample, pred_original_sample
-        return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._finish(prev_sample, pred_original_sample, model_output, EulerAncestralDiscreteSchedulerOutput,
+                            return_dict)
 
 
 class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
