@@ -225,9 +225,9 @@ def _host_timestep(scheduler, timestep, counter: int, cast=int):
     return cast(timestep)
 
 
-class DDIMScheduler(_diffusers.DDIMScheduler):
-    """diffusers' DDIMScheduler with a fused ``step()`` (eta, clip_sample,
-    thresholding, every prediction type, use_clipped_model_output)."""
+class _HostTimesteps:
+    """What the discrete-timestep schedulers share: host copies of the
+    timesteps and of alphas_cumprod, and the step counter of _host_timestep."""
 
     def unsupported_options(self) -> List[str]:
         return []
@@ -237,6 +237,11 @@ class DDIMScheduler(_diffusers.DDIMScheduler):
         self._host_timesteps = [int(t) for t in self.timesteps.tolist()]
         self._host_alphas_cumprod = self.alphas_cumprod.tolist()
         self._step_counter = 0
+
+
+class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
+    """diffusers' DDIMScheduler with a fused ``step()`` (eta, clip_sample,
+    thresholding, every prediction type, use_clipped_model_output)."""
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
@@ -289,7 +294,7 @@ class DDIMScheduler(_diffusers.DDIMScheduler):
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
-class DDPMScheduler(_diffusers.DDPMScheduler):
+class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
     """diffusers' DDPMScheduler with a fused ``step()`` (clip_sample,
     thresholding, prediction types, fixed_small / fixed_small_log / fixed_large
     variances, custom timesteps)."""
@@ -298,12 +303,6 @@ class DDPMScheduler(_diffusers.DDPMScheduler):
         if self.config.variance_type in ("learned", "learned_range", "fixed_large_log"):
             return [f"variance_type={self.config.variance_type!r}"]
         return []
-
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
-        self._host_timesteps = [int(t) for t in self.timesteps.tolist()]
-        self._host_alphas_cumprod = self.alphas_cumprod.tolist()
-        self._step_counter = 0
 
     def _previous_host_timestep(self, t: int) -> int:
         if self.custom_timesteps or self.num_inference_steps:
@@ -349,19 +348,11 @@ class DDPMScheduler(_diffusers.DDPMScheduler):
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
-class LCMScheduler(_diffusers.LCMScheduler):
+class LCMScheduler(_HostTimesteps, _diffusers.LCMScheduler):
     """diffusers' LCMScheduler (latent consistency models) with a fused
     ``step()``: the boundary-condition combination and the renoising to the
     next timestep in one ei_step (plus one pass for ``denoised`` when the data
     prediction is clipped or thresholded)."""
-
-    def unsupported_options(self) -> List[str]:
-        return []
-
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
-        self._host_timesteps = [int(t) for t in self.timesteps.tolist()]
-        self._host_alphas_cumprod = self.alphas_cumprod.tolist()
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
