@@ -155,3 +155,27 @@ def test_custom_noise_sampler_is_called_like_k_diffusions():
     want = K.sample_euler_ancestral(denoiser, x, sigmas, disable=True, noise_sampler=sampler_for(calls_theirs))
     assert calls_ours == calls_theirs
     assert _relative_error(got, want) < 1e-4
+
+
+@pytest.mark.parametrize("n", [10, 11, 12])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_dpm_fast_matches_k_diffusion(n, eta):
+    x = _x()
+    torch.manual_seed(4)
+    got = ours.sample_dpm_fast(denoiser, x, 0.03, 14.6, n, disable=True, eta=eta)
+    torch.manual_seed(4)
+    want = K.sample_dpm_fast(denoiser, x, 0.03, 14.6, n, disable=True, eta=eta)
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_dpm_adaptive_matches_k_diffusion(order, eta):
+    x = _x()
+    torch.manual_seed(4)
+    got, info = ours.sample_dpm_adaptive(denoiser, x, 0.03, 14.6, disable=True, order=order, eta=eta, return_info=True)
+    torch.manual_seed(4)
+    want, want_info = K.sample_dpm_adaptive(denoiser, x, 0.03, 14.6, disable=True, order=order, eta=eta,
+                                            return_info=True)
+    assert info == want_info  # the same accepted and rejected steps
+    assert _relative_error(got, want) < 1e-5
