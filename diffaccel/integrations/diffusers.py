@@ -20,8 +20,8 @@ DDIMScheduler (eta, clip_sample, thresholding, prediction types,
 use_clipped_model_output), DDPMScheduler (fixed variances), EulerDiscreteScheduler (s_churn),
 EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
 HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
-ScoreSdeVeScheduler (step_correct on the fused Langevin op) and
-UniPCMultistepScheduler.
+ScoreSdeVeScheduler (step_correct on the fused Langevin op),
+UniPCMultistepScheduler and DPMSolverSinglestepScheduler.
 """
 
 from __future__ import annotations
@@ -223,6 +223,99 @@ def _host_timestep(scheduler, timestep, counter: int, cast=int):
     if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
         return scheduler._host_timesteps[counter]
     return cast(timestep)
+
+
+class DPMSolverSinglestepScheduler(_diffusers.DPMSolverSinglestepScheduler):
+    """diffusers' DPMSolverSinglestepScheduler with a fused ``step()``: each
+    model evaluation's conversion and the update from the group's starting
+    sample (orders 1-3, midpoint or heun, dpmsolver++ / sde-dpmsolver++ /
+    dpmsolver) in one ei_step."""
+
+    def unsupported_options(self) -> List[str]:
+        if self.config.thresholding and self.config.algorithm_type == "dpmsolver":
+            return ["thresholding (with algorithm_type='dpmsolver')"]
+        return []
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+
+    def _update(self, order: int) -> Tuple[float, List[float], float]:
+        """(a, weights of m0 (this output), m1, m2, s): x_t = a start + sum w m + s noise."""
+        i, c = self.step_index, self.config
+        alphas_sigmas = [_alpha_sigma(self._host_sigmas[i + 1 - k], c.use_flow_sigmas) for k in range(order + 1)]
+        lam = [_lambda(a, sg) for a, sg in alphas_sigmas]  # t, s0, s1, s2
+        (alpha_t, sigma_t), (alpha_start, sigma_start) = alphas_sigmas[0], alphas_sigmas[order]
+        h = lam[0] - lam[order]
+        em, em2 = math.exp(-h), math.exp(-2.0 * h)
+        heun, s = c.solver_type == "heun", 0.0
+        if c.algorithm_type == "dpmsolver++":
+            a, A = sigma_t / sigma_start, alpha_t * (1.0 - em)
+            B = alpha_t * ((em - 1.0) / h + 1.0)
+            C = -alpha_t * ((em - 1.0 + h) / h**2 - 0.5)
+        elif c.algorithm_type == "sde-dpmsolver++":
+            a, A = sigma_t / sigma_start * em, alpha_t * (1.0 - em2)
+            B = alpha_t * ((1.0 - em2) / (-2.0 * h) + 1.0)
+            C = alpha_t * ((1.0 - em2 + (-2.0 * h)) / (-2.0 * h) ** 2 - 0.5)
+            s = sigma_t * math.sqrt(1.0 - em2)
+        else:  # dpmsolver
+            ep = math.exp(h)
+            a, A = alpha_t / alpha_start, -sigma_t * (ep - 1.0)
+            B = -sigma_t * ((ep - 1.0) / h - 1.0)
+            C = -sigma_t * ((ep - 1.0 - h) / h**2 - 0.5)
+        if order == 1:
+            return a, [A], s
+        if order == 2:  # D0 = m1, D1 = (m0 - m1) / r0
+            B = B if heun else 0.5 * A
+            r0 = (lam[1] - lam[2]) / h
+            return a, [B / r0, A - B / r0], s
+        r0, r1 = (lam[1] - lam[3]) / h, (lam[2] - lam[3]) / h
+        if not heun:  # A m2 + B D1_1, D1_1 = (m0 - m2) / r0
+            return a, [B / r0, 0.0, A - B / r0], s
+        q = 1.0 / (r0 - r1)  # A m2 + B D1 + C D2
+        return a, [-B * r1 / r0 * q + 2 * C * q / r0, B * r0 / r1 * q - 2 * C * q / r1,
+                   A + B * q * (r1 / r0 - r0 / r1) + 2 * C * q * (1 / r1 - 1 / r0)], s
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        if self.unsupported_options():
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        c = self.config
+        if c.variance_type in ("learned", "learned_range") and c.prediction_type == "epsilon":
+            model_output = model_output[:, :3]
+        earlier = list(self.model_outputs[1:])  # m1 = earlier[-1], m2 = earlier[-2], after the shift
+        for k in range(c.solver_order - 1):
+            self.model_outputs[k] = self.model_outputs[k + 1]
+        self.model_outputs[-1] = model_output  # (replaced by the converted output below)
+        noise = None
+        if c.algorithm_type == "sde-dpmsolver++":
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+        order = self.order_list[self.step_index]
+        while self.model_outputs[-order] is None:
+            order -= 1
+        if order == 1:
+            self.sample = sample
+        a, weights, s = self._update(order)
+        alpha, sigma = _alpha_sigma(self._host_sigmas[self.step_index], c.use_flow_sigmas)
+        c_x, c_m = _conversion(c.prediction_type, alpha, sigma, to_data=c.algorithm_type != "dpmsolver")
+        threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
+                     if c.thresholding else None)
+        if order == 1:  # from this sample itself
+            values, history = [c_x, c_m, a, weights[0]], []
+        else:  # from the group's starting sample and the group's earlier outputs
+            values, history = [c_x, c_m, 0.0, weights[0], a, *weights[1:]], [self.sample] + earlier[::-1][: order - 1]
+        coeffs = torch.tensor([*values, s], dtype=torch.float64, device=sample.device)
+        prev_sample, converted = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold, noise=noise)
+        self.model_outputs[-1] = converted
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
 
 
 class _HostTimesteps:
@@ -790,6 +883,7 @@ ACCELERATED = {
     "LCMScheduler": LCMScheduler,
     "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
+    "DPMSolverSinglestepScheduler": DPMSolverSinglestepScheduler,
 }
 
 
@@ -826,7 +920,7 @@ def accelerate(obj):
     raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
 
 
-__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
                   "LCMScheduler", "LMSDiscreteScheduler", "ScoreSdeVeScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED"]
