@@ -56,3 +56,40 @@ def test_scheduler_loop(benchmark, impl, case):
         benchmark.extra_info["device"] = torch.cuda.get_device_name()
     slow = "thresholding" in case and impl == "stock_diffusers"
     benchmark.pedantic(loop, setup=reset, rounds=20 if slow else 100)
+
+
+@pytest.mark.parametrize("impl", ["stock_diffusers", "diffaccel"])
+def test_unet_pipeline_loop(benchmark, impl):
+    """A whole 25-step DPM-Solver++ sampling loop with a small UNet2DModel
+    (random weights, (2,4,32,32) latents): the scheduler's share of a real loop."""
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("DIFFACCEL_BENCH_DEVICE=cuda without a GPU")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+                                 block_out_channels=(32, 64), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(DEVICE).eval()
+    cls = accelerated.DPMSolverMultistepScheduler if impl == "diffaccel" else diffusers.DPMSolverMultistepScheduler
+    scheduler = cls()
+    x0 = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+
+    @torch.no_grad()
+    def loop():
+        x = x0
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return x
+
+    def reset():
+        scheduler.set_timesteps(STEPS, device=DEVICE)
+
+    reset()
+    loop()
+    benchmark.group = "unet_dpmpp_2m_loop"
+    benchmark.extra_info.update(case="unet_dpmpp_2m_loop", shape="(2,4,32,32)",
+                                impl="fused" if impl == "diffaccel" else "stock_diffusers", bytes=0, model_calls=STEPS)
+    if DEVICE == "cuda":
+        benchmark.extra_info["device"] = torch.cuda.get_device_name()
+    benchmark.pedantic(loop, setup=reset, rounds=5)
