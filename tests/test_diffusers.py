@@ -373,3 +373,26 @@ def test_dpm_solver_singlestep_matches_diffusers(config, steps):
     # diffusers too), which amplifies float32 rounding: 4e-5 there, 1e-7..1e-6 elsewhere.
     diverged = float(want.abs().max()) > 100
     assert _relative_error(got, want) < (1e-4 if diverged else 1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(accelerated.ACCELERATED))
+def test_steps_after_the_first_do_not_synchronize(name):
+    """On CUDA every step after the first (whose _init_step_index is diffusers')
+    runs under torch.cuda.set_sync_debug_mode("error")."""
+    if name == "ScoreSdeVeScheduler":
+        pytest.skip("driven by step_pred / step_correct, covered by its loop test")
+    scheduler = getattr(accelerated, name)()
+    scheduler.set_timesteps(10, device="cuda")
+    x = torch.randn(2, 4, 16, 16, device="cuda")
+    timesteps = list(scheduler.timesteps)
+    x = scheduler.step(model(x, 0), timesteps[0], x).prev_sample
+    out = model(x, 0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t in timesteps[1:]:
+            x = scheduler.step(out, t, x).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(x).all()
