@@ -21,6 +21,7 @@ BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728
 
 demo: $(STAMP)
 	$(PY) -m diffaccel info
+	$(PY) -m diffaccel demo --out demo-out
 	$(BENCH_ENV) $(PY) -m diffaccel bench
 
 # TRITON_INTERPRET=1: the Triton kernels run on CPU tensors (tests/test_triton.py);
@@ -48,6 +49,8 @@ $(STAMP): $(PY) $(SOURCES)
 	@$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install triton==3.6.0
 	@# k-diffusion's sampling module and what it imports, to test the drop-in against
 	@# the real package (--no-deps: its __init__'s training dependencies are not needed).
+	@# matplotlib, for the demo's plot.
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install matplotlib
 	@# diffusers, to test the scheduler drop-ins against the real package.
 	@$(PY) -c "import diffusers" 2>/dev/null || $(PY) -m pip install diffusers==0.42.1
 	@$(PY) -c "import scipy" 2>/dev/null || $(PY) -m pip install scipy

@@ -1,5 +1,5 @@
-"""Command line: ``diffaccel info``, ``diffaccel bench`` and ``diffaccel check``
-(also ``python -m diffaccel ...``)."""
+"""Command line: ``diffaccel info``, ``diffaccel demo``, ``diffaccel bench`` and
+``diffaccel check`` (also ``python -m diffaccel ...``)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="a short table: fused ops vs the eager reference")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--shapes", nargs="+", default=["small", "medium"], choices=list(SHAPES))
+    demo = sub.add_parser("demo", help="the samplers on the exact Gaussian oracle: error, model calls, loop time, plot")
+    demo.add_argument("--out", default="demo-out", help="folder for index.md and the plot (default demo-out)")
+    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--quick", action="store_true", help="one step count, smaller latents (under 30 s on 2 cores)")
     check = sub.add_parser("check", help="every live backend against the reference; exits 1 on any failure")
     check.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     check.add_argument("--backends", nargs="+", choices=["cpu", "cuda", "triton"],
@@ -57,6 +61,10 @@ def main(argv=None) -> int:
         from diffaccel.info import report
 
         print(report())
+    elif args.command == "demo":
+        from diffaccel import demo as demo_module
+
+        demo_module.run(args.out, args.device, args.quick)
     elif args.command == "check":
         from diffaccel import check as check_module
 
