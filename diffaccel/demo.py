@@ -11,6 +11,8 @@ several step counts on a batch of latents drawn at t = 1, and prints and writes:
 - error against model calls on log-log axes (matplotlib, if installed);
 - for the stochastic samplers, on a Gaussian mixture, the error of the
   sample's mean and covariance against the exact marginal;
+- images: 64 digits per sampler and step count from the small pretrained
+  denoiser shipped in the package (diffaccel.models.digits), from one noise;
 - an index.md in the output folder linking all of it.
 """
 
@@ -25,8 +27,9 @@ from typing import Dict, List, Tuple
 import torch
 
 from diffaccel import ops, schedules
+from diffaccel.models import digits
 from diffaccel.models.analytic import GaussianData, GaussianMixture
-from diffaccel.sampling import run_plan
+from diffaccel.sampling import run_plan, sample
 from diffaccel.solvers import plan
 
 ODE_SAMPLERS = ["ddim", "euler", "heun", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m", "dpmpp_3m", "unipc_bh2", "lms"]
@@ -117,6 +120,38 @@ def _plot(rows: List[Dict], path: str) -> bool:
     return True
 
 
+IMAGE_SAMPLERS = ["ddim", "dpmpp_2m", "unipc_bh2", "euler_ancestral"]
+
+
+def digit_grids(out_dir: str, device: str, steps_list: List[int], samplers: List[str]) -> List[Tuple[str, int, str]]:
+    """A grid of 64 generated digits per sampler and step count, from one noise; [(sampler, steps, file)]."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    model = digits.load_pretrained(device)
+    noise = torch.randn((64,) + digits.IMAGE_SHAPE, generator=torch.Generator().manual_seed(0)).to(device)
+    written = []
+    for sampler in samplers:
+        for steps in steps_list:
+            with torch.no_grad():
+                images = sample(model, noise, sampler=sampler, steps=steps, schedule=digits.schedule(),
+                                generator=torch.Generator(device).manual_seed(1)).clamp(-1, 1).cpu()
+            fig, axes = plt.subplots(8, 8, figsize=(3.2, 3.2))
+            for ax, image in zip(axes.flat, images):
+                ax.imshow(image[0], cmap="gray_r", vmin=-1, vmax=1)
+                ax.axis("off")
+            fig.suptitle(f"{sampler}, {steps} steps", fontsize=9)
+            name = f"digits_{sampler}_{steps}.png"
+            fig.savefig(os.path.join(out_dir, name), dpi=90)
+            plt.close(fig)
+            written.append((sampler, steps, name))
+    return written
+
+
 def run(out_dir: str = "demo-out", device: str = "cpu", quick: bool = False, print_fn=print) -> str:
     """Runs the demo, writes out_dir/index.md (and the plot); returns the index path."""
     os.makedirs(out_dir, exist_ok=True)
@@ -140,6 +175,7 @@ def run(out_dir: str = "demo-out", device: str = "cpu", quick: bool = False, pri
     print_fn("\nStochastic samplers on a 2-D Gaussian mixture (moments of the sample against the exact ones):")
     print_fn(sde_table_md)
     plotted = _plot(rows, os.path.join(out_dir, "error_vs_model_calls.png")) if not quick or len(steps_list) > 1 else False
+    grids = digit_grids(out_dir, device, [10] if quick else [10, 25], IMAGE_SAMPLERS[:2] if quick else IMAGE_SAMPLERS)
     index = os.path.join(out_dir, "index.md")
     with open(index, "w") as f:
         f.write("# diffaccel demo\n\n")
@@ -152,5 +188,13 @@ def run(out_dir: str = "demo-out", device: str = "cpu", quick: bool = False, pri
         elif not quick:
             f.write("(Install matplotlib for the error plot.)\n\n")
         f.write("## Stochastic samplers\n\n" + sde_table_md + "\n")
-    print_fn(f"\nwrote {index}" + (" and error_vs_model_calls.png" if plotted else ""))
+        if grids:
+            f.write("\n## Digits from the pretrained denoiser\n\n"
+                    "diffaccel.models.digits (an MLP trained on scikit-learn's 8x8 digits by "
+                    "scripts/train_digits_denoiser.py); the same noise for every grid.\n\n")
+            for sampler, steps, name in grids:
+                f.write(f"![{sampler}, {steps} steps]({name}) ")
+            f.write("\n")
+    extras = (["error_vs_model_calls.png"] if plotted else []) + [name for _, _, name in grids]
+    print_fn(f"\nwrote {index}" + (f" and {len(extras)} images" if extras else ""))
     return index
