@@ -133,6 +133,12 @@ class _Loop:
     def denoise(self, x, sigma):
         return self.model(x, sigma * self.s_in, **self.extra_args)
 
+    def evaluate(self, x, i):
+        """The model at sigma_i, reported to the callback as k-diffusion reports it."""
+        denoised = self.denoise(x, self.sigmas[i])
+        self.report(x, i, self.sigmas[i], denoised)
+        return denoised
+
     def report(self, x, i, sigma_hat, denoised):
         if self.callback is not None:
             self.callback({"x": x, "i": i, "sigma": self.sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
@@ -186,9 +192,8 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
+        denoised = loop.evaluate(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
-        loop.report(x, i, loop.sigmas[i], denoised)
         r = sigma_down / sigma
         noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
         x, _ = loop.step(x, denoised, [], r, [1.0 - r], noise=noise, s=s_noise * sigma_up)
@@ -256,9 +261,8 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         sigma = loop.values[i]
-        denoised = loop.denoise(x, loop.sigmas[i])
+        denoised = loop.evaluate(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, loop.values[i + 1], eta=eta)
-        loop.report(x, i, loop.sigmas[i], denoised)
         x = _dpm_2_step(loop, x, denoised, sigma, loop.sigmas[i], sigma_down,
                         draw_noise=lambda: noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]), s=s_noise * sigma_up)
     return x
@@ -271,8 +275,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     old_denoised = None
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
-        loop.report(x, i, loop.sigmas[i], denoised)
+        denoised = loop.evaluate(x, i)
         a = sigma_next / sigma
         if sigma_next == 0:
             x, denoised_copy = loop.step(x, denoised, [], 0.0, [1.0])
@@ -299,8 +302,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     ds = []  # earlier derivatives (x - denoised) / sigma, newest last
     for i in loop.steps():
         sigma = loop.values[i]
-        denoised = loop.denoise(x, loop.sigmas[i])
-        loop.report(x, i, loop.sigmas[i], denoised)
+        denoised = loop.evaluate(x, i)
         cur = min(i + 1, order)
         w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
         # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
@@ -318,9 +320,8 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
+        denoised = loop.evaluate(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
-        loop.report(x, i, loop.sigmas[i], denoised)
         if sigma_down == 0:
             source, a, b = denoised, 0.0, 1.0
         else:
@@ -351,8 +352,7 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
     fac = 1 / (2 * r)
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
-        loop.report(x, i, loop.sigmas[i], denoised)
+        denoised = loop.evaluate(x, i)
         if sigma_next == 0:
             x, _ = loop.step(x, denoised, [], 0.0, [1.0])
             continue
@@ -389,8 +389,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     old_denoised, h_last = None, None
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
-        loop.report(x, i, loop.sigmas[i], denoised)
+        denoised = loop.evaluate(x, i)
         if sigma_next == 0:
             x, kept = loop.step(x, denoised, [], 0.0, [1.0])
         else:
@@ -423,8 +422,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     h_1 = h_2 = None
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
-        loop.report(x, i, loop.sigmas[i], denoised)
+        denoised = loop.evaluate(x, i)
         if sigma_next == 0:
             x, kept = loop.step(x, denoised, [], 0.0, [1.0])
             h = h_1
