@@ -35,18 +35,27 @@ import torch
 
 from diffaccel import ops
 from diffaccel.solvers.lms import lagrange_weights
+from diffaccel.transfer import to_device
 
 try:
     import diffusers as _diffusers
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-    from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
-    from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
-    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
-    from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
+        EulerAncestralDiscreteSchedulerOutput,
+    )
+    from diffusers.schedulers.scheduling_euler_discrete import (
+        EulerDiscreteSchedulerOutput,
+    )
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
+        FlowMatchEulerDiscreteSchedulerOutput,
+    )
+    from diffusers.schedulers.scheduling_heun_discrete import (
+        HeunDiscreteSchedulerOutput,
+    )
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
-    from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # diffusers is an optional dependency
@@ -186,7 +195,7 @@ class DPMSolverMultistepScheduler(_diffusers.DPMSolverMultistepScheduler):
         threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
                      if c.thresholding else None)
         history = [self.model_outputs[-1 - k] for k in range(order - 1)]  # m1, m2: earlier converted outputs
-        coeffs = torch.tensor([c_x, c_m, a, *weights, s], dtype=torch.float64, device=sample.device)
+        coeffs = to_device([c_x, c_m, a, *weights, s], sample.device)
         # diffusers upcasts the sample to float32 for the update and casts the result back.
         # The converted output goes into the history slot about to be dropped (ei_step
         # allows it to be one of the history tensors it reads).
@@ -309,7 +318,7 @@ class DPMSolverSinglestepScheduler(_diffusers.DPMSolverSinglestepScheduler):
             values, history = [c_x, c_m, a, weights[0]], []
         else:  # from the group's starting sample and the group's earlier outputs
             values, history = [c_x, c_m, 0.0, weights[0], a, *weights[1:]], [self.sample] + earlier[::-1][: order - 1]
-        coeffs = torch.tensor([*values, s], dtype=torch.float64, device=sample.device)
+        coeffs = to_device([*values, s], sample.device)
         prev_sample, converted = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold, noise=noise)
         self.model_outputs[-1] = converted
         self._step_index += 1
@@ -378,8 +387,7 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
                                  "`generator` or `variance_noise` stays `None`.")
             noise = variance_noise if variance_noise is not None else randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
-        coeffs = torch.tensor([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0],
-                              dtype=torch.float64, device=sample.device)
+        coeffs = to_device([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold,
                                                         noise=noise)
         if not return_dict:
@@ -433,7 +441,7 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
                                  dtype=model_output.dtype)
             variance = current_beta if self.variance_type == "fixed_large" else max(beta_prev / beta_t * current_beta, 1e-20)
             std = math.sqrt(variance)
-        coeffs = torch.tensor([c_x, c_m, a, b0, std], dtype=torch.float64, device=sample.device)
+        coeffs = to_device([c_x, c_m, a, b0, std], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, threshold=threshold,
                                                         noise=noise)
         if not return_dict:
@@ -478,11 +486,10 @@ class LCMScheduler(_HostTimesteps, _diffusers.LCMScheduler):
             coeffs = [c_out * c_x + c_skip, c_out * c_m, 0.0, scale, s]
         else:
             coeffs = [c_x, c_m, scale * c_skip, scale * c_out, s]
-        prev_sample, d = ops.ei_step(sample, model_output, [], torch.tensor(coeffs, dtype=torch.float64,
-                                                                            device=sample.device),
+        prev_sample, d = ops.ei_step(sample, model_output, [], to_device(coeffs, sample.device),
                                      threshold=threshold, noise=noise)
         denoised = d if threshold is None else ops.multistep_combine(
-            [d, sample], torch.tensor([c_out, c_skip], dtype=torch.float64, device=sample.device))
+            [d, sample], to_device([c_out, c_skip], sample.device))
         self._step_index += 1
         if not return_dict:
             return prev_sample, denoised
@@ -520,7 +527,7 @@ class ScoreSdeVeScheduler(_diffusers.ScoreSdeVeScheduler):
         noise = randn_tensor(sample.shape, layout=sample.layout, generator=generator, device=sample.device,
                              dtype=sample.dtype)
         # mean = sample + g^2 model_output (the data term); prev = mean + g noise
-        coeffs = torch.tensor([1.0, g2, 0.0, 1.0, math.sqrt(g2)], dtype=torch.float64, device=sample.device)
+        coeffs = to_device([1.0, g2, 0.0, 1.0, math.sqrt(g2)], sample.device)
         prev_sample, prev_sample_mean = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
         if not return_dict:
             return prev_sample, prev_sample_mean
@@ -627,7 +634,7 @@ class UniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
         device = sample.device
 
         def coeffs(values):
-            return torch.tensor(values, dtype=torch.float64, device=device)
+            return to_device(values, device)
 
         if use_corrector:
             # Pass 1: converted output d and the corrected sample, from last_sample, the
@@ -719,11 +726,10 @@ class EulerDiscreteScheduler(_EulerBase, _diffusers.EulerDiscreteScheduler):
             noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                                  generator=generator)
             scale = s_noise * math.sqrt(sigma_hat**2 - sigma**2)
-            sample = ops.multistep_combine([sample, noise], torch.tensor([1.0, scale], dtype=torch.float64,
-                                                                           device=sample.device))
+            sample = ops.multistep_combine([sample, noise], to_device([1.0, scale], sample.device))
         c_x, c_m = _euler_data_term(self.config.prediction_type, sigma, sigma_hat)
         r = sigma_next / sigma_hat  # sample + (sample - x0) / sigma_hat * (sigma_next - sigma_hat)
-        coeffs = torch.tensor([c_x, c_m, r, 1.0 - r, 0.0], dtype=torch.float64, device=sample.device)
+        coeffs = to_device([c_x, c_m, r, 1.0 - r, 0.0], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs)
         return self._finish(prev_sample, pred_original_sample, model_output, EulerDiscreteSchedulerOutput, return_dict)
 
@@ -745,7 +751,7 @@ class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscr
         noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                              generator=generator)
         r = sigma_down / sigma
-        coeffs = torch.tensor([c_x, c_m, r, 1.0 - r, sigma_up], dtype=torch.float64, device=sample.device)
+        coeffs = to_device([c_x, c_m, r, 1.0 - r, sigma_up], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
         return self._finish(prev_sample, pred_original_sample, model_output, EulerAncestralDiscreteSchedulerOutput,
                             return_dict)
@@ -781,7 +787,7 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
             coeffs = [c_x, c_m, half / sigma_next, -half / sigma_next, 1.0 + half / sigma, -half / sigma, 0.0]
             history = [self.sample, self._first_data_prediction]
         prev_sample, pred_original_sample = ops.ei_step(
-            sample, model_output, history, torch.tensor(coeffs, dtype=torch.float64, device=sample.device),
+            sample, model_output, history, to_device(coeffs, sample.device),
             threshold=clip)
         if first:
             self.dt, self.sample, self._first_data_prediction = sigma_next - sigma, sample, pred_original_sample
@@ -827,14 +833,14 @@ class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
         cur = min(i + 1, order)
         weights = lagrange_weights([self._host_sigmas[i - j] for j in range(cur)], sigma, self._host_sigmas[i + 1])
         history = list(reversed(self.derivatives[len(self.derivatives) - (cur - 1):])) if cur > 1 else []
-        coeffs = torch.tensor([c_x, c_m, 1.0, *weights, 0.0], dtype=torch.float64, device=sample.device)
+        coeffs = to_device([c_x, c_m, 1.0, *weights, 0.0], sample.device)
         prev_sample, derivative = ops.ei_step(sample, model_output, history, coeffs)
         self.derivatives.append(derivative)
         if len(self.derivatives) > order:
             self.derivatives.pop(0)
         # pred_original_sample = sample - sigma * derivative
         pred_original_sample = ops.multistep_combine(
-            [sample, derivative], torch.tensor([1.0, -sigma], dtype=torch.float64, device=sample.device))
+            [sample, derivative], to_device([1.0, -sigma], sample.device))
         self._step_index += 1
         if not return_dict:
             return prev_sample, pred_original_sample
@@ -863,7 +869,7 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
             tensors, weights = [sample, model_output, noise], [1.0 - sigma_next, -(1.0 - sigma_next) * sigma, sigma_next]
         else:
             tensors, weights = [sample, model_output], [1.0, sigma_next - sigma]
-        prev_sample = ops.multistep_combine(tensors, torch.tensor(weights, dtype=torch.float64, device=sample.device))
+        prev_sample = ops.multistep_combine(tensors, to_device(weights, sample.device))
         self._step_index += 1
         prev_sample = prev_sample.to(model_output.dtype)
         if not return_dict:

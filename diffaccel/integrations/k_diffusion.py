@@ -31,6 +31,7 @@ import torch
 
 from diffaccel import ops
 from diffaccel.solvers.lms import lagrange_weights
+from diffaccel.transfer import to_device
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,10 @@ class _Loop:
     def denoise(self, x, sigma):
         return self.model(x, sigma * self.s_in, **self.extra_args)
 
+    def sigma_tensor(self, value: float) -> torch.Tensor:
+        """A host sigma as a 0-d tensor like the sigmas (copied without a synchronization)."""
+        return to_device([value], self.sigmas.device, self.sigmas.dtype)[0]
+
     def evaluate(self, x, i):
         """The model at sigma_i, reported to the callback as k-diffusion reports it."""
         denoised = self.denoise(x, self.sigmas[i])
@@ -153,7 +158,7 @@ class _Loop:
     def step(self, x, denoised, history, a, b, noise=None, s=0.0):
         """x_next = a x + b[0] denoised + sum_j b[j+1] history[j] (+ s noise): one ei_step
         whose data term is the denoiser output itself (c_x = 0, c_m = 1)."""
-        coeffs = torch.tensor([0.0, 1.0, a, *b, s], dtype=torch.float64, device=self.device)
+        coeffs = to_device([0.0, 1.0, a, *b, s], self.device)
         return ops.ei_step(x, denoised, history, coeffs, noise=noise)
 
 
@@ -166,7 +171,7 @@ def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise):
     sigma_hat = loop.sigmas[i] * (gamma + 1)
     if gamma > 0:
         scale = s_noise * ((sigma * (gamma + 1)) ** 2 - sigma**2) ** 0.5
-        x = ops.multistep_combine([x, eps], torch.tensor([1.0, scale], dtype=torch.float64, device=x.device))
+        x = ops.multistep_combine([x, eps], to_device([1.0, scale], x.device))
     return x, sigma_hat, sigma * (gamma + 1)
 
 
@@ -232,7 +237,7 @@ def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, dr
     sigma_mid = math.exp(0.5 * (math.log(sigma_from) + math.log(sigma_to)))
     r_mid = sigma_mid / sigma_from
     x_2, _ = loop.step(x, denoised, [], r_mid, [1.0 - r_mid])
-    mid_t = sigma_from_t.log().lerp(loop.sigmas.new_tensor(sigma_to).log(), 0.5).exp()
+    mid_t = sigma_from_t.log().lerp(loop.sigma_tensor(sigma_to).log(), 0.5).exp()
     denoised_2 = loop.denoise(x_2, mid_t)
     noise = draw_noise() if draw_noise is not None else None
     # x + (sigma_to - sigma_from) (x_2 - denoised_2) / sigma_mid (+ s noise)
@@ -306,7 +311,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         cur = min(i + 1, order)
         w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
         # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
-        coeffs = torch.tensor([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], dtype=torch.float64, device=x.device)
+        coeffs = to_device([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
         x, d = ops.ei_step(x, denoised, list(reversed(ds[len(ds) - (cur - 1):])) if cur > 1 else [], coeffs)
         ds = (ds + [d])[-(order - 1):] if order > 1 else []
     return x
@@ -328,7 +333,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
             h = math.log(sigma) - math.log(sigma_down)
             sigma_s = math.exp(-(-math.log(sigma) + h / 2))
             x_2, _ = loop.step(x, denoised, [], sigma_s / sigma, [-math.expm1(-h / 2)])
-            t, t_next = loop.sigmas[i].log().neg(), loop.sigmas.new_tensor(sigma_down).log().neg()
+            t, t_next = loop.sigmas[i].log().neg(), loop.sigma_tensor(sigma_down).log().neg()
             source = loop.denoise(x_2, (t + (t_next - t) / 2).neg().exp())
             a, b = sigma_down / sigma, -math.expm1(-h)
         noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
@@ -481,7 +486,7 @@ class _EpsSolver:
         """One ei_step with data term eps = (x - denoised) / sigma(t):
         (a x + b eps + sum_j b_hist[j] history[j], eps)."""
         inv = 1.0 / float(self.sigma(t))
-        coeffs = torch.tensor([inv, -inv, a, b, *b_hist, 0.0], dtype=torch.float64, device=self.device)
+        coeffs = to_device([inv, -inv, a, b, *b_hist, 0.0], self.device)
         return ops.ei_step(x, denoised, list(history), coeffs)
 
     def start(self, x, t, t_next, r1):
@@ -578,7 +583,7 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
             x, _, _ = solver.third(x, eps, u1, s1, t, t_next_)
         if su:
             noise = noise_sampler(solver.sigma(t), solver.sigma(t_next))
-            x = ops.multistep_combine([x, noise], torch.tensor([1.0, su * s_noise], dtype=torch.float64, device=x.device))
+            x = ops.multistep_combine([x, noise], to_device([1.0, su * s_noise], x.device))
     if bar is not None:
         bar.close()
     return x
@@ -617,15 +622,13 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         u1, eps, denoised, s1 = solver.start(x, s, t_, 1 / 2 if order == 2 else 1 / 3)
         if order == 2:
             x_low = ops.multistep_combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
-                [x, eps], torch.tensor([1.0, -float(solver.sigma(t_)) * math.expm1(float(t_ - s))],
-                                       dtype=torch.float64, device=x.device))
+                [x, eps], to_device([1.0, -float(solver.sigma(t_)) * math.expm1(float(t_ - s))], x.device))
             x_high, _ = solver.second(x, eps, u1, s1, s, t_, 1 / 2)
         else:
             x_high, eps_r1, _ = solver.third(x, eps, u1, s1, s, t_)
             sn, e = float(solver.sigma(t_)), math.expm1(float(t_ - s))
             w_r1 = -sn / (2 * (1 / 3)) * e  # dpm_solver_2_step with r1 = 1/3, from the same evaluations
-            x_low = ops.multistep_combine([x, eps, eps_r1], torch.tensor([1.0, -sn * e - w_r1, w_r1],
-                                                                          dtype=torch.float64, device=x.device))
+            x_low = ops.multistep_combine([x, eps, eps_r1], to_device([1.0, -sn * e - w_r1, w_r1], x.device))
         # k-diffusion's error is the RMS over the whole batch: the mean of the per-sample squares.
         per_sample = ops.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
         error = float(per_sample.double().pow(2).mean().sqrt())
@@ -635,8 +638,7 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
             x = x_high
             if su:
                 noise = noise_sampler(solver.sigma(s), solver.sigma(t))
-                x = ops.multistep_combine([x, noise], torch.tensor([1.0, su * s_noise], dtype=torch.float64,
-                                                                   device=x.device))
+                x = ops.multistep_combine([x, noise], to_device([1.0, su * s_noise], x.device))
             s = t
             info["n_accept"] += 1
         else:

@@ -21,6 +21,8 @@ from typing import List, Tuple, Union
 
 import torch
 
+from diffaccel.transfer import to_device
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
 
 
@@ -117,6 +119,7 @@ class Plan:
         return "\n".join(lines)
 
     def coeff_tensors(self, device, dtype=torch.float64) -> List[torch.Tensor]:
-        """Each row's coefficients as a tensor on the device, built once per run."""
-        return [torch.tensor(r.coeffs, dtype=dtype).to(device) for r in self.rows]
+        """Each row's coefficients as a tensor on the device, built once per run
+        (copied without a host synchronization)."""
+        return [to_device(r.coeffs, device, dtype) for r in self.rows]
 
