@@ -61,6 +61,12 @@ def make(shape, dtype, layout="contiguous", generator=None, scale=1.0):
     return view
 
 
+def random_coeffs(batch, n, per_sample, generator, dtype=torch.float64):
+    """n coefficients, shared ([n]) or one row per sample ([batch, n]), drawn in float64."""
+    shape = (batch, n) if per_sample else (n,)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+
+
 @pytest.fixture
 def gen(request):
     """A seeded generator per test: each test case draws its own inputs, and a

@@ -6,13 +6,12 @@ import torch
 from diffaccel import ops
 from diffaccel.ops import reference
 
-from conftest import DTYPES, LAYOUTS, SHAPES, assert_close, make
+from conftest import DTYPES, LAYOUTS, SHAPES, assert_close, make, random_coeffs
 
 
 def _coeffs(batch, k, per_sample, gen, dtype=torch.float64):
-    n = 5 + k
-    shape = (batch, n) if per_sample else (n,)
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    """An ei_step row for k history tensors: 5 + k coefficients."""
+    return random_coeffs(batch, 5 + k, per_sample, gen, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

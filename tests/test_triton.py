@@ -10,7 +10,7 @@ from diffaccel import ops
 from diffaccel.ops import reference
 from diffaccel.ops import triton as triton_backend
 
-from conftest import DEVICE, DTYPES, LAYOUTS, assert_close, make
+from conftest import DEVICE, DTYPES, LAYOUTS, assert_close, make, random_coeffs
 
 pytestmark = pytest.mark.skipif(
     not triton_backend.available(DEVICE), reason=f"triton backend off: {triton_backend.unavailable_reason}"
@@ -21,10 +21,6 @@ THRESHOLDS = [None, ops.Threshold("clip", max_value=0.7), ops.Threshold("dynamic
               ops.Threshold("dynamic", 0.5, 0.2, "dpm-solver")]
 
 
-def _coeffs(batch, n, per_sample, gen):
-    return torch.randn((batch, n) if per_sample else (n,), generator=gen, dtype=torch.float64)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -33,7 +29,7 @@ def test_ei_step(dtype, shape, layout, k, gen):
     x, m, z = (make(shape, dtype, layout, gen, scale=2.0) for _ in range(3))
     history = [make(shape, dtype, layout, gen) for _ in range(k)]
     for per_sample in (False, True):
-        coeffs = _coeffs(shape[0], 5 + k, per_sample, gen)
+        coeffs = random_coeffs(shape[0], 5 + k, per_sample, gen)
         for threshold in THRESHOLDS:
             noise = z if threshold is None else None
             with ops.backend("triton"):
@@ -48,7 +44,7 @@ def test_ei_step_mixed_dtypes_and_aliasing(gen):
     x = make(shape, torch.float32, "transposed", gen)
     m = make(shape, torch.bfloat16, generator=gen)
     h0, h1 = make(shape, torch.float16, generator=gen), make(shape, torch.float32, generator=gen)
-    coeffs = _coeffs(3, 7, True, gen).float()
+    coeffs = random_coeffs(3, 7, True, gen).float()
     t = ops.Threshold("dynamic", 0.95, 1.2)
     want = reference.ei_step(x, m, [h0.float(), h1], coeffs, threshold=t)
     h0f = h0.float()
@@ -64,7 +60,7 @@ def test_ei_step_mixed_dtypes_and_aliasing(gen):
 @pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
 def test_multistep_combine(dtype, n, per_sample, gen):
     tensors = [make((3, 5, 7, 11), dtype, layout, gen) for layout in (LAYOUTS * 3)[:n]]
-    coeffs = _coeffs(3, n, per_sample, gen)
+    coeffs = random_coeffs(3, n, per_sample, gen)
     with ops.backend("triton"):
         got = ops.multistep_combine(tensors, coeffs)
     assert_close(got, reference.multistep_combine(tensors, coeffs))

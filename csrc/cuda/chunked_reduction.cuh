@@ -16,6 +16,19 @@ constexpr int64_t kNormChunk = 16384;  // elements of one sample per block
 inline int64_t chunks_of(int64_t per_sample) { return (per_sample + kNormChunk - 1) / kNormChunk; }
 inline int64_t round16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
+// The chunk of this block (grid: chunks x batch): its slot among the
+// [batch][chunks] partial sums and its elements [begin, end), flat.
+struct BlockChunk {
+  int64_t chunks, slot, begin, end;
+  __device__ explicit BlockChunk(int64_t per_sample) {
+    const int64_t sample = blockIdx.y, chunk = blockIdx.x;
+    chunks = gridDim.x;
+    slot = sample * chunks + chunk;
+    begin = sample * per_sample + chunk * kNormChunk;
+    end = sample * per_sample + min((chunk + 1) * kNormChunk, per_sample);
+  }
+};
+
 // Sum over the block (kThreads threads) in a fixed order; every thread gets it.
 __device__ __forceinline__ double block_sum(double v, double* buffer) {
   buffer[threadIdx.x] = v;

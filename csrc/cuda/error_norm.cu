@@ -24,23 +24,20 @@ Scratch scratch_layout(void* base) {
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) error_norm_kernel(ErrorNormParams p, Scratch s) {
   __shared__ double buffer[kThreads];
-  const int64_t chunks = gridDim.x;
-  const int64_t b = blockIdx.y, c = blockIdx.x;
-  const int64_t begin = b * p.per_sample + c * kNormChunk;
-  const int64_t end = b * p.per_sample + min((c + 1) * kNormChunk, p.per_sample);
+  const BlockChunk chunk(p.per_sample);
   const acc_t atol = acc_t(p.atol), rtol = acc_t(p.rtol);
   double sum = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+  for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += kThreads) {
     const acc_t e = scaled_error(load_one<acc_t>(p.high.data, p.high.dtype, i),
                                  load_one<acc_t>(p.low.data, p.low.dtype, i),
                                  load_one<acc_t>(p.prev.data, p.prev.dtype, i), atol, rtol);
     sum += double(e) * double(e);
   }
   sum = block_sum(sum, buffer);
-  if (threadIdx.x == 0) s.partial[b * chunks + c] = sum;
+  if (threadIdx.x == 0) s.partial[chunk.slot] = sum;
   if (!finished_last(s.counter)) return;
   for (int64_t j = threadIdx.x; j < p.batch; j += kThreads) {
-    const double rms = sqrt(sample_total(s.partial, j, chunks, 1, 0) / double(p.per_sample));
+    const double rms = sqrt(sample_total(s.partial, j, chunk.chunks, 1, 0) / double(p.per_sample));
     store_one(p.out.data, p.out.dtype, j, acc_t(rms));
   }
 }

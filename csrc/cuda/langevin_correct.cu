@@ -55,10 +55,8 @@ __device__ __forceinline__ PhiloxKey unpack(const PhiloxArgs& a) {
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams p, Scratch s) {
   __shared__ double buffer[kThreads];
-  const int64_t chunks = gridDim.x;
-  const int64_t b = blockIdx.y, c = blockIdx.x;
-  const int64_t begin = b * p.per_sample + c * kNormChunk;
-  const int64_t end = b * p.per_sample + min((c + 1) * kNormChunk, p.per_sample);
+  const BlockChunk chunk(p.per_sample);
+  const int64_t begin = chunk.begin, end = chunk.end;
   const PhiloxKey key = unpack(p.philox);
   double score_sq = 0, noise_sq = 0;
   // Groups of four elements, the four normals of one Philox block.
@@ -79,15 +77,15 @@ __global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams
   score_sq = block_sum(score_sq, buffer);
   noise_sq = block_sum(noise_sq, buffer);
   if (threadIdx.x == 0) {
-    s.partial[(b * chunks + c) * 2] = score_sq;
-    s.partial[(b * chunks + c) * 2 + 1] = noise_sq;
+    s.partial[chunk.slot * 2] = score_sq;
+    s.partial[chunk.slot * 2 + 1] = noise_sq;
   }
   if (!finished_last(s.counter)) return;
 
   // The last block: each sample's norms, then its step.
   for (int64_t j = threadIdx.x; j < p.batch; j += kThreads) {
-    s.norms[2 * j] = sqrt(sample_total(s.partial, j, chunks, 2, 0));
-    s.norms[2 * j + 1] = sqrt(sample_total(s.partial, j, chunks, 2, 1));
+    s.norms[2 * j] = sqrt(sample_total(s.partial, j, chunk.chunks, 2, 0));
+    s.norms[2 * j + 1] = sqrt(sample_total(s.partial, j, chunk.chunks, 2, 1));
   }
   __syncthreads();
   __shared__ double mean_grad, mean_noise;

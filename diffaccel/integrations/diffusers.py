@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from diffaccel import ops
+from diffaccel.solvers.ancestral import ancestral_split
 from diffaccel.solvers.lms import lagrange_weights
 from diffaccel.transfer import to_device
 
@@ -746,8 +747,7 @@ class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscr
         sigma, sigma_to = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
         sample = sample.to(torch.float32)
         c_x, c_m = _euler_data_term(self.config.prediction_type, sigma, sigma)
-        sigma_up = math.sqrt(sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2)
-        sigma_down = math.sqrt(max(sigma_to**2 - sigma_up**2, 0.0))
+        sigma_down, sigma_up = ancestral_split(sigma, sigma_to, eta=1.0)
         noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                              generator=generator)
         r = sigma_down / sigma
