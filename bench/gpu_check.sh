@@ -3,8 +3,10 @@
 # with torch and triton): builds the extension with CUDA for sm_90, runs the
 # whole test suite on CUDA once per GPU backend (tests/test_cuda.py checks every
 # op under torch.cuda.set_sync_debug_mode("error"), CUDA-graph capture and the
-# launch counts), then benchmarks every op x backend against the eager and
-# torch.compile'd reference and the device copy bandwidth. It writes one
+# launch counts; tests/test_graph.py the whole-loop graphs), then benchmarks
+# every op x backend against the eager and torch.compile'd reference and the
+# device copy bandwidth, the drop-ins against stock diffusers, and whole
+# 20-step loops eager against graphed (bench/test_bench_graph.py). It writes one
 # markdown report, <date>-<card>.md, into $OUT (the device tool brings it
 # back) or build/gpu-check, and ends well inside 8 minutes: every phase has a
 # time limit and the report is written whatever fails.
@@ -118,6 +120,10 @@ if [[ " $PHASES " == *" bench "* ]]; then
   else
     echo "diffusers drop-ins: skipped (diffusers not importable; carry its wheel, see the device README)" >> "$report"
   fi
+  # Whole loops with a network: stock diffusers, eager, one CUDA graph (diffaccel.graph).
+  DIFFACCEL_BENCH_DEVICE=cuda timeout ${GRAPH_BENCH_SECONDS:-75} $PY -m pytest bench/test_bench_graph.py -q \
+    -p no:cacheprovider --benchmark-only --benchmark-json="$OUT/bench-gpu-graph.json" >> "$OUT/bench.log" 2>&1
+  echo "graphed loops: exit $? after $(elapsed) s" >> "$report"
   jsons=$(ls "$OUT"/bench-gpu*.json 2>/dev/null)
   if [ -n "$jsons" ]; then
     $PY bench/report.py $jsons 2>&1 | sed '1,2d' >> "$report"

@@ -105,6 +105,22 @@ def main(*paths):
             n = calls[case]
             ref = t.get("eager_reference", float("nan"))
             print(f"| {case[len('loop_'):]} | {shape} | {n} | {t['fused'] / n * 1e6:.1f} | {ref / n * 1e6:.1f} | {ref / t['fused']:.1f}x |")
+    graphs = [(case, shape, t) for (case, shape, _), t in sorted(median.items()) if case.startswith("graph_")]
+    if graphs:
+        print("\nWhole 20-step DPM-Solver++(2M) loop with a network, ms per loop (bench/test_bench_graph.py); "
+              "beyond the network = (graphed loop - the network's 20 calls alone, graphed) / 20:\n")
+        print("| network | batch | stock diffusers ms | diffaccel eager ms | graphed ms | network alone ms | "
+              "graphed vs stock | us/step beyond the network |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        nan = float("nan")
+        for case, shape, t in graphs:
+            stock, eager, graphed = t.get("stock_diffusers", nan), t.get("eager", nan), t.get("graphed", nan)
+            alone = t.get("network_graphed", nan)
+            ms = lambda v: f"{v * 1e3:.2f}" if v == v else "-"  # noqa: E731
+            speedup = f"{stock / graphed:.1f}x" if stock / graphed == stock / graphed else "-"
+            beyond = (graphed - alone) / calls[case] * 1e6
+            print(f"| {case[len('graph_'):]} | {shape} | {ms(stock)} | {ms(eager)} | {ms(graphed)} | {ms(alone)} | "
+                  f"{speedup} | {beyond:.1f} |".replace("| nan |", "| - |"))
     host = [(case, t) for (case, shape, dtype), t in sorted(median.items()) if any(i.endswith("_host_loop") for i in t)]
     if host:
         print("\nPer call from a Python loop at (1,4,64,64) fp32 (host work included; the table above is device time):\n")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -12,7 +12,8 @@ from diffaccel.schedules import VPDiscrete
 from diffaccel.solvers import ADAPTIVE_SAMPLERS
 from diffaccel.solvers import plan as make_plan
 from diffaccel.solvers.adaptive import sample_adaptive
-from diffaccel.solvers.plan import LangevinRow, Plan
+from diffaccel.solvers.plan import LangevinRow, Plan, PlanTables
+from diffaccel.transfer import to_device
 
 
 def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optional[torch.Generator] = None,
@@ -23,12 +24,28 @@ def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optiona
     ``sigma`` / ``sigma_hat`` (the call's noise level sigma_t / alpha_t),
     ``denoised`` (its data prediction), plus ``t`` (the schedule's time)."""
     buffers = [x.clone()] + [torch.empty_like(x) for _ in range(plan.num_buffers - 1)]
-    coeffs = plan.coeff_tensors(x.device)
-    time_dtype = x.dtype if x.dtype == torch.float64 else torch.float32
-    batch = x.shape[0]
-    for i, (row, c) in enumerate(zip(plan.rows, coeffs)):
-        state = buffers[row.x_slot]
-        model_out = model(state, torch.full((batch,), row.t, dtype=time_dtype, device=x.device))
+    tables = plan.device_tables(x.device, x.shape[0], time_dtype(x.dtype))
+    run_rows(plan, model, buffers, tables, generator=generator, callback=callback, threshold=threshold)
+    return buffers[0]
+
+
+def time_dtype(state_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the times handed to the model: float64 for a float64 state, else float32."""
+    return torch.float64 if state_dtype == torch.float64 else torch.float32
+
+
+def run_rows(plan: Plan, model: Callable, buffers: List[torch.Tensor], tables: PlanTables, *,
+             generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
+             threshold: Optional[ops.Threshold] = None, langevin_noise_in_op: bool = True) -> None:
+    """The loop itself, on buffers and device tables allocated by the caller
+    (run_plan, or diffaccel.graph, which captures exactly this). buffers[0]
+    holds the initial noise and receives the sample. ``langevin_noise_in_op``
+    False draws a Langevin row's noise with torch.randn instead of inside the op
+    (the triton backend cannot draw it inside a CUDA graph)."""
+    x = buffers[0]
+    for i, row in enumerate(plan.rows):
+        state, c = buffers[row.x_slot], tables.coeffs[i]
+        model_out = model(state, tables.times[i])
         if not isinstance(model_out, torch.Tensor) or model_out.shape != x.shape:
             got = tuple(model_out.shape) if isinstance(model_out, torch.Tensor) else type(model_out).__name__
             raise ValueError(f"the model must return a tensor of shape {tuple(x.shape)} (like x), got {got}")
@@ -37,9 +54,10 @@ def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optiona
             # The op draws its noise with a generator of the state's device; one
             # of another device (a CPU generator for CUDA latents) draws it here.
             foreign = generator is not None and generator.device.type != x.device.type
-            noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if foreign else None
-            ops.langevin_correct(state, score, row.snr, alpha=row.alpha, noise=noise, generator=None if foreign else generator,
-                                 out=(state, buffers[row.mean_slot]))
+            explicit = foreign or not langevin_noise_in_op
+            noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if explicit else None
+            ops.langevin_correct(state, score, row.snr, alpha=row.alpha, noise=noise,
+                                 generator=None if explicit else generator, out=(state, buffers[row.mean_slot]))
             denoised = buffers[row.mean_slot]
         else:
             noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None
@@ -47,11 +65,10 @@ def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optiona
                         out=(buffers[row.out_slot], buffers[row.d_slot]))
             denoised = buffers[row.d_slot]
         if callback is not None:
-            info = {"x": buffers[0], "i": i, "t": row.t, "denoised": denoised}
+            info = {"x": x, "i": i, "t": row.t, "denoised": denoised}
             if plan.row_sigmas:  # k-diffusion's keys: the noise level of this model call
                 info["sigma"] = info["sigma_hat"] = plan.row_sigmas[i]
             callback(info)
-    return buffers[0]
 
 
 def sample(model: Callable, x: torch.Tensor, *, sampler: str = "dpmpp_2m", steps: int = 20, schedule=None,
@@ -94,18 +111,35 @@ def sample(model: Callable, x: torch.Tensor, *, sampler: str = "dpmpp_2m", steps
     return run_plan(p, model, x, generator=generator, callback=callback, threshold=threshold)
 
 
-def classifier_free_guidance(model: Callable, cond, uncond, guidance_scale: float) -> Callable:
-    """Wraps ``model(x, t, c)`` as ``model(x, t)`` with classifier-free guidance:
-    one batched call on [uncond, cond], then ``u + scale * (c - u)`` as one
-    fused multistep_combine."""
-    weights = None
+class ClassifierFreeGuidance:
+    """``model(x, t, c)`` as ``model(x, t)`` with classifier-free guidance: one
+    batched call on [uncond, cond], then ``u + scale * (c - u)`` as one fused
+    multistep_combine. ``cond`` and ``uncond`` are read at every call, so they
+    may be refilled in place (diffaccel.graph does, between replays), and
+    set_scale() changes the scale in its device tensor."""
 
-    def guided(x, t):
-        nonlocal weights
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
+    def __init__(self, model: Callable, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float):
+        self.model, self.cond, self.uncond = model, cond, uncond
+        self.scale = float(guidance_scale)
+        self.weights: Optional[torch.Tensor] = None
+
+    def _weight_values(self) -> List[float]:
+        return [1.0 - self.scale, self.scale]
+
+    def set_scale(self, guidance_scale: float) -> None:
+        self.scale = float(guidance_scale)
+        if self.weights is not None:
+            self.weights.copy_(to_device(self._weight_values(), self.weights.device), non_blocking=True)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.uncond, self.cond]))
         u, c = out.chunk(2)
-        if weights is None or weights.device != x.device:
-            weights = torch.tensor([1.0 - guidance_scale, guidance_scale], dtype=torch.float64, device=x.device)
-        return ops.multistep_combine([u, c], weights)
+        if self.weights is None or self.weights.device != x.device:
+            self.weights = to_device(self._weight_values(), x.device)
+        return ops.multistep_combine([u, c], self.weights)
 
-    return guided
+
+def classifier_free_guidance(model: Callable, cond, uncond, guidance_scale: float) -> ClassifierFreeGuidance:
+    """Wraps ``model(x, t, c)`` as ``model(x, t)`` with classifier-free guidance
+    (see :class:`ClassifierFreeGuidance`)."""
+    return ClassifierFreeGuidance(model, cond, uncond, guidance_scale)

@@ -5,17 +5,79 @@ synchronization.
 blocks the host until the copy is done: a synchronization per sampler step.
 From pinned memory the copy is asynchronous, and PyTorch's caching host
 allocator keeps the pinned block from being reused until the copy has run.
+
+Inside a CUDA-graph capture no host copy may happen at all: the graph would
+replay the copy from a pinned block the allocator has since reused. A loop
+that computes its coefficients on the host at each step (the diffusers
+drop-ins) is captured inside :class:`DeviceConstants`: its eager warm-up
+records every coefficient tensor, and the capture reuses them, in order, from
+device memory that lives as long as the graph.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+_active: Optional["DeviceConstants"] = None
+
 
 def to_device(values: Sequence[float], device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    host = torch.tensor(values, dtype=dtype)
-    if torch.device(device).type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype).to(device)
+    if _active is not None:
+        return _active.get(values, device, dtype)
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "diffaccel: a sampler step computed its coefficients on the host inside a CUDA graph capture, "
+            "where the copy would replay from reused host memory; capture the loop with diffaccel.graph "
+            "(capture() or diffaccel.integrations.diffusers.graph_pipeline), which keeps them on the device"
+        )
+    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
+
+
+class DeviceConstants:
+    """The coefficient tensors of one fixed loop, recorded by its first eager
+    run and handed out again, in the same order, to every later run (the
+    warm-ups and the capture). A later run that asks for other values, or for
+    more of them, is not the same fixed loop: that is an error, not a silent
+    replay of stale numbers."""
+
+    def __init__(self):
+        self._keys: List[Tuple] = []
+        self._tensors: List[torch.Tensor] = []
+        self._cursor: Optional[int] = None
+
+    @contextlib.contextmanager
+    def reuse(self):
+        """Runs of the loop inside this context record (the first) or reuse (the later ones) its constants."""
+        global _active
+        previous, _active, self._cursor = _active, self, 0
+        recorded = len(self._keys)
+        try:
+            yield self
+            if recorded and self._cursor != recorded:
+                raise RuntimeError(f"diffaccel: the loop used {self._cursor} coefficient sets, its warm-up {recorded}: "
+                                   "it is not a fixed loop and cannot be captured")
+        finally:
+            _active, self._cursor = previous, None
+
+    def get(self, values: Sequence[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (tuple(float(v) for v in values), device, dtype)
+        i = self._cursor
+        self._cursor += 1
+        if i < len(self._keys):
+            if self._keys[i] != key:
+                raise RuntimeError(f"diffaccel: coefficient set {i} of the loop differs from its warm-up's "
+                                   f"({list(key[0])} vs {list(self._keys[i][0])}): it is not a fixed loop")
+            return self._tensors[i]
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"diffaccel: the loop used more coefficient sets ({i + 1}) in capture than in its "
+                               "warm-up: it is not a fixed loop")
+        tensor = torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
+        self._keys.append(key)
+        self._tensors.append(tensor)
+        return tensor

@@ -118,8 +118,43 @@ class Plan:
             )
         return "\n".join(lines)
 
-    def coeff_tensors(self, device, dtype=torch.float64) -> List[torch.Tensor]:
-        """Each row's coefficients as a tensor on the device, built once per run
-        (copied without a host synchronization)."""
-        return [to_device(r.coeffs, device, dtype) for r in self.rows]
+    def structure(self) -> Tuple:
+        """Everything about the plan except its numbers: the kind of each row,
+        its buffer slots, history, noise and coefficient count (and a Langevin
+        row's snr and alpha, which the op takes as numbers). Two plans with the
+        same structure run on the same captured graph with refilled tables."""
+        return (self.num_buffers, tuple(
+            ("langevin", r.x_slot, r.mean_slot, r.snr, r.alpha) if isinstance(r, LangevinRow)
+            else ("row", r.x_slot, r.out_slot, r.d_slot, r.history, r.noise, len(r.coeffs))
+            for r in self.rows))
 
+    def device_tables(self, device, batch: int, time_dtype: torch.dtype = torch.float32) -> "PlanTables":
+        """The plan's numbers on the device, copied once without a host synchronization."""
+        width = max((len(r.coeffs) for r in self.rows), default=0)
+        coeff_table = torch.empty((len(self.rows), width), dtype=torch.float64, device=device)
+        time_table = torch.empty((len(self.rows), batch), dtype=time_dtype, device=device)
+        tables = PlanTables(coeff_table, time_table,
+                            [coeff_table[i, :len(r.coeffs)] for i, r in enumerate(self.rows)], list(time_table))
+        tables.fill(self)
+        return tables
+
+
+@dataclass
+class PlanTables:
+    """A plan's coefficient rows and model times on the device: per model call,
+    a view of one row of ``coeff_table`` ([rows, widest row], float64) and of
+    ``time_table`` ([rows, batch]). A captured CUDA graph reads them by address,
+    so another plan of the same structure is run by refilling them (fill)."""
+
+    coeff_table: torch.Tensor
+    time_table: torch.Tensor
+    coeffs: List[torch.Tensor]
+    times: List[torch.Tensor]
+
+    def fill(self, plan: Plan) -> None:
+        width = self.coeff_table.shape[1]
+        rows = [list(r.coeffs) + [0.0] * (width - len(r.coeffs)) for r in plan.rows]
+        flat = [v for row in rows for v in row]
+        self.coeff_table.copy_(to_device(flat, self.coeff_table.device).view(self.coeff_table.shape), non_blocking=True)
+        times = to_device([r.t for r in plan.rows], self.time_table.device, self.time_table.dtype)
+        self.time_table.copy_(times[:, None].expand(self.time_table.shape), non_blocking=True)
