@@ -13,6 +13,9 @@ def test_demo_quick_writes_its_report(tmp_path, capsys):
         assert f"| {sampler} |" in index
     assert "wrote" in capsys.readouterr().out
     assert list(tmp_path.glob("digits_*.png")), "the digit grids (matplotlib is installed by make)"
+    for name in ("ddpm_vs_ddim_trajectories.png", "ddim_inversion_interpolation.png"):
+        assert (tmp_path / name).stat().st_size > 1000 and f"]({name})" in index
+    assert "## Choosing a sampler" in index and "| balanced | dpmpp_2m" in index
 
 
 def test_pretrained_digits_denoiser_predicts_the_noise():
@@ -40,3 +43,13 @@ def test_higher_order_samplers_are_more_accurate_at_equal_steps():
 
     rows = {r["sampler"]: r for r in ode_table(DEVICE, [10], (2, 8, 8), repeats=1)}
     assert rows["dpmpp_2m"]["error"] < rows["ddim"]["error"] / 3
+
+
+def test_ddim_inversion_reconstructs_better_with_more_steps(tmp_path):
+    """Generate, invert (plan(reverse=True)), decode: the round trip closes as the step count grows."""
+    from diffaccel.demo import inversion_interpolation
+
+    coarse = inversion_interpolation(str(tmp_path / "a.png"), DEVICE, steps=10)
+    fine = inversion_interpolation(str(tmp_path / "b.png"), DEVICE, steps=40)
+    assert fine["reconstruction_error"] < coarse["reconstruction_error"] / 1.5
+    assert fine["reconstruction_error"] < 0.1

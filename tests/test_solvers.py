@@ -328,3 +328,26 @@ def test_adaptive_bad_input():
     with pytest.raises(ValueError, match="atol > 0"):
         sample(DATA.denoiser(SCHEDULE), _x_T(2), sampler="dpm_adaptive_23", schedule=SCHEDULE, atol=0.0)
     assert {"dpm_adaptive_12", "dpm_adaptive_23"} <= set(samplers())
+
+
+@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("dpmpp_2m", 2), ("heun", 2), ("dpm_solver_3", 3)])
+def test_reverse_plans_integrate_the_ode_from_data_to_noise(sampler, order):
+    """reverse=True (DDIM inversion and its higher-order kin) converges to the
+    exact inverse flow map at the solver's order."""
+    x0 = DATA.sample_marginal(SCHEDULE, T_END, 64, torch.Generator().manual_seed(3))
+    exact = DATA.pf_ode_solution(SCHEDULE, x0, T_END, 1.0)
+    errors = []
+    for steps in STEPS:
+        p = plan(sampler, steps=steps, schedule=SCHEDULE, t_end=T_END, reverse=True)
+        assert p.rows[0].t < p.rows[-1].t
+        errors.append((run_plan(p, DATA.denoiser(SCHEDULE), x0.double()) - exact).abs().max().item())
+    assert _slope(errors, STEPS) > order - 0.3
+
+
+def test_reverse_refuses_stochastic_samplers_and_denoise_to_zero():
+    with pytest.raises(ValueError, match="ddpm is stochastic"):
+        plan("ddpm", steps=10, reverse=True)
+    with pytest.raises(ValueError, match="pc is stochastic"):
+        plan("pc", steps=10, reverse=True)
+    with pytest.raises(ValueError, match="drop denoise_to_zero"):
+        plan("ddim", steps=10, reverse=True, denoise_to_zero=True)

@@ -71,10 +71,13 @@ def samplers():
 
 def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: str = "logsnr",
          t_start=None, t_end=None, prediction_type: str = "epsilon", denoise_to_zero: bool = False,
-         **options) -> Plan:
+         reverse: bool = False, **options) -> Plan:
     """The plan of a sampler for a schedule (default: diffusers' linear VP) and
     a step count, its grid chosen by ``spacing`` between t_start and t_end.
-    ``denoise_to_zero`` adds a final model call whose data prediction is returned."""
+    ``denoise_to_zero`` adds a final model call whose data prediction is returned.
+    ``reverse=True`` runs the same grid the other way, from t_end up to t_start:
+    the probability-flow ODE integrated from data to noise (DDIM inversion with
+    "ddim"); only the deterministic samplers run in reverse."""
     if sampler in ADAPTIVE_SAMPLERS:
         raise ValueError(f"{sampler} chooses its steps from the data and has no fixed plan; run it with diffaccel.sample")
     if sampler not in SAMPLERS:
@@ -85,10 +88,18 @@ def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: 
         raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
     schedule = schedule if schedule is not None else _schedules.VPDiscrete.from_diffusers("linear")
     times = STEP_SELECTIONS[spacing](schedule, steps, t_start, t_end)
+    if reverse:
+        if denoise_to_zero:
+            raise ValueError("reverse=True ends at t_start, where there is nothing to denoise: drop denoise_to_zero")
+        times = times.flip(0)
     try:
         p = SAMPLERS[sampler](schedule, times, prediction_type=prediction_type, **options)
     except TypeError as error:
         raise ValueError(f"{sampler}: unsupported option ({error})") from None
+    if reverse and any(not isinstance(r, Row) or r.noise for r in p.rows):
+        raise ValueError(f"reverse=True: {sampler} is stochastic; only the ODE samplers run from data to noise")
+    if reverse:
+        p.options["reverse"] = True
     if denoise_to_zero:
         # One more model call at the last time, whose data prediction is the result.
         t = float(times[-1])
