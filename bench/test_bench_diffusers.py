@@ -13,40 +13,20 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from diffaccel import benchmarking  # noqa: E402
 from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 
 STEPS = 25
 SHAPE = (4, 4, 128, 128)
 DEVICE = os.environ.get("DIFFACCEL_BENCH_DEVICE", "cpu")
-CASES = {
-    "diffusers_dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "diffusers_dpmpp_2m_thresholding": ("DPMSolverMultistepScheduler", {"thresholding": True}),
-    "diffusers_ddim": ("DDIMScheduler", {}),
-    "diffusers_euler": ("EulerDiscreteScheduler", {}),
-}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(benchmarking.SCHEDULER_CASES))
 @pytest.mark.parametrize("impl", ["stock_diffusers", "diffaccel"])
 def test_scheduler_loop(benchmark, impl, case):
     if DEVICE == "cuda" and not torch.cuda.is_available():
         pytest.skip("DIFFACCEL_BENCH_DEVICE=cuda without a GPU")
-    name, config = CASES[case]
-    scheduler = getattr(accelerated if impl == "diffaccel" else diffusers, name)(**config)
-    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)).to(DEVICE)
-    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-
-    def loop():
-        x = x0
-        for t in scheduler.timesteps:
-            x = scheduler.step(eps, t, x).prev_sample
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        return x
-
-    def reset():  # set_timesteps is the same code in both: kept out of the timing
-        scheduler.set_timesteps(STEPS, device=DEVICE)
-
+    loop, reset = benchmarking.scheduler_loop(case, impl, DEVICE, SHAPE, STEPS)
     reset()
     loop()
     benchmark.group = case

@@ -28,8 +28,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ["cuda", "triton", "eager_reference", "compiled_reference"]
 REPS = 20
 
-_compiled = {}
-
 
 def _available(impl):
     if impl == "cuda":
@@ -47,10 +45,8 @@ def _callable(case, impl):
         return run
     if impl == "eager_reference":
         return case.reference
-    if case.name not in _compiled:
-        # dynamic=True: one compilation serves every shape of the case.
-        _compiled[case.name] = torch.compile(case.reference, dynamic=True)
-    return _compiled[case.name]
+    # dynamic=True: one compilation serves every shape of the case.
+    return benchmarking.compiled_reference(case, dynamic=True)
 
 
 def _capture(body):

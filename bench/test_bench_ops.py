@@ -15,17 +15,12 @@ from diffaccel import benchmarking
 SHAPES = benchmarking.SHAPES
 IMPLS = ["fused", "eager_reference", "compiled_reference"]
 
-_compiled = {}
-
-
 def _callable(case, impl):
     if impl == "fused":
         return case.fused
     if impl == "eager_reference":
         return case.reference
-    if case.name not in _compiled:
-        _compiled[case.name] = torch.compile(case.reference)
-    return _compiled[case.name]
+    return benchmarking.compiled_reference(case)
 
 
 def _record(benchmark, case_name, shape_name, impl, nbytes):

@@ -9,44 +9,20 @@ import sys
 import torch
 
 
-def _bench(args) -> None:
-    from diffaccel import benchmarking
-
-    device = args.device
-    torch.manual_seed(0)
-    shapes = [benchmarking.SHAPES[s] for s in args.shapes]
-    print(f"diffaccel quick benchmark on {device}, float32, {torch.get_num_threads()} threads")
-    print("(median of 5 runs; GB/s = bytes the op must move / time; copy = dst.copy_(src) at the same size)")
-    print()
-    header = f"{'case':<20} {'shape':<18} {'fused us':>10} {'ref us':>10} {'speedup':>8} {'fused GB/s':>11} {'copy GB/s':>10}"
-    print(header)
-    print("-" * len(header))
-    for shape in shapes:
-        copy = benchmarking.copy_bandwidth(shape, torch.float32, device)
-        for case in benchmarking.CASES.values():
-            g = torch.Generator().manual_seed(0)
-            call_args, kwargs = case.make(shape, torch.float32, device, g)
-            fused = benchmarking.median_seconds(lambda: case.fused(*call_args, **kwargs), device)
-            ref = benchmarking.median_seconds(lambda: case.reference(*call_args, **kwargs), device)
-            gbs = benchmarking.bytes_moved(case, shape, torch.float32) / fused / 1e9
-            print(
-                f"{case.name:<20} {str(tuple(shape)):<18} {fused * 1e6:>10.1f} {ref * 1e6:>10.1f} "
-                f"{ref / fused:>7.1f}x {gbs:>11.1f} {copy / 1e9:>10.1f}"
-            )
-    print()
-    for case in benchmarking.CASES.values():
-        print(f"{case.name:<20} {case.description}")
-
-
 def main(argv=None) -> int:
-    from diffaccel.benchmarking import SHAPES
+    from diffaccel.benchmarking import CASES, SHAPES
 
     parser = argparse.ArgumentParser(prog="diffaccel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, live backends and why others are off")
-    bench = sub.add_parser("bench", help="a short table: fused ops vs the eager reference")
-    bench.add_argument("--device", default="cpu")
+    bench = sub.add_parser("bench", help="ops vs the eager and compiled reference and copy bandwidth; loops; "
+                                         "stock diffusers vs the drop-ins")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     bench.add_argument("--shapes", nargs="+", default=["small", "medium"], choices=list(SHAPES))
+    bench.add_argument("--cases", nargs="+", choices=list(CASES), help="op cases (default: all)")
+    bench.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference (slow to build)")
+    bench.add_argument("--no-loops", action="store_true", help="only the op table")
+    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     demo = sub.add_parser("demo", help="the samplers on the exact Gaussian oracle: error, model calls, loop time, plot")
     demo.add_argument("--out", default="demo-out", help="folder for index.md and the plot (default demo-out)")
     demo.add_argument("--device", default="cpu")
@@ -70,7 +46,10 @@ def main(argv=None) -> int:
 
         return 1 if check_module.run(args.device, args.backends, args.seed) else 0
     else:
-        _bench(args)
+        from diffaccel import benchmarking
+
+        torch.manual_seed(0)
+        benchmarking.run(args.device, args.shapes, args.cases, not args.no_compile, not args.no_loops, args.json)
     return 0
 
 

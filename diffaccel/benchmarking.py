@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -144,3 +144,184 @@ def copy_bandwidth(shape, dtype=torch.float32, device="cpu") -> float:
     dst = torch.empty_like(src)
     seconds = median_seconds(lambda: dst.copy_(src), device)
     return 2 * src.numel() * src.element_size() / seconds
+
+
+_compiled: Dict[Tuple[str, bool], Callable] = {}
+
+
+def compiled_reference(case: Case, dynamic: bool = False) -> Callable:
+    """torch.compile of the case's reference, built once per case (the baseline
+    a user would otherwise reach for)."""
+    key = (case.name, dynamic)
+    if key not in _compiled:
+        _compiled[key] = torch.compile(case.reference, dynamic=dynamic)
+    return _compiled[key]
+
+
+# Stock diffusers schedulers against the drop-ins: (class name, config).
+SCHEDULER_CASES = {
+    "diffusers_dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "diffusers_dpmpp_2m_thresholding": ("DPMSolverMultistepScheduler", {"thresholding": True}),
+    "diffusers_ddim": ("DDIMScheduler", {}),
+    "diffusers_euler": ("EulerDiscreteScheduler", {}),
+}
+
+
+def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
+    """(loop, reset) for a scheduler case: loop() runs ``steps`` steps with a
+    zero-cost model (the same output every step) and synchronizes on CUDA;
+    reset() is set_timesteps, diffusers' own code in both, kept out of timings.
+    impl is "stock_diffusers" or "diffaccel". Needs diffusers."""
+    import diffusers
+
+    from diffaccel.integrations import diffusers as accelerated
+
+    name, config = SCHEDULER_CASES[case]
+    scheduler = getattr(accelerated if impl == "diffaccel" else diffusers, name)(**config)
+    x0 = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    eps = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+
+    def loop():
+        x = x0
+        for t in scheduler.timesteps:
+            x = scheduler.step(eps, t, x).prev_sample
+        _sync(device)
+        return x
+
+    def reset():
+        scheduler.set_timesteps(steps, device=device)
+        # Only the step is timed: Euler's scale_model_input (diffusers' code in both) is taken as done.
+        scheduler.is_scale_input_called = True
+
+    return loop, reset
+
+
+LOOP_SAMPLERS = ["ddim", "dpmpp_2m", "euler_ancestral"]
+
+
+def _op_rows(device, shapes, cases, compile_reference: bool, print_fn) -> List[Dict]:
+    rows = []
+    header = (f"{'case':<20} {'shape':<18} {'fused us':>9} {'eager us':>9} {'compiled us':>12} {'vs eager':>9} "
+              f"{'vs compiled':>12} {'GB/s':>7} {'copy GB/s':>10} {'% copy':>7}")
+    print_fn(header)
+    print_fn("-" * len(header))
+    for shape in shapes:
+        copy = copy_bandwidth(shape, torch.float32, device)
+        for case in cases:
+            call_args, kwargs = case.make(shape, torch.float32, device, torch.Generator().manual_seed(0))
+            fused = median_seconds(lambda: case.fused(*call_args, **kwargs), device)
+            eager = median_seconds(lambda: case.reference(*call_args, **kwargs), device)
+            compiled = float("nan")
+            if compile_reference:
+                fn = compiled_reference(case)
+                compiled = median_seconds(lambda: fn(*call_args, **kwargs), device)
+            gbs = bytes_moved(case, shape, torch.float32) / fused / 1e9
+            row = dict(case=case.name, shape=list(shape), dtype="float32", fused_us=fused * 1e6, eager_us=eager * 1e6,
+                       compiled_us=compiled * 1e6, gb_per_s=gbs, copy_gb_per_s=copy / 1e9,
+                       percent_of_copy=100 * gbs / (copy / 1e9))
+            rows.append(row)
+            print_fn(f"{case.name:<20} {str(tuple(shape)):<18} {fused * 1e6:>9.1f} {eager * 1e6:>9.1f} "
+                     f"{compiled * 1e6:>12.1f} {eager / fused:>8.1f}x {compiled / fused:>11.1f}x {gbs:>7.1f} "
+                     f"{copy / 1e9:>10.1f} {row['percent_of_copy']:>6.0f}%".replace("nanx", "   -").replace(" nan", "   -"))
+    return rows
+
+
+def _loop_rows(device, shape, print_fn) -> List[Dict]:
+    from diffaccel import ops as ops_module
+    from diffaccel import schedules
+    from diffaccel.graph import capture
+    from diffaccel.sampling import run_plan
+    from diffaccel.solvers import plan
+
+    x = torch.randn(shape).to(device)
+    eps = torch.randn_like(x)
+
+    def zero_cost(x, t):  # the loop's own time: what a user pays per step beyond the network
+        return eps
+
+    schedule = schedules.VPDiscrete.from_diffusers("linear")
+    cuda = torch.device(device).type == "cuda"
+    print_fn(f"{'sampler':<18} {'steps':>5} {'fused us/step':>14} {'reference us/step':>18} {'speedup':>8}"
+             + (f" {'graphed us/step':>16}" if cuda else ""))
+    rows = []
+    for sampler in LOOP_SAMPLERS:
+        p = plan(sampler, steps=20, schedule=schedule)
+        generator = torch.Generator(device).manual_seed(0)
+        fused = median_seconds(lambda: run_plan(p, zero_cost, x, generator=generator), device) / len(p.rows)
+        with ops_module.backend("reference"):
+            reference = median_seconds(lambda: run_plan(p, zero_cost, x, generator=generator), device) / len(p.rows)
+        row = dict(sampler=sampler, shape=list(shape), steps=20, fused_us_per_step=fused * 1e6,
+                   reference_us_per_step=reference * 1e6)
+        line = f"{sampler:<18} {20:>5} {fused * 1e6:>14.1f} {reference * 1e6:>18.1f} {reference / fused:>7.1f}x"
+        if cuda:
+            graphed_sampler = capture(zero_cost, x, sampler=sampler, steps=20, schedule=schedule)
+            out = torch.empty_like(x)
+            graphed = median_seconds(lambda: graphed_sampler(x, out=out), device) / len(p.rows)
+            row["graphed_us_per_step"] = graphed * 1e6
+            line += f" {graphed * 1e6:>16.1f}"
+        rows.append(row)
+        print_fn(line)
+    return rows
+
+
+def _scheduler_rows(device, shape, print_fn) -> List[Dict]:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        print_fn("(diffusers is not installed: no comparison with stock diffusers)")
+        return []
+    print_fn(f"{'scheduler loop':<34} {'stock us/step':>14} {'diffaccel us/step':>18} {'speedup':>8}")
+    rows = []
+    for case in SCHEDULER_CASES:
+        times = {}
+        for impl in ("stock_diffusers", "diffaccel"):
+            loop, reset = scheduler_loop(case, impl, device, shape)
+            reset()
+
+            def timed():
+                reset()  # set_timesteps is diffusers' code in both: timed alike in both
+                loop()
+
+            times[impl] = median_seconds(timed, device, min_time=0.5 if "threshold" in case else 0.2) / 25
+        rows.append(dict(case=case, shape=list(shape), stock_us_per_step=times["stock_diffusers"] * 1e6,
+                         diffaccel_us_per_step=times["diffaccel"] * 1e6))
+        print_fn(f"{case:<34} {times['stock_diffusers'] * 1e6:>14.1f} {times['diffaccel'] * 1e6:>18.1f} "
+                 f"{times['stock_diffusers'] / times['diffaccel']:>7.1f}x")
+    return rows
+
+
+def run(device="cpu", shapes=("small", "medium"), case_names=None, compile_reference: bool = True,
+        loops: bool = True, json_path=None, print_fn=print) -> Dict:
+    """``diffaccel bench``: the op matrix (fused against the eager and
+    torch.compile'd reference, GB/s against the copy bandwidth measured in the
+    same run), the 20-step loops with a zero-cost model (and, on CUDA, as one
+    graph), and stock diffusers' scheduler steps against the drop-ins."""
+    import json
+    import platform
+
+    import logging
+
+    # torch.compile of the threshold reference breaks its graph at the quantile's rank; dynamo logs each break.
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+    cases = [CASES[name] for name in (case_names or CASES)]
+    header = (f"diffaccel bench on {device}, float32, torch {torch.__version__}, "
+              f"{torch.cuda.get_device_name() if torch.device(device).type == 'cuda' else platform.processor() or 'cpu'}, "
+              f"{torch.get_num_threads()} CPU threads")
+    print_fn(header)
+    print_fn("median of 5 runs; GB/s = bytes the op must read + write / time; copy = dst.copy_(src) at the same size; "
+             "compiled = torch.compile of the reference\n")
+    result = dict(device=str(device), torch=torch.__version__, header=header,
+                  ops=_op_rows(device, [SHAPES[s] for s in shapes], cases, compile_reference, print_fn))
+    if loops:
+        print_fn(f"\nWhole 20-step loops at {SHAPES['medium']} with a zero-cost model (the sampler's own time):")
+        result["loops"] = _loop_rows(device, SHAPES["medium"], print_fn)
+        print_fn(f"\nStock diffusers against diffaccel's drop-in, 25 steps at {SHAPES['medium']}, zero-cost model:")
+        result["schedulers"] = _scheduler_rows(device, SHAPES["medium"], print_fn)
+    print_fn("")
+    for case in cases:
+        print_fn(f"{case.name:<20} {case.description}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+        print_fn(f"\nwrote {json_path}")
+    return result

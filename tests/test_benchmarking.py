@@ -1,0 +1,33 @@
+"""`diffaccel bench` runs at a small size and reports every column (no speed is
+asserted: speed is measured in bench/, never in a test)."""
+
+import json
+import math
+
+from diffaccel.__main__ import main
+from diffaccel.benchmarking import LOOP_SAMPLERS, SCHEDULER_CASES
+
+from conftest import DEVICE
+
+
+def test_bench_reports_ops_loops_and_schedulers(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--device", DEVICE, "--shapes", "small", "--cases", "multistep_combine3", "ei_step_2m",
+                 "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert [r["case"] for r in result["ops"]] == ["multistep_combine3", "ei_step_2m"]
+    for row in result["ops"]:
+        for key in ("fused_us", "eager_us", "compiled_us", "gb_per_s", "copy_gb_per_s", "percent_of_copy"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+    assert [r["sampler"] for r in result["loops"]] == LOOP_SAMPLERS
+    assert [r["case"] for r in result["schedulers"]] == list(SCHEDULER_CASES)
+    assert all(r["stock_us_per_step"] > 0 and r["diffaccel_us_per_step"] > 0 for r in result["schedulers"])
+    out = capsys.readouterr().out
+    assert "% copy" in out and "stock us/step" in out and f"wrote {path}" in out
+
+
+def test_bench_without_compile_or_loops(capsys):
+    assert main(["bench", "--device", DEVICE, "--shapes", "small", "--cases", "threshold_dynamic", "--no-compile",
+                 "--no-loops"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold_dynamic" in out and "Whole 20-step loops" not in out
