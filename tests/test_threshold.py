@@ -95,3 +95,33 @@ def test_selection_matches_reference(n, ratio, ties, dtype, gen):
         x = x.round()
     options = dict(kind="dynamic", ratio=ratio, max_value=10.0, style="dpm-solver")
     assert_close(ops.threshold(x, **options), reference.threshold(x, **options))
+
+
+@pytest.mark.parametrize("n", [1 << 18, (1 << 18) + 12345, 1_000_003])
+@pytest.mark.parametrize("ratio", [0.3, 0.995, 1.0])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_selection_of_large_samples(n, ratio, ties, dtype, gen):
+    """Samples of 2^18 elements and more, where the GPU selection spreads each
+    sample over many blocks (a partial last chunk included); a NaN still
+    poisons only its own sample."""
+    x = torch.randn((3, n), generator=gen, dtype=dtype) * 3
+    if ties:
+        x = x.round()
+    x[2, n // 2] = float("nan")
+    options = dict(kind="dynamic", ratio=ratio, max_value=10.0, style="dpm-solver")
+    got = ops.threshold(x, **options)
+    assert_close(got, reference.threshold(x, **options))
+    assert got[2].isnan().all() and not got[:2].isnan().any()
+
+
+def test_ei_step_dynamic_threshold_on_large_samples(gen):
+    """The fused step's selection over d = c_x x + c_m m (never stored) at a size
+    where the GPU uses the multi-block passes."""
+    x, m = (torch.randn((2, 4, 256, 300), generator=gen) for _ in range(2))
+    coeffs = torch.tensor([0.5, 2.0, 0.9, 0.1, 0.0], dtype=torch.float64)
+    threshold = ops.Threshold("dynamic", 0.99, 1.5)
+    got = ops.ei_step(x, m, [], coeffs, threshold=threshold)
+    want = reference.ei_step(x, m, [], coeffs, threshold=threshold)
+    for a, b in zip(got, want):
+        assert_close(a, b)

@@ -42,16 +42,16 @@ __device__ __forceinline__ double block_sum(double v, double* buffer) {
   return total;
 }
 
-// Called by every thread after thread 0 stored this block's partial sums:
-// whether this is the grid's last block to finish (then all partials are
-// visible to it; read them with __ldcg, past the non-coherent L1).
-__device__ __forceinline__ bool finished_last(unsigned int* counter) {
+// Called by every thread once this block's results are stored: whether this
+// is the last of `blocks` blocks sharing `counter` to finish (then everything
+// they stored is visible to it; read it with __ldcg, past the non-coherent L1).
+__device__ __forceinline__ bool finished_last(unsigned int* counter, unsigned int blocks) {
   __shared__ bool last;
-  if (threadIdx.x == 0) {
-    __threadfence();
-    last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
-  }
+  __threadfence();
   __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == blocks - 1;
+  __syncthreads();
+  if (last) __threadfence();
   return last;
 }
 

@@ -75,15 +75,15 @@ void launch_elementwise(const EiStepParams& p, bool vectorized, bool per_sample_
 
 template <typename acc_t>
 cudaError_t launch_ei_step(const EiStepParams& params, const ThresholdSelect* select,
-                           void* scales, cudaStream_t stream) {
+                           void* select_scratch, cudaStream_t stream) {
   EiStepParams p = params;
   if (p.batch * p.per_sample == 0) return cudaSuccess;
   if (select) {
     const DataTerm<acc_t> source{p.x, p.model_out, p.coeffs, p.coeff_stride, p.per_sample};
-    select_threshold_scales<acc_t><<<static_cast<unsigned int>(p.batch), kSelectThreads, 0, stream>>>(
-        source, p.per_sample, *select, static_cast<acc_t*>(scales));
+    const cudaError_t status = launch_select<acc_t>(source, p.batch, p.per_sample, *select, select_scratch, stream);
+    if (status != cudaSuccess) return status;
     p.threshold.enabled = true;
-    p.threshold.scales = scales;
+    p.threshold.scales = select_scratch;
   }
   const bool per_sample_rows = p.coeff_stride != 0 || p.threshold.scales != nullptr;
   const bool vectorized = can_vectorize(

@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kThreads) error_norm_kernel(ErrorNormParams p,
   }
   sum = block_sum(sum, buffer);
   if (threadIdx.x == 0) s.partial[chunk.slot] = sum;
-  if (!finished_last(s.counter)) return;
+  if (!finished_last(s.counter, gridDim.x * gridDim.y)) return;
   for (int64_t j = threadIdx.x; j < p.batch; j += kThreads) {
     const double rms = sqrt(sample_total(s.partial, j, chunk.chunks, 1, 0) / double(p.per_sample));
     store_one(p.out.data, p.out.dtype, j, acc_t(rms));

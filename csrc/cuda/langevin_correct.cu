@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams
     s.partial[chunk.slot * 2] = score_sq;
     s.partial[chunk.slot * 2 + 1] = noise_sq;
   }
-  if (!finished_last(s.counter)) return;
+  if (!finished_last(s.counter, gridDim.x * gridDim.y)) return;
 
   // The last block: each sample's norms, then its step.
   for (int64_t j = threadIdx.x; j < p.batch; j += kThreads) {

@@ -103,19 +103,24 @@ struct ErrorNormParams {
 };
 
 // Scratch sizes the caller allocates on the device (bytes).
+// Dynamic thresholding's selection: the per-sample scales, then (for large
+// samples) histograms and pass state; double_acc when acc_t is double.
+int64_t select_scratch_bytes(int64_t batch, int64_t per_sample, bool double_acc);
 int64_t langevin_scratch_bytes(int64_t batch, int64_t per_sample);
 int64_t error_norm_scratch_bytes(int64_t batch, int64_t per_sample);
 
 // acc_t is float, or double when every tensor is float64. Each returns the
 // CUDA error of its launches (cudaSuccess when all went in).
+// select_scratch: select_scratch_bytes(...) bytes when select is given (the
+// scales are written at its start), else null.
 template <typename acc_t>
 cudaError_t launch_ei_step(const EiStepParams& p, const ThresholdSelect* select,
-                           void* scales, cudaStream_t stream);
+                           void* select_scratch, cudaStream_t stream);
 template <typename acc_t>
 cudaError_t launch_multistep_combine(const CombineParams& p, cudaStream_t stream);
 template <typename acc_t>
 cudaError_t launch_threshold(const ThresholdParams& p, const ThresholdSelect* select,
-                             void* scales, cudaStream_t stream);
+                             void* select_scratch, cudaStream_t stream);
 // scratch: langevin_scratch_bytes(...) bytes of device memory (per-chunk
 // partial sums, norms, steps, and a counter the launcher zeroes first).
 template <typename acc_t>

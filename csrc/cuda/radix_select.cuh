@@ -11,9 +11,12 @@
 // (diffaccel/quantile.h); a sample holding a NaN gets a NaN scale, as in torch.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <cstdint>
 
 #include "diffaccel/quantile.h"
+#include "chunked_reduction.cuh"
 #include "memory_access.cuh"
 
 namespace diffaccel::cuda {
@@ -71,6 +74,48 @@ __device__ __forceinline__ unsigned int block_exclusive_scan(unsigned int v, uns
   return result;
 }
 
+// The bin of a kDigitBins histogram (shared memory, kSelectThreads threads)
+// that holds the element of rank `remaining`, how many come before it, and how
+// many it holds; every thread gets it.
+struct FoundBin {
+  unsigned int digit, before, count;
+};
+
+__device__ __forceinline__ FoundBin find_bin(const unsigned int* histogram, unsigned int remaining) {
+  __shared__ FoundBin found;
+  const unsigned int lo = histogram[2 * threadIdx.x], hi = histogram[2 * threadIdx.x + 1];
+  unsigned int total;
+  const unsigned int before = block_exclusive_scan(lo + hi, &total);
+  if (remaining >= before && remaining < before + lo) {
+    found = {2u * threadIdx.x, before, lo};
+  } else if (remaining >= before + lo && remaining < before + lo + hi) {
+    found = {2u * threadIdx.x + 1, before + lo, hi};
+  }
+  __syncthreads();
+  const FoundBin result = found;
+  __syncthreads();  // `found` is rewritten by the next call
+  return result;
+}
+
+// Whether the interpolation needs the next larger key: it does unless the
+// upper rank is the lower one or still a copy of it (remaining is the lower
+// rank's position among the equal_count copies of its key).
+template <typename acc_t>
+__device__ __forceinline__ bool needs_next_key(const QuantileRank<acc_t>& rank, unsigned int remaining,
+                                               unsigned int equal_count) {
+  const int64_t at_most_below = rank.below - remaining + equal_count;  // keys <= the lower one
+  return rank.above != rank.below && at_most_below <= rank.above;
+}
+
+// The scale from the lower and upper order statistics' keys.
+template <typename acc_t, typename key_t>
+__device__ __forceinline__ acc_t scale_of(key_t below, key_t above, const QuantileRank<acc_t>& rank,
+                                          const ThresholdSelect& select) {
+  using Key = MagnitudeKey<acc_t>;
+  const acc_t q = lerp_like_torch(Key::value(below), Key::value(above), rank.weight);
+  return dynamic_threshold_scale(q, select.style, acc_t(select.max_value));
+}
+
 // source(b, i) is element i of sample b, in acc_t. Launch: one block of
 // kSelectThreads per sample; per_sample < 2^32 (checked by the caller).
 template <typename acc_t, typename Source>
@@ -80,7 +125,6 @@ __global__ void __launch_bounds__(kSelectThreads)
   using Key = MagnitudeKey<acc_t>;
   using key_t = typename Key::type;
   __shared__ unsigned int histogram[kDigitBins];
-  __shared__ unsigned int found_digit, found_before, found_count;
   __shared__ key_t smallest_above;
 
   const int64_t b = blockIdx.x;
@@ -105,29 +149,19 @@ __global__ void __launch_bounds__(kSelectThreads)
       return;
     }
     __syncthreads();
-    const unsigned int lo = histogram[2 * threadIdx.x], hi = histogram[2 * threadIdx.x + 1];
-    unsigned int total;
-    const unsigned int before = block_exclusive_scan(lo + hi, &total);
-    if (remaining >= before && remaining < before + lo) {
-      found_digit = 2 * threadIdx.x, found_before = before, found_count = lo;
-    } else if (remaining >= before + lo && remaining < before + lo + hi) {
-      found_digit = 2 * threadIdx.x + 1, found_before = before + lo, found_count = hi;
-    }
-    __syncthreads();
-    prefix |= key_t(found_digit) << shift;
+    const FoundBin bin = find_bin(histogram, remaining);
+    prefix |= key_t(bin.digit) << shift;
     prefix_bits = Key::kBits - shift;
-    remaining -= found_before;
-    equal_count = found_count;
-    __syncthreads();  // found_* are rewritten by the next pass
+    remaining -= bin.before;
+    equal_count = bin.count;
     if (shift == 0) break;
     shift = shift > kDigitBits ? shift - kDigitBits : 0;
   }
 
   // prefix is the key of the rank.below-th smallest magnitude; remaining is its
   // rank among the equal_count copies of it.
-  const int64_t at_most_below = rank.below - remaining + equal_count;  // keys <= prefix
   key_t above = prefix;
-  if (rank.above != rank.below && at_most_below <= rank.above) {
+  if (needs_next_key(rank, remaining, equal_count)) {
     if (threadIdx.x == 0) smallest_above = ~key_t(0);
     __syncthreads();
     key_t local = ~key_t(0);
@@ -139,10 +173,170 @@ __global__ void __launch_bounds__(kSelectThreads)
     __syncthreads();
     above = smallest_above;
   }
-  if (threadIdx.x == 0) {
-    const acc_t q = lerp_like_torch(Key::value(prefix), Key::value(above), rank.weight);
-    scales[b] = dynamic_threshold_scale(q, select.style, acc_t(select.max_value));
+  if (threadIdx.x == 0) scales[b] = scale_of<acc_t>(prefix, above, rank, select);
+}
+
+// ---- Multi-block selection for large samples ----
+
+constexpr int64_t kSelectChunk = 65536;  // elements of one sample per block (64 per thread)
+constexpr int64_t kMultiBlockSelectMin = 4 * kSelectChunk;
+
+constexpr unsigned int kSawNan = 1u, kScaleDone = 2u;
+
+// What a sample's passes hand each other, in the zeroed scratch.
+template <typename key_t>
+struct SelectState {
+  key_t prefix;                   // the digits fixed so far
+  key_t above;                    // the smallest key above prefix (the last pass)
+  unsigned int remaining;         // the wanted rank among the keys matching prefix
+  unsigned int blocks_done;       // blocks of this pass finished (the last one picks)
+  unsigned int flags;             // kSawNan, kScaleDone
+};
+
+// Bits below the digit a pass histograms.
+__host__ __device__ constexpr int pass_shift(int pass, int key_bits) {
+  return key_bits - kDigitBits * (pass + 1) > 0 ? key_bits - kDigitBits * (pass + 1) : 0;
+}
+__host__ __device__ constexpr int digit_passes(int key_bits) { return (key_bits + kDigitBits - 1) / kDigitBits; }
+
+// One digit pass. Grid: (chunks, batch) blocks of kSelectThreads.
+template <typename acc_t, typename Source>
+__global__ void __launch_bounds__(kSelectThreads)
+    select_digit_pass(Source source, int64_t per_sample, ThresholdSelect select, int pass,
+                      SelectState<typename MagnitudeKey<acc_t>::type>* states, unsigned int* histograms,
+                      acc_t* scales) {
+  using Key = MagnitudeKey<acc_t>;
+  using key_t = typename Key::type;
+  __shared__ unsigned int histogram[kDigitBins];
+  const int64_t b = blockIdx.y;
+  SelectState<key_t>* state = states + b;
+  if (state->flags & kScaleDone) return;  // a NaN was found: the scale is written
+  const int shift = pass_shift(pass, Key::kBits);
+  const int prefix_bits = pass == 0 ? 0 : Key::kBits - pass_shift(pass - 1, Key::kBits);
+  const key_t prefix = state->prefix;
+  for (int i = threadIdx.x; i < kDigitBins; i += kSelectThreads) histogram[i] = 0;
+  __syncthreads();
+  const int64_t begin = blockIdx.x * kSelectChunk;
+  const int64_t end = begin + kSelectChunk < per_sample ? begin + kSelectChunk : per_sample;
+  bool saw_nan = false;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kSelectThreads) {
+    const key_t key = Key::of(source(b, i));
+    saw_nan |= key > Key::kInf;
+    const bool matches = prefix_bits == 0 || (key >> (Key::kBits - prefix_bits)) == (prefix >> (Key::kBits - prefix_bits));
+    if (matches) atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
   }
+  if (__syncthreads_or(saw_nan) && pass == 0 && threadIdx.x == 0) atomicOr(&state->flags, kSawNan);
+  unsigned int* global = histograms + b * kDigitBins;
+  for (int i = threadIdx.x; i < kDigitBins; i += kSelectThreads) {
+    if (histogram[i] != 0) atomicAdd(&global[i], histogram[i]);
+  }
+  if (!finished_last(&state->blocks_done, gridDim.x)) return;
+
+  // The sample's last block: pick the bin, reset the histogram for the next pass.
+  for (int i = threadIdx.x; i < kDigitBins; i += kSelectThreads) {
+    histogram[i] = __ldcg(&global[i]);
+    global[i] = 0;
+  }
+  __syncthreads();
+  const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
+  if (pass == 0 && (__ldcg(&state->flags) & kSawNan)) {
+    if (threadIdx.x == 0) {
+      scales[b] = acc_t(NAN);
+      state->flags |= kScaleDone;
+    }
+    return;
+  }
+  const unsigned int remaining = pass == 0 ? static_cast<unsigned int>(rank.below) : __ldcg(&state->remaining);
+  const FoundBin bin = find_bin(histogram, remaining);
+  if (threadIdx.x == 0) {
+    const key_t chosen = prefix | (key_t(bin.digit) << shift);
+    state->prefix = chosen;
+    state->remaining = remaining - bin.before;
+    state->blocks_done = 0;
+    if (shift == 0) {  // the lower order statistic is found
+      if (needs_next_key(rank, remaining - bin.before, bin.count)) {
+        state->above = ~key_t(0);
+      } else {
+        scales[b] = scale_of<acc_t>(chosen, chosen, rank, select);
+        state->flags |= kScaleDone;
+      }
+    }
+  }
+}
+
+// The smallest key above the lower order statistic, where the interpolation needs it.
+template <typename acc_t, typename Source>
+__global__ void __launch_bounds__(kSelectThreads)
+    select_next_key_pass(Source source, int64_t per_sample, ThresholdSelect select,
+                         SelectState<typename MagnitudeKey<acc_t>::type>* states, acc_t* scales) {
+  using Key = MagnitudeKey<acc_t>;
+  using key_t = typename Key::type;
+  __shared__ key_t smallest_above;
+  const int64_t b = blockIdx.y;
+  SelectState<key_t>* state = states + b;
+  if (state->flags & kScaleDone) return;
+  const key_t prefix = state->prefix;
+  if (threadIdx.x == 0) smallest_above = ~key_t(0);
+  __syncthreads();
+  const int64_t begin = blockIdx.x * kSelectChunk;
+  const int64_t end = begin + kSelectChunk < per_sample ? begin + kSelectChunk : per_sample;
+  key_t local = ~key_t(0);
+  for (int64_t i = begin + threadIdx.x; i < end; i += kSelectThreads) {
+    const key_t key = Key::of(source(b, i));
+    if (key > prefix && key < local) local = key;
+  }
+  atomicMin(&smallest_above, local);
+  __syncthreads();
+  if (threadIdx.x == 0 && smallest_above != ~key_t(0)) atomicMin(&state->above, smallest_above);
+  if (!finished_last(&state->blocks_done, gridDim.x)) return;
+  if (threadIdx.x == 0) {
+    const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
+    scales[b] = scale_of<acc_t>(prefix, __ldcg(&state->above), rank, select);
+  }
+}
+
+inline int64_t round256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Scratch of the selection: the scales (acc_t per sample) first, then, for
+// large samples, each sample's histogram and state.
+template <typename acc_t>
+int64_t select_workspace_bytes(int64_t batch, int64_t per_sample) {
+  if (per_sample < kMultiBlockSelectMin) return 0;
+  using key_t = typename MagnitudeKey<acc_t>::type;
+  return round256(batch * kDigitBins * int64_t(sizeof(unsigned int))) + batch * int64_t(sizeof(SelectState<key_t>));
+}
+
+template <typename acc_t>
+int64_t select_scratch_bytes_of(int64_t batch, int64_t per_sample) {
+  return round256(batch * int64_t(sizeof(acc_t))) + select_workspace_bytes<acc_t>(batch, per_sample);
+}
+
+// Writes each sample's scale to the start of `scratch`
+// (select_scratch_bytes(...) bytes of device memory).
+template <typename acc_t, typename Source>
+cudaError_t launch_select(Source source, int64_t batch, int64_t per_sample, const ThresholdSelect& select,
+                          void* scratch, cudaStream_t stream) {
+  using key_t = typename MagnitudeKey<acc_t>::type;
+  acc_t* scales = static_cast<acc_t*>(scratch);
+  const int64_t workspace = select_workspace_bytes<acc_t>(batch, per_sample);
+  if (workspace == 0) {
+    select_threshold_scales<acc_t><<<static_cast<unsigned int>(batch), kSelectThreads, 0, stream>>>(
+        source, per_sample, select, scales);
+    return cudaGetLastError();
+  }
+  char* base = static_cast<char*>(scratch) + round256(batch * int64_t(sizeof(acc_t)));
+  unsigned int* histograms = reinterpret_cast<unsigned int*>(base);
+  auto* states = reinterpret_cast<SelectState<key_t>*>(base + round256(batch * kDigitBins * int64_t(sizeof(unsigned int))));
+  cudaError_t status = cudaMemsetAsync(base, 0, static_cast<size_t>(workspace), stream);
+  if (status != cudaSuccess) return status;
+  const dim3 grid(static_cast<unsigned int>((per_sample + kSelectChunk - 1) / kSelectChunk),
+                  static_cast<unsigned int>(batch));
+  for (int pass = 0; pass < digit_passes(MagnitudeKey<acc_t>::kBits); ++pass) {
+    select_digit_pass<acc_t><<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, pass, states,
+                                                                   histograms, scales);
+  }
+  select_next_key_pass<acc_t><<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, states, scales);
+  return cudaGetLastError();
 }
 
 }  // namespace diffaccel::cuda

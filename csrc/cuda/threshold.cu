@@ -38,20 +38,25 @@ __global__ void __launch_bounds__(kThreads) threshold_kernel(ThresholdParams p, 
 
 template <typename acc_t>
 cudaError_t launch_threshold(const ThresholdParams& params, const ThresholdSelect* select,
-                             void* scales, cudaStream_t stream) {
+                             void* select_scratch, cudaStream_t stream) {
   ThresholdParams p = params;
   const int64_t n = p.batch * p.per_sample;
   if (n == 0) return cudaSuccess;
   if (select) {
-    select_threshold_scales<acc_t><<<static_cast<unsigned int>(p.batch), kSelectThreads, 0, stream>>>(
-        Magnitudes<acc_t>{p.x, p.per_sample}, p.per_sample, *select, static_cast<acc_t*>(scales));
-    p.threshold.scales = scales;
+    const cudaError_t status = launch_select<acc_t>(Magnitudes<acc_t>{p.x, p.per_sample}, p.batch, p.per_sample,
+                                                    *select, select_scratch, stream);
+    if (status != cudaSuccess) return status;
+    p.threshold.scales = select_scratch;
   }
   p.threshold.enabled = true;
   const bool vectorized = can_vectorize({p.x.data, p.y.data}, p.threshold.scales != nullptr, p.per_sample);
   const int grid = grid_size(vectorized ? (n + kPack - 1) / kPack : n);
   threshold_kernel<acc_t><<<grid, kThreads, 0, stream>>>(p, vectorized);
   return cudaGetLastError();
+}
+
+int64_t select_scratch_bytes(int64_t batch, int64_t per_sample, bool double_acc) {
+  return double_acc ? select_scratch_bytes_of<double>(batch, per_sample) : select_scratch_bytes_of<float>(batch, per_sample);
 }
 
 template cudaError_t launch_threshold<float>(const ThresholdParams&, const ThresholdSelect*, void*, cudaStream_t);

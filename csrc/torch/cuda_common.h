@@ -21,6 +21,13 @@ inline cuda::Out cuda_out(const at::Tensor& contiguous) {
 // so no value is copied to the host (no synchronization; graph-capturable).
 inline In coeffs_in(const at::Tensor& coeffs) { return kernel_in(coeffs); }
 
+// Device scratch of dynamic thresholding's selection (the per-sample scales,
+// then the multi-block passes' histograms and state for large samples).
+inline at::Tensor select_scratch(const at::Tensor& x, int64_t batch, int64_t per_sample) {
+  const bool double_acc = acc_type_of(x) == at::kDouble;
+  return at::empty({cuda::select_scratch_bytes(batch, per_sample, double_acc)}, x.options().dtype(at::kByte));
+}
+
 inline void check_launch(const char* op, cudaError_t status) {
   TORCH_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }

@@ -163,10 +163,10 @@ void ei_step_out_cuda(const at::Tensor& x, const at::Tensor& model_out, at::Tens
   p.d = cuda_out(d.buffer);
   const at::ScalarType acc = acc_type_of(x);
   std::optional<cuda::ThresholdSelect> select;
-  at::Tensor scales;
+  at::Tensor scratch;
   if (threshold && threshold->kind == ThresholdKind::kDynamic) {
     select = cuda::ThresholdSelect{threshold->ratio, threshold->style, threshold->max_value};
-    scales = at::empty({batch}, x.options().dtype(acc));
+    scratch = select_scratch(x, batch, p.per_sample);
   } else if (threshold) {
     p.threshold.enabled = true;
     p.threshold.clip_max = threshold->max_value;
@@ -174,7 +174,7 @@ void ei_step_out_cuda(const at::Tensor& x, const at::Tensor& model_out, at::Tens
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_ei_step_cuda", [&] {
     check_launch(kOp, cuda::launch_ei_step<scalar_t>(p, select ? &*select : nullptr,
-                                                     select ? scales.data_ptr() : nullptr, stream));
+                                                     select ? scratch.data_ptr() : nullptr, stream));
   });
   x_next.finish();
   d.finish();

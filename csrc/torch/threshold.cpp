@@ -72,11 +72,11 @@ void threshold_out_cuda(const at::Tensor& x, std::string_view kind, double ratio
   const at::ScalarType acc = acc_type_of(x);
   const bool dynamic = options.kind == ThresholdKind::kDynamic;
   const cuda::ThresholdSelect select{options.ratio, options.style, options.max_value};
-  const at::Tensor scales = dynamic ? at::empty({batch}, x.options().dtype(acc)) : at::Tensor();
+  const at::Tensor scratch = dynamic ? select_scratch(x, batch, p.per_sample) : at::Tensor();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_threshold_cuda", [&] {
     check_launch(kOp, cuda::launch_threshold<scalar_t>(p, dynamic ? &select : nullptr,
-                                                       dynamic ? scales.data_ptr() : nullptr, stream));
+                                                       dynamic ? scratch.data_ptr() : nullptr, stream));
   });
   y.finish();
 }
