@@ -162,15 +162,32 @@ def check_static(name: str, value: torch.Tensor, like: torch.Tensor) -> None:
                          f"(fixed at capture), got shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}")
 
 
-def _fresh_generator(device: torch.device) -> torch.Generator:
+def fresh_generator(device: torch.device) -> torch.Generator:
     """A private generator seeded from the global CPU RNG, so torch.manual_seed
     makes seed=None runs reproducible too."""
     generator = torch.Generator(device)
-    generator.manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
+    generator.manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64, device="cpu")))
     return generator
 
 
-class GraphedSampler:
+class Replayable:
+    """What runs its loop through a CapturedLoop (``self._loop``): whether it
+    is a CUDA graph, and the graph's memory pool."""
+
+    _loop: CapturedLoop
+
+    @property
+    def graphed(self) -> bool:
+        """False where the loop runs eagerly (CPU)."""
+        return self._loop.graph is not None
+
+    @property
+    def pool(self):
+        """The graph's memory pool, for ``pool=`` of another capture (None on CPU)."""
+        return self._loop.pool
+
+
+class GraphedSampler(Replayable):
     """A fixed-step sampling loop captured as one CUDA graph (or, on CPU, run
     eagerly); made by :func:`capture`. Attributes: ``plan``, ``shape``,
     ``dtype``, ``device``, ``generator`` (the private noise generator),
@@ -184,7 +201,7 @@ class GraphedSampler:
         self.shape, self.dtype, self.device = tuple(x_example.shape), x_example.dtype, x_example.device
         self.buffers = [x_example.detach().clone()] + [torch.empty_like(x_example) for _ in range(plan.num_buffers - 1)]
         self.tables = plan.device_tables(self.device, self.shape[0], time_dtype(self.dtype))
-        self.generator = _fresh_generator(self.device)
+        self.generator = fresh_generator(self.device)
         self.cond = cond.detach().clone() if cond is not None else None
         self.uncond = uncond.detach().clone() if uncond is not None else None
         self.guidance: Optional[ClassifierFreeGuidance] = None
@@ -203,14 +220,6 @@ class GraphedSampler:
         self._calls = 0
         self._loop = CapturedLoop(self._run_loop, self.device, warmup=warmup, pool=pool, generator=self.generator,
                                   progress=self._progress)
-
-    @property
-    def graphed(self) -> bool:
-        return self._loop.graph is not None
-
-    @property
-    def pool(self):
-        return self._loop.pool
 
     def _tracked_network(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         i = self._calls
@@ -318,4 +327,4 @@ def capture(model: Callable, x_example: torch.Tensor, *, sampler: str = "dpmpp_2
                           cond=cond, uncond=uncond, guidance_scale=guidance_scale)
 
 
-__all__: List[str] = ["capture", "GraphedSampler", "CapturedLoop", "NotCapturableError", "check_static"]
+__all__: List[str] = ["capture", "GraphedSampler", "CapturedLoop", "Replayable", "NotCapturableError", "check_static", "fresh_generator"]

@@ -37,6 +37,7 @@ import torch
 from diffaccel import ops
 from diffaccel.solvers.ancestral import ancestral_split
 from diffaccel.solvers.lms import lagrange_weights
+from diffaccel.graph import CapturedLoop, Progress, Replayable, check_static, fresh_generator
 from diffaccel.transfer import DeviceConstants, to_device
 
 try:
@@ -927,7 +928,7 @@ def accelerate(obj):
     raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
 
 
-class GraphedPipeline:
+class GraphedPipeline(Replayable):
     """The denoising loop of a diffusers pipeline (UNet plus accelerated
     scheduler) for fixed shapes, captured as one CUDA graph (on CPU: run
     eagerly); made by :func:`graph_pipeline`. Call it with the initial latents
@@ -937,8 +938,6 @@ class GraphedPipeline:
 
     def __init__(self, unet, scheduler, *, steps: int, latent_shape, embed_shape, guidance_scale: float, warmup: int,
                  pool, device, dtype):
-        from diffaccel.graph import CapturedLoop, Progress, _fresh_generator
-
         self.unet, self.scheduler, self.steps = unet, scheduler, steps
         self.guided = guidance_scale > 1.0  # diffusers' do_classifier_free_guidance
         self.latents = torch.zeros(latent_shape, device=device, dtype=dtype)
@@ -946,7 +945,7 @@ class GraphedPipeline:
         self.embeds = torch.zeros(((2 if self.guided else 1) * batch,) + tuple(embed_shape[1:]), device=device,
                                   dtype=dtype)
         self.result = torch.empty_like(self.latents)
-        self.generator = _fresh_generator(torch.device(device))
+        self.generator = fresh_generator(torch.device(device))
         self.weights = to_device([1.0 - guidance_scale, guidance_scale], device)
         scheduler.set_timesteps(steps, device=device)
         if hasattr(scheduler, "set_begin_index"):  # _init_step_index then needs no timestep lookup (a sync)
@@ -961,14 +960,6 @@ class GraphedPipeline:
         self._loop = CapturedLoop(self._run_loop, torch.device(device), warmup=warmup, pool=pool,
                                   generator=self.generator, progress=self._progress, constants=self._constants,
                                   what="the UNet")
-
-    @property
-    def graphed(self) -> bool:
-        return self._loop.graph is not None
-
-    @property
-    def pool(self):
-        return self._loop.pool
 
     def _scheduler_state(self) -> dict:
         # step() mutates the scheduler's Python state (step index, history lists): each run starts from this copy.
@@ -996,8 +987,6 @@ class GraphedPipeline:
         """``seed`` reseeds the noise of stochastic schedulers (same seed, same
         result). With guidance (guidance_scale > 1) negative_prompt_embeds is
         required: the embeddings of the negative (or empty) prompt."""
-        from diffaccel.graph import check_static
-
         batch = self.latents.shape[0]
         check_static("latents", latents, self.latents)
         check_static("prompt_embeds", prompt_embeds, self.embeds[:batch])
