@@ -21,9 +21,9 @@ PY=${PYTHON:-python3}
 PHASES=${PHASES:-"build check tests bench"}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # -gencode=arch=compute_90,code=sm_90
-# Wheels carried to the machine (no network there), e.g. diffusers for the
-# drop-in tests and bench: put them in .whl/ (git-ignored via
-# .git/info/exclude) and name .whl in the device tool's carry.
+# Wheels carried to the machine (no network there): diffusers and k-diffusion
+# for the drop-in tests and benchmarks. bench/fetch_gpu_wheels.sh puts them in
+# .whl/ (git-ignored); name .whl in the device tool's carry.
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target build/site .whl/*.whl && \
     export PYTHONPATH="$PWD/build/site:$PYTHONPATH"
