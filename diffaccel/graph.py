@@ -29,7 +29,6 @@ from typing import Callable, List, Optional
 import torch
 
 from diffaccel import ops
-from diffaccel.ops import backends
 from diffaccel.sampling import ClassifierFreeGuidance, run_rows, time_dtype
 from diffaccel.solvers import ADAPTIVE_SAMPLERS
 from diffaccel.solvers import plan as make_plan
@@ -214,8 +213,6 @@ class GraphedSampler(Replayable):
         else:
             network = model
         self._network = network
-        # The triton backend draws in-op noise from host-read generator words, which a graph would freeze.
-        self._langevin_noise_in_op = self.device.type != "cuda" or backends.resolve("langevin_correct", "cuda") != "triton"
         self._progress = Progress()
         self._calls = 0
         self._loop = CapturedLoop(self._run_loop, self.device, warmup=warmup, pool=pool, generator=self.generator,
@@ -232,7 +229,7 @@ class GraphedSampler(Replayable):
     def _run_loop(self) -> None:
         self._calls = 0
         run_rows(self.plan, self._tracked_network, self.buffers, self.tables, generator=self.generator,
-                 threshold=self.threshold, langevin_noise_in_op=self._langevin_noise_in_op)
+                 threshold=self.threshold)
 
     def __call__(self, x_T: torch.Tensor, *, seed: Optional[int] = None, cond: Optional[torch.Tensor] = None,
                  uncond: Optional[torch.Tensor] = None, guidance_scale: Optional[float] = None,

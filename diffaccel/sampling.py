@@ -7,6 +7,7 @@ from typing import Callable, List, Optional
 import torch
 
 from diffaccel import ops
+from diffaccel.ops import backends
 from diffaccel.noise import standard_normal
 from diffaccel.schedules import VPDiscrete
 from diffaccel.solvers import ADAPTIVE_SAMPLERS
@@ -36,13 +37,17 @@ def time_dtype(state_dtype: torch.dtype) -> torch.dtype:
 
 def run_rows(plan: Plan, model: Callable, buffers: List[torch.Tensor], tables: PlanTables, *,
              generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
-             threshold: Optional[ops.Threshold] = None, langevin_noise_in_op: bool = True) -> None:
+             threshold: Optional[ops.Threshold] = None) -> None:
     """The loop itself, on buffers and device tables allocated by the caller
     (run_plan, or diffaccel.graph, which captures exactly this). buffers[0]
-    holds the initial noise and receives the sample. ``langevin_noise_in_op``
-    False draws a Langevin row's noise with torch.randn instead of inside the op
-    (the triton backend cannot draw it inside a CUDA graph)."""
+    holds the initial noise and receives the sample."""
     x = buffers[0]
+    # A Langevin row's noise is drawn inside the op, except with a generator of
+    # another device (a CPU generator for CUDA latents) and on the triton
+    # backend, whose in-op draw reads the generator on the host, which a CUDA
+    # graph would freeze: there torch.randn draws it, eager and graphed alike.
+    langevin_noise_in_op = not (generator is not None and generator.device.type != x.device.type) and not (
+        x.device.type == "cuda" and backends.resolve("langevin_correct", "cuda") == "triton")
     for i, row in enumerate(plan.rows):
         state, c = buffers[row.x_slot], tables.coeffs[i]
         model_out = model(state, tables.times[i])
@@ -51,13 +56,11 @@ def run_rows(plan: Plan, model: Callable, buffers: List[torch.Tensor], tables: P
             raise ValueError(f"the model must return a tensor of shape {tuple(x.shape)} (like x), got {got}")
         if isinstance(row, LangevinRow):
             score = ops.multistep_combine([state, model_out], c)
-            # The op draws its noise with a generator of the state's device; one
-            # of another device (a CPU generator for CUDA latents) draws it here.
-            foreign = generator is not None and generator.device.type != x.device.type
-            explicit = foreign or not langevin_noise_in_op
-            noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if explicit else None
+            noise = None if langevin_noise_in_op else standard_normal(x.shape, generator=generator, dtype=x.dtype,
+                                                                      device=x.device)
             ops.langevin_correct(state, score, row.snr, alpha=row.alpha, noise=noise,
-                                 generator=None if explicit else generator, out=(state, buffers[row.mean_slot]))
+                                 generator=generator if langevin_noise_in_op else None,
+                                 out=(state, buffers[row.mean_slot]))
             denoised = buffers[row.mean_slot]
         else:
             noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None

@@ -315,3 +315,27 @@ def test_graph_pipeline_errors():
         loop(latents, embeds[:, :10], embeds)
     with pytest.raises(ValueError, match=r"latents must have shape \(1, 4, 8, 8\)"):
         loop(latents[:, :3], embeds, embeds)
+
+
+@pytest.mark.cuda
+def test_coefficients_inside_a_capture_come_from_the_warm_up():
+    """No host copy may happen inside a capture: to_device refuses one, and
+    DeviceConstants hands the capture what the warm-up recorded, in order."""
+    from diffaccel.transfer import DeviceConstants, to_device
+
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="inside a CUDA graph capture"):
+        with torch.cuda.graph(graph):
+            to_device([1.0, 2.0], "cuda")
+    constants = DeviceConstants()
+    with constants.reuse():
+        first = to_device([1.0, 2.0], "cuda")
+        second = to_device([3.0], "cuda")
+    with constants.reuse():
+        assert to_device([1.0, 2.0], "cuda") is first and to_device([3.0], "cuda") is second
+    with pytest.raises(RuntimeError, match="differs from its warm-up"):
+        with constants.reuse():
+            to_device([1.0, 2.5], "cuda")
+    with pytest.raises(RuntimeError, match="used 1 coefficient sets, its warm-up 2"):
+        with constants.reuse():
+            to_device([1.0, 2.0], "cuda")
