@@ -377,22 +377,53 @@ def test_dpm_solver_singlestep_matches_diffusers(config, steps):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", sorted(accelerated.ACCELERATED))
-def test_steps_after_the_first_do_not_synchronize(name):
-    """On CUDA every step after the first (whose _init_step_index is diffusers')
-    runs under torch.cuda.set_sync_debug_mode("error")."""
+def test_steps_do_not_synchronize(name):
+    """On CUDA every step, the first included (its step index comes from the
+    timestep's position in scheduler.timesteps), runs under
+    torch.cuda.set_sync_debug_mode("error")."""
     if name == "ScoreSdeVeScheduler":
         pytest.skip("driven by step_pred / step_correct, covered by its loop test")
     scheduler = getattr(accelerated, name)()
     scheduler.set_timesteps(10, device="cuda")
     x = torch.randn(2, 4, 16, 16, device="cuda")
-    timesteps = list(scheduler.timesteps)
-    x = scheduler.step(model(x, 0), timesteps[0], x).prev_sample
     out = model(x, 0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for t in timesteps[1:]:
+        for t in scheduler.timesteps:
             x = scheduler.step(out, t, x).prev_sample
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(x).all()
+
+
+STEP_INDEXED = sorted(name for name, cls in accelerated.ACCELERATED.items()
+                      if issubclass(cls, accelerated._StepIndexWithoutSync))
+
+
+@pytest.mark.parametrize("name", STEP_INDEXED)
+def test_first_step_index_is_diffusers_own(name):
+    """The first step's index, found without reading the device, equals stock
+    diffusers' for every position (repeated timesteps of Heun included), for
+    the timestep given as an element of scheduler.timesteps, a number, or
+    another tensor."""
+    ours, stock = getattr(accelerated, name)(), getattr(diffusers, name)()
+    for scheduler in (ours, stock):
+        scheduler.set_timesteps(7, device=DEVICE)
+    for position in range(len(stock.timesteps)):
+        for given in (lambda s: s.timesteps[position], lambda s: s.timesteps[position].item(),
+                      lambda s: s.timesteps[position].clone()):
+            for scheduler in (ours, stock):
+                scheduler._step_index = None
+                scheduler._init_step_index(given(scheduler))
+            assert ours.step_index == stock.step_index, (position, ours.step_index, stock.step_index)
+
+
+def test_position_of_a_timestep_view():
+    schedule = torch.arange(10.0, 0.0, -1.0)
+    assert [accelerated._position_in(schedule, t) for t in schedule] == list(range(10))
+    assert accelerated._position_in(schedule[2:], schedule[5]) == 3
+    assert accelerated._position_in(schedule[::2], schedule[4]) == 2
+    assert accelerated._position_in(schedule[::2], schedule[3]) is None
+    assert accelerated._position_in(schedule, schedule[3].clone()) is None
+    assert accelerated._position_in(schedule, torch.tensor(3.0)) is None

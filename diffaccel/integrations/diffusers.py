@@ -10,8 +10,9 @@ public state (step_index, begin_index, model_outputs, lower_order_nums) are
 diffusers' own; ``step()`` computes the update's coefficients on the host in
 float64 from the scheduler's CPU sigmas and runs one ``ei_step`` (the data
 prediction, its thresholding, the multistep combination and the SDE noise in
-one pass), with no host synchronization after the first step (whose
-``_init_step_index`` is diffusers').
+one pass), with no host synchronization: not even the first step, whose
+index diffusers finds by a device lookup (_StepIndexWithoutSync finds the
+same index on the host).
 
 Covered so far: DPMSolverMultistepScheduler (every algorithm type, order,
 solver type, sigma schedule, prediction type, lower_order_final, euler_at_final
@@ -92,7 +93,45 @@ def _lambda(alpha: float, sigma: float) -> float:
     return math.log(alpha) - math.log(sigma) if sigma > 0 else math.inf
 
 
-class DPMSolverMultistepScheduler(_diffusers.DPMSolverMultistepScheduler):
+def _position_in(schedule: torch.Tensor, timestep: torch.Tensor) -> Optional[int]:
+    """Where a 0-d view of the 1-d ``schedule`` sits in it (from the views'
+    storage and offsets: nothing is read from the device), or None."""
+    if timestep.dim() != 0 or schedule.dim() != 1 or timestep.device != schedule.device:
+        return None
+    if timestep.untyped_storage().data_ptr() != schedule.untyped_storage().data_ptr() or schedule.stride(0) <= 0:
+        return None
+    position, rest = divmod(timestep.storage_offset() - schedule.storage_offset(), schedule.stride(0))
+    return position if rest == 0 and 0 <= position < len(schedule) else None
+
+
+class _StepIndexWithoutSync:
+    """The first step's index without a host synchronization. diffusers finds
+    it by comparing the timestep with the schedule on the device (nonzero,
+    .item()). Here the timestep's value is known on the host when it is a
+    number or a CPU tensor, or when it is an element of ``self.timesteps`` (a
+    pipeline's ``for t in scheduler.timesteps`` hands out views, whose position
+    the storage offset gives); diffusers' own index_for_timestep then runs on a
+    host copy of the schedule, so the index is exactly diffusers'. Any other
+    timestep takes diffusers' path."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_schedule = self.timesteps.cpu()
+
+    def _init_step_index(self, timestep) -> None:
+        host = getattr(self, "_host_schedule", None)
+        if self.begin_index is None and host is not None and len(host) == len(self.timesteps):
+            if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
+                self._step_index = self.index_for_timestep(timestep, host)
+                return
+            position = _position_in(self.timesteps, timestep)
+            if position is not None:
+                self._step_index = self.index_for_timestep(host[position], host)
+                return
+        super()._init_step_index(timestep)
+
+
+class DPMSolverMultistepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverMultistepScheduler):
     """diffusers' DPMSolverMultistepScheduler with a fused ``step()``."""
 
     def unsupported_options(self) -> List[str]:
@@ -237,7 +276,7 @@ def _host_timestep(scheduler, timestep, counter: int, cast=int):
     return cast(timestep)
 
 
-class DPMSolverSinglestepScheduler(_diffusers.DPMSolverSinglestepScheduler):
+class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSinglestepScheduler):
     """diffusers' DPMSolverSinglestepScheduler with a fused ``step()``: each
     model evaluation's conversion and the update from the group's starting
     sample (orders 1-3, midpoint or heun, dpmsolver++ / sde-dpmsolver++ /
@@ -452,7 +491,7 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
-class LCMScheduler(_HostTimesteps, _diffusers.LCMScheduler):
+class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMScheduler):
     """diffusers' LCMScheduler (latent consistency models) with a fused
     ``step()``: the boundary-condition combination and the renoising to the
     next timestep in one ei_step (plus one pass for ``denoised`` when the data
@@ -548,7 +587,7 @@ class ScoreSdeVeScheduler(_diffusers.ScoreSdeVeScheduler):
         return SchedulerOutput(prev_sample=prev_sample)
 
 
-class UniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
+class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepScheduler):
     """diffusers' UniPCMultistepScheduler with fused steps: the model output's
     conversion and the UniC corrector in one ei_step (writing the corrected
     sample diffusers keeps as last_sample), then the UniP predictor in another;
@@ -685,7 +724,7 @@ def _euler_data_term(prediction_type: str, sigma: float, sigma_hat: float) -> Tu
     raise ValueError(f"prediction_type given as {prediction_type} must be one of `epsilon`, or `v_prediction`")
 
 
-class _EulerBase:
+class _EulerBase(_StepIndexWithoutSync):
     """What the two Euler schedulers share: host sigmas, and diffusers' guard against
     timesteps given as indices."""
 
