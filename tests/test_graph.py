@@ -31,12 +31,17 @@ def conditional_model(x, t, c):
     return model(x, t) + 0.3 * torch.tanh(c)
 
 
-def _noise(seed=0, shape=SHAPE):
-    return torch.randn(shape, generator=torch.Generator(DEVICE).manual_seed(seed), device=DEVICE)
+# The suite's device (DIFFACCEL_TEST_DEVICE), and the GPU itself wherever one is
+# present: there the loop is a CUDA graph, elsewhere the eager fallback.
+DEVICES = [DEVICE] + ([] if DEVICE == "cuda" else [pytest.param("cuda", marks=pytest.mark.cuda)])
+
+
+def _noise(seed=0, shape=SHAPE, device=DEVICE):
+    return torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
 
 
 def _eager(sampler, x, seed=None, **options):
-    generator = torch.Generator(DEVICE).manual_seed(seed) if seed is not None else None
+    generator = torch.Generator(x.device).manual_seed(seed) if seed is not None else None
     return diffaccel.sample(model, x, sampler=sampler, steps=STEPS, generator=generator, **options)
 
 
@@ -48,13 +53,14 @@ def _quiet_capture(*args, **kwargs):
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_3m", "heun", "dpm_solver_3", "unipc_bh2", "lms",
                                      "ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "pc"])
-def test_captured_loop_equals_the_eager_loop(sampler):
-    x = _noise()
+@pytest.mark.parametrize("device", DEVICES)
+def test_captured_loop_equals_the_eager_loop(sampler, device):
+    x = _noise(device=device)
     graphed = _quiet_capture(model, x, sampler=sampler, steps=STEPS)
-    assert graphed.graphed == (DEVICE == "cuda")
+    assert graphed.graphed == (device == "cuda")
     torch.testing.assert_close(graphed(x, seed=5), _eager(sampler, x, seed=5), rtol=1e-6, atol=1e-6)
     # The input was copied in, not consumed, and the result is a fresh tensor.
-    torch.testing.assert_close(x, _noise())
+    torch.testing.assert_close(x, _noise(device=device))
     first = graphed(x, seed=5)
     second = graphed(x, seed=5)
     assert first.data_ptr() != second.data_ptr()
@@ -68,8 +74,9 @@ def test_options_threshold_and_denoise_to_zero_reach_the_plan():
     torch.testing.assert_close(graphed(x), _eager("dpmpp_2m", x, threshold=threshold, **options), rtol=1e-6, atol=1e-6)
 
 
-def test_stochastic_samplers_draw_fresh_noise_and_repeat_for_a_seed():
-    x = _noise()
+@pytest.mark.parametrize("device", DEVICES)
+def test_stochastic_samplers_draw_fresh_noise_and_repeat_for_a_seed(device):
+    x = _noise(device=device)
     graphed = _quiet_capture(model, x, sampler="euler_ancestral", steps=STEPS)
     a, b = graphed(x), graphed(x)
     assert not torch.equal(a, b)
@@ -86,8 +93,9 @@ def test_seedless_runs_follow_torch_manual_seed():
     assert torch.equal(first, again)
 
 
-def test_a_hundred_replays_stay_stable():
-    x = _noise()
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_hundred_replays_stay_stable(device):
+    x = _noise(device=device)
     graphed = _quiet_capture(model, x, sampler="dpmpp_2m", steps=STEPS)
     want = graphed(x)
     out = torch.empty_like(x)
@@ -101,8 +109,9 @@ def test_a_hundred_replays_stay_stable():
     assert torch.equal(stochastic(x, seed=1), want)
 
 
-def test_update_plan_equals_a_fresh_capture():
-    x = _noise()
+@pytest.mark.parametrize("device", DEVICES)
+def test_update_plan_equals_a_fresh_capture(device):
+    x = _noise(device=device)
     other = schedules.VPDiscrete.from_diffusers("scaled_linear")
     graphed = _quiet_capture(model, x, sampler="dpmpp_2m", steps=STEPS)
     graphed.update_plan(schedule=other, t_end=0.02)
@@ -127,16 +136,17 @@ def test_update_plan_refuses_another_structure():
         graphed.update_plan(diffaccel.plan("dpmpp_2m", steps=STEPS), t_end=0.1)
 
 
-def test_classifier_free_guidance_inside_the_loop():
-    x = _noise()
-    cond, uncond = _noise(1, (2, 3, 8, 8)), _noise(2, (2, 3, 8, 8))
+@pytest.mark.parametrize("device", DEVICES)
+def test_classifier_free_guidance_inside_the_loop(device):
+    x = _noise(device=device)
+    cond, uncond = _noise(1, device=device), _noise(2, device=device)
     graphed = _quiet_capture(conditional_model, x, sampler="dpmpp_2m", steps=STEPS, cond=cond, uncond=uncond,
                              guidance_scale=5.0)
     guided = diffaccel.classifier_free_guidance(conditional_model, cond, uncond, 5.0)
     want = diffaccel.sample(guided, x, sampler="dpmpp_2m", steps=STEPS)
     torch.testing.assert_close(graphed(x), want, rtol=1e-6, atol=1e-6)
     # New conditioning and scale at call time, without recapture.
-    cond2 = _noise(3, (2, 3, 8, 8))
+    cond2 = _noise(3, device=device)
     want2 = diffaccel.sample(diffaccel.classifier_free_guidance(conditional_model, cond2, uncond, 2.0), x,
                              sampler="dpmpp_2m", steps=STEPS)
     torch.testing.assert_close(graphed(x, cond=cond2, guidance_scale=2.0), want2, rtol=1e-6, atol=1e-6)
@@ -234,13 +244,13 @@ def test_replays_do_no_host_work_per_step():
 # graph_pipeline: the denoising loop of a diffusers pipeline, against diffusers' own loop.
 
 
-def _tiny_pipe(scheduler_name, **config):
+def _tiny_pipe(scheduler_name, device=DEVICE, **config):
     diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (make test installs it)")
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8).to(DEVICE).eval()
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8).to(device).eval()
     scheduler = getattr(diffusers, scheduler_name)(**config)
 
     class Pipe:  # what graph_pipeline reads of a StableDiffusionPipeline
@@ -253,8 +263,8 @@ def _tiny_pipe(scheduler_name, **config):
 
 def _stock_loop(pipe, latents, embeds, negative, steps, guidance_scale, seed):
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps, device=DEVICE)
-    generator = torch.Generator(DEVICE).manual_seed(seed)
+    scheduler.set_timesteps(steps, device=latents.device)
+    generator = torch.Generator(latents.device).manual_seed(seed)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     step_kwargs = {"generator": generator} if takes_generator else {}
     guided = guidance_scale > 1
@@ -274,14 +284,15 @@ def _stock_loop(pipe, latents, embeds, negative, steps, guidance_scale, seed):
 @pytest.mark.parametrize("scheduler_name,guidance_scale", [
     ("DPMSolverMultistepScheduler", 7.5), ("EulerAncestralDiscreteScheduler", 4.0), ("DDIMScheduler", 1.0),
     ("EulerDiscreteScheduler", 3.0), ("HeunDiscreteScheduler", 2.0)])
-def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale):
+@pytest.mark.parametrize("device", DEVICES)
+def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale, device):
     from diffaccel.diffusers import graph_pipeline
 
-    pipe = _tiny_pipe(scheduler_name)
+    pipe = _tiny_pipe(scheduler_name, device)
     steps, batch = 6, 2
-    g = torch.Generator(DEVICE).manual_seed(7)
-    latents = torch.randn(batch, 4, 8, 8, generator=g, device=DEVICE)
-    embeds, negative = (torch.randn(batch, 77, 16, generator=g, device=DEVICE) for _ in range(2))
+    g = torch.Generator(device).manual_seed(7)
+    latents = torch.randn(batch, 4, 8, 8, generator=g, device=device)
+    embeds, negative = (torch.randn(batch, 77, 16, generator=g, device=device) for _ in range(2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         loop = graph_pipeline(pipe, steps=steps, height=64, width=64, batch_size=batch, guidance_scale=guidance_scale)
