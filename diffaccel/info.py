@@ -55,4 +55,13 @@ def report() -> str:
     lines.append("backends:")
     for name, live, detail in backend_rows():
         lines.append(f"  {name:<10} {'live' if live else 'off ':<5} {detail}")
+    lines.append("")
+    lines.append(f"whole-loop graphs (diffaccel.graph): {graph_support()}")
     return "\n".join(lines)
+
+
+def graph_support() -> str:
+    """Whether diffaccel.graph.capture makes CUDA graphs here, or runs its eager fallback."""
+    if not torch.cuda.is_available():
+        return "eager fallback on CPU tensors (CUDA graphs need a CUDA device)"
+    return f"CUDA graphs on {torch.cuda.get_device_name()}"
