@@ -14,6 +14,8 @@ def test_info_command_lists_backends():
     for name in ("reference", "cpu", "cuda", "triton"):
         assert f"  {name}" in out
     assert "torch" in out and "ISA level" in out
+    graphs = "CUDA graphs on" if torch.cuda.is_available() else "eager fallback"
+    assert f"whole-loop graphs (diffaccel.graph): {graphs}" in out
 
 
 def test_cpu_backend_live_with_isa_level():
