@@ -229,7 +229,7 @@ def _op_rows(device, shapes, cases, compile_reference: bool, print_fn) -> List[D
 def _loop_rows(device, shape, print_fn) -> List[Dict]:
     from diffaccel import ops as ops_module
     from diffaccel import schedules
-    from diffaccel.graph import capture
+    from diffaccel.graph import capture_for_timing
     from diffaccel.sampling import run_plan
     from diffaccel.solvers import plan
 
@@ -254,9 +254,10 @@ def _loop_rows(device, shape, print_fn) -> List[Dict]:
                    reference_us_per_step=reference * 1e6)
         line = f"{sampler:<18} {20:>5} {fused * 1e6:>14.1f} {reference * 1e6:>18.1f} {reference / fused:>7.1f}x"
         if cuda:
-            graphed_sampler = capture(zero_cost, x, sampler=sampler, steps=20, schedule=schedule)
+            graphed_sampler = capture_for_timing(zero_cost, x, sampler=sampler, steps=20, schedule=schedule)
             out = torch.empty_like(x)
-            graphed = median_seconds(lambda: graphed_sampler(x, out=out), device) / len(p.rows)
+            graphed = (median_seconds(lambda: graphed_sampler(x, out=out), device) / len(p.rows)
+                       if graphed_sampler else float("nan"))
             row["graphed_us_per_step"] = graphed * 1e6
             line += f" {graphed * 1e6:>16.1f}"
         rows.append(row)

@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from diffaccel import ops, schedules
-from diffaccel.graph import capture
+from diffaccel.graph import capture_for_timing
 from diffaccel.models import digits
 from diffaccel.models.analytic import GaussianData, GaussianMixture
 from diffaccel.sampling import run_plan, sample
@@ -96,9 +96,9 @@ def ode_table(device: str, steps_list: List[int], latent_shape: Tuple[int, ...],
         row = dict(sampler=sampler, steps=steps, model_calls=len(p.rows), error=error,
                    reference_ms=reference * 1e3, fused_ms=fused * 1e3)
         if torch.device(device).type == "cuda":  # the same loop as one CUDA graph
-            graphed = capture(zero_cost, x, sampler=sampler, steps=steps, schedule=schedule, t_end=T_END)
+            graphed = capture_for_timing(zero_cost, x, sampler=sampler, steps=steps, schedule=schedule, t_end=T_END)
             out = torch.empty_like(x)
-            row["graphed_ms"] = _timed(lambda: graphed(x, out=out), repeats, device) * 1e3
+            row["graphed_ms"] = _timed(lambda: graphed(x, out=out), repeats, device) * 1e3 if graphed else math.nan
         rows.append(row)
     return rows
 

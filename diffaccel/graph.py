@@ -324,4 +324,16 @@ def capture(model: Callable, x_example: torch.Tensor, *, sampler: str = "dpmpp_2
                           cond=cond, uncond=uncond, guidance_scale=guidance_scale)
 
 
-__all__: List[str] = ["capture", "GraphedSampler", "CapturedLoop", "Replayable", "NotCapturableError", "check_static", "fresh_generator"]
+def capture_for_timing(model: Callable, x_example: torch.Tensor, **options) -> Optional[GraphedSampler]:
+    """capture(), for the tools that time a graphed loop next to the eager one
+    (diffaccel demo and bench): a capture that fails is reported and skipped,
+    so the rest of their tables still come out."""
+    try:
+        return capture(model, x_example, **options)
+    except Exception as error:  # noqa: BLE001  (reported, then the column stays empty)
+        warnings.warn(f"diffaccel: CUDA-graph capture failed, no graphed timing: {type(error).__name__}: {error}",
+                      stacklevel=2)
+        return None
+
+
+__all__: List[str] = ["capture_for_timing", "capture", "GraphedSampler", "CapturedLoop", "Replayable", "NotCapturableError", "check_static", "fresh_generator"]

@@ -350,3 +350,12 @@ def test_coefficients_inside_a_capture_come_from_the_warm_up():
     with pytest.raises(RuntimeError, match="used 1 coefficient sets, its warm-up 2"):
         with constants.reuse():
             to_device([1.0, 2.0], "cuda")
+
+
+def test_capture_for_timing_reports_and_skips_a_failed_capture():
+    from diffaccel.graph import capture_for_timing
+
+    x = _noise()
+    with pytest.warns(UserWarning, match="CUDA-graph capture failed, no graphed timing: ValueError: dpm_adaptive_12"):
+        assert capture_for_timing(model, x, sampler="dpm_adaptive_12") is None
+    assert capture_for_timing(model, x, sampler="ddim", steps=2) is not None
