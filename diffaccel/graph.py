@@ -170,10 +170,12 @@ def fresh_generator(device: torch.device) -> torch.Generator:
 
 
 class Replayable:
-    """What runs its loop through a CapturedLoop (``self._loop``): whether it
-    is a CUDA graph, and the graph's memory pool."""
+    """What runs its loop through a CapturedLoop (``self._loop``) with a
+    private noise generator (``self.generator``): whether it is a CUDA graph,
+    the graph's memory pool, and one call's replay."""
 
     _loop: CapturedLoop
+    generator: torch.Generator
 
     @property
     def graphed(self) -> bool:
@@ -184,6 +186,16 @@ class Replayable:
     def pool(self):
         """The graph's memory pool, for ``pool=`` of another capture (None on CPU)."""
         return self._loop.pool
+
+    def _replay(self, source: torch.Tensor, static_input: torch.Tensor, result: torch.Tensor,
+                seed: Optional[int], out: Optional[torch.Tensor]) -> torch.Tensor:
+        """Reseeds (if asked), copies the input into its static buffer, runs the
+        loop, and returns its static result copied out (into ``out``, or new)."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        static_input.copy_(source)
+        self._loop.run()
+        return out.copy_(result) if out is not None else result.clone()
 
 
 class GraphedSampler(Replayable):
@@ -256,11 +268,7 @@ class GraphedSampler(Replayable):
             self.uncond.copy_(uncond)
         if guidance_scale is not None:
             self.guidance.set_scale(guidance_scale)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        self.buffers[0].copy_(x_T)
-        self._loop.run()
-        return out.copy_(self.buffers[0]) if out is not None else self.buffers[0].clone()
+        return self._replay(x_T, self.buffers[0], self.buffers[0], seed, out)
 
     def update_plan(self, plan: Optional[Plan] = None, *, schedule=None, **options) -> Plan:
         """Switches to another plan of the same structure (same sampler, step

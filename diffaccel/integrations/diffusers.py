@@ -993,20 +993,22 @@ class GraphedPipeline(Replayable):
         # As diffusers' pipelines do: a generator only for the steps that take one.
         takes_generator = "generator" in inspect.signature(scheduler.step).parameters
         self._step_kwargs = {"generator": self.generator} if takes_generator else {}
-        self._initial_state = self._scheduler_state()
+        self._initial_state = self._copy_state(vars(scheduler))
         self._progress = Progress()
         self._constants = DeviceConstants()
         self._loop = CapturedLoop(self._run_loop, torch.device(device), warmup=warmup, pool=pool,
                                   generator=self.generator, progress=self._progress, constants=self._constants,
                                   what="the UNet")
 
-    def _scheduler_state(self) -> dict:
-        # step() mutates the scheduler's Python state (step index, history lists): each run starts from this copy.
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in vars(self.scheduler).items()}
+    @staticmethod
+    def _copy_state(state: dict) -> dict:
+        # step() mutates the scheduler's Python state (step index, history lists in
+        # place): each run starts from a copy of the state set_timesteps left.
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
 
     def _run_loop(self) -> None:
         vars(self.scheduler).clear()
-        vars(self.scheduler).update({k: (list(v) if isinstance(v, list) else v) for k, v in self._initial_state.items()})
+        vars(self.scheduler).update(self._copy_state(self._initial_state))
         latents = self.latents
         for i, t in enumerate(self.timesteps):
             self._progress.model_call(f"UNet call {i + 1} of {len(self.timesteps)}")
@@ -1042,11 +1044,7 @@ class GraphedPipeline(Replayable):
             self.embeds.copy_(prompt_embeds)
         if out is not None:
             check_static("out", out, self.result)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        self.latents.copy_(latents)
-        self._loop.run()
-        return out.copy_(self.result) if out is not None else self.result.clone()
+        return self._replay(latents, self.latents, self.result, seed, out)
 
 
 def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int = 1, guidance_scale: float = 7.5,
