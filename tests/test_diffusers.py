@@ -397,6 +397,59 @@ def test_steps_do_not_synchronize(name):
     assert torch.isfinite(x).all()
 
 
+# What diffusers' set_timesteps(device=...) leaves on the device; every other
+# schedule tensor it keeps on the host (`self.sigmas.to("cpu")`).
+ON_DEVICE = {"FlowMatchEulerDiscreteScheduler": ("timesteps", "sigmas")}
+NO_READ_CASES = [(name, {}) for name in sorted(accelerated.ACCELERATED)] + [
+    ("DPMSolverMultistepScheduler", {"thresholding": True}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "solver_type": "heun"}),
+    ("DDIMScheduler", {"thresholding": True}),
+    ("UniPCMultistepScheduler", {"solver_order": 3}),
+]
+
+
+def _steps_on_meta(cls, config, steps=10):
+    """A whole loop of ``cls`` whose device is the meta device: set_timesteps
+    on the host, then the tensors diffusers would put on the device moved to
+    meta, the sample and model output on meta too."""
+    scheduler = cls(**config)
+    scheduler.set_timesteps(steps, device="cpu")
+    if cls.__name__ == "ScoreSdeVeScheduler":
+        scheduler.set_sigmas(steps)
+    for name in ON_DEVICE.get(cls.__name__, ("timesteps",)):
+        setattr(scheduler, name, getattr(scheduler, name).to("meta"))
+    x = torch.empty(2, 4, 16, 16, device="meta")
+    for t in scheduler.timesteps:
+        if cls.__name__ == "ScoreSdeVeScheduler":
+            x = scheduler.step_correct(x, x).prev_sample
+            x = scheduler.step_pred(x, t, x).prev_sample
+        else:
+            scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+            x = scheduler.step(scaled, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("name, config", NO_READ_CASES, ids=lambda v: str(v) if isinstance(v, str) else
+                         "-".join(f"{k}={w}" for k, w in v.items()) or "default")
+def test_steps_never_read_the_device(name, config):
+    """The CPU machines' check of what test_steps_do_not_synchronize checks on a
+    GPU: every step, the first included, runs with the sample, the model output
+    and scheduler.timesteps on the meta device, which has no data, so any host
+    read of them (.item(), bool(), nonzero, .cpu(), .tolist()) would raise. Stock
+    diffusers fails this (next test)."""
+    x = _steps_on_meta(getattr(accelerated, name), config)
+    assert x.device.type == "meta" and x.shape == (2, 4, 16, 16)
+
+
+@pytest.mark.parametrize("name", sorted(accelerated.ACCELERATED))
+def test_stock_steps_read_the_device(name):
+    """The check above can fail: each stock scheduler reads the device (the
+    first step's nonzero / .item() index lookup, or its step's own reads)."""
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        _steps_on_meta(getattr(diffusers, name), {})
+
+
 STEP_INDEXED = sorted(name for name, cls in accelerated.ACCELERATED.items()
                       if issubclass(cls, accelerated._StepIndexWithoutSync))
 

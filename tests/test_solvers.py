@@ -10,7 +10,7 @@ import torch
 from diffaccel import ops, schedules as S
 from diffaccel.models.analytic import GaussianData, GaussianMixture
 from diffaccel.sampling import classifier_free_guidance, run_plan, sample
-from diffaccel.solvers import plan, samplers
+from diffaccel.solvers import SAMPLERS, plan, samplers
 
 SCHEDULE = S.VPLinear()
 DATA = GaussianData(torch.linspace(-1.0, 1.0, 8), torch.linspace(0.2, 1.5, 8))
@@ -351,3 +351,26 @@ def test_reverse_refuses_stochastic_samplers_and_denoise_to_zero():
         plan("pc", steps=10, reverse=True)
     with pytest.raises(ValueError, match="drop denoise_to_zero"):
         plan("ddim", steps=10, reverse=True, denoise_to_zero=True)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_sampling_loops_never_read_the_state(sampler):
+    """Every fixed-step loop runs on meta tensors, which have no data: any read
+    of the state, a model output or a device table on the host (.item(), bool(),
+    nonzero, .cpu(), .tolist()) would raise here. On CUDA such a read is a host
+    synchronization, so this is the CPU machines' check that the loop the CUDA
+    graph captures never synchronizes (a host-to-device copy from pageable
+    memory, the other kind, is caught by tests/test_graph.py on a GPU). Every
+    sampler with a plan; the adaptive ones read their error norm by design."""
+    x = torch.empty(2, 4, 8, 8, device="meta")
+    guided = classifier_free_guidance(lambda x, t, c: x * c, torch.empty(2, 1, 1, 1, device="meta"),
+                                      torch.empty(2, 1, 1, 1, device="meta"), 3.0)
+    for model in (lambda x, t: torch.tanh(x) * t.view(-1, 1, 1, 1), guided):
+        y = sample(model, x, sampler=sampler, steps=6, threshold=ops.Threshold("dynamic", 0.9, 1.5))
+        assert y.device.type == "meta" and y.shape == x.shape
+
+
+def test_the_meta_check_catches_a_host_read():
+    """The check above can fail: a model that reads its input's value raises on meta."""
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        sample(lambda x, t: x * float(x.mean()), torch.empty(2, 4, 8, 8, device="meta"), sampler="dpmpp_2m", steps=4)
