@@ -31,10 +31,13 @@ def main(*paths):
         data["benchmarks"] += json.load(open(extra))["benchmarks"]
     median = defaultdict(dict)  # (case, shape, dtype) -> impl -> seconds per op call
     nbytes, calls = {}, {}
+    faults = defaultdict(dict)  # case -> impl -> minor page faults per step (CPU scheduler loops)
     for b in data["benchmarks"]:
         info = b["extra_info"]
         key = (info["case"], info["shape"], info.get("dtype", "fp32"))
         median[key][info["impl"]] = b["stats"]["median"] / info.get("reps", 1)
+        if "faults_per_step" in info:
+            faults[info["case"]][info["impl"]] = info["faults_per_step"]
         nbytes[key] = info["bytes"]
         if "model_calls" in info:
             calls[info["case"]] = info["model_calls"]
@@ -88,13 +91,16 @@ def main(*paths):
         print("| " + " | ".join(cells) + " |")
     stock = [(case, t) for (case, _, _), t in sorted(median.items()) if "stock_diffusers" in t and "fused" in t]
     if stock:
-        print("\nScheduler steps, stock diffusers against diffaccel's drop-in (25-step loop, (4,4,128,128) fp32):\n")
-        print("| scheduler loop | stock us/step | diffaccel us/step | speedup |")
-        print("|---|---:|---:|---:|")
+        print("\nScheduler steps, stock diffusers against diffaccel's drop-in (25-step loop, (4,4,128,128) fp32; "
+              "page faults per step: diffaccel.benchmarking.page_faults_per_call):\n")
+        print("| scheduler loop | stock us/step | diffaccel us/step | speedup | faults/step stock | faults/step diffaccel |")
+        print("|---|---:|---:|---:|---:|---:|")
         for case, t in stock:
             n = calls[case]
+            f = faults.get(case, {})
+            counts = [f"{f[i]:.0f}" if i in f else "-" for i in ("stock_diffusers", "fused")]
             print(f"| {case} | {t['stock_diffusers'] / n * 1e6:.1f} | {t['fused'] / n * 1e6:.1f} | "
-                  f"{t['stock_diffusers'] / t['fused']:.1f}x |")
+                  f"{t['stock_diffusers'] / t['fused']:.1f}x | {counts[0]} | {counts[1]} |")
     loops = [(case, shape, t) for (case, shape, _), t in sorted(median.items())
              if case in calls and "fused" in t and "stock_diffusers" not in t]
     if loops:

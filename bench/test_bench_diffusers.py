@@ -4,7 +4,9 @@
 thresholding, and DDIM and Euler (set_timesteps, diffusers' own code in both,
 outside the timing); bench/report.py prints the time per step. On the GPU
 check (DIFFACCEL_BENCH_DEVICE=cuda) the loop runs on CUDA and each timed loop
-ends with a synchronization."""
+ends with a synchronization. Each records the page faults per step beside its
+time (diffaccel.benchmarking.page_faults_per_call: on CPU a step that faults
+in fresh pages for its temporaries costs several times more)."""
 
 import os
 
@@ -29,7 +31,13 @@ def test_scheduler_loop(benchmark, impl, case):
     loop, reset = benchmarking.scheduler_loop(case, impl, DEVICE, SHAPE, STEPS)
     reset()
     loop()
+
+    def reset_and_loop():
+        reset()
+        loop()
+
     benchmark.group = case
+    benchmark.extra_info["faults_per_step"] = benchmarking.page_faults_per_call(reset_and_loop, calls=2) / STEPS
     benchmark.extra_info.update(case=case, shape="medium", impl="fused" if impl == "diffaccel" else "stock_diffusers",
                                 bytes=0, model_calls=STEPS)
     if DEVICE == "cuda":

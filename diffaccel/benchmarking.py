@@ -8,6 +8,7 @@ read and write over the machine's copy bandwidth, measured in the same run.
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -196,6 +197,22 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
     return loop, reset
 
 
+def page_faults_per_call(fn: Callable[[], object], calls: int = 3) -> float:
+    """Minor page faults of this process per call of fn (after one warm-up call).
+
+    torch's CPU allocator asks malloc for every tensor, and glibc may hand a
+    MiB-sized block back to the kernel when it is freed; the next one is then
+    mapped fresh and each 4 KiB page faulted in on first touch (about 1.2 us a
+    page on the dev VM, ~300 us per MiB). Benchmarks run with malloc settings
+    that keep freed memory (DESIGN.md; ``make bench``), and report this count
+    so a run where that did not hold shows it."""
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 LOOP_SAMPLERS = ["ddim", "dpmpp_2m", "euler_ancestral"]
 
 
@@ -271,10 +288,11 @@ def _scheduler_rows(device, shape, print_fn) -> List[Dict]:
     except ImportError:
         print_fn("(diffusers is not installed: no comparison with stock diffusers)")
         return []
-    print_fn(f"{'scheduler loop':<34} {'stock us/step':>14} {'diffaccel us/step':>18} {'speedup':>8}")
+    print_fn(f"{'scheduler loop':<34} {'stock us/step':>14} {'diffaccel us/step':>18} {'speedup':>8} "
+             f"{'page faults/step':>17}")
     rows = []
     for case in SCHEDULER_CASES:
-        times = {}
+        times, faults = {}, {}
         for impl in ("stock_diffusers", "diffaccel"):
             loop, reset = scheduler_loop(case, impl, device, shape)
             reset()
@@ -284,10 +302,13 @@ def _scheduler_rows(device, shape, print_fn) -> List[Dict]:
                 loop()
 
             times[impl] = median_seconds(timed, device, min_time=0.5 if "threshold" in case else 0.2) / 25
+            faults[impl] = page_faults_per_call(timed, calls=2) / 25
         rows.append(dict(case=case, shape=list(shape), stock_us_per_step=times["stock_diffusers"] * 1e6,
-                         diffaccel_us_per_step=times["diffaccel"] * 1e6))
+                         diffaccel_us_per_step=times["diffaccel"] * 1e6, stock_faults_per_step=faults["stock_diffusers"],
+                         diffaccel_faults_per_step=faults["diffaccel"]))
         print_fn(f"{case:<34} {times['stock_diffusers'] * 1e6:>14.1f} {times['diffaccel'] * 1e6:>18.1f} "
-                 f"{times['stock_diffusers'] / times['diffaccel']:>7.1f}x")
+                 f"{times['stock_diffusers'] / times['diffaccel']:>7.1f}x "
+                 f"{faults['stock_diffusers']:>8.0f} /{faults['diffaccel']:>6.0f}")
     return rows
 
 
@@ -316,7 +337,8 @@ def run(device="cpu", shapes=("small", "medium"), case_names=None, compile_refer
     if loops:
         print_fn(f"\nWhole 20-step loops at {SHAPES['medium']} with a zero-cost model (the sampler's own time):")
         result["loops"] = _loop_rows(device, SHAPES["medium"], print_fn)
-        print_fn(f"\nStock diffusers against diffaccel's drop-in, 25 steps at {SHAPES['medium']}, zero-cost model:")
+        print_fn(f"\nStock diffusers against diffaccel's drop-in, 25 steps at {SHAPES['medium']}, zero-cost model "
+                 "(page faults per step: stock / diffaccel):")
         result["schedulers"] = _scheduler_rows(device, SHAPES["medium"], print_fn)
     print_fn("")
     for case in cases:

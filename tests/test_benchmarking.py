@@ -22,6 +22,7 @@ def test_bench_reports_ops_loops_and_schedulers(tmp_path, capsys):
     assert [r["sampler"] for r in result["loops"]] == LOOP_SAMPLERS
     assert [r["case"] for r in result["schedulers"]] == list(SCHEDULER_CASES)
     assert all(r["stock_us_per_step"] > 0 and r["diffaccel_us_per_step"] > 0 for r in result["schedulers"])
+    assert all(r["stock_faults_per_step"] >= 0 and r["diffaccel_faults_per_step"] >= 0 for r in result["schedulers"])
     out = capsys.readouterr().out
     assert "% copy" in out and "stock us/step" in out and f"wrote {path}" in out
 
@@ -31,3 +32,24 @@ def test_bench_without_compile_or_loops(capsys):
                  "--no-loops"]) == 0
     out = capsys.readouterr().out
     assert "threshold_dynamic" in out and "Whole 20-step loops" not in out
+
+
+def test_page_faults_are_counted():
+    """A call that maps fresh memory and touches it faults; one that reuses a buffer does not."""
+    import mmap
+
+    from diffaccel.benchmarking import page_faults_per_call
+
+    def touch_fresh_pages():
+        with mmap.mmap(-1, 64 * mmap.PAGESIZE) as m:
+            for i in range(0, len(m), mmap.PAGESIZE):
+                m[i] = 1
+
+    buffer = bytearray(64 * mmap.PAGESIZE)
+
+    def touch_kept_pages():
+        for i in range(0, len(buffer), mmap.PAGESIZE):
+            buffer[i] = 1
+
+    assert page_faults_per_call(touch_fresh_pages) >= 64
+    assert page_faults_per_call(touch_kept_pages) < 8
