@@ -27,7 +27,7 @@ _active: Optional["DeviceConstants"] = None
 def to_device(values: Sequence[float], device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     device = torch.device(device)
     if device.type != "cuda":
-        return torch.tensor(values, dtype=dtype).to(device)
+        return torch.tensor(values, dtype=dtype, device=device)
     if _active is not None:
         return _active.get(values, device, dtype)
     if torch.cuda.is_current_stream_capturing():

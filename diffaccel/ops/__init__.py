@@ -64,6 +64,11 @@ class Threshold:
         validation.check_threshold_options("diffaccel.Threshold", self.kind, self.ratio, self.max_value, self.style)
 
 
+# The placeholder threshold options passed to the ops when none is asked for
+# (made once: a Threshold validates itself when built, and ei_step runs per step).
+_NO_THRESHOLD = Threshold()
+
+
 def ei_step(
     x: torch.Tensor,
     model_out: torch.Tensor,
@@ -113,7 +118,7 @@ def ei_step(
     if impl == "reference":
         return reference.ei_step(x, model_out, history, coeffs, threshold=threshold, noise=noise, out=out)
     ops = _namespace(impl)
-    t = threshold or Threshold()
+    t = threshold or _NO_THRESHOLD
     args = (x, model_out, list(history), coeffs, noise, None if threshold is None else t.kind, t.ratio, t.max_value, t.style)
     if out is None:
         return ops.ei_step(*args)
