@@ -151,14 +151,16 @@ def test_small_tensors_take_one_launch(case, launches, gpu_backend, gen):
     assert len(names) == launches, names
 
 
-def test_cuda_noise_is_the_documented_philox_stream(gpu_backend):
+@pytest.mark.parametrize("shape", [(2, 3, 40, 40), (2, 3, 41, 41), (2, 40008)], ids=str)
+def test_cuda_noise_is_the_documented_philox_stream(gpu_backend, shape):
     """noise=None on CUDA: element i of the draw is philox_normal(seed, offset, i)
     for the generator's seed and offset before the call (diffaccel/philox.h),
     which diffaccel._C.philox_normal recomputes on the CPU; the generator then
-    moves on by 4, so the next draw differs."""
+    moves on by 4, so the next draw differs. Shapes: 16-byte packs, one element
+    at a time (odd sample size), and packs over several norm chunks per sample."""
     gen = torch.Generator(device="cuda").manual_seed(1234)
-    x = torch.randn(2, 3, 40, 40, device="cuda")
-    score = torch.randn(2, 3, 40, 40, device="cuda")
+    x = torch.randn(shape, device="cuda")
+    score = torch.randn(shape, device="cuda")
     seed, offset = gen.initial_seed(), gen.get_offset()
     with ops.backend(gpu_backend):
         x_new, x_mean = ops.langevin_correct(x, score, 0.16, generator=gen, reduction="sample")

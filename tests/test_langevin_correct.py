@@ -10,7 +10,7 @@ from conftest import DEVICE, DTYPES, LAYOUTS, SHAPES, assert_close, make
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES + [(3, 5000)], ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(3, 5000), (2, 40008)], ids=str)  # 40008: several norm chunks
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("reduction", ["batch", "sample"])
 @pytest.mark.parametrize("alpha", ["one", "number", "per_sample"])

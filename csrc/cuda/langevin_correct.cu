@@ -1,6 +1,8 @@
 // diffaccel::langevin_correct on CUDA, in two launches:
 //  1. norms: per (chunk, sample) block, the sums of squares of score and z in
-//     double by a fixed-shape block reduction; the last block to finish adds
+//     double by a fixed-shape block reduction (16-byte packs where the update
+//     kernel uses them: the H200 run measured the two launches together at
+//     52% of the copy bandwidth with this pass reading one element at a time); the last block to finish adds
 //     the chunks of each sample in order and turns the norms into each
 //     sample's step and noise scale (so the result is the same bits every run);
 //  2. update: x_mean = x + step * score, x_new = x_mean + sqrt(2 step) * z.
@@ -17,6 +19,8 @@
 
 namespace diffaccel::cuda {
 namespace {
+
+static_assert(kNormChunk % kPack == 0, "the norms kernel's packs must not straddle two chunks");
 
 struct Scratch {
   unsigned int* counter;
@@ -53,25 +57,46 @@ __device__ __forceinline__ PhiloxKey unpack(const PhiloxArgs& a) {
 }
 
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams p, Scratch s) {
+__global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams p, Scratch s, bool vectorized) {
   __shared__ double buffer[kThreads];
   const BlockChunk chunk(p.per_sample);
   const int64_t begin = chunk.begin, end = chunk.end;
   const PhiloxKey key = unpack(p.philox);
   double score_sq = 0, noise_sq = 0;
-  // Groups of four elements, the four normals of one Philox block.
-  for (int64_t q = begin / 4 + threadIdx.x; q * 4 < end; q += kThreads) {
-    acc_t z4[4];  // drawn in acc_t exactly as the update kernel draws it
-    if (!p.has_noise) philox_normal4<acc_t>(key.seed, key.offset, q, z4);
+  if (vectorized) {
+    // Packs of kPack elements with 16-byte loads, as the update kernel reads
+    // them (the chunk's bounds are multiples of kPack: per_sample is), z drawn
+    // as two Philox blocks of four, exactly as the update kernel draws it.
+    for (int64_t i = begin + int64_t(kPack) * threadIdx.x; i < end; i += int64_t(kPack) * kThreads) {
+      acc_t g[kPack], z[kPack];
+      load_pack(p.score.data, p.score.dtype, i, g);
+      if (p.has_noise) {
+        load_pack(p.noise.data, p.noise.dtype, i, z);
+      } else {
+        philox_normal4<acc_t>(key.seed, key.offset, i / 4, z);
+        philox_normal4<acc_t>(key.seed, key.offset, i / 4 + 1, z + 4);
+      }
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t i = 4 * q + e;
-      if (i < begin || i >= end) continue;
-      const double g = load_one<acc_t>(p.score.data, p.score.dtype, i);
-      const double z = p.has_noise ? double(load_one<acc_t>(p.noise.data, p.noise.dtype, i))
-                                   : double(z4[e]);
-      score_sq += g * g;
-      noise_sq += z * z;
+      for (int e = 0; e < kPack; ++e) {
+        score_sq += double(g[e]) * double(g[e]);
+        noise_sq += double(z[e]) * double(z[e]);
+      }
+    }
+  } else {
+    // Groups of four elements, the four normals of one Philox block.
+    for (int64_t q = begin / 4 + threadIdx.x; q * 4 < end; q += kThreads) {
+      acc_t z4[4];  // drawn in acc_t exactly as the update kernel draws it
+      if (!p.has_noise) philox_normal4<acc_t>(key.seed, key.offset, q, z4);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t i = 4 * q + e;
+        if (i < begin || i >= end) continue;
+        const double g = load_one<acc_t>(p.score.data, p.score.dtype, i);
+        const double z = p.has_noise ? double(load_one<acc_t>(p.noise.data, p.noise.dtype, i))
+                                     : double(z4[e]);
+        score_sq += g * g;
+        noise_sq += z * z;
+      }
     }
   }
   score_sq = block_sum(score_sq, buffer);
@@ -149,11 +174,11 @@ cudaError_t launch_langevin_correct(const LangevinParams& p, void* scratch, cuda
   const Scratch s = scratch_layout(scratch, p.batch, p.per_sample);
   cudaError_t status = cudaMemsetAsync(s.counter, 0, sizeof(unsigned int), stream);
   if (status != cudaSuccess) return status;
-  const dim3 norms_grid(static_cast<unsigned int>(chunks_of(p.per_sample)), static_cast<unsigned int>(p.batch));
-  langevin_norms_kernel<acc_t><<<norms_grid, kThreads, 0, stream>>>(p, s);
   const bool vectorized = can_vectorize({p.x.data, p.score.data, p.has_noise ? p.noise.data : nullptr,
                                          p.x_new.data, p.x_mean.data},
                                         true, p.per_sample);
+  const dim3 norms_grid(static_cast<unsigned int>(chunks_of(p.per_sample)), static_cast<unsigned int>(p.batch));
+  langevin_norms_kernel<acc_t><<<norms_grid, kThreads, 0, stream>>>(p, s, vectorized);
   const int grid = grid_size(vectorized ? (n + kPack - 1) / kPack : n);
   langevin_update_kernel<acc_t><<<grid, kThreads, 0, stream>>>(p, s, vectorized);
   return cudaGetLastError();
