@@ -2,9 +2,13 @@
 
 On the CPU machines capture() runs the eager loop (its documented fallback),
 so these tests check that the fallback is diffaccel.sample exactly, and the
-API around it: seeds, update_plan, guidance, errors. With
-DIFFACCEL_TEST_DEVICE=cuda (bench/gpu_check.sh) the same tests run the CUDA
-graph, and the tests marked ``cuda`` check what only a GPU can show."""
+API around it: seeds, update_plan, guidance, errors. The tests parametrized
+by device also run as "replayed": CPU tensors, with the loop recorded once
+and replayed op by op without Python, as a CUDA graph replays it
+(tests/replayed_graphs.py), so what the graph would not see (state kept in
+Python) fails here too. With DIFFACCEL_TEST_DEVICE=cuda (bench/gpu_check.sh)
+the same tests run the CUDA graph, and the tests marked ``cuda`` check what
+only a GPU can show."""
 
 import inspect
 import warnings
@@ -17,6 +21,7 @@ from diffaccel import graph, schedules
 from diffaccel.graph import NotCapturableError, capture
 
 from conftest import DEVICE
+from replayed_graphs import use_replayed_loops
 
 SHAPE = (2, 3, 8, 8)
 STEPS = 8
@@ -32,8 +37,17 @@ def conditional_model(x, t, c):
 
 
 # The suite's device (DIFFACCEL_TEST_DEVICE), and the GPU itself wherever one is
-# present: there the loop is a CUDA graph, elsewhere the eager fallback.
-DEVICES = [DEVICE] + ([] if DEVICE == "cuda" else [pytest.param("cuda", marks=pytest.mark.cuda)])
+# present: there the loop is a CUDA graph, elsewhere the eager fallback; and on
+# CPU the replayed stand-in for a graph.
+DEVICES = [DEVICE] + ([] if DEVICE == "cuda" else ["replayed", pytest.param("cuda", marks=pytest.mark.cuda)])
+
+
+def _device(name, monkeypatch) -> str:
+    """The torch device of a DEVICES entry; "replayed" installs the replayed loops."""
+    if name == "replayed":
+        use_replayed_loops(monkeypatch)
+        return "cpu"
+    return name
 
 
 def _noise(seed=0, shape=SHAPE, device=DEVICE):
@@ -54,16 +68,38 @@ def _quiet_capture(*args, **kwargs):
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_3m", "heun", "dpm_solver_3", "unipc_bh2", "lms",
                                      "ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "pc"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_captured_loop_equals_the_eager_loop(sampler, device):
+def test_captured_loop_equals_the_eager_loop(sampler, device, monkeypatch):
+    graphs = device != "cpu"
+    device = _device(device, monkeypatch)
     x = _noise(device=device)
     graphed = _quiet_capture(model, x, sampler=sampler, steps=STEPS)
-    assert graphed.graphed == (device == "cuda")
+    assert graphed.graphed == graphs
     torch.testing.assert_close(graphed(x, seed=5), _eager(sampler, x, seed=5), rtol=1e-6, atol=1e-6)
     # The input was copied in, not consumed, and the result is a fresh tensor.
     torch.testing.assert_close(x, _noise(device=device))
     first = graphed(x, seed=5)
     second = graphed(x, seed=5)
     assert first.data_ptr() != second.data_ptr()
+
+
+def test_replayed_loops_see_only_what_is_in_tensors(monkeypatch):
+    """The replayed stand-in can fail a loop that keeps state in Python: a
+    model whose scale is a Python float is replayed with the scale it had at
+    capture, as a CUDA graph would, while the eager fallback sees the change."""
+    scale = [1.0]
+
+    def scaled_model(x, t):
+        return model(x, t) * scale[0]
+
+    x = _noise()
+    eager = _quiet_capture(scaled_model, x, sampler="ddim", steps=STEPS)
+    use_replayed_loops(monkeypatch)
+    replayed = _quiet_capture(scaled_model, x, sampler="ddim", steps=STEPS)
+    before = replayed(x)
+    scale[0] = 0.5
+    assert torch.equal(replayed(x), before)
+    assert not torch.equal(eager(x), before)
+    torch.testing.assert_close(eager(x), diffaccel.sample(scaled_model, x, sampler="ddim", steps=STEPS))
 
 
 def test_options_threshold_and_denoise_to_zero_reach_the_plan():
@@ -75,7 +111,8 @@ def test_options_threshold_and_denoise_to_zero_reach_the_plan():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_stochastic_samplers_draw_fresh_noise_and_repeat_for_a_seed(device):
+def test_stochastic_samplers_draw_fresh_noise_and_repeat_for_a_seed(device, monkeypatch):
+    device = _device(device, monkeypatch)
     x = _noise(device=device)
     graphed = _quiet_capture(model, x, sampler="euler_ancestral", steps=STEPS)
     a, b = graphed(x), graphed(x)
@@ -94,7 +131,8 @@ def test_seedless_runs_follow_torch_manual_seed():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_hundred_replays_stay_stable(device):
+def test_a_hundred_replays_stay_stable(device, monkeypatch):
+    device = _device(device, monkeypatch)
     x = _noise(device=device)
     graphed = _quiet_capture(model, x, sampler="dpmpp_2m", steps=STEPS)
     want = graphed(x)
@@ -110,7 +148,8 @@ def test_a_hundred_replays_stay_stable(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_update_plan_equals_a_fresh_capture(device):
+def test_update_plan_equals_a_fresh_capture(device, monkeypatch):
+    device = _device(device, monkeypatch)
     x = _noise(device=device)
     other = schedules.VPDiscrete.from_diffusers("scaled_linear")
     graphed = _quiet_capture(model, x, sampler="dpmpp_2m", steps=STEPS)
@@ -137,7 +176,8 @@ def test_update_plan_refuses_another_structure():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_classifier_free_guidance_inside_the_loop(device):
+def test_classifier_free_guidance_inside_the_loop(device, monkeypatch):
+    device = _device(device, monkeypatch)
     x = _noise(device=device)
     cond, uncond = _noise(1, device=device), _noise(2, device=device)
     graphed = _quiet_capture(conditional_model, x, sampler="dpmpp_2m", steps=STEPS, cond=cond, uncond=uncond,
@@ -285,7 +325,8 @@ def _stock_loop(pipe, latents, embeds, negative, steps, guidance_scale, seed):
     ("DPMSolverMultistepScheduler", 7.5), ("EulerAncestralDiscreteScheduler", 4.0), ("DDIMScheduler", 1.0),
     ("EulerDiscreteScheduler", 3.0), ("HeunDiscreteScheduler", 2.0)])
 @pytest.mark.parametrize("device", DEVICES)
-def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale, device):
+def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale, device, monkeypatch):
+    device = _device(device, monkeypatch)
     from diffaccel.diffusers import graph_pipeline
 
     pipe = _tiny_pipe(scheduler_name, device)
