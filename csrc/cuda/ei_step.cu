@@ -33,9 +33,8 @@ __global__ void __launch_bounds__(kThreads) ei_step_kernel(EiStepParams p, bool 
   for_each_element(n, vectorized, [&](auto width, int64_t i) {
     constexpr int W = decltype(width)::value;
     const int64_t b = per_sample_rows ? i / p.per_sample : 0;
-    acc_t sample_row[kRow];
-    if (per_sample_rows) load_row<acc_t, kRow>(p.coeffs, p.coeff_stride, b, sample_row);
-    const acc_t* row = per_sample_rows ? sample_row : shared_row;
+    acc_t row[kRow];
+    element_row<acc_t, kRow>(p.coeffs, p.coeff_stride, b, per_sample_rows, shared_row, row);
     acc_t limit = 0, divisor = 1;
     if (p.threshold.enabled) threshold_bounds(p.threshold, b, &limit, &divisor);
 

@@ -164,6 +164,22 @@ __device__ __forceinline__ void load_row(In coeffs, int64_t stride, int64_t b, a
   for (int j = 0; j < N; ++j) row[j] = load_one<acc_t>(coeffs.data, coeffs.dtype, b * stride + j);
 }
 
+// The n coefficients an element of sample b uses: its own row when every
+// sample has one (per_sample_rows), else the batch's row, which the thread
+// loaded once into `shared`. Copied with compile-time indices so that both
+// arrays stay in registers: a pointer chosen at run time between two register
+// arrays would put both in local memory and read them back for every element.
+template <typename acc_t, int N>
+__device__ __forceinline__ void element_row(In coeffs, int64_t stride, int64_t b, bool per_sample_rows,
+                                            const acc_t* shared, acc_t* row) {
+  if (per_sample_rows) {
+    load_row<acc_t, N>(coeffs, stride, b, row);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) row[j] = shared[j];
+  }
+}
+
 // (limit, divisor) of threshold_element for sample b.
 template <typename acc_t>
 __device__ __forceinline__ void threshold_bounds(const ThresholdApply& t, int64_t b, acc_t* limit,

@@ -13,9 +13,9 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p, bool
   if (!per_sample_rows) load_row<acc_t, N>(p.coeffs, 0, 0, shared_c);
   for_each_element(p.batch * p.per_sample, vectorized, [&](auto width, int64_t i) {
     constexpr int W = decltype(width)::value;
-    acc_t sample_c[N];
-    if (per_sample_rows) load_row<acc_t, N>(p.coeffs, p.coeff_stride, i / p.per_sample, sample_c);
-    const acc_t* c = per_sample_rows ? sample_c : shared_c;
+    acc_t c[N];
+    element_row<acc_t, N>(p.coeffs, p.coeff_stride, per_sample_rows ? i / p.per_sample : 0, per_sample_rows,
+                          shared_c, c);
     acc_t t[N][W];
 #pragma unroll
     for (int j = 0; j < N; ++j) load_elements<W>(p.tensors[j], i, t[j]);
