@@ -70,8 +70,12 @@ else
 	@mkdir -p build/cuda-check/stub/c10/cuda/impl
 	@for f in $(CUDA_SOURCES); do \
 		echo "nvcc -c $$f"; \
-		$(NVCC) -std=c++17 -O3 --expt-relaxed-constexpr --fmad=false -Icsrc/include -gencode=arch=compute_90,code=sm_90 -c $$f -o build/cuda-check/$$(basename $$f .cu).o || exit 1; \
+		$(NVCC) -std=c++17 -O3 --expt-relaxed-constexpr --fmad=false -Icsrc/include -gencode=arch=compute_90,code=sm_90 -Xptxas -v \
+			-c $$f -o build/cuda-check/$$(basename $$f .cu).o 2> build/cuda-check/$$(basename $$f .cu).ptxas.txt \
+			|| { cat build/cuda-check/$$(basename $$f .cu).ptxas.txt; exit 1; }; \
 	done
+	@# No float32 kernel may keep data in local memory (the compiler's report).
+	$(PY) scripts/check_cuda_resources.py build/cuda-check/*.ptxas.txt
 	@# The CUDA bindings of csrc/torch: a syntax check against this torch's headers
 	@# (the CPU wheel lacks one generated CUDA header; a stub stands in for it).
 	@echo "#define C10_CUDA_BUILD_SHARED_LIBS" > build/cuda-check/stub/c10/cuda/impl/cuda_cmake_macros.h
