@@ -6,9 +6,12 @@
 // keys in shared memory, finds the bin that holds the wanted rank with a block
 // scan, and repeats on the next digits of the keys in that bin: 3 passes over
 // the sample for float, 6 for double. When the interpolation needs the next
-// order statistic and it is not a copy of the first, one more pass takes the
-// smallest key above the first. Ranks and interpolation are torch.quantile's
-// (diffaccel/quantile.h); a sample holding a NaN gets a NaN scale, as in torch.
+// order statistic and it is not a copy of the first, no further pass is
+// needed: the last pass's bins are single keys, so the next key is the next
+// nonzero bin, or, when the first is the largest key of its bin's group, the
+// smallest key above that group, which the last pass also takes. Ranks and
+// interpolation are torch.quantile's (diffaccel/quantile.h); a sample holding
+// a NaN gets a NaN scale, as in torch.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -107,6 +110,28 @@ __device__ __forceinline__ bool needs_next_key(const QuantileRank<acc_t>& rank, 
   return rank.above != rank.below && at_most_below <= rank.above;
 }
 
+// In the last pass (shift 0), whose bins are single keys: the first nonzero
+// bin above `digit`, or kDigitBins when there is none. Every thread gets it.
+__device__ __forceinline__ unsigned int next_nonzero_bin(const unsigned int* histogram, unsigned int digit) {
+  __shared__ unsigned int first;
+  if (threadIdx.x == 0) first = kDigitBins;
+  __syncthreads();
+  for (unsigned int j = threadIdx.x; j < kDigitBins; j += kSelectThreads) {
+    if (j > digit && histogram[j] != 0) atomicMin(&first, j);
+  }
+  __syncthreads();
+  const unsigned int result = first;
+  __syncthreads();  // `first` is rewritten by the next call
+  return result;
+}
+
+// Whether a key lies above every key of the group sharing the top bits of
+// `prefix` above `low_bits` (the keys the last pass histograms).
+template <typename key_t>
+__device__ __forceinline__ bool above_group(key_t key, key_t prefix, int low_bits) {
+  return low_bits < int(8 * sizeof(key_t)) && (key >> low_bits) > (prefix >> low_bits);
+}
+
 // The scale from the lower and upper order statistics' keys.
 template <typename acc_t, typename key_t>
 __device__ __forceinline__ acc_t scale_of(key_t below, key_t above, const QuantileRank<acc_t>& rank,
@@ -132,48 +157,49 @@ __global__ void __launch_bounds__(kSelectThreads)
   key_t prefix = 0;
   int prefix_bits = 0;  // how many top bits of the key are fixed
   unsigned int remaining = static_cast<unsigned int>(rank.below);  // rank among keys matching prefix
-  unsigned int equal_count = 0;
   int shift = Key::kBits - kDigitBits;
   for (bool first = true;; first = false) {
     for (int i = threadIdx.x; i < kDigitBins; i += kSelectThreads) histogram[i] = 0;
+    if (threadIdx.x == 0) smallest_above = ~key_t(0);
     __syncthreads();
+    const bool last = shift == 0;
+    const int low_bits = Key::kBits - prefix_bits;
     bool saw_nan = false;
+    key_t local_above = ~key_t(0);  // the last pass: the smallest key above the group
     for (int64_t i = threadIdx.x; i < per_sample; i += kSelectThreads) {
       const key_t key = Key::of(source(b, i));
       saw_nan |= key > Key::kInf;
-      const bool matches = prefix_bits == 0 || (key >> (Key::kBits - prefix_bits)) == (prefix >> (Key::kBits - prefix_bits));
-      if (matches) atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
+      const bool matches = prefix_bits == 0 || (key >> low_bits) == (prefix >> low_bits);
+      if (matches) {
+        atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
+      } else if (last && above_group(key, prefix, low_bits) && key < local_above) {
+        local_above = key;
+      }
     }
     if (first && __syncthreads_or(saw_nan)) {
       if (threadIdx.x == 0) scales[b] = acc_t(NAN);
       return;
     }
+    if (last) atomicMin(&smallest_above, local_above);
     __syncthreads();
     const FoundBin bin = find_bin(histogram, remaining);
+    const key_t group = prefix;
     prefix |= key_t(bin.digit) << shift;
     prefix_bits = Key::kBits - shift;
     remaining -= bin.before;
-    equal_count = bin.count;
-    if (shift == 0) break;
+    if (last) {
+      // prefix is the key of the rank.below-th smallest magnitude; remaining is
+      // its rank among the bin.count copies of it.
+      key_t above = prefix;
+      if (needs_next_key(rank, remaining, bin.count)) {
+        const unsigned int next = next_nonzero_bin(histogram, bin.digit);
+        above = next < kDigitBins ? (group | key_t(next)) : smallest_above;
+      }
+      if (threadIdx.x == 0) scales[b] = scale_of<acc_t>(prefix, above, rank, select);
+      return;
+    }
     shift = shift > kDigitBits ? shift - kDigitBits : 0;
   }
-
-  // prefix is the key of the rank.below-th smallest magnitude; remaining is its
-  // rank among the equal_count copies of it.
-  key_t above = prefix;
-  if (needs_next_key(rank, remaining, equal_count)) {
-    if (threadIdx.x == 0) smallest_above = ~key_t(0);
-    __syncthreads();
-    key_t local = ~key_t(0);
-    for (int64_t i = threadIdx.x; i < per_sample; i += kSelectThreads) {
-      const key_t key = Key::of(source(b, i));
-      if (key > prefix && key < local) local = key;
-    }
-    atomicMin(&smallest_above, local);
-    __syncthreads();
-    above = smallest_above;
-  }
-  if (threadIdx.x == 0) scales[b] = scale_of<acc_t>(prefix, above, rank, select);
 }
 
 // ---- Multi-block selection for large samples ----
@@ -187,7 +213,7 @@ constexpr unsigned int kSawNan = 1u, kScaleDone = 2u;
 template <typename key_t>
 struct SelectState {
   key_t prefix;                   // the digits fixed so far
-  key_t above;                    // the smallest key above prefix (the last pass)
+  key_t above_inverted;           // ~(the smallest key above the last pass's group); zeroed: none
   unsigned int remaining;         // the wanted rank among the keys matching prefix
   unsigned int blocks_done;       // blocks of this pass finished (the last one picks)
   unsigned int flags;             // kSawNan, kScaleDone
@@ -211,21 +237,35 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int64_t b = blockIdx.y;
   SelectState<key_t>* state = states + b;
   if (state->flags & kScaleDone) return;  // a NaN was found: the scale is written
+  __shared__ key_t smallest_above;
   const int shift = pass_shift(pass, Key::kBits);
+  const bool last = shift == 0;
   const int prefix_bits = pass == 0 ? 0 : Key::kBits - pass_shift(pass - 1, Key::kBits);
+  const int low_bits = Key::kBits - prefix_bits;
   const key_t prefix = state->prefix;
   for (int i = threadIdx.x; i < kDigitBins; i += kSelectThreads) histogram[i] = 0;
+  if (threadIdx.x == 0) smallest_above = ~key_t(0);
   __syncthreads();
   const int64_t begin = blockIdx.x * kSelectChunk;
   const int64_t end = begin + kSelectChunk < per_sample ? begin + kSelectChunk : per_sample;
   bool saw_nan = false;
+  key_t local_above = ~key_t(0);  // the last pass: the smallest key above the group
   for (int64_t i = begin + threadIdx.x; i < end; i += kSelectThreads) {
     const key_t key = Key::of(source(b, i));
     saw_nan |= key > Key::kInf;
-    const bool matches = prefix_bits == 0 || (key >> (Key::kBits - prefix_bits)) == (prefix >> (Key::kBits - prefix_bits));
-    if (matches) atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
+    const bool matches = prefix_bits == 0 || (key >> low_bits) == (prefix >> low_bits);
+    if (matches) {
+      atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
+    } else if (last && above_group(key, prefix, low_bits) && key < local_above) {
+      local_above = key;
+    }
   }
   if (__syncthreads_or(saw_nan) && pass == 0 && threadIdx.x == 0) atomicOr(&state->flags, kSawNan);
+  if (last) {
+    atomicMin(&smallest_above, local_above);
+    __syncthreads();
+    if (threadIdx.x == 0 && smallest_above != ~key_t(0)) atomicMax(&state->above_inverted, ~smallest_above);
+  }
   unsigned int* global = histograms + b * kDigitBins;
   for (int i = threadIdx.x; i < kDigitBins; i += kSelectThreads) {
     if (histogram[i] != 0) atomicAdd(&global[i], histogram[i]);
@@ -248,50 +288,23 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
   const unsigned int remaining = pass == 0 ? static_cast<unsigned int>(rank.below) : __ldcg(&state->remaining);
   const FoundBin bin = find_bin(histogram, remaining);
+  const key_t chosen = prefix | (key_t(bin.digit) << shift);
+  if (last) {  // chosen is the lower order statistic's key
+    key_t above = chosen;
+    if (needs_next_key(rank, remaining - bin.before, bin.count)) {
+      const unsigned int next = next_nonzero_bin(histogram, bin.digit);
+      above = next < kDigitBins ? (prefix | key_t(next)) : ~__ldcg(&state->above_inverted);
+    }
+    if (threadIdx.x == 0) {
+      scales[b] = scale_of<acc_t>(chosen, above, rank, select);
+      state->flags |= kScaleDone;
+    }
+    return;
+  }
   if (threadIdx.x == 0) {
-    const key_t chosen = prefix | (key_t(bin.digit) << shift);
     state->prefix = chosen;
     state->remaining = remaining - bin.before;
     state->blocks_done = 0;
-    if (shift == 0) {  // the lower order statistic is found
-      if (needs_next_key(rank, remaining - bin.before, bin.count)) {
-        state->above = ~key_t(0);
-      } else {
-        scales[b] = scale_of<acc_t>(chosen, chosen, rank, select);
-        state->flags |= kScaleDone;
-      }
-    }
-  }
-}
-
-// The smallest key above the lower order statistic, where the interpolation needs it.
-template <typename acc_t, typename Source>
-__global__ void __launch_bounds__(kSelectThreads)
-    select_next_key_pass(Source source, int64_t per_sample, ThresholdSelect select,
-                         SelectState<typename MagnitudeKey<acc_t>::type>* states, acc_t* scales) {
-  using Key = MagnitudeKey<acc_t>;
-  using key_t = typename Key::type;
-  __shared__ key_t smallest_above;
-  const int64_t b = blockIdx.y;
-  SelectState<key_t>* state = states + b;
-  if (state->flags & kScaleDone) return;
-  const key_t prefix = state->prefix;
-  if (threadIdx.x == 0) smallest_above = ~key_t(0);
-  __syncthreads();
-  const int64_t begin = blockIdx.x * kSelectChunk;
-  const int64_t end = begin + kSelectChunk < per_sample ? begin + kSelectChunk : per_sample;
-  key_t local = ~key_t(0);
-  for (int64_t i = begin + threadIdx.x; i < end; i += kSelectThreads) {
-    const key_t key = Key::of(source(b, i));
-    if (key > prefix && key < local) local = key;
-  }
-  atomicMin(&smallest_above, local);
-  __syncthreads();
-  if (threadIdx.x == 0 && smallest_above != ~key_t(0)) atomicMin(&state->above, smallest_above);
-  if (!finished_last(&state->blocks_done, gridDim.x)) return;
-  if (threadIdx.x == 0) {
-    const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
-    scales[b] = scale_of<acc_t>(prefix, __ldcg(&state->above), rank, select);
   }
 }
 
@@ -335,7 +348,6 @@ cudaError_t launch_select(Source source, int64_t batch, int64_t per_sample, cons
     select_digit_pass<acc_t><<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, pass, states,
                                                                    histograms, scales);
   }
-  select_next_key_pass<acc_t><<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, states, scales);
   return cudaGetLastError();
 }
 
