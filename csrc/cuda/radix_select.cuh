@@ -141,33 +141,41 @@ __device__ __forceinline__ acc_t scale_of(key_t below, key_t above, const Quanti
   return dynamic_threshold_scale(q, select.style, acc_t(select.max_value));
 }
 
-// source(b, i) is element i of sample b, in acc_t. Launch: one block of
-// kSelectThreads per sample; per_sample < 2^32 (checked by the caller).
-template <typename acc_t, typename Source>
-__global__ void __launch_bounds__(kSelectThreads)
-    select_threshold_scales(Source source, int64_t per_sample, ThresholdSelect select,
-                            acc_t* scales) {
+// Where a block's selection starts: the digits fixed so far, and the wanted
+// rank among the keys that match them.
+template <typename key_t>
+struct SelectStart {
+  key_t prefix;
+  int prefix_bits;  // how many top bits of the key are fixed
+  int shift;        // bits below the next digit
+  unsigned int remaining;
+};
+
+// One block's selection over `count` keys key_at(i) from `start`: the digit
+// passes left, then the scale, written to *scale. above_outside is the smallest
+// key above all of these that is not among them (~0: none). With check_nan, a
+// NaN key found by the first pass makes the scale NaN.
+template <typename acc_t, typename KeyAt>
+__device__ void block_select(KeyAt key_at, int64_t count, SelectStart<typename MagnitudeKey<acc_t>::type> start,
+                             bool check_nan, typename MagnitudeKey<acc_t>::type above_outside,
+                             const QuantileRank<acc_t>& rank, const ThresholdSelect& select, acc_t* scale) {
   using Key = MagnitudeKey<acc_t>;
   using key_t = typename Key::type;
   __shared__ unsigned int histogram[kDigitBins];
   __shared__ key_t smallest_above;
-
-  const int64_t b = blockIdx.x;
-  const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
-  key_t prefix = 0;
-  int prefix_bits = 0;  // how many top bits of the key are fixed
-  unsigned int remaining = static_cast<unsigned int>(rank.below);  // rank among keys matching prefix
-  int shift = Key::kBits - kDigitBits;
+  key_t prefix = start.prefix;
+  int prefix_bits = start.prefix_bits, shift = start.shift;
+  unsigned int remaining = start.remaining;
   for (bool first = true;; first = false) {
     for (int i = threadIdx.x; i < kDigitBins; i += kSelectThreads) histogram[i] = 0;
-    if (threadIdx.x == 0) smallest_above = ~key_t(0);
+    if (threadIdx.x == 0) smallest_above = above_outside;
     __syncthreads();
     const bool last = shift == 0;
     const int low_bits = Key::kBits - prefix_bits;
     bool saw_nan = false;
     key_t local_above = ~key_t(0);  // the last pass: the smallest key above the group
-    for (int64_t i = threadIdx.x; i < per_sample; i += kSelectThreads) {
-      const key_t key = Key::of(source(b, i));
+    for (int64_t i = threadIdx.x; i < count; i += kSelectThreads) {
+      const key_t key = key_at(i);
       saw_nan |= key > Key::kInf;
       const bool matches = prefix_bits == 0 || (key >> low_bits) == (prefix >> low_bits);
       if (matches) {
@@ -176,8 +184,8 @@ __global__ void __launch_bounds__(kSelectThreads)
         local_above = key;
       }
     }
-    if (first && __syncthreads_or(saw_nan)) {
-      if (threadIdx.x == 0) scales[b] = acc_t(NAN);
+    if (check_nan && first && __syncthreads_or(saw_nan)) {
+      if (threadIdx.x == 0) *scale = acc_t(NAN);
       return;
     }
     if (last) atomicMin(&smallest_above, local_above);
@@ -195,29 +203,56 @@ __global__ void __launch_bounds__(kSelectThreads)
         const unsigned int next = next_nonzero_bin(histogram, bin.digit);
         above = next < kDigitBins ? (group | key_t(next)) : smallest_above;
       }
-      if (threadIdx.x == 0) scales[b] = scale_of<acc_t>(prefix, above, rank, select);
+      if (threadIdx.x == 0) *scale = scale_of<acc_t>(prefix, above, rank, select);
       return;
     }
     shift = shift > kDigitBits ? shift - kDigitBits : 0;
   }
 }
 
+// source(b, i) is element i of sample b, in acc_t. Launch: one block of
+// kSelectThreads per sample; per_sample < 2^32 (checked by the caller).
+template <typename acc_t, typename Source>
+__global__ void __launch_bounds__(kSelectThreads)
+    select_threshold_scales(Source source, int64_t per_sample, ThresholdSelect select,
+                            acc_t* scales) {
+  using Key = MagnitudeKey<acc_t>;
+  using key_t = typename Key::type;
+  const int64_t b = blockIdx.x;
+  const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
+  const SelectStart<key_t> start{0, 0, Key::kBits - kDigitBits, static_cast<unsigned int>(rank.below)};
+  block_select<acc_t>([&](int64_t i) { return Key::of(source(b, i)); }, per_sample, start, true, ~key_t(0), rank,
+                      select, scales + b);
+}
+
 // ---- Multi-block selection for large samples ----
+//
+// Pass 0 histograms the top digit of every key over (chunks x samples) blocks.
+// Pass 1 histograms the next digit of the keys in the chosen bin and also
+// copies those keys (the candidates: about 1% of a sample of Gaussian data at
+// the 0.995 quantile) to a buffer of a quarter of the sample. When they fit,
+// one block per sample finishes the selection on them (block_select) and the
+// later full passes return at once, so the sample is read twice, not three
+// times; when they do not (heavy ties, or data that crowds the top of one
+// bin), the digit passes go on over the whole sample.
 
 constexpr int64_t kSelectChunk = 65536;  // elements of one sample per block (64 per thread)
 constexpr int64_t kMultiBlockSelectMin = 4 * kSelectChunk;
 
-constexpr unsigned int kSawNan = 1u, kScaleDone = 2u;
+constexpr unsigned int kSawNan = 1u, kScaleDone = 2u, kCompacted = 4u;
 
 // What a sample's passes hand each other, in the zeroed scratch.
 template <typename key_t>
 struct SelectState {
   key_t prefix;                   // the digits fixed so far
-  key_t above_inverted;           // ~(the smallest key above the last pass's group); zeroed: none
+  key_t above_inverted;           // ~(the smallest key above a pass's group seen so far); zeroed: none
   unsigned int remaining;         // the wanted rank among the keys matching prefix
   unsigned int blocks_done;       // blocks of this pass finished (the last one picks)
-  unsigned int flags;             // kSawNan, kScaleDone
+  unsigned int flags;             // kSawNan, kScaleDone, kCompacted
+  unsigned int candidates;        // keys pass 1 found in its group (may exceed the buffer)
 };
+
+__host__ __device__ inline int64_t candidate_capacity(int64_t per_sample) { return (per_sample + 3) / 4; }
 
 // Bits below the digit a pass histograms.
 __host__ __device__ constexpr int pass_shift(int pass, int key_bits) {
@@ -225,43 +260,70 @@ __host__ __device__ constexpr int pass_shift(int pass, int key_bits) {
 }
 __host__ __device__ constexpr int digit_passes(int key_bits) { return (key_bits + kDigitBits - 1) / kDigitBits; }
 
+// Appends `key` where `take` to a sample's candidates: one global atomic per
+// warp (the lanes agree on their slots with a ballot). Slots past `capacity`
+// are counted but not written.
+template <typename key_t>
+__device__ __forceinline__ void append_candidate(bool take, key_t key, unsigned int* count, key_t* buffer,
+                                                 unsigned int capacity) {
+  const unsigned int active = __activemask();
+  const unsigned int mask = __ballot_sync(active, take);
+  if (mask == 0) return;  // the same for every active lane
+  const int lane = threadIdx.x % 32;
+  const int leader = __ffs(mask) - 1;
+  unsigned int base = 0;
+  if (lane == leader) base = atomicAdd(count, static_cast<unsigned int>(__popc(mask)));
+  base = __shfl_sync(active, base, leader);
+  if (take) {
+    const unsigned int slot = base + static_cast<unsigned int>(__popc(mask & ((1u << lane) - 1u)));
+    if (slot < capacity) buffer[slot] = key;
+  }
+}
+
 // One digit pass. Grid: (chunks, batch) blocks of kSelectThreads.
 template <typename acc_t, typename Source>
 __global__ void __launch_bounds__(kSelectThreads)
     select_digit_pass(Source source, int64_t per_sample, ThresholdSelect select, int pass,
                       SelectState<typename MagnitudeKey<acc_t>::type>* states, unsigned int* histograms,
-                      acc_t* scales) {
+                      typename MagnitudeKey<acc_t>::type* candidates, acc_t* scales) {
   using Key = MagnitudeKey<acc_t>;
   using key_t = typename Key::type;
   __shared__ unsigned int histogram[kDigitBins];
+  __shared__ key_t smallest_above;
   const int64_t b = blockIdx.y;
   SelectState<key_t>* state = states + b;
-  if (state->flags & kScaleDone) return;  // a NaN was found: the scale is written
-  __shared__ key_t smallest_above;
+  // The scale is written (a NaN was found), or the candidates are finishing it.
+  if (state->flags & (kScaleDone | kCompacted)) return;
   const int shift = pass_shift(pass, Key::kBits);
   const bool last = shift == 0;
+  const bool compacting = pass == 1 && !last;
   const int prefix_bits = pass == 0 ? 0 : Key::kBits - pass_shift(pass - 1, Key::kBits);
   const int low_bits = Key::kBits - prefix_bits;
   const key_t prefix = state->prefix;
+  const unsigned int capacity = static_cast<unsigned int>(candidate_capacity(per_sample));
+  key_t* buffer = candidates + b * int64_t(capacity);
   for (int i = threadIdx.x; i < kDigitBins; i += kSelectThreads) histogram[i] = 0;
   if (threadIdx.x == 0) smallest_above = ~key_t(0);
   __syncthreads();
   const int64_t begin = blockIdx.x * kSelectChunk;
   const int64_t end = begin + kSelectChunk < per_sample ? begin + kSelectChunk : per_sample;
   bool saw_nan = false;
-  key_t local_above = ~key_t(0);  // the last pass: the smallest key above the group
+  key_t local_above = ~key_t(0);  // the smallest key above this pass's group
   for (int64_t i = begin + threadIdx.x; i < end; i += kSelectThreads) {
     const key_t key = Key::of(source(b, i));
     saw_nan |= key > Key::kInf;
     const bool matches = prefix_bits == 0 || (key >> low_bits) == (prefix >> low_bits);
     if (matches) {
       atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
-    } else if (last && above_group(key, prefix, low_bits) && key < local_above) {
+    } else if (above_group(key, prefix, low_bits) && key < local_above) {
       local_above = key;
     }
+    if (compacting) append_candidate(matches, key, &state->candidates, buffer, capacity);
   }
   if (__syncthreads_or(saw_nan) && pass == 0 && threadIdx.x == 0) atomicOr(&state->flags, kSawNan);
-  if (last) {
+  // Every key above this pass's group is above the last pass's group too, so
+  // the smallest over the passes is the smallest above the last group.
+  if (prefix_bits > 0) {
     atomicMin(&smallest_above, local_above);
     __syncthreads();
     if (threadIdx.x == 0 && smallest_above != ~key_t(0)) atomicMax(&state->above_inverted, ~smallest_above);
@@ -305,18 +367,48 @@ __global__ void __launch_bounds__(kSelectThreads)
     state->prefix = chosen;
     state->remaining = remaining - bin.before;
     state->blocks_done = 0;
+    if (compacting && __ldcg(&state->candidates) <= capacity) state->flags |= kCompacted;
   }
+}
+
+// The selection of the samples whose pass 1 kept all its candidates: one
+// block per sample over them, from the digits passes 0 and 1 fixed.
+template <typename acc_t>
+__global__ void __launch_bounds__(kSelectThreads)
+    select_finish_candidates(int64_t per_sample, ThresholdSelect select,
+                             const SelectState<typename MagnitudeKey<acc_t>::type>* states,
+                             const typename MagnitudeKey<acc_t>::type* candidates, acc_t* scales) {
+  using Key = MagnitudeKey<acc_t>;
+  using key_t = typename Key::type;
+  const int64_t b = blockIdx.x;
+  const SelectState<key_t>* state = states + b;
+  if ((state->flags & (kScaleDone | kCompacted)) != kCompacted) return;
+  const int64_t capacity = candidate_capacity(per_sample);
+  const key_t* mine = candidates + b * capacity;
+  const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
+  const SelectStart<key_t> start{state->prefix, Key::kBits - pass_shift(1, Key::kBits), pass_shift(2, Key::kBits),
+                                 state->remaining};
+  block_select<acc_t>([&](int64_t i) { return mine[i]; }, state->candidates, start, false, ~state->above_inverted,
+                      rank, select, scales + b);
 }
 
 inline int64_t round256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // Scratch of the selection: the scales (acc_t per sample) first, then, for
-// large samples, each sample's histogram and state.
+// large samples, each sample's histogram and state (zeroed at each call), then
+// its candidate buffer.
+template <typename acc_t>
+int64_t select_zeroed_bytes(int64_t batch) {
+  using key_t = typename MagnitudeKey<acc_t>::type;
+  return round256(batch * kDigitBins * int64_t(sizeof(unsigned int))) +
+         round256(batch * int64_t(sizeof(SelectState<key_t>)));
+}
+
 template <typename acc_t>
 int64_t select_workspace_bytes(int64_t batch, int64_t per_sample) {
   if (per_sample < kMultiBlockSelectMin) return 0;
   using key_t = typename MagnitudeKey<acc_t>::type;
-  return round256(batch * kDigitBins * int64_t(sizeof(unsigned int))) + batch * int64_t(sizeof(SelectState<key_t>));
+  return select_zeroed_bytes<acc_t>(batch) + batch * candidate_capacity(per_sample) * int64_t(sizeof(key_t));
 }
 
 template <typename acc_t>
@@ -331,8 +423,7 @@ cudaError_t launch_select(Source source, int64_t batch, int64_t per_sample, cons
                           void* scratch, cudaStream_t stream) {
   using key_t = typename MagnitudeKey<acc_t>::type;
   acc_t* scales = static_cast<acc_t*>(scratch);
-  const int64_t workspace = select_workspace_bytes<acc_t>(batch, per_sample);
-  if (workspace == 0) {
+  if (select_workspace_bytes<acc_t>(batch, per_sample) == 0) {
     select_threshold_scales<acc_t><<<static_cast<unsigned int>(batch), kSelectThreads, 0, stream>>>(
         source, per_sample, select, scales);
     return cudaGetLastError();
@@ -340,14 +431,17 @@ cudaError_t launch_select(Source source, int64_t batch, int64_t per_sample, cons
   char* base = static_cast<char*>(scratch) + round256(batch * int64_t(sizeof(acc_t)));
   unsigned int* histograms = reinterpret_cast<unsigned int*>(base);
   auto* states = reinterpret_cast<SelectState<key_t>*>(base + round256(batch * kDigitBins * int64_t(sizeof(unsigned int))));
-  cudaError_t status = cudaMemsetAsync(base, 0, static_cast<size_t>(workspace), stream);
+  auto* candidates = reinterpret_cast<key_t*>(base + select_zeroed_bytes<acc_t>(batch));
+  cudaError_t status = cudaMemsetAsync(base, 0, static_cast<size_t>(select_zeroed_bytes<acc_t>(batch)), stream);
   if (status != cudaSuccess) return status;
   const dim3 grid(static_cast<unsigned int>((per_sample + kSelectChunk - 1) / kSelectChunk),
                   static_cast<unsigned int>(batch));
   for (int pass = 0; pass < digit_passes(MagnitudeKey<acc_t>::kBits); ++pass) {
     select_digit_pass<acc_t><<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, pass, states,
-                                                                   histograms, scales);
+                                                                   histograms, candidates, scales);
   }
+  select_finish_candidates<acc_t><<<static_cast<unsigned int>(batch), kSelectThreads, 0, stream>>>(
+      per_sample, select, states, candidates, scales);
   return cudaGetLastError();
 }
 
