@@ -97,17 +97,22 @@ def test_selection_matches_reference(n, ratio, ties, dtype, gen):
     assert_close(ops.threshold(x, **options), reference.threshold(x, **options))
 
 
-@pytest.mark.parametrize("n", [1 << 18, (1 << 18) + 12345, 1_000_003])
+@pytest.mark.parametrize("n", [1 << 16, 100_003, 1 << 18, (1 << 18) + 12345, 1_000_003])
 @pytest.mark.parametrize("ratio", [0.3, 0.995, 1.0])
-@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("values", ["distinct", "rounded", "three"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_selection_of_large_samples(n, ratio, ties, dtype, gen):
-    """Samples of 2^18 elements and more, where the GPU selection spreads each
-    sample over many blocks (a partial last chunk included); a NaN still
-    poisons only its own sample."""
+def test_selection_of_large_samples(n, ratio, values, dtype, gen):
+    """Samples of 2^16 elements and more, where the GPU selection spreads each
+    sample over many blocks (a partial last chunk included) and finishes on the
+    keys its second pass copied when they fit in a quarter of the sample, else
+    goes on over the whole sample ("three": magnitudes 0, 1 and 2 only, most of
+    them 2, so the top ranks' group never fits); a NaN still poisons only its
+    own sample."""
     x = torch.randn((3, n), generator=gen, dtype=dtype) * 3
-    if ties:
+    if values == "rounded":
         x = x.round()
+    elif values == "three":
+        x = x.round().clamp(-2, 2)
     x[2, n // 2] = float("nan")
     options = dict(kind="dynamic", ratio=ratio, max_value=10.0, style="dpm-solver")
     got = ops.threshold(x, **options)
