@@ -126,7 +126,7 @@ __device__ __forceinline__ unsigned int next_nonzero_bin(const unsigned int* his
 }
 
 // Whether a key lies above every key of the group sharing the top bits of
-// `prefix` above `low_bits` (the keys the last pass histograms).
+// `prefix` above `low_bits` (the keys a pass histograms).
 template <typename key_t>
 __device__ __forceinline__ bool above_group(key_t key, key_t prefix, int low_bits) {
   return low_bits < int(8 * sizeof(key_t)) && (key >> low_bits) > (prefix >> low_bits);
