@@ -477,6 +477,16 @@ class _EpsSolver:
     def sigma(t):
         return t.neg().exp()
 
+    def ancestral_split(self, t, t_next, t_end, eta):
+        """(t_down, su) of an ancestral step from t toward t_next, as k-diffusion's
+        DPMSolver splits it: the deterministic step goes to t_down, then noise of
+        scale su is added (eta = 0: (t_next, 0.0))."""
+        if not eta:
+            return t_next, 0.0
+        sigma_down, _ = get_ancestral_step(self.sigma(t), self.sigma(t_next), eta)
+        t_down = torch.minimum(t_end, self.t(sigma_down))
+        return t_down, float((self.sigma(t_next) ** 2 - self.sigma(t_down) ** 2) ** 0.5)
+
     def denoise(self, x, t):
         denoised = self.model(x, self.sigma(t) * self.ones, **self.extra_args)
         self.on_eval()
@@ -565,12 +575,7 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
     orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
     for i, order in enumerate(orders):
         t, t_next = ts[i], ts[i + 1]
-        if eta:
-            sd, su = get_ancestral_step(solver.sigma(t), solver.sigma(t_next), eta)
-            t_next_ = torch.minimum(t_end, solver.t(sd))
-            su = float((solver.sigma(t_next) ** 2 - solver.sigma(t_next_) ** 2) ** 0.5)
-        else:
-            t_next_, su = t_next, 0.0
+        t_next_, su = solver.ancestral_split(t, t_next, t_end, eta)
         u1, eps, denoised, s1 = solver.start(x, t, t_next_, {1: 1.0, 2: 1 / 2, 3: 1 / 3}[order])
         if callback is not None:
             callback({"sigma": solver.sigma(ts[i]), "sigma_hat": solver.sigma(t), "x": x, "i": i, "t": ts[i],
@@ -613,12 +618,7 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
     info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
     while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
         t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
-        if eta:
-            sd, su = get_ancestral_step(solver.sigma(s), solver.sigma(t), eta)
-            t_ = torch.minimum(t_end, solver.t(sd))
-            su = float((solver.sigma(t) ** 2 - solver.sigma(t_) ** 2) ** 0.5)
-        else:
-            t_, su = t, 0.0
+        t_, su = solver.ancestral_split(s, t, t_end, eta)
         u1, eps, denoised, s1 = solver.start(x, s, t_, 1 / 2 if order == 2 else 1 / 3)
         if order == 2:
             x_low = ops.multistep_combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
