@@ -10,6 +10,7 @@ one helper, and never import k_diffusion's __init__.
 """
 
 import importlib.util
+import inspect
 import os
 import sys
 import types
@@ -179,3 +180,32 @@ def test_dpm_adaptive_matches_k_diffusion(order, eta):
                                             return_info=True)
     assert info == want_info  # the same accepted and rejected steps
     assert _relative_error(got, want) < 1e-5
+
+
+FIXED_STEP_SAMPLERS = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2",
+                       "sample_dpm_2_ancestral", "sample_lms", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde",
+                       "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"]
+
+
+def _meta_noise(sigma, sigma_next):
+    return torch.empty(2, 4, 8, 8, device="meta")
+
+
+@pytest.mark.parametrize("name", FIXED_STEP_SAMPLERS)
+def test_samplers_read_only_the_sigmas(name):
+    """The sigmas are read on the host once (documented); the state and the
+    denoiser's output never are: with them on the meta device, which has no
+    data, any .item(), bool(), .cpu() or .tolist() of them would raise."""
+    sigmas = ours.get_sigmas_karras(8, 0.03, 14.6)
+    x = torch.empty(2, 4, 8, 8, device="meta")
+    sampler = getattr(ours, name)
+    takes_noise = "noise_sampler" in inspect.signature(sampler).parameters
+    y = sampler(lambda x, s: torch.tanh(x) * s.view(-1, 1, 1, 1), x, sigmas, disable=True,
+                **({"noise_sampler": _meta_noise} if takes_noise else {}))
+    assert y.device.type == "meta" and y.shape == x.shape
+
+
+def test_the_meta_check_catches_a_read_of_the_state():
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        ours.sample_dpmpp_2m(lambda x, s: x * float(x.mean()), torch.empty(2, 4, 8, 8, device="meta"),
+                             ours.get_sigmas_karras(4, 0.03, 14.6), disable=True)
