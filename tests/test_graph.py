@@ -91,7 +91,7 @@ def test_replayed_loops_see_only_what_is_in_tensors(monkeypatch):
     def scaled_model(x, t):
         return model(x, t) * scale[0]
 
-    x = _noise()
+    x = _noise(device="cpu")  # on CPU capture() runs eagerly, on any test device
     eager = _quiet_capture(scaled_model, x, sampler="ddim", steps=STEPS)
     use_replayed_loops(monkeypatch)
     replayed = _quiet_capture(scaled_model, x, sampler="ddim", steps=STEPS)
