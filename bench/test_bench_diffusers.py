@@ -52,11 +52,7 @@ def test_unet_pipeline_loop(benchmark, impl):
     (random weights, (2,4,32,32) latents): the scheduler's share of a real loop."""
     if DEVICE == "cuda" and not torch.cuda.is_available():
         pytest.skip("DIFFACCEL_BENCH_DEVICE=cuda without a GPU")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
-                                 block_out_channels=(32, 64), norm_num_groups=8,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(DEVICE).eval()
+    unet = benchmarking.small_unet(DEVICE)
     cls = accelerated.DPMSolverMultistepScheduler if impl == "diffaccel" else diffusers.DPMSolverMultistepScheduler
     scheduler = cls()
     x0 = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0)).to(DEVICE)

@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from diffaccel import schedules
+from diffaccel import benchmarking, schedules
 from diffaccel.graph import CapturedLoop, Progress, capture
 from diffaccel.models import digits
 from diffaccel.sampling import sample
@@ -26,12 +26,8 @@ IMPLS = ["stock_diffusers", "eager", "graphed", "network_graphed"]
 
 
 def _unet(batch):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
-                                 block_out_channels=(32, 64), norm_num_groups=8,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(DEVICE).eval()
+    pytest.importorskip("diffusers")
+    unet = benchmarking.small_unet(DEVICE)
     return (lambda x, t: unet(x, t).sample), (batch, 4, 32, 32)
 
 

@@ -197,6 +197,19 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
     return loop, reset
 
 
+def small_unet(device) -> torch.nn.Module:
+    """The benchmarks' network: a small diffusers UNet2DModel for (B, 4, 32, 32)
+    latents, randomly initialised from a config with seed 0 (nothing is
+    downloaded), in eval mode on ``device``. Needs diffusers."""
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+                                 block_out_channels=(32, 64), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(device).eval()
+
+
 def page_faults_per_call(fn: Callable[[], object], calls: int = 3) -> float:
     """Minor page faults of this process per call of fn (after one warm-up call).
 

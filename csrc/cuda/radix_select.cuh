@@ -141,6 +141,34 @@ __device__ __forceinline__ acc_t scale_of(key_t below, key_t above, const Quanti
   return dynamic_threshold_scale(q, select.style, acc_t(select.max_value));
 }
 
+// One key of a digit pass: a key in the group (the top prefix_bits bits of
+// prefix) is counted in its digit's bin; with track_above, a key above the
+// group lowers *above, the smallest seen. Returns whether the key is in the group.
+template <typename acc_t, typename key_t = typename MagnitudeKey<acc_t>::type>
+__device__ __forceinline__ bool tally_key(key_t key, key_t prefix, int prefix_bits, int shift, bool track_above,
+                                          unsigned int* histogram, key_t* above) {
+  const int low_bits = MagnitudeKey<acc_t>::kBits - prefix_bits;
+  const bool in_group = prefix_bits == 0 || (key >> low_bits) == (prefix >> low_bits);
+  if (in_group) {
+    atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
+  } else if (track_above && above_group(key, prefix, low_bits) && key < *above) {
+    *above = key;
+  }
+  return in_group;
+}
+
+// After the last pass (bins are single keys) picked `bin` in `group`: the key
+// of the interpolation's upper order statistic: the lower one itself, the next
+// nonzero bin, or smallest_above. Called by every thread of the block.
+template <typename acc_t, typename key_t>
+__device__ __forceinline__ key_t upper_key(const unsigned int* histogram, const FoundBin& bin, key_t group,
+                                           unsigned int remaining, const QuantileRank<acc_t>& rank,
+                                           key_t smallest_above) {
+  if (!needs_next_key(rank, remaining, bin.count)) return group | key_t(bin.digit);
+  const unsigned int next = next_nonzero_bin(histogram, bin.digit);
+  return next < kDigitBins ? (group | key_t(next)) : smallest_above;
+}
+
 // Where a block's selection starts: the digits fixed so far, and the wanted
 // rank among the keys that match them.
 template <typename key_t>
@@ -171,18 +199,12 @@ __device__ void block_select(KeyAt key_at, int64_t count, SelectStart<typename M
     if (threadIdx.x == 0) smallest_above = above_outside;
     __syncthreads();
     const bool last = shift == 0;
-    const int low_bits = Key::kBits - prefix_bits;
     bool saw_nan = false;
     key_t local_above = ~key_t(0);  // the last pass: the smallest key above the group
     for (int64_t i = threadIdx.x; i < count; i += kSelectThreads) {
       const key_t key = key_at(i);
       saw_nan |= key > Key::kInf;
-      const bool matches = prefix_bits == 0 || (key >> low_bits) == (prefix >> low_bits);
-      if (matches) {
-        atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
-      } else if (last && above_group(key, prefix, low_bits) && key < local_above) {
-        local_above = key;
-      }
+      tally_key<acc_t>(key, prefix, prefix_bits, shift, last, histogram, &local_above);
     }
     if (check_nan && first && __syncthreads_or(saw_nan)) {
       if (threadIdx.x == 0) *scale = acc_t(NAN);
@@ -198,11 +220,7 @@ __device__ void block_select(KeyAt key_at, int64_t count, SelectStart<typename M
     if (last) {
       // prefix is the key of the rank.below-th smallest magnitude; remaining is
       // its rank among the bin.count copies of it.
-      key_t above = prefix;
-      if (needs_next_key(rank, remaining, bin.count)) {
-        const unsigned int next = next_nonzero_bin(histogram, bin.digit);
-        above = next < kDigitBins ? (group | key_t(next)) : smallest_above;
-      }
+      const key_t above = upper_key(histogram, bin, group, remaining, rank, smallest_above);
       if (threadIdx.x == 0) *scale = scale_of<acc_t>(prefix, above, rank, select);
       return;
     }
@@ -308,7 +326,6 @@ __global__ void __launch_bounds__(kSelectThreads)
   const bool last = shift == 0;
   const bool compacting = pass == 1 && !last;
   const int prefix_bits = pass == 0 ? 0 : Key::kBits - pass_shift(pass - 1, Key::kBits);
-  const int low_bits = Key::kBits - prefix_bits;
   const key_t prefix = state->prefix;
   const unsigned int capacity = static_cast<unsigned int>(candidate_capacity(per_sample));
   key_t* buffer = candidates + b * int64_t(capacity);
@@ -323,13 +340,8 @@ __global__ void __launch_bounds__(kSelectThreads)
   for (int64_t i = begin + threadIdx.x; i < end; i += kSelectThreads) {
     const key_t key = Key::of(source(b, i));
     saw_nan |= key > Key::kInf;
-    const bool matches = prefix_bits == 0 || (key >> low_bits) == (prefix >> low_bits);
-    if (matches) {
-      atomicAdd(&histogram[(key >> shift) & (kDigitBins - 1)], 1u);
-    } else if (above_group(key, prefix, low_bits) && key < local_above) {
-      local_above = key;
-    }
-    if (compacting) append_candidate(matches, key, &state->candidates, buffer, capacity);
+    const bool in_group = tally_key<acc_t>(key, prefix, prefix_bits, shift, true, histogram, &local_above);
+    if (compacting) append_candidate(in_group, key, &state->candidates, buffer, capacity);
   }
   if (__syncthreads_or(saw_nan) && pass == 0 && threadIdx.x == 0) atomicOr(&state->flags, kSawNan);
   // Every key above this pass's group is above the last pass's group too, so
@@ -363,11 +375,8 @@ __global__ void __launch_bounds__(kSelectThreads)
   const FoundBin bin = find_bin(histogram, remaining);
   const key_t chosen = prefix | (key_t(bin.digit) << shift);
   if (last) {  // chosen is the lower order statistic's key
-    key_t above = chosen;
-    if (needs_next_key(rank, remaining - bin.before, bin.count)) {
-      const unsigned int next = next_nonzero_bin(histogram, bin.digit);
-      above = next < kDigitBins ? (prefix | key_t(next)) : ~__ldcg(&state->above_inverted);
-    }
+    const key_t above =
+        upper_key(histogram, bin, prefix, remaining - bin.before, rank, key_t(~__ldcg(&state->above_inverted)));
     if (threadIdx.x == 0) {
       scales[b] = scale_of<acc_t>(chosen, above, rank, select);
       state->flags |= kScaleDone;
