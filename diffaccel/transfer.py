@@ -17,6 +17,7 @@ device memory that lives as long as the graph.
 from __future__ import annotations
 
 import contextlib
+from array import array
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -37,6 +38,37 @@ def to_device(values: Sequence[float], device, dtype: torch.dtype = torch.float6
             "(capture() or diffaccel.integrations.diffusers.graph_pipeline), which keeps them on the device"
         )
     return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
+
+
+class ConstantCache:
+    """Coefficient tensors kept on the device and handed out again for equal
+    values: a scheduler that runs the same schedule again (a pipeline called
+    with the same number of steps) then makes no host-to-device copy at all.
+
+    The tensors are shared, so they are for reading only (the fused ops' coefficient
+    arguments). Values are compared bit for bit (float64 bytes: -0.0 is not 0.0).
+    A CUDA tensor is reused only on the stream it was copied on, so it is never
+    read before its copy or freed under another stream's kernels. Inside a
+    capture (and in a DeviceConstants context) the cache steps aside: the
+    capture's constants must live as long as its graph, which DeviceConstants
+    sees to, and a cache that drops entries could not."""
+
+    def __init__(self, capacity: int = 512):
+        self._capacity = capacity
+        self._tensors = {}
+
+    def get(self, values: Sequence[float], device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        device = torch.device(device)
+        if _active is not None or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return to_device(values, device, dtype)
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+        key = (array("d", values).tobytes(), device, dtype, stream)
+        tensor = self._tensors.get(key)
+        if tensor is None:
+            if len(self._tensors) >= self._capacity:  # many schedules seen: start over rather than grow
+                self._tensors.clear()
+            tensor = self._tensors[key] = to_device(values, device, dtype)
+        return tensor
 
 
 class DeviceConstants:

@@ -380,7 +380,7 @@ def test_dpm_solver_singlestep_matches_diffusers(config, steps):
 def test_steps_do_not_synchronize(name):
     """On CUDA every step, the first included (its step index comes from the
     timestep's position in scheduler.timesteps), runs under
-    torch.cuda.set_sync_debug_mode("error")."""
+    torch.cuda.set_sync_debug_mode("error"), in a first loop and in a repeat."""
     if name == "ScoreSdeVeScheduler":
         pytest.skip("driven by step_pred / step_correct, covered by its loop test")
     scheduler = getattr(accelerated, name)()
@@ -390,11 +390,40 @@ def test_steps_do_not_synchronize(name):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for t in scheduler.timesteps:
-            x = scheduler.step(out, t, x).prev_sample
+        for run in range(2):  # the second run takes its coefficients from the scheduler's ConstantCache
+            scheduler.set_timesteps(10, device="cuda")
+            for t in scheduler.timesteps:
+                x = scheduler.step(out, t, x).prev_sample
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(x).all()
+
+
+REPEATED = ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
+            "UniPCMultistepScheduler"]
+
+
+@pytest.mark.parametrize("name", REPEATED)
+def test_a_repeated_schedule_copies_no_coefficients(name, monkeypatch):
+    """Running the same schedule again (a pipeline called again with the same
+    steps) takes every coefficient tensor from the scheduler's cache: no copy
+    to the device, and the same result bit for bit; another schedule makes its
+    own coefficients."""
+    from diffaccel import transfer
+
+    copies = []
+    original = transfer.to_device
+    monkeypatch.setattr(transfer, "to_device", lambda *args: copies.append(args) or original(*args))
+    scheduler = getattr(accelerated, name)()
+    first = _loop(scheduler, steps=10)
+    made = len(copies)
+    assert made >= 10
+    again = _loop(scheduler, steps=10)
+    assert len(copies) == made
+    assert torch.equal(again, first)
+    other = _loop(scheduler, steps=12)
+    assert len(copies) > made
+    assert torch.equal(other, _loop(getattr(accelerated, name)(), steps=12))
 
 
 # What diffusers' set_timesteps(device=...) leaves on the device; every other

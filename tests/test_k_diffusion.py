@@ -209,3 +209,25 @@ def test_the_meta_check_catches_a_read_of_the_state():
     with pytest.raises((RuntimeError, NotImplementedError)):
         ours.sample_dpmpp_2m(lambda x, s: x * float(x.mean()), torch.empty(2, 4, 8, 8, device="meta"),
                              ours.get_sigmas_karras(4, 0.03, 14.6), disable=True)
+
+
+@pytest.mark.parametrize("name", ["sample_euler_ancestral", "sample_lms", "sample_dpmpp_2m", "sample_dpmpp_3m_sde"])
+def test_the_same_sigmas_again_copy_no_coefficients(name, monkeypatch):
+    """A sampler run again on the same sigmas (a deployment sampling with a
+    fixed schedule) takes its coefficient tensors from the module's cache: no
+    copy to the device, and, from the same seed, the same sample bit for bit."""
+    from diffaccel import transfer
+
+    monkeypatch.setattr(ours, "_COEFFICIENTS", transfer.ConstantCache())
+    copies = []
+    original = transfer.to_device
+    monkeypatch.setattr(transfer, "to_device", lambda *args: copies.append(args) or original(*args))
+    sigmas = ours.get_sigmas_karras(8, 0.03, 14.6, device=DEVICE)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(getattr(ours, name)(denoiser, _x(), sigmas, disable=True))
+        if len(runs) == 1:
+            made = len(copies)
+    assert made >= 8 and len(copies) == made
+    assert torch.equal(runs[0], runs[1])

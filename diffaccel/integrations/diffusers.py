@@ -39,7 +39,7 @@ from diffaccel import ops
 from diffaccel.solvers.ancestral import ancestral_split
 from diffaccel.solvers.lms import lagrange_weights
 from diffaccel.graph import CapturedLoop, Progress, Replayable, check_static, fresh_generator
-from diffaccel.transfer import DeviceConstants, to_device
+from diffaccel.transfer import ConstantCache, DeviceConstants, to_device
 
 try:
     import diffusers as _diffusers
@@ -104,7 +104,23 @@ def _position_in(schedule: torch.Tensor, timestep: torch.Tensor) -> Optional[int
     return position if rest == 0 and 0 <= position < len(schedule) else None
 
 
-class _StepIndexWithoutSync:
+class _FusedStep:
+    """What every accelerated scheduler has: the config options it cannot fuse
+    (none by default), and its steps' coefficient tensors, kept on the device
+    and reused while the schedule repeats (a pipeline called again with the
+    same number of steps copies nothing to the device)."""
+
+    def unsupported_options(self) -> List[str]:
+        return []
+
+    def _coefficients(self, values, device) -> torch.Tensor:
+        cache = vars(self).get("_coefficient_cache")
+        if cache is None:
+            cache = self._coefficient_cache = ConstantCache()
+        return cache.get(values, device)
+
+
+class _StepIndexWithoutSync(_FusedStep):
     """The first step's index without a host synchronization. diffusers finds
     it by comparing the timestep with the schedule on the device (nonzero,
     .item()). Here the timestep's value is known on the host when it is a
@@ -237,7 +253,7 @@ class DPMSolverMultistepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverMul
         threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
                      if c.thresholding else None)
         history = [self.model_outputs[-1 - k] for k in range(order - 1)]  # m1, m2: earlier converted outputs
-        coeffs = to_device([c_x, c_m, a, *weights, s], sample.device)
+        coeffs = self._coefficients([c_x, c_m, a, *weights, s], sample.device)
         # diffusers upcasts the sample to float32 for the update and casts the result back.
         # The converted output goes into the history slot about to be dropped (ei_step
         # allows it to be one of the history tensors it reads).
@@ -360,7 +376,7 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
             values, history = [c_x, c_m, a, weights[0]], []
         else:  # from the group's starting sample and the group's earlier outputs
             values, history = [c_x, c_m, 0.0, weights[0], a, *weights[1:]], [self.sample] + earlier[::-1][: order - 1]
-        coeffs = to_device([*values, s], sample.device)
+        coeffs = self._coefficients([*values, s], sample.device)
         prev_sample, converted = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold, noise=noise)
         self.model_outputs[-1] = converted
         self._step_index += 1
@@ -369,12 +385,9 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
         return SchedulerOutput(prev_sample=prev_sample)
 
 
-class _HostTimesteps:
+class _HostTimesteps(_FusedStep):
     """What the discrete-timestep schedulers share: host copies of the
     timesteps and of alphas_cumprod, and the step counter of _host_timestep."""
-
-    def unsupported_options(self) -> List[str]:
-        return []
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
@@ -429,7 +442,7 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
                                  "`generator` or `variance_noise` stays `None`.")
             noise = variance_noise if variance_noise is not None else randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
-        coeffs = to_device([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0], sample.device)
+        coeffs = self._coefficients([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold,
                                                         noise=noise)
         if not return_dict:
@@ -483,7 +496,7 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
                                  dtype=model_output.dtype)
             variance = current_beta if self.variance_type == "fixed_large" else max(beta_prev / beta_t * current_beta, 1e-20)
             std = math.sqrt(variance)
-        coeffs = to_device([c_x, c_m, a, b0, std], sample.device)
+        coeffs = self._coefficients([c_x, c_m, a, b0, std], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, threshold=threshold,
                                                         noise=noise)
         if not return_dict:
@@ -528,23 +541,20 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
             coeffs = [c_out * c_x + c_skip, c_out * c_m, 0.0, scale, s]
         else:
             coeffs = [c_x, c_m, scale * c_skip, scale * c_out, s]
-        prev_sample, d = ops.ei_step(sample, model_output, [], to_device(coeffs, sample.device),
+        prev_sample, d = ops.ei_step(sample, model_output, [], self._coefficients(coeffs, sample.device),
                                      threshold=threshold, noise=noise)
         denoised = d if threshold is None else ops.multistep_combine(
-            [d, sample], to_device([c_out, c_skip], sample.device))
+            [d, sample], self._coefficients([c_out, c_skip], sample.device))
         self._step_index += 1
         if not return_dict:
             return prev_sample, denoised
         return LCMSchedulerOutput(prev_sample=prev_sample, denoised=denoised)
 
 
-class ScoreSdeVeScheduler(_diffusers.ScoreSdeVeScheduler):
+class ScoreSdeVeScheduler(_FusedStep, _diffusers.ScoreSdeVeScheduler):
     """diffusers' ScoreSdeVeScheduler (Song et al.'s VE SDE, predictor-corrector)
     with fused steps: step_pred as one ei_step (the mean and the noisy sample),
     step_correct on the fused Langevin op (the noise drawn as diffusers draws it)."""
-
-    def unsupported_options(self) -> List[str]:
-        return []
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
@@ -569,7 +579,7 @@ class ScoreSdeVeScheduler(_diffusers.ScoreSdeVeScheduler):
         noise = randn_tensor(sample.shape, layout=sample.layout, generator=generator, device=sample.device,
                              dtype=sample.dtype)
         # mean = sample + g^2 model_output (the data term); prev = mean + g noise
-        coeffs = to_device([1.0, g2, 0.0, 1.0, math.sqrt(g2)], sample.device)
+        coeffs = self._coefficients([1.0, g2, 0.0, 1.0, math.sqrt(g2)], sample.device)
         prev_sample, prev_sample_mean = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
         if not return_dict:
             return prev_sample, prev_sample_mean
@@ -676,7 +686,7 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
         device = sample.device
 
         def coeffs(values):
-            return to_device(values, device)
+            return self._coefficients(values, device)
 
         if use_corrector:
             # Pass 1: converted output d and the corrected sample, from last_sample, the
@@ -732,9 +742,6 @@ class _EulerBase(_StepIndexWithoutSync):
         super().set_timesteps(*args, **kwargs)
         self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
 
-    def unsupported_options(self) -> List[str]:
-        return []
-
     def _finish(self, prev_sample, pred_original_sample, model_output, output_cls, return_dict: bool):
         """diffusers' ending of an Euler-family step: cast back, count the step, return."""
         prev_sample = prev_sample.to(model_output.dtype)
@@ -768,10 +775,10 @@ class EulerDiscreteScheduler(_EulerBase, _diffusers.EulerDiscreteScheduler):
             noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                                  generator=generator)
             scale = s_noise * math.sqrt(sigma_hat**2 - sigma**2)
-            sample = ops.multistep_combine([sample, noise], to_device([1.0, scale], sample.device))
+            sample = ops.multistep_combine([sample, noise], self._coefficients([1.0, scale], sample.device))
         c_x, c_m = _euler_data_term(self.config.prediction_type, sigma, sigma_hat)
         r = sigma_next / sigma_hat  # sample + (sample - x0) / sigma_hat * (sigma_next - sigma_hat)
-        coeffs = to_device([c_x, c_m, r, 1.0 - r, 0.0], sample.device)
+        coeffs = self._coefficients([c_x, c_m, r, 1.0 - r, 0.0], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs)
         return self._finish(prev_sample, pred_original_sample, model_output, EulerDiscreteSchedulerOutput, return_dict)
 
@@ -792,7 +799,7 @@ class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscr
         noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                              generator=generator)
         r = sigma_down / sigma
-        coeffs = to_device([c_x, c_m, r, 1.0 - r, sigma_up], sample.device)
+        coeffs = self._coefficients([c_x, c_m, r, 1.0 - r, sigma_up], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
         return self._finish(prev_sample, pred_original_sample, model_output, EulerAncestralDiscreteSchedulerOutput,
                             return_dict)
@@ -828,7 +835,7 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
             coeffs = [c_x, c_m, half / sigma_next, -half / sigma_next, 1.0 + half / sigma, -half / sigma, 0.0]
             history = [self.sample, self._first_data_prediction]
         prev_sample, pred_original_sample = ops.ei_step(
-            sample, model_output, history, to_device(coeffs, sample.device),
+            sample, model_output, history, self._coefficients(coeffs, sample.device),
             threshold=clip)
         if first:
             self.dt, self.sample, self._first_data_prediction = sigma_next - sigma, sample, pred_original_sample
@@ -874,14 +881,14 @@ class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
         cur = min(i + 1, order)
         weights = lagrange_weights([self._host_sigmas[i - j] for j in range(cur)], sigma, self._host_sigmas[i + 1])
         history = list(reversed(self.derivatives[len(self.derivatives) - (cur - 1):])) if cur > 1 else []
-        coeffs = to_device([c_x, c_m, 1.0, *weights, 0.0], sample.device)
+        coeffs = self._coefficients([c_x, c_m, 1.0, *weights, 0.0], sample.device)
         prev_sample, derivative = ops.ei_step(sample, model_output, history, coeffs)
         self.derivatives.append(derivative)
         if len(self.derivatives) > order:
             self.derivatives.pop(0)
         # pred_original_sample = sample - sigma * derivative
         pred_original_sample = ops.multistep_combine(
-            [sample, derivative], to_device([1.0, -sigma], sample.device))
+            [sample, derivative], self._coefficients([1.0, -sigma], sample.device))
         self._step_index += 1
         if not return_dict:
             return prev_sample, pred_original_sample
@@ -910,7 +917,7 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
             tensors, weights = [sample, model_output, noise], [1.0 - sigma_next, -(1.0 - sigma_next) * sigma, sigma_next]
         else:
             tensors, weights = [sample, model_output], [1.0, sigma_next - sigma]
-        prev_sample = ops.multistep_combine(tensors, to_device(weights, sample.device))
+        prev_sample = ops.multistep_combine(tensors, self._coefficients(weights, sample.device))
         self._step_index += 1
         prev_sample = prev_sample.to(model_output.dtype)
         if not return_dict:

@@ -31,7 +31,12 @@ import torch
 
 from diffaccel import ops
 from diffaccel.solvers.lms import lagrange_weights
-from diffaccel.transfer import to_device
+from diffaccel.transfer import ConstantCache, to_device
+
+# The samplers' coefficient tensors, handed out again when a sampler runs the same
+# sigmas again (read-only; see ConstantCache). A sigma given to the model is not
+# one of them: the model gets a tensor of its own (_Loop.sigma_tensor).
+_COEFFICIENTS = ConstantCache()
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -158,7 +163,7 @@ class _Loop:
     def step(self, x, denoised, history, a, b, noise=None, s=0.0):
         """x_next = a x + b[0] denoised + sum_j b[j+1] history[j] (+ s noise): one ei_step
         whose data term is the denoiser output itself (c_x = 0, c_m = 1)."""
-        coeffs = to_device([0.0, 1.0, a, *b, s], self.device)
+        coeffs = _COEFFICIENTS.get([0.0, 1.0, a, *b, s], self.device)
         return ops.ei_step(x, denoised, history, coeffs, noise=noise)
 
 
@@ -171,7 +176,7 @@ def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise):
     sigma_hat = loop.sigmas[i] * (gamma + 1)
     if gamma > 0:
         scale = s_noise * ((sigma * (gamma + 1)) ** 2 - sigma**2) ** 0.5
-        x = ops.multistep_combine([x, eps], to_device([1.0, scale], x.device))
+        x = ops.multistep_combine([x, eps], _COEFFICIENTS.get([1.0, scale], x.device))
     return x, sigma_hat, sigma * (gamma + 1)
 
 
@@ -311,7 +316,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         cur = min(i + 1, order)
         w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
         # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
-        coeffs = to_device([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
+        coeffs = _COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
         x, d = ops.ei_step(x, denoised, list(reversed(ds[len(ds) - (cur - 1):])) if cur > 1 else [], coeffs)
         ds = (ds + [d])[-(order - 1):] if order > 1 else []
     return x
@@ -496,7 +501,7 @@ class _EpsSolver:
         """One ei_step with data term eps = (x - denoised) / sigma(t):
         (a x + b eps + sum_j b_hist[j] history[j], eps)."""
         inv = 1.0 / float(self.sigma(t))
-        coeffs = to_device([inv, -inv, a, b, *b_hist, 0.0], self.device)
+        coeffs = _COEFFICIENTS.get([inv, -inv, a, b, *b_hist, 0.0], self.device)
         return ops.ei_step(x, denoised, list(history), coeffs)
 
     def start(self, x, t, t_next, r1):
@@ -588,7 +593,7 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
             x, _, _ = solver.third(x, eps, u1, s1, t, t_next_)
         if su:
             noise = noise_sampler(solver.sigma(t), solver.sigma(t_next))
-            x = ops.multistep_combine([x, noise], to_device([1.0, su * s_noise], x.device))
+            x = ops.multistep_combine([x, noise], _COEFFICIENTS.get([1.0, su * s_noise], x.device))
     if bar is not None:
         bar.close()
     return x
@@ -622,13 +627,13 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         u1, eps, denoised, s1 = solver.start(x, s, t_, 1 / 2 if order == 2 else 1 / 3)
         if order == 2:
             x_low = ops.multistep_combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
-                [x, eps], to_device([1.0, -float(solver.sigma(t_)) * math.expm1(float(t_ - s))], x.device))
+                [x, eps], _COEFFICIENTS.get([1.0, -float(solver.sigma(t_)) * math.expm1(float(t_ - s))], x.device))
             x_high, _ = solver.second(x, eps, u1, s1, s, t_, 1 / 2)
         else:
             x_high, eps_r1, _ = solver.third(x, eps, u1, s1, s, t_)
             sn, e = float(solver.sigma(t_)), math.expm1(float(t_ - s))
             w_r1 = -sn / (2 * (1 / 3)) * e  # dpm_solver_2_step with r1 = 1/3, from the same evaluations
-            x_low = ops.multistep_combine([x, eps, eps_r1], to_device([1.0, -sn * e - w_r1, w_r1], x.device))
+            x_low = ops.multistep_combine([x, eps, eps_r1], _COEFFICIENTS.get([1.0, -sn * e - w_r1, w_r1], x.device))
         # k-diffusion's error is the RMS over the whole batch: the mean of the per-sample squares.
         per_sample = ops.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
         error = float(per_sample.double().pow(2).mean().sqrt())
@@ -638,7 +643,7 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
             x = x_high
             if su:
                 noise = noise_sampler(solver.sigma(s), solver.sigma(t))
-                x = ops.multistep_combine([x, noise], to_device([1.0, su * s_noise], x.device))
+                x = ops.multistep_combine([x, noise], _COEFFICIENTS.get([1.0, su * s_noise], x.device))
             s = t
             info["n_accept"] += 1
         else:
