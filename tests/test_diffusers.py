@@ -36,6 +36,16 @@ def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), **step
     return x
 
 
+def _small_unet():
+    """The pipeline tests' network: a small UNet2DModel for 16x16 RGB images,
+    randomly initialised from a config with seed 0 (nothing downloaded)."""
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(16, 32), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(DEVICE)
+
+
 def _relative_error(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
@@ -175,11 +185,7 @@ def test_ddim_outputs_and_device_timesteps():
 def test_ddim_pipeline_gives_the_same_images():
     """diffusers' DDIMPipeline with a small randomly initialised UNet2DModel (built
     from a config, nothing downloaded): the same images with either scheduler."""
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
-                                 block_out_channels=(16, 32), norm_num_groups=8,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(DEVICE)
+    unet = _small_unet()
     pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
 
@@ -256,11 +262,7 @@ def test_ddpm_custom_timesteps_and_pipeline():
             y = sch.step(model(y, t), t, y, generator=g).prev_sample
         results.append(y)
     assert _relative_error(results[1], results[0]) < 1e-5
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
-                                 block_out_channels=(16, 32), norm_num_groups=8,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(DEVICE)
+    unet = _small_unet()
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=50))
     pipe.set_progress_bar_config(disable=True)
     stock_images = pipe(batch_size=2, generator=torch.Generator(DEVICE).manual_seed(3), num_inference_steps=10,
@@ -269,6 +271,61 @@ def test_ddpm_custom_timesteps_and_pipeline():
     fused_images = pipe(batch_size=2, generator=torch.Generator(DEVICE).manual_seed(3), num_inference_steps=10,
                         output_type="np").images
     assert abs(fused_images - stock_images).max() < 1e-4
+
+
+PNDM_CASES = [
+    {},
+    {"skip_prk_steps": True},
+    {"prediction_type": "v_prediction"},
+    {"skip_prk_steps": True, "prediction_type": "v_prediction", "set_alpha_to_one": True},
+    # Stable Diffusion 1.x's scheduler config
+    {"skip_prk_steps": True, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+     "steps_offset": 1},
+    {"timestep_spacing": "trailing"},
+    {"timestep_spacing": "linspace", "skip_prk_steps": True},
+]
+
+
+@pytest.mark.parametrize("steps", [25, 4])
+@pytest.mark.parametrize("config", PNDM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_pndm_matches_diffusers(config, steps):
+    """Runge-Kutta warm-up stages (skip_prk_steps=False) and PLMS steps, the
+    second PLMS step's repeated timestep included."""
+    want = _loop(diffusers.PNDMScheduler(**config), steps=steps)
+    got = _loop(accelerated.PNDMScheduler(**config), steps=steps)
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("config", [{}, {"skip_prk_steps": True}], ids=str)
+def test_pndm_bf16_model_within_bf16_tolerance(config):
+    want = _loop(diffusers.PNDMScheduler(**config), dtype=torch.bfloat16)
+    got = _loop(accelerated.PNDMScheduler(**config), dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    assert _relative_error(got, want) < 2e-2
+
+
+def test_pndm_plms_before_the_runge_kutta_steps_is_refused_as_diffusers_refuses():
+    for cls in (diffusers.PNDMScheduler, accelerated.PNDMScheduler):
+        scheduler = cls()
+        scheduler.set_timesteps(10)
+        x = torch.randn(1, 4, 8, 8, device=DEVICE)
+        with pytest.raises(ValueError, match="can only be run AFTER scheduler has been run in 'prk' mode"):
+            scheduler.step_plms(x, scheduler.timesteps[0], x)
+
+
+def test_pndm_pipeline_gives_the_same_images():
+    unet = _small_unet()
+    pipe = diffusers.PNDMPipeline(unet=unet, scheduler=diffusers.PNDMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def images():
+        return pipe(batch_size=2, generator=torch.Generator(DEVICE).manual_seed(3), num_inference_steps=10,
+                    output_type="np").images
+
+    stock = images()
+    pipe, changes = accelerated.accelerate(pipe)
+    assert isinstance(pipe.scheduler, accelerated.PNDMScheduler) and len(changes) == 1
+    assert abs(images() - stock).max() < 1e-4  # images in [0, 1]
 
 
 LCM_CASES = [{}, {"prediction_type": "v_prediction"}, {"prediction_type": "sample", "clip_sample": True},

@@ -22,7 +22,7 @@ use_clipped_model_output), DDPMScheduler (fixed variances), EulerDiscreteSchedul
 EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
 HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
 ScoreSdeVeScheduler (step_correct on the fused Langevin op),
-UniPCMultistepScheduler and DPMSolverSinglestepScheduler.
+UniPCMultistepScheduler, DPMSolverSinglestepScheduler and PNDMScheduler.
 """
 
 from __future__ import annotations
@@ -504,6 +504,96 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
+class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
+    """diffusers' PNDMScheduler (Stable Diffusion 1.x's default) with fused
+    steps: every Runge-Kutta stage (skip_prk_steps=False) and every linear
+    multistep (PLMS) step is one multistep_combine of the sample and the model
+    outputs it weighs (diffusers combines the outputs, then updates, in about
+    ten ops). The alphas are read on the host, where diffusers indexes them
+    with the timestep (a device tensor in a pipeline). The Runge-Kutta stages'
+    outputs are kept as a list (``_prk_outputs``) and weighed at the fourth
+    stage, where diffusers keeps a running sum in ``cur_model_output``."""
+
+    # PLMS (Adams-Bashforth) weights of ets[-1], ets[-2], ... by how many there are.
+    PLMS_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
+                    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+    PRK_WEIGHTS = (1 / 6, 1 / 3, 1 / 3, 1 / 6)  # the four Runge-Kutta stages' outputs
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._prk_outputs: List[torch.Tensor] = []
+
+    def _prev_sample(self, sample, outputs, weights, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """diffusers' _get_prev_sample(sample, timestep, prev_timestep, sum_j weights[j] outputs[j])
+        (formula 9 of the PNDM paper) as one weighted sum of sample and outputs."""
+        alpha_t = self._host_alphas_cumprod[timestep]
+        alpha_prev = self._host_alphas_cumprod[prev_timestep] if prev_timestep >= 0 else float(self.final_alpha_cumprod)
+        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
+        sample_coeff = math.sqrt(alpha_prev / alpha_t)
+        output_coeff = -(alpha_prev - alpha_t) / (alpha_t * math.sqrt(beta_prev) + math.sqrt(alpha_t * beta_t * alpha_prev))
+        if self.config.prediction_type == "v_prediction":  # eps = sqrt(alpha_t) v + sqrt(beta_t) sample
+            sample_coeff += output_coeff * math.sqrt(beta_t)
+            output_coeff *= math.sqrt(alpha_t)
+        elif self.config.prediction_type != "epsilon":
+            raise ValueError(f"prediction_type given as {self.config.prediction_type} must be one of `epsilon` or "
+                             "`v_prediction`")
+        coeffs = self._coefficients([sample_coeff, *(output_coeff * w for w in weights)], sample.device)
+        return ops.multistep_combine([sample, *outputs], coeffs)
+
+    def _host_step_timestep(self, timestep) -> int:
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        return _host_timestep(self, timestep, self.counter)  # the counter indexes scheduler.timesteps
+
+    def step_prk(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        t = self._host_step_timestep(timestep)
+        ratio = self.config.num_train_timesteps // self.num_inference_steps
+        prev_t = t - (0 if self.counter % 2 else ratio // 2)
+        group_t = int(self.prk_timesteps[self.counter // 4 * 4])
+        stage = self.counter % 4
+        if stage == 0:
+            self.ets.append(model_output)
+            self.cur_sample = sample
+            self._prk_outputs = []
+        self._prk_outputs.append(model_output)
+        outputs, weights = (self._prk_outputs, self.PRK_WEIGHTS) if stage == 3 else ([model_output], (1.0,))
+        cur_sample = self.cur_sample if self.cur_sample is not None else sample
+        prev_sample = self._prev_sample(cur_sample, outputs, weights, group_t, prev_t)
+        if stage == 3:
+            self._prk_outputs = []
+        self.counter += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+    def step_plms(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        t = self._host_step_timestep(timestep)
+        if not self.config.skip_prk_steps and len(self.ets) < 3:
+            raise ValueError(f"{self.__class__} can only be run AFTER scheduler has been run in 'prk' mode for at least "
+                             "12 iterations See: https://github.com/huggingface/diffusers/blob/main/src/diffusers/"
+                             "pipelines/pipeline_pndm.py for more information.")
+        ratio = self.config.num_train_timesteps // self.num_inference_steps
+        prev_t = t - ratio
+        if self.counter != 1:
+            self.ets = self.ets[-3:]
+            self.ets.append(model_output)
+        else:  # the second step repeats the first's timestep: a second-order (Heun-like) correction
+            prev_t, t = t, t + ratio
+        if len(self.ets) == 1 and self.counter == 0:
+            outputs, weights = [model_output], (1.0,)
+            self.cur_sample = sample
+        elif len(self.ets) == 1 and self.counter == 1:
+            outputs, weights = [model_output, self.ets[-1]], (0.5, 0.5)
+            sample, self.cur_sample = self.cur_sample, None
+        else:
+            outputs, weights = self.ets[::-1], self.PLMS_WEIGHTS[len(self.ets)]
+        prev_sample = self._prev_sample(sample, outputs, weights, t, prev_t)
+        self.counter += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+
 class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMScheduler):
     """diffusers' LCMScheduler (latent consistency models) with a fused
     ``step()``: the boundary-condition combination and the renoising to the
@@ -935,6 +1025,7 @@ ACCELERATED = {
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
     "LCMScheduler": LCMScheduler,
+    "PNDMScheduler": PNDMScheduler,
     "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
     "DPMSolverSinglestepScheduler": DPMSolverSinglestepScheduler,
@@ -1094,5 +1185,5 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
 
 __all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
-                  "LCMScheduler", "LMSDiscreteScheduler", "ScoreSdeVeScheduler", "UniPCMultistepScheduler", "accelerate",
+                  "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
