@@ -14,8 +14,9 @@ from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 
 from conftest import DEVICE  # noqa: E402
 
-# diffusers' own numpy-2 deprecation noise (np.array on tensors in set_timesteps).
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+# diffusers' own numpy-2 deprecation noise (numpy functions on tensors in set_timesteps).
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")]
 
 
 def model(x, t):
@@ -140,8 +141,8 @@ def test_accelerate_keeps_what_it_cannot_fuse():
     with pytest.warns(UserWarning, match="thresholding"):
         kept, changes = accelerated.accelerate(unsupported)
     assert kept is unsupported and changes == []
-    with pytest.warns(UserWarning, match="no accelerated KDPM2DiscreteScheduler"):
-        kept, _ = accelerated.accelerate(diffusers.KDPM2DiscreteScheduler())
+    with pytest.warns(UserWarning, match="no accelerated DEISMultistepScheduler"):
+        kept, _ = accelerated.accelerate(diffusers.DEISMultistepScheduler())
     with pytest.raises(TypeError, match="scheduler or pipeline"):
         accelerated.accelerate(42)
 
@@ -230,6 +231,34 @@ def test_euler_schedulers_match_diffusers(name, config, step_options):
     want = _loop(getattr(diffusers, name)(**config), **step_options)
     got = _loop(getattr(accelerated, name)(**config), **step_options)
     assert _relative_error(got, want) < 1e-5
+
+
+# (config, steps): constructing a stock KDPM2 scheduler takes ~0.2 s (its __init__'s
+# set_timesteps over all 1000 training steps), so the matrix is kept small.
+KDPM2_CASES = [({}, 10), ({}, 3), ({"prediction_type": "v_prediction"}, 10), ({"use_karras_sigmas": True}, 10),
+               ({"use_exponential_sigmas": True}, 3), ({"timestep_spacing": "trailing"}, 10),
+               ({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}, 10)]
+
+
+@pytest.mark.parametrize("config,steps", KDPM2_CASES,
+                         ids=lambda v: v if isinstance(v, int) else "-".join(f"{k}={w}" for k, w in v.items()) or "default")
+@pytest.mark.parametrize("name", ["KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"])
+def test_kdpm2_schedulers_match_diffusers(name, config, steps):
+    """Both calls of each DPM-Solver-2 step (the interpolated sigma's Euler step,
+    then the second-order step from the kept sample; with sigma_down and
+    sigma_up noise for the ancestral one), every spacing and sigma schedule."""
+    want = _loop(getattr(diffusers, name)(**config), steps=steps)
+    got = _loop(getattr(accelerated, name)(**config), steps=steps)
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"])
+def test_kdpm2_prediction_type_sample_is_refused_as_diffusers_refuses(name):
+    scheduler = getattr(accelerated, name)(prediction_type="sample")
+    scheduler.set_timesteps(4)
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(NotImplementedError, match="prediction_type not implemented yet: sample"):
+        scheduler.step(x, scheduler.timesteps[0], x)
 
 
 DDPM_CASES = [
@@ -485,7 +514,9 @@ def test_a_repeated_schedule_copies_no_coefficients(name, monkeypatch):
 
 # What diffusers' set_timesteps(device=...) leaves on the device; every other
 # schedule tensor it keeps on the host (`self.sigmas.to("cpu")`).
-ON_DEVICE = {"FlowMatchEulerDiscreteScheduler": ("timesteps", "sigmas")}
+ON_DEVICE = {"FlowMatchEulerDiscreteScheduler": ("timesteps", "sigmas"),
+             "KDPM2DiscreteScheduler": ("timesteps", "sigmas_interpol"),
+             "KDPM2AncestralDiscreteScheduler": ("timesteps", "sigmas_interpol", "sigmas_up", "sigmas_down")}
 NO_READ_CASES = [(name, {}) for name in sorted(accelerated.ACCELERATED)] + [
     ("DPMSolverMultistepScheduler", {"thresholding": True}),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),

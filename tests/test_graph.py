@@ -346,12 +346,12 @@ def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale
     assert torch.equal(loop(scaled, embeds, negative if guidance_scale > 1 else None, seed=3), result)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # KDPM2DiscreteScheduler's numpy 2 notices
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 notices of diffusers' set_timesteps
 def test_graph_pipeline_errors():
     from diffaccel.diffusers import graph_pipeline
 
-    with pytest.raises(ValueError, match="stock KDPM2DiscreteScheduler synchronizes"):
-        graph_pipeline(_tiny_pipe("KDPM2DiscreteScheduler"), steps=4, height=64, width=64)
+    with pytest.raises(ValueError, match="stock DEISMultistepScheduler synchronizes"):
+        graph_pipeline(_tiny_pipe("DEISMultistepScheduler"), steps=4, height=64, width=64)
     pipe = _tiny_pipe("DDIMScheduler")
     with pytest.raises(ValueError, match="multiples of the VAE scale factor 8"):
         graph_pipeline(pipe, steps=4, height=60, width=64)

@@ -22,7 +22,8 @@ use_clipped_model_output), DDPMScheduler (fixed variances), EulerDiscreteSchedul
 EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
 HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
 ScoreSdeVeScheduler (step_correct on the fused Langevin op),
-UniPCMultistepScheduler, DPMSolverSinglestepScheduler and PNDMScheduler.
+UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
+KDPM2AncestralDiscreteScheduler and PNDMScheduler.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ try:
     from diffusers.schedulers.scheduling_heun_discrete import (
         HeunDiscreteSchedulerOutput,
     )
+    from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
@@ -938,6 +941,93 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
         return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
+class _KDPM2Steps(_StepIndexWithoutSync):
+    """What the two KDPM2 (DPM-Solver-2, k-diffusion's sample_dpm_2) schedulers
+    share: each step takes two calls, both one ei_step. The first is an Euler
+    step to the interpolated sigma (its sample is kept, as diffusers keeps it);
+    the second applies the derivative found there to the kept sample. The sigma
+    tables are read to the host once, in set_timesteps (diffusers keeps some of
+    them on the device and indexes them at every step)."""
+
+    SIGMA_TABLES: Tuple[str, ...] = ("sigmas", "sigmas_interpol")
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_tables = {name: [float(v) for v in getattr(self, name).tolist()] for name in self.SIGMA_TABLES}
+
+    def _data_term(self, sigma_input: float) -> Tuple[float, float]:
+        """(c_x, c_m) of pred_original_sample, from the model output at sigma_input."""
+        if self.config.prediction_type == "sample":
+            raise NotImplementedError("prediction_type not implemented yet: sample")
+        return _euler_data_term(self.config.prediction_type, sigma_input, sigma_input)
+
+    def _fused_step(self, model_output, sample, sigma: float, sigma_interpol: float, sigma_to: float,
+                    noise=None, sigma_up: float = 0.0):
+        """First call: x + (x - x0)/sigma (sigma_interpol - sigma). Second call:
+        kept + (x - x0)/sigma_interpol (sigma_to - sigma) (+ sigma_up noise).
+        Returns (prev_sample, pred_original_sample) and moves the kept sample."""
+        if self.state_in_first_order:
+            c_x, c_m = self._data_term(sigma)
+            r = _ratio(sigma_interpol, sigma)
+            coeffs, history = [c_x, c_m, r, 1.0 - r, 0.0], []
+            self.sample = sample
+        else:
+            c_x, c_m = self._data_term(sigma_interpol)
+            q = _ratio(sigma_to - sigma, sigma_interpol)
+            coeffs, history = [c_x, c_m, q, -q, 1.0, sigma_up], [self.sample]
+            self.sample = None
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history,
+                                                        self._coefficients(coeffs, sample.device), noise=noise)
+        self._step_index += 1
+        return prev_sample, pred_original_sample
+
+
+class KDPM2DiscreteScheduler(_KDPM2Steps, _diffusers.KDPM2DiscreteScheduler):
+    """diffusers' KDPM2DiscreteScheduler ("DPM2") with fused steps."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        i, sigmas, interpol = self.step_index, self._host_tables["sigmas"], self._host_tables["sigmas_interpol"]
+        if self.state_in_first_order:
+            sigma, sigma_interpol, sigma_to = sigmas[i], interpol[i + 1], sigmas[i + 1]
+        else:
+            sigma, sigma_interpol, sigma_to = sigmas[i - 1], interpol[i], sigmas[i]
+        prev_sample, pred_original_sample = self._fused_step(model_output, sample, sigma, sigma_interpol, sigma_to)
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return KDPM2DiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class KDPM2AncestralDiscreteScheduler(_KDPM2Steps, _diffusers.KDPM2AncestralDiscreteScheduler):
+    """diffusers' KDPM2AncestralDiscreteScheduler ("DPM2 a") with fused steps: the
+    second call steps to sigma_down and adds sigma_up noise (drawn after the
+    model call with diffusers' randn_tensor, as diffusers draws it) in the same pass."""
+
+    SIGMA_TABLES = ("sigmas", "sigmas_interpol", "sigmas_up", "sigmas_down")
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        i, tables = self.step_index, self._host_tables
+        noise, sigma_up = None, 0.0
+        if self.state_in_first_order:
+            sigma, sigma_interpol = tables["sigmas"][i], tables["sigmas_interpol"][i]
+            self.dt = sigma_interpol - sigma
+            sigma_to = sigma_interpol
+        else:
+            sigma, sigma_interpol = tables["sigmas"][i - 1], tables["sigmas_interpol"][i - 1]
+            sigma_to, sigma_up = tables["sigmas_down"][i - 1], tables["sigmas_up"][i - 1]
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                                 generator=generator)
+        prev_sample, pred_original_sample = self._fused_step(model_output, sample, sigma, sigma_interpol, sigma_to,
+                                                             noise=noise, sigma_up=sigma_up)
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return KDPM2AncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
 class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
     """diffusers' LMSDiscreteScheduler with a fused ``step()``: the derivative
     and the multistep sum in one ei_step (weights integrated exactly, where
@@ -1024,6 +1114,8 @@ ACCELERATED = {
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
+    "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
+    "KDPM2AncestralDiscreteScheduler": KDPM2AncestralDiscreteScheduler,
     "LCMScheduler": LCMScheduler,
     "PNDMScheduler": PNDMScheduler,
     "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
@@ -1185,5 +1277,5 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
 
 __all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
-                  "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "UniPCMultistepScheduler", "accelerate",
+                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
