@@ -261,6 +261,59 @@ def test_kdpm2_prediction_type_sample_is_refused_as_diffusers_refuses(name):
         scheduler.step(x, scheduler.timesteps[0], x)
 
 
+EDM_CASES = [
+    ("EDMEulerScheduler", {}, {}),
+    ("EDMEulerScheduler", {"prediction_type": "v_prediction", "sigma_schedule": "exponential"}, {}),
+    ("EDMEulerScheduler", {"final_sigmas_type": "sigma_min"}, {"s_churn": 1.0, "s_tmin": 0.1, "s_tmax": 20.0}),
+    ("EDMDPMSolverMultistepScheduler", {}, {}),
+    ("EDMDPMSolverMultistepScheduler", {"solver_order": 3, "lower_order_final": False}, {}),
+    ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, {}),
+    ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}, {}),
+    ("EDMDPMSolverMultistepScheduler", {"prediction_type": "v_prediction", "sigma_schedule": "exponential",
+                                        "final_sigmas_type": "sigma_min"}, {}),
+    ("EDMDPMSolverMultistepScheduler", {"thresholding": True, "sample_max_value": 1.5, "solver_order": 3}, {}),
+    ("EDMDPMSolverMultistepScheduler", {"solver_type": "heun", "euler_at_final": True}, {}),
+]
+
+
+@pytest.mark.parametrize("steps", [25, 5])
+@pytest.mark.parametrize("name,config,step_options", EDM_CASES,
+                         ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()) or "default")
+def test_edm_schedulers_match_diffusers(name, config, step_options, steps):
+    want = _loop(getattr(diffusers, name)(**config), steps=steps, **step_options)
+    got = _loop(getattr(accelerated, name)(**config), steps=steps, **step_options)
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"])
+def test_edm_bf16_model_within_bf16_tolerance(name):
+    """With a bf16 model, as close to the float32 loop as stock diffusers' bf16
+    loop is (its EDM DPM-Solver updates in bf16, with no float32 upcast, where
+    the fused step computes in float32: there the fused loop is about twice as close)."""
+    exact = _loop(getattr(diffusers, name)())
+    stock = _loop(getattr(diffusers, name)(), dtype=torch.bfloat16)
+    got = _loop(getattr(accelerated, name)(), dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    assert _relative_error(got, exact) <= 1.25 * _relative_error(stock, exact)
+    assert _relative_error(got, stock) < 3e-2
+
+
+def test_edm_euler_takes_a_given_data_prediction():
+    """step(pred_original_sample=...) steps from that x0, as diffusers does."""
+    results = []
+    for cls in (diffusers.EDMEulerScheduler, accelerated.EDMEulerScheduler):
+        scheduler = cls()
+        scheduler.set_timesteps(6, device=DEVICE)
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE) * 80
+        for t in scheduler.timesteps:
+            scaled = scheduler.scale_model_input(x, t)
+            out = scheduler.step(model(scaled, t), t, x, pred_original_sample=torch.tanh(scaled))
+            x = out.prev_sample
+        results.append((x, out.pred_original_sample))
+    (want, want_x0), (got, got_x0) = results
+    assert _relative_error(got, want) < 1e-5 and _relative_error(got_x0, want_x0) < 1e-6
+
+
 DDPM_CASES = [
     {},
     {"clip_sample": False},

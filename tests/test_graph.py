@@ -321,9 +321,11 @@ def _stock_loop(pipe, latents, embeds, negative, steps, guidance_scale, seed):
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
 @pytest.mark.parametrize("scheduler_name,guidance_scale", [
     ("DPMSolverMultistepScheduler", 7.5), ("EulerAncestralDiscreteScheduler", 4.0), ("DDIMScheduler", 1.0),
-    ("EulerDiscreteScheduler", 3.0), ("HeunDiscreteScheduler", 2.0), ("PNDMScheduler", 7.5)])
+    ("EulerDiscreteScheduler", 3.0), ("HeunDiscreteScheduler", 2.0), ("PNDMScheduler", 7.5),
+    ("EDMDPMSolverMultistepScheduler", 3.0), ("KDPM2AncestralDiscreteScheduler", 5.0)])
 @pytest.mark.parametrize("device", DEVICES)
 def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale, device, monkeypatch):
     device = _device(device, monkeypatch)

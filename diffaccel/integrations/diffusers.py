@@ -23,7 +23,8 @@ EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
 HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
 ScoreSdeVeScheduler (step_correct on the fused Langevin op),
 UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
-KDPM2AncestralDiscreteScheduler and PNDMScheduler.
+KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler
+and PNDMScheduler.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ try:
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
+    from diffusers.schedulers.scheduling_edm_euler import EDMEulerSchedulerOutput
+    from diffusers.utils import logging as _diffusers_logging
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # diffusers is an optional dependency
     raise ImportError("diffaccel.integrations.diffusers needs diffusers (pip install diffusers)") from error
@@ -150,33 +153,20 @@ class _StepIndexWithoutSync(_FusedStep):
         super()._init_step_index(timestep)
 
 
-class DPMSolverMultistepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverMultistepScheduler):
-    """diffusers' DPMSolverMultistepScheduler with a fused ``step()``."""
+class _DPMSolverMultistepSteps(_StepIndexWithoutSync):
+    """The fused step of diffusers' DPM-Solver multistep schedulers (the VP /
+    flow one and the EDM one): the order diffusers would pick, the update's
+    coefficients from host sigmas, one ei_step. A class says how a sigma maps
+    to (alpha, sigma) (_alpha_sigma), what the model output converts to
+    (_data_term), and whether diffusers upcasts the sample to float32 (UPCAST)."""
 
-    def unsupported_options(self) -> List[str]:
-        """Config options whose step this class does not fuse (accelerate() keeps the stock class)."""
-        c = self.config
-        bad = []
-        if c.thresholding and c.algorithm_type in ("dpmsolver", "sde-dpmsolver"):
-            bad.append("thresholding (with a noise-prediction algorithm_type)")
-        if c.solver_order == 3 and c.algorithm_type == "sde-dpmsolver":
-            bad.append("solver_order=3 (with algorithm_type='sde-dpmsolver')")
-        return bad
+    UPCAST = True
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
         # Host copies read by every step (no tensor indexing on the hot path).
         self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
         self._unfused = self.unsupported_options()
-
-    def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
-        return _alpha_sigma(sigma, self.config.use_flow_sigmas)
-
-    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
-        """(c_x, c_m): what the algorithm integrates (convert_model_output): the data
-        prediction for dpmsolver++ / sde-dpmsolver++, the noise prediction for the others."""
-        return _conversion(self.config.prediction_type, alpha, sigma,
-                           to_data=self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"))
 
     def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
         """(a, weights of m0, m1, m2, s) of x_t = a x + sum_j w_j m_j + s noise, the
@@ -244,7 +234,7 @@ class DPMSolverMultistepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverMul
         else:
             order = 3
 
-        if c.variance_type in ("learned", "learned_range") and c.prediction_type == "epsilon":
+        if c.get("variance_type") in ("learned", "learned_range") and c.prediction_type == "epsilon":
             model_output = model_output[:, :3]
         alpha_s0, sigma_s0 = self._alpha_sigma(self._host_sigmas[self.step_index])
         c_x, c_m = self._data_term(alpha_s0, sigma_s0)
@@ -257,27 +247,83 @@ class DPMSolverMultistepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverMul
                      if c.thresholding else None)
         history = [self.model_outputs[-1 - k] for k in range(order - 1)]  # m1, m2: earlier converted outputs
         coeffs = self._coefficients([c_x, c_m, a, *weights, s], sample.device)
-        # diffusers upcasts the sample to float32 for the update and casts the result back.
+        # diffusers' DPMSolverMultistepScheduler upcasts the sample to float32 for the
+        # update and casts the result back (the EDM one does not).
         # The converted output goes into the history slot about to be dropped (ei_step
         # allows it to be one of the history tensors it reads).
-        sample32 = sample.to(torch.float32)
+        state = sample.to(torch.float32) if self.UPCAST else sample
         oldest = self.model_outputs[0]
-        reusable = (oldest is not None and c.solver_order > 1 and oldest.shape == sample32.shape
-                    and oldest.dtype == torch.float32 and oldest.device == sample32.device)
-        out = (torch.empty_like(sample32, memory_format=torch.contiguous_format),
-               oldest if reusable else torch.empty_like(sample32, memory_format=torch.contiguous_format))
-        prev_sample, converted = ops.ei_step(sample32, model_output, history, coeffs, threshold=threshold,
+        reusable = (oldest is not None and c.solver_order > 1 and oldest.shape == state.shape
+                    and oldest.dtype == state.dtype and oldest.device == state.device)
+        out = (torch.empty_like(state, memory_format=torch.contiguous_format),
+               oldest if reusable else torch.empty_like(state, memory_format=torch.contiguous_format))
+        prev_sample, converted = ops.ei_step(state, model_output, history, coeffs, threshold=threshold,
                                              noise=noise, out=out)
         for k in range(c.solver_order - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = converted
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
-        prev_sample = prev_sample.to(model_output.dtype)
+        if self.UPCAST:
+            prev_sample = prev_sample.to(model_output.dtype)
         self._step_index += 1
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample=prev_sample)
+
+
+class DPMSolverMultistepScheduler(_DPMSolverMultistepSteps, _diffusers.DPMSolverMultistepScheduler):
+    """diffusers' DPMSolverMultistepScheduler with a fused ``step()``."""
+
+    def unsupported_options(self) -> List[str]:
+        """Config options whose step this class does not fuse (accelerate() keeps the stock class)."""
+        c = self.config
+        bad = []
+        if c.thresholding and c.algorithm_type in ("dpmsolver", "sde-dpmsolver"):
+            bad.append("thresholding (with a noise-prediction algorithm_type)")
+        if c.solver_order == 3 and c.algorithm_type == "sde-dpmsolver":
+            bad.append("solver_order=3 (with algorithm_type='sde-dpmsolver')")
+        return bad
+
+    def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
+        return _alpha_sigma(sigma, self.config.use_flow_sigmas)
+
+    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
+        """(c_x, c_m): what the algorithm integrates (convert_model_output): the data
+        prediction for dpmsolver++ / sde-dpmsolver++, the noise prediction for the others."""
+        return _conversion(self.config.prediction_type, alpha, sigma,
+                           to_data=self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"))
+
+
+def _edm_data_term(config, sigma: float) -> Tuple[float, float]:
+    """(c_skip, c_out) of the EDM schedulers' precondition_outputs: x0 = c_skip x + c_out model_output."""
+    sigma_data = config.sigma_data
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    if config.prediction_type == "epsilon":
+        return c_skip, sigma * sigma_data / math.sqrt(sigma**2 + sigma_data**2)
+    if config.prediction_type == "v_prediction":
+        return c_skip, -sigma * sigma_data / math.sqrt(sigma**2 + sigma_data**2)
+    raise ValueError(f"Prediction type {config.prediction_type} is not supported.")
+
+
+class EDMDPMSolverMultistepScheduler(_DPMSolverMultistepSteps, _diffusers.EDMDPMSolverMultistepScheduler):
+    """diffusers' EDMDPMSolverMultistepScheduler (Playground v2.5 and other EDM
+    models) with a fused ``step()``: DPM-Solver++ 1-3M or SDE-DPM-Solver++ 2M on
+    the EDM sigmas (alpha = 1), the model output preconditioned to the data
+    prediction (c_skip, c_out) and optionally thresholded inside the same pass."""
+
+    UPCAST = False
+
+    def unsupported_options(self) -> List[str]:
+        if self.config.solver_order == 3 and self.config.algorithm_type == "sde-dpmsolver++":
+            return ["solver_order=3 (with algorithm_type='sde-dpmsolver++', which diffusers' EDM step does not define)"]
+        return []
+
+    def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
+        return 1.0, sigma  # the model's inputs are preconditioned: alpha_t = 1
+
+    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
+        return _edm_data_term(self.config, sigma)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -355,7 +401,7 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
         if self.step_index is None:
             self._init_step_index(timestep)
         c = self.config
-        if c.variance_type in ("learned", "learned_range") and c.prediction_type == "epsilon":
+        if c.get("variance_type") in ("learned", "learned_range") and c.prediction_type == "epsilon":
             model_output = model_output[:, :3]
         earlier = list(self.model_outputs[1:])  # m1 = earlier[-1], m2 = earlier[-2], after the shift
         for k in range(c.solver_order - 1):
@@ -851,15 +897,13 @@ class _EulerBase(_StepIndexWithoutSync):
         if self.step_index is None:
             self._init_step_index(timestep)
 
-
-class EulerDiscreteScheduler(_EulerBase, _diffusers.EulerDiscreteScheduler):
-    """diffusers' EulerDiscreteScheduler with a fused ``step()`` (s_churn and
-    its noise as diffusers: drawn after the model call, only when gamma > 0)."""
-
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, s_churn: float = 0.0,
-             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-             generator: Optional[torch.Generator] = None, return_dict: bool = True):
-        self._start(timestep, "EulerDiscreteScheduler")
+    def _churned_euler_step(self, model_output, sample, data_term, s_churn: float, s_tmin: float, s_tmax: float,
+                            s_noise: float, generator, data_input: Optional[torch.Tensor] = None):
+        """Karras et al.'s Euler step with churn, as diffusers' Euler and EDM Euler
+        schedulers take it: the float32 sample raised to sigma_hat with noise drawn
+        after the model call, only when gamma > 0; then one ei_step to the next
+        sigma, with x0 = c_x x + c_m m from data_term(sigma, sigma_hat), m the
+        model output (or data_input when given). Returns (prev_sample, pred_original_sample)."""
         sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
         sample = sample.to(torch.float32)
         gamma = min(s_churn / (len(self._host_sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
@@ -869,11 +913,49 @@ class EulerDiscreteScheduler(_EulerBase, _diffusers.EulerDiscreteScheduler):
                                  generator=generator)
             scale = s_noise * math.sqrt(sigma_hat**2 - sigma**2)
             sample = ops.multistep_combine([sample, noise], self._coefficients([1.0, scale], sample.device))
-        c_x, c_m = _euler_data_term(self.config.prediction_type, sigma, sigma_hat)
+        c_x, c_m = data_term(sigma, sigma_hat)
         r = sigma_next / sigma_hat  # sample + (sample - x0) / sigma_hat * (sigma_next - sigma_hat)
         coeffs = self._coefficients([c_x, c_m, r, 1.0 - r, 0.0], sample.device)
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs)
+        return ops.ei_step(sample, model_output if data_input is None else data_input, [], coeffs)
+
+
+class EulerDiscreteScheduler(_EulerBase, _diffusers.EulerDiscreteScheduler):
+    """diffusers' EulerDiscreteScheduler with a fused ``step()`` (s_churn and
+    its noise as diffusers: drawn after the model call, only when gamma > 0)."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, s_churn: float = 0.0,
+             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        self._start(timestep, "EulerDiscreteScheduler")
+        prediction_type = self.config.prediction_type
+        prev_sample, pred_original_sample = self._churned_euler_step(
+            model_output, sample, lambda sigma, sigma_hat: _euler_data_term(prediction_type, sigma, sigma_hat),
+            s_churn, s_tmin, s_tmax, s_noise, generator)
         return self._finish(prev_sample, pred_original_sample, model_output, EulerDiscreteSchedulerOutput, return_dict)
+
+
+class EDMEulerScheduler(_EulerBase, _diffusers.EDMEulerScheduler):
+    """diffusers' EDMEulerScheduler with a fused ``step()``: the EDM
+    preconditioning of the model output (c_skip, c_out at sigma_hat) and the
+    Euler step in one pass (s_churn as in EulerDiscreteScheduler). A
+    ``pred_original_sample`` given to step() is used as the data prediction, as
+    diffusers uses it."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, s_churn: float = 0.0,
+             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True,
+             pred_original_sample: Optional[torch.Tensor] = None):
+        self._start(timestep, "EDMEulerScheduler")
+        if not self.is_scale_input_called:
+            _diffusers_logging.get_logger("diffusers.schedulers.scheduling_edm_euler").warning(
+                "The `scale_model_input` function should be called before `step` to ensure correct denoising. "
+                "See `StableDiffusionPipeline` for a usage example.")
+        given = pred_original_sample is not None  # then x0 = 1 * pred_original_sample
+        prev_sample, pred_original_sample = self._churned_euler_step(
+            model_output, sample,
+            lambda sigma, sigma_hat: (0.0, 1.0) if given else _edm_data_term(self.config, sigma_hat),
+            s_churn, s_tmin, s_tmax, s_noise, generator, data_input=pred_original_sample)
+        return self._finish(prev_sample, pred_original_sample, model_output, EDMEulerSchedulerOutput, return_dict)
 
 
 class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscreteScheduler):
@@ -1107,6 +1189,8 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
 
 ACCELERATED = {
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler,
+    "EDMEulerScheduler": EDMEulerScheduler,
     "DDIMScheduler": DDIMScheduler,
     "DDPMScheduler": DDPMScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
@@ -1275,7 +1359,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
