@@ -352,8 +352,8 @@ def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale
 def test_graph_pipeline_errors():
     from diffaccel.diffusers import graph_pipeline
 
-    with pytest.raises(ValueError, match="stock DEISMultistepScheduler synchronizes"):
-        graph_pipeline(_tiny_pipe("DEISMultistepScheduler"), steps=4, height=64, width=64)
+    with pytest.raises(ValueError, match="stock SASolverScheduler synchronizes"):
+        graph_pipeline(_tiny_pipe("SASolverScheduler"), steps=4, height=64, width=64)
     pipe = _tiny_pipe("DDIMScheduler")
     with pytest.raises(ValueError, match="multiples of the VAE scale factor 8"):
         graph_pipeline(pipe, steps=4, height=60, width=64)

@@ -23,8 +23,8 @@ EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
 HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
 ScoreSdeVeScheduler (step_correct on the fused Langevin op),
 UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
-KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler
-and PNDMScheduler.
+KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
+DEISMultistepScheduler, PNDMScheduler and TCDScheduler.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ try:
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
+    from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.schedulers.scheduling_edm_euler import EDMEulerSchedulerOutput
     from diffusers.utils import logging as _diffusers_logging
@@ -153,12 +154,13 @@ class _StepIndexWithoutSync(_FusedStep):
         super()._init_step_index(timestep)
 
 
-class _DPMSolverMultistepSteps(_StepIndexWithoutSync):
-    """The fused step of diffusers' DPM-Solver multistep schedulers (the VP /
-    flow one and the EDM one): the order diffusers would pick, the update's
-    coefficients from host sigmas, one ei_step. A class says how a sigma maps
-    to (alpha, sigma) (_alpha_sigma), what the model output converts to
-    (_data_term), and whether diffusers upcasts the sample to float32 (UPCAST)."""
+class _MultistepSteps(_StepIndexWithoutSync):
+    """The fused step of diffusers' multistep exponential-integrator schedulers
+    (DPM-Solver's VP / flow and EDM ones, DEIS): the order diffusers would pick,
+    the update's coefficients from host sigmas, one ei_step. A class says how a
+    sigma maps to (alpha, sigma) (_alpha_sigma), what the model output converts
+    to (_data_term), whether diffusers upcasts the sample to float32 (UPCAST),
+    and, unless it is DPM-Solver's, the update (_update_coefficients)."""
 
     UPCAST = True
 
@@ -224,8 +226,8 @@ class _DPMSolverMultistepSteps(_StepIndexWithoutSync):
         c = self.config
         steps = len(self._host_sigmas) - 1
         last = self.step_index == steps - 1
-        lower_order_final = last and (c.euler_at_final or (c.lower_order_final and steps < 15)
-                                      or c.final_sigmas_type == "zero")
+        lower_order_final = last and (c.get("euler_at_final") or (c.lower_order_final and steps < 15)
+                                      or c.get("final_sigmas_type") == "zero")
         lower_order_second = (self.step_index == steps - 2) and c.lower_order_final and steps < 15
         if c.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
             order = 1
@@ -272,7 +274,7 @@ class _DPMSolverMultistepSteps(_StepIndexWithoutSync):
         return SchedulerOutput(prev_sample=prev_sample)
 
 
-class DPMSolverMultistepScheduler(_DPMSolverMultistepSteps, _diffusers.DPMSolverMultistepScheduler):
+class DPMSolverMultistepScheduler(_MultistepSteps, _diffusers.DPMSolverMultistepScheduler):
     """diffusers' DPMSolverMultistepScheduler with a fused ``step()``."""
 
     def unsupported_options(self) -> List[str]:
@@ -306,7 +308,7 @@ def _edm_data_term(config, sigma: float) -> Tuple[float, float]:
     raise ValueError(f"Prediction type {config.prediction_type} is not supported.")
 
 
-class EDMDPMSolverMultistepScheduler(_DPMSolverMultistepSteps, _diffusers.EDMDPMSolverMultistepScheduler):
+class EDMDPMSolverMultistepScheduler(_MultistepSteps, _diffusers.EDMDPMSolverMultistepScheduler):
     """diffusers' EDMDPMSolverMultistepScheduler (Playground v2.5 and other EDM
     models) with a fused ``step()``: DPM-Solver++ 1-3M or SDE-DPM-Solver++ 2M on
     the EDM sigmas (alpha = 1), the model output preconditioned to the data
@@ -324,6 +326,53 @@ class EDMDPMSolverMultistepScheduler(_DPMSolverMultistepSteps, _diffusers.EDMDPM
 
     def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
         return _edm_data_term(self.config, sigma)
+
+
+class DEISMultistepScheduler(_MultistepSteps, _diffusers.DEISMultistepScheduler):
+    """diffusers' DEISMultistepScheduler (log-rho DEIS, orders 1-3) with a fused
+    ``step()``: the noise prediction and the multistep combination in one
+    ei_step. The combination's weights (integrals of Lagrange polynomials in
+    log rho, rho = sigma / alpha) are evaluated on the host in float64, where
+    diffusers evaluates them in float32."""
+
+    UPCAST = False
+
+    def unsupported_options(self) -> List[str]:
+        if self.config.thresholding:
+            return ["thresholding (DEIS integrates the noise prediction)"]
+        return []
+
+    def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
+        return _alpha_sigma(sigma, self.config.use_flow_sigmas)
+
+    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
+        """(c_x, c_m) of convert_model_output: the noise prediction (x - alpha x0) / sigma."""
+        x0_x, x0_m = _conversion(self.config.prediction_type, alpha, sigma, to_data=True)
+        return (1.0 - alpha * x0_x) / sigma, -alpha * x0_m / sigma
+
+    def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
+        """(a, weights of m0, m1, m2, s) of diffusers' deis_first_order_update and
+        multistep_deis_{second,third}_order_update: x_t = alpha_t (x / alpha_s0 + sum_j coef_j m_j)."""
+        i = self.step_index
+        (alpha_t, sigma_t), *earlier = [self._alpha_sigma(self._host_sigmas[i + 1 - k]) for k in range(order + 1)]
+        alpha_s0 = earlier[0][0]
+        if order == 1:
+            h = _lambda(alpha_t, sigma_t) - _lambda(*earlier[0])
+            return alpha_t / alpha_s0, [-sigma_t * math.expm1(h)], 0.0
+        rho_t, rhos = sigma_t / alpha_t, [s / a for a, s in earlier]
+        log = math.log
+        if order == 2:
+            def integral(t, b, c):  # of (log t - log c) / (log b - log c) dt
+                return t * (-log(c) + log(t) - 1) / (log(b) - log(c))
+            (r0, r1), cycles = rhos, [(0, 1), (1, 0)]
+        else:
+            def integral(t, b, c, d):  # of (log t - log c)(log t - log d) / ((log b - log c)(log b - log d)) dt
+                lt, lb, lc, ld = log(t), log(b), log(c), log(d)
+                return t * (lc * (ld - lt + 1) - ld * lt + ld + lt**2 - 2 * lt + 2) / ((lb - lc) * (lb - ld))
+            (r0, r1, r2), cycles = rhos, [(0, 1, 2), (1, 2, 0), (2, 0, 1)]
+        weights = [alpha_t * (integral(rho_t, *(rhos[k] for k in cycle)) - integral(r0, *(rhos[k] for k in cycle)))
+                   for cycle in cycles]
+        return alpha_t / alpha_s0, weights, 0.0
 
 
 def _ratio(a: float, b: float) -> float:
@@ -445,6 +494,21 @@ class _HostTimesteps(_FusedStep):
         self._step_counter = 0
 
 
+def _data_and_noise_terms(prediction_type: str, alpha_cumprod: float) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """((c_x, c_m), (e_x, e_m)) with the data prediction x0 = c_x x + c_m m and
+    the noise prediction eps = e_x x + e_m m of a model output m at a timestep
+    with this alphas_cumprod (DDIM's and TCD's step). With a zero terminal SNR,
+    alpha = 0 at the first step: only v_prediction is finite there."""
+    sqrt_a, sqrt_b = math.sqrt(alpha_cumprod), math.sqrt(1.0 - alpha_cumprod)
+    if prediction_type == "epsilon":
+        return (_ratio(1.0, sqrt_a), _ratio(-sqrt_b, sqrt_a)), (0.0, 1.0)
+    if prediction_type == "sample":
+        return (0.0, 1.0), (_ratio(1.0, sqrt_b), _ratio(-sqrt_a, sqrt_b))
+    if prediction_type == "v_prediction":
+        return (sqrt_a, -sqrt_b), (sqrt_b, sqrt_a)
+    raise ValueError(f"prediction_type given as {prediction_type} must be one of `epsilon`, `sample` or `v_prediction`")
+
+
 class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
     """diffusers' DDIMScheduler with a fused ``step()`` (eta, clip_sample,
     thresholding, every prediction type, use_clipped_model_output)."""
@@ -462,14 +526,7 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
         alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
         beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
         sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(beta_t)
-        # The data prediction x0 = c_x x + c_m m and the noise prediction eps = e_x x + e_m m.
-        # (With a zero terminal SNR, alpha_t = 0 at the first step: only v_prediction is finite there.)
-        if c.prediction_type == "epsilon":
-            (c_x, c_m), (e_x, e_m) = (_ratio(1.0, sqrt_a), _ratio(-sqrt_b, sqrt_a)), (0.0, 1.0)
-        elif c.prediction_type == "sample":
-            (c_x, c_m), (e_x, e_m) = (0.0, 1.0), (_ratio(1.0, sqrt_b), _ratio(-sqrt_a, sqrt_b))
-        else:
-            (c_x, c_m), (e_x, e_m) = (sqrt_a, -sqrt_b), (sqrt_b, sqrt_a)
+        (c_x, c_m), (e_x, e_m) = _data_and_noise_terms(c.prediction_type, alpha_t)
         variance = (beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev)
         std = eta * math.sqrt(variance)
         k = math.sqrt(max(1.0 - alpha_prev - std * std, 0.0))
@@ -688,6 +745,43 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
         if not return_dict:
             return prev_sample, denoised
         return LCMSchedulerOutput(prev_sample=prev_sample, denoised=denoised)
+
+
+class TCDScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.TCDScheduler):
+    """diffusers' TCDScheduler (trajectory consistency distillation) with a
+    fused ``step()``: the predicted noised sample at timestep s (the data and
+    noise predictions recombined) and the stochastic step to the next timestep
+    with eta ("gamma") in one ei_step."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.3,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        assert 0 <= eta <= 1.0, "gamma must be less than or equal to 1.0"
+        i = self.step_index
+        t = self._host_timesteps[i]
+        prev_t = self._host_timesteps[i + 1] if i + 1 < len(self._host_timesteps) else 0
+        # diffusers floors (1 - eta) * prev_t in float32 (a float times a long tensor).
+        s_t = int(np.floor(np.float32(1.0 - eta) * np.float32(prev_t)))
+        alphas = self._host_alphas_cumprod
+        alpha_prev = alphas[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        (c_x, c_m), (e_x, e_m) = _data_and_noise_terms(self.config.prediction_type, alphas[t])
+        sqrt_as, sqrt_bs = math.sqrt(alphas[s_t]), math.sqrt(1.0 - alphas[s_t])
+        # pred_noised_sample = sqrt(alpha_s) x0 + sqrt(1 - alpha_s) eps: the data term d
+        noised = [sqrt_as * c_x + sqrt_bs * e_x, sqrt_as * c_m + sqrt_bs * e_m]
+        noise, scale, s = None, 1.0, 0.0
+        if eta > 0 and i != self.num_inference_steps - 1:
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=torch.promote_types(sample.dtype, model_output.dtype))
+            scale, s = math.sqrt(alpha_prev / alphas[s_t]), math.sqrt(1.0 - alpha_prev / alphas[s_t])
+        prev_sample, pred_noised_sample = ops.ei_step(
+            sample, model_output, [], self._coefficients([*noised, 0.0, scale, s], sample.device), noise=noise)
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_noised_sample
+        return TCDSchedulerOutput(prev_sample=prev_sample, pred_noised_sample=pred_noised_sample)
 
 
 class ScoreSdeVeScheduler(_FusedStep, _diffusers.ScoreSdeVeScheduler):
@@ -1193,6 +1287,7 @@ ACCELERATED = {
     "EDMEulerScheduler": EDMEulerScheduler,
     "DDIMScheduler": DDIMScheduler,
     "DDPMScheduler": DDPMScheduler,
+    "DEISMultistepScheduler": DEISMultistepScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
@@ -1203,6 +1298,7 @@ ACCELERATED = {
     "LCMScheduler": LCMScheduler,
     "PNDMScheduler": PNDMScheduler,
     "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
+    "TCDScheduler": TCDScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
     "DPMSolverSinglestepScheduler": DPMSolverSinglestepScheduler,
 }
@@ -1359,7 +1455,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
-                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "UniPCMultistepScheduler", "accelerate",
+                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
