@@ -442,24 +442,31 @@ LCM_CASES = [{}, {"prediction_type": "v_prediction"}, {"prediction_type": "sampl
              {"thresholding": True, "sample_max_value": 1.2}, {"timestep_spacing": "trailing", "set_alpha_to_one": False}]
 
 
-@pytest.mark.parametrize("config", LCM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
-def test_lcm_matches_diffusers(config):
+def _matches_with_outputs(name, config, steps, field, **step_options):
+    """Stock and accelerated ``name`` over the same loop, compared on the final
+    sample and on every step's ``field`` output (the consistency schedulers'
+    denoised / pred_noised_sample), the noise drawn from the same generator."""
     results = []
-    for cls in (diffusers.LCMScheduler, accelerated.LCMScheduler):
-        scheduler = cls(**config)
-        scheduler.set_timesteps(4, device=DEVICE)
+    for module in (diffusers, accelerated):
+        scheduler = getattr(module, name)(**config)
+        scheduler.set_timesteps(steps, device=DEVICE)
         x = torch.randn(2, 4, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
         g = torch.Generator(DEVICE).manual_seed(1)
-        denoised = []
+        outputs = []
         for t in scheduler.timesteps:
-            out = scheduler.step(model(x, t), t, x, generator=g)
+            out = scheduler.step(model(x, t), t, x, generator=g, **step_options)
             x = out.prev_sample
-            denoised.append(out.denoised)
-        results.append((x, denoised))
-    (want, want_d), (got, got_d) = results
+            outputs.append(getattr(out, field))
+        results.append((x, outputs))
+    (want, want_outputs), (got, got_outputs) = results
     assert _relative_error(got, want) < 1e-5
-    for a, b in zip(got_d, want_d):
+    for a, b in zip(got_outputs, want_outputs):
         assert _relative_error(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("config", LCM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_lcm_matches_diffusers(config):
+    _matches_with_outputs("LCMScheduler", config, 4, "denoised")
 
 
 TCD_CASES = [({}, {}), ({}, {"eta": 0.0}), ({}, {"eta": 1.0}), ({"prediction_type": "v_prediction"}, {"eta": 0.5}),
@@ -472,24 +479,8 @@ TCD_CASES = [({}, {}), ({}, {"eta": 0.0}), ({}, {"eta": 1.0}), ({"prediction_typ
 @pytest.mark.parametrize("config,step_options", TCD_CASES,
                          ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()) or "default")
 def test_tcd_matches_diffusers(config, step_options, steps):
-    """Every step's prev_sample and pred_noised_sample, the noise drawn at the
-    same steps from the same generator (none at the last step)."""
-    results = []
-    for cls in (diffusers.TCDScheduler, accelerated.TCDScheduler):
-        scheduler = cls(**config)
-        scheduler.set_timesteps(steps, device=DEVICE)
-        x = torch.randn(2, 4, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
-        g = torch.Generator(DEVICE).manual_seed(1)
-        noised = []
-        for t in scheduler.timesteps:
-            out = scheduler.step(model(x, t), t, x, generator=g, **step_options)
-            x = out.prev_sample
-            noised.append(out.pred_noised_sample)
-        results.append((x, noised))
-    (want, want_n), (got, got_n) = results
-    assert _relative_error(got, want) < 1e-5
-    for a, b in zip(got_n, want_n):
-        assert _relative_error(a, b) < 1e-5
+    """The noise is drawn at the same steps (none at the last step)."""
+    _matches_with_outputs("TCDScheduler", config, steps, "pred_noised_sample", **step_options)
 
 
 def score(x, sigma):
