@@ -248,6 +248,24 @@ def test_euler_schedulers_match_diffusers(name, config, step_options):
 
 # (config, steps): constructing a stock KDPM2 scheduler takes ~0.2 s (its __init__'s
 # set_timesteps over all 1000 training steps), so the matrix is kept small.
+DPM_SDE_CASES = [({"noise_sampler_seed": 3}, {}), ({"noise_sampler_seed": 3, "use_karras_sigmas": True}, {}),
+                 ({"noise_sampler_seed": 5, "prediction_type": "v_prediction"}, {"s_noise": 0.9}),
+                 ({"noise_sampler_seed": 1, "timestep_spacing": "trailing", "beta_schedule": "scaled_linear",
+                   "beta_start": 0.00085, "beta_end": 0.012}, {})]
+
+
+@pytest.mark.filterwarnings("ignore:Should have:UserWarning")  # torchsde's, in diffusers too
+@pytest.mark.parametrize("steps", [10, 3])
+@pytest.mark.parametrize("config,step_options", DPM_SDE_CASES,
+                         ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()) or "default")
+def test_dpm_solver_sde_matches_diffusers(config, step_options, steps):
+    """Both calls of each step, with the Brownian-tree noise of the same seed
+    queried at the same times (the final Euler step to sigma = 0 included)."""
+    want = _loop(diffusers.DPMSolverSDEScheduler(**config), steps=steps, **step_options)
+    got = _loop(accelerated.DPMSolverSDEScheduler(**config), steps=steps, **step_options)
+    assert _relative_error(got, want) < 1e-5
+
+
 KDPM2_CASES = [({}, 10), ({}, 3), ({"prediction_type": "v_prediction"}, 10), ({"use_karras_sigmas": True}, 10),
                ({"use_exponential_sigmas": True}, 3), ({"timestep_spacing": "trailing"}, 10),
                ({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}, 10)]
@@ -639,6 +657,10 @@ def _steps_on_meta(cls, config, steps=10):
     for name in ON_DEVICE.get(cls.__name__, ("timesteps",)):
         setattr(scheduler, name, getattr(scheduler, name).to("meta"))
     x = torch.empty(2, 4, 16, 16, device="meta")
+    if cls.__name__ == "DPMSolverSDEScheduler":
+        # Its Brownian-tree noise is torchsde's, which cannot make meta tensors
+        # (it seeds a generator on the tensors' device): noise of the right shape instead.
+        scheduler.noise_sampler = lambda sigma, sigma_next: torch.empty_like(x)
     for t in scheduler.timesteps:
         if cls.__name__ == "ScoreSdeVeScheduler":
             x = scheduler.step_correct(x, x).prev_sample

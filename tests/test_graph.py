@@ -354,6 +354,9 @@ def test_graph_pipeline_errors():
 
     with pytest.raises(ValueError, match="stock SASolverScheduler synchronizes"):
         graph_pipeline(_tiny_pipe("SASolverScheduler"), steps=4, height=64, width=64)
+    for name, why in (("DPMSolverSDEScheduler", "its Brownian-tree noise"), ("ScoreSdeVeScheduler", "its loop calls step_pred")):
+        with pytest.raises(ValueError, match=f"{name} cannot be captured: {why}"):
+            graph_pipeline(_tiny_pipe(name), steps=4, height=64, width=64)
     pipe = _tiny_pipe("DDIMScheduler")
     with pytest.raises(ValueError, match="multiples of the VAE scale factor 8"):
         graph_pipeline(pipe, steps=4, height=60, width=64)

@@ -24,7 +24,7 @@ HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
 ScoreSdeVeScheduler (step_correct on the fused Langevin op),
 UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
 KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
-DEISMultistepScheduler, PNDMScheduler and TCDScheduler.
+DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler and TCDScheduler.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ try:
     from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
     from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler as _BrownianTreeNoiseSampler
+    from diffusers.schedulers.scheduling_dpmsolver_sde import DPMSolverSDESchedulerOutput
     from diffusers.schedulers.scheduling_edm_euler import EDMEulerSchedulerOutput
     from diffusers.utils import logging as _diffusers_logging
     from diffusers.utils.torch_utils import randn_tensor
@@ -116,6 +118,9 @@ class _FusedStep:
     (none by default), and its steps' coefficient tensors, kept on the device
     and reused while the schedule repeats (a pipeline called again with the
     same number of steps copies nothing to the device)."""
+
+    # Why a CUDA graph cannot hold this scheduler's loop (None: it can).
+    NOT_CAPTURABLE: Optional[str] = None
 
     def unsupported_options(self) -> List[str]:
         return []
@@ -789,6 +794,9 @@ class ScoreSdeVeScheduler(_FusedStep, _diffusers.ScoreSdeVeScheduler):
     with fused steps: step_pred as one ei_step (the mean and the noisy sample),
     step_correct on the fused Langevin op (the noise drawn as diffusers draws it)."""
 
+    NOT_CAPTURABLE = ("its loop calls step_pred and step_correct, not step(), and the corrector's noise is drawn on "
+                      "the CPU and copied over, as diffusers draws it")
+
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
         self._host_timesteps = self.timesteps.tolist()
@@ -1117,6 +1125,66 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
         return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
+class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDEScheduler):
+    """diffusers' DPMSolverSDEScheduler ("DPM++ SDE", k-diffusion's
+    sample_dpmpp_sde with r = 1/2) with fused steps: each of a step's two calls
+    is one ei_step with its Brownian-tree noise inside it. The noise comes from
+    diffusers' own BrownianTreeNoiseSampler (torchsde), made from the host
+    sigmas (diffusers reads them with .item()), and the step's scalars are
+    computed as diffusers computes them, in float32 on the host (its sigmas are
+    CPU tensors), so the tree is queried at the same times."""
+
+    NOT_CAPTURABLE = ("its Brownian-tree noise comes from torchsde, which builds it on the host at each step "
+                      "with generators of its own: a graph would replay the same noise")
+
+    def _data_term(self, sigma_input: float) -> Tuple[float, float]:
+        if self.config.prediction_type == "sample":
+            raise NotImplementedError("prediction_type not implemented yet: sample")
+        if self.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type given as {self.config.prediction_type} must be one of `epsilon`, or "
+                             "`v_prediction`")
+        return _euler_data_term(self.config.prediction_type, sigma_input, sigma_input)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
+             s_noise: float = 1.0):
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        if self.noise_sampler is None:
+            host = [float(v) for v in self.sigmas.tolist()]  # CPU sigmas: no device read
+            self.noise_sampler = _BrownianTreeNoiseSampler(sample, min(v for v in host if v > 0), max(host),
+                                                           self.noise_sampler_seed)
+        first, i = self.state_in_first_order, self.step_index
+        sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
+        t, t_next = sigma.log().neg(), sigma_next.log().neg()  # diffusers' t_fn, on float32 CPU scalars
+        t_proposed = t + (t_next - t) * 0.5
+        c_x, c_m = self._data_term(float(sigma if first else t_proposed.neg().exp()))
+        noise, history = None, []
+        if sigma_next == 0:  # an Euler step to the data: x + (x - x0) / sigma (sigma_next - sigma)
+            q = float((sigma_next - sigma) / sigma)
+            coeffs = [c_x, c_m, 1.0 + q, -q, 0.0]
+        else:
+            if first:
+                t_next = t_proposed
+            sigma_from, sigma_to = t.neg().exp(), t_next.neg().exp()
+            sigma_up = min(sigma_to, (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+            sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+            ancestral_t = sigma_down.log().neg()
+            base, b0 = float(ancestral_t.neg().exp() / sigma_from), -float((t - ancestral_t).expm1())
+            noise = self.noise_sampler(sigma_from, sigma_to)
+            scale = s_noise * float(sigma_up)
+            # From this sample (first call) or from the step's first sample (second call).
+            coeffs = [c_x, c_m, base, b0, scale] if first else [c_x, c_m, 0.0, b0, base, scale]
+            history = [] if first else [self.sample]
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history,
+                                                        self._coefficients(coeffs, sample.device), noise=noise)
+        if sigma_next != 0:
+            self.sample, self.mid_point_sigma = (sample, t_next.neg().exp()) if first else (None, None)
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return DPMSolverSDESchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
 class _KDPM2Steps(_StepIndexWithoutSync):
     """What the two KDPM2 (DPM-Solver-2, k-diffusion's sample_dpm_2) schedulers
     share: each step takes two calls, both one ei_step. The first is an Euler
@@ -1301,6 +1369,7 @@ ACCELERATED = {
     "TCDScheduler": TCDScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
     "DPMSolverSinglestepScheduler": DPMSolverSinglestepScheduler,
+    "DPMSolverSDEScheduler": DPMSolverSDEScheduler,
 }
 
 
@@ -1440,6 +1509,8 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                              f"each step and cannot be captured ({reasons})")
     else:
         scheduler = type(scheduler).from_config(scheduler.config)
+    if scheduler.NOT_CAPTURABLE:
+        raise ValueError(f"graph_pipeline: {type(scheduler).__name__} cannot be captured: {scheduler.NOT_CAPTURABLE}")
     for name, value in (("steps", steps), ("height", height), ("width", width), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -1455,7 +1526,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
