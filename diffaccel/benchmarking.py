@@ -165,6 +165,9 @@ SCHEDULER_CASES = {
     "diffusers_dpmpp_2m_thresholding": ("DPMSolverMultistepScheduler", {"thresholding": True}),
     "diffusers_ddim": ("DDIMScheduler", {}),
     "diffusers_euler": ("EulerDiscreteScheduler", {}),
+    # Stable Diffusion 1.x's default scheduler config: PLMS steps.
+    "diffusers_pndm_plms": ("PNDMScheduler", {"skip_prk_steps": True, "beta_schedule": "scaled_linear",
+                                              "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}),
 }
 
 
