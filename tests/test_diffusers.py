@@ -266,6 +266,33 @@ def test_dpm_solver_sde_matches_diffusers(config, step_options, steps):
     assert _relative_error(got, want) < 1e-5
 
 
+DDIM_INVERSE_CASES = [{}, {"clip_sample_range": 0.5}, {"clip_sample": False},
+                      {"prediction_type": "v_prediction", "set_alpha_to_one": True},
+                      {"prediction_type": "sample", "clip_sample": False, "set_alpha_to_one": False},  # (else 0/0 at t = 0)
+                      {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1,
+                       "timestep_spacing": "trailing", "clip_sample": False}]
+
+
+@pytest.mark.parametrize("steps", [25, 5])
+@pytest.mark.parametrize("config", DDIM_INVERSE_CASES,
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_ddim_inverse_matches_diffusers(config, steps):
+    want = _loop(diffusers.DDIMInverseScheduler(**config), steps=steps)
+    got = _loop(accelerated.DDIMInverseScheduler(**config), steps=steps)
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_accelerate_swaps_an_inversion_pipelines_inverse_scheduler_too():
+    class InversionPipe:  # what accelerate() reads of StableDiffusionDiffEditPipeline and the like
+        scheduler, inverse_scheduler = diffusers.DDIMScheduler(), diffusers.DDIMInverseScheduler()
+
+    pipe, changes = accelerated.accelerate(InversionPipe())
+    assert isinstance(pipe.scheduler, accelerated.DDIMScheduler)
+    assert isinstance(pipe.inverse_scheduler, accelerated.DDIMInverseScheduler)
+    assert changes == ["DDIMScheduler -> diffaccel DDIMScheduler",
+                       "DDIMInverseScheduler -> diffaccel DDIMInverseScheduler (inverse_scheduler)"]
+
+
 KDPM2_CASES = [({}, 10), ({}, 3), ({"prediction_type": "v_prediction"}, 10), ({"use_karras_sigmas": True}, 10),
                ({"use_exponential_sigmas": True}, 3), ({"timestep_spacing": "trailing"}, 10),
                ({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}, 10)]

@@ -24,7 +24,8 @@ HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
 ScoreSdeVeScheduler (step_correct on the fused Langevin op),
 UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
 KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
-DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler and TCDScheduler.
+DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler and
+DDIMInverseScheduler.
 """
 
 from __future__ import annotations
@@ -556,6 +557,29 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
         coeffs = self._coefficients([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold,
                                                         noise=noise)
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class DDIMInverseScheduler(_HostTimesteps, _diffusers.DDIMInverseScheduler):
+    """diffusers' DDIMInverseScheduler (DDIM inversion: DiffEdit, pix2pix-zero)
+    with a fused ``step()``: the data and noise predictions, clip_sample and the
+    step up to the next timestep in one ei_step."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        c = self.config
+        prev_t = _host_timestep(self, timestep, self._step_counter)  # the timestep stepped to (t + 1 in diffusers)
+        self._step_counter += 1
+        t = min(prev_t - c.num_train_timesteps // self.num_inference_steps, c.num_train_timesteps - 1)
+        alpha_t = self._host_alphas_cumprod[t] if t >= 0 else float(self.initial_alpha_cumprod)
+        alpha_prev = self._host_alphas_cumprod[prev_t]
+        (c_x, c_m), (e_x, e_m) = _data_and_noise_terms(c.prediction_type, alpha_t)
+        # prev = sqrt(alpha_prev) clip(x0) + sqrt(1 - alpha_prev) eps, eps from the unclipped prediction
+        k = math.sqrt(1.0 - alpha_prev)
+        coeffs = self._coefficients([c_x, c_m, k * e_x, math.sqrt(alpha_prev), k * e_m, 0.0], sample.device)
+        threshold = ops.Threshold("clip", max_value=c.clip_sample_range) if c.clip_sample else None
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [model_output], coeffs, threshold=threshold)
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -1354,6 +1378,7 @@ ACCELERATED = {
     "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler,
     "EDMEulerScheduler": EDMEulerScheduler,
     "DDIMScheduler": DDIMScheduler,
+    "DDIMInverseScheduler": DDIMInverseScheduler,
     "DDPMScheduler": DDPMScheduler,
     "DEISMultistepScheduler": DEISMultistepScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
@@ -1376,13 +1401,14 @@ ACCELERATED = {
 def accelerate(obj):
     """Swaps diffusers schedulers for their accelerated classes, built from the
     same config. ``obj`` is a scheduler (the accelerated one is returned) or a
-    pipeline (its ``scheduler`` is replaced in place and the pipeline
+    pipeline (its ``scheduler``, and its ``inverse_scheduler`` where it has one,
+    as inversion pipelines do, are replaced in place and the pipeline
     returned). Returns ``(result, changes)`` with ``changes`` a list of what was
     swapped. A scheduler without an accelerated class, or with a config option
     the accelerated step does not fuse, is kept, with a warning naming why."""
     changes: List[str] = []
 
-    def swap(scheduler):
+    def swap(scheduler, where: str = ""):
         name = type(scheduler).__name__
         cls = ACCELERATED.get(name)
         if cls is None:
@@ -1395,13 +1421,15 @@ def accelerate(obj):
             warnings.warn(f"diffaccel: {name} option(s) {', '.join(bad)} not accelerated; keeping the stock scheduler",
                           stacklevel=3)
             return scheduler
-        changes.append(f"{name} -> diffaccel {cls.__name__}")
+        changes.append(f"{name} -> diffaccel {cls.__name__}{where}")
         return candidate
 
     if isinstance(obj, _diffusers.SchedulerMixin):
         return swap(obj), changes
     if hasattr(obj, "scheduler"):
         obj.scheduler = swap(obj.scheduler)
+        if getattr(obj, "inverse_scheduler", None) is not None:
+            obj.inverse_scheduler = swap(obj.inverse_scheduler, " (inverse_scheduler)")
         return obj, changes
     raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
 
@@ -1526,7 +1554,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: Dict = ["DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: Dict = ["DDIMInverseScheduler", "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
