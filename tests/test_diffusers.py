@@ -80,6 +80,12 @@ CONFIGS = [
     {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0},
     {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "timestep_spacing": "trailing"},
     {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "leading", "steps_offset": 1},
+    # These sigma schedules end on sigma_min, and sigma_min is appended again: the last
+    # step is between equal sigmas (h = 0), finite in diffusers' tensor arithmetic.
+    {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
+    {"use_exponential_sigmas": True, "final_sigmas_type": "sigma_min", "prediction_type": "v_prediction"},
+    {"use_beta_sigmas": True, "final_sigmas_type": "sigma_min", "algorithm_type": "sde-dpmsolver++"},
+    {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min", "algorithm_type": "sde-dpmsolver"},
 ]
 
 
@@ -317,6 +323,23 @@ def test_kdpm2_prediction_type_sample_is_refused_as_diffusers_refuses(name):
     x = torch.randn(1, 4, 8, 8)
     with pytest.raises(NotImplementedError, match="prediction_type not implemented yet: sample"):
         scheduler.step(x, scheduler.timesteps[0], x)
+
+
+DPM_INVERSE_CASES = [{}, {"solver_order": 3}, {"solver_order": 1}, {"solver_type": "heun"},
+                     {"prediction_type": "v_prediction", "use_karras_sigmas": True}, {"algorithm_type": "dpmsolver"},
+                     {"thresholding": True}]
+
+
+@pytest.mark.parametrize("steps", [25, 6])
+@pytest.mark.parametrize("config", DPM_INVERSE_CASES,
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_dpm_solver_multistep_inverse_matches_diffusers(config, steps):
+    """DPM-Solver inversion (data to noise); diffusers' inverse step runs in the
+    sample's dtype (no upcast), so float32 rounding is larger here: 1e-6, the
+    fused step nearer diffusers' own loop run in float64."""
+    want = _loop(diffusers.DPMSolverMultistepInverseScheduler(**config), steps=steps)
+    got = _loop(accelerated.DPMSolverMultistepInverseScheduler(**config), steps=steps)
+    assert _relative_error(got, want) < 1e-5
 
 
 EDM_CASES = [
@@ -591,6 +614,8 @@ SINGLESTEP_CASES = [
     {"thresholding": True, "solver_order": 3},
     {"use_karras_sigmas": True, "prediction_type": "v_prediction"},
     {"lower_order_final": False, "final_sigmas_type": "sigma_min", "solver_order": 3},
+    {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},  # a last step between equal sigmas
+    {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min", "solver_order": 3},
 ]
 
 

@@ -24,8 +24,8 @@ HeunDiscreteScheduler, LMSDiscreteScheduler, LCMScheduler and
 ScoreSdeVeScheduler (step_correct on the fused Langevin op),
 UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
 KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
-DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler and
-DDIMInverseScheduler.
+DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
+DDIMInverseScheduler and DPMSolverMultistepInverseScheduler.
 """
 
 from __future__ import annotations
@@ -149,15 +149,19 @@ class _StepIndexWithoutSync(_FusedStep):
 
     def _init_step_index(self, timestep) -> None:
         host = getattr(self, "_host_schedule", None)
-        if self.begin_index is None and host is not None and len(host) == len(self.timesteps):
+        if getattr(self, "begin_index", None) is None and host is not None and len(host) == len(self.timesteps):
             if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
-                self._step_index = self.index_for_timestep(timestep, host)
+                self._step_index = self._index_on_host(timestep, host)
                 return
             position = _position_in(self.timesteps, timestep)
             if position is not None:
-                self._step_index = self.index_for_timestep(host[position], host)
+                self._step_index = self._index_on_host(host[position], host)
                 return
         super()._init_step_index(timestep)
+
+    def _index_on_host(self, timestep, host: torch.Tensor) -> int:
+        """diffusers' index of the first step's timestep, found in the host copy of the schedule."""
+        return self.index_for_timestep(timestep, host)
 
 
 class _MultistepSteps(_StepIndexWithoutSync):
@@ -178,7 +182,11 @@ class _MultistepSteps(_StepIndexWithoutSync):
 
     def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
         """(a, weights of m0, m1, m2, s) of x_t = a x + sum_j w_j m_j + s noise, the
-        update diffusers' {first,second,third}-order functions compute."""
+        update diffusers' {first,second,third}-order functions compute. Divisions
+        follow IEEE rules (_ratio), as diffusers' tensor arithmetic does: a step
+        between equal sigmas (h = 0: karras, exponential or beta sigmas end on
+        sigma_min twice with final_sigmas_type="sigma_min") gives diffusers' finite
+        result, not a ZeroDivisionError."""
         i = self.step_index
         sig = [self._host_sigmas[i + 1 - k] for k in range(order + 1)]  # sigma_t, sigma_s0, s1, s2
         alphas_sigmas = [self._alpha_sigma(v) for v in sig]
@@ -188,36 +196,40 @@ class _MultistepSteps(_StepIndexWithoutSync):
         algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
         e_minus, e_minus2 = math.exp(-h), math.exp(-2.0 * h)
         s = 0.0
+        # A weighs m0; B the first difference D1 (order >= 2); C the second, D2 (order 3).
         if algorithm == "dpmsolver++":
             a = sigma_t / sigma_s0
             A = alpha_t * (1.0 - e_minus)
-            B = 0.5 * A if (midpoint and order == 2) else alpha_t * ((e_minus - 1.0) / h + 1.0)
-            C = -alpha_t * ((e_minus - 1.0 + h) / h**2 - 0.5) if order == 3 else 0.0
+            B = lambda: 0.5 * A if (midpoint and order == 2) else alpha_t * (_ratio(e_minus - 1.0, h) + 1.0)
+            C = lambda: -alpha_t * (_ratio(e_minus - 1.0 + h, h * h) - 0.5)
         elif algorithm == "sde-dpmsolver++":
             a = sigma_t / sigma_s0 * e_minus
             A = alpha_t * (1.0 - e_minus2)
-            B = 0.5 * A if (midpoint and order == 2) else alpha_t * ((1.0 - e_minus2) / (-2.0 * h) + 1.0)
-            C = alpha_t * ((1.0 - e_minus2 - 2.0 * h) / (2.0 * h) ** 2 - 0.5) if order == 3 else 0.0
-            s = sigma_t * math.sqrt(1.0 - e_minus2)
+            B = lambda: 0.5 * A if (midpoint and order == 2) else alpha_t * (_ratio(1.0 - e_minus2, -2.0 * h) + 1.0)
+            C = lambda: alpha_t * (_ratio(1.0 - e_minus2 - 2.0 * h, (2.0 * h) ** 2) - 0.5)
+            s = sigma_t * _sqrt(1.0 - e_minus2)
         else:  # dpmsolver, sde-dpmsolver: noise prediction, sigma_t > 0 (final_sigmas_type sigma_min)
             e_plus = math.exp(h)
             factor = 2.0 if algorithm == "sde-dpmsolver" else 1.0
             a = alpha_t / alpha_s0
             A = -factor * sigma_t * (e_plus - 1.0)
-            B = 0.5 * A if (midpoint and order == 2) else -factor * sigma_t * ((e_plus - 1.0) / h - 1.0)
-            C = -sigma_t * ((e_plus - 1.0 - h) / h**2 - 0.5) if order == 3 else 0.0
+            B = lambda: 0.5 * A if (midpoint and order == 2) else -factor * sigma_t * (_ratio(e_plus - 1.0, h) - 1.0)
+            C = lambda: -sigma_t * (_ratio(e_plus - 1.0 - h, h * h) - 0.5)
             if algorithm == "sde-dpmsolver":
-                s = sigma_t * math.sqrt(math.exp(2.0 * h) - 1.0)
+                s = sigma_t * _sqrt(math.exp(2.0 * h) - 1.0)
         if order == 1:
             return a, [A], s
-        r0 = (lam[1] - lam[2]) / h
+        B = B()
+        r0 = _ratio(lam[1] - lam[2], h)
         if order == 2:  # D1 = (m0 - m1) / r0
-            return a, [A + B / r0, -B / r0], s
-        r1 = (lam[2] - lam[3]) / h
+            return a, [A + _ratio(B, r0), -_ratio(B, r0)], s
+        C = C()
+        r1 = _ratio(lam[2] - lam[3], h)
         # D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1),
         # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1.
-        u = B * r0 / (r0 + r1) + C / (r0 + r1)
-        return a, [A + B / r0 + u / r0, -B / r0 - u * (1.0 / r0 + 1.0 / r1), u / r1], s
+        u = _ratio(B * r0, r0 + r1) + _ratio(C, r0 + r1)
+        return a, [A + _ratio(B, r0) + _ratio(u, r0), -_ratio(B, r0) - u * (_ratio(1.0, r0) + _ratio(1.0, r1)),
+                   _ratio(u, r1)], s
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, variance_noise: Optional[torch.Tensor] = None,
@@ -249,8 +261,10 @@ class _MultistepSteps(_StepIndexWithoutSync):
         a, weights, s = self._update_coefficients(order)
         noise = None
         if c.algorithm_type in ("sde-dpmsolver", "sde-dpmsolver++"):
-            noise = (randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=torch.float32)
-                     if variance_noise is None else variance_noise.to(device=model_output.device, dtype=torch.float32))
+            # Drawn in float32 where diffusers upcasts the sample, else in the model's dtype, as diffusers draws it.
+            dtype = torch.float32 if self.UPCAST else model_output.dtype
+            noise = (randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=dtype)
+                     if variance_noise is None else variance_noise.to(device=model_output.device, dtype=dtype))
         threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
                      if c.thresholding else None)
         history = [self.model_outputs[-1 - k] for k in range(order - 1)]  # m1, m2: earlier converted outputs
@@ -301,6 +315,31 @@ class DPMSolverMultistepScheduler(_MultistepSteps, _diffusers.DPMSolverMultistep
         prediction for dpmsolver++ / sde-dpmsolver++, the noise prediction for the others."""
         return _conversion(self.config.prediction_type, alpha, sigma,
                            to_data=self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"))
+
+
+class DPMSolverMultistepInverseScheduler(_MultistepSteps, _diffusers.DPMSolverMultistepInverseScheduler):
+    """diffusers' DPMSolverMultistepInverseScheduler (DPM-Solver inversion, data
+    to noise) with the fused step of DPMSolverMultistepScheduler; like diffusers'
+    inverse step it does not upcast the sample."""
+
+    UPCAST = False
+    _alpha_sigma = DPMSolverMultistepScheduler._alpha_sigma
+    _data_term = DPMSolverMultistepScheduler._data_term
+
+    def _index_on_host(self, timestep, host: torch.Tensor) -> int:
+        # diffusers' inverse _init_step_index (it has no index_for_timestep): the
+        # second match, else the only one, else the last step.
+        matches = (host == timestep).nonzero()
+        if len(matches) == 0:
+            return len(host) - 1
+        return int(matches[1 if len(matches) > 1 else 0])
+
+    def unsupported_options(self) -> List[str]:
+        bad = DPMSolverMultistepScheduler.unsupported_options(self)
+        if self.config.solver_order == 3 and self.config.algorithm_type == "sde-dpmsolver++":
+            bad.append("solver_order=3 (with algorithm_type='sde-dpmsolver++', which diffusers' inverse step does "
+                       "not define)")
+        return bad
 
 
 def _edm_data_term(config, sigma: float) -> Tuple[float, float]:
@@ -386,6 +425,11 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b != 0 else (math.copysign(math.inf, a) if a != 0 else math.nan)
 
 
+def _sqrt(x: float) -> float:
+    """sqrt with IEEE semantics (nan below 0), as torch.sqrt."""
+    return math.sqrt(x) if x >= 0 else math.nan
+
+
 def _host_timestep(scheduler, timestep, counter: int, cast=int):
     """The timestep's value without a device synchronization: read from a
     number or a CPU tensor; a device tensor is not read, and the step is taken
@@ -412,7 +456,8 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
         self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
 
     def _update(self, order: int) -> Tuple[float, List[float], float]:
-        """(a, weights of m0 (this output), m1, m2, s): x_t = a start + sum w m + s noise."""
+        """(a, weights of m0 (this output), m1, m2, s): x_t = a start + sum w m + s noise.
+        Divisions follow IEEE rules, as in DPMSolverMultistepScheduler._update_coefficients."""
         i, c = self.step_index, self.config
         alphas_sigmas = [_alpha_sigma(self._host_sigmas[i + 1 - k], c.use_flow_sigmas) for k in range(order + 1)]
         lam = [_lambda(a, sg) for a, sg in alphas_sigmas]  # t, s0, s1, s2
@@ -422,30 +467,30 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
         heun, s = c.solver_type == "heun", 0.0
         if c.algorithm_type == "dpmsolver++":
             a, A = sigma_t / sigma_start, alpha_t * (1.0 - em)
-            B = alpha_t * ((em - 1.0) / h + 1.0)
-            C = -alpha_t * ((em - 1.0 + h) / h**2 - 0.5)
+            B = alpha_t * (_ratio(em - 1.0, h) + 1.0)
+            C = -alpha_t * (_ratio(em - 1.0 + h, h * h) - 0.5)
         elif c.algorithm_type == "sde-dpmsolver++":
             a, A = sigma_t / sigma_start * em, alpha_t * (1.0 - em2)
-            B = alpha_t * ((1.0 - em2) / (-2.0 * h) + 1.0)
-            C = alpha_t * ((1.0 - em2 + (-2.0 * h)) / (-2.0 * h) ** 2 - 0.5)
-            s = sigma_t * math.sqrt(1.0 - em2)
+            B = alpha_t * (_ratio(1.0 - em2, -2.0 * h) + 1.0)
+            C = alpha_t * (_ratio(1.0 - em2 + (-2.0 * h), (-2.0 * h) ** 2) - 0.5)
+            s = sigma_t * _sqrt(1.0 - em2)
         else:  # dpmsolver
             ep = math.exp(h)
             a, A = alpha_t / alpha_start, -sigma_t * (ep - 1.0)
-            B = -sigma_t * ((ep - 1.0) / h - 1.0)
-            C = -sigma_t * ((ep - 1.0 - h) / h**2 - 0.5)
+            B = -sigma_t * (_ratio(ep - 1.0, h) - 1.0)
+            C = -sigma_t * (_ratio(ep - 1.0 - h, h * h) - 0.5)
         if order == 1:
             return a, [A], s
         if order == 2:  # D0 = m1, D1 = (m0 - m1) / r0
             B = B if heun else 0.5 * A
-            r0 = (lam[1] - lam[2]) / h
-            return a, [B / r0, A - B / r0], s
-        r0, r1 = (lam[1] - lam[3]) / h, (lam[2] - lam[3]) / h
+            r0 = _ratio(lam[1] - lam[2], h)
+            return a, [_ratio(B, r0), A - _ratio(B, r0)], s
+        r0, r1 = _ratio(lam[1] - lam[3], h), _ratio(lam[2] - lam[3], h)
         if not heun:  # A m2 + B D1_1, D1_1 = (m0 - m2) / r0
-            return a, [B / r0, 0.0, A - B / r0], s
-        q = 1.0 / (r0 - r1)  # A m2 + B D1 + C D2
-        return a, [-B * r1 / r0 * q + 2 * C * q / r0, B * r0 / r1 * q - 2 * C * q / r1,
-                   A + B * q * (r1 / r0 - r0 / r1) + 2 * C * q * (1 / r1 - 1 / r0)], s
+            return a, [_ratio(B, r0), 0.0, A - _ratio(B, r0)], s
+        q = _ratio(1.0, r0 - r1)  # A m2 + B D1 + C D2
+        return a, [-B * _ratio(r1, r0) * q + 2 * C * _ratio(q, r0), B * _ratio(r0, r1) * q - 2 * C * _ratio(q, r1),
+                   A + B * q * (_ratio(r1, r0) - _ratio(r0, r1)) + 2 * C * q * (_ratio(1.0, r1) - _ratio(1.0, r0))], s
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
@@ -1375,6 +1420,7 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
 
 ACCELERATED = {
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "DPMSolverMultistepInverseScheduler": DPMSolverMultistepInverseScheduler,
     "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler,
     "EDMEulerScheduler": EDMEulerScheduler,
     "DDIMScheduler": DDIMScheduler,
@@ -1554,7 +1600,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: Dict = ["DDIMInverseScheduler", "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: Dict = ["DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
