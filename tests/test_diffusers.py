@@ -179,6 +179,8 @@ DDIM_CASES = [
     ({"set_alpha_to_one": False, "timestep_spacing": "trailing"}, {}),
     ({"timestep_spacing": "linspace", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, {}),
     ({"steps_offset": 1, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}, {}),
+    # epsilon at a zero terminal SNR: the first x0 is infinite, and clip_sample makes it +-1
+    ({"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, {}),
 ]
 
 
@@ -426,6 +428,7 @@ DDPM_CASES = [
     {"thresholding": True, "sample_max_value": 1.5},
     {"prediction_type": "sample", "timestep_spacing": "trailing"},
     {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"},
+    {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},  # epsilon, clipped: see DDIM_CASES
 ]
 
 
@@ -507,7 +510,8 @@ def test_pndm_pipeline_gives_the_same_images():
 
 
 LCM_CASES = [{}, {"prediction_type": "v_prediction"}, {"prediction_type": "sample", "clip_sample": True},
-             {"thresholding": True, "sample_max_value": 1.2}, {"timestep_spacing": "trailing", "set_alpha_to_one": False}]
+             {"thresholding": True, "sample_max_value": 1.2}, {"timestep_spacing": "trailing", "set_alpha_to_one": False},
+             {"rescale_betas_zero_snr": True, "clip_sample": True}]  # (see DDIM_CASES)
 
 
 def _matches_with_outputs(name, config, steps, field, **step_options):

@@ -545,14 +545,23 @@ class _HostTimesteps(_FusedStep):
         self._step_counter = 0
 
 
+# In place of 1 / sqrt(alpha) at alpha = 0; see _data_and_noise_terms.
+_HUGE_SCALE = 1e30
+
+
 def _data_and_noise_terms(prediction_type: str, alpha_cumprod: float) -> Tuple[Tuple[float, float], Tuple[float, float]]:
     """((c_x, c_m), (e_x, e_m)) with the data prediction x0 = c_x x + c_m m and
     the noise prediction eps = e_x x + e_m m of a model output m at a timestep
-    with this alphas_cumprod (DDIM's and TCD's step). With a zero terminal SNR,
-    alpha = 0 at the first step: only v_prediction is finite there."""
+    with this alphas_cumprod (the DDIM-family steps). With a zero terminal SNR,
+    alpha = 0 at the first step: only v_prediction is finite there. An epsilon
+    model's x0 = (x - m) / 0 is then infinite with the sign of x - m, which
+    diffusers' clip_sample or dynamic thresholding turns into +-limit; 1 / 0 in
+    both coefficients would make inf - inf = NaN instead, so a huge finite scale
+    stands in for it (where nothing clips, diffusers' result is inf or NaN anyway)."""
     sqrt_a, sqrt_b = math.sqrt(alpha_cumprod), math.sqrt(1.0 - alpha_cumprod)
     if prediction_type == "epsilon":
-        return (_ratio(1.0, sqrt_a), _ratio(-sqrt_b, sqrt_a)), (0.0, 1.0)
+        inverse = 1.0 / sqrt_a if sqrt_a > 0 else _HUGE_SCALE
+        return (inverse, -sqrt_b * inverse), (0.0, 1.0)
     if prediction_type == "sample":
         return (0.0, 1.0), (_ratio(1.0, sqrt_b), _ratio(-sqrt_a, sqrt_b))
     if prediction_type == "v_prediction":
@@ -659,9 +668,7 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
         current_alpha = alpha_t / alpha_prev
         current_beta = 1.0 - current_alpha
-        sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(beta_t)
-        c_x, c_m = {"epsilon": (1.0 / sqrt_a, -sqrt_b / sqrt_a) if sqrt_a else (math.inf, -math.inf),
-                    "sample": (0.0, 1.0), "v_prediction": (sqrt_a, -sqrt_b)}[c.prediction_type]
+        c_x, c_m = _data_and_noise_terms(c.prediction_type, alpha_t)[0]
         threshold = None
         if c.thresholding:
             threshold = ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
@@ -792,10 +799,8 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
         prev_t = self._host_timesteps[i + 1] if i + 1 < len(self._host_timesteps) else t
         alpha_t = self._host_alphas_cumprod[t]
         alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
-        sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(1.0 - alpha_t)
         c_skip, c_out = (float(v) for v in self.get_scalings_for_boundary_condition_discrete(t))
-        c_x, c_m = {"epsilon": (_ratio(1.0, sqrt_a), _ratio(-sqrt_b, sqrt_a)), "sample": (0.0, 1.0),
-                    "v_prediction": (sqrt_a, -sqrt_b)}[c.prediction_type]
+        c_x, c_m = _data_and_noise_terms(c.prediction_type, alpha_t)[0]
         threshold = None
         if c.thresholding:
             threshold = ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
