@@ -404,18 +404,18 @@ class DEISMultistepScheduler(_MultistepSteps, _diffusers.DEISMultistepScheduler)
         if order == 1:
             h = _lambda(alpha_t, sigma_t) - _lambda(*earlier[0])
             return alpha_t / alpha_s0, [-sigma_t * math.expm1(h)], 0.0
-        rho_t, rhos = sigma_t / alpha_t, [s / a for a, s in earlier]
+        rho_t, rhos = sigma_t / alpha_t, [s / a for a, s in earlier]  # rho_s0, rho_s1 (, rho_s2)
         log = math.log
         if order == 2:
             def integral(t, b, c):  # of (log t - log c) / (log b - log c) dt
-                return t * (-log(c) + log(t) - 1) / (log(b) - log(c))
-            (r0, r1), cycles = rhos, [(0, 1), (1, 0)]
+                return _ratio(t * (-log(c) + log(t) - 1), log(b) - log(c))
+            cycles = [(0, 1), (1, 0)]
         else:
             def integral(t, b, c, d):  # of (log t - log c)(log t - log d) / ((log b - log c)(log b - log d)) dt
                 lt, lb, lc, ld = log(t), log(b), log(c), log(d)
-                return t * (lc * (ld - lt + 1) - ld * lt + ld + lt**2 - 2 * lt + 2) / ((lb - lc) * (lb - ld))
-            (r0, r1, r2), cycles = rhos, [(0, 1, 2), (1, 2, 0), (2, 0, 1)]
-        weights = [alpha_t * (integral(rho_t, *(rhos[k] for k in cycle)) - integral(r0, *(rhos[k] for k in cycle)))
+                return _ratio(t * (lc * (ld - lt + 1) - ld * lt + ld + lt**2 - 2 * lt + 2), (lb - lc) * (lb - ld))
+            cycles = [(0, 1, 2), (1, 2, 0), (2, 0, 1)]
+        weights = [alpha_t * (integral(rho_t, *(rhos[k] for k in cycle)) - integral(rhos[0], *(rhos[k] for k in cycle)))
                    for cycle in cycles]
         return alpha_t / alpha_s0, weights, 0.0
 
