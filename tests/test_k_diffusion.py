@@ -300,3 +300,25 @@ def test_random_runs_are_finite_wherever_k_diffusion_runs():
             assert mine is not None and torch.isfinite(mine).all(), (name, sigmas.tolist(), options)
             compared += 1
     assert compared >= 120
+
+
+@pytest.mark.filterwarnings("ignore:Should have:UserWarning")
+@pytest.mark.parametrize("sigmas", [[14.6, 5.0, 5.0, 1.0, 0.0], [14.6, 14.6, 1.0, 0.0], [14.6, 5.0, 1.0, 1.0, 0.0]],
+                         ids=["repeat-in-the-middle", "repeat-first", "repeat-last-positive"])
+@pytest.mark.parametrize("name", FIXED_STEP_SAMPLERS)
+def test_a_repeated_sigma_steps_as_k_diffusion_does(name, sigmas):
+    """A step between equal sigmas (h = 0) divides by zero on the host, where
+    k-diffusion's tensor arithmetic gives inf or nan and goes on: the drop-in
+    runs too (it raised ZeroDivisionError before its host math followed IEEE
+    rules), finite exactly where k-diffusion's sample is, and equal to it there
+    (Euler, Heun, DPM-2 and the ancestral ones; LMS, DPM++ SDE and the
+    multistep ones turn the zero step into NaN in both)."""
+    sigmas = torch.tensor(sigmas, device=DEVICE)
+    results = []
+    for module in (K, ours):
+        torch.manual_seed(5)
+        results.append(getattr(module, name)(denoiser, _x((1, 3, 8, 8), float(sigmas[0])), sigmas, disable=True))
+    theirs, mine = results
+    assert bool(torch.isfinite(mine).all()) == bool(torch.isfinite(theirs).all())
+    if torch.isfinite(theirs).all():
+        assert float((mine - theirs).norm() / theirs.norm()) < 1e-5

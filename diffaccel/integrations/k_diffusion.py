@@ -24,9 +24,11 @@ by default, which needs torchsde), sample_dpm_fast and sample_dpm_adaptive.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, List, Optional
 
+import numpy as np
 import torch
 
 from diffaccel import ops
@@ -114,6 +116,21 @@ class BrownianTreeNoiseSampler:
         return w / (t1 - t0).abs().sqrt()
 
 
+def _sampler(fn):
+    """A fixed-step sampler: no autograd, and its host scalar math (on the numpy
+    float64 sigmas of _Loop) under IEEE rules without warnings: x / 0 = inf,
+    log(0) = -inf, sqrt(-1) = nan, as k-diffusion's tensor arithmetic computes
+    them. A schedule that repeats a sigma (a step of h = 0) then gives what
+    k-diffusion gives, not a ZeroDivisionError."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.no_grad(), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 class _Loop:
     """What every sampler shares: the sigmas read once, the model call with
     k-diffusion's arguments, the callback dict, the progress bar, and one fused
@@ -123,7 +140,9 @@ class _Loop:
         self.model, self.callback = model, callback
         self.extra_args = {} if extra_args is None else extra_args
         self.sigmas = sigmas
-        self.values: List[float] = [float(v) for v in sigmas.tolist()]  # the one host read of the sigmas
+        # The one host read of the sigmas, as numpy float64 scalars: the samplers'
+        # scalar math then follows IEEE rules (see _sampler).
+        self.values: List[float] = [np.float64(v) for v in sigmas.tolist()]
         self.s_in = x.new_ones([x.shape[0]])
         self.device = x.device
         self.disable = disable
@@ -180,7 +199,7 @@ def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise):
     return x, sigma_hat, sigma * (gamma + 1)
 
 
-@torch.no_grad()
+@_sampler
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                  s_tmax=float("inf"), s_noise=1.0):
     """Euler steps (Karras et al. 2022, Algorithm 2 with first-order steps)."""
@@ -194,7 +213,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return x
 
 
-@torch.no_grad()
+@_sampler
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                            noise_sampler: Optional[Callable] = None):
     """Ancestral sampling with Euler steps."""
@@ -210,7 +229,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     return x
 
 
-@torch.no_grad()
+@_sampler
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                 s_tmax=float("inf"), s_noise=1.0):
     """Heun steps (Karras et al. 2022, Algorithm 2); an Euler step to sigma = 0."""
@@ -239,7 +258,7 @@ def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, dr
     r = sigma_to / sigma_from
     if sigma_to == 0:
         return loop.step(x, denoised, [], r, [1.0 - r])[0]
-    sigma_mid = math.exp(0.5 * (math.log(sigma_from) + math.log(sigma_to)))
+    sigma_mid = np.exp(0.5 * (np.log(sigma_from) + np.log(sigma_to)))
     r_mid = sigma_mid / sigma_from
     x_2, _ = loop.step(x, denoised, [], r_mid, [1.0 - r_mid])
     mid_t = sigma_from_t.log().lerp(loop.sigma_tensor(sigma_to).log(), 0.5).exp()
@@ -250,7 +269,7 @@ def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, dr
     return loop.step(x_2, denoised_2, [x], k, [-k, 1.0], noise=noise, s=s)[0]
 
 
-@torch.no_grad()
+@_sampler
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                  s_tmax=float("inf"), s_noise=1.0):
     """k-diffusion's DPM-Solver-2-inspired sampler (Karras et al.'s Algorithm 2 with a midpoint)."""
@@ -263,7 +282,7 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return x
 
 
-@torch.no_grad()
+@_sampler
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                            noise_sampler: Optional[Callable] = None):
     """Ancestral sampling with DPM-Solver-2 steps."""
@@ -278,7 +297,7 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     return x
 
 
-@torch.no_grad()
+@_sampler
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M); first order at the first step and at sigma = 0."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
@@ -290,18 +309,18 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
         if sigma_next == 0:
             x, denoised_copy = loop.step(x, denoised, [], 0.0, [1.0])
         else:
-            h = math.log(sigma) - math.log(sigma_next)
-            phi = -math.expm1(-h)
+            h = np.log(sigma) - np.log(sigma_next)
+            phi = -np.expm1(-h)
             if old_denoised is None:
                 x, denoised_copy = loop.step(x, denoised, [], a, [phi])
             else:
-                half_inv_r = h / (2 * (math.log(loop.values[i - 1]) - math.log(sigma)))
+                half_inv_r = h / (2 * (np.log(loop.values[i - 1]) - np.log(sigma)))
                 x, denoised_copy = loop.step(x, denoised, [old_denoised], a, [phi * (1 + half_inv_r), -phi * half_inv_r])
         old_denoised = denoised_copy
     return x
 
 
-@torch.no_grad()
+@_sampler
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
     """Linear multistep in sigma with the last `order` derivatives (k-diffusion's
     sample_lms). The weights integrate the Lagrange polynomials exactly, where
@@ -322,7 +341,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     return x
 
 
-@torch.no_grad()
+@_sampler
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                               noise_sampler: Optional[Callable] = None):
     """Ancestral sampling with DPM-Solver++(2S) steps."""
@@ -335,12 +354,12 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
         if sigma_down == 0:
             source, a, b = denoised, 0.0, 1.0
         else:
-            h = math.log(sigma) - math.log(sigma_down)
-            sigma_s = math.exp(-(-math.log(sigma) + h / 2))
-            x_2, _ = loop.step(x, denoised, [], sigma_s / sigma, [-math.expm1(-h / 2)])
+            h = np.log(sigma) - np.log(sigma_down)
+            sigma_s = np.exp(-(-np.log(sigma) + h / 2))
+            x_2, _ = loop.step(x, denoised, [], sigma_s / sigma, [-np.expm1(-h / 2)])
             t, t_next = loop.sigmas[i].log().neg(), loop.sigma_tensor(sigma_down).log().neg()
             source = loop.denoise(x_2, (t + (t_next - t) / 2).neg().exp())
-            a, b = sigma_down / sigma, -math.expm1(-h)
+            a, b = sigma_down / sigma, -np.expm1(-h)
         noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
         x, _ = loop.step(x, source, [], a, [b], noise=noise, s=s_noise * sigma_up)
     return x
@@ -349,10 +368,10 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
 def _one_minus_ratio(sigma_to, sigma_from):
     """1 - sigma_to / sigma_from as k-diffusion computes it, -expm1(log(sigma_to / sigma_from))
     (accurate for small steps); 1 when sigma_to = 0."""
-    return -math.expm1(math.log(sigma_to / sigma_from)) if sigma_to > 0 else 1.0
+    return -np.expm1(np.log(sigma_to / sigma_from)) if sigma_to > 0 else 1.0
 
 
-@torch.no_grad()
+@_sampler
 def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                      noise_sampler: Optional[Callable] = None, r=1 / 2):
     """DPM-Solver++ (stochastic, k-diffusion's sample_dpmpp_sde): two model calls a
@@ -366,8 +385,8 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
         if sigma_next == 0:
             x, _ = loop.step(x, denoised, [], 0.0, [1.0])
             continue
-        h = math.log(sigma) - math.log(sigma_next)
-        sigma_s = sigma * math.exp(-h * r)
+        h = np.log(sigma) - np.log(sigma_next)
+        sigma_s = sigma * np.exp(-h * r)
         # The times the noise sampler and the model see, computed with k-diffusion's
         # tensor ops: a Brownian increment is rough in its end points, so even a
         # rounding difference there would show in the noise.
@@ -388,7 +407,7 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
     return x
 
 
-@torch.no_grad()
+@_sampler
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                         noise_sampler: Optional[Callable] = None, solver_type="midpoint"):
     """DPM-Solver++(2M) SDE (midpoint or heun), Brownian-tree noise by default."""
@@ -403,10 +422,10 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         if sigma_next == 0:
             x, kept = loop.step(x, denoised, [], 0.0, [1.0])
         else:
-            h = math.log(sigma) - math.log(sigma_next)
+            h = np.log(sigma) - np.log(sigma_next)
             eta_h = eta * h
-            a = sigma_next / sigma * math.exp(-eta_h)
-            phi = -math.expm1(-h - eta_h)
+            a = sigma_next / sigma * np.exp(-eta_h)
+            phi = -np.expm1(-h - eta_h)
             b, history = [phi], []
             if old_denoised is not None:
                 r = h_last / h
@@ -415,14 +434,14 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
             noise, s = None, 0.0
             if eta:
                 noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
-                s = sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
+                s = sigma_next * np.sqrt(-np.expm1(-2 * eta_h)) * s_noise
             x, kept = loop.step(x, denoised, history, a, b, noise=noise, s=s)
             h_last = h
         old_denoised = kept
     return x
 
 
-@torch.no_grad()
+@_sampler
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                         noise_sampler: Optional[Callable] = None):
     """DPM-Solver++(3M) SDE, Brownian-tree noise by default."""
@@ -437,10 +456,10 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
             x, kept = loop.step(x, denoised, [], 0.0, [1.0])
             h = h_1
         else:
-            h = math.log(sigma) - math.log(sigma_next)
+            h = np.log(sigma) - np.log(sigma_next)
             h_eta = h * (eta + 1)
-            phi = -math.expm1(-h_eta)
-            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            phi = -np.expm1(-h_eta)
+            phi_2 = np.expm1(-h_eta) / h_eta + 1
             b, history = [phi], []
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
@@ -454,8 +473,8 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
             noise, s = None, 0.0
             if eta:
                 noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
-                s = sigma_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
-            x, kept = loop.step(x, denoised, history, math.exp(-h_eta), b, noise=noise, s=s)
+                s = sigma_next * np.sqrt(-np.expm1(-2 * h * eta)) * s_noise
+            x, kept = loop.step(x, denoised, history, np.exp(-h_eta), b, noise=noise, s=s)
         denoised_1, denoised_2 = kept, denoised_1
         h_1, h_2 = h, h_1
     return x
