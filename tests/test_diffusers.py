@@ -291,8 +291,10 @@ def test_ddim_inverse_matches_diffusers(config, steps):
     assert _relative_error(got, want) < 1e-5
 
 
-def test_accelerate_swaps_an_inversion_pipelines_inverse_scheduler_too():
-    class InversionPipe:  # what accelerate() reads of StableDiffusionDiffEditPipeline and the like
+def test_accelerate_swaps_every_scheduler_of_a_pipeline():
+    """An inversion pipeline's inverse_scheduler too: from a DiffusionPipeline's
+    registered components, or from the two attributes of anything else."""
+    class InversionPipe:  # what accelerate() reads of a pipeline that is not a DiffusionPipeline
         scheduler, inverse_scheduler = diffusers.DDIMScheduler(), diffusers.DDIMInverseScheduler()
 
     pipe, changes = accelerated.accelerate(InversionPipe())
@@ -300,6 +302,18 @@ def test_accelerate_swaps_an_inversion_pipelines_inverse_scheduler_too():
     assert isinstance(pipe.inverse_scheduler, accelerated.DDIMInverseScheduler)
     assert changes == ["DDIMScheduler -> diffaccel DDIMScheduler",
                        "DDIMInverseScheduler -> diffaccel DDIMInverseScheduler (inverse_scheduler)"]
+
+    class TwoSchedulerPipeline(diffusers.DiffusionPipeline):  # a registered second scheduler, as prior pipelines have
+        def __init__(self, unet, scheduler, prior_scheduler):
+            super().__init__()
+            self.register_modules(unet=unet, scheduler=scheduler, prior_scheduler=prior_scheduler)
+
+    pipe = TwoSchedulerPipeline(_small_unet(), diffusers.EulerDiscreteScheduler(), diffusers.PNDMScheduler())
+    pipe, changes = accelerated.accelerate(pipe)
+    assert isinstance(pipe.scheduler, accelerated.EulerDiscreteScheduler)
+    assert isinstance(pipe.prior_scheduler, accelerated.PNDMScheduler) and pipe.components["prior_scheduler"] is pipe.prior_scheduler
+    assert sorted(changes) == ["EulerDiscreteScheduler -> diffaccel EulerDiscreteScheduler",
+                               "PNDMScheduler -> diffaccel PNDMScheduler (prior_scheduler)"]
 
 
 KDPM2_CASES = [({}, 10), ({}, 3), ({"prediction_type": "v_prediction"}, 10), ({"use_karras_sigmas": True}, 10),

@@ -1452,9 +1452,9 @@ ACCELERATED = {
 def accelerate(obj):
     """Swaps diffusers schedulers for their accelerated classes, built from the
     same config. ``obj`` is a scheduler (the accelerated one is returned) or a
-    pipeline (its ``scheduler``, and its ``inverse_scheduler`` where it has one,
-    as inversion pipelines do, are replaced in place and the pipeline
-    returned). Returns ``(result, changes)`` with ``changes`` a list of what was
+    pipeline: every scheduler among its components (``scheduler``, and
+    ``inverse_scheduler``, ``prior_scheduler``, ... where it has them) is
+    replaced in place and the pipeline returned. Returns ``(result, changes)`` with ``changes`` a list of what was
     swapped. A scheduler without an accelerated class, or with a config option
     the accelerated step does not fuse, is kept, with a warning naming why."""
     changes: List[str] = []
@@ -1478,9 +1478,13 @@ def accelerate(obj):
     if isinstance(obj, _diffusers.SchedulerMixin):
         return swap(obj), changes
     if hasattr(obj, "scheduler"):
-        obj.scheduler = swap(obj.scheduler)
-        if getattr(obj, "inverse_scheduler", None) is not None:
-            obj.inverse_scheduler = swap(obj.inverse_scheduler, " (inverse_scheduler)")
+        components = getattr(obj, "components", None)  # a DiffusionPipeline's registered modules
+        if isinstance(components, dict):
+            names = [name for name, part in components.items() if isinstance(part, _diffusers.SchedulerMixin)]
+        else:
+            names = [name for name in ("scheduler", "inverse_scheduler") if getattr(obj, name, None) is not None]
+        for name in names:
+            setattr(obj, name, swap(getattr(obj, name), "" if name == "scheduler" else f" ({name})"))
         return obj, changes
     raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
 
