@@ -94,10 +94,12 @@ if [[ " $PHASES " == *" tests "* ]]; then
   for backend in cuda triton; do
     section "Tests on CUDA, DIFFACCEL_BACKEND=$backend"
     DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=$backend timeout ${TEST_SECONDS:-110} \
-      $PY -m pytest tests -q -n 12 -p no:cacheprovider -rfE > "$OUT/tests-$backend.log" 2>&1
-    echo "exit $? after $(elapsed) s" >> "$report"
+      $PY -m pytest tests -q -n 12 -p no:cacheprovider -rfE --durations=8 > "$OUT/tests-$backend.log" 2>&1
+    echo "exit $? after $(elapsed) s (exit 124: the TEST_SECONDS limit cut the run)" >> "$report"
     echo '```' >> "$report"
     grep -E "^(FAILED|ERROR) " "$OUT/tests-$backend.log" | cut -c1-300 | head -60 >> "$report"
+    # The slowest tests, to size the next run's time limit.
+    grep -E "^[0-9.]+s (call|setup|teardown) " "$OUT/tests-$backend.log" | head -8 >> "$report"
     tail -n 1 "$OUT/tests-$backend.log" >> "$report"
     echo '```' >> "$report"
   done
