@@ -205,6 +205,39 @@ def test_ddim_outputs_and_device_timesteps():
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
 
 
+def test_device_timesteps_are_found_by_position():
+    """A device timestep that is an element of scheduler.timesteps is located by
+    its position, not read (meta tensors have nothing to read), also when the
+    loop starts part-way as img2img's does (the step counter then says 0)."""
+    scheduler = accelerated.DDIMScheduler()
+    scheduler.set_timesteps(10)
+    host = scheduler.timesteps.tolist()
+    scheduler.timesteps = scheduler.timesteps.to("meta")
+    for position in (0, 4, 9):
+        assert accelerated._host_timestep(scheduler, scheduler.timesteps[position], counter=0) == host[position]
+    for position, t in enumerate(scheduler.timesteps[4:], start=4):
+        assert accelerated._host_timestep(scheduler, t, counter=position - 4) == host[position]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "DDIMInverseScheduler"])
+def test_a_loop_starting_part_way_matches_diffusers(name):
+    """img2img's loop: set_timesteps, then only scheduler.timesteps[start:] (device
+    views), the step counter starting at 0 while the timesteps do not."""
+    config = {"skip_prk_steps": True} if name == "PNDMScheduler" else {}
+    results = []
+    for module in (diffusers, accelerated):
+        scheduler = getattr(module, name)(**config)
+        scheduler.set_timesteps(10, device="cuda")
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator("cuda").manual_seed(0), device="cuda")
+        g = torch.Generator("cuda").manual_seed(1)
+        kwargs = {"generator": g} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        for t in scheduler.timesteps[4:]:
+            x = scheduler.step(model(x, t), t, x, **kwargs).prev_sample
+        results.append(x)
+    assert _relative_error(results[1], results[0]) < 1e-5
+
+
 def test_ddim_pipeline_gives_the_same_images():
     """diffusers' DDIMPipeline with a small randomly initialised UNet2DModel (built
     from a config, nothing downloaded): the same images with either scheduler."""

@@ -432,11 +432,14 @@ def _sqrt(x: float) -> float:
 
 def _host_timestep(scheduler, timestep, counter: int, cast=int):
     """The timestep's value without a device synchronization: read from a
-    number or a CPU tensor; a device tensor is not read, and the step is taken
-    to be the counter-th of scheduler.timesteps (diffusers' own multistep
-    schedulers keep such a counter too)."""
+    number or a CPU tensor; a device tensor is not read: when it is an element
+    of scheduler.timesteps (a pipeline's loop hands out views of it, also when
+    it starts part-way, as img2img does), its position gives the value, else
+    the step is taken to be the counter-th of scheduler.timesteps (diffusers'
+    own multistep schedulers keep such a counter too)."""
     if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
-        return scheduler._host_timesteps[counter]
+        position = _position_in(scheduler.timesteps, timestep)
+        return scheduler._host_timesteps[counter if position is None else position]
     return cast(timestep)
 
 
