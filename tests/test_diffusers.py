@@ -377,7 +377,10 @@ def test_kdpm2_prediction_type_sample_is_refused_as_diffusers_refuses(name):
 
 DPM_INVERSE_CASES = [{}, {"solver_order": 3}, {"solver_order": 1}, {"solver_type": "heun"},
                      {"prediction_type": "v_prediction", "use_karras_sigmas": True}, {"algorithm_type": "dpmsolver"},
-                     {"thresholding": True}]
+                     {"thresholding": True},
+                     # fewer timesteps than sigmas - 1 (duplicates dropped): the last step is len(timesteps) - 1
+                     {"beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": True, "lower_order_final": False,
+                      "euler_at_final": True}]
 
 
 @pytest.mark.parametrize("steps", [25, 6])
@@ -707,6 +710,30 @@ def test_steps_do_not_synchronize(name):
         finally:
             torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("start", [1, 4])
+@pytest.mark.parametrize("name", sorted(set(accelerated.ACCELERATED) - {"ScoreSdeVeScheduler"}))
+def test_a_loop_that_starts_part_way_matches_diffusers(name, start):
+    """img2img's loop: set_timesteps, set_begin_index where the scheduler has it,
+    then scheduler.timesteps[start * order:] only. (The LMS drop-in failed this:
+    diffusers pairs its order-4 weights with the fewer derivatives it has at first.)"""
+    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    results = []
+    for module in (diffusers, accelerated):
+        scheduler = getattr(module, name)(**config)
+        scheduler.set_timesteps(10, device=DEVICE)
+        begin = start * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+        g = torch.Generator(DEVICE).manual_seed(1)
+        kwargs = {"generator": g} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        for t in scheduler.timesteps[begin:]:
+            scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+            x = scheduler.step(model(scaled, t), t, x, **kwargs).prev_sample
+        results.append(x)
+    assert _relative_error(results[1], results[0]) < 1e-5
 
 
 # Options the random-configuration test draws from (each scheduler takes those its __init__ has).

@@ -242,7 +242,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
         if self.step_index is None:
             self._init_step_index(timestep)
         c = self.config
-        steps = len(self._host_sigmas) - 1
+        steps = len(self.timesteps)  # as diffusers counts them (the inverse scheduler's sigmas can be longer)
         last = self.step_index == steps - 1
         lower_order_final = last and (c.get("euler_at_final") or (c.lower_order_final and steps < 15)
                                       or c.get("final_sigmas_type") == "zero")
@@ -1381,7 +1381,10 @@ class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
             raise ValueError(f"prediction_type given as {p} must be one of `epsilon`, or `v_prediction`")
         cur = min(i + 1, order)
         weights = lagrange_weights([self._host_sigmas[i - j] for j in range(cur)], sigma, self._host_sigmas[i + 1])
-        history = list(reversed(self.derivatives[len(self.derivatives) - (cur - 1):])) if cur > 1 else []
+        # diffusers zips these weights with the derivatives it has, newest first: a loop
+        # that starts part-way (img2img's begin index) has fewer than cur at first.
+        used = min(cur, len(self.derivatives) + 1)
+        weights, history = weights[:used], self.derivatives[::-1][:used - 1]
         coeffs = self._coefficients([c_x, c_m, 1.0, *weights, 0.0], sample.device)
         prev_sample, derivative = ops.ei_step(sample, model_output, history, coeffs)
         self.derivatives.append(derivative)
