@@ -123,6 +123,35 @@ def test_bf16_model_within_bf16_tolerance(name, config):
     assert _relative_error(got, stock) < 3e-2
 
 
+def _loop_in(scheduler, sample_dtype, model_dtype, steps=10):
+    """_loop with the sample and the model output in dtypes of their own."""
+    scheduler.set_timesteps(steps, device=DEVICE)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(sample_dtype)
+    g = torch.Generator(DEVICE).manual_seed(1)
+    kwargs = {"generator": g} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for t in scheduler.timesteps:
+        scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        x = scheduler.step(model(scaled.float(), t).to(model_dtype), t, x, **kwargs).prev_sample
+    return x
+
+
+@pytest.mark.filterwarnings("ignore:Should have:UserWarning")
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)],
+                         ids=["float32-sample-bf16-model", "bf16-sample-float32-model"])
+@pytest.mark.parametrize("name", sorted(set(accelerated.ACCELERATED) - {"ScoreSdeVeScheduler"}))
+def test_mixed_dtypes_step_in_diffusers_dtype(name, dtypes):
+    """A sample and a model output of different dtypes give diffusers' result
+    dtype (their promotion: DPM-Solver++ with float32 latents and a bf16 model
+    returned bf16 before, diffusers float32), and a sample close to diffusers'
+    or, where diffusers computes in bf16 (the DPM-Solver inverse), to the float32 loop."""
+    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    stock = _loop_in(getattr(diffusers, name)(**config), *dtypes)
+    got = _loop_in(getattr(accelerated, name)(**config), *dtypes)
+    exact = _loop_in(getattr(diffusers, name)(**config), torch.float32, torch.float32)
+    assert got.dtype == stock.dtype
+    assert min(_relative_error(got, stock), _relative_error(got, exact)) < 3e-2
+
+
 def test_state_api_is_diffusers():
     s = accelerated.DPMSolverMultistepScheduler(solver_order=3)
     s.set_timesteps(10)

@@ -273,7 +273,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
         # update and casts the result back (the EDM one does not).
         # The converted output goes into the history slot about to be dropped (ei_step
         # allows it to be one of the history tensors it reads).
-        state = sample.to(torch.float32) if self.UPCAST else sample
+        state = sample.to(torch.float32) if self.UPCAST else _promoted(sample, model_output)
         oldest = self.model_outputs[0]
         reusable = (oldest is not None and c.solver_order > 1 and oldest.shape == state.shape
                     and oldest.dtype == state.dtype and oldest.device == state.device)
@@ -286,8 +286,8 @@ class _MultistepSteps(_StepIndexWithoutSync):
         self.model_outputs[-1] = converted
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
-        if self.UPCAST:
-            prev_sample = prev_sample.to(model_output.dtype)
+        if self.UPCAST:  # back to the dtype of diffusers' converted output, promoted from sample and model output
+            prev_sample = prev_sample.to(torch.promote_types(sample.dtype, model_output.dtype))
         self._step_index += 1
         if not return_dict:
             return (prev_sample,)
@@ -420,6 +420,14 @@ class DEISMultistepScheduler(_MultistepSteps, _diffusers.DEISMultistepScheduler)
         return alpha_t / alpha_s0, weights, 0.0
 
 
+def _promoted(sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+    """The sample in the dtype diffusers' step arithmetic leaves its result in:
+    torch's promotion of the sample's and the model output's dtypes (a bf16
+    sample with a float32 model output steps, and returns, in float32)."""
+    dtype = torch.promote_types(sample.dtype, model_output.dtype)
+    return sample if sample.dtype == dtype else sample.to(dtype)
+
+
 def _ratio(a: float, b: float) -> float:
     """a / b with IEEE semantics (inf or nan for b = 0), as the tensor arithmetic it replaces."""
     return a / b if b != 0 else (math.copysign(math.inf, a) if a != 0 else math.nan)
@@ -497,6 +505,7 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         if self.unsupported_options():
@@ -579,6 +588,7 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
              variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         c = self.config
@@ -625,6 +635,7 @@ class DDIMInverseScheduler(_HostTimesteps, _diffusers.DDIMInverseScheduler):
     step up to the next timestep in one ei_step."""
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         c = self.config
         prev_t = _host_timestep(self, timestep, self._step_counter)  # the timestep stepped to (t + 1 in diffusers)
         self._step_counter += 1
@@ -660,6 +671,7 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         if self.unsupported_options() or self.num_inference_steps is None:
             return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         c = self.config
@@ -792,6 +804,7 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         if self.step_index is None:
@@ -837,6 +850,7 @@ class TCDScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.TCDSchedule
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.3,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         if self.step_index is None:
@@ -1172,6 +1186,7 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
         return _euler_data_term(p, sigma, sigma)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         self._start(timestep, "HeunDiscreteScheduler")
         first = self.state_in_first_order
         i = self.step_index
@@ -1224,6 +1239,7 @@ class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDESchedu
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
              s_noise: float = 1.0):
+        sample = _promoted(sample, model_output)
         if self.step_index is None:
             self._init_step_index(timestep)
         if self.noise_sampler is None:
@@ -1307,6 +1323,7 @@ class KDPM2DiscreteScheduler(_KDPM2Steps, _diffusers.KDPM2DiscreteScheduler):
     """diffusers' KDPM2DiscreteScheduler ("DPM2") with fused steps."""
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         if self.step_index is None:
             self._init_step_index(timestep)
         i, sigmas, interpol = self.step_index, self._host_tables["sigmas"], self._host_tables["sigmas_interpol"]
@@ -1329,6 +1346,7 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Steps, _diffusers.KDPM2AncestralDisc
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         if self.step_index is None:
             self._init_step_index(timestep)
         i, tables = self.step_index, self._host_tables
@@ -1360,6 +1378,7 @@ class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, order: int = 4,
              return_dict: bool = True):
+        sample = _promoted(sample, model_output)
         if not self.is_scale_input_called:
             warnings.warn("The `scale_model_input` function should be called before `step` to ensure correct "
                           "denoising. See `StableDiffusionPipeline` for a usage example.")
