@@ -234,8 +234,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, variance_noise: Optional[torch.Tensor] = None,
              return_dict: bool = True):
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        _check_set_timesteps(self)
         if self._unfused:  # built directly rather than through accelerate(): run diffusers' step
             return super().step(model_output, timestep, sample, generator=generator,
                                 variance_noise=variance_noise, return_dict=return_dict)
@@ -420,6 +419,12 @@ class DEISMultistepScheduler(_MultistepSteps, _diffusers.DEISMultistepScheduler)
         return alpha_t / alpha_s0, weights, 0.0
 
 
+def _check_set_timesteps(scheduler) -> None:
+    """diffusers' error for a step taken before set_timesteps."""
+    if scheduler.num_inference_steps is None:
+        raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+
+
 def _promoted(sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
     """The sample in the dtype diffusers' step arithmetic leaves its result in:
     torch's promotion of the sample's and the model output's dtypes (a bf16
@@ -506,8 +511,7 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
         sample = _promoted(sample, model_output)
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        _check_set_timesteps(self)
         if self.unsupported_options():
             return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         if self.step_index is None:
@@ -589,8 +593,7 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
              use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
              variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
         sample = _promoted(sample, model_output)
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        _check_set_timesteps(self)
         c = self.config
         t = _host_timestep(self, timestep, self._step_counter)
         self._step_counter += 1
@@ -743,8 +746,7 @@ class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
         return ops.multistep_combine([sample, *outputs], coeffs)
 
     def _host_step_timestep(self, timestep) -> int:
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        _check_set_timesteps(self)
         return _host_timestep(self, timestep, self.counter)  # the counter indexes scheduler.timesteps
 
     def step_prk(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
@@ -805,8 +807,7 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
         sample = _promoted(sample, model_output)
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        _check_set_timesteps(self)
         if self.step_index is None:
             self._init_step_index(timestep)
         c = self.config
@@ -851,8 +852,7 @@ class TCDScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.TCDSchedule
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.3,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
         sample = _promoted(sample, model_output)
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        _check_set_timesteps(self)
         if self.step_index is None:
             self._init_step_index(timestep)
         assert 0 <= eta <= 1.0, "gamma must be less than or equal to 1.0"
@@ -1000,8 +1000,7 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
              generator: Optional[torch.Generator] = None):
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        _check_set_timesteps(self)
         if self.unsupported_options():
             return super().step(model_output, timestep, sample, return_dict=return_dict)
         if self.step_index is None:
