@@ -25,15 +25,23 @@ def model(x, t):
     return torch.tanh(x) * 0.5 + 0.1 * torch.sin(x * (1 + float(t) / 1000))
 
 
-def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), **step_options):
+def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_dtype=None, start=0,
+          **step_options):
+    """A whole sampling loop from seeded noise of ``dtype`` (the model output in
+    ``model_dtype``, by default the same); from the start-th step, as img2img
+    runs it (set_begin_index where the scheduler has it, then
+    scheduler.timesteps[start * order:])."""
     scheduler.set_timesteps(steps, device=DEVICE)
+    begin = start * scheduler.order
+    if begin and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
     x = torch.randn(shape, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
     noise = torch.Generator(DEVICE).manual_seed(1)
     if "generator" in inspect.signature(scheduler.step).parameters:
         step_options = dict(step_options, generator=noise)
-    for t in scheduler.timesteps:
+    for t in scheduler.timesteps[begin:]:
         scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-        out = model(scaled, t).to(dtype)
+        out = model(scaled, t).to(model_dtype or dtype)
         x = scheduler.step(out, t, x, **step_options).prev_sample
     return x
 
@@ -123,18 +131,6 @@ def test_bf16_model_within_bf16_tolerance(name, config):
     assert _relative_error(got, stock) < 3e-2
 
 
-def _loop_in(scheduler, sample_dtype, model_dtype, steps=10):
-    """_loop with the sample and the model output in dtypes of their own."""
-    scheduler.set_timesteps(steps, device=DEVICE)
-    x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(sample_dtype)
-    g = torch.Generator(DEVICE).manual_seed(1)
-    kwargs = {"generator": g} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for t in scheduler.timesteps:
-        scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-        x = scheduler.step(model(scaled.float(), t).to(model_dtype), t, x, **kwargs).prev_sample
-    return x
-
-
 @pytest.mark.filterwarnings("ignore:Should have:UserWarning")
 @pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)],
                          ids=["float32-sample-bf16-model", "bf16-sample-float32-model"])
@@ -145,9 +141,12 @@ def test_mixed_dtypes_step_in_diffusers_dtype(name, dtypes):
     returned bf16 before, diffusers float32), and a sample close to diffusers'
     or, where diffusers computes in bf16 (the DPM-Solver inverse), to the float32 loop."""
     config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
-    stock = _loop_in(getattr(diffusers, name)(**config), *dtypes)
-    got = _loop_in(getattr(accelerated, name)(**config), *dtypes)
-    exact = _loop_in(getattr(diffusers, name)(**config), torch.float32, torch.float32)
+    def run(module, sample_dtype, model_dtype):
+        return _loop(getattr(module, name)(**config), steps=10, dtype=sample_dtype, shape=(2, 4, 8, 8),
+                     model_dtype=model_dtype)
+
+    stock, got = run(diffusers, *dtypes), run(accelerated, *dtypes)
+    exact = run(diffusers, torch.float32, torch.float32)
     assert got.dtype == stock.dtype
     assert min(_relative_error(got, stock), _relative_error(got, exact)) < 3e-2
 
@@ -246,25 +245,6 @@ def test_device_timesteps_are_found_by_position():
         assert accelerated._host_timestep(scheduler, scheduler.timesteps[position], counter=0) == host[position]
     for position, t in enumerate(scheduler.timesteps[4:], start=4):
         assert accelerated._host_timestep(scheduler, t, counter=position - 4) == host[position]
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("name", ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "DDIMInverseScheduler"])
-def test_a_loop_starting_part_way_matches_diffusers(name):
-    """img2img's loop: set_timesteps, then only scheduler.timesteps[start:] (device
-    views), the step counter starting at 0 while the timesteps do not."""
-    config = {"skip_prk_steps": True} if name == "PNDMScheduler" else {}
-    results = []
-    for module in (diffusers, accelerated):
-        scheduler = getattr(module, name)(**config)
-        scheduler.set_timesteps(10, device="cuda")
-        x = torch.randn(2, 4, 8, 8, generator=torch.Generator("cuda").manual_seed(0), device="cuda")
-        g = torch.Generator("cuda").manual_seed(1)
-        kwargs = {"generator": g} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        for t in scheduler.timesteps[4:]:
-            x = scheduler.step(model(x, t), t, x, **kwargs).prev_sample
-        results.append(x)
-    assert _relative_error(results[1], results[0]) < 1e-5
 
 
 def test_ddim_pipeline_gives_the_same_images():
@@ -746,23 +726,13 @@ def test_steps_do_not_synchronize(name):
 def test_a_loop_that_starts_part_way_matches_diffusers(name, start):
     """img2img's loop: set_timesteps, set_begin_index where the scheduler has it,
     then scheduler.timesteps[start * order:] only. (The LMS drop-in failed this:
-    diffusers pairs its order-4 weights with the fewer derivatives it has at first.)"""
+    diffusers pairs its order-4 weights with the fewer derivatives it has at first.
+    On a GPU, DIFFACCEL_TEST_DEVICE=cuda, the timesteps are device views whose
+    value the DDIM-family steps take from their position.)"""
     config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
-    results = []
-    for module in (diffusers, accelerated):
-        scheduler = getattr(module, name)(**config)
-        scheduler.set_timesteps(10, device=DEVICE)
-        begin = start * scheduler.order
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(begin)
-        x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
-        g = torch.Generator(DEVICE).manual_seed(1)
-        kwargs = {"generator": g} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        for t in scheduler.timesteps[begin:]:
-            scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-            x = scheduler.step(model(scaled, t), t, x, **kwargs).prev_sample
-        results.append(x)
-    assert _relative_error(results[1], results[0]) < 1e-5
+    want, got = (_loop(getattr(module, name)(**config), steps=10, shape=(2, 4, 8, 8), start=start)
+                 for module in (diffusers, accelerated))
+    assert _relative_error(got, want) < 1e-5
 
 
 # Options the random-configuration test draws from (each scheduler takes those its __init__ has).

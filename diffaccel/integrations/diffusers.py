@@ -1065,6 +1065,14 @@ def _euler_data_term(prediction_type: str, sigma: float, sigma_hat: float) -> Tu
     raise ValueError(f"prediction_type given as {prediction_type} must be one of `epsilon`, or `v_prediction`")
 
 
+def _sample_free_data_term(prediction_type: str, sigma_input: float) -> Tuple[float, float]:
+    """(c_x, c_m) of pred_original_sample for the schedulers without a sample
+    prediction (KDPM2, DPM++ SDE), from the model output at sigma_input."""
+    if prediction_type == "sample":
+        raise NotImplementedError("prediction_type not implemented yet: sample")
+    return _euler_data_term(prediction_type, sigma_input, sigma_input)
+
+
 class _EulerBase(_StepIndexWithoutSync):
     """What the two Euler schedulers share: host sigmas, and diffusers' guard against
     timesteps given as indices."""
@@ -1228,14 +1236,6 @@ class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDESchedu
     NOT_CAPTURABLE = ("its Brownian-tree noise comes from torchsde, which builds it on the host at each step "
                       "with generators of its own: a graph would replay the same noise")
 
-    def _data_term(self, sigma_input: float) -> Tuple[float, float]:
-        if self.config.prediction_type == "sample":
-            raise NotImplementedError("prediction_type not implemented yet: sample")
-        if self.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type given as {self.config.prediction_type} must be one of `epsilon`, or "
-                             "`v_prediction`")
-        return _euler_data_term(self.config.prediction_type, sigma_input, sigma_input)
-
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
              s_noise: float = 1.0):
         sample = _promoted(sample, model_output)
@@ -1249,7 +1249,8 @@ class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDESchedu
         sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
         t, t_next = sigma.log().neg(), sigma_next.log().neg()  # diffusers' t_fn, on float32 CPU scalars
         t_proposed = t + (t_next - t) * 0.5
-        c_x, c_m = self._data_term(float(sigma if first else t_proposed.neg().exp()))
+        sigma_input = float(sigma if first else t_proposed.neg().exp())
+        c_x, c_m = _sample_free_data_term(self.config.prediction_type, sigma_input)
         noise, history = None, []
         if sigma_next == 0:  # an Euler step to the data: x + (x - x0) / sigma (sigma_next - sigma)
             q = float((sigma_next - sigma) / sigma)
@@ -1291,24 +1292,18 @@ class _KDPM2Steps(_StepIndexWithoutSync):
         super().set_timesteps(*args, **kwargs)
         self._host_tables = {name: [float(v) for v in getattr(self, name).tolist()] for name in self.SIGMA_TABLES}
 
-    def _data_term(self, sigma_input: float) -> Tuple[float, float]:
-        """(c_x, c_m) of pred_original_sample, from the model output at sigma_input."""
-        if self.config.prediction_type == "sample":
-            raise NotImplementedError("prediction_type not implemented yet: sample")
-        return _euler_data_term(self.config.prediction_type, sigma_input, sigma_input)
-
     def _fused_step(self, model_output, sample, sigma: float, sigma_interpol: float, sigma_to: float,
                     noise=None, sigma_up: float = 0.0):
         """First call: x + (x - x0)/sigma (sigma_interpol - sigma). Second call:
         kept + (x - x0)/sigma_interpol (sigma_to - sigma) (+ sigma_up noise).
         Returns (prev_sample, pred_original_sample) and moves the kept sample."""
         if self.state_in_first_order:
-            c_x, c_m = self._data_term(sigma)
+            c_x, c_m = _sample_free_data_term(self.config.prediction_type, sigma)
             r = _ratio(sigma_interpol, sigma)
             coeffs, history = [c_x, c_m, r, 1.0 - r, 0.0], []
             self.sample = sample
         else:
-            c_x, c_m = self._data_term(sigma_interpol)
+            c_x, c_m = _sample_free_data_term(self.config.prediction_type, sigma_interpol)
             q = _ratio(sigma_to - sigma, sigma_interpol)
             coeffs, history = [c_x, c_m, q, -q, 1.0, sigma_up], [self.sample]
             self.sample = None
