@@ -8,15 +8,18 @@
 # device copy bandwidth, the drop-ins against stock diffusers, and whole
 # 20-step loops eager against graphed (bench/test_bench_graph.py). It writes one
 # markdown report, <date>-<card>.md, into $OUT (the device tool brings it
-# back) or build/gpu-check, and ends well inside 8 minutes: every phase has a
-# time limit and the report is written whatever fails.
+# back) or build/gpu-check, and ends inside TOTAL_SECONDS (default 480): every
+# phase has its own time limit, cut to what is left of the total, and the
+# report is written whatever fails. The logs and benchmark JSON go into one
+# archive, raw.tar.gz, beside the report (the device tool brings back 8 files).
 #
 #   bash bench/gpu_check.sh            # everything
 #   PHASES="build bench" bash bench/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
-mkdir -p "$OUT"
+RAW="$OUT/raw"  # logs and JSON, archived at the end
+mkdir -p "$RAW"
 PY=${PYTHON:-python3}
 PHASES=${PHASES:-"build check tests bench"}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
@@ -32,6 +35,13 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 |
 report="$OUT/$(date +%F)-${card:-gpu}.md"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
+# limit CAP: a phase's time limit, CAP seconds or what is left of TOTAL_SECONDS
+# (less 20 s to write the report), whichever is less; 0 once nothing is left.
+limit() {
+  local left=$(( ${TOTAL_SECONDS:-480} - 20 - $(elapsed) ))
+  (( left < 10 )) && left=0
+  echo $(( $1 < left ? $1 : left ))
+}
 
 {
   echo "# diffaccel GPU check, $(date +%F), ${card:-unknown card}"
@@ -46,18 +56,26 @@ elapsed() { echo $(( $(date +%s) - start )); }
 
 section() { printf '\n## %s\n\n' "$1" >> "$report"; }
 fenced_tail() { echo '```' >> "$report"; tail -n "$2" "$1" >> "$report"; echo '```' >> "$report"; }
+# timed CAP LOG CMD...: CMD under `timeout`, its output appended to LOG, when
+# time is left; prints the exit status (124: cut by its limit) or "skipped".
+timed() {
+  local cap; cap=$(limit "$1"); local log=$2; shift 2
+  if (( cap == 0 )); then echo "skipped: TOTAL_SECONDS spent"; return; fi
+  timeout "$cap" "$@" >> "$log" 2>&1
+  echo "exit $? after $(elapsed) s (limit ${cap} s)"
+}
 
 if [[ " $PHASES " == *" build "* ]]; then
   section "Build (setup.py build_ext --inplace, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
   rm -f diffaccel/_C*.so
   # One CPU clone (DIFFACCEL_CPU_CLONES=0): the three-ISA CPU build was the
   # long pole of the 147 s build on 2026-11-27, and CPU speed is not measured here.
-  DIFFACCEL_CPU_CLONES=0 timeout 240 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1
+  DIFFACCEL_CPU_CLONES=0 timeout $(limit 240) $PY setup.py build_ext --inplace > "$RAW/build.log" 2>&1
   status=$?
-  $PY -c "from diffaccel import _extension as e; print('extension loaded:', e.available(), '| with_cuda:', e._C.with_cuda if e._C else None, '|', e.load_error or '')" >> "$OUT/build.log" 2>&1
+  $PY -c "from diffaccel import _extension as e; print('extension loaded:', e.available(), '| with_cuda:', e._C.with_cuda if e._C else None, '|', e.load_error or '')" >> "$RAW/build.log" 2>&1
   echo "exit $status after $(elapsed) s" >> "$report"
-  fenced_tail "$OUT/build.log" 12
-  $PY -m diffaccel info >> "$OUT/build.log" 2>&1
+  fenced_tail "$RAW/build.log" 12
+  $PY -m diffaccel info >> "$RAW/build.log" 2>&1
   echo '```' >> "$report"; $PY -m diffaccel info >> "$report" 2>&1; echo '```' >> "$report"
   # The 2026-11-27 run segfaulted whenever a C++ argument check threw on CUDA
   # tensors. Which toolchain built the extension, and does a throw from the CPU
@@ -78,60 +96,74 @@ except Exception as e:
 " 2>&1 | tail -1 | sed "s/^/$dev: /"
       echo "$dev: exit ${PIPESTATUS[0]}"
     done
+    # Where it crashes, if it does: the native stack, when gdb is there.
+    if command -v gdb >/dev/null; then
+      timeout 60 gdb -q -batch -ex run -ex bt --args $PY -c "
+import torch, diffaccel
+torch.ops.diffaccel.threshold(torch.randn(2, 3, device='cuda'), 'dynamic', 2.0, 1.0, 'diffusers')
+" 2>&1 | grep -E "^#|signal|Error" | head -30
+    fi
     echo '```'
   } >> "$report" 2>&1
 fi
 
 if [[ " $PHASES " == *" check "* ]]; then
   section "diffaccel check --device cuda"
-  echo '```' >> "$report"
-  timeout 120 $PY -m diffaccel check --device cuda >> "$report" 2>&1
-  echo "exit $?" >> "$report"
-  echo '```' >> "$report"
+  echo "$(timed 60 "$RAW/check.log" $PY -m diffaccel check --device cuda)" >> "$report"
+  fenced_tail "$RAW/check.log" 30
 fi
 
-if [[ " $PHASES " == *" tests "* ]]; then
-  for backend in cuda triton; do
-    section "Tests on CUDA, DIFFACCEL_BACKEND=$backend"
-    DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=$backend timeout ${TEST_SECONDS:-110} \
-      $PY -m pytest tests -q -n 12 -p no:cacheprovider -rfE --durations=8 > "$OUT/tests-$backend.log" 2>&1
-    echo "exit $? after $(elapsed) s (exit 124: the TEST_SECONDS limit cut the run)" >> "$report"
-    echo '```' >> "$report"
-    grep -E "^(FAILED|ERROR) " "$OUT/tests-$backend.log" | cut -c1-300 | head -60 >> "$report"
-    # The slowest tests, to size the next run's time limit.
-    grep -E "^[0-9.]+s (call|setup|teardown) " "$OUT/tests-$backend.log" | head -8 >> "$report"
-    tail -n 1 "$OUT/tests-$backend.log" >> "$report"
-    echo '```' >> "$report"
-  done
-fi
+# test_run BACKEND CAP: the whole suite on CUDA with one GPU backend.
+test_run() {
+  section "Tests on CUDA, DIFFACCEL_BACKEND=$1"
+  local log="$RAW/tests-$1.log"
+  DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=$1 timed "$2" "$log" \
+    $PY -m pytest tests -q -n 14 -p no:cacheprovider -rfE --durations=8 --timeout=90 >> "$report"
+  echo '```' >> "$report"
+  grep -E "^(FAILED|ERROR) " "$log" | cut -c1-300 | head -60 >> "$report"
+  # The slowest tests, to size the next run's time limit.
+  grep -E "^[0-9.]+s (call|setup|teardown) " "$log" | head -8 >> "$report"
+  tail -n 1 "$log" >> "$report"
+  echo '```' >> "$report"
+}
+
+# Most valuable first, so that a run cut by TOTAL_SECONDS loses the least:
+# the CUDA backend's tests, the kernels' and the graphed loops' numbers, the
+# Triton backend's tests, the drop-ins' numbers, then the torch.compile baseline.
+[[ " $PHASES " == *" tests "* ]] && test_run cuda ${TEST_SECONDS:-130}
 
 if [[ " $PHASES " == *" bench "* ]]; then
   section "Benchmarks"
-  # Two runs, so that the kernels' numbers survive if torch.compile's are slow to build.
-  timeout ${BENCH_SECONDS:-100} $PY -m pytest bench/test_bench_gpu.py -q -p no:cacheprovider --benchmark-only \
-    -k "not compiled_reference" --benchmark-json="$OUT/bench-gpu.json" > "$OUT/bench.log" 2>&1
-  echo "kernels, eager, copy, torch.quantile: exit $? after $(elapsed) s" >> "$report"
-  timeout ${COMPILE_BENCH_SECONDS:-150} $PY -m pytest bench/test_bench_gpu.py -q -p no:cacheprovider --benchmark-only \
-    -k "compiled_reference and (large or xlarge)" --benchmark-json="$OUT/bench-gpu-compiled.json" >> "$OUT/bench.log" 2>&1
-  echo "torch.compile of the reference: exit $? after $(elapsed) s" >> "$report"
+  echo "- kernels, eager, copy, torch.quantile: $(timed ${BENCH_SECONDS:-90} "$RAW/bench.log" \
+    $PY -m pytest bench/test_bench_gpu.py -q -p no:cacheprovider --benchmark-only \
+    -k "not compiled_reference" --benchmark-json="$RAW/bench-gpu.json")" >> "$report"
+  # Whole loops with a network: stock diffusers, eager, one CUDA graph (diffaccel.graph).
+  echo "- graphed loops: $(DIFFACCEL_BENCH_DEVICE=cuda timed ${GRAPH_BENCH_SECONDS:-60} "$RAW/bench.log" \
+    $PY -m pytest bench/test_bench_graph.py -q -p no:cacheprovider --benchmark-only \
+    --benchmark-json="$RAW/bench-gpu-graph.json")" >> "$report"
+fi
+
+[[ " $PHASES " == *" tests "* ]] && test_run triton ${TEST_SECONDS:-130}
+
+if [[ " $PHASES " == *" bench "* ]]; then
   # diffusers is not on the GPU image: the drop-in bench runs where it is carried.
   if $PY -c "import diffusers" 2>/dev/null; then
-    DIFFACCEL_BENCH_DEVICE=cuda timeout ${DIFFUSERS_BENCH_SECONDS:-60} $PY -m pytest bench/test_bench_diffusers.py -q \
-      -p no:cacheprovider --benchmark-only --benchmark-json="$OUT/bench-gpu-diffusers.json" >> "$OUT/bench.log" 2>&1
-    echo "diffusers drop-ins: exit $? after $(elapsed) s" >> "$report"
+    echo "- diffusers drop-ins: $(DIFFACCEL_BENCH_DEVICE=cuda timed ${DIFFUSERS_BENCH_SECONDS:-50} "$RAW/bench.log" \
+      $PY -m pytest bench/test_bench_diffusers.py -q -p no:cacheprovider --benchmark-only \
+      --benchmark-json="$RAW/bench-gpu-diffusers.json")" >> "$report"
   else
-    echo "diffusers drop-ins: skipped (diffusers not importable; carry its wheel, see the device README)" >> "$report"
+    echo "- diffusers drop-ins: skipped (diffusers not importable; carry its wheel, see the device README)" >> "$report"
   fi
-  # Whole loops with a network: stock diffusers, eager, one CUDA graph (diffaccel.graph).
-  DIFFACCEL_BENCH_DEVICE=cuda timeout ${GRAPH_BENCH_SECONDS:-75} $PY -m pytest bench/test_bench_graph.py -q \
-    -p no:cacheprovider --benchmark-only --benchmark-json="$OUT/bench-gpu-graph.json" >> "$OUT/bench.log" 2>&1
-  echo "graphed loops: exit $? after $(elapsed) s" >> "$report"
-  jsons=$(ls "$OUT"/bench-gpu*.json 2>/dev/null)
+  echo "- torch.compile of the reference: $(timed ${COMPILE_BENCH_SECONDS:-120} "$RAW/bench.log" \
+    $PY -m pytest bench/test_bench_gpu.py -q -p no:cacheprovider --benchmark-only \
+    -k "compiled_reference and (large or xlarge)" --benchmark-json="$RAW/bench-gpu-compiled.json")" >> "$report"
+  jsons=$(ls "$RAW"/bench-gpu*.json 2>/dev/null)
   if [ -n "$jsons" ]; then
     $PY bench/report.py $jsons 2>&1 | sed '1,2d' >> "$report"
   fi
-  fenced_tail "$OUT/bench.log" 8
+  fenced_tail "$RAW/bench.log" 8
 fi
 
 printf '\nTotal %s s.\n' "$(elapsed)" >> "$report"
+tar czf "$OUT/raw.tar.gz" -C "$RAW" . && rm -r "$RAW"
 cat "$report"
