@@ -68,23 +68,38 @@ timed() {
 if [[ " $PHASES " == *" build "* ]]; then
   section "Build (setup.py build_ext --inplace, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
   rm -f diffaccel/_C*.so
-  # One CPU clone (DIFFACCEL_CPU_CLONES=0): the three-ISA CPU build was the
-  # long pole of the 147 s build on 2026-11-27, and CPU speed is not measured here.
-  DIFFACCEL_CPU_CLONES=0 timeout $(limit 240) $PY setup.py build_ext --inplace > "$RAW/build.log" 2>&1
-  status=$?
+  # The image sets CC/CXX to wrappers in /opt/gcc; the extension they built
+  # carried no libstdc++.so (ldd) and crashed on every C++ error, CPU tensors
+  # too, in both H200 runs of 2026-11-27. The system compiler links libstdc++
+  # dynamically, as torch does. Build with it where it exists, else the image's.
+  echo "image CC=${CC:-} CXX=${CXX:-}; $(file -L /opt/gcc/bin/g++ 2>&1 | cut -c1-120)" >> "$report"
+  head -c 400 /opt/gcc/bin/g++ 2>/dev/null | grep -a -v '^\s*$' | head -8 > "$RAW/cxx-wrapper.txt"
+  build() {
+    # One CPU clone (DIFFACCEL_CPU_CLONES=0): the three-ISA CPU build was the
+    # long pole of the 147 s build on 2026-11-27, and CPU speed is not measured here.
+    DIFFACCEL_CPU_CLONES=0 timeout $(limit 240) "$@" $PY setup.py build_ext --inplace >> "$RAW/build.log" 2>&1 &&
+      $PY -c "from diffaccel import _extension as e; assert e.available()" >> "$RAW/build.log" 2>&1
+  }
+  if [ -x /usr/bin/g++ ] && build env CC=/usr/bin/gcc CXX=/usr/bin/g++; then
+    echo "built with the system compiler (/usr/bin/gcc, /usr/bin/g++)" >> "$report"; status=0
+  else
+    rm -rf build/temp.* diffaccel/_C*.so
+    build env; status=$?
+    echo "built with the image's CC/CXX" >> "$report"
+  fi
   $PY -c "from diffaccel import _extension as e; print('extension loaded:', e.available(), '| with_cuda:', e._C.with_cuda if e._C else None, '|', e.load_error or '')" >> "$RAW/build.log" 2>&1
   echo "exit $status after $(elapsed) s" >> "$report"
   fenced_tail "$RAW/build.log" 12
   $PY -m diffaccel info >> "$RAW/build.log" 2>&1
   echo '```' >> "$report"; $PY -m diffaccel info >> "$report" 2>&1; echo '```' >> "$report"
-  # The 2026-11-27 run segfaulted whenever a C++ argument check threw on CUDA
-  # tensors. Which toolchain built the extension, and does a throw from the CPU
-  # kernels' checks crash too? (Each probe should print "ValueError: ...".)
+  # Does a C++ argument check's throw reach Python (it crashed the process on
+  # 2026-11-27)? Each probe should print "ValueError: ...".
   section "Probe: C++ argument errors"
   {
     echo '```'
-    echo "build compiler: $($PY -c 'import sysconfig; print(sysconfig.get_config_var("CXX"))') ; c++: $(c++ --version 2>&1 | head -1)"
+    echo "c++: $(c++ --version 2>&1 | head -1); /usr/bin/g++: $(/usr/bin/g++ --version 2>&1 | head -1)"
     ls -d /opt/gcc/bin/g++ >/dev/null 2>&1 && echo "/opt/gcc/bin/g++: $(/opt/gcc/bin/g++ --version | head -1)"
+    cat "$RAW/cxx-wrapper.txt"
     ldd diffaccel/_C*.so 2>&1 | grep -E "stdc|gcc_s|gomp" | sed 's/ (0x.*//'
     for dev in cpu cuda; do
       $PY -c "
@@ -156,7 +171,7 @@ if [[ " $PHASES " == *" bench "* ]]; then
   fi
   echo "- torch.compile of the reference: $(timed ${COMPILE_BENCH_SECONDS:-120} "$RAW/bench.log" \
     $PY -m pytest bench/test_bench_gpu.py -q -p no:cacheprovider --benchmark-only \
-    -k "compiled_reference and (large or xlarge)" --benchmark-json="$RAW/bench-gpu-compiled.json")" >> "$report"
+    -k "${COMPILE_BENCH_K:-compiled_reference and xlarge}" --benchmark-json="$RAW/bench-gpu-compiled.json")" >> "$report"
   jsons=$(ls "$RAW"/bench-gpu*.json 2>/dev/null)
   if [ -n "$jsons" ]; then
     $PY bench/report.py $jsons 2>&1 | sed '1,2d' >> "$report"

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from diffaccel import ops
+from diffaccel.noise import standard_normal
 
 # Latent-sized float32 tensors: 64 KiB, 1 MiB and 1 MiB per tensor (these stay
 # in the last-level cache, as they do between the steps of a sampling loop),
@@ -43,7 +44,7 @@ class Case:
 
 
 def _randn(shape, dtype, device, g):
-    return torch.randn(shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+    return standard_normal(shape, generator=g, device=device).to(dtype)
 
 
 def _make_ei_2m(shape, dtype, device, g):
@@ -141,7 +142,7 @@ def median_seconds(fn: Callable[[], object], device="cpu", min_time: float = 0.2
 
 def copy_bandwidth(shape, dtype=torch.float32, device="cpu") -> float:
     """Bytes per second of dst.copy_(src) at this size: read plus write."""
-    src = torch.randn(shape).to(device=device, dtype=dtype)
+    src = torch.randn(shape, device=device).to(dtype)
     dst = torch.empty_like(src)
     seconds = median_seconds(lambda: dst.copy_(src), device)
     return 2 * src.numel() * src.element_size() / seconds
@@ -181,9 +182,10 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
     from diffaccel.integrations import diffusers as accelerated
 
     name, config = SCHEDULER_CASES[case]
-    scheduler = getattr(accelerated if impl == "diffaccel" else diffusers, name)(**config)
-    x0 = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
-    eps = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.device("cpu"):  # diffusers' tables on the host, as in a pipeline, whatever the default device
+        scheduler = getattr(accelerated if impl == "diffaccel" else diffusers, name)(**config)
+    x0 = standard_normal(shape, generator=torch.Generator().manual_seed(0), device=device)
+    eps = standard_normal(shape, generator=torch.Generator().manual_seed(1), device=device)
 
     def loop():
         x = x0
@@ -266,7 +268,7 @@ def _loop_rows(device, shape, print_fn) -> List[Dict]:
     from diffaccel.sampling import run_plan
     from diffaccel.solvers import plan
 
-    x = torch.randn(shape).to(device)
+    x = torch.randn(shape, device=device)
     eps = torch.randn_like(x)
 
     def zero_cost(x, t):  # the loop's own time: what a user pays per step beyond the network

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from diffaccel import ops
+from diffaccel.noise import standard_normal
 from diffaccel.ops import backends, reference
 from diffaccel.ops import triton as triton_backend
 
@@ -28,6 +29,19 @@ TOLERANCES = {
     torch.float16: dict(rtol=1e-3, atol=1e-3),
     torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
 }
+
+# Triton turns a*b + c into one fused multiply-add on the GPU (its default),
+# where the C++ kernels round each product as the reference does (nvcc
+# --fmad=false, the CPU build's -ffp-contract=off). After cancellation a Triton
+# float32 result can then be a few units in the last place of its inputs off:
+# 1.1e-6 on values of magnitude 5 in the H200 run of 2026-11-27.
+TRITON_CUDA_FLOAT32 = dict(rtol=1e-6, atol=5e-6)
+
+
+def tolerance(dtype: torch.dtype, triton_on_cuda: bool = False) -> dict:
+    """The tolerance of a kernel's result against the reference."""
+    return TRITON_CUDA_FLOAT32 if triton_on_cuda and dtype == torch.float32 else TOLERANCES[dtype]
+
 
 OPS = ("ei_step", "multistep_combine", "threshold", "langevin_correct", "error_norm")
 
@@ -51,11 +65,11 @@ def _cases(device: str, gen: torch.Generator) -> Dict[str, List[Tuple[Callable, 
     """op -> [(fused call, reference call, output dtype)] on fresh inputs."""
 
     def randn(shape, dtype, transposed=False):
-        t = torch.randn(tuple(reversed(shape)) if transposed else shape, generator=gen).to(device=device, dtype=dtype)
+        t = standard_normal(tuple(reversed(shape)) if transposed else shape, generator=gen, device=device).to(dtype)
         return t.permute(*reversed(range(len(shape)))) if transposed else t
 
     def coeffs(rows, n):
-        return torch.randn((rows, n) if rows else (n,), generator=gen, dtype=torch.float64).to(device)
+        return standard_normal((rows, n) if rows else (n,), generator=gen, dtype=torch.float64, device=device)
 
     cases: Dict[str, list] = {op: [] for op in OPS}
     dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -94,13 +108,13 @@ def _cases(device: str, gen: torch.Generator) -> Dict[str, List[Tuple[Callable, 
     return cases
 
 
-def _compare(got, want) -> Tuple[bool, float]:
+def _compare(got, want, triton_on_cuda: bool) -> Tuple[bool, float]:
     """(within tolerance, the worst |got - want| / (atol + rtol |want|): <= 1 passes)."""
     got = got if isinstance(got, tuple) else (got,)
     want = want if isinstance(want, tuple) else (want,)
     ok, worst = True, 0.0
     for g, w in zip(got, want):
-        tol = TOLERANCES[w.dtype]
+        tol = tolerance(w.dtype, triton_on_cuda)
         ok &= g.shape == w.shape and g.dtype == w.dtype and bool(torch.allclose(g, w, equal_nan=True, **tol))
         if g.shape == w.shape and g.numel():
             g64, w64 = g.to(torch.float64), w.to(torch.float64)
@@ -129,7 +143,7 @@ def run(device: str = "cpu", backend_names=None, seed: int = None, out=print) ->
                 try:
                     with ops.backend(_backend_setting(name)):
                         got = fused()
-                    ok, err = _compare(got, ref())
+                    ok, err = _compare(got, ref(), name == "triton" and device_type == "cuda")
                 except Exception as e:  # noqa: BLE001  (a crashing backend is a failed check, reported)
                     ok, err, error = False, float("nan"), f"{type(e).__name__}: {e}".splitlines()[0]
                 bad += not ok

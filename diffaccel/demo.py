@@ -29,6 +29,7 @@ import torch
 from diffaccel import ops, schedules
 from diffaccel.graph import capture_for_timing
 from diffaccel.models import digits
+from diffaccel.noise import standard_normal
 from diffaccel.models.analytic import GaussianData, GaussianMixture
 from diffaccel.sampling import run_plan, sample
 from diffaccel.solvers import plan
@@ -155,7 +156,7 @@ def digit_grids(out_dir: str, device: str, steps_list: List[int], samplers: List
     if plt is None:
         return []
     model = digits.load_pretrained(device)
-    noise = torch.randn((64,) + digits.IMAGE_SHAPE, generator=torch.Generator().manual_seed(0)).to(device)
+    noise = standard_normal((64,) + digits.IMAGE_SHAPE, generator=torch.Generator().manual_seed(0), device=device)
     written = []
     for sampler, steps in _progress([(s, n) for s in samplers for n in steps_list], "digit grids"):
         with torch.no_grad():
@@ -182,7 +183,7 @@ def trajectories_plot(path: str, steps: int) -> bool:
         return False
     schedule, mixture = schedules.VPLinear(), _mixture("cpu")
     denoiser = mixture.denoiser(schedule)
-    starts = torch.randn(6, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    starts = standard_normal((6, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64, device="cpu")
 
     def trajectory(sampler: str, seed: int) -> torch.Tensor:
         states = [starts.clone()]
@@ -226,7 +227,7 @@ def inversion_interpolation(path: str, device: str, steps: int) -> Dict:
     interpolation between the two encodings decoded. Returns the errors;
     writes the figure if matplotlib is installed."""
     model, schedule = digits.load_pretrained(device), digits.schedule()
-    noise = torch.randn((2,) + digits.IMAGE_SHAPE, generator=torch.Generator().manual_seed(6)).to(device)
+    noise = standard_normal((2,) + digits.IMAGE_SHAPE, generator=torch.Generator().manual_seed(6), device=device)
     weights = [i / 8 for i in range(9)]
     with torch.no_grad():
         x0 = sample(model, noise, sampler="ddim", steps=steps, schedule=schedule)

@@ -37,7 +37,9 @@ def to_device(values: Sequence[float], device, dtype: torch.dtype = torch.float6
             "where the copy would replay from reused host memory; capture the loop with diffaccel.graph "
             "(capture() or diffaccel.integrations.diffusers.graph_pipeline), which keeps them on the device"
         )
-    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
+    # Staged on the host explicitly: under torch.set_default_device('cuda') a bare
+    # torch.tensor would already be on the GPU (and could not be pinned).
+    return torch.tensor(values, dtype=dtype, device="cpu").pin_memory().to(device, non_blocking=True)
 
 
 class ConstantCache:

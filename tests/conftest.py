@@ -16,11 +16,24 @@ import pytest
 import torch
 
 from diffaccel import _extension, check
+from diffaccel.ops import backends
 from diffaccel.ops import triton as triton_backend
 
 DEVICE = os.environ.get("DIFFACCEL_TEST_DEVICE", "cpu")
 if DEVICE != "cpu":
     torch.set_default_device(DEVICE)
+
+
+
+@pytest.fixture
+def host_default_device():
+    """The host as the default device for the test. diffusers makes a
+    scheduler's tables on the default device and reads them with numpy, so stock
+    diffusers cannot run under torch.set_default_device("cuda"); its schedulers
+    are made on the host, as in a pipeline, and the tests' tensors name DEVICE."""
+    with torch.device("cpu"):
+        yield
+
 
 # Backends the front-end tests run each case on, for this device.
 TEST_BACKENDS = ["auto", "reference"] + (["triton"] if triton_backend.available(DEVICE) else [])
@@ -32,15 +45,14 @@ SHAPES = [(1,), (3, 5, 7, 11), (2, 4, 64, 64), (0, 3, 4)]
 
 LAYOUTS = ["contiguous", "sliced", "transposed"]
 
-# Tolerances of a kernel against the reference (shared with `diffaccel check`).
-TOLERANCES = check.TOLERANCES
-
 
 def assert_close(actual, expected, dtype=None):
+    """Within the tolerance of a kernel against the reference (`diffaccel check`'s)."""
     dtype = dtype or expected.dtype
     assert actual.dtype == expected.dtype
     assert actual.shape == expected.shape
-    torch.testing.assert_close(actual, expected, equal_nan=True, **TOLERANCES[dtype])
+    triton_on_cuda = actual.device.type == "cuda" and backends.current() == "triton"
+    torch.testing.assert_close(actual, expected, equal_nan=True, **check.tolerance(dtype, triton_on_cuda))
 
 
 def make(shape, dtype, layout="contiguous", generator=None, scale=1.0):

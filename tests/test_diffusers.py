@@ -17,7 +17,8 @@ from conftest import DEVICE  # noqa: E402
 
 # diffusers' own numpy-2 deprecation noise (numpy functions on tensors in set_timesteps).
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")]
+              pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+              pytest.mark.usefixtures("host_default_device")]
 
 
 def model(x, t):
@@ -153,10 +154,10 @@ def test_mixed_dtypes_step_in_diffusers_dtype(name, dtypes):
 
 def test_state_api_is_diffusers():
     s = accelerated.DPMSolverMultistepScheduler(solver_order=3)
-    s.set_timesteps(10)
+    s.set_timesteps(10, device=DEVICE)
     s.set_begin_index(2)
     assert s.begin_index == 2
-    x = torch.randn(1, 4, 8, 8)
+    x = torch.randn(1, 4, 8, 8, device=DEVICE)
     t = s.timesteps[2]
     assert torch.equal(s.scale_model_input(x, t), x)
     out = s.step(model(x, t), t, x, return_dict=False)
@@ -378,8 +379,8 @@ def test_kdpm2_schedulers_match_diffusers(name, config, steps):
 @pytest.mark.parametrize("name", ["KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"])
 def test_kdpm2_prediction_type_sample_is_refused_as_diffusers_refuses(name):
     scheduler = getattr(accelerated, name)(prediction_type="sample")
-    scheduler.set_timesteps(4)
-    x = torch.randn(1, 4, 8, 8)
+    scheduler.set_timesteps(4, device=DEVICE)
+    x = torch.randn(1, 4, 8, 8, device=DEVICE)
     with pytest.raises(NotImplementedError, match="prediction_type not implemented yet: sample"):
         scheduler.step(x, scheduler.timesteps[0], x)
 
@@ -629,7 +630,9 @@ def test_score_sde_ve_matches_diffusers(correct_steps):
         scheduler.set_timesteps(20, device=DEVICE)
         scheduler.set_sigmas(20)
         x = torch.randn(2, 3, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE) * 50
-        g = torch.Generator(DEVICE).manual_seed(1)
+        # A host generator: stock step_correct draws on the generator's device without naming one,
+        # which diffusers refuses for a CUDA generator.
+        g = torch.Generator().manual_seed(1)
         for i, t in enumerate(scheduler.timesteps):
             sigma = float(scheduler.sigmas[i])
             for _ in range(correct_steps):
