@@ -37,7 +37,11 @@ def to_device(values: Sequence[float], device, dtype: torch.dtype = torch.float6
             "where the copy would replay from reused host memory; capture the loop with diffaccel.graph "
             "(capture() or diffaccel.integrations.diffusers.graph_pipeline), which keeps them on the device"
         )
-    # Staged on the host explicitly: under torch.set_default_device('cuda') a bare
+    return _copy_from_pinned(values, device, dtype)
+
+
+def _copy_from_pinned(values: Sequence[float], device, dtype: torch.dtype) -> torch.Tensor:
+    # Staged on the host explicitly: under torch.set_default_device("cuda") a bare
     # torch.tensor would already be on the GPU (and could not be pinned).
     return torch.tensor(values, dtype=dtype, device="cpu").pin_memory().to(device, non_blocking=True)
 
@@ -111,7 +115,7 @@ class DeviceConstants:
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError(f"diffaccel: the loop used more coefficient sets ({i + 1}) in capture than in its "
                                "warm-up: it is not a fixed loop")
-        tensor = torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
+        tensor = _copy_from_pinned(values, device, dtype)
         self._keys.append(key)
         self._tensors.append(tensor)
         return tensor

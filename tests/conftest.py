@@ -35,6 +35,21 @@ def host_default_device():
         yield
 
 
+@pytest.fixture
+def exact_float32_convolutions():
+    """Convolutions and matmuls in full float32 on CUDA, for the tests that
+    compare whole pipelines (UNet plus scheduler). PyTorch lets cuDNN use TF32
+    by default, which rounds a UNet's inputs to 10 bits: a last-bit difference
+    in the scheduler's state can flip such a rounding and grow over the loop
+    (1e-3 in the images on the H200, 2026-11-27), hiding what is compared."""
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 # Backends the front-end tests run each case on, for this device.
 TEST_BACKENDS = ["auto", "reference"] + (["triton"] if triton_backend.available(DEVICE) else [])
 

@@ -248,6 +248,7 @@ def test_device_timesteps_are_found_by_position():
         assert accelerated._host_timestep(scheduler, t, counter=position - 4) == host[position]
 
 
+@pytest.mark.usefixtures("exact_float32_convolutions")
 def test_ddim_pipeline_gives_the_same_images():
     """diffusers' DDIMPipeline with a small randomly initialised UNet2DModel (built
     from a config, nothing downloaded): the same images with either scheduler."""
@@ -500,6 +501,7 @@ def test_ddpm_matches_diffusers(config):
     assert _relative_error(got, want) < 1e-5
 
 
+@pytest.mark.usefixtures("exact_float32_convolutions")
 def test_ddpm_custom_timesteps_and_pipeline():
     stock, ours = diffusers.DDPMScheduler(), accelerated.DDPMScheduler()
     for sch in (stock, ours):
@@ -555,6 +557,7 @@ def test_pndm_plms_before_the_runge_kutta_steps_is_refused_as_diffusers_refuses(
             scheduler.step_plms(x, scheduler.timesteps[0], x)
 
 
+@pytest.mark.usefixtures("exact_float32_convolutions")
 def test_pndm_pipeline_gives_the_same_images():
     unet = _small_unet()
     pipe = diffusers.PNDMPipeline(unet=unet, scheduler=diffusers.PNDMScheduler())

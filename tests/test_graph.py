@@ -322,7 +322,7 @@ def _stock_loop(pipe, latents, embeds, negative, steps, guidance_scale, seed):
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
-@pytest.mark.usefixtures("host_default_device")
+@pytest.mark.usefixtures("host_default_device", "exact_float32_convolutions")
 @pytest.mark.parametrize("scheduler_name,guidance_scale", [
     ("DPMSolverMultistepScheduler", 7.5), ("EulerAncestralDiscreteScheduler", 4.0), ("DDIMScheduler", 1.0),
     ("EulerDiscreteScheduler", 3.0), ("HeunDiscreteScheduler", 2.0), ("PNDMScheduler", 7.5),

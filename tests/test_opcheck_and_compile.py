@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffaccel import ops
-from diffaccel.ops import reference
+from diffaccel.ops import backends, reference
 from diffaccel.ops import triton as triton_backend
 
 from conftest import DEVICE, assert_close
@@ -88,8 +88,11 @@ def test_compile_fullgraph(name, gen):
         assert_close(g, w)
 
 
-def test_compile_inductor_in_place_loop(gen):
-    """A multistep loop body with out= (mutating ops) under inductor."""
+@pytest.mark.parametrize("backend", sorted({backends.current(), "reference"}))  # DIFFACCEL_BACKEND's, and the reference
+def test_compile_inductor_in_place_loop(gen, backend):
+    """A multistep loop body with out= (mutating ops) under inductor, on the
+    selected backend and on the reference (whose Python argument checks dynamo
+    traces: a storage-address check there once broke it)."""
     x, m, h, _ = _inputs(gen)
     c = torch.randn(6, generator=gen, dtype=torch.float64)
 
@@ -100,6 +103,7 @@ def test_compile_inductor_in_place_loop(gen):
     torch._dynamo.reset()
     compiled = torch.compile(step, fullgraph=True)
     want = reference.ei_step(x, m, [h], c)
-    got = compiled(x.clone(), m, h.clone())
+    with ops.backend(backend):
+        got = compiled(x.clone(), m, h.clone())
     for g, w in zip(got, want):
         assert_close(g, w)
