@@ -41,6 +41,25 @@ from diffaccel.transfer import ConstantCache, to_device
 _COEFFICIENTS = ConstantCache()
 
 
+def _step(x, denoised, history, coeffs, noise=None, sigma_dtype: Optional[torch.dtype] = None):
+    """ops.ei_step with the result dtype k-diffusion's tensor arithmetic gives the
+    same update: the promotion of every tensor in it (x, the denoiser outputs,
+    earlier terms, noise), and of the sigmas where k-diffusion divides by
+    ``append_dims(sigma)`` (to_d: pass their dtype), which has x's rank and so
+    promotes, where its 0-d sigma and t tensors do not. So bf16 latents become
+    float32 after an Euler step with float32 sigmas, as in k-diffusion, and the
+    model sees what it would see there."""
+    tensors = [x, denoised, *history] + ([noise] if noise is not None else [])
+    dtypes = [t.dtype for t in tensors] + ([sigma_dtype] if sigma_dtype is not None else [])
+    dtype = functools.reduce(torch.promote_types, dtypes)
+    if dtype == torch.float64:  # the op does not mix float64 with 16/32-bit tensors
+        x, denoised, *history = (t.to(dtype) for t in (x, denoised, *history))
+        noise = noise.to(dtype) if noise is not None else None
+    elif x.dtype != dtype:
+        x = x.to(dtype)
+    return ops.ei_step(x, denoised, history, coeffs, noise=noise)
+
+
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
 
@@ -179,11 +198,12 @@ class _Loop:
         high = max(range(len(self.values)), key=lambda j: self.values[j])
         return self.sigmas[low], self.sigmas[high]
 
-    def step(self, x, denoised, history, a, b, noise=None, s=0.0):
+    def step(self, x, denoised, history, a, b, noise=None, s=0.0, to_d=False):
         """x_next = a x + b[0] denoised + sum_j b[j+1] history[j] (+ s noise): one ei_step
-        whose data term is the denoiser output itself (c_x = 0, c_m = 1)."""
+        whose data term is the denoiser output itself (c_x = 0, c_m = 1). to_d: the
+        step k-diffusion computes with to_d (its result dtype promotes with the sigmas')."""
         coeffs = _COEFFICIENTS.get([0.0, 1.0, a, *b, s], self.device)
-        return ops.ei_step(x, denoised, history, coeffs, noise=noise)
+        return _step(x, denoised, history, coeffs, noise, self.sigmas.dtype if to_d else None)
 
 
 def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise):
@@ -209,7 +229,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
         denoised = loop.denoise(x, sigma_hat)
         loop.report(x, i, sigma_hat, denoised)
         r = loop.values[i + 1] / sh
-        x, _ = loop.step(x, denoised, [], r, [1.0 - r])
+        x, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
     return x
 
 
@@ -225,7 +245,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
         r = sigma_down / sigma
         noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
-        x, _ = loop.step(x, denoised, [], r, [1.0 - r], noise=noise, s=s_noise * sigma_up)
+        x, _ = loop.step(x, denoised, [], r, [1.0 - r], noise=noise, s=s_noise * sigma_up, to_d=True)
     return x
 
 
@@ -240,14 +260,15 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         loop.report(x, i, sigma_hat, denoised)
         sn = loop.values[i + 1]
         r = sn / sh
-        x_2, _ = loop.step(x, denoised, [], r, [1.0 - r])
+        x_2, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
         if sn == 0:
             x = x_2
             continue
         # x + dt/2 (d + d_2) with d = (x - denoised)/sh, d_2 = (x_2 - denoised_2)/sn, dt = sn - sh.
         denoised_2 = loop.denoise(x_2, loop.sigmas[i + 1])
         half = (sn - sh) / 2
-        x, _ = loop.step(x_2, denoised_2, [x, denoised], half / sn, [-half / sn, 1.0 + half / sh, -half / sh])
+        x, _ = loop.step(x_2, denoised_2, [x, denoised], half / sn, [-half / sn, 1.0 + half / sh, -half / sh],
+                         to_d=True)
     return x
 
 
@@ -257,16 +278,16 @@ def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, dr
     draw_noise() is called after the midpoint's model call, where k-diffusion draws."""
     r = sigma_to / sigma_from
     if sigma_to == 0:
-        return loop.step(x, denoised, [], r, [1.0 - r])[0]
+        return loop.step(x, denoised, [], r, [1.0 - r], to_d=True)[0]
     sigma_mid = np.exp(0.5 * (np.log(sigma_from) + np.log(sigma_to)))
     r_mid = sigma_mid / sigma_from
-    x_2, _ = loop.step(x, denoised, [], r_mid, [1.0 - r_mid])
+    x_2, _ = loop.step(x, denoised, [], r_mid, [1.0 - r_mid], to_d=True)
     mid_t = sigma_from_t.log().lerp(loop.sigma_tensor(sigma_to).log(), 0.5).exp()
     denoised_2 = loop.denoise(x_2, mid_t)
     noise = draw_noise() if draw_noise is not None else None
     # x + (sigma_to - sigma_from) (x_2 - denoised_2) / sigma_mid (+ s noise)
     k = (sigma_to - sigma_from) / sigma_mid
-    return loop.step(x_2, denoised_2, [x], k, [-k, 1.0], noise=noise, s=s)[0]
+    return loop.step(x_2, denoised_2, [x], k, [-k, 1.0], noise=noise, s=s, to_d=True)[0]
 
 
 @_sampler
@@ -336,7 +357,8 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
         # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
         coeffs = _COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
-        x, d = ops.ei_step(x, denoised, list(reversed(ds[len(ds) - (cur - 1):])) if cur > 1 else [], coeffs)
+        x, d = _step(x, denoised, list(reversed(ds[len(ds) - (cur - 1):])) if cur > 1 else [], coeffs,
+                     sigma_dtype=loop.sigmas.dtype)
         ds = (ds + [d])[-(order - 1):] if order > 1 else []
     return x
 
@@ -361,7 +383,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
             source = loop.denoise(x_2, (t + (t_next - t) / 2).neg().exp())
             a, b = sigma_down / sigma, -np.expm1(-h)
         noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
-        x, _ = loop.step(x, source, [], a, [b], noise=noise, s=s_noise * sigma_up)
+        x, _ = loop.step(x, source, [], a, [b], noise=noise, s=s_noise * sigma_up, to_d=sigma_down == 0)
     return x
 
 
@@ -383,7 +405,7 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.evaluate(x, i)
         if sigma_next == 0:
-            x, _ = loop.step(x, denoised, [], 0.0, [1.0])
+            x, _ = loop.step(x, denoised, [], 0.0, [1.0], to_d=True)
             continue
         h = np.log(sigma) - np.log(sigma_next)
         sigma_s = sigma * np.exp(-h * r)
@@ -420,7 +442,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.evaluate(x, i)
         if sigma_next == 0:
-            x, kept = loop.step(x, denoised, [], 0.0, [1.0])
+            x = kept = denoised  # k-diffusion's denoising step returns the denoiser's output itself
         else:
             h = np.log(sigma) - np.log(sigma_next)
             eta_h = eta * h
@@ -453,7 +475,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.evaluate(x, i)
         if sigma_next == 0:
-            x, kept = loop.step(x, denoised, [], 0.0, [1.0])
+            x = kept = denoised  # k-diffusion's denoising step returns the denoiser's output itself
             h = h_1
         else:
             h = np.log(sigma) - np.log(sigma_next)
@@ -521,7 +543,7 @@ class _EpsSolver:
         (a x + b eps + sum_j b_hist[j] history[j], eps)."""
         inv = 1.0 / float(self.sigma(t))
         coeffs = _COEFFICIENTS.get([inv, -inv, a, b, *b_hist, 0.0], self.device)
-        return ops.ei_step(x, denoised, list(history), coeffs)
+        return _step(x, denoised, list(history), coeffs)
 
     def start(self, x, t, t_next, r1):
         """The model at x, then (u1, eps, denoised, s1) with u1 = x - sigma(s1) expm1(r1 h) eps,
