@@ -63,7 +63,7 @@ fenced_tail() { echo '```' >> "$report"; tail -n "$2" "$1" >> "$report"; echo '`
 # time is left; prints the exit status (124: cut by its limit) or "skipped".
 timed() {
   local cap; cap=$(limit "$1"); local log=$2; shift 2
-  if (( cap == 0 )); then echo "skipped: TOTAL_SECONDS spent"; return; fi
+  if (( cap == 0 )); then echo "skipped (its limit is 0, or TOTAL_SECONDS is spent)"; return; fi
   timeout "$cap" "$@" >> "$log" 2>&1
   echo "exit $? after $(elapsed) s (limit ${cap} s)"
 }
