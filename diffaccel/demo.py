@@ -29,8 +29,8 @@ import torch
 from diffaccel import ops, schedules
 from diffaccel.graph import capture_for_timing
 from diffaccel.models import digits
-from diffaccel.noise import standard_normal
 from diffaccel.models.analytic import GaussianData, GaussianMixture
+from diffaccel.noise import standard_normal
 from diffaccel.sampling import run_plan, sample
 from diffaccel.solvers import plan
 
