@@ -319,6 +319,31 @@ def test_dpm_solver_sde_matches_diffusers(config, step_options, steps):
     assert _relative_error(got, want) < 1e-5
 
 
+COGVIDEOX_DDIM_CASES = [
+    {},
+    # CogVideoX-2b's configuration
+    {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+     "clip_sample": False, "set_alpha_to_one": True, "snr_shift_scale": 3.0},
+    {"prediction_type": "sample", "snr_shift_scale": 1.0},
+    {"set_alpha_to_one": False, "timestep_spacing": "linspace", "beta_schedule": "linear"},
+    {"steps_offset": 1, "prediction_type": "v_prediction", "beta_schedule": "squaredcos_cap_v2"},
+]
+
+
+@pytest.mark.parametrize("steps", [25, 4])
+@pytest.mark.parametrize("config", COGVIDEOX_DDIM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_cogvideox_ddim_matches_diffusers(config, steps):
+    """CogVideoX's DDIM: its SNR-shifted schedule is diffusers' own; the step
+    (a_t x + b_t x0, no clipping, eta unused) is one ei_step."""
+    want = _loop(diffusers.CogVideoXDDIMScheduler(**config), steps=steps)
+    got = _loop(accelerated.CogVideoXDDIMScheduler(**config), steps=steps)
+    assert _relative_error(got, want) < 1e-5
+    # eta and a generator change nothing, as in diffusers
+    eta_want = _loop(diffusers.CogVideoXDDIMScheduler(**config), steps=steps, eta=1.0)
+    assert torch.equal(_loop(accelerated.CogVideoXDDIMScheduler(**config), steps=steps, eta=1.0), got)
+    assert torch.equal(eta_want, want)
+
+
 DDIM_INVERSE_CASES = [{}, {"clip_sample_range": 0.5}, {"clip_sample": False},
                       {"prediction_type": "v_prediction", "set_alpha_to_one": True},
                       {"prediction_type": "sample", "clip_sample": False, "set_alpha_to_one": False},  # (else 0/0 at t = 0)
@@ -418,6 +443,10 @@ EDM_CASES = [
                                         "final_sigmas_type": "sigma_min"}, {}),
     ("EDMDPMSolverMultistepScheduler", {"thresholding": True, "sample_max_value": 1.5, "solver_order": 3}, {}),
     ("EDMDPMSolverMultistepScheduler", {"solver_type": "heun", "euler_at_final": True}, {}),
+    # The last step goes from the schedule's sigma_min, a float32 rounding below the configured
+    # one, to the configured one appended: h = -5e-7 in float64, whose SDE noise was NaN here.
+    ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "final_sigmas_type": "sigma_min",
+                                        "solver_order": 1, "lower_order_final": False}, {}),
 ]
 
 

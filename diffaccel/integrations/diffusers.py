@@ -25,7 +25,7 @@ ScoreSdeVeScheduler (step_correct on the fused Langevin op),
 UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
 KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
 DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
-DDIMInverseScheduler and DPMSolverMultistepInverseScheduler.
+DDIMInverseScheduler, DPMSolverMultistepInverseScheduler and CogVideoXDDIMScheduler.
 """
 
 from __future__ import annotations
@@ -186,7 +186,10 @@ class _MultistepSteps(_StepIndexWithoutSync):
         follow IEEE rules (_ratio), as diffusers' tensor arithmetic does: a step
         between equal sigmas (h = 0: karras, exponential or beta sigmas end on
         sigma_min twice with final_sigmas_type="sigma_min") gives diffusers' finite
-        result, not a ZeroDivisionError."""
+        result, not a ZeroDivisionError. The SDE noise of a step that does not lower
+        the noise level (h <= 0) is zero: the EDM schedule ends a float32 rounding
+        below the sigma_min it appends, an h of -5e-7 that diffusers' float32
+        arithmetic rounds to 0 and float64 keeps, whose sqrt(1 - e^{-2h}) would be NaN."""
         i = self.step_index
         sig = [self._host_sigmas[i + 1 - k] for k in range(order + 1)]  # sigma_t, sigma_s0, s1, s2
         alphas_sigmas = [self._alpha_sigma(v) for v in sig]
@@ -207,7 +210,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
             A = alpha_t * (1.0 - e_minus2)
             B = lambda: 0.5 * A if (midpoint and order == 2) else alpha_t * (_ratio(1.0 - e_minus2, -2.0 * h) + 1.0)
             C = lambda: alpha_t * (_ratio(1.0 - e_minus2 - 2.0 * h, (2.0 * h) ** 2) - 0.5)
-            s = sigma_t * _sqrt(1.0 - e_minus2)
+            s = sigma_t * math.sqrt(max(1.0 - e_minus2, 0.0))
         else:  # dpmsolver, sde-dpmsolver: noise prediction, sigma_t > 0 (final_sigmas_type sigma_min)
             e_plus = math.exp(h)
             factor = 2.0 if algorithm == "sde-dpmsolver" else 1.0
@@ -216,7 +219,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
             B = lambda: 0.5 * A if (midpoint and order == 2) else -factor * sigma_t * (_ratio(e_plus - 1.0, h) - 1.0)
             C = lambda: -sigma_t * (_ratio(e_plus - 1.0 - h, h * h) - 0.5)
             if algorithm == "sde-dpmsolver":
-                s = sigma_t * _sqrt(math.exp(2.0 * h) - 1.0)
+                s = sigma_t * math.sqrt(max(math.exp(2.0 * h) - 1.0, 0.0))
         if order == 1:
             return a, [A], s
         B = B()
@@ -627,6 +630,34 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
         coeffs = self._coefficients([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold,
                                                         noise=noise)
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class CogVideoXDDIMScheduler(_HostTimesteps, _diffusers.CogVideoXDDIMScheduler):
+    """diffusers' CogVideoXDDIMScheduler (CogVideoX's DDIM, with its SNR-shifted
+    schedule) with a fused ``step()``: the data prediction and
+    x_prev = a_t x + b_t x0, a_t = sqrt((1 - alpha_prev) / (1 - alpha_t)),
+    b_t = sqrt(alpha_prev) - sqrt(alpha_t) a_t, in one ei_step. Like diffusers'
+    step it takes eta, use_clipped_model_output, generator and variance_noise
+    and uses none of them, nor clip_sample."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
+             variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
+        sample = _promoted(sample, model_output)
+        _check_set_timesteps(self)
+        t = _host_timestep(self, timestep, self._step_counter)
+        self._step_counter += 1
+        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        alpha_t = self._host_alphas_cumprod[t]
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        (c_x, c_m), _ = _data_and_noise_terms(self.config.prediction_type, alpha_t)
+        a = _sqrt(_ratio(1.0 - alpha_prev, 1.0 - alpha_t))
+        b = math.sqrt(alpha_prev) - math.sqrt(alpha_t) * a
+        coeffs = self._coefficients([c_x, c_m, a, b, 0.0], sample.device)
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs)
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -1443,6 +1474,7 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
 
 
 ACCELERATED = {
+    "CogVideoXDDIMScheduler": CogVideoXDDIMScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "DPMSolverMultistepInverseScheduler": DPMSolverMultistepInverseScheduler,
     "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler,
@@ -1628,7 +1660,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: Dict = ["DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: Dict = ["CogVideoXDDIMScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
