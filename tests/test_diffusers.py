@@ -13,7 +13,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed 
 
 from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 
-from conftest import DEVICE  # noqa: E402
+from conftest import DEVICE, RANDOM_SEEDS  # noqa: E402
 
 # diffusers' own numpy-2 deprecation noise (numpy functions on tensors in set_timesteps).
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -811,13 +811,16 @@ def _outcome(cls, config, steps):
 
 @pytest.mark.filterwarnings("ignore")  # diffusers' and torchsde's notices about odd configurations
 def test_random_configurations_fail_only_where_diffusers_fails():
-    """200 random configurations of the accelerated schedulers (seeded): each
-    raises exactly where stock diffusers raises, and gives a finite sample
-    wherever diffusers' is finite. (Longer runs of this comparison found the
-    ZeroDivisionError of a step between equal sigmas and the NaN of an epsilon
-    model at a zero terminal SNR; those cases are in the matrices above.)"""
+    """200 random configurations of the accelerated schedulers per seed
+    (RANDOM_SEEDS, see conftest): each raises exactly where stock diffusers
+    raises, and gives a finite sample wherever diffusers' is finite. (This
+    comparison found the ZeroDivisionError of a step between equal sigmas, the
+    NaN of an epsilon model at a zero terminal SNR and the NaN of EDM's SDE
+    step where sigma rises by a float32 rounding; those cases are in the
+    matrices above. 15 seeds, 2943 configurations compared, found nothing
+    more on 2026-11-27.)"""
     compared = 0
-    for name, config, steps in _random_configurations(200):
+    for name, config, steps in (run for seed in RANDOM_SEEDS for run in _random_configurations(200, seed)):
         stock, stock_result = _outcome(getattr(diffusers, name), config, steps)
         ours, our_result = _outcome(getattr(accelerated, name), config, steps)
         if "refused" in (stock, ours) or ours == "stock":
@@ -826,7 +829,7 @@ def test_random_configurations_fail_only_where_diffusers_fails():
         if stock == "ran" and torch.isfinite(stock_result).all():
             assert torch.isfinite(our_result).all(), (name, config, steps)
         compared += 1
-    assert compared >= 150
+    assert compared >= 150 * len(RANDOM_SEEDS)
 
 
 REPEATED = ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
