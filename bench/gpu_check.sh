@@ -8,7 +8,7 @@
 # device copy bandwidth, the drop-ins against stock diffusers, and whole
 # 20-step loops eager against graphed (bench/test_bench_graph.py). It writes one
 # markdown report, <date>-<card>.md, into $OUT (the device tool brings it
-# back) or build/gpu-check, and ends inside TOTAL_SECONDS (default 480): every
+# back) or build/gpu-check, and ends inside TOTAL_SECONDS (default 520): every
 # phase has its own time limit, cut to what is left of the total, and the
 # report is written whatever fails. The logs and benchmark JSON go into one
 # archive, raw.tar.gz, beside the report (the device tool brings back 8 files).
@@ -41,7 +41,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
 # limit CAP: a phase's time limit, CAP seconds or what is left of TOTAL_SECONDS
 # (less 20 s to write the report), whichever is less; 0 once nothing is left.
 limit() {
-  local left=$(( ${TOTAL_SECONDS:-480} - 20 - $(elapsed) ))
+  local left=$(( ${TOTAL_SECONDS:-520} - 20 - $(elapsed) ))
   (( left < 10 )) && left=0
   echo $(( $1 < left ? $1 : left ))
 }
