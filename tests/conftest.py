@@ -20,14 +20,13 @@ from diffaccel.ops import backends
 from diffaccel.ops import triton as triton_backend
 
 DEVICE = os.environ.get("DIFFACCEL_TEST_DEVICE", "cpu")
+if DEVICE != "cpu":
+    torch.set_default_device(DEVICE)
 
 # How many seeds the random-configuration tests against diffusers and
 # k-diffusion draw from (one by default; DIFFACCEL_RANDOM_SEEDS=15 is the
 # longer sweep of 2026-11-27, about a minute on 2 cores).
 RANDOM_SEEDS = range(int(os.environ.get("DIFFACCEL_RANDOM_SEEDS", "1")))
-if DEVICE != "cpu":
-    torch.set_default_device(DEVICE)
-
 
 
 @pytest.fixture

@@ -563,6 +563,15 @@ class _HostTimesteps(_FusedStep):
         self._host_alphas_cumprod = self.alphas_cumprod.tolist()
         self._step_counter = 0
 
+    def _ddim_alphas(self, timestep) -> Tuple[float, float]:
+        """(alpha_t, alpha_prev) of a DDIM-style step from ``timestep`` down one
+        stride (final_alpha_cumprod below 0), the step counted."""
+        t = _host_timestep(self, timestep, self._step_counter)
+        self._step_counter += 1
+        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        return self._host_alphas_cumprod[t], alpha_prev
+
 
 # In place of 1 / sqrt(alpha) at alpha = 0; see _data_and_noise_terms.
 _HUGE_SCALE = 1e30
@@ -598,11 +607,7 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
         sample = _promoted(sample, model_output)
         _check_set_timesteps(self)
         c = self.config
-        t = _host_timestep(self, timestep, self._step_counter)
-        self._step_counter += 1
-        prev_t = t - c.num_train_timesteps // self.num_inference_steps
-        alpha_t = self._host_alphas_cumprod[t]
-        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        alpha_t, alpha_prev = self._ddim_alphas(timestep)
         beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
         sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(beta_t)
         (c_x, c_m), (e_x, e_m) = _data_and_noise_terms(c.prediction_type, alpha_t)
@@ -648,11 +653,7 @@ class CogVideoXDDIMScheduler(_HostTimesteps, _diffusers.CogVideoXDDIMScheduler):
              variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
         sample = _promoted(sample, model_output)
         _check_set_timesteps(self)
-        t = _host_timestep(self, timestep, self._step_counter)
-        self._step_counter += 1
-        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
-        alpha_t = self._host_alphas_cumprod[t]
-        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        alpha_t, alpha_prev = self._ddim_alphas(timestep)
         (c_x, c_m), _ = _data_and_noise_terms(self.config.prediction_type, alpha_t)
         a = _sqrt(_ratio(1.0 - alpha_prev, 1.0 - alpha_t))
         b = math.sqrt(alpha_prev) - math.sqrt(alpha_t) * a
