@@ -64,10 +64,13 @@ class ConstantCache:
         self._tensors = {}
 
     def get(self, values: Sequence[float], device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        device = torch.device(device)
-        if _active is not None or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        # (Called once per sampler step: each check below is kept to its cheapest form.)
+        if not isinstance(device, torch.device):
+            device = torch.device(device)
+        cuda = device.type == "cuda"
+        if _active is not None or (cuda and torch.cuda.is_current_stream_capturing()):
             return to_device(values, device, dtype)
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+        stream = torch.cuda.current_stream(device).cuda_stream if cuda else None
         key = (array("d", values).tobytes(), device, dtype, stream)
         tensor = self._tensors.get(key)
         if tensor is None:

@@ -770,6 +770,40 @@ def test_a_loop_that_starts_part_way_matches_diffusers(name, start):
     assert _relative_error(got, want) < 1e-5
 
 
+# Options some schedulers take and others do not, at values that would change
+# any step that read them.
+FOREIGN_OPTIONS = {"thresholding": True, "sample_max_value": 0.01, "clip_sample": True, "clip_sample_range": 0.01}
+FOREIGN_CASES = [(name, foreign) for name in sorted(set(accelerated.ACCELERATED) - {"ScoreSdeVeScheduler"})
+                 if (foreign := {k: v for k, v in FOREIGN_OPTIONS.items()
+                                 if k not in inspect.signature(getattr(diffusers, name).__init__).parameters})]
+
+
+@pytest.mark.filterwarnings("ignore")  # diffusers' notice that the config has keys the class ignores
+@pytest.mark.parametrize("name,foreign", FOREIGN_CASES, ids=[name for name, _ in FOREIGN_CASES])
+def test_options_the_scheduler_does_not_take_change_nothing(name, foreign):
+    """A config loaded from another scheduler's (a DDPM config into DPM-Solver,
+    as ``Scheduler.from_config(pipe.scheduler.config)`` does) keeps the keys
+    its class does not take; diffusers' step ignores them, so must the fused one."""
+    config = dict(foreign, noise_sampler_seed=0) if name == "DPMSolverSDEScheduler" else foreign
+    want, got = (_loop(getattr(module, name).from_config(config), steps=10, shape=(2, 4, 8, 8))
+                 for module in (diffusers, accelerated))
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "DEISMultistepScheduler",
+                                  "EDMDPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler"])
+def test_one_scheduler_reused_across_loops_matches_fresh_ones(name):
+    """The multistep steps keep their coefficients while set_timesteps gives the
+    same sigmas: a scheduler run for a whole loop, then part way (fewer
+    lower-order steps), then for another length, then whole again, gives each
+    time what a fresh scheduler gives."""
+    cls = getattr(accelerated, name)
+    reused = cls()
+    for steps, start in [(10, 0), (10, 3), (12, 0), (10, 0)]:
+        got = _loop(reused, steps=steps, shape=(2, 4, 8, 8), start=start)
+        assert torch.equal(got, _loop(cls(), steps=steps, shape=(2, 4, 8, 8), start=start))
+
+
 # Options the random-configuration test draws from (each scheduler takes those its __init__ has).
 RANDOM_OPTIONS = {
     "beta_schedule": ["linear", "scaled_linear", "squaredcos_cap_v2"],

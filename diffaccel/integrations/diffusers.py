@@ -33,6 +33,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from array import array
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -126,6 +127,25 @@ class _FusedStep:
     def unsupported_options(self) -> List[str]:
         return []
 
+    def _config_threshold(self, dynamic: bool = True, clip: bool = True) -> Optional[ops.Threshold]:
+        """What diffusers' step does to its data prediction, as a Threshold:
+        dynamic thresholding (``thresholding``, where the scheduler has it),
+        else clipping (``clip_sample``, likewise), else nothing. A config keeps
+        keys its class does not take (a DDPM config loaded into DPM-Solver), so
+        the caller says which its step reads. Made once per config (building one
+        validates it: a microsecond a step otherwise)."""
+        config = self.config
+        cached = vars(self).get("_threshold_of_config")
+        if cached is None or cached[:3] != (config, dynamic, clip):  # register_to_config makes a new config
+            threshold = None
+            if dynamic and config.thresholding:
+                threshold = ops.Threshold("dynamic", config.dynamic_thresholding_ratio, config.sample_max_value,
+                                          "diffusers")
+            elif clip and config.clip_sample:
+                threshold = ops.Threshold("clip", max_value=config.clip_sample_range)
+            cached = self._threshold_of_config = (config, dynamic, clip, threshold)
+        return cached[3]
+
     def _coefficients(self, values, device) -> torch.Tensor:
         cache = vars(self).get("_coefficient_cache")
         if cache is None:
@@ -179,6 +199,23 @@ class _MultistepSteps(_StepIndexWithoutSync):
         # Host copies read by every step (no tensor indexing on the hot path).
         self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
         self._unfused = self.unsupported_options()
+        # Each step's coefficient values, by (step index, order), computed by its
+        # first run and kept while set_timesteps gives the same sigmas (a pipeline
+        # called again): the step's Python is then a lookup. They depend on
+        # nothing else (the config is frozen).
+        sigmas_bits = array("d", self._host_sigmas).tobytes()
+        if getattr(self, "_step_values_sigmas", None) != sigmas_bits:
+            self._step_values, self._step_values_sigmas = {}, sigmas_bits
+
+    def _step_coefficients(self, order: int) -> List[float]:
+        """[c_x, c_m, a, weights of m0 (m1, m2), s] of this step at this order."""
+        key = (self.step_index, order)
+        values = self._step_values.get(key)
+        if values is None:
+            c_x, c_m = self._data_term(*self._alpha_sigma(self._host_sigmas[self.step_index]))
+            a, weights, s = self._update_coefficients(order)
+            values = self._step_values[key] = [c_x, c_m, a, *weights, s]
+        return values
 
     def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
         """(a, weights of m0, m1, m2, s) of x_t = a x + sum_j w_j m_j + s noise, the
@@ -258,38 +295,33 @@ class _MultistepSteps(_StepIndexWithoutSync):
 
         if c.get("variance_type") in ("learned", "learned_range") and c.prediction_type == "epsilon":
             model_output = model_output[:, :3]
-        alpha_s0, sigma_s0 = self._alpha_sigma(self._host_sigmas[self.step_index])
-        c_x, c_m = self._data_term(alpha_s0, sigma_s0)
-        a, weights, s = self._update_coefficients(order)
+        coeffs = self._coefficients(self._step_coefficients(order), sample.device)
         noise = None
         if c.algorithm_type in ("sde-dpmsolver", "sde-dpmsolver++"):
             # Drawn in float32 where diffusers upcasts the sample, else in the model's dtype, as diffusers draws it.
             dtype = torch.float32 if self.UPCAST else model_output.dtype
             noise = (randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=dtype)
                      if variance_noise is None else variance_noise.to(device=model_output.device, dtype=dtype))
-        threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
-                     if c.thresholding else None)
         history = [self.model_outputs[-1 - k] for k in range(order - 1)]  # m1, m2: earlier converted outputs
-        coeffs = self._coefficients([c_x, c_m, a, *weights, s], sample.device)
         # diffusers' DPMSolverMultistepScheduler upcasts the sample to float32 for the
         # update and casts the result back (the EDM one does not).
         # The converted output goes into the history slot about to be dropped (ei_step
         # allows it to be one of the history tensors it reads).
-        state = sample.to(torch.float32) if self.UPCAST else _promoted(sample, model_output)
+        state = _cast(sample, torch.float32) if self.UPCAST else _promoted(sample, model_output)
         oldest = self.model_outputs[0]
         reusable = (oldest is not None and c.solver_order > 1 and oldest.shape == state.shape
                     and oldest.dtype == state.dtype and oldest.device == state.device)
         out = (torch.empty_like(state, memory_format=torch.contiguous_format),
                oldest if reusable else torch.empty_like(state, memory_format=torch.contiguous_format))
-        prev_sample, converted = ops.ei_step(state, model_output, history, coeffs, threshold=threshold,
-                                             noise=noise, out=out)
+        prev_sample, converted = ops.ei_step(state, model_output, history, coeffs,
+                                             threshold=self._config_threshold(clip=False), noise=noise, out=out)
         for k in range(c.solver_order - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = converted
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
         if self.UPCAST:  # back to the dtype of diffusers' converted output, promoted from sample and model output
-            prev_sample = prev_sample.to(torch.promote_types(sample.dtype, model_output.dtype))
+            prev_sample = _promoted(prev_sample, model_output, sample.dtype)
         self._step_index += 1
         if not return_dict:
             return (prev_sample,)
@@ -428,12 +460,20 @@ def _check_set_timesteps(scheduler) -> None:
         raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
 
 
-def _promoted(sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+def _promoted(sample: torch.Tensor, model_output: torch.Tensor, sample_dtype: Optional[torch.dtype] = None
+              ) -> torch.Tensor:
     """The sample in the dtype diffusers' step arithmetic leaves its result in:
-    torch's promotion of the sample's and the model output's dtypes (a bf16
-    sample with a float32 model output steps, and returns, in float32)."""
-    dtype = torch.promote_types(sample.dtype, model_output.dtype)
-    return sample if sample.dtype == dtype else sample.to(dtype)
+    torch's promotion of the sample's (or sample_dtype's) and the model
+    output's dtypes (a bf16 sample with a float32 model output steps, and
+    returns, in float32)."""
+    dtype = torch.promote_types(sample_dtype or sample.dtype, model_output.dtype)
+    return _cast(sample, dtype)
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """tensor.to(dtype), skipped when it has nothing to do (it costs about a
+    microsecond anyway: a tenth of a fused step's Python)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -538,8 +578,7 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
         a, weights, s = self._update(order)
         alpha, sigma = _alpha_sigma(self._host_sigmas[self.step_index], c.use_flow_sigmas)
         c_x, c_m = _conversion(c.prediction_type, alpha, sigma, to_data=c.algorithm_type != "dpmsolver")
-        threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
-                     if c.thresholding else None)
+        threshold = self._config_threshold(clip=False)
         if order == 1:  # from this sample itself
             values, history = [c_x, c_m, a, weights[0]], []
         else:  # from the group's starting sample and the group's earlier outputs
@@ -620,11 +659,7 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
             a, b0, history, weights = _ratio(k, sqrt_b), b0 - k * _ratio(sqrt_a, sqrt_b), [], []
         else:
             a, history, weights = k * e_x, [model_output], [k * e_m]
-        threshold = None
-        if c.thresholding:
-            threshold = ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
-        elif c.clip_sample:
-            threshold = ops.Threshold("clip", max_value=c.clip_sample_range)
+        threshold = self._config_threshold()
         noise = None
         if eta > 0:
             if variance_noise is not None and generator is not None:
@@ -681,7 +716,7 @@ class DDIMInverseScheduler(_HostTimesteps, _diffusers.DDIMInverseScheduler):
         # prev = sqrt(alpha_prev) clip(x0) + sqrt(1 - alpha_prev) eps, eps from the unclipped prediction
         k = math.sqrt(1.0 - alpha_prev)
         coeffs = self._coefficients([c_x, c_m, k * e_x, math.sqrt(alpha_prev), k * e_m, 0.0], sample.device)
-        threshold = ops.Threshold("clip", max_value=c.clip_sample_range) if c.clip_sample else None
+        threshold = self._config_threshold(dynamic=False)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [model_output], coeffs, threshold=threshold)
         if not return_dict:
             return prev_sample, pred_original_sample
@@ -719,11 +754,7 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         current_alpha = alpha_t / alpha_prev
         current_beta = 1.0 - current_alpha
         c_x, c_m = _data_and_noise_terms(c.prediction_type, alpha_t)[0]
-        threshold = None
-        if c.thresholding:
-            threshold = ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
-        elif c.clip_sample:
-            threshold = ops.Threshold("clip", max_value=c.clip_sample_range)
+        threshold = self._config_threshold()
         # prev = x0 coefficient * x0 + sample coefficient * x (+ std z where t > 0)
         b0 = math.sqrt(alpha_prev) * current_beta / beta_t
         a = math.sqrt(current_alpha) * beta_prev / beta_t
@@ -850,11 +881,7 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
         alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
         c_skip, c_out = (float(v) for v in self.get_scalings_for_boundary_condition_discrete(t))
         c_x, c_m = _data_and_noise_terms(c.prediction_type, alpha_t)[0]
-        threshold = None
-        if c.thresholding:
-            threshold = ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
-        elif c.clip_sample:
-            threshold = ops.Threshold("clip", max_value=c.clip_sample_range)
+        threshold = self._config_threshold()
         last = i == self.num_inference_steps - 1
         noise = None if last else randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                                dtype=sample.dtype)
@@ -1042,8 +1069,7 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
         use_corrector = i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None
         alpha, sigma = _alpha_sigma(self._host_sigmas[i], c.use_flow_sigmas)
         c_x, c_m = _conversion(c.prediction_type, alpha, sigma, to_data=self.predict_x0)
-        threshold = (ops.Threshold("dynamic", c.dynamic_thresholding_ratio, c.sample_max_value, "diffusers")
-                     if c.thresholding else None)
+        threshold = self._config_threshold(clip=False)
         order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
         this_order = min(order, self.lower_order_nums + 1)
         device = sample.device
@@ -1115,7 +1141,7 @@ class _EulerBase(_StepIndexWithoutSync):
 
     def _finish(self, prev_sample, pred_original_sample, model_output, output_cls, return_dict: bool):
         """diffusers' ending of an Euler-family step: cast back, count the step, return."""
-        prev_sample = prev_sample.to(model_output.dtype)
+        prev_sample = _cast(prev_sample, model_output.dtype)
         self._step_index += 1
         if not return_dict:
             return prev_sample, pred_original_sample
@@ -1137,7 +1163,7 @@ class _EulerBase(_StepIndexWithoutSync):
         sigma, with x0 = c_x x + c_m m from data_term(sigma, sigma_hat), m the
         model output (or data_input when given). Returns (prev_sample, pred_original_sample)."""
         sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
-        sample = sample.to(torch.float32)
+        sample = _cast(sample, torch.float32)
         gamma = min(s_churn / (len(self._host_sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
@@ -1200,7 +1226,7 @@ class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscr
         if self.config.prediction_type == "sample":
             raise NotImplementedError("prediction_type not implemented yet: sample")
         sigma, sigma_to = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
-        sample = sample.to(torch.float32)
+        sample = _cast(sample, torch.float32)
         c_x, c_m = _euler_data_term(self.config.prediction_type, sigma, sigma)
         sigma_down, sigma_up = ancestral_split(sigma, sigma_to, eta=1.0)
         noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
@@ -1232,7 +1258,7 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
         sigma, sigma_next = (self._host_sigmas[i], self._host_sigmas[i + 1]) if first else (
             self._host_sigmas[i - 1], self._host_sigmas[i])
         c_x, c_m = self._data_term(sigma if first else sigma_next)
-        clip = ops.Threshold("clip", max_value=self.config.clip_sample_range) if self.config.clip_sample else None
+        clip = self._config_threshold(dynamic=False)
         if first:
             r = sigma_next / sigma  # sample + (sample - x0) / sigma * (sigma_next - sigma)
             coeffs = [c_x, c_m, r, 1.0 - r, 0.0]
@@ -1460,7 +1486,7 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
                                 return_dict=return_dict)
         self._start(timestep, "FlowMatchEulerDiscreteScheduler")
         sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
-        sample = sample.to(torch.float32)
+        sample = _cast(sample, torch.float32)
         if self.config.stochastic_sampling:
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             tensors, weights = [sample, model_output, noise], [1.0 - sigma_next, -(1.0 - sigma_next) * sigma, sigma_next]
@@ -1468,7 +1494,7 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
             tensors, weights = [sample, model_output], [1.0, sigma_next - sigma]
         prev_sample = ops.multistep_combine(tensors, self._coefficients(weights, sample.device))
         self._step_index += 1
-        prev_sample = prev_sample.to(model_output.dtype)
+        prev_sample = _cast(prev_sample, model_output.dtype)
         if not return_dict:
             return (prev_sample,)
         return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
