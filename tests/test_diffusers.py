@@ -791,12 +791,13 @@ def test_options_the_scheduler_does_not_take_change_nothing(name, foreign):
 
 
 @pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "DEISMultistepScheduler",
-                                  "EDMDPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler"])
+                                  "EDMDPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler",
+                                  "UniPCMultistepScheduler", "LMSDiscreteScheduler"])
 def test_one_scheduler_reused_across_loops_matches_fresh_ones(name):
-    """The multistep steps keep their coefficients while set_timesteps gives the
-    same sigmas: a scheduler run for a whole loop, then part way (fewer
-    lower-order steps), then for another length, then whole again, gives each
-    time what a fresh scheduler gives."""
+    """The multistep steps keep their coefficient values while set_timesteps
+    gives the same sigmas (_step_value): a scheduler run for a whole loop, then
+    part way (fewer lower-order steps), then for another length, then whole
+    again, gives each time what a fresh scheduler gives."""
     cls = getattr(accelerated, name)
     reused = cls()
     for steps, start in [(10, 0), (10, 3), (12, 0), (10, 0)]:

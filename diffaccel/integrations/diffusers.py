@@ -34,7 +34,7 @@ import inspect
 import math
 import warnings
 from array import array
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -146,6 +146,23 @@ class _FusedStep:
             cached = self._threshold_of_config = (config, dynamic, clip, threshold)
         return cached[3]
 
+    def _keep_step_values_for(self, schedule: Sequence[float]) -> None:
+        """set_timesteps' part: the host values _step_value computes derive from
+        this schedule (and the frozen config); they are kept while it repeats bit
+        for bit (a pipeline called again), else dropped."""
+        bits = array("d", schedule).tobytes()
+        if vars(self).get("_step_values_schedule") != bits:
+            self._step_values, self._step_values_schedule = {}, bits
+
+    def _step_value(self, key, compute):
+        """compute() (a step's coefficient values, from host floats only) the
+        first time key is asked for under this schedule, then the kept result:
+        the step's Python is then a lookup."""
+        value = self._step_values.get(key)
+        if value is None:
+            value = self._step_values[key] = compute()
+        return value
+
     def _coefficients(self, values, device) -> torch.Tensor:
         cache = vars(self).get("_coefficient_cache")
         if cache is None:
@@ -199,23 +216,16 @@ class _MultistepSteps(_StepIndexWithoutSync):
         # Host copies read by every step (no tensor indexing on the hot path).
         self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
         self._unfused = self.unsupported_options()
-        # Each step's coefficient values, by (step index, order), computed by its
-        # first run and kept while set_timesteps gives the same sigmas (a pipeline
-        # called again): the step's Python is then a lookup. They depend on
-        # nothing else (the config is frozen).
-        sigmas_bits = array("d", self._host_sigmas).tobytes()
-        if getattr(self, "_step_values_sigmas", None) != sigmas_bits:
-            self._step_values, self._step_values_sigmas = {}, sigmas_bits
+        self._keep_step_values_for(self._host_sigmas)
 
     def _step_coefficients(self, order: int) -> List[float]:
         """[c_x, c_m, a, weights of m0 (m1, m2), s] of this step at this order."""
-        key = (self.step_index, order)
-        values = self._step_values.get(key)
-        if values is None:
+        def compute():
             c_x, c_m = self._data_term(*self._alpha_sigma(self._host_sigmas[self.step_index]))
             a, weights, s = self._update_coefficients(order)
-            values = self._step_values[key] = [c_x, c_m, a, *weights, s]
-        return values
+            return [c_x, c_m, a, *weights, s]
+
+        return self._step_value((self.step_index, order), compute)
 
     def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
         """(a, weights of m0, m1, m2, s) of x_t = a x + sum_j w_j m_j + s noise, the
@@ -1006,6 +1016,7 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
         self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+        self._keep_step_values_for(self._host_sigmas)
 
     def _lambda_at(self, index: int) -> float:
         return _lambda(*_alpha_sigma(self._host_sigmas[index], self.config.use_flow_sigmas))
@@ -1042,6 +1053,11 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
     def _combination(self, t_index: int, s0_index: int, order: int, older: List[int], corrector: bool):
         """(base, weight of m0, weights of the older outputs, weight of model_t) of
         x_t = base x - scale h_phi_1 m0 - scale B_h (sum_k rho_k (m_k - m0) / r_k [+ rho_last (model_t - m0)])."""
+        return self._step_value((t_index, s0_index, order, tuple(older), corrector),
+                                lambda: self._solve_combination(t_index, s0_index, order, older, corrector))
+
+    def _solve_combination(self, t_index: int, s0_index: int, order: int, older: List[int], corrector: bool):
+        """_combination's values, computed (the rhos solved in float64)."""
         lam_t, lam_s0 = self._lambda_at(t_index), self._lambda_at(s0_index)
         h = lam_t - lam_s0
         rks = [_ratio(self._lambda_at(si) - lam_s0, h) for si in older] + [1.0]
@@ -1138,6 +1154,7 @@ class _EulerBase(_StepIndexWithoutSync):
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
         self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+        self._keep_step_values_for(self._host_sigmas)
 
     def _finish(self, prev_sample, pred_original_sample, model_output, output_cls, return_dict: bool):
         """diffusers' ending of an Euler-family step: cast back, count the step, return."""
@@ -1424,10 +1441,6 @@ class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
     and the multistep sum in one ei_step (weights integrated exactly, where
     diffusers calls scipy's quad each step), then pred_original_sample."""
 
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
-        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
-
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, order: int = 4,
              return_dict: bool = True):
         sample = _promoted(sample, model_output)
@@ -1451,7 +1464,8 @@ class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
         else:
             raise ValueError(f"prediction_type given as {p} must be one of `epsilon`, or `v_prediction`")
         cur = min(i + 1, order)
-        weights = lagrange_weights([self._host_sigmas[i - j] for j in range(cur)], sigma, self._host_sigmas[i + 1])
+        weights = self._step_value((i, cur), lambda: lagrange_weights([self._host_sigmas[i - j] for j in range(cur)],
+                                                                      sigma, self._host_sigmas[i + 1]))
         # diffusers zips these weights with the derivatives it has, newest first: a loop
         # that starts part-way (img2img's begin index) has fewer than cur at first.
         used = min(cur, len(self.derivatives) + 1)
