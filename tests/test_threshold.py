@@ -19,7 +19,14 @@ OPTIONS = [
     dict(kind="dynamic", ratio=0.995, max_value=1.0, style="dpm-solver"),
     dict(kind="dynamic", ratio=1.0, max_value=0.1, style="dpm-solver"),
     dict(kind="dynamic", ratio=1e-3, max_value=1.0, style="dpm-solver"),
+    # The quantile itself as the scale (1 < q < max_value), at a rank between two elements.
+    dict(kind="dynamic", ratio=0.9, max_value=1e3, style="diffusers"),
 ]
+
+# dpm-solver style scales by max(q, max_value): with a max_value below any
+# quantile these data have, the scale is the quantile itself, so the selection
+# is what gets compared (a max_value of 10 hid every rank but the largest).
+SELECTION = dict(kind="dynamic", max_value=1e-3, style="dpm-solver")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -93,7 +100,7 @@ def test_selection_matches_reference(n, ratio, ties, dtype, gen):
     x = torch.randn((3, n), generator=gen, dtype=dtype) * 3
     if ties:
         x = x.round()
-    options = dict(kind="dynamic", ratio=ratio, max_value=10.0, style="dpm-solver")
+    options = dict(SELECTION, ratio=ratio)
     assert_close(ops.threshold(x, **options), reference.threshold(x, **options))
 
 
@@ -114,7 +121,7 @@ def test_selection_of_large_samples(n, ratio, values, dtype, gen):
     elif values == "three":
         x = x.round().clamp(-2, 2)
     x[2, n // 2] = float("nan")
-    options = dict(kind="dynamic", ratio=ratio, max_value=10.0, style="dpm-solver")
+    options = dict(SELECTION, ratio=ratio)
     got = ops.threshold(x, **options)
     assert_close(got, reference.threshold(x, **options))
     assert got[2].isnan().all() and not got[:2].isnan().any()
