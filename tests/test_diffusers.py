@@ -26,6 +26,18 @@ def model(x, t):
     return torch.tanh(x) * 0.5 + 0.1 * torch.sin(x * (1 + float(t) / 1000))
 
 
+def _step(scheduler, model_output, t, x, previous, **step_options):
+    """One step as a pipeline takes it; returns (x, previous). CogVideoX's
+    DPM-Solver is handed the previous step's timestep and data prediction
+    (``previous``, None at first), as the CogVideoX pipelines hand them back;
+    the others take diffusers' usual step(model_output, timestep, sample)."""
+    if isinstance(scheduler, diffusers.CogVideoXDPMScheduler):
+        t_back, old = previous or (None, None)
+        x, old = scheduler.step(model_output, old, t, t_back, x, **step_options)
+        return x, (t, old)
+    return scheduler.step(model_output, t, x, **step_options).prev_sample, None
+
+
 def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_dtype=None, start=0,
           **step_options):
     """A whole sampling loop from seeded noise of ``dtype`` (the model output in
@@ -40,10 +52,11 @@ def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_
     noise = torch.Generator(DEVICE).manual_seed(1)
     if "generator" in inspect.signature(scheduler.step).parameters:
         step_options = dict(step_options, generator=noise)
+    previous = None
     for t in scheduler.timesteps[begin:]:
         scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         out = model(scaled, t).to(model_dtype or dtype)
-        x = scheduler.step(out, t, x, **step_options).prev_sample
+        x, previous = _step(scheduler, out, t, x, previous, **step_options)
     return x
 
 
@@ -111,10 +124,12 @@ def test_dpm_solver_multistep_matches_diffusers(config):
     assert _relative_error(got, want) < 1e-5
 
 
+COGVIDEOX_5B = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                "clip_sample": False, "set_alpha_to_one": True, "snr_shift_scale": 1.0}
 BF16_CASES = [("DPMSolverMultistepScheduler", {}), ("DPMSolverMultistepScheduler", {"thresholding": True}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}), ("PNDMScheduler", {}),
               ("PNDMScheduler", {"skip_prk_steps": True}), ("EDMEulerScheduler", {}),
-              ("EDMDPMSolverMultistepScheduler", {})]
+              ("EDMDPMSolverMultistepScheduler", {}), ("CogVideoXDPMScheduler", COGVIDEOX_5B)]
 
 
 @pytest.mark.parametrize("name,config", BF16_CASES,
@@ -319,11 +334,13 @@ def test_dpm_solver_sde_matches_diffusers(config, step_options, steps):
     assert _relative_error(got, want) < 1e-5
 
 
-COGVIDEOX_DDIM_CASES = [
+COGVIDEOX_CASES = [
     {},
     # CogVideoX-2b's configuration
     {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
      "clip_sample": False, "set_alpha_to_one": True, "snr_shift_scale": 3.0},
+    # CogVideoX-5b's (its alphas_cumprod ends on exactly 0: a half log-SNR of -inf at the first step)
+    COGVIDEOX_5B,
     {"prediction_type": "sample", "snr_shift_scale": 1.0},
     {"set_alpha_to_one": False, "timestep_spacing": "linspace", "beta_schedule": "linear"},
     {"steps_offset": 1, "prediction_type": "v_prediction", "beta_schedule": "squaredcos_cap_v2"},
@@ -331,7 +348,7 @@ COGVIDEOX_DDIM_CASES = [
 
 
 @pytest.mark.parametrize("steps", [25, 4])
-@pytest.mark.parametrize("config", COGVIDEOX_DDIM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("config", COGVIDEOX_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
 def test_cogvideox_ddim_matches_diffusers(config, steps):
     """CogVideoX's DDIM: its SNR-shifted schedule is diffusers' own; the step
     (a_t x + b_t x0, no clipping, eta unused) is one ei_step."""
@@ -342,6 +359,41 @@ def test_cogvideox_ddim_matches_diffusers(config, steps):
     eta_want = _loop(diffusers.CogVideoXDDIMScheduler(**config), steps=steps, eta=1.0)
     assert torch.equal(_loop(accelerated.CogVideoXDDIMScheduler(**config), steps=steps, eta=1.0), got)
     assert torch.equal(eta_want, want)
+
+
+@pytest.mark.parametrize("steps", [50, 4, 1])
+@pytest.mark.parametrize("config", COGVIDEOX_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_cogvideox_dpm_matches_diffusers(config, steps):
+    """CogVideoX's SDE-DPM-Solver++(2M), stepped as its pipelines step it
+    (_step: the previous timestep and data prediction handed back), with the
+    same generator: one ei_step a step, its noise drawn where diffusers draws it."""
+    want = _loop(diffusers.CogVideoXDPMScheduler(**config), steps=steps)
+    got = _loop(accelerated.CogVideoXDPMScheduler(**config), steps=steps)
+    # Measured: 5e-8 to 7e-7.
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_cogvideox_dpm_draws_and_returns_as_diffusers():
+    """The generator ends where diffusers leaves it (diffusers draws twice on a
+    second-order step and uses the second draw), and step() returns what
+    diffusers' returns: a tuple on the first-order steps (the first and the
+    last) even with return_dict=True, a DDIMSchedulerOutput on the others."""
+    ends = []
+    for module in (diffusers, accelerated):
+        scheduler = module.CogVideoXDPMScheduler()
+        scheduler.set_timesteps(5)
+        generator = torch.Generator().manual_seed(3)
+        x, old, kinds = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), None, []
+        for i, t in enumerate(scheduler.timesteps):
+            result = scheduler.step(model(x, t), old, t, scheduler.timesteps[i - 1] if i else None, x,
+                                    generator=generator, return_dict=True)
+            kinds.append(type(result).__name__)
+            x, old = result if isinstance(result, tuple) else (result.prev_sample, result.pred_original_sample)
+        ends.append((kinds, generator.get_state(), x))
+    (want_kinds, want_state, want), (kinds, state, got) = ends
+    assert kinds == want_kinds == ["tuple"] + ["DDIMSchedulerOutput"] * 3 + ["tuple"]
+    assert torch.equal(state, want_state)
+    assert _relative_error(got, want) < 1e-5
 
 
 DDIM_INVERSE_CASES = [{}, {"clip_sample_range": 0.5}, {"clip_sample": False},
@@ -749,8 +801,9 @@ def test_steps_do_not_synchronize(name):
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
+            previous = None
             for t in scheduler.timesteps:
-                x = scheduler.step(out, t, x).prev_sample
+                x, previous = _step(scheduler, out, t, x, previous)
         finally:
             torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(x).all()
@@ -923,13 +976,14 @@ def _steps_on_meta(cls, config, steps=10):
         # Its Brownian-tree noise is torchsde's, which cannot make meta tensors
         # (it seeds a generator on the tensors' device): noise of the right shape instead.
         scheduler.noise_sampler = lambda sigma, sigma_next: torch.empty_like(x)
+    previous = None
     for t in scheduler.timesteps:
         if cls.__name__ == "ScoreSdeVeScheduler":
             x = scheduler.step_correct(x, x).prev_sample
             x = scheduler.step_pred(x, t, x).prev_sample
         else:
             scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-            x = scheduler.step(scaled, t, x).prev_sample
+            x, previous = _step(scheduler, scaled, t, x, previous)
     return x
 
 

@@ -25,7 +25,8 @@ ScoreSdeVeScheduler (step_correct on the fused Langevin op),
 UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
 KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
 DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
-DDIMInverseScheduler, DPMSolverMultistepInverseScheduler and CogVideoXDDIMScheduler.
+DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, CogVideoXDDIMScheduler and
+CogVideoXDPMScheduler (its own step signature, as diffusers').
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import inspect
 import math
 import warnings
 from array import array
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -496,6 +497,11 @@ def _sqrt(x: float) -> float:
     return math.sqrt(x) if x >= 0 else math.nan
 
 
+def _log(x: float) -> float:
+    """log with IEEE semantics (-inf at 0, nan below), as torch.log."""
+    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+
+
 def _host_timestep(scheduler, timestep, counter: int, cast=int):
     """The timestep's value without a device synchronization: read from a
     number or a CPU tensor; a device tensor is not read: when it is an element
@@ -705,6 +711,64 @@ class CogVideoXDDIMScheduler(_HostTimesteps, _diffusers.CogVideoXDDIMScheduler):
         coeffs = self._coefficients([c_x, c_m, a, b, 0.0], sample.device)
         prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs)
         if not return_dict:
+            return prev_sample, pred_original_sample
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class CogVideoXDPMScheduler(_HostTimesteps, _diffusers.CogVideoXDPMScheduler):
+    """diffusers' CogVideoXDPMScheduler (CogVideoX's SDE-DPM-Solver++(2M), the
+    default of CogVideoX-5B's pipelines) with a fused ``step()``: the data
+    prediction, its combination with the previous one (``old_pred_original_sample``,
+    which the pipeline hands back) and the noise in one ei_step. Its signature and
+    quirks are diffusers': ``step(model_output, old_pred_original_sample, timestep,
+    timestep_back, sample, ...)``, a tuple by default, and a tuple whatever
+    ``return_dict`` says on a first-order step (the first, and the last). Noise is
+    drawn as diffusers draws it, in the sample's dtype: once on a first-order
+    step, twice on the others (diffusers computes a first-order result with the
+    first draw and discards it), so the generator ends where diffusers leaves
+    it. eta, use_clipped_model_output, variance_noise and clip_sample are taken
+    and unused, as in diffusers."""
+
+    def step(self, model_output: torch.Tensor, old_pred_original_sample: Optional[torch.Tensor], timestep,
+             timestep_back, sample: torch.Tensor, eta: float = 0.0, use_clipped_model_output: bool = False,
+             generator: Optional[torch.Generator] = None, variance_noise: Optional[torch.Tensor] = None,
+             return_dict: bool = False):
+        _check_set_timesteps(self)
+        noise_dtype = sample.dtype
+        sample = _promoted(sample, model_output)
+        counter = self._step_counter
+        t = _host_timestep(self, timestep, counter)
+        # (Its value is needed only on a second-order step; a pipeline passes timesteps[i - 1].)
+        t_back = None if timestep_back is None else _host_timestep(self, timestep_back, max(counter - 1, 0))
+        self._step_counter += 1
+        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        alphas = self._host_alphas_cumprod
+        alpha_t = alphas[t]
+        alpha_prev = alphas[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        (c_x, c_m), _ = _data_and_noise_terms(self.config.prediction_type, alpha_t)
+
+        def half_log_snr(alpha: float) -> float:  # -inf at a zero terminal SNR (alpha = 0)
+            return _log(_sqrt(_ratio(alpha, 1.0 - alpha)))
+
+        h = half_log_snr(alpha_prev) - half_log_snr(alpha_t)
+        # x_prev = mult1 x - mult2 x0' + noise_scale z, x0' = x0 on a first-order step,
+        # else (1 + 1/(2r)) x0 - 1/(2r) x0_old with r = h_last / h.
+        mult1 = _sqrt(_ratio(1.0 - alpha_prev, 1.0 - alpha_t)) * math.exp(-h)
+        mult2 = math.expm1(-2.0 * h) * math.sqrt(alpha_prev)
+        noise_scale = math.sqrt(1.0 - alpha_prev) * _sqrt(1.0 - math.exp(-2.0 * h))
+        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=noise_dtype)
+        first_order = old_pred_original_sample is None or prev_t < 0
+        if first_order:
+            coeffs = [c_x, c_m, mult1, -mult2, noise_scale]
+            history = []
+        else:
+            half_inverse_r = _ratio(1.0, 2.0 * _ratio(half_log_snr(alpha_t) - half_log_snr(alphas[t_back]), h))
+            coeffs = [c_x, c_m, mult1, -mult2 * (1.0 + half_inverse_r), mult2 * half_inverse_r, noise_scale]
+            history = [old_pred_original_sample]
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=noise_dtype)
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history,
+                                                        self._coefficients(coeffs, sample.device), noise=noise)
+        if first_order or not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
@@ -1516,6 +1580,7 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
 
 ACCELERATED = {
     "CogVideoXDDIMScheduler": CogVideoXDDIMScheduler,
+    "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "DPMSolverMultistepInverseScheduler": DPMSolverMultistepInverseScheduler,
     "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler,
@@ -1701,7 +1766,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: Dict = ["CogVideoXDDIMScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: List[str] = ["CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
