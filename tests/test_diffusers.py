@@ -49,9 +49,8 @@ def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_
     if begin and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
     x = torch.randn(shape, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
-    noise = torch.Generator(DEVICE).manual_seed(1)
-    if "generator" in inspect.signature(scheduler.step).parameters:
-        step_options = dict(step_options, generator=noise)
+    if "generator" in inspect.signature(scheduler.step).parameters:  # seeded, unless the caller gives one
+        step_options = {"generator": torch.Generator(DEVICE).manual_seed(1), **step_options}
     previous = None
     for t in scheduler.timesteps[begin:]:
         scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
@@ -297,6 +296,8 @@ EULER_CASES = [
     ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {}),
     ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}, {}),
     ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True, "shift": 3.0}, {}),
+    ("FlowMatchHeunDiscreteScheduler", {}, {}),
+    ("FlowMatchHeunDiscreteScheduler", {"shift": 3.0}, {"s_churn": 0.5, "s_tmin": 0.2, "s_tmax": 0.8, "s_noise": 1.003}),
     ("HeunDiscreteScheduler", {}, {}),
     ("HeunDiscreteScheduler", {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, {}),
     ("HeunDiscreteScheduler", {"prediction_type": "sample", "clip_sample": True, "clip_sample_range": 0.8}, {}),
@@ -312,6 +313,25 @@ def test_euler_schedulers_match_diffusers(name, config, step_options):
     want = _loop(getattr(diffusers, name)(**config), **step_options)
     got = _loop(getattr(accelerated, name)(**config), **step_options)
     assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("steps", [3, 1])
+@pytest.mark.parametrize("config,step_options", [({}, {}), ({"shift": 3.0}, {"s_churn": 1.0})],
+                         ids=["default", "shift=3-s_churn=1"])
+def test_flow_match_heun_few_steps(config, step_options, steps):
+    """Few steps end on a small sigma_next, where diffusers' second derivative,
+    (x - (x - sigma_next v)) / sigma_next, keeps only the bits of v that survive
+    the subtraction from x (the fused step uses v itself): 6e-6 to 8e-6 apart
+    at 3 steps, measured. Both draw the churn's noise alike: the generators end equal."""
+    ends = []
+    for module in (diffusers, accelerated):
+        generator = torch.Generator().manual_seed(1)
+        x = _loop(module.FlowMatchHeunDiscreteScheduler(**config), steps=steps, generator=generator,
+                  **step_options)
+        ends.append((x, generator.get_state()))
+    (want, want_state), (got, state) = ends
+    assert _relative_error(got, want) < 3e-5
+    assert torch.equal(state, want_state)
 
 
 # (config, steps): constructing a stock KDPM2 scheduler takes ~0.2 s (its __init__'s
@@ -950,6 +970,7 @@ def test_a_repeated_schedule_copies_no_coefficients(name, monkeypatch):
 # What diffusers' set_timesteps(device=...) leaves on the device; every other
 # schedule tensor it keeps on the host (`self.sigmas.to("cpu")`).
 ON_DEVICE = {"FlowMatchEulerDiscreteScheduler": ("timesteps", "sigmas"),
+             "FlowMatchHeunDiscreteScheduler": ("timesteps", "sigmas"),
              "KDPM2DiscreteScheduler": ("timesteps", "sigmas_interpol"),
              "KDPM2AncestralDiscreteScheduler": ("timesteps", "sigmas_interpol", "sigmas_up", "sigmas_down")}
 NO_READ_CASES = [(name, {}) for name in sorted(accelerated.ACCELERATED)] + [

@@ -25,8 +25,8 @@ ScoreSdeVeScheduler (step_correct on the fused Langevin op),
 UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
 KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
 DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
-DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, CogVideoXDDIMScheduler and
-CogVideoXDPMScheduler (its own step signature, as diffusers').
+DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, FlowMatchHeunDiscreteScheduler,
+CogVideoXDDIMScheduler and CogVideoXDPMScheduler (its own step signature, as diffusers').
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ try:
     from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
         FlowMatchEulerDiscreteSchedulerOutput,
     )
+    from diffusers.schedulers.scheduling_flow_match_heun_discrete import FlowMatchHeunDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_heun_discrete import (
         HeunDiscreteSchedulerOutput,
     )
@@ -1236,14 +1237,11 @@ class _EulerBase(_StepIndexWithoutSync):
         if self.step_index is None:
             self._init_step_index(timestep)
 
-    def _churned_euler_step(self, model_output, sample, data_term, s_churn: float, s_tmin: float, s_tmax: float,
-                            s_noise: float, generator, data_input: Optional[torch.Tensor] = None):
-        """Karras et al.'s Euler step with churn, as diffusers' Euler and EDM Euler
-        schedulers take it: the float32 sample raised to sigma_hat with noise drawn
-        after the model call, only when gamma > 0; then one ei_step to the next
-        sigma, with x0 = c_x x + c_m m from data_term(sigma, sigma_hat), m the
-        model output (or data_input when given). Returns (prev_sample, pred_original_sample)."""
-        sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
+    def _churn(self, model_output, sample, sigma: float, s_churn: float, s_tmin: float, s_tmax: float,
+               s_noise: float, generator) -> Tuple[torch.Tensor, float]:
+        """Karras et al.'s churn as diffusers' Euler-family steps take it:
+        (the float32 sample raised to sigma_hat, sigma_hat), the noise drawn
+        after the model call and only when gamma > 0."""
         sample = _cast(sample, torch.float32)
         gamma = min(s_churn / (len(self._host_sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
@@ -1252,6 +1250,16 @@ class _EulerBase(_StepIndexWithoutSync):
                                  generator=generator)
             scale = s_noise * math.sqrt(sigma_hat**2 - sigma**2)
             sample = ops.multistep_combine([sample, noise], self._coefficients([1.0, scale], sample.device))
+        return sample, sigma_hat
+
+    def _churned_euler_step(self, model_output, sample, data_term, s_churn: float, s_tmin: float, s_tmax: float,
+                            s_noise: float, generator, data_input: Optional[torch.Tensor] = None):
+        """Karras et al.'s Euler step with churn, as diffusers' Euler and EDM Euler
+        schedulers take it: _churn, then one ei_step to the next sigma, with
+        x0 = c_x x + c_m m from data_term(sigma, sigma_hat), m the model output
+        (or data_input when given). Returns (prev_sample, pred_original_sample)."""
+        sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
+        sample, sigma_hat = self._churn(model_output, sample, sigma, s_churn, s_tmin, s_tmax, s_noise, generator)
         c_x, c_m = data_term(sigma, sigma_hat)
         r = sigma_next / sigma_hat  # sample + (sample - x0) / sigma_hat * (sigma_next - sigma_hat)
         coeffs = self._coefficients([c_x, c_m, r, 1.0 - r, 0.0], sample.device)
@@ -1578,6 +1586,42 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
         return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
 
 
+class FlowMatchHeunDiscreteScheduler(_EulerBase, _diffusers.FlowMatchHeunDiscreteScheduler):
+    """diffusers' FlowMatchHeunDiscreteScheduler with fused steps: the first
+    call of a step is one ei_step (the Euler step and the derivative, kept as
+    diffusers keeps it in ``prev_derivative``, with ``dt`` and ``sample``); the
+    second one multistep_combine, saved + dt/2 (derivative_1 + v). diffusers'
+    second derivative (x - (x - sigma_next v)) / sigma_next is the velocity v
+    itself up to rounding, and its churned second-call sample cancels out of it,
+    so with s_churn that call draws its noise, as diffusers does, and uses none."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, s_churn: float = 0.0,
+             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        self._start(timestep, "FlowMatchHeunDiscreteScheduler")
+        i = self.step_index
+        first = self.state_in_first_order
+        sigma, sigma_next = (self._host_sigmas[i], self._host_sigmas[i + 1]) if first else (
+            self._host_sigmas[i - 1], self._host_sigmas[i])
+        sample, sigma_hat = self._churn(model_output, sample, sigma, s_churn, s_tmin, s_tmax, s_noise, generator)
+        if first:
+            # derivative = (x - (x - sigma v)) / sigma_hat; x_next = x + dt derivative
+            dt = sigma_next - sigma_hat
+            coeffs = self._coefficients([0.0, sigma / sigma_hat, 1.0, dt, 0.0], sample.device)
+            prev_sample, derivative = ops.ei_step(sample, model_output, [], coeffs)
+            self.prev_derivative, self.dt, self.sample = derivative, dt, sample
+        else:
+            half = self.dt / 2
+            prev_sample = ops.multistep_combine([self.sample, model_output, self.prev_derivative],
+                                                self._coefficients([1.0, half, half], sample.device))
+            self.prev_derivative = self.dt = self.sample = None
+        prev_sample = _cast(prev_sample, model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return FlowMatchHeunDiscreteSchedulerOutput(prev_sample=prev_sample)
+
+
 ACCELERATED = {
     "CogVideoXDDIMScheduler": CogVideoXDDIMScheduler,
     "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
@@ -1592,6 +1636,7 @@ ACCELERATED = {
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
+    "FlowMatchHeunDiscreteScheduler": FlowMatchHeunDiscreteScheduler,
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
     "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
@@ -1767,6 +1812,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
 
 
 __all__: List[str] = ["CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
-                  "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "HeunDiscreteScheduler",
+                  "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
+                  "HeunDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
