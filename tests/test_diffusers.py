@@ -463,6 +463,16 @@ def test_cogvideox_dpm_draws_and_returns_as_diffusers():
     assert _relative_error(got, want) < 1e-5
 
 
+def test_cogvideox_dpm_needs_the_previous_timestep_with_the_previous_prediction():
+    scheduler = accelerated.CogVideoXDPMScheduler()
+    scheduler.set_timesteps(5)
+    x = torch.randn(1, 4, 8, 8)
+    t = scheduler.timesteps
+    _, old = scheduler.step(model(x, t[0]), None, t[0], None, x)
+    with pytest.raises(ValueError, match="timestep_back"):
+        scheduler.step(model(x, t[1]), old, t[1], None, x)
+
+
 DDIM_INVERSE_CASES = [{}, {"clip_sample_range": 0.5}, {"clip_sample": False},
                       {"prediction_type": "v_prediction", "set_alpha_to_one": True},
                       {"prediction_type": "sample", "clip_sample": False, "set_alpha_to_one": False},  # (else 0/0 at t = 0)

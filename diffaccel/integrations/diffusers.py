@@ -763,6 +763,9 @@ class CogVideoXDPMScheduler(_HostTimesteps, _diffusers.CogVideoXDPMScheduler):
             coeffs = [c_x, c_m, mult1, -mult2, noise_scale]
             history = []
         else:
+            if t_back is None:  # (diffusers fails here with an IndexError)
+                raise ValueError("CogVideoXDPMScheduler.step: 'timestep_back' (the previous step's timestep) must be "
+                                 "given with 'old_pred_original_sample'")
             half_inverse_r = _ratio(1.0, 2.0 * _ratio(half_log_snr(alpha_t) - half_log_snr(alphas[t_back]), h))
             coeffs = [c_x, c_m, mult1, -mult2 * (1.0 + half_inverse_r), mult2 * half_inverse_r, noise_scale]
             history = [old_pred_original_sample]
