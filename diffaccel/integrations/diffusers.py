@@ -730,6 +730,9 @@ class CogVideoXDPMScheduler(_HostTimesteps, _diffusers.CogVideoXDPMScheduler):
     it. eta, use_clipped_model_output, variance_noise and clip_sample are taken
     and unused, as in diffusers."""
 
+    NOT_CAPTURABLE = ("its step takes the previous step's timestep and data prediction from the pipeline "
+                      "(CogVideoX's loop), which graph_pipeline's loop does not hand it")
+
     def step(self, model_output: torch.Tensor, old_pred_original_sample: Optional[torch.Tensor], timestep,
              timestep_back, sample: torch.Tensor, eta: float = 0.0, use_clipped_model_output: bool = False,
              generator: Optional[torch.Generator] = None, variance_noise: Optional[torch.Tensor] = None,
