@@ -172,8 +172,13 @@ if [[ " $PHASES " == *" bench "* ]]; then
   # diffusers is not on the GPU image: the drop-in bench runs where it is carried.
   if $PY -c "import diffusers" 2>/dev/null; then
     echo "- diffusers drop-ins: $(DIFFACCEL_BENCH_DEVICE=cuda timed ${DIFFUSERS_BENCH_SECONDS:-50} "$RAW/bench.log" \
-      $PY -m pytest bench/test_bench_diffusers.py -q -p no:cacheprovider --benchmark-only \
+      $PY -m pytest bench/test_bench_diffusers.py -q -p no:cacheprovider --benchmark-only -k "not step_host" \
       --benchmark-json="$RAW/bench-gpu-diffusers.json")" >> "$report"
+    # Each drop-in's host time per step at a tiny latent (an eager loop's cost on a GPU), last
+    # and apart, so that a run cut here loses only these numbers.
+    echo "- drop-in host time per step: $(DIFFACCEL_BENCH_DEVICE=cuda timed ${HOST_BENCH_SECONDS:-40} "$RAW/bench.log" \
+      $PY -m pytest bench/test_bench_diffusers.py -q -p no:cacheprovider --benchmark-only -k step_host \
+      --benchmark-json="$RAW/bench-gpu-host.json")" >> "$report"
   else
     echo "- diffusers drop-ins: skipped (diffusers not importable; carry its wheel, see the device README)" >> "$report"
   fi

@@ -89,7 +89,8 @@ def main(*paths):
         cells += [f"{gbs[i]:.0f}" if i in gbs else "-" for i in fused_impls] + [f"{copy:.0f}"]
         cells += [f"{100 * gbs[i] / copy:.0f}%" if i in gbs else "-" for i in fused_impls]
         print("| " + " | ".join(cells) + " |")
-    stock = [(case, t) for (case, _, _), t in sorted(median.items()) if "stock_diffusers" in t and "fused" in t]
+    stock = [(case, t) for (case, _, _), t in sorted(median.items())
+             if "stock_diffusers" in t and "fused" in t and not case.startswith("step_host_")]
     if stock:
         print("\nScheduler steps, stock diffusers against diffaccel's drop-in (25-step loop, (4,4,128,128) fp32; "
               "page faults per step: diffaccel.benchmarking.page_faults_per_call):\n")
@@ -101,6 +102,17 @@ def main(*paths):
             counts = [f"{f[i]:.0f}" if i in f else "-" for i in ("stock_diffusers", "fused")]
             print(f"| {case} | {t['stock_diffusers'] / n * 1e6:.1f} | {t['fused'] / n * 1e6:.1f} | "
                   f"{t['stock_diffusers'] / t['fused']:.1f}x | {counts[0]} | {counts[1]} |")
+    host = [(case, shape, t) for (case, shape, _), t in sorted(median.items())
+            if case.startswith("step_host_") and "stock_diffusers" in t and "fused" in t]
+    if host:
+        print("\nHost time of one step() call, every drop-in class at its default config (25-step loops at "
+              f"{host[0][1]}, where the data costs nothing; Heun-style schedulers make two calls a step):\n")
+        print("| scheduler | stock us/call | diffaccel us/call | speedup |")
+        print("|---|---:|---:|---:|")
+        for case, _, t in host:
+            n = calls[case]
+            print(f"| {case[len('step_host_'):]} | {t['stock_diffusers'] / n * 1e6:.1f} | {t['fused'] / n * 1e6:.1f} | "
+                  f"{t['stock_diffusers'] / t['fused']:.1f}x |")
     loops = [(case, shape, t) for (case, shape, _), t in sorted(median.items())
              if case in calls and "fused" in t and "stock_diffusers" not in t]
     if loops:

@@ -1,8 +1,9 @@
 """Stock diffusers scheduler steps against diffaccel's accelerated ones
 (pytest-benchmark): a whole 25-step loop with a zero-cost model at
 (4,4,128,128) float32, DPMSolverMultistepScheduler with and without dynamic
-thresholding, and DDIM and Euler (set_timesteps, diffusers' own code in both,
-outside the timing); bench/report.py prints the time per step. On the GPU
+thresholding, DDIM, Euler and PLMS, and every drop-in class at (1,4,8,8), its
+host time per step (set_timesteps, diffusers' own code in both, outside the
+timing); bench/report.py prints the time per step. On the GPU
 check (DIFFACCEL_BENCH_DEVICE=cuda) the loop runs on CUDA and each timed loop
 ends with a synchronization. Each records the page faults per step beside its
 time (diffaccel.benchmarking.page_faults_per_call: on CPU a step that faults
@@ -44,6 +45,28 @@ def test_scheduler_loop(benchmark, impl, case):
         benchmark.extra_info["device"] = torch.cuda.get_device_name()
     slow = "thresholding" in case and impl == "stock_diffusers"
     benchmark.pedantic(loop, setup=reset, rounds=20 if slow else 100)
+
+
+HOST_SHAPE = (1, 4, 8, 8)
+
+
+@pytest.mark.parametrize("case", list(benchmarking.host_time_cases()))
+@pytest.mark.parametrize("impl", ["stock_diffusers", "diffaccel"])
+def test_step_host_time(benchmark, impl, case):
+    """Every drop-in class's step at its default config, 25-step loops at
+    (1,4,8,8), where the data costs nothing: the host time of one step() call
+    (on CUDA with the launch, each loop ending with a synchronization)."""
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("DIFFACCEL_BENCH_DEVICE=cuda without a GPU")
+    loop, reset = benchmarking.scheduler_loop(case, impl, DEVICE, HOST_SHAPE, STEPS)
+    reset()
+    loop()
+    benchmark.group = "step_host_time"
+    benchmark.extra_info.update(case=case, shape=str(HOST_SHAPE), impl="fused" if impl == "diffaccel" else "stock_diffusers",
+                                bytes=0, model_calls=loop.step_calls)
+    if DEVICE == "cuda":
+        benchmark.extra_info["device"] = torch.cuda.get_device_name()
+    benchmark.pedantic(loop, setup=reset, rounds=30)
 
 
 @pytest.mark.parametrize("impl", ["stock_diffusers", "diffaccel"])

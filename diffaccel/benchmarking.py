@@ -172,16 +172,31 @@ SCHEDULER_CASES = {
 }
 
 
+def host_time_cases() -> Dict[str, Tuple[str, dict]]:
+    """Every drop-in class whose step() has diffusers' usual signature, at its
+    default config, as scheduler cases named step_host_<class>: timed at a
+    tiny latent, where the data costs nothing, they measure a step's host time
+    (its Python, the op call and, on CUDA, the launch), which is what an eager
+    loop pays per step with a small latent on a GPU. Needs diffusers."""
+    from diffaccel.integrations import diffusers as accelerated
+
+    own_signature = {"ScoreSdeVeScheduler", "CogVideoXDPMScheduler"}  # step_pred / step_correct; the pipeline's state
+    return {f"step_host_{name}": (name, {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {})
+            for name in sorted(accelerated.ACCELERATED) if name not in own_signature}
+
+
 def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
-    """(loop, reset) for a scheduler case: loop() runs ``steps`` steps with a
-    zero-cost model (the same output every step) and synchronizes on CUDA;
-    reset() is set_timesteps, diffusers' own code in both, kept out of timings.
-    impl is "stock_diffusers" or "diffaccel". Needs diffusers."""
+    """(loop, reset) for a scheduler case (SCHEDULER_CASES or host_time_cases()):
+    loop() runs ``steps`` steps with a zero-cost model (the same output every
+    step) and synchronizes on CUDA; reset() is set_timesteps, diffusers' own
+    code in both, kept out of timings; it also sets loop.step_calls, the
+    number of step() calls a loop makes (twice the steps, less one, for the
+    Heun-style schedulers). impl is "stock_diffusers" or "diffaccel". Needs diffusers."""
     import diffusers
 
     from diffaccel.integrations import diffusers as accelerated
 
-    name, config = SCHEDULER_CASES[case]
+    name, config = SCHEDULER_CASES[case] if case in SCHEDULER_CASES else host_time_cases()[case]
     with torch.device("cpu"):  # diffusers' tables on the host, as in a pipeline, whatever the default device
         scheduler = getattr(accelerated if impl == "diffaccel" else diffusers, name)(**config)
     x0 = standard_normal(shape, generator=torch.Generator().manual_seed(0), device=device)
@@ -194,10 +209,11 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
         _sync(device)
         return x
 
-    def reset():
+    def reset() -> None:
         scheduler.set_timesteps(steps, device=device)
         # Only the step is timed: Euler's scale_model_input (diffusers' code in both) is taken as done.
         scheduler.is_scale_input_called = True
+        loop.step_calls = len(scheduler.timesteps)
 
     return loop, reset
 
