@@ -35,7 +35,7 @@ import inspect
 import math
 import warnings
 from array import array
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -148,11 +148,13 @@ class _FusedStep:
             cached = self._threshold_of_config = (config, dynamic, clip, threshold)
         return cached[3]
 
-    def _keep_step_values_for(self, schedule: Sequence[float]) -> None:
-        """set_timesteps' part: the host values _step_value computes derive from
-        this schedule (and the frozen config); they are kept while it repeats bit
-        for bit (a pipeline called again), else dropped."""
-        bits = array("d", schedule).tobytes()
+    def _read_host_sigmas(self) -> None:
+        """set_timesteps' part: host copies of the sigmas every step reads (no
+        tensor indexing on the hot path). The values _step_value computes derive
+        from them (and the frozen config): they are kept while the sigmas repeat
+        bit for bit (a pipeline called again), else dropped."""
+        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+        bits = array("d", self._host_sigmas).tobytes()
         if vars(self).get("_step_values_schedule") != bits:
             self._step_values, self._step_values_schedule = {}, bits
 
@@ -215,10 +217,8 @@ class _MultistepSteps(_StepIndexWithoutSync):
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
-        # Host copies read by every step (no tensor indexing on the hot path).
-        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+        self._read_host_sigmas()
         self._unfused = self.unsupported_options()
-        self._keep_step_values_for(self._host_sigmas)
 
     def _step_coefficients(self, order: int) -> List[float]:
         """[c_x, c_m, a, weights of m0 (m1, m2), s] of this step at this order."""
@@ -333,7 +333,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
         if self.UPCAST:  # back to the dtype of diffusers' converted output, promoted from sample and model output
-            prev_sample = _promoted(prev_sample, model_output, sample.dtype)
+            prev_sample = _cast(prev_sample, torch.promote_types(sample.dtype, model_output.dtype))
         self._step_index += 1
         if not return_dict:
             return (prev_sample,)
@@ -472,14 +472,11 @@ def _check_set_timesteps(scheduler) -> None:
         raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
 
 
-def _promoted(sample: torch.Tensor, model_output: torch.Tensor, sample_dtype: Optional[torch.dtype] = None
-              ) -> torch.Tensor:
+def _promoted(sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
     """The sample in the dtype diffusers' step arithmetic leaves its result in:
-    torch's promotion of the sample's (or sample_dtype's) and the model
-    output's dtypes (a bf16 sample with a float32 model output steps, and
-    returns, in float32)."""
-    dtype = torch.promote_types(sample_dtype or sample.dtype, model_output.dtype)
-    return _cast(sample, dtype)
+    torch's promotion of the sample's and the model output's dtypes (a bf16
+    sample with a float32 model output steps, and returns, in float32)."""
+    return _cast(sample, torch.promote_types(sample.dtype, model_output.dtype))
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -529,7 +526,7 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
-        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+        self._read_host_sigmas()
 
     def _update(self, order: int) -> Tuple[float, List[float], float]:
         """(a, weights of m0 (this output), m1, m2, s): x_t = a start + sum w m + s noise.
@@ -754,7 +751,8 @@ class CogVideoXDPMScheduler(_HostTimesteps, _diffusers.CogVideoXDPMScheduler):
         def half_log_snr(alpha: float) -> float:  # -inf at a zero terminal SNR (alpha = 0)
             return _log(_sqrt(_ratio(alpha, 1.0 - alpha)))
 
-        h = half_log_snr(alpha_prev) - half_log_snr(alpha_t)
+        lambda_t = half_log_snr(alpha_t)
+        h = half_log_snr(alpha_prev) - lambda_t
         # x_prev = mult1 x - mult2 x0' + noise_scale z, x0' = x0 on a first-order step,
         # else (1 + 1/(2r)) x0 - 1/(2r) x0_old with r = h_last / h.
         mult1 = _sqrt(_ratio(1.0 - alpha_prev, 1.0 - alpha_t)) * math.exp(-h)
@@ -769,7 +767,7 @@ class CogVideoXDPMScheduler(_HostTimesteps, _diffusers.CogVideoXDPMScheduler):
             if t_back is None:  # (diffusers fails here with an IndexError)
                 raise ValueError("CogVideoXDPMScheduler.step: 'timestep_back' (the previous step's timestep) must be "
                                  "given with 'old_pred_original_sample'")
-            half_inverse_r = _ratio(1.0, 2.0 * _ratio(half_log_snr(alpha_t) - half_log_snr(alphas[t_back]), h))
+            half_inverse_r = _ratio(1.0, 2.0 * _ratio(lambda_t - half_log_snr(alphas[t_back]), h))
             coeffs = [c_x, c_m, mult1, -mult2 * (1.0 + half_inverse_r), mult2 * half_inverse_r, noise_scale]
             history = [old_pred_original_sample]
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=noise_dtype)
@@ -1086,8 +1084,7 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
-        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
-        self._keep_step_values_for(self._host_sigmas)
+        self._read_host_sigmas()
 
     def _lambda_at(self, index: int) -> float:
         return _lambda(*_alpha_sigma(self._host_sigmas[index], self.config.use_flow_sigmas))
@@ -1224,8 +1221,7 @@ class _EulerBase(_StepIndexWithoutSync):
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
-        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
-        self._keep_step_values_for(self._host_sigmas)
+        self._read_host_sigmas()
 
     def _finish(self, prev_sample, pred_original_sample, model_output, output_cls, return_dict: bool):
         """diffusers' ending of an Euler-family step: cast back, count the step, return."""
