@@ -128,7 +128,8 @@ COGVIDEOX_5B = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": Tru
 BF16_CASES = [("DPMSolverMultistepScheduler", {}), ("DPMSolverMultistepScheduler", {"thresholding": True}),
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}), ("PNDMScheduler", {}),
               ("PNDMScheduler", {"skip_prk_steps": True}), ("EDMEulerScheduler", {}),
-              ("EDMDPMSolverMultistepScheduler", {}), ("CogVideoXDPMScheduler", COGVIDEOX_5B)]
+              ("EDMDPMSolverMultistepScheduler", {}), ("CogVideoXDPMScheduler", COGVIDEOX_5B),
+              ("CosineDPMSolverMultistepScheduler", {})]
 
 
 @pytest.mark.parametrize("name,config", BF16_CASES,
@@ -204,6 +205,9 @@ def test_accelerate_keeps_what_it_cannot_fuse():
     with pytest.warns(UserWarning, match="thresholding"):
         kept, changes = accelerated.accelerate(unsupported)
     assert kept is unsupported and changes == []
+    with pytest.warns(UserWarning, match=r"solver_order=3 \(diffusers' cosine step has orders 1 and 2 only\)"):
+        kept, changes = accelerated.accelerate(diffusers.CosineDPMSolverMultistepScheduler(solver_order=3))
+    assert isinstance(kept, diffusers.CosineDPMSolverMultistepScheduler) and changes == []
     with pytest.warns(UserWarning, match="no accelerated SASolverScheduler"):
         kept, _ = accelerated.accelerate(diffusers.SASolverScheduler())
     with pytest.raises(TypeError, match="scheduler or pipeline"):
@@ -588,6 +592,40 @@ def test_edm_schedulers_match_diffusers(name, config, step_options, steps):
     assert _relative_error(got, want) < 1e-5
 
 
+# Stable Audio Open's scheduler is the default config. (final_sigmas_type="sigma_min" is left
+# out: diffusers' step then asks the Brownian tree for the noise between two equal sigmas, and
+# torchsde recurses until Python's limit; the drop-in, using the same sampler, does the same.)
+COSINE_CASES = [{}, {"solver_order": 1}, {"solver_type": "heun"}, {"sigma_schedule": "karras"},
+                {"prediction_type": "epsilon"}, {"euler_at_final": True, "lower_order_final": False},
+                {"sigma_data": 0.5, "sigma_min": 0.002, "sigma_max": 80.0, "sigma_schedule": "karras"}]
+
+
+@pytest.mark.filterwarnings("ignore:Should have:UserWarning")  # torchsde's: the last step queries sigma 0
+@pytest.mark.parametrize("steps", [25, 5, 1])
+@pytest.mark.parametrize("config", COSINE_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_cosine_dpm_solver_matches_diffusers(config, steps):
+    """Each step one ei_step, its noise what diffusers' own Brownian-tree sampler
+    gives for the generator's seed at the step's two sigmas."""
+    want = _loop(diffusers.CosineDPMSolverMultistepScheduler(**config), steps=steps)
+    got = _loop(accelerated.CosineDPMSolverMultistepScheduler(**config), steps=steps)
+    # Measured on the dev VM: 0 to 3.8e-7.
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:Should have:UserWarning")
+def test_cosine_dpm_solver_without_a_generator_seeds_its_tree_as_diffusers():
+    """With no generator, torchsde seeds the tree from the global generator, in
+    the drop-in as in diffusers: the same sample, the global generator left in the same state."""
+    ends = []
+    for module in (diffusers, accelerated):
+        torch.manual_seed(7)
+        ends.append((_loop(module.CosineDPMSolverMultistepScheduler(), steps=10, generator=None),
+                     torch.get_rng_state()))
+    (want, want_state), (got, state) = ends
+    assert torch.equal(state, want_state)
+    assert _relative_error(got, want) < 1e-5
+
+
 def test_edm_euler_takes_a_given_data_prediction():
     """step(pred_original_sample=...) steps from that x0, as diffusers does."""
     results = []
@@ -921,7 +959,8 @@ def test_options_the_scheduler_does_not_take_change_nothing(name, foreign):
 
 
 @pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "DEISMultistepScheduler",
-                                  "EDMDPMSolverMultistepScheduler", "DPMSolverMultistepInverseScheduler",
+                                  "EDMDPMSolverMultistepScheduler", "CosineDPMSolverMultistepScheduler",
+                                  "DPMSolverMultistepInverseScheduler",
                                   "UniPCMultistepScheduler", "LMSDiscreteScheduler"])
 def test_one_scheduler_reused_across_loops_matches_fresh_ones(name):
     """The multistep steps keep their coefficient values while set_timesteps
@@ -1050,8 +1089,8 @@ def _steps_on_meta(cls, config, steps=10):
     for name in ON_DEVICE.get(cls.__name__, ("timesteps",)):
         setattr(scheduler, name, getattr(scheduler, name).to("meta"))
     x = torch.empty(2, 4, 16, 16, device="meta")
-    if cls.__name__ == "DPMSolverSDEScheduler":
-        # Its Brownian-tree noise is torchsde's, which cannot make meta tensors
+    if cls.__name__ in ("DPMSolverSDEScheduler", "CosineDPMSolverMultistepScheduler"):
+        # Their Brownian-tree noise is torchsde's, which cannot make meta tensors
         # (it seeds a generator on the tensors' device): noise of the right shape instead.
         scheduler.noise_sampler = lambda sigma, sigma_next: torch.empty_like(x)
     previous = None

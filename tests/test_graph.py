@@ -371,7 +371,9 @@ def test_graph_pipeline_errors():
 
     with pytest.raises(ValueError, match="stock SASolverScheduler synchronizes"):
         graph_pipeline(_tiny_pipe("SASolverScheduler"), steps=4, height=64, width=64)
-    for name, why in (("DPMSolverSDEScheduler", "its Brownian-tree noise"), ("ScoreSdeVeScheduler", "its loop calls step_pred"),
+    for name, why in (("DPMSolverSDEScheduler", "its Brownian-tree noise"),
+                      ("CosineDPMSolverMultistepScheduler", "its Brownian-tree noise"),
+                      ("ScoreSdeVeScheduler", "its loop calls step_pred"),
                       ("CogVideoXDPMScheduler", "its step takes the previous step's timestep")):
         with pytest.raises(ValueError, match=f"{name} cannot be captured: {why}"):
             graph_pipeline(_tiny_pipe(name), steps=4, height=64, width=64)

@@ -26,7 +26,8 @@ UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
 KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
 DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
 DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, FlowMatchHeunDiscreteScheduler,
-CogVideoXDDIMScheduler and CogVideoXDPMScheduler (its own step signature, as diffusers').
+CogVideoXDDIMScheduler and CogVideoXDPMScheduler (its own step signature, as diffusers'),
+CosineDPMSolverMultistepScheduler (Stable Audio's; Brownian-tree noise, as diffusers').
 """
 
 from __future__ import annotations
@@ -211,7 +212,9 @@ class _MultistepSteps(_StepIndexWithoutSync):
     the update's coefficients from host sigmas, one ei_step. A class says how a
     sigma maps to (alpha, sigma) (_alpha_sigma), what the model output converts
     to (_data_term), whether diffusers upcasts the sample to float32 (UPCAST),
-    and, unless it is DPM-Solver's, the update (_update_coefficients)."""
+    and, unless it is DPM-Solver's, the update (_update_coefficients); one whose
+    config has no algorithm_type or thresholding, or whose SDE noise is not
+    randn, says so (_algorithm_type, _threshold, _noise)."""
 
     UPCAST = True
 
@@ -229,6 +232,20 @@ class _MultistepSteps(_StepIndexWithoutSync):
 
         return self._step_value((self.step_index, order), compute)
 
+    def _algorithm_type(self) -> str:
+        return self.config.algorithm_type
+
+    def _threshold(self) -> Optional[ops.Threshold]:
+        return self._config_threshold(clip=False)
+
+    def _noise(self, model_output: torch.Tensor, generator, variance_noise) -> torch.Tensor:
+        """The SDE step's noise, as diffusers draws it: in float32 where it upcasts
+        the sample, else in the model's dtype."""
+        dtype = torch.float32 if self.UPCAST else model_output.dtype
+        if variance_noise is not None:
+            return variance_noise.to(device=model_output.device, dtype=dtype)
+        return randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=dtype)
+
     def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
         """(a, weights of m0, m1, m2, s) of x_t = a x + sum_j w_j m_j + s noise, the
         update diffusers' {first,second,third}-order functions compute. Divisions
@@ -245,7 +262,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
         (alpha_t, sigma_t), (alpha_s0, sigma_s0) = alphas_sigmas[0], alphas_sigmas[1]
         lam = [_lambda(a, s) for a, s in alphas_sigmas]
         h = lam[0] - lam[1]
-        algorithm, midpoint = self.config.algorithm_type, self.config.solver_type == "midpoint"
+        algorithm, midpoint = self._algorithm_type(), self.config.solver_type == "midpoint"
         e_minus, e_minus2 = math.exp(-h), math.exp(-2.0 * h)
         s = 0.0
         # A weighs m0; B the first difference D1 (order >= 2); C the second, D2 (order 3).
@@ -288,8 +305,9 @@ class _MultistepSteps(_StepIndexWithoutSync):
              return_dict: bool = True):
         _check_set_timesteps(self)
         if self._unfused:  # built directly rather than through accelerate(): run diffusers' step
-            return super().step(model_output, timestep, sample, generator=generator,
-                                variance_noise=variance_noise, return_dict=return_dict)
+            options = {} if variance_noise is None else {"variance_noise": variance_noise}
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict,
+                                **options)
         if self.step_index is None:
             self._init_step_index(timestep)
         c = self.config
@@ -309,11 +327,8 @@ class _MultistepSteps(_StepIndexWithoutSync):
             model_output = model_output[:, :3]
         coeffs = self._coefficients(self._step_coefficients(order), sample.device)
         noise = None
-        if c.algorithm_type in ("sde-dpmsolver", "sde-dpmsolver++"):
-            # Drawn in float32 where diffusers upcasts the sample, else in the model's dtype, as diffusers draws it.
-            dtype = torch.float32 if self.UPCAST else model_output.dtype
-            noise = (randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=dtype)
-                     if variance_noise is None else variance_noise.to(device=model_output.device, dtype=dtype))
+        if self._algorithm_type() in ("sde-dpmsolver", "sde-dpmsolver++"):
+            noise = self._noise(model_output, generator, variance_noise)
         history = [self.model_outputs[-1 - k] for k in range(order - 1)]  # m1, m2: earlier converted outputs
         # diffusers' DPMSolverMultistepScheduler upcasts the sample to float32 for the
         # update and casts the result back (the EDM one does not).
@@ -326,7 +341,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
         out = (torch.empty_like(state, memory_format=torch.contiguous_format),
                oldest if reusable else torch.empty_like(state, memory_format=torch.contiguous_format))
         prev_sample, converted = ops.ei_step(state, model_output, history, coeffs,
-                                             threshold=self._config_threshold(clip=False), noise=noise, out=out)
+                                             threshold=self._threshold(), noise=noise, out=out)
         for k in range(c.solver_order - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = converted
@@ -388,6 +403,11 @@ class DPMSolverMultistepInverseScheduler(_MultistepSteps, _diffusers.DPMSolverMu
         return bad
 
 
+# Why the schedulers with diffusers' Brownian-tree noise sampler cannot be captured.
+_TORCHSDE_NOISE = ("its Brownian-tree noise comes from torchsde, which builds it on the host at each step "
+                   "with generators of its own: a graph would replay the same noise")
+
+
 def _edm_data_term(config, sigma: float) -> Tuple[float, float]:
     """(c_skip, c_out) of the EDM schedulers' precondition_outputs: x0 = c_skip x + c_out model_output."""
     sigma_data = config.sigma_data
@@ -417,6 +437,49 @@ class EDMDPMSolverMultistepScheduler(_MultistepSteps, _diffusers.EDMDPMSolverMul
 
     def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
         return _edm_data_term(self.config, sigma)
+
+
+class CosineDPMSolverMultistepScheduler(_MultistepSteps, _diffusers.CosineDPMSolverMultistepScheduler):
+    """diffusers' CosineDPMSolverMultistepScheduler (Stable Audio Open's) with a
+    fused ``step()``: SDE-DPM-Solver++ 1S/2M on EDM-preconditioned sigmas, its
+    Brownian-tree noise from diffusers' own sampler (torchsde), built as
+    diffusers builds it (from the first model output, the config's sigma range
+    and the generator's seed) and queried at the same sigmas."""
+
+    UPCAST = False
+    NOT_CAPTURABLE = _TORCHSDE_NOISE
+
+    def unsupported_options(self) -> List[str]:
+        if self.config.solver_order > 2:
+            return [f"solver_order={self.config.solver_order} (diffusers' cosine step has orders 1 and 2 only)"]
+        return []
+
+    def _algorithm_type(self) -> str:
+        return "sde-dpmsolver++"
+
+    def _threshold(self) -> Optional[ops.Threshold]:
+        return None
+
+    def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
+        return 1.0, sigma  # the model's inputs are preconditioned: alpha_t = 1
+
+    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
+        return _edm_data_term(self.config, sigma)
+
+    def _noise(self, model_output: torch.Tensor, generator, variance_noise) -> torch.Tensor:
+        if self.noise_sampler is None:  # set_timesteps drops it
+            seed = None
+            if generator is not None:
+                seed = ([g.initial_seed() for g in generator] if isinstance(generator, list)
+                        else generator.initial_seed())
+            self.noise_sampler = _BrownianTreeNoiseSampler(model_output, sigma_min=self.config.sigma_min,
+                                                           sigma_max=self.config.sigma_max, seed=seed)
+        i = self.step_index
+        return self.noise_sampler(self.sigmas[i], self.sigmas[i + 1]).to(model_output.device)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
 
 
 class DEISMultistepScheduler(_MultistepSteps, _diffusers.DEISMultistepScheduler):
@@ -1382,8 +1445,7 @@ class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDESchedu
     computed as diffusers computes them, in float32 on the host (its sigmas are
     CPU tensors), so the tree is queried at the same times."""
 
-    NOT_CAPTURABLE = ("its Brownian-tree noise comes from torchsde, which builds it on the host at each step "
-                      "with generators of its own: a graph would replay the same noise")
+    NOT_CAPTURABLE = _TORCHSDE_NOISE
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
              s_noise: float = 1.0):
@@ -1630,6 +1692,7 @@ ACCELERATED = {
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "DPMSolverMultistepInverseScheduler": DPMSolverMultistepInverseScheduler,
     "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler,
+    "CosineDPMSolverMultistepScheduler": CosineDPMSolverMultistepScheduler,
     "EDMEulerScheduler": EDMEulerScheduler,
     "DDIMScheduler": DDIMScheduler,
     "DDIMInverseScheduler": DDIMInverseScheduler,
@@ -1813,7 +1876,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: List[str] = ["CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: List[str] = ["CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
                   "HeunDiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
