@@ -302,7 +302,7 @@ def dit_pipeline_parts():
 # and the flow-matching ones (no scale_model_input, which DiT's loop calls).
 DIT_SCHEDULERS = sorted(set(accelerated.ACCELERATED) - {
     "ScoreSdeVeScheduler", "CogVideoXDPMScheduler", "DDIMInverseScheduler", "DPMSolverMultistepInverseScheduler",
-    "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"})
+    "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "LTXEulerAncestralRFScheduler"})
 
 
 @pytest.mark.filterwarnings("ignore")  # diffusers' notices about scheduler options
@@ -624,6 +624,54 @@ def test_cosine_dpm_solver_without_a_generator_seeds_its_tree_as_diffusers():
     (want, want_state), (got, state) = ends
     assert torch.equal(state, want_state)
     assert _relative_error(got, want) < 1e-5
+
+
+# LTX's set_timesteps builds its sigmas with a FlowMatchEulerDiscreteScheduler made from its
+# config, so a FlowMatch option in that config (shift, as in LTX-Video's) shapes them.
+LTX_CASES = [{}, {"eta": 0.5}, {"eta": 0.0}, {"s_noise": 0.9}, {"s_noise": 0.0}, {"shift": 3.0}]
+# LTX-2's distilled sigmas, ending on 0 as its pipelines pass them.
+LTX2_SIGMAS = [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875, 0.0]
+
+
+def _ltx_loop(scheduler, sigmas):
+    scheduler.set_timesteps(sigmas=sigmas, device=DEVICE)
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+    generator = torch.Generator(DEVICE).manual_seed(1)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, generator=generator).prev_sample
+    return x
+
+
+@pytest.mark.filterwarnings("ignore")  # diffusers' notice that a FlowMatch config gets LTX's eta / s_noise
+@pytest.mark.parametrize("steps", [25, 8, 1])
+@pytest.mark.parametrize("config", LTX_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_ltx_euler_ancestral_rf_matches_diffusers(config, steps):
+    want = _loop(diffusers.LTXEulerAncestralRFScheduler.from_config(config), steps=steps)
+    got = _loop(accelerated.LTXEulerAncestralRFScheduler.from_config(config), steps=steps)
+    # Measured on the dev VM: 0 to 7.6e-7 (with the given LTX-2 sigmas: 4.4e-7, 1.6e-6).
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_ltx_euler_ancestral_rf_with_given_sigmas_matches_diffusers(eta):
+    want = _ltx_loop(diffusers.LTXEulerAncestralRFScheduler(eta=eta), LTX2_SIGMAS)
+    got = _ltx_loop(accelerated.LTXEulerAncestralRFScheduler(eta=eta), LTX2_SIGMAS)
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_ltx_euler_ancestral_rf_edges_are_diffusers():
+    """A step past the schedule's end returns the sample itself; an integer
+    timestep and a step before set_timesteps get diffusers' errors."""
+    scheduler = accelerated.LTXEulerAncestralRFScheduler()
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="Call `set_timesteps` before `step`"):
+        scheduler.step(x, torch.tensor(1000.0), x)
+    scheduler.set_timesteps(sigmas=[1.0, 0.0])
+    with pytest.raises(ValueError, match="integer indices"):
+        scheduler.step(x, 3, x)
+    t = scheduler.timesteps[0]
+    x = scheduler.step(model(x, t), t, x).prev_sample
+    assert scheduler.step(model(x, t), t, x).prev_sample is x
 
 
 def test_edm_euler_takes_a_given_data_prediction():
@@ -1067,6 +1115,7 @@ def test_a_repeated_schedule_copies_no_coefficients(name, monkeypatch):
 # schedule tensor it keeps on the host (`self.sigmas.to("cpu")`).
 ON_DEVICE = {"FlowMatchEulerDiscreteScheduler": ("timesteps", "sigmas"),
              "FlowMatchHeunDiscreteScheduler": ("timesteps", "sigmas"),
+             "LTXEulerAncestralRFScheduler": ("timesteps", "sigmas"),
              "KDPM2DiscreteScheduler": ("timesteps", "sigmas_interpol"),
              "KDPM2AncestralDiscreteScheduler": ("timesteps", "sigmas_interpol", "sigmas_up", "sigmas_down")}
 NO_READ_CASES = [(name, {}) for name in sorted(accelerated.ACCELERATED)] + [

@@ -27,7 +27,8 @@ KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepSchedul
 DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
 DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, FlowMatchHeunDiscreteScheduler,
 CogVideoXDDIMScheduler and CogVideoXDPMScheduler (its own step signature, as diffusers'),
-CosineDPMSolverMultistepScheduler (Stable Audio's; Brownian-tree noise, as diffusers').
+CosineDPMSolverMultistepScheduler (Stable Audio's; Brownian-tree noise, as diffusers') and
+LTXEulerAncestralRFScheduler (LTX-Video's rectified-flow Euler ancestral).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ try:
     from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_ltx_euler_ancestral_rf import LTXEulerAncestralRFSchedulerOutput
     from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
     from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
@@ -1279,8 +1281,8 @@ def _sample_free_data_term(prediction_type: str, sigma_input: float) -> Tuple[fl
 
 
 class _EulerBase(_StepIndexWithoutSync):
-    """What the two Euler schedulers share: host sigmas, and diffusers' guard against
-    timesteps given as indices."""
+    """What the Euler-family schedulers share: host sigmas, diffusers' guard against
+    timesteps given as indices, its churn and its ending of a step."""
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
@@ -1686,6 +1688,53 @@ class FlowMatchHeunDiscreteScheduler(_EulerBase, _diffusers.FlowMatchHeunDiscret
         return FlowMatchHeunDiscreteSchedulerOutput(prev_sample=prev_sample)
 
 
+class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFScheduler):
+    """diffusers' LTXEulerAncestralRFScheduler (the LTX-Video long and LTX-2
+    refine pipelines' rectified-flow Euler ancestral step, ComfyUI's RF
+    sampler) with a fused ``step()``: one ei_step, the data prediction
+    x - sigma v, the step down to sigma_down, the rescale by
+    alpha_next / alpha_down and the renoise, in float32 as diffusers computes it."""
+
+    def _step_coefficients(self, i: int) -> Tuple[List[float], bool]:
+        """([c_x, c_m, a, b, s] of x_next = a x + b (x - sigma v) + s z, whether
+        the step draws noise), from diffusers' arithmetic on host floats."""
+        sigma, sigma_next = self._host_sigmas[i], self._host_sigmas[i + 1]
+        if abs(sigma_next) < 1e-8:
+            return [1.0, -sigma, 0.0, 1.0, 0.0], False
+        eta, s_noise = float(self.config.eta), float(self.config.s_noise)
+        sigma_down = sigma_next * (1.0 + (sigma_next / sigma - 1.0) * eta)
+        ratio = sigma_down / sigma
+        if not (eta > 0.0 and s_noise > 0.0):
+            return [1.0, -sigma, ratio, 1.0 - ratio, 0.0], False
+        alpha_next, alpha_down = 1.0 - sigma_next, 1.0 - sigma_down
+        renoise = math.sqrt(max(sigma_next**2 - sigma_down**2 * alpha_next**2 / (alpha_down**2 + 1e-12), 0.0))
+        scale = alpha_next / (alpha_down + 1e-12)
+        return [1.0, -sigma, scale * ratio, scale * (1.0 - ratio), renoise * s_noise], True
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) or self.sigmas is None:
+            # diffusers' refusals (an index for a timestep; no set_timesteps yet)
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        i = self.step_index
+        if i >= len(self._host_sigmas) - 1:  # past the schedule's end: diffusers returns the sample itself
+            prev_sample = sample
+        else:
+            coefficients, noisy = self._step_value(i, lambda: self._step_coefficients(i))
+            state = _cast(sample, torch.float32)
+            noise = (randn_tensor(state.shape, generator=generator, device=state.device, dtype=state.dtype)
+                     if noisy else None)
+            prev_sample, _ = ops.ei_step(state, model_output, [], self._coefficients(coefficients, state.device),
+                                         noise=noise)
+            prev_sample = _cast(prev_sample, sample.dtype)
+        self._step_index = min(i + 1, len(self._host_sigmas) - 1)
+        if not return_dict:
+            return (prev_sample,)
+        return LTXEulerAncestralRFSchedulerOutput(prev_sample=prev_sample)
+
+
 ACCELERATED = {
     "CogVideoXDDIMScheduler": CogVideoXDDIMScheduler,
     "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
@@ -1703,6 +1752,7 @@ ACCELERATED = {
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
     "FlowMatchHeunDiscreteScheduler": FlowMatchHeunDiscreteScheduler,
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
+    "LTXEulerAncestralRFScheduler": LTXEulerAncestralRFScheduler,
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
     "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
     "KDPM2AncestralDiscreteScheduler": KDPM2AncestralDiscreteScheduler,
@@ -1878,6 +1928,6 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
 
 __all__: List[str] = ["CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
-                  "HeunDiscreteScheduler",
+                  "HeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
