@@ -45,7 +45,7 @@ def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_
     runs it (set_begin_index where the scheduler has it, then
     scheduler.timesteps[start * order:])."""
     scheduler.set_timesteps(steps, device=DEVICE)
-    begin = start * scheduler.order
+    begin = start * getattr(scheduler, "order", 1)  # (UnCLIPScheduler has no order)
     if begin and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
     x = torch.randn(shape, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
@@ -129,7 +129,7 @@ BF16_CASES = [("DPMSolverMultistepScheduler", {}), ("DPMSolverMultistepScheduler
               ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}), ("PNDMScheduler", {}),
               ("PNDMScheduler", {"skip_prk_steps": True}), ("EDMEulerScheduler", {}),
               ("EDMDPMSolverMultistepScheduler", {}), ("CogVideoXDPMScheduler", COGVIDEOX_5B),
-              ("CosineDPMSolverMultistepScheduler", {})]
+              ("CosineDPMSolverMultistepScheduler", {}), ("UnCLIPScheduler", {})]
 
 
 @pytest.mark.parametrize("name,config", BF16_CASES,
@@ -672,6 +672,57 @@ def test_ltx_euler_ancestral_rf_edges_are_diffusers():
     t = scheduler.timesteps[0]
     x = scheduler.step(model(x, t), t, x).prev_sample
     assert scheduler.step(model(x, t), t, x).prev_sample is x
+
+
+UNCLIP_CASES = [{}, {"clip_sample": False}, {"clip_sample_range": 5.0}, {"prediction_type": "sample"}]
+
+
+def _unclip_loop(scheduler, steps, prev, dtype=torch.float32):
+    """A Kandinsky prior's loop: (2, 1280) image embeddings, each step handed the
+    next timestep as prev_timestep (None at the last), or, without ``prev``, none
+    (diffusers then steps to t - 1). The model's output is float32."""
+    scheduler.set_timesteps(steps, device=DEVICE)
+    x = torch.randn(2, 1280, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
+    generator = torch.Generator(DEVICE).manual_seed(1)
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        following = timesteps[i + 1] if prev and i + 1 < len(timesteps) else None
+        x = scheduler.step(model(x, t).float(), t, x, prev_timestep=following, generator=generator).prev_sample
+    return x
+
+
+def _float64_tables(scheduler):
+    """The stock scheduler with its tables in float64: with a float64 sample, diffusers' step then runs in float64."""
+    for name in ("alphas_cumprod", "betas", "alphas", "one"):
+        setattr(scheduler, name, getattr(scheduler, name).double())
+    return scheduler
+
+
+@pytest.mark.parametrize("prev", [True, False], ids=["prev_timestep", "t-1"])
+@pytest.mark.parametrize("steps", [25, 5])
+@pytest.mark.parametrize("config", UNCLIP_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_unclip_matches_diffusers(config, steps, prev):
+    """Within 3e-4 of stock and at least as close as stock to diffusers' own
+    loop in float64: a step to prev_timestep computes alpha = 1 - (1 - a_t / a_prev),
+    which float32 rounds badly when the step is long (5 steps: stock 1e-4 from
+    the float64 loop, the fused step, whose host arithmetic is float64, 1e-7)."""
+    exact = _unclip_loop(_float64_tables(diffusers.UnCLIPScheduler(**config)), steps, prev, dtype=torch.float64)
+    want = _unclip_loop(diffusers.UnCLIPScheduler(**config), steps, prev)
+    got = _unclip_loop(accelerated.UnCLIPScheduler(**config), steps, prev)
+    assert _relative_error(got, want) < 3e-4
+    assert _relative_error(got, exact) <= max(_relative_error(want, exact), 1e-6)
+
+
+def test_unclip_keeps_diffusers_step_where_it_does_not_fuse():
+    """learned_range variances keep the stock class; a step before set_timesteps
+    (diffusers' default schedule) is diffusers' own."""
+    with pytest.warns(UserWarning, match="variance_type='learned_range'"):
+        kept, changes = accelerated.accelerate(diffusers.UnCLIPScheduler(variance_type="learned_range"))
+    assert type(kept) is diffusers.UnCLIPScheduler and changes == []
+    x = torch.randn(2, 1280, generator=torch.Generator().manual_seed(0))
+    outputs = [module.UnCLIPScheduler().step(model(x, 999), 999, x, generator=torch.Generator().manual_seed(1))
+               for module in (diffusers, accelerated)]
+    assert torch.equal(outputs[0].prev_sample, outputs[1].prev_sample)
 
 
 def test_edm_euler_takes_a_given_data_prediction():

@@ -28,7 +28,8 @@ DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
 DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, FlowMatchHeunDiscreteScheduler,
 CogVideoXDDIMScheduler and CogVideoXDPMScheduler (its own step signature, as diffusers'),
 CosineDPMSolverMultistepScheduler (Stable Audio's; Brownian-tree noise, as diffusers') and
-LTXEulerAncestralRFScheduler (LTX-Video's rectified-flow Euler ancestral).
+LTXEulerAncestralRFScheduler (LTX-Video's rectified-flow Euler ancestral) and UnCLIPScheduler
+(the Kandinsky 2.x priors').
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ try:
     from diffusers.schedulers.scheduling_ltx_euler_ancestral_rf import LTXEulerAncestralRFSchedulerOutput
     from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
     from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
+    from diffusers.schedulers.scheduling_unclip import UnCLIPSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler as _BrownianTreeNoiseSampler
     from diffusers.schedulers.scheduling_dpmsolver_sde import DPMSolverSDESchedulerOutput
@@ -914,6 +916,65 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class UnCLIPScheduler(_HostTimesteps, _diffusers.UnCLIPScheduler):
+    """diffusers' UnCLIPScheduler (the Kandinsky 2.x priors', unCLIP's) with a
+    fused ``step()``: the data prediction, its clip, the posterior mean and the
+    fixed_small_log noise in one ei_step, from host values of ``timestep`` and
+    ``prev_timestep`` (diffusers compares both on the device: three
+    synchronizations a step). learned_range variances keep the stock step."""
+
+    def unsupported_options(self) -> List[str]:
+        if self.config.variance_type != "fixed_small_log":
+            return [f"variance_type={self.config.variance_type!r}"]
+        return []
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_betas = self.betas.tolist()
+
+    def _host_prev_timestep(self, prev_timestep, t: int) -> int:
+        if prev_timestep is None:
+            return t - 1
+        if isinstance(prev_timestep, torch.Tensor) and prev_timestep.device.type != "cpu":
+            position = _position_in(self.timesteps, prev_timestep)
+            if position is not None:
+                return self._host_timesteps[position]
+        return int(prev_timestep)  # a number, a CPU tensor, or a device tensor from elsewhere (read, as diffusers does)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, prev_timestep=None,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        c = self.config
+        if (self.unsupported_options() or c.prediction_type not in ("epsilon", "sample")
+                or self.num_inference_steps is None):
+            # diffusers' step: learned variances, its error for another prediction type, no set_timesteps yet
+            return super().step(model_output, timestep, sample, prev_timestep=prev_timestep, generator=generator,
+                                return_dict=return_dict)
+        sample = _promoted(sample, model_output)
+        t = _host_timestep(self, timestep, self._step_counter)
+        self._step_counter += 1
+        prev_t = self._host_prev_timestep(prev_timestep, t)
+        alpha_t = self._host_alphas_cumprod[t]
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
+        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
+        beta = self._host_betas[t] if prev_t == t - 1 else 1.0 - alpha_t / alpha_prev
+        c_x, c_m = (1.0 / math.sqrt(alpha_t), -math.sqrt(beta_t) / math.sqrt(alpha_t)) \
+            if c.prediction_type == "epsilon" else (0.0, 1.0)
+        # prev = x0 coefficient * clip(x0) + sample coefficient * x (+ std z where t > 0)
+        b0 = math.sqrt(alpha_prev) * beta / beta_t
+        a = math.sqrt(1.0 - beta) * beta_prev / beta_t
+        noise, std = None, 0.0
+        if t > 0:
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, generator=generator,
+                                 device=model_output.device)
+            std = math.sqrt(max(beta_prev / beta_t * beta, 1e-20))
+        coeffs = self._coefficients([c_x, c_m, a, b0, std], sample.device)
+        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs,
+                                                        threshold=self._config_threshold(dynamic=False), noise=noise)
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return UnCLIPSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
 class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
@@ -1761,6 +1822,7 @@ ACCELERATED = {
     "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
     "TCDScheduler": TCDScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
+    "UnCLIPScheduler": UnCLIPScheduler,
     "DPMSolverSinglestepScheduler": DPMSolverSinglestepScheduler,
     "DPMSolverSDEScheduler": DPMSolverSDEScheduler,
 }
@@ -1929,5 +1991,5 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
 __all__: List[str] = ["CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
                   "HeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
-                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UniPCMultistepScheduler", "accelerate",
+                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
