@@ -725,6 +725,61 @@ def test_unclip_keeps_diffusers_step_where_it_does_not_fuse():
     assert torch.equal(outputs[0].prev_sample, outputs[1].prev_sample)
 
 
+# Consistency models: one of openai's configs (the default), one with other scalings; a
+# pipeline samples in 1 or 2 steps, the schedule allows up to num_train_timesteps.
+CM_CASES = [{}, {"clip_denoised": False}, {"s_noise": 0.9},
+            {"sigma_data": 1.0, "sigma_max": 14.6, "num_train_timesteps": 18}]
+
+
+def _cm_loop(scheduler, steps=None, timesteps=None):
+    """ConsistencyModelPipeline's loop (scale_model_input, the model, step) from
+    noise at init_noise_sigma, with a model whose data prediction reaches past
+    [-1, 1], so that clip_denoised clips."""
+    scheduler.set_timesteps(steps, timesteps=timesteps, device=DEVICE)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+    x = x * scheduler.init_noise_sigma
+    generator = torch.Generator(DEVICE).manual_seed(1)
+    for t in scheduler.timesteps:
+        x = scheduler.step(4 * model(scheduler.scale_model_input(x, t), t), t, x, generator=generator).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 18])
+@pytest.mark.parametrize("config", CM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_consistency_model_scheduler_matches_diffusers(config, steps):
+    want = _cm_loop(diffusers.CMStochasticIterativeScheduler(**config), steps)
+    got = _cm_loop(accelerated.CMStochasticIterativeScheduler(**config), steps)
+    # Measured on the dev VM: 1e-8 to 2.1e-7.
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_consistency_model_scheduler_with_given_timesteps_and_clipping():
+    """Given timesteps (the pipelines' ``timesteps=[...]``) match diffusers; and
+    the clip is live in these loops (clip_denoised changes the sample)."""
+    runs = [_cm_loop(module.CMStochasticIterativeScheduler(), timesteps=[22, 17, 5])
+            for module in (diffusers, accelerated)]
+    assert _relative_error(runs[1], runs[0]) < 1e-5
+    unclipped = _cm_loop(accelerated.CMStochasticIterativeScheduler(clip_denoised=False), timesteps=[22, 17, 5])
+    assert _relative_error(unclipped, runs[1]) > 1e-3
+
+
+@pytest.mark.usefixtures("exact_float32_convolutions")
+def test_consistency_model_pipeline_gives_the_same_images():
+    """diffusers' ConsistencyModelPipeline with a small random UNet2DModel, 2 steps
+    (its multistep sampling): the same images with the accelerated scheduler."""
+    pipe = diffusers.ConsistencyModelPipeline(unet=_small_unet(), scheduler=diffusers.CMStochasticIterativeScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def images():
+        return pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator(DEVICE).manual_seed(3),
+                    output_type="np").images
+
+    stock = images()
+    pipe, changes = accelerated.accelerate(pipe)
+    assert isinstance(pipe.scheduler, accelerated.CMStochasticIterativeScheduler) and len(changes) == 1
+    assert abs(images() - stock).max() < 1e-4  # images in [0, 1]
+
+
 def test_edm_euler_takes_a_given_data_prediction():
     """step(pred_original_sample=...) steps from that x0, as diffusers does."""
     results = []

@@ -28,8 +28,8 @@ DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
 DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, FlowMatchHeunDiscreteScheduler,
 CogVideoXDDIMScheduler and CogVideoXDPMScheduler (its own step signature, as diffusers'),
 CosineDPMSolverMultistepScheduler (Stable Audio's; Brownian-tree noise, as diffusers') and
-LTXEulerAncestralRFScheduler (LTX-Video's rectified-flow Euler ancestral) and UnCLIPScheduler
-(the Kandinsky 2.x priors').
+LTXEulerAncestralRFScheduler (LTX-Video's rectified-flow Euler ancestral), UnCLIPScheduler
+(the Kandinsky 2.x priors') and CMStochasticIterativeScheduler (consistency models).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from diffaccel.transfer import ConstantCache, DeviceConstants, to_device
 
 try:
     import diffusers as _diffusers
+    from diffusers.schedulers.scheduling_consistency_models import CMStochasticIterativeSchedulerOutput
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
@@ -1749,6 +1750,52 @@ class FlowMatchHeunDiscreteScheduler(_EulerBase, _diffusers.FlowMatchHeunDiscret
         return FlowMatchHeunDiscreteSchedulerOutput(prev_sample=prev_sample)
 
 
+class CMStochasticIterativeScheduler(_EulerBase, _diffusers.CMStochasticIterativeScheduler):
+    """diffusers' CMStochasticIterativeScheduler (consistency models' multistep
+    sampling, Song et al. 2023) with a fused ``step()``: the boundary-condition
+    data prediction c_skip x + c_out F, its clip to [-1, 1] (clip_denoised) and
+    the renoise to the next sigma in one ei_step."""
+
+    _CLIP = ops.Threshold("clip", max_value=1.0)
+
+    def _step_coefficients(self, i: int) -> List[float]:
+        """[c_skip, c_out, 0, 1, s] of x_next = x0 + s z, x0 = c_skip x + c_out F."""
+        c = self.config
+        sigma = self._host_sigmas[i]
+        sigma_next = self._host_sigmas[i + 1] if i + 1 < c.num_train_timesteps else self._host_sigmas[-1]
+        c_skip = c.sigma_data**2 / ((sigma - c.sigma_min) ** 2 + c.sigma_data**2)
+        c_out = (sigma - c.sigma_min) * c.sigma_data / math.sqrt(sigma**2 + c.sigma_data**2)
+        sigma_hat = min(max(sigma_next, c.sigma_min), c.sigma_max)
+        # sigma_hat is a float32 sigma, sigma_min the config's float: their squares can
+        # differ in sign by a rounding when the schedule has reached sigma_min (then no noise).
+        return [c_skip, c_out, 0.0, 1.0, c.s_noise * math.sqrt(max(sigma_hat**2 - c.sigma_min**2, 0.0))]
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) or vars(self).get("_host_sigmas") is None:
+            # diffusers' refusal of an index for a timestep; before set_timesteps, its own step
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        if not self.is_scale_input_called:
+            _diffusers_logging.get_logger("diffusers.schedulers.scheduling_consistency_models").warning(
+                "The `scale_model_input` function should be called before `step` to ensure correct denoising. "
+                "See `StableDiffusionPipeline` for a usage example.")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        i = self.step_index
+        coefficients = self._step_value(i, lambda: self._step_coefficients(i))
+        noise = None
+        if len(self.timesteps) > 1:  # diffusers' noise is zeros for a one-step schedule
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                                 generator=generator)
+        prev_sample, _ = ops.ei_step(_promoted(sample, model_output), model_output, [],
+                                     self._coefficients(coefficients, sample.device),
+                                     threshold=self._CLIP if self.config.clip_denoised else None, noise=noise)
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return CMStochasticIterativeSchedulerOutput(prev_sample=prev_sample)
+
+
 class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFScheduler):
     """diffusers' LTXEulerAncestralRFScheduler (the LTX-Video long and LTX-2
     refine pipelines' rectified-flow Euler ancestral step, ComfyUI's RF
@@ -1799,6 +1846,7 @@ class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFSch
 ACCELERATED = {
     "CogVideoXDDIMScheduler": CogVideoXDDIMScheduler,
     "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
+    "CMStochasticIterativeScheduler": CMStochasticIterativeScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "DPMSolverMultistepInverseScheduler": DPMSolverMultistepInverseScheduler,
     "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler,
@@ -1988,7 +2036,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: List[str] = ["CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: List[str] = ["CMStochasticIterativeScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
                   "HeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler", "accelerate",
