@@ -202,10 +202,13 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
     x0 = standard_normal(shape, generator=torch.Generator().manual_seed(0), device=device)
     eps = standard_normal(shape, generator=torch.Generator().manual_seed(1), device=device)
 
+    # Wuerstchen's pipelines step from timesteps[:-1], handing each as a (batch,) tensor.
+    wuerstchen = isinstance(scheduler, diffusers.DDPMWuerstchenScheduler)
+
     def loop():
         x = x0
-        for t in scheduler.timesteps:
-            x = scheduler.step(eps, t, x).prev_sample
+        for t in scheduler.timesteps[:-1] if wuerstchen else scheduler.timesteps:
+            x = scheduler.step(eps, t.expand(len(x)) if wuerstchen else t, x).prev_sample
         _sync(device)
         return x
 
@@ -213,7 +216,7 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
         scheduler.set_timesteps(steps, device=device)
         # Only the step is timed: Euler's scale_model_input (diffusers' code in both) is taken as done.
         scheduler.is_scale_input_called = True
-        loop.step_calls = len(scheduler.timesteps)
+        loop.step_calls = len(scheduler.timesteps) - wuerstchen
 
     return loop, reset
 

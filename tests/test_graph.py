@@ -373,6 +373,7 @@ def test_graph_pipeline_errors():
         graph_pipeline(_tiny_pipe("SASolverScheduler"), steps=4, height=64, width=64)
     for name, why in (("DPMSolverSDEScheduler", "its Brownian-tree noise"),
                       ("CosineDPMSolverMultistepScheduler", "its Brownian-tree noise"),
+                      ("DDPMWuerstchenScheduler", "its step takes the timestep as a \\(batch,\\) tensor"),
                       ("ScoreSdeVeScheduler", "its loop calls step_pred"),
                       ("CogVideoXDPMScheduler", "its step takes the previous step's timestep")):
         with pytest.raises(ValueError, match=f"{name} cannot be captured: {why}"):

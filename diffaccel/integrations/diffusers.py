@@ -29,7 +29,8 @@ DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, FlowMatchHeunDiscreteS
 CogVideoXDDIMScheduler and CogVideoXDPMScheduler (its own step signature, as diffusers'),
 CosineDPMSolverMultistepScheduler (Stable Audio's; Brownian-tree noise, as diffusers') and
 LTXEulerAncestralRFScheduler (LTX-Video's rectified-flow Euler ancestral), UnCLIPScheduler
-(the Kandinsky 2.x priors') and CMStochasticIterativeScheduler (consistency models).
+(the Kandinsky 2.x priors'), CMStochasticIterativeScheduler (consistency models) and
+DDPMWuerstchenScheduler (Wuerstchen, Stable Cascade; a (batch,) timestep, as diffusers').
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ try:
     from diffusers.schedulers.scheduling_consistency_models import CMStochasticIterativeSchedulerOutput
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddpm_wuerstchen import DDPMWuerstchenSchedulerOutput
     from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
         EulerAncestralDiscreteSchedulerOutput,
     )
@@ -156,11 +158,15 @@ class _FusedStep:
 
     def _read_host_sigmas(self) -> None:
         """set_timesteps' part: host copies of the sigmas every step reads (no
-        tensor indexing on the hot path). The values _step_value computes derive
-        from them (and the frozen config): they are kept while the sigmas repeat
-        bit for bit (a pipeline called again), else dropped."""
+        tensor indexing on the hot path), from which the step values derive."""
         self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
-        bits = array("d", self._host_sigmas).tobytes()
+        self._keep_step_values_while(self._host_sigmas)
+
+    def _keep_step_values_while(self, schedule: List[float]) -> None:
+        """The values _step_value computes derive from ``schedule`` (and the
+        frozen config): they are kept while it repeats bit for bit (a pipeline
+        called again), else dropped."""
+        bits = array("d", schedule).tobytes()
         if vars(self).get("_step_values_schedule") != bits:
             self._step_values, self._step_values_schedule = {}, bits
 
@@ -917,6 +923,76 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class DDPMWuerstchenScheduler(_FusedStep, _diffusers.DDPMWuerstchenScheduler):
+    """diffusers' DDPMWuerstchenScheduler (the Wuerstchen and Stable Cascade
+    pipelines') with a fused ``step()``: the posterior mean and noise,
+    sqrt(1 / alpha) (x - (1 - alpha) F / sqrt(1 - alpha_cumprod)) + std z, one
+    multistep_combine with a coefficient row per sample. Its step takes the
+    timestep as a (batch,) tensor, as those pipelines hand it (``t.expand(batch)``,
+    in the model's dtype). Its value comes from the host: from the tensor's
+    position in ``scheduler.timesteps`` when it is a view of it (a float32
+    pipeline's ``t.expand``), else read once a step (a bf16 copy), where
+    diffusers reads the device once a step (``.item()``) in every case. The
+    alphas_cumprod are diffusers' own function on host tensors of the
+    timestep's dtype, so bf16 timesteps round as in diffusers."""
+
+    NOT_CAPTURABLE = ("its step takes the timestep as a (batch,) tensor, as only the Wuerstchen and Stable Cascade "
+                      "pipelines hand it")
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_timesteps = self.timesteps.tolist()
+        self._keep_step_values_while(self._host_timesteps)
+
+    def _timestep_values(self, timestep: torch.Tensor) -> List[float]:
+        """The (batch,) timestep's values: from its position in self.timesteps
+        when every element is one element of it, else read."""
+        if timestep.device.type != "cpu" and timestep.dtype == self.timesteps.dtype and (
+                timestep.stride(0) == 0 or len(timestep) == 1):
+            position = _position_in(self.timesteps, timestep[0])
+            if position is not None:
+                return [self._host_timesteps[position]] * len(timestep)
+        return timestep.tolist()
+
+    def _step_coefficients(self, values: Tuple[float, ...], dtype: torch.dtype) -> Tuple[List[float], bool]:
+        """(rows [a, b, s] of x_next = a x + b F + s z, one per sample or one for
+        all, flattened; whether the rows differ per sample)."""
+        t0 = np.float32(values[0])  # diffusers' previous_timestep: the nearest schedule entry to t[0], in float32
+        index = int(np.abs(np.asarray(self._host_timesteps, dtype=np.float32) - t0).argmin())
+        prev_t = self._host_timesteps[index + 1]
+        distinct = sorted(set(values)) if len(set(values)) > 1 else [values[0]]
+        alpha_cumprods = self._alpha_cumprod(torch.tensor(distinct, dtype=dtype), "cpu").tolist()
+        alpha_cumprod_prev = float(self._alpha_cumprod(torch.tensor([prev_t]), "cpu"))
+        rows = {}
+        for value, alpha_cumprod in zip(distinct, alpha_cumprods):
+            alpha = alpha_cumprod / alpha_cumprod_prev
+            a = math.sqrt(1.0 / alpha)
+            std = _sqrt((1.0 - alpha) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod)) if prev_t != 0 else 0.0
+            rows[value] = [a, -a * (1.0 - alpha) / math.sqrt(1.0 - alpha_cumprod), std]
+        if len(distinct) == 1:
+            return rows[values[0]], False
+        return [c for value in values for c in rows[value]], True
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if (vars(self).get("_host_timesteps") is None or not isinstance(timestep, torch.Tensor)
+                or timestep.dim() != 1 or len(timestep) not in (1, len(sample))):
+            # before set_timesteps, or a timestep diffusers' step takes otherwise (or refuses): its own step
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        values = tuple(self._timestep_values(timestep))
+        coefficients, per_sample = self._step_value((values, timestep.dtype),
+                                                    lambda: self._step_coefficients(values, timestep.dtype))
+        coeffs = self._coefficients(coefficients, sample.device)
+        if per_sample:
+            coeffs = coeffs.view(len(sample), 3)
+        # Drawn every step, the last too (its std is 0), as diffusers draws it.
+        noise = randn_tensor(sample.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+        prev_sample = _cast(ops.multistep_combine([sample, model_output, noise], coeffs), model_output.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return DDPMWuerstchenSchedulerOutput(prev_sample=prev_sample)
 
 
 class UnCLIPScheduler(_HostTimesteps, _diffusers.UnCLIPScheduler):
@@ -1855,6 +1931,7 @@ ACCELERATED = {
     "DDIMScheduler": DDIMScheduler,
     "DDIMInverseScheduler": DDIMInverseScheduler,
     "DDPMScheduler": DDPMScheduler,
+    "DDPMWuerstchenScheduler": DDPMWuerstchenScheduler,
     "DEISMultistepScheduler": DEISMultistepScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
@@ -2036,7 +2113,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
                            dtype=unet.dtype)
 
 
-__all__: List[str] = ["CMStochasticIterativeScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__: List[str] = ["CMStochasticIterativeScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DDPMWuerstchenScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
                   "HeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler", "accelerate",
