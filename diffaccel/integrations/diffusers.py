@@ -26,8 +26,8 @@ UniPCMultistepScheduler, DPMSolverSinglestepScheduler, KDPM2DiscreteScheduler,
 KDPM2AncestralDiscreteScheduler, EDMEulerScheduler, EDMDPMSolverMultistepScheduler,
 DEISMultistepScheduler, DPMSolverSDEScheduler, PNDMScheduler, TCDScheduler,
 DDIMInverseScheduler, DPMSolverMultistepInverseScheduler, FlowMatchHeunDiscreteScheduler,
-CogVideoXDDIMScheduler and CogVideoXDPMScheduler (its own step signature, as diffusers'),
-CosineDPMSolverMultistepScheduler (Stable Audio's; Brownian-tree noise, as diffusers') and
+CogVideoXDDIMScheduler, CogVideoXDPMScheduler (its own step signature, as diffusers'),
+CosineDPMSolverMultistepScheduler (Stable Audio's; Brownian-tree noise, as diffusers'),
 LTXEulerAncestralRFScheduler (LTX-Video's rectified-flow Euler ancestral), UnCLIPScheduler
 (the Kandinsky 2.x priors'), CMStochasticIterativeScheduler (consistency models) and
 DDPMWuerstchenScheduler (Wuerstchen, Stable Cascade; a (batch,) timestep, as diffusers').
@@ -574,6 +574,12 @@ def _log(x: float) -> float:
     return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
 
 
+def _an_index(timestep) -> bool:
+    """Whether a timestep is an integer (an index from ``enumerate(timesteps)``),
+    which diffusers' sigma-indexed schedulers refuse."""
+    return isinstance(timestep, (int, torch.IntTensor, torch.LongTensor))
+
+
 def _host_timestep(scheduler, timestep, counter: int, cast=int):
     """The timestep's value without a device synchronization: read from a
     number or a CPU tensor; a device tensor is not read: when it is an element
@@ -962,7 +968,7 @@ class DDPMWuerstchenScheduler(_FusedStep, _diffusers.DDPMWuerstchenScheduler):
         t0 = np.float32(values[0])  # diffusers' previous_timestep: the nearest schedule entry to t[0], in float32
         index = int(np.abs(np.asarray(self._host_timesteps, dtype=np.float32) - t0).argmin())
         prev_t = self._host_timesteps[index + 1]
-        distinct = sorted(set(values)) if len(set(values)) > 1 else [values[0]]
+        distinct = sorted(set(values))
         alpha_cumprods = self._alpha_cumprod(torch.tensor(distinct, dtype=dtype), "cpu").tolist()
         alpha_cumprod_prev = float(self._alpha_cumprod(torch.tensor([prev_t]), "cpu"))
         rows = {}
@@ -972,7 +978,7 @@ class DDPMWuerstchenScheduler(_FusedStep, _diffusers.DDPMWuerstchenScheduler):
             std = _sqrt((1.0 - alpha) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod)) if prev_t != 0 else 0.0
             rows[value] = [a, -a * (1.0 - alpha) / math.sqrt(1.0 - alpha_cumprod), std]
         if len(distinct) == 1:
-            return rows[values[0]], False
+            return rows[distinct[0]], False
         return [c for value in values for c in rows[value]], True
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
@@ -1435,7 +1441,7 @@ class _EulerBase(_StepIndexWithoutSync):
         return output_cls(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
     def _start(self, timestep, scheduler_name: str):
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+        if _an_index(timestep):
             raise ValueError(
                 f"Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `{scheduler_name}.step()`"
                 " is not supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
@@ -1848,7 +1854,7 @@ class CMStochasticIterativeScheduler(_EulerBase, _diffusers.CMStochasticIterativ
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) or vars(self).get("_host_sigmas") is None:
+        if _an_index(timestep) or vars(self).get("_host_sigmas") is None:
             # diffusers' refusal of an index for a timestep; before set_timesteps, its own step
             return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         if not self.is_scale_input_called:
@@ -1897,7 +1903,7 @@ class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFSch
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)) or self.sigmas is None:
+        if _an_index(timestep) or self.sigmas is None:
             # diffusers' refusals (an index for a timestep; no set_timesteps yet)
             return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         if self.step_index is None:
