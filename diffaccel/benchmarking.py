@@ -185,6 +185,27 @@ def host_time_cases() -> Dict[str, Tuple[str, dict]]:
             for name in sorted(accelerated.ACCELERATED) if name not in own_signature}
 
 
+def _is_wuerstchen(scheduler) -> bool:
+    import diffusers
+
+    return isinstance(scheduler, diffusers.DDPMWuerstchenScheduler)
+
+
+def pipeline_timesteps(scheduler) -> torch.Tensor:
+    """The timesteps a diffusers pipeline calls ``scheduler.step`` at: all of
+    ``scheduler.timesteps``, but for DDPMWuerstchenScheduler, whose schedule
+    ends on the last step's target (the Wuerstchen and Stable Cascade pipelines
+    loop over ``timesteps[:-1]``). Needs diffusers."""
+    return scheduler.timesteps[:-1] if _is_wuerstchen(scheduler) else scheduler.timesteps
+
+
+def pipeline_timestep(scheduler, t: torch.Tensor, batch: int) -> torch.Tensor:
+    """``t`` (an element of the schedule) as a pipeline hands it to
+    ``scheduler.step``: as it is, but for DDPMWuerstchenScheduler a (batch,)
+    tensor, ``t.expand(batch)``. Needs diffusers."""
+    return t.expand(batch) if _is_wuerstchen(scheduler) else t
+
+
 def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
     """(loop, reset) for a scheduler case (SCHEDULER_CASES or host_time_cases()):
     loop() runs ``steps`` steps with a zero-cost model (the same output every
@@ -202,13 +223,10 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
     x0 = standard_normal(shape, generator=torch.Generator().manual_seed(0), device=device)
     eps = standard_normal(shape, generator=torch.Generator().manual_seed(1), device=device)
 
-    # Wuerstchen's pipelines step from timesteps[:-1], handing each as a (batch,) tensor.
-    wuerstchen = isinstance(scheduler, diffusers.DDPMWuerstchenScheduler)
-
     def loop():
         x = x0
-        for t in scheduler.timesteps[:-1] if wuerstchen else scheduler.timesteps:
-            x = scheduler.step(eps, t.expand(len(x)) if wuerstchen else t, x).prev_sample
+        for t in loop.timesteps:
+            x = scheduler.step(eps, t, x).prev_sample
         _sync(device)
         return x
 
@@ -216,7 +234,9 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
         scheduler.set_timesteps(steps, device=device)
         # Only the step is timed: Euler's scale_model_input (diffusers' code in both) is taken as done.
         scheduler.is_scale_input_called = True
-        loop.step_calls = len(scheduler.timesteps) - wuerstchen
+        # The timesteps as the pipeline hands them to step(), made outside the timing.
+        loop.timesteps = [pipeline_timestep(scheduler, t, len(x0)) for t in pipeline_timesteps(scheduler)]
+        loop.step_calls = len(loop.timesteps)
 
     return loop, reset
 

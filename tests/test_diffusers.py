@@ -11,6 +11,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (make test installs it)")
 
+from diffaccel import benchmarking  # noqa: E402
 from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 
 from conftest import DEVICE, RANDOM_SEEDS  # noqa: E402
@@ -37,16 +38,8 @@ def _step(scheduler, model_output, t, x, previous, **step_options):
         t_back, old = previous or (None, None)
         x, old = scheduler.step(model_output, old, t, t_back, x, **step_options)
         return x, (t, old)
-    if isinstance(scheduler, diffusers.DDPMWuerstchenScheduler):
-        t = t.expand(len(x))
+    t = benchmarking.pipeline_timestep(scheduler, t, len(x))
     return scheduler.step(model_output, t, x, **step_options).prev_sample, None
-
-
-def _pipeline_timesteps(scheduler):
-    """The timesteps a pipeline steps from: all of scheduler.timesteps, but for
-    Wuerstchen's, which end on the last step's target (its pipelines loop over
-    ``timesteps[:-1]``)."""
-    return scheduler.timesteps[:-1] if isinstance(scheduler, diffusers.DDPMWuerstchenScheduler) else scheduler.timesteps
 
 
 def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_dtype=None, start=0,
@@ -63,7 +56,7 @@ def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_
     if "generator" in inspect.signature(scheduler.step).parameters:  # seeded, unless the caller gives one
         step_options = {"generator": torch.Generator(DEVICE).manual_seed(1), **step_options}
     previous = None
-    for t in _pipeline_timesteps(scheduler)[begin:]:
+    for t in benchmarking.pipeline_timesteps(scheduler)[begin:]:
         scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         out = model(scaled, t).to(model_dtype or dtype)
         x, previous = _step(scheduler, out, t, x, previous, **step_options)
@@ -1118,7 +1111,7 @@ def test_steps_do_not_synchronize(name):
         torch.cuda.set_sync_debug_mode("error")
         try:
             previous = None
-            for t in _pipeline_timesteps(scheduler):
+            for t in benchmarking.pipeline_timesteps(scheduler):
                 x, previous = _step(scheduler, out, t, x, previous)
         finally:
             torch.cuda.set_sync_debug_mode(0)
@@ -1297,7 +1290,7 @@ def _steps_on_meta(cls, config, steps=10):
         # (it seeds a generator on the tensors' device): noise of the right shape instead.
         scheduler.noise_sampler = lambda sigma, sigma_next: torch.empty_like(x)
     previous = None
-    for t in _pipeline_timesteps(scheduler):
+    for t in benchmarking.pipeline_timesteps(scheduler):
         if cls.__name__ == "ScoreSdeVeScheduler":
             x = scheduler.step_correct(x, x).prev_sample
             x = scheduler.step_pred(x, t, x).prev_sample
