@@ -705,6 +705,27 @@ class _HostTimesteps(_FusedStep):
         alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
         return self._host_alphas_cumprod[t], alpha_prev
 
+    def _posterior_step(self, model_output, sample, generator, t: int, prev_t: int, beta: float,
+                        threshold: Optional[ops.Threshold], large_variance: bool = False):
+        """DDPM's ancestral step from t to prev_t, as DDPM's and UnCLIP's steps
+        take it: the data prediction (thresholded), the posterior mean
+        b0 x0 + a x with alpha = 1 - beta, and where t > 0 the noise, its
+        variance beta (fixed_large) or (1 - a_prev) / (1 - a_t) beta; one ei_step.
+        Returns (prev_sample, pred_original_sample)."""
+        alpha_t = self._host_alphas_cumprod[t]
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
+        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
+        c_x, c_m = _data_and_noise_terms(self.config.prediction_type, alpha_t)[0]
+        b0 = math.sqrt(alpha_prev) * beta / beta_t
+        a = math.sqrt(1.0 - beta) * beta_prev / beta_t
+        noise, std = None, 0.0
+        if t > 0:
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+            std = math.sqrt(beta if large_variance else max(beta_prev / beta_t * beta, 1e-20))
+        coeffs = self._coefficients([c_x, c_m, a, b0, std], sample.device)
+        return ops.ei_step(sample, model_output, [], coeffs, threshold=threshold, noise=noise)
+
 
 # In place of 1 / sqrt(alpha) at alpha = 0; see _data_and_noise_terms.
 _HUGE_SCALE = 1e30
@@ -903,29 +924,14 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         sample = _promoted(sample, model_output)
         if self.unsupported_options() or self.num_inference_steps is None:
             return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
-        c = self.config
         t = _host_timestep(self, timestep, self._step_counter)
         self._step_counter += 1
         prev_t = self._previous_host_timestep(t)
-        alpha_t = self._host_alphas_cumprod[t]
         alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
-        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
-        current_alpha = alpha_t / alpha_prev
-        current_beta = 1.0 - current_alpha
-        c_x, c_m = _data_and_noise_terms(c.prediction_type, alpha_t)[0]
-        threshold = self._config_threshold()
-        # prev = x0 coefficient * x0 + sample coefficient * x (+ std z where t > 0)
-        b0 = math.sqrt(alpha_prev) * current_beta / beta_t
-        a = math.sqrt(current_alpha) * beta_prev / beta_t
-        noise, std = None, 0.0
-        if t > 0:
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)
-            variance = current_beta if self.variance_type == "fixed_large" else max(beta_prev / beta_t * current_beta, 1e-20)
-            std = math.sqrt(variance)
-        coeffs = self._coefficients([c_x, c_m, a, b0, std], sample.device)
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, threshold=threshold,
-                                                        noise=noise)
+        beta = 1.0 - self._host_alphas_cumprod[t] / alpha_prev
+        prev_sample, pred_original_sample = self._posterior_step(
+            model_output, sample, generator, t, prev_t, beta, self._config_threshold(),
+            large_variance=self.variance_type == "fixed_large")
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -1038,23 +1044,13 @@ class UnCLIPScheduler(_HostTimesteps, _diffusers.UnCLIPScheduler):
         t = _host_timestep(self, timestep, self._step_counter)
         self._step_counter += 1
         prev_t = self._host_prev_timestep(prev_timestep, t)
-        alpha_t = self._host_alphas_cumprod[t]
-        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
-        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
-        beta = self._host_betas[t] if prev_t == t - 1 else 1.0 - alpha_t / alpha_prev
-        c_x, c_m = (1.0 / math.sqrt(alpha_t), -math.sqrt(beta_t) / math.sqrt(alpha_t)) \
-            if c.prediction_type == "epsilon" else (0.0, 1.0)
-        # prev = x0 coefficient * clip(x0) + sample coefficient * x (+ std z where t > 0)
-        b0 = math.sqrt(alpha_prev) * beta / beta_t
-        a = math.sqrt(1.0 - beta) * beta_prev / beta_t
-        noise, std = None, 0.0
-        if t > 0:
-            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, generator=generator,
-                                 device=model_output.device)
-            std = math.sqrt(max(beta_prev / beta_t * beta, 1e-20))
-        coeffs = self._coefficients([c_x, c_m, a, b0, std], sample.device)
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs,
-                                                        threshold=self._config_threshold(dynamic=False), noise=noise)
+        if prev_t == t - 1:  # diffusers takes the training beta for a one-step stride
+            beta = self._host_betas[t]
+        else:
+            alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
+            beta = 1.0 - self._host_alphas_cumprod[t] / alpha_prev
+        prev_sample, pred_original_sample = self._posterior_step(
+            model_output, sample, generator, t, prev_t, beta, self._config_threshold(dynamic=False))
         if not return_dict:
             return prev_sample, pred_original_sample
         return UnCLIPSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
