@@ -191,18 +191,37 @@ def _is_wuerstchen(scheduler) -> bool:
     return isinstance(scheduler, diffusers.DDPMWuerstchenScheduler)
 
 
+def pipeline_set_timesteps(scheduler, steps: int, device) -> None:
+    """``scheduler.set_timesteps(steps, device=device)`` as a pipeline calls it;
+    SCMScheduler's default intermediate timestep is only allowed with 2 steps,
+    so other step counts pass ``intermediate_timesteps=None`` (as Sana Sprint's
+    callers do). Needs diffusers."""
+    import diffusers
+
+    if isinstance(scheduler, diffusers.SCMScheduler) and steps != 2:
+        scheduler.set_timesteps(steps, device=device, intermediate_timesteps=None)
+    else:
+        scheduler.set_timesteps(steps, device=device)
+
+
 def pipeline_timesteps(scheduler) -> torch.Tensor:
     """The timesteps a diffusers pipeline calls ``scheduler.step`` at: all of
-    ``scheduler.timesteps``, but for DDPMWuerstchenScheduler, whose schedule
-    ends on the last step's target (the Wuerstchen and Stable Cascade pipelines
-    loop over ``timesteps[:-1]``). Needs diffusers."""
-    return scheduler.timesteps[:-1] if _is_wuerstchen(scheduler) else scheduler.timesteps
+    ``scheduler.timesteps``, but for DDPMWuerstchenScheduler and SCMScheduler,
+    whose schedules end on the last step's target (the Wuerstchen, Stable
+    Cascade and Sana Sprint pipelines loop over ``timesteps[:-1]``). Needs diffusers."""
+    import diffusers
+
+    ends_on_target = _is_wuerstchen(scheduler) or isinstance(scheduler, diffusers.SCMScheduler)
+    return scheduler.timesteps[:-1] if ends_on_target else scheduler.timesteps
 
 
 def pipeline_timestep(scheduler, t: torch.Tensor, batch: int) -> torch.Tensor:
     """``t`` (an element of the schedule) as a pipeline hands it to
     ``scheduler.step``: as it is, but for DDPMWuerstchenScheduler a (batch,)
-    tensor, ``t.expand(batch)``. Needs diffusers."""
+    tensor, ``t.expand(batch)``. (Sana Sprint hands SCMScheduler a (batch,)
+    tensor too, after set_begin_index(0); without a begin index diffusers'
+    step cannot look such a timestep up, so loops without one hand it ``t``.)
+    Needs diffusers."""
     return t.expand(batch) if _is_wuerstchen(scheduler) else t
 
 
@@ -231,7 +250,7 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
         return x
 
     def reset() -> None:
-        scheduler.set_timesteps(steps, device=device)
+        pipeline_set_timesteps(scheduler, steps, device)
         # Only the step is timed: Euler's scale_model_input (diffusers' code in both) is taken as done.
         scheduler.is_scale_input_called = True
         # The timesteps as the pipeline hands them to step(), made outside the timing.

@@ -48,7 +48,7 @@ def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_
     ``model_dtype``, by default the same); from the start-th step, as img2img
     runs it (set_begin_index where the scheduler has it, then
     scheduler.timesteps[start * order:])."""
-    scheduler.set_timesteps(steps, device=DEVICE)
+    benchmarking.pipeline_set_timesteps(scheduler, steps, DEVICE)
     begin = start * getattr(scheduler, "order", 1)  # (UnCLIPScheduler has no order)
     if begin and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
@@ -307,7 +307,8 @@ def dit_pipeline_parts():
 DIT_SCHEDULERS = sorted(set(accelerated.ACCELERATED) - {
     "ScoreSdeVeScheduler", "CogVideoXDPMScheduler", "DDIMInverseScheduler", "DPMSolverMultistepInverseScheduler",
     "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
-    "DDPMWuerstchenScheduler"})  # (DiT hands a 0-d timestep, which Wuerstchen's step does not take)
+    "DDPMWuerstchenScheduler",  # (DiT hands a 0-d timestep, which Wuerstchen's step does not take)
+    "SCMScheduler"})  # (a TrigFlow model's, whose pipelines step over timesteps[:-1])
 
 
 @pytest.mark.filterwarnings("ignore")  # diffusers' notices about scheduler options
@@ -785,6 +786,62 @@ def test_consistency_model_pipeline_gives_the_same_images():
     assert abs(images() - stock).max() < 1e-4  # images in [0, 1]
 
 
+# SCM (Sana Sprint): one step, the pipeline's default two (with its intermediate angle),
+# more, another sigma_data, and given angles.
+SCM_CASES = [(1, {}), (2, {}), (2, {"sigma_data": 1.0}), (4, {}), (3, {"timesteps": [1.5, 1.1, 0.6, 0.0]})]
+
+
+def _sana_sprint_loop(scheduler, steps, timesteps=None, dtype=torch.float32):
+    """Sana Sprint's loop around the scheduler: set_timesteps (the intermediate
+    angle only with 2 steps, no max angle with given ones), set_begin_index(0),
+    latents times sigma_data, then step over timesteps[:-1], each handed
+    ``t.expand(batch)``. Returns every step's (prev_sample, denoised), the
+    final latents (the last denoised over sigma_data) and the generator's state."""
+    scheduler.set_timesteps(steps, timesteps=timesteps, device=DEVICE,
+                            max_timesteps=None if timesteps else 1.5708,
+                            intermediate_timesteps=1.3 if steps == 2 and not timesteps else None)
+    scheduler.set_begin_index(0)
+    sigma_data = scheduler.config.sigma_data
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
+    x = x * sigma_data
+    generator = torch.Generator(DEVICE).manual_seed(1)
+    outputs = []
+    for t in scheduler.timesteps[:-1]:
+        flow = model(x / sigma_data, t * 1000).to(dtype) * sigma_data
+        x, denoised = scheduler.step(flow, t.expand(len(x)), x, generator=generator, return_dict=False)
+        outputs.append((x, denoised))
+    return outputs, denoised / sigma_data, generator.get_state()
+
+
+@pytest.mark.parametrize("steps,options", SCM_CASES, ids=[f"{s}-steps-{o}" for s, o in SCM_CASES])
+def test_scm_matches_diffusers_in_sana_sprints_loop(steps, options):
+    config = {k: v for k, v in options.items() if k != "timesteps"}
+    (want, want_latents, want_state), (got, got_latents, got_state) = (
+        _sana_sprint_loop(module.SCMScheduler(**config), steps, options.get("timesteps"))
+        for module in (diffusers, accelerated))
+    for (x, denoised), (x_want, denoised_want) in zip(got, want):
+        assert _relative_error(x, x_want) < 1e-5 and _relative_error(denoised, denoised_want) < 1e-5
+    # Measured on the dev VM: 0 (bit for bit) but for the given angles, 1.9e-7.
+    assert _relative_error(got_latents, want_latents) < 1e-5
+    assert torch.equal(got_state, want_state)  # the same noise drawn, the last step's (t = 0) included
+
+
+def test_scm_dtypes_and_refusals_are_diffusers():
+    """bf16 latents and model: the first step's data prediction stays bf16 and
+    its sample is float32 (diffusers' noise is float32), as in diffusers, and
+    close to diffusers'; another prediction_type fails at the step, as in diffusers."""
+    (want, _, _), (got, _, _) = (_sana_sprint_loop(module.SCMScheduler(), 2, dtype=torch.bfloat16)
+                                 for module in (diffusers, accelerated))
+    assert (got[0][0].dtype, got[0][1].dtype) == (torch.float32, torch.bfloat16)
+    for (x, denoised), (x_want, denoised_want) in zip(got, want):
+        assert (x.dtype, denoised.dtype) == (x_want.dtype, denoised_want.dtype)
+        assert _relative_error(x, x_want) < 2e-2
+    for module in (diffusers, accelerated):
+        scheduler = module.SCMScheduler(prediction_type="epsilon")
+        with pytest.raises(ValueError, match="Unsupported parameterization: epsilon"):
+            _sana_sprint_loop(scheduler, 2)
+
+
 WUERSTCHEN_CASES = [{}, {"scaler": 2.0}, {"scaler": 0.5}, {"s": 0.02}]
 
 
@@ -1106,7 +1163,7 @@ def test_steps_do_not_synchronize(name):
     x = torch.randn(2, 4, 16, 16, device="cuda")
     out = model(x, 0)
     for run in range(2):
-        scheduler.set_timesteps(10, device="cuda")
+        benchmarking.pipeline_set_timesteps(scheduler, 10, "cuda")
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -1279,7 +1336,7 @@ def _steps_on_meta(cls, config, steps=10):
     on the host, then the tensors diffusers would put on the device moved to
     meta, the sample and model output on meta too."""
     scheduler = cls(**config)
-    scheduler.set_timesteps(steps, device="cpu")
+    benchmarking.pipeline_set_timesteps(scheduler, steps, "cpu")
     if cls.__name__ == "ScoreSdeVeScheduler":
         scheduler.set_sigmas(steps)
     for name in ON_DEVICE.get(cls.__name__, ("timesteps",)):
@@ -1332,7 +1389,7 @@ def test_first_step_index_is_diffusers_own(name):
     another tensor."""
     ours, stock = getattr(accelerated, name)(), getattr(diffusers, name)()
     for scheduler in (ours, stock):
-        scheduler.set_timesteps(7, device=DEVICE)
+        benchmarking.pipeline_set_timesteps(scheduler, 7, DEVICE)
     for position in range(len(stock.timesteps)):
         for given in (lambda s: s.timesteps[position], lambda s: s.timesteps[position].item(),
                       lambda s: s.timesteps[position].clone()):

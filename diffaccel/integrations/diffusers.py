@@ -74,6 +74,7 @@ try:
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_ltx_euler_ancestral_rf import LTXEulerAncestralRFSchedulerOutput
+    from diffusers.schedulers.scheduling_scm import SCMSchedulerOutput
     from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
     from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
     from diffusers.schedulers.scheduling_unclip import UnCLIPSchedulerOutput
@@ -1874,6 +1875,51 @@ class CMStochasticIterativeScheduler(_EulerBase, _diffusers.CMStochasticIterativ
         return CMStochasticIterativeSchedulerOutput(prev_sample=prev_sample)
 
 
+class SCMScheduler(_StepIndexWithoutSync, _diffusers.SCMScheduler):
+    """diffusers' SCMScheduler (simplified continuous-time consistency models
+    on TrigFlow, the Sana Sprint pipelines' scheduler) with a fused ``step()``:
+    the data prediction cos(s) x - sin(s) F at the step's angle s and the
+    renoise to the next angle t, cos(t) x0 + sin(t) sigma_data z, in one
+    ei_step. As in diffusers, its pipelines step over ``timesteps[:-1]``, and
+    a schedule of other than 2 steps needs ``intermediate_timesteps=None``."""
+
+    NOT_CAPTURABLE = ("its pipelines (Sana Sprint) run a transformer on TrigFlow timesteps over timesteps[:-1], "
+                      "which graph_pipeline's UNet loop does not")
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_angles = [float(v) for v in self._host_schedule.tolist()]
+        self._keep_step_values_while(self._host_angles)
+
+    def _step_coefficients(self, i: int) -> List[float]:
+        """[c_x, c_m, 0, cos t, sin(t) sigma_data] of x_next = cos(t) x0 + sin(t) sigma_data z."""
+        s, t = self._host_angles[i], self._host_angles[i + 1]
+        return [math.cos(s), -math.sin(s), 0.0, math.cos(t), math.sin(t) * self.config.sigma_data]
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        _check_set_timesteps(self)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        i = self.step_index
+        coefficients = self._step_value(i, lambda: self._step_coefficients(i))
+        if self.config.prediction_type != "trigflow":
+            raise ValueError(f"Unsupported parameterization: {self.config.prediction_type}")
+        # diffusers draws the noise in the default dtype (float32) at every step, the last
+        # (t = 0) included, so the step's result is at least float32 and the generator
+        # advances as in diffusers; the data prediction keeps the inputs' promotion.
+        noise = randn_tensor(model_output.shape, device=model_output.device, generator=generator)
+        pred_dtype = torch.promote_types(sample.dtype, model_output.dtype)
+        state = _cast(sample, torch.promote_types(pred_dtype, noise.dtype))
+        prev_sample, pred_x0 = ops.ei_step(state, model_output, [], self._coefficients(coefficients, state.device),
+                                           noise=_cast(noise, state.dtype) if coefficients[4] != 0.0 else None)
+        pred_x0 = _cast(pred_x0, pred_dtype)
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_x0
+        return SCMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
+
+
 class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFScheduler):
     """diffusers' LTXEulerAncestralRFScheduler (the LTX-Video long and LTX-2
     refine pipelines' rectified-flow Euler ancestral step, ComfyUI's RF
@@ -1947,6 +1993,7 @@ ACCELERATED = {
     "LCMScheduler": LCMScheduler,
     "PNDMScheduler": PNDMScheduler,
     "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
+    "SCMScheduler": SCMScheduler,
     "TCDScheduler": TCDScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
     "UnCLIPScheduler": UnCLIPScheduler,
@@ -2118,5 +2165,5 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
 __all__: List[str] = ["CMStochasticIterativeScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DDPMWuerstchenScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
                   "HeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
-                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler", "accelerate",
+                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SCMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
