@@ -306,8 +306,8 @@ def dit_pipeline_parts():
 # and the flow-matching ones (no scale_model_input, which DiT's loop calls).
 DIT_SCHEDULERS = sorted(set(accelerated.ACCELERATED) - {
     "ScoreSdeVeScheduler", "CogVideoXDPMScheduler", "DDIMInverseScheduler", "DPMSolverMultistepInverseScheduler",
-    "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
-    "DDPMWuerstchenScheduler",  # (DiT hands a 0-d timestep, which Wuerstchen's step does not take)
+    "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler",
+    "LTXEulerAncestralRFScheduler", "DDPMWuerstchenScheduler",  # (DiT hands a 0-d timestep, which Wuerstchen's step does not take)
     "SCMScheduler"})  # (a TrigFlow model's, whose pipelines step over timesteps[:-1])
 
 
@@ -353,6 +353,10 @@ EULER_CASES = [
     ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {}),
     ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}, {}),
     ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True, "shift": 3.0}, {}),
+    ("FlowMatchLCMScheduler", {}, {}),
+    ("FlowMatchLCMScheduler", {"shift": 3.0}, {}),
+    ("FlowMatchLCMScheduler", {"use_karras_sigmas": True}, {}),
+    ("FlowMatchLCMScheduler", {"invert_sigmas": True}, {}),
     ("FlowMatchHeunDiscreteScheduler", {}, {}),
     ("FlowMatchHeunDiscreteScheduler", {"shift": 3.0}, {"s_churn": 0.5, "s_tmin": 0.2, "s_tmax": 0.8, "s_noise": 1.003}),
     ("HeunDiscreteScheduler", {}, {}),
@@ -370,6 +374,37 @@ def test_euler_schedulers_match_diffusers(name, config, step_options):
     want = _loop(getattr(diffusers, name)(**config), **step_options)
     got = _loop(getattr(accelerated, name)(**config), **step_options)
     assert _relative_error(got, want) < 1e-5
+
+
+def _flow_match_lcm_loop(scheduler, steps, sigmas=None, scale_factors=None):
+    """A FlowMatchLCM loop (no scale_model_input, as its pipelines), from its
+    schedule or given sigmas, optionally in its scale-wise regime; returns the
+    sample and the generator's state."""
+    scheduler.set_timesteps(None if sigmas else steps, sigmas=sigmas, device=DEVICE)
+    if scale_factors:
+        scheduler.set_scale_factors(scale_factors, "bilinear")
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+    generator = torch.Generator(DEVICE).manual_seed(1)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, generator=generator).prev_sample
+    return x, generator.get_state()
+
+
+@pytest.mark.parametrize("steps,sigmas,scale_factors", [(1, None, None), (2, None, None), (4, None, None),
+                                                        (None, [1.0, 0.75, 0.4], None), (3, None, [1.0, 1.5])],
+                         ids=["1-step", "2-steps", "4-steps", "given-sigmas", "scale-wise"])
+def test_flow_match_lcm_few_steps(steps, sigmas, scale_factors):
+    """FlowMatchLCM's usual few steps, from its schedule and from given sigmas:
+    the same samples, and the generators end equal (the last step's noise is
+    drawn as in diffusers, though its weight is 0). The scale-wise regime
+    (set_scale_factors: the data prediction resized between steps) runs
+    diffusers' step: the same sample, larger than the input."""
+    (want, want_state), (got, state) = (_flow_match_lcm_loop(module.FlowMatchLCMScheduler(), steps, sigmas,
+                                                             scale_factors) for module in (diffusers, accelerated))
+    assert got.shape == want.shape and _relative_error(got, want) < 1e-5
+    assert torch.equal(state, want_state)
+    if scale_factors:
+        assert got.shape[-1] > 8
 
 
 @pytest.mark.parametrize("steps", [3, 1])
@@ -1318,6 +1353,7 @@ def test_a_repeated_schedule_copies_no_coefficients(name, monkeypatch):
 # What diffusers' set_timesteps(device=...) leaves on the device; every other
 # schedule tensor it keeps on the host (`self.sigmas.to("cpu")`).
 ON_DEVICE = {"FlowMatchEulerDiscreteScheduler": ("timesteps", "sigmas"),
+             "FlowMatchLCMScheduler": ("timesteps", "sigmas"),
              "FlowMatchHeunDiscreteScheduler": ("timesteps", "sigmas"),
              "LTXEulerAncestralRFScheduler": ("timesteps", "sigmas"),
              "KDPM2DiscreteScheduler": ("timesteps", "sigmas_interpol"),

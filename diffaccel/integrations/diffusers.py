@@ -66,6 +66,7 @@ try:
         FlowMatchEulerDiscreteSchedulerOutput,
     )
     from diffusers.schedulers.scheduling_flow_match_heun_discrete import FlowMatchHeunDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_flow_match_lcm import FlowMatchLCMSchedulerOutput
     from diffusers.schedulers.scheduling_heun_discrete import (
         HeunDiscreteSchedulerOutput,
     )
@@ -1445,6 +1446,18 @@ class _EulerBase(_StepIndexWithoutSync):
         if self.step_index is None:
             self._init_step_index(timestep)
 
+    def _renoised_flow_step(self, sample: torch.Tensor, model_output: torch.Tensor, generator) -> torch.Tensor:
+        """The renoising flow-matching step, (1 - sigma_next) (x - sigma v) + sigma_next z
+        (FlowMatch Euler's stochastic_sampling, FlowMatchLCM's step), in one
+        multistep_combine on the float32 sample; the noise drawn as diffusers
+        draws it, also where sigma_next = 0 leaves it out of the sum."""
+        sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
+        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        tensors, weights = [sample, model_output], [1.0 - sigma_next, -(1.0 - sigma_next) * sigma]
+        if sigma_next != 0.0:
+            tensors, weights = tensors + [noise], weights + [sigma_next]
+        return ops.multistep_combine(tensors, self._coefficients(weights, sample.device))
+
     def _churn(self, model_output, sample, sigma: float, s_churn: float, s_tmin: float, s_tmax: float,
                s_noise: float, generator) -> Tuple[torch.Tensor, float]:
         """Karras et al.'s churn as diffusers' Euler-family steps take it:
@@ -1778,19 +1791,42 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
                                 s_noise=s_noise, generator=generator, per_token_timesteps=per_token_timesteps,
                                 return_dict=return_dict)
         self._start(timestep, "FlowMatchEulerDiscreteScheduler")
-        sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
         sample = _cast(sample, torch.float32)
         if self.config.stochastic_sampling:
-            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-            tensors, weights = [sample, model_output, noise], [1.0 - sigma_next, -(1.0 - sigma_next) * sigma, sigma_next]
+            prev_sample = self._renoised_flow_step(sample, model_output, generator)
         else:
-            tensors, weights = [sample, model_output], [1.0, sigma_next - sigma]
-        prev_sample = ops.multistep_combine(tensors, self._coefficients(weights, sample.device))
+            sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
+            prev_sample = ops.multistep_combine([sample, model_output],
+                                                self._coefficients([1.0, sigma_next - sigma], sample.device))
         self._step_index += 1
         prev_sample = _cast(prev_sample, model_output.dtype)
         if not return_dict:
             return (prev_sample,)
         return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
+
+
+class FlowMatchLCMScheduler(_EulerBase, _diffusers.FlowMatchLCMScheduler):
+    """diffusers' FlowMatchLCMScheduler (latent consistency sampling on a
+    flow-matching schedule) with a fused ``step()``: the data prediction
+    x - sigma v and the renoise to the next sigma in one multistep_combine, in
+    float32 as diffusers computes it. Scale factors (its scale-wise regime,
+    which resizes the data prediction between steps) run diffusers' step."""
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: Optional[torch.Generator] = None, return_dict: bool = True):
+        if _an_index(timestep) or (self._scale_factors and self._upscale_mode):
+            # diffusers' refusal of an index for a timestep; the scale-wise regime's interpolation
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        if self._init_size is None or self.step_index is None:
+            self._init_size = model_output.size()[2:]
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        prev_sample = self._renoised_flow_step(_cast(sample, torch.float32), model_output, generator)
+        self._step_index += 1
+        prev_sample = _cast(prev_sample, model_output.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return FlowMatchLCMSchedulerOutput(prev_sample=prev_sample)
 
 
 class FlowMatchHeunDiscreteScheduler(_EulerBase, _diffusers.FlowMatchHeunDiscreteScheduler):
@@ -1985,6 +2021,7 @@ ACCELERATED = {
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
     "FlowMatchHeunDiscreteScheduler": FlowMatchHeunDiscreteScheduler,
+    "FlowMatchLCMScheduler": FlowMatchLCMScheduler,
     "HeunDiscreteScheduler": HeunDiscreteScheduler,
     "LTXEulerAncestralRFScheduler": LTXEulerAncestralRFScheduler,
     "LMSDiscreteScheduler": LMSDiscreteScheduler,
@@ -2163,7 +2200,7 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
 
 
 __all__: List[str] = ["CMStochasticIterativeScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DDPMWuerstchenScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
-                  "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
+                  "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler",
                   "HeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
                   "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SCMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
