@@ -1403,6 +1403,155 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
         return SchedulerOutput(prev_sample=prev_sample)
 
 
+def _exp_poly_integral(k: int, start: float, end: float, rate: float) -> float:
+    """The integral of exp(rate x) x^k over [start, end], from its antiderivative
+    exp(rate x) sum_j (-1)^j k!/(k-j)! x^(k-j) / rate^(j+1)."""
+    def antiderivative(x: float) -> float:
+        total, falling = 0.0, 1.0  # falling: k!/(k-j)!
+        for j in range(k + 1):
+            total += (-1) ** j * falling * x ** (k - j) / rate ** (j + 1)
+            falling *= k - j
+        return math.exp(rate * x) * total
+
+    return antiderivative(end) - antiderivative(start) if end != start else 0.0
+
+
+def _sa_gradient_coefficients(nodes: List[float], start: float, end: float, rate: float) -> List[float]:
+    """SA-Solver's weights of its model outputs: the integral over [start, end]
+    of exp(rate lambda) times each Lagrange basis polynomial of the nodes (the
+    outputs' lambdas, newest first), in float64 (IEEE inf / nan for coinciding nodes)."""
+    integrals = [_exp_poly_integral(k, start, end, rate) for k in range(len(nodes))]
+    weights = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i, node in enumerate(nodes):
+            others = nodes[:i] + nodes[i + 1:]
+            numerator = np.poly(others) if others else np.ones(1)  # the basis polynomial's powers, highest first
+            denominator = np.prod([node - other for other in others])
+            weights.append(float(np.float64(np.dot(numerator, integrals[::-1])) / denominator))
+    return weights
+
+
+class SASolverScheduler(_StepIndexWithoutSync, _diffusers.SASolverScheduler):
+    """diffusers' SASolverScheduler (SA-Solver, stochastic Adams) with fused
+    steps: the model output's conversion and the SA-Corrector (from the kept
+    last sample and noise) in one ei_step, then the SA-Predictor in one
+    multistep_combine; one ei_step in all where the corrector does not run.
+    The Lagrange-exponential weights are computed on the host in float64
+    (diffusers computes them in float32 tensors on the CPU), and ``tau_func``
+    is handed the timestep on the host (diffusers' default one branches on a
+    device timestep: a synchronization)."""
+
+    def unsupported_options(self) -> List[str]:
+        if self.config.thresholding and not self.predict_x0:
+            return ["thresholding (with algorithm_type='noise_prediction')"]
+        return []
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._read_host_sigmas()
+
+    def _lambda_at(self, index: int) -> float:
+        return _lambda(*_alpha_sigma(self._host_sigmas[index], self.config.use_flow_sigmas))
+
+    def _tau(self, timestep, index: int) -> float:
+        """tau_func at a timestep given to step(): a number or CPU tensor as it is,
+        a device tensor as the CPU value of its place in the schedule (or of the
+        index-th step's) instead of a read."""
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            position = _position_in(self.timesteps, timestep)
+            timestep = self._host_schedule[index if position is None else position]
+        return float(self.tau_func(timestep))
+
+    def _update_coefficients(self, t_index: int, s0_index: int, order: int, tau: float, corrector: bool):
+        """(base, output weights newest first, noise weight) of diffusers'
+        stochastic Adams-Bashforth (predictor: from s0 = this step to t = the
+        next) or Adams-Moulton (corrector: from the last step to this one) update."""
+        alpha_t, sigma_t = _alpha_sigma(self._host_sigmas[t_index], self.config.use_flow_sigmas)
+        alpha_s0, sigma_s0 = _alpha_sigma(self._host_sigmas[s0_index], self.config.use_flow_sigmas)
+        lam_t, lam_s0 = _lambda(alpha_t, sigma_t), _lambda(alpha_s0, sigma_s0)
+        h = lam_t - lam_s0
+        newest = t_index if corrector else s0_index  # the newest model output's point
+        nodes = [self._lambda_at(newest - k) for k in range(order)]
+        rate = 1.0 + tau**2
+        if not self.predict_x0:
+            g = _sa_gradient_coefficients(nodes, lam_s0, lam_t, -1.0)
+            return (_ratio(alpha_t, alpha_s0), [-rate * alpha_t * gk for gk in g],
+                    tau * sigma_t * _sqrt(math.expm1(2.0 * h)))
+        g = _sa_gradient_coefficients(nodes, lam_s0, lam_t, rate)
+        if order == 2:  # SA-Solver's O(h^3) modification of the second-order weights (as UniPC's)
+            remainder = h * rate - 1.0 + math.exp(-rate * h)
+            if corrector:
+                extra = math.exp(rate * lam_t) * (h / 2 - _ratio(remainder, rate**2 * h))
+            else:
+                extra = math.exp(rate * lam_t) * _ratio(h**2 / 2 - remainder / rate**2,
+                                                        lam_s0 - self._lambda_at(s0_index - 1))
+            g = [g[0] + extra, g[1] - extra]
+        scale = rate * sigma_t * math.exp(-(tau**2) * lam_t)
+        return (math.exp(-(tau**2) * h) * _ratio(sigma_t, sigma_s0), [scale * gk for gk in g],
+                sigma_t * _sqrt(-math.expm1(-2.0 * tau**2 * h)))
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
+             return_dict: bool = True):
+        _check_set_timesteps(self)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        c, i = self.config, self.step_index
+        if c.variance_type in ("learned", "learned_range") and c.prediction_type == "epsilon":
+            model_output = model_output[:, :3]
+        alpha, sigma = _alpha_sigma(self._host_sigmas[i], c.use_flow_sigmas)
+        raw_sigma = self._host_sigmas[i] if c.prediction_type == "flow_prediction" else sigma
+        c_x, c_m = _conversion(c.prediction_type, alpha, raw_sigma, to_data=self.predict_x0)
+        threshold = self._config_threshold(clip=False) if self.predict_x0 else None
+        state = _promoted(sample, model_output)
+        previous = list(self.model_outputs)  # the converted outputs before this step's
+        corrected = None
+        if i > 0 and self.last_sample is not None:  # the SA-Corrector, with this step's converted output
+            order, tau = self.this_corrector_order, self._tau(self.timestep_list[-1], i - 1)
+            base, w, s = self._step_value(("corrector", i, order, tau),
+                                          lambda: self._update_coefficients(i, i - 1, order, tau, corrector=True))
+            coeffs = [c_x, c_m, 0.0, w[0], base] + w[1:] + [s]
+            corrected, converted = ops.ei_step(
+                state, model_output, [self.last_sample] + [previous[-k] for k in range(1, order)],
+                self._coefficients(coeffs, state.device), threshold=threshold,
+                noise=_cast(self.last_noise, state.dtype) if s != 0.0 else None)
+            sample = corrected = _cast(corrected, self.last_sample.dtype)
+        keep = max(c.predictor_order, c.corrector_order - 1)
+        for k in range(keep - 1):
+            self.model_outputs[k], self.timestep_list[k] = self.model_outputs[k + 1], self.timestep_list[k + 1]
+        self.timestep_list[-1] = timestep
+        noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                             dtype=model_output.dtype)
+        steps_left = len(self.timesteps) - i
+        predictor_order = min(c.predictor_order, steps_left) if c.lower_order_final else c.predictor_order
+        corrector_order = min(c.corrector_order, steps_left + 1) if c.lower_order_final else c.corrector_order
+        self.this_predictor_order = min(predictor_order, self.lower_order_nums + 1)
+        self.this_corrector_order = min(corrector_order, self.lower_order_nums + 2)
+        self.last_sample, self.last_noise = sample, noise
+        order, tau = self.this_predictor_order, self._tau(timestep, i)
+        base, w, s = self._step_value(("predictor", i, order, tau),
+                                      lambda: self._update_coefficients(i + 1, i, order, tau, corrector=False))
+        step_noise = _cast(noise, state.dtype) if s != 0.0 else None
+        if corrected is None:  # the conversion and the SA-Predictor in one pass
+            coeffs = [c_x, c_m, base] + w + [s]
+            prev_sample, converted = ops.ei_step(state, model_output, [previous[-k] for k in range(1, order)],
+                                                 self._coefficients(coeffs, state.device), threshold=threshold,
+                                                 noise=step_noise)
+        else:
+            tensors = [corrected, converted] + [previous[-k] for k in range(1, order)]
+            weights = [base] + w
+            if step_noise is not None:
+                tensors, weights = tensors + [step_noise], weights + [s]
+            prev_sample = ops.multistep_combine(tensors, self._coefficients(weights, state.device))
+        self.model_outputs[-1] = converted
+        prev_sample = _cast(prev_sample, sample.dtype)
+        if self.lower_order_nums < keep:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+
 def _euler_data_term(prediction_type: str, sigma: float, sigma_hat: float) -> Tuple[float, float]:
     """(c_x, c_m) of the Euler schedulers' pred_original_sample (v uses sigma, not sigma_hat, as diffusers)."""
     if prediction_type in ("original_sample", "sample"):
@@ -2029,6 +2178,7 @@ ACCELERATED = {
     "KDPM2AncestralDiscreteScheduler": KDPM2AncestralDiscreteScheduler,
     "LCMScheduler": LCMScheduler,
     "PNDMScheduler": PNDMScheduler,
+    "SASolverScheduler": SASolverScheduler,
     "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
     "SCMScheduler": SCMScheduler,
     "TCDScheduler": TCDScheduler,
@@ -2202,5 +2352,5 @@ def graph_pipeline(pipe, *, steps: int, height: int, width: int, batch_size: int
 __all__: List[str] = ["CMStochasticIterativeScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMScheduler", "DPMSolverMultistepInverseScheduler", "DDPMScheduler", "DDPMWuerstchenScheduler", "DEISMultistepScheduler", "DPMSolverSDEScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
                   "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler",
                   "HeunDiscreteScheduler", "LTXEulerAncestralRFScheduler",
-                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SCMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler", "accelerate",
+                  "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler", "PNDMScheduler", "SASolverScheduler", "SCMScheduler", "ScoreSdeVeScheduler", "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler", "accelerate",
                   "ACCELERATED", "graph_pipeline", "GraphedPipeline"]
