@@ -1413,7 +1413,7 @@ def _exp_poly_integral(k: int, start: float, end: float, rate: float) -> float:
             falling *= k - j
         return math.exp(rate * x) * total
 
-    return antiderivative(end) - antiderivative(start) if end != start else 0.0
+    return antiderivative(end) - antiderivative(start)
 
 
 def _sa_gradient_coefficients(nodes: List[float], start: float, end: float, rate: float) -> List[float]:
