@@ -171,6 +171,26 @@ def test_mixed_dtypes_step_in_diffusers_dtype(name, dtypes):
     assert min(_relative_error(got, stock), _relative_error(got, exact)) < 3e-2
 
 
+@pytest.mark.filterwarnings("ignore:Should have:UserWarning")
+@pytest.mark.parametrize("dtypes", [(torch.float64, torch.float64), (torch.float32, torch.float64),
+                                    (torch.float64, torch.float32)],
+                         ids=["float64", "float32-sample-float64-model", "float64-sample-float32-model"])
+@pytest.mark.parametrize("name", sorted(set(accelerated.ACCELERATED) - {"ScoreSdeVeScheduler"}))
+def test_float64_inputs_step_as_diffusers(name, dtypes):
+    """A float64 sample or model output: diffusers' arithmetic is then float64
+    (also where it upcasts the sample to float32 first), and the fused ops,
+    which do not mix float64 with 16/32-bit tensors, take every input in
+    float64 (integrations.float64_if_any): diffusers' result dtype and sample
+    (measured on the dev VM: within 2.3e-6), the Brownian-tree and renoising
+    noise drawn in diffusers' dtype. (Before 2026-11-28 nearly every drop-in
+    raised TypeError here, and four drew other noise.)"""
+    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    stock, got = (_loop(getattr(module, name)(**config), steps=10, shape=(2, 4, 8, 8), dtype=dtypes[0],
+                        model_dtype=dtypes[1]) for module in (diffusers, accelerated))
+    assert got.dtype == stock.dtype
+    assert _relative_error(got, stock) < 1e-5
+
+
 def test_state_api_is_diffusers():
     s = accelerated.DPMSolverMultistepScheduler(solver_order=3)
     s.set_timesteps(10, device=DEVICE)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from diffaccel import ops
+from diffaccel.integrations import float64_if_any
 from diffaccel.solvers.ancestral import ancestral_split
 from diffaccel.solvers.lms import lagrange_weights
 from diffaccel.graph import CapturedLoop, Progress, Replayable, check_static, fresh_generator
@@ -109,6 +110,23 @@ def _conversion(prediction_type: str, alpha: float, sigma: float, to_data: bool)
     if prediction_type not in table:
         raise ValueError(f"prediction_type {prediction_type!r} is not supported here")
     return table[prediction_type]
+
+
+def _ei_step(x: torch.Tensor, model_output: torch.Tensor, history: List[torch.Tensor], coeffs: torch.Tensor, *,
+             threshold: Optional[ops.Threshold] = None, noise: Optional[torch.Tensor] = None, out=None):
+    """ops.ei_step in the dtype diffusers' arithmetic takes: float64 for all when
+    any input is float64 (a float64 model output with a float32 sample, or the
+    float32 upcast of a float64 one), where the op would refuse the mix; the
+    given ``out`` buffers are then left unused."""
+    x, model_output, noise, *history = float64_if_any([x, model_output, noise, *history])
+    if out is not None and any(o.dtype != x.dtype for o in out):
+        out = None
+    return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise, out=out)
+
+
+def _combine(tensors: List[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
+    """ops.multistep_combine, all tensors float64 when any is (see _ei_step)."""
+    return ops.multistep_combine(float64_if_any(tensors), coeffs)
 
 
 def _lambda(alpha: float, sigma: float) -> float:
@@ -251,7 +269,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
     def _threshold(self) -> Optional[ops.Threshold]:
         return self._config_threshold(clip=False)
 
-    def _noise(self, model_output: torch.Tensor, generator, variance_noise) -> torch.Tensor:
+    def _noise(self, model_output: torch.Tensor, sample: torch.Tensor, generator, variance_noise) -> torch.Tensor:
         """The SDE step's noise, as diffusers draws it: in float32 where it upcasts
         the sample, else in the model's dtype."""
         dtype = torch.float32 if self.UPCAST else model_output.dtype
@@ -341,7 +359,7 @@ class _MultistepSteps(_StepIndexWithoutSync):
         coeffs = self._coefficients(self._step_coefficients(order), sample.device)
         noise = None
         if self._algorithm_type() in ("sde-dpmsolver", "sde-dpmsolver++"):
-            noise = self._noise(model_output, generator, variance_noise)
+            noise = self._noise(model_output, sample, generator, variance_noise)
         history = [self.model_outputs[-1 - k] for k in range(order - 1)]  # m1, m2: earlier converted outputs
         # diffusers' DPMSolverMultistepScheduler upcasts the sample to float32 for the
         # update and casts the result back (the EDM one does not).
@@ -353,8 +371,8 @@ class _MultistepSteps(_StepIndexWithoutSync):
                     and oldest.dtype == state.dtype and oldest.device == state.device)
         out = (torch.empty_like(state, memory_format=torch.contiguous_format),
                oldest if reusable else torch.empty_like(state, memory_format=torch.contiguous_format))
-        prev_sample, converted = ops.ei_step(state, model_output, history, coeffs,
-                                             threshold=self._threshold(), noise=noise, out=out)
+        prev_sample, converted = _ei_step(state, model_output, history, coeffs,
+                                          threshold=self._threshold(), noise=noise, out=out)
         for k in range(c.solver_order - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
         self.model_outputs[-1] = converted
@@ -479,13 +497,16 @@ class CosineDPMSolverMultistepScheduler(_MultistepSteps, _diffusers.CosineDPMSol
     def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
         return _edm_data_term(self.config, sigma)
 
-    def _noise(self, model_output: torch.Tensor, generator, variance_noise) -> torch.Tensor:
+    def _noise(self, model_output: torch.Tensor, sample: torch.Tensor, generator, variance_noise) -> torch.Tensor:
         if self.noise_sampler is None:  # set_timesteps drops it
             seed = None
             if generator is not None:
                 seed = ([g.initial_seed() for g in generator] if isinstance(generator, list)
                         else generator.initial_seed())
-            self.noise_sampler = _BrownianTreeNoiseSampler(model_output, sigma_min=self.config.sigma_min,
+            # diffusers builds the tree from the converted output, whose dtype is the
+            # promotion of the sample's and the model output's (the tree's noise is in it).
+            self.noise_sampler = _BrownianTreeNoiseSampler(_promoted(model_output, sample),
+                                                           sigma_min=self.config.sigma_min,
                                                            sigma_max=self.config.sigma_max, seed=seed)
         i = self.step_index
         return self.noise_sampler(self.sigmas[i], self.sigmas[i + 1]).to(model_output.device)
@@ -680,7 +701,7 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
         else:  # from the group's starting sample and the group's earlier outputs
             values, history = [c_x, c_m, 0.0, weights[0], a, *weights[1:]], [self.sample] + earlier[::-1][: order - 1]
         coeffs = self._coefficients([*values, s], sample.device)
-        prev_sample, converted = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold, noise=noise)
+        prev_sample, converted = _ei_step(sample, model_output, history, coeffs, threshold=threshold, noise=noise)
         self.model_outputs[-1] = converted
         self._step_index += 1
         if not return_dict:
@@ -726,7 +747,7 @@ class _HostTimesteps(_FusedStep):
                                  dtype=model_output.dtype)
             std = math.sqrt(beta if large_variance else max(beta_prev / beta_t * beta, 1e-20))
         coeffs = self._coefficients([c_x, c_m, a, b0, std], sample.device)
-        return ops.ei_step(sample, model_output, [], coeffs, threshold=threshold, noise=noise)
+        return _ei_step(sample, model_output, [], coeffs, threshold=threshold, noise=noise)
 
 
 # In place of 1 / sqrt(alpha) at alpha = 0; see _data_and_noise_terms.
@@ -785,8 +806,8 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
             noise = variance_noise if variance_noise is not None else randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
         coeffs = self._coefficients([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0], sample.device)
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history, coeffs, threshold=threshold,
-                                                        noise=noise)
+        prev_sample, pred_original_sample = _ei_step(sample, model_output, history, coeffs, threshold=threshold,
+                                                     noise=noise)
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -810,7 +831,7 @@ class CogVideoXDDIMScheduler(_HostTimesteps, _diffusers.CogVideoXDDIMScheduler):
         a = _sqrt(_ratio(1.0 - alpha_prev, 1.0 - alpha_t))
         b = math.sqrt(alpha_prev) - math.sqrt(alpha_t) * a
         coeffs = self._coefficients([c_x, c_m, a, b, 0.0], sample.device)
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs)
+        prev_sample, pred_original_sample = _ei_step(sample, model_output, [], coeffs)
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -874,8 +895,8 @@ class CogVideoXDPMScheduler(_HostTimesteps, _diffusers.CogVideoXDPMScheduler):
             coeffs = [c_x, c_m, mult1, -mult2 * (1.0 + half_inverse_r), mult2 * half_inverse_r, noise_scale]
             history = [old_pred_original_sample]
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=noise_dtype)
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history,
-                                                        self._coefficients(coeffs, sample.device), noise=noise)
+        prev_sample, pred_original_sample = _ei_step(sample, model_output, history,
+                                                     self._coefficients(coeffs, sample.device), noise=noise)
         if first_order or not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -899,7 +920,7 @@ class DDIMInverseScheduler(_HostTimesteps, _diffusers.DDIMInverseScheduler):
         k = math.sqrt(1.0 - alpha_prev)
         coeffs = self._coefficients([c_x, c_m, k * e_x, math.sqrt(alpha_prev), k * e_m, 0.0], sample.device)
         threshold = self._config_threshold(dynamic=False)
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [model_output], coeffs, threshold=threshold)
+        prev_sample, pred_original_sample = _ei_step(sample, model_output, [model_output], coeffs, threshold=threshold)
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -1003,7 +1024,7 @@ class DDPMWuerstchenScheduler(_FusedStep, _diffusers.DDPMWuerstchenScheduler):
             coeffs = coeffs.view(len(sample), 3)
         # Drawn every step, the last too (its std is 0), as diffusers draws it.
         noise = randn_tensor(sample.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
-        prev_sample = _cast(ops.multistep_combine([sample, model_output, noise], coeffs), model_output.dtype)
+        prev_sample = _cast(_combine([sample, model_output, noise], coeffs), model_output.dtype)
         if not return_dict:
             return (prev_sample,)
         return DDPMWuerstchenSchedulerOutput(prev_sample=prev_sample)
@@ -1092,7 +1113,7 @@ class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
             raise ValueError(f"prediction_type given as {self.config.prediction_type} must be one of `epsilon` or "
                              "`v_prediction`")
         coeffs = self._coefficients([sample_coeff, *(output_coeff * w for w in weights)], sample.device)
-        return ops.multistep_combine([sample, *outputs], coeffs)
+        return _combine([sample, *outputs], coeffs)
 
     def _host_step_timestep(self, timestep) -> int:
         _check_set_timesteps(self)
@@ -1178,9 +1199,9 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
             coeffs = [c_out * c_x + c_skip, c_out * c_m, 0.0, scale, s]
         else:
             coeffs = [c_x, c_m, scale * c_skip, scale * c_out, s]
-        prev_sample, d = ops.ei_step(sample, model_output, [], self._coefficients(coeffs, sample.device),
-                                     threshold=threshold, noise=noise)
-        denoised = d if threshold is None else ops.multistep_combine(
+        prev_sample, d = _ei_step(sample, model_output, [], self._coefficients(coeffs, sample.device),
+                                  threshold=threshold, noise=noise)
+        denoised = d if threshold is None else _combine(
             [d, sample], self._coefficients([c_out, c_skip], sample.device))
         self._step_index += 1
         if not return_dict:
@@ -1217,7 +1238,7 @@ class TCDScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.TCDSchedule
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                  dtype=torch.promote_types(sample.dtype, model_output.dtype))
             scale, s = math.sqrt(alpha_prev / alphas[s_t]), math.sqrt(1.0 - alpha_prev / alphas[s_t])
-        prev_sample, pred_noised_sample = ops.ei_step(
+        prev_sample, pred_noised_sample = _ei_step(
             sample, model_output, [], self._coefficients([*noised, 0.0, scale, s], sample.device), noise=noise)
         self._step_index += 1
         if not return_dict:
@@ -1257,7 +1278,7 @@ class ScoreSdeVeScheduler(_FusedStep, _diffusers.ScoreSdeVeScheduler):
                              dtype=sample.dtype)
         # mean = sample + g^2 model_output (the data term); prev = mean + g noise
         coeffs = self._coefficients([1.0, g2, 0.0, 1.0, math.sqrt(g2)], sample.device)
-        prev_sample, prev_sample_mean = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
+        prev_sample, prev_sample_mean = _ei_step(sample, model_output, [], coeffs, noise=noise)
         if not return_dict:
             return prev_sample, prev_sample_mean
         return SdeVeOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample_mean)
@@ -1375,8 +1396,9 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
             older = [i - (k + 1) for k in range(1, k_order)]
             base, w0, w_older, w_t = self._combination(i, i - 1, k_order, older, corrector=True)
             history = [self.last_sample, self.model_outputs[-1]] + [self.model_outputs[-(k + 1)] for k in range(1, k_order)]
-            sample, converted = ops.ei_step(sample, model_output, history,
-                                            coeffs([c_x, c_m, 0.0, w_t, base, w0, *w_older, 0.0]), threshold=threshold)
+            sample, converted = _ei_step(sample, model_output, history,
+                                         coeffs([c_x, c_m, 0.0, w_t, base, w0, *w_older, 0.0]), threshold=threshold)
+            sample = _cast(sample, self.last_sample.dtype)  # diffusers' x_t.to(x.dtype), x = last_sample
         for k in range(c.solver_order - 1):
             self.model_outputs[k] = self.model_outputs[k + 1]
             self.timestep_list[k] = self.timestep_list[k + 1]
@@ -1389,12 +1411,13 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
         older_outputs = [self.model_outputs[-(k + 1)] for k in range(1, this_order)]
         if use_corrector:
             # d is already converted: pass it as the model output with c_x = 0, c_m = 1.
-            prev_sample, _ = ops.ei_step(sample, converted, older_outputs, coeffs([0.0, 1.0, base, w0, *w_older, 0.0]),
-                                         out=(torch.empty_like(sample, memory_format=torch.contiguous_format), converted))
+            prev_sample, _ = _ei_step(sample, converted, older_outputs, coeffs([0.0, 1.0, base, w0, *w_older, 0.0]),
+                                      out=(torch.empty_like(sample, memory_format=torch.contiguous_format), converted))
         else:
-            prev_sample, converted = ops.ei_step(sample, model_output, older_outputs,
-                                                 coeffs([c_x, c_m, base, w0, *w_older, 0.0]), threshold=threshold)
+            prev_sample, converted = _ei_step(sample, model_output, older_outputs,
+                                              coeffs([c_x, c_m, base, w0, *w_older, 0.0]), threshold=threshold)
         self.model_outputs[-1] = converted
+        prev_sample = _cast(prev_sample, sample.dtype)  # diffusers' x_t.to(x.dtype), x = the (corrected) sample
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
@@ -1510,7 +1533,7 @@ class SASolverScheduler(_StepIndexWithoutSync, _diffusers.SASolverScheduler):
             base, w, s = self._step_value(("corrector", i, order, tau),
                                           lambda: self._update_coefficients(i, i - 1, order, tau, corrector=True))
             coeffs = [c_x, c_m, 0.0, w[0], base] + w[1:] + [s]
-            corrected, converted = ops.ei_step(
+            corrected, converted = _ei_step(
                 state, model_output, [self.last_sample] + [previous[-k] for k in range(1, order)],
                 self._coefficients(coeffs, state.device), threshold=threshold,
                 noise=_cast(self.last_noise, state.dtype) if s != 0.0 else None)
@@ -1533,15 +1556,15 @@ class SASolverScheduler(_StepIndexWithoutSync, _diffusers.SASolverScheduler):
         step_noise = _cast(noise, state.dtype) if s != 0.0 else None
         if corrected is None:  # the conversion and the SA-Predictor in one pass
             coeffs = [c_x, c_m, base] + w + [s]
-            prev_sample, converted = ops.ei_step(state, model_output, [previous[-k] for k in range(1, order)],
-                                                 self._coefficients(coeffs, state.device), threshold=threshold,
-                                                 noise=step_noise)
+            prev_sample, converted = _ei_step(state, model_output, [previous[-k] for k in range(1, order)],
+                                              self._coefficients(coeffs, state.device), threshold=threshold,
+                                              noise=step_noise)
         else:
             tensors = [corrected, converted] + [previous[-k] for k in range(1, order)]
             weights = [base] + w
             if step_noise is not None:
                 tensors, weights = tensors + [step_noise], weights + [s]
-            prev_sample = ops.multistep_combine(tensors, self._coefficients(weights, state.device))
+            prev_sample = _combine(tensors, self._coefficients(weights, state.device))
         self.model_outputs[-1] = converted
         prev_sample = _cast(prev_sample, sample.dtype)
         if self.lower_order_nums < keep:
@@ -1595,17 +1618,18 @@ class _EulerBase(_StepIndexWithoutSync):
         if self.step_index is None:
             self._init_step_index(timestep)
 
-    def _renoised_flow_step(self, sample: torch.Tensor, model_output: torch.Tensor, generator) -> torch.Tensor:
+    def _renoised_flow_step(self, sample: torch.Tensor, model_output: torch.Tensor, generator,
+                            noise_dtype: torch.dtype) -> torch.Tensor:
         """The renoising flow-matching step, (1 - sigma_next) (x - sigma v) + sigma_next z
         (FlowMatch Euler's stochastic_sampling, FlowMatchLCM's step), in one
         multistep_combine on the float32 sample; the noise drawn as diffusers
-        draws it, also where sigma_next = 0 leaves it out of the sum."""
+        draws it (in noise_dtype), also where sigma_next = 0 leaves it out of the sum."""
         sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
-        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=noise_dtype)
         tensors, weights = [sample, model_output], [1.0 - sigma_next, -(1.0 - sigma_next) * sigma]
         if sigma_next != 0.0:
             tensors, weights = tensors + [noise], weights + [sigma_next]
-        return ops.multistep_combine(tensors, self._coefficients(weights, sample.device))
+        return _combine(tensors, self._coefficients(weights, sample.device))
 
     def _churn(self, model_output, sample, sigma: float, s_churn: float, s_tmin: float, s_tmax: float,
                s_noise: float, generator) -> Tuple[torch.Tensor, float]:
@@ -1619,7 +1643,7 @@ class _EulerBase(_StepIndexWithoutSync):
             noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                                  generator=generator)
             scale = s_noise * math.sqrt(sigma_hat**2 - sigma**2)
-            sample = ops.multistep_combine([sample, noise], self._coefficients([1.0, scale], sample.device))
+            sample = _combine([sample, noise], self._coefficients([1.0, scale], sample.device))
         return sample, sigma_hat
 
     def _churned_euler_step(self, model_output, sample, data_term, s_churn: float, s_tmin: float, s_tmax: float,
@@ -1633,7 +1657,7 @@ class _EulerBase(_StepIndexWithoutSync):
         c_x, c_m = data_term(sigma, sigma_hat)
         r = sigma_next / sigma_hat  # sample + (sample - x0) / sigma_hat * (sigma_next - sigma_hat)
         coeffs = self._coefficients([c_x, c_m, r, 1.0 - r, 0.0], sample.device)
-        return ops.ei_step(sample, model_output if data_input is None else data_input, [], coeffs)
+        return _ei_step(sample, model_output if data_input is None else data_input, [], coeffs)
 
 
 class EulerDiscreteScheduler(_EulerBase, _diffusers.EulerDiscreteScheduler):
@@ -1692,7 +1716,7 @@ class EulerAncestralDiscreteScheduler(_EulerBase, _diffusers.EulerAncestralDiscr
                              generator=generator)
         r = sigma_down / sigma
         coeffs = self._coefficients([c_x, c_m, r, 1.0 - r, sigma_up], sample.device)
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, [], coeffs, noise=noise)
+        prev_sample, pred_original_sample = _ei_step(sample, model_output, [], coeffs, noise=noise)
         return self._finish(prev_sample, pred_original_sample, model_output, EulerAncestralDiscreteSchedulerOutput,
                             return_dict)
 
@@ -1727,7 +1751,7 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
             half = self.dt / 2
             coeffs = [c_x, c_m, half / sigma_next, -half / sigma_next, 1.0 + half / sigma, -half / sigma, 0.0]
             history = [self.sample, self._first_data_prediction]
-        prev_sample, pred_original_sample = ops.ei_step(
+        prev_sample, pred_original_sample = _ei_step(
             sample, model_output, history, self._coefficients(coeffs, sample.device),
             threshold=clip)
         if first:
@@ -1754,13 +1778,13 @@ class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDESchedu
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
              s_noise: float = 1.0):
-        sample = _promoted(sample, model_output)
         if self.step_index is None:
             self._init_step_index(timestep)
-        if self.noise_sampler is None:
+        if self.noise_sampler is None:  # from the sample as given (its dtype is the tree's), as diffusers builds it
             host = [float(v) for v in self.sigmas.tolist()]  # CPU sigmas: no device read
             self.noise_sampler = _BrownianTreeNoiseSampler(sample, min(v for v in host if v > 0), max(host),
                                                            self.noise_sampler_seed)
+        sample = _promoted(sample, model_output)
         first, i = self.state_in_first_order, self.step_index
         sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
         t, t_next = sigma.log().neg(), sigma_next.log().neg()  # diffusers' t_fn, on float32 CPU scalars
@@ -1784,8 +1808,8 @@ class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDESchedu
             # From this sample (first call) or from the step's first sample (second call).
             coeffs = [c_x, c_m, base, b0, scale] if first else [c_x, c_m, 0.0, b0, base, scale]
             history = [] if first else [self.sample]
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history,
-                                                        self._coefficients(coeffs, sample.device), noise=noise)
+        prev_sample, pred_original_sample = _ei_step(sample, model_output, history,
+                                                     self._coefficients(coeffs, sample.device), noise=noise)
         if sigma_next != 0:
             self.sample, self.mid_point_sigma = (sample, t_next.neg().exp()) if first else (None, None)
         self._step_index += 1
@@ -1823,8 +1847,8 @@ class _KDPM2Steps(_StepIndexWithoutSync):
             q = _ratio(sigma_to - sigma, sigma_interpol)
             coeffs, history = [c_x, c_m, q, -q, 1.0, sigma_up], [self.sample]
             self.sample = None
-        prev_sample, pred_original_sample = ops.ei_step(sample, model_output, history,
-                                                        self._coefficients(coeffs, sample.device), noise=noise)
+        prev_sample, pred_original_sample = _ei_step(sample, model_output, history,
+                                                     self._coefficients(coeffs, sample.device), noise=noise)
         self._step_index += 1
         return prev_sample, pred_original_sample
 
@@ -1912,12 +1936,12 @@ class LMSDiscreteScheduler(_EulerBase, _diffusers.LMSDiscreteScheduler):
         used = min(cur, len(self.derivatives) + 1)
         weights, history = weights[:used], self.derivatives[::-1][:used - 1]
         coeffs = self._coefficients([c_x, c_m, 1.0, *weights, 0.0], sample.device)
-        prev_sample, derivative = ops.ei_step(sample, model_output, history, coeffs)
+        prev_sample, derivative = _ei_step(sample, model_output, history, coeffs)
         self.derivatives.append(derivative)
         if len(self.derivatives) > order:
             self.derivatives.pop(0)
         # pred_original_sample = sample - sigma * derivative
-        pred_original_sample = ops.multistep_combine(
+        pred_original_sample = _combine(
             [sample, derivative], self._coefficients([1.0, -sigma], sample.device))
         self._step_index += 1
         if not return_dict:
@@ -1942,11 +1966,11 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
         self._start(timestep, "FlowMatchEulerDiscreteScheduler")
         sample = _cast(sample, torch.float32)
         if self.config.stochastic_sampling:
-            prev_sample = self._renoised_flow_step(sample, model_output, generator)
+            prev_sample = self._renoised_flow_step(sample, model_output, generator, sample.dtype)
         else:
             sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
-            prev_sample = ops.multistep_combine([sample, model_output],
-                                                self._coefficients([1.0, sigma_next - sigma], sample.device))
+            prev_sample = _combine([sample, model_output],
+                                   self._coefficients([1.0, sigma_next - sigma], sample.device))
         self._step_index += 1
         prev_sample = _cast(prev_sample, model_output.dtype)
         if not return_dict:
@@ -1970,7 +1994,9 @@ class FlowMatchLCMScheduler(_EulerBase, _diffusers.FlowMatchLCMScheduler):
             self._init_size = model_output.size()[2:]
         if self.step_index is None:
             self._init_step_index(timestep)
-        prev_sample = self._renoised_flow_step(_cast(sample, torch.float32), model_output, generator)
+        # diffusers draws the noise in the data prediction's dtype: the float32 sample's promoted with the model's
+        prev_sample = self._renoised_flow_step(_cast(sample, torch.float32), model_output, generator,
+                                               torch.promote_types(torch.float32, model_output.dtype))
         self._step_index += 1
         prev_sample = _cast(prev_sample, model_output.dtype)
         if not return_dict:
@@ -2000,12 +2026,12 @@ class FlowMatchHeunDiscreteScheduler(_EulerBase, _diffusers.FlowMatchHeunDiscret
             # derivative = (x - (x - sigma v)) / sigma_hat; x_next = x + dt derivative
             dt = sigma_next - sigma_hat
             coeffs = self._coefficients([0.0, sigma / sigma_hat, 1.0, dt, 0.0], sample.device)
-            prev_sample, derivative = ops.ei_step(sample, model_output, [], coeffs)
+            prev_sample, derivative = _ei_step(sample, model_output, [], coeffs)
             self.prev_derivative, self.dt, self.sample = derivative, dt, sample
         else:
             half = self.dt / 2
-            prev_sample = ops.multistep_combine([self.sample, model_output, self.prev_derivative],
-                                                self._coefficients([1.0, half, half], sample.device))
+            prev_sample = _combine([self.sample, model_output, self.prev_derivative],
+                                   self._coefficients([1.0, half, half], sample.device))
             self.prev_derivative = self.dt = self.sample = None
         prev_sample = _cast(prev_sample, model_output.dtype)
         self._step_index += 1
@@ -2051,9 +2077,9 @@ class CMStochasticIterativeScheduler(_EulerBase, _diffusers.CMStochasticIterativ
         if len(self.timesteps) > 1:  # diffusers' noise is zeros for a one-step schedule
             noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                                  generator=generator)
-        prev_sample, _ = ops.ei_step(_promoted(sample, model_output), model_output, [],
-                                     self._coefficients(coefficients, sample.device),
-                                     threshold=self._CLIP if self.config.clip_denoised else None, noise=noise)
+        prev_sample, _ = _ei_step(_promoted(sample, model_output), model_output, [],
+                                  self._coefficients(coefficients, sample.device),
+                                  threshold=self._CLIP if self.config.clip_denoised else None, noise=noise)
         self._step_index += 1
         if not return_dict:
             return (prev_sample,)
@@ -2096,8 +2122,8 @@ class SCMScheduler(_StepIndexWithoutSync, _diffusers.SCMScheduler):
         noise = randn_tensor(model_output.shape, device=model_output.device, generator=generator)
         pred_dtype = torch.promote_types(sample.dtype, model_output.dtype)
         state = _cast(sample, torch.promote_types(pred_dtype, noise.dtype))
-        prev_sample, pred_x0 = ops.ei_step(state, model_output, [], self._coefficients(coefficients, state.device),
-                                           noise=_cast(noise, state.dtype) if coefficients[4] != 0.0 else None)
+        prev_sample, pred_x0 = _ei_step(state, model_output, [], self._coefficients(coefficients, state.device),
+                                        noise=_cast(noise, state.dtype) if coefficients[4] != 0.0 else None)
         pred_x0 = _cast(pred_x0, pred_dtype)
         self._step_index += 1
         if not return_dict:
@@ -2143,8 +2169,8 @@ class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFSch
             state = _cast(sample, torch.float32)
             noise = (randn_tensor(state.shape, generator=generator, device=state.device, dtype=state.dtype)
                      if noisy else None)
-            prev_sample, _ = ops.ei_step(state, model_output, [], self._coefficients(coefficients, state.device),
-                                         noise=noise)
+            prev_sample, _ = _ei_step(state, model_output, [], self._coefficients(coefficients, state.device),
+                                      noise=noise)
             prev_sample = _cast(prev_sample, sample.dtype)
         self._step_index = min(i + 1, len(self._host_sigmas) - 1)
         if not return_dict:
@@ -2280,7 +2306,7 @@ class GraphedPipeline(Replayable):
             self._progress.update(f"the scheduler step after UNet call {i + 1}")
             if self.guided:
                 uncond, cond = noise_pred.chunk(2)
-                noise_pred = ops.multistep_combine([uncond, cond], self.weights)
+                noise_pred = _combine([uncond, cond], self.weights)
             latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, **self._step_kwargs)[0]
         self.result.copy_(latents)
 

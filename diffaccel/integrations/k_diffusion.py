@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from diffaccel import ops
+from diffaccel.integrations import float64_if_any
 from diffaccel.solvers.lms import lagrange_weights
 from diffaccel.transfer import ConstantCache, to_device
 
@@ -52,9 +53,8 @@ def _step(x, denoised, history, coeffs, noise=None, sigma_dtype: Optional[torch.
     tensors = [x, denoised, *history] + ([noise] if noise is not None else [])
     dtypes = [t.dtype for t in tensors] + ([sigma_dtype] if sigma_dtype is not None else [])
     dtype = functools.reduce(torch.promote_types, dtypes)
-    if dtype == torch.float64:  # the op does not mix float64 with 16/32-bit tensors
-        x, denoised, *history = (t.to(dtype) for t in (x, denoised, *history))
-        noise = noise.to(dtype) if noise is not None else None
+    if dtype == torch.float64:
+        x, denoised, noise, *history = float64_if_any([x.to(dtype), denoised, noise, *history])
     elif x.dtype != dtype:
         x = x.to(dtype)
     return ops.ei_step(x, denoised, history, coeffs, noise=noise)
