@@ -341,7 +341,7 @@ def _stock_loop(pipe, latents, embeds, negative, steps, guidance_scale, seed):
 @pytest.mark.parametrize("scheduler_name,guidance_scale", [
     ("DPMSolverMultistepScheduler", 7.5), ("EulerAncestralDiscreteScheduler", 4.0), ("DDIMScheduler", 1.0),
     ("EulerDiscreteScheduler", 3.0), ("HeunDiscreteScheduler", 2.0), ("PNDMScheduler", 7.5),
-    ("EDMDPMSolverMultistepScheduler", 3.0), ("KDPM2AncestralDiscreteScheduler", 5.0)])
+    ("EDMDPMSolverMultistepScheduler", 3.0), ("KDPM2AncestralDiscreteScheduler", 5.0), ("SASolverScheduler", 4.0)])
 @pytest.mark.parametrize("device", DEVICES)
 def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale, device, monkeypatch):
     device = _device(device, monkeypatch)
@@ -375,6 +375,7 @@ def test_graph_pipeline_errors():
                       ("CosineDPMSolverMultistepScheduler", "its Brownian-tree noise"),
                       ("DDPMWuerstchenScheduler", "its step takes the timestep as a \\(batch,\\) tensor"),
                       ("ScoreSdeVeScheduler", "its loop calls step_pred"),
+                      ("SCMScheduler", "its pipelines \\(Sana Sprint\\) run a transformer"),
                       ("CogVideoXDPMScheduler", "its step takes the previous step's timestep")):
         with pytest.raises(ValueError, match=f"{name} cannot be captured: {why}"):
             graph_pipeline(_tiny_pipe(name), steps=4, height=64, width=64)
