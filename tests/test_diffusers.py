@@ -220,6 +220,17 @@ def test_accelerate_swaps_schedulers_and_pipelines():
     pipe, changes = accelerated.accelerate(Pipeline())
     assert isinstance(pipe.scheduler, accelerated.DPMSolverMultistepScheduler) and len(changes) == 1
 
+    class PriorAndDecoder(diffusers.DiffusionPipeline):  # UnCLIP's pipelines: schedulers, none named `scheduler`
+        def __init__(self, prior_scheduler, decoder_scheduler):
+            super().__init__()
+            self.register_modules(prior_scheduler=prior_scheduler, decoder_scheduler=decoder_scheduler)
+
+    pipe, changes = accelerated.accelerate(PriorAndDecoder(diffusers.UnCLIPScheduler(), diffusers.UnCLIPScheduler()))
+    assert isinstance(pipe.prior_scheduler, accelerated.UnCLIPScheduler)
+    assert isinstance(pipe.decoder_scheduler, accelerated.UnCLIPScheduler)
+    assert changes == ["UnCLIPScheduler -> diffaccel UnCLIPScheduler (prior_scheduler)",
+                       "UnCLIPScheduler -> diffaccel UnCLIPScheduler (decoder_scheduler)"]
+
 
 def test_accelerate_keeps_what_it_cannot_fuse():
     with warnings.catch_warnings():

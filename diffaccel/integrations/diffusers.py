@@ -2243,16 +2243,17 @@ def accelerate(obj):
 
     if isinstance(obj, _diffusers.SchedulerMixin):
         return swap(obj), changes
-    if hasattr(obj, "scheduler"):
-        components = getattr(obj, "components", None)  # a DiffusionPipeline's registered modules
-        if isinstance(components, dict):
-            names = [name for name, part in components.items() if isinstance(part, _diffusers.SchedulerMixin)]
-        else:
-            names = [name for name in ("scheduler", "inverse_scheduler") if getattr(obj, name, None) is not None]
-        for name in names:
-            setattr(obj, name, swap(getattr(obj, name), "" if name == "scheduler" else f" ({name})"))
-        return obj, changes
-    raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
+    components = getattr(obj, "components", None)  # a DiffusionPipeline's registered modules
+    if isinstance(components, dict):
+        # (UnCLIP's pipelines have no `scheduler`: prior_, decoder_ and super_res_scheduler)
+        names = [name for name, part in components.items() if isinstance(part, _diffusers.SchedulerMixin)]
+    elif hasattr(obj, "scheduler"):
+        names = [name for name in ("scheduler", "inverse_scheduler") if getattr(obj, name, None) is not None]
+    else:
+        raise TypeError(f"accelerate() takes a diffusers scheduler or pipeline, got {type(obj).__name__}")
+    for name in names:
+        setattr(obj, name, swap(getattr(obj, name), "" if name == "scheduler" else f" ({name})"))
+    return obj, changes
 
 
 class GraphedPipeline(Replayable):
