@@ -114,19 +114,32 @@ def _conversion(prediction_type: str, alpha: float, sigma: float, to_data: bool)
 
 def _ei_step(x: torch.Tensor, model_output: torch.Tensor, history: List[torch.Tensor], coeffs: torch.Tensor, *,
              threshold: Optional[ops.Threshold] = None, noise: Optional[torch.Tensor] = None, out=None):
-    """ops.ei_step in the dtype diffusers' arithmetic takes: float64 for all when
-    any input is float64 (a float64 model output with a float32 sample, or the
-    float32 upcast of a float64 one), where the op would refuse the mix; the
-    given ``out`` buffers are then left unused."""
-    x, model_output, noise, *history = float64_if_any([x, model_output, noise, *history])
-    if out is not None and any(o.dtype != x.dtype for o in out):
-        out = None
-    return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise, out=out)
+    """ops.ei_step in the dtype diffusers' arithmetic takes. The op refuses
+    float64 mixed with 16/32-bit tensors (a float64 model output with a float32
+    sample, or the float32 upcast of a float64 one), where diffusers computes in
+    float64: then every input goes in as float64, and ``out`` is left unused.
+    (The op checks before any kernel runs; asking first would cost every step a
+    microsecond, about 7% of its host time.)"""
+    try:
+        return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise, out=out)
+    except TypeError:
+        given = [x, model_output, noise, *history]
+        promoted = float64_if_any(given)
+        if all(p is g for p, g in zip(promoted, given)):
+            raise
+        x, model_output, noise, *history = promoted
+        return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise)
 
 
 def _combine(tensors: List[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
-    """ops.multistep_combine, all tensors float64 when any is (see _ei_step)."""
-    return ops.multistep_combine(float64_if_any(tensors), coeffs)
+    """ops.multistep_combine, all tensors float64 where the op refuses a float64 mix (see _ei_step)."""
+    try:
+        return ops.multistep_combine(tensors, coeffs)
+    except TypeError:
+        promoted = float64_if_any(tensors)
+        if all(p is t for p, t in zip(promoted, tensors)):
+            raise
+        return ops.multistep_combine(promoted, coeffs)
 
 
 def _lambda(alpha: float, sigma: float) -> float:
