@@ -1492,11 +1492,19 @@ class SASolverScheduler(_StepIndexWithoutSync, _diffusers.SASolverScheduler):
     def _tau(self, timestep, index: int) -> float:
         """tau_func at a timestep given to step(): a number or CPU tensor as it is,
         a device tensor as the CPU value of its place in the schedule (or of the
-        index-th step's) instead of a read."""
+        index-th step's) instead of a read. A step's corrector asks again for the
+        previous step's timestep (diffusers calls tau_func twice a step): that
+        value is kept (the default tau_func costs ~5 us, a tenth of the step)."""
+        kept = vars(self).get("_kept_tau")
+        if kept is not None and kept[0] is timestep:
+            return kept[1]
+        given = timestep
         if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
             position = _position_in(self.timesteps, timestep)
             timestep = self._host_schedule[index if position is None else position]
-        return float(self.tau_func(timestep))
+        tau = float(self.tau_func(timestep))
+        self._kept_tau = (given, tau)
+        return tau
 
     def _update_coefficients(self, t_index: int, s0_index: int, order: int, tau: float, corrector: bool):
         """(base, output weights newest first, noise weight) of diffusers'
