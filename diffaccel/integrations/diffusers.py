@@ -1308,7 +1308,22 @@ class ScoreSdeVeScheduler(_FusedStep, _diffusers.ScoreSdeVeScheduler):
         return SchedulerOutput(prev_sample=prev_sample)
 
 
-class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepScheduler):
+class _PredictorCorrectorSteps(_StepIndexWithoutSync):
+    """What UniPC and SA-Solver share: host sigmas read in set_timesteps, and
+    a step's (alpha_t, sigma_t) and half log-SNR from them (VP or flow sigmas)."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._read_host_sigmas()
+
+    def _alpha_sigma_at(self, index: int) -> Tuple[float, float]:
+        return _alpha_sigma(self._host_sigmas[index], self.config.use_flow_sigmas)
+
+    def _lambda_at(self, index: int) -> float:
+        return _lambda(*self._alpha_sigma_at(index))
+
+
+class UniPCMultistepScheduler(_PredictorCorrectorSteps, _diffusers.UniPCMultistepScheduler):
     """diffusers' UniPCMultistepScheduler with fused steps: the model output's
     conversion and the UniC corrector in one ei_step (writing the corrected
     sample diffusers keeps as last_sample), then the UniP predictor in another;
@@ -1322,13 +1337,6 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
         if self.config.thresholding and not self.predict_x0:
             bad.append("thresholding (with predict_x0=False)")
         return bad
-
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
-        self._read_host_sigmas()
-
-    def _lambda_at(self, index: int) -> float:
-        return _lambda(*_alpha_sigma(self._host_sigmas[index], self.config.use_flow_sigmas))
 
     def _bh(self, h: float, order: int, rks: List[float], corrector: bool):
         """(h_phi_1, B_h, rhos) of diffusers' multistep_uni_{p,c}_bh_update."""
@@ -1353,8 +1361,8 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
         return h_phi_1, b_h, rhos
 
     def _base_and_scale(self, t_index: int, s0_index: int) -> Tuple[float, float]:
-        (alpha_t, sigma_t) = _alpha_sigma(self._host_sigmas[t_index], self.config.use_flow_sigmas)
-        (alpha_s0, sigma_s0) = _alpha_sigma(self._host_sigmas[s0_index], self.config.use_flow_sigmas)
+        alpha_t, sigma_t = self._alpha_sigma_at(t_index)
+        alpha_s0, sigma_s0 = self._alpha_sigma_at(s0_index)
         if self.predict_x0:
             return sigma_t / sigma_s0, alpha_t
         return alpha_t / alpha_s0, sigma_t
@@ -1392,7 +1400,7 @@ class UniPCMultistepScheduler(_StepIndexWithoutSync, _diffusers.UniPCMultistepSc
         c = self.config
         i = self.step_index
         use_corrector = i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None
-        alpha, sigma = _alpha_sigma(self._host_sigmas[i], c.use_flow_sigmas)
+        alpha, sigma = self._alpha_sigma_at(i)
         c_x, c_m = _conversion(c.prediction_type, alpha, sigma, to_data=self.predict_x0)
         threshold = self._config_threshold(clip=False)
         order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
@@ -1467,7 +1475,7 @@ def _sa_gradient_coefficients(nodes: List[float], start: float, end: float, rate
     return weights
 
 
-class SASolverScheduler(_StepIndexWithoutSync, _diffusers.SASolverScheduler):
+class SASolverScheduler(_PredictorCorrectorSteps, _diffusers.SASolverScheduler):
     """diffusers' SASolverScheduler (SA-Solver, stochastic Adams) with fused
     steps: the model output's conversion and the SA-Corrector (from the kept
     last sample and noise) in one ei_step, then the SA-Predictor in one
@@ -1481,13 +1489,6 @@ class SASolverScheduler(_StepIndexWithoutSync, _diffusers.SASolverScheduler):
         if self.config.thresholding and not self.predict_x0:
             return ["thresholding (with algorithm_type='noise_prediction')"]
         return []
-
-    def set_timesteps(self, *args, **kwargs):
-        super().set_timesteps(*args, **kwargs)
-        self._read_host_sigmas()
-
-    def _lambda_at(self, index: int) -> float:
-        return _lambda(*_alpha_sigma(self._host_sigmas[index], self.config.use_flow_sigmas))
 
     def _tau(self, timestep, index: int) -> float:
         """tau_func at a timestep given to step(): a number or CPU tensor as it is,
@@ -1510,8 +1511,8 @@ class SASolverScheduler(_StepIndexWithoutSync, _diffusers.SASolverScheduler):
         """(base, output weights newest first, noise weight) of diffusers'
         stochastic Adams-Bashforth (predictor: from s0 = this step to t = the
         next) or Adams-Moulton (corrector: from the last step to this one) update."""
-        alpha_t, sigma_t = _alpha_sigma(self._host_sigmas[t_index], self.config.use_flow_sigmas)
-        alpha_s0, sigma_s0 = _alpha_sigma(self._host_sigmas[s0_index], self.config.use_flow_sigmas)
+        alpha_t, sigma_t = self._alpha_sigma_at(t_index)
+        alpha_s0, sigma_s0 = self._alpha_sigma_at(s0_index)
         lam_t, lam_s0 = _lambda(alpha_t, sigma_t), _lambda(alpha_s0, sigma_s0)
         h = lam_t - lam_s0
         newest = t_index if corrector else s0_index  # the newest model output's point
@@ -1542,7 +1543,7 @@ class SASolverScheduler(_StepIndexWithoutSync, _diffusers.SASolverScheduler):
         c, i = self.config, self.step_index
         if c.variance_type in ("learned", "learned_range") and c.prediction_type == "epsilon":
             model_output = model_output[:, :3]
-        alpha, sigma = _alpha_sigma(self._host_sigmas[i], c.use_flow_sigmas)
+        alpha, sigma = self._alpha_sigma_at(i)
         raw_sigma = self._host_sigmas[i] if c.prediction_type == "flow_prediction" else sigma
         c_x, c_m = _conversion(c.prediction_type, alpha, raw_sigma, to_data=self.predict_x0)
         threshold = self._config_threshold(clip=False) if self.predict_x0 else None
