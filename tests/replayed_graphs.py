@@ -35,8 +35,14 @@ aten = torch.ops.aten
 # (.item() of a host tensor here: every tensor is on the host) is no kernel
 # either; its value, like every number Python computed during the capture,
 # stays baked into the ops recorded after it.
-_NOT_REPLAYED = {aten.empty.memory_format, aten.empty_like.default, aten.empty_strided.default,
-                 aten.new_empty.default, aten.new_empty_strided.default, aten._local_scalar_dense.default}
+_NOT_REPLAYED = {
+    aten.empty.memory_format,
+    aten.empty_like.default,
+    aten.empty_strided.default,
+    aten.new_empty.default,
+    aten.new_empty_strided.default,
+    aten._local_scalar_dense.default,
+}
 
 
 class _Recorder(TorchDispatchMode):
@@ -56,8 +62,7 @@ class _Recorder(TorchDispatchMode):
 class ReplayedLoop:
     """CapturedLoop's interface (graph, pool, run) over a recording of the body."""
 
-    def __init__(self, body, device, *, warmup, pool=None, generator=None, progress, constants=None,
-                 what="the model"):
+    def __init__(self, body, device, *, warmup, pool=None, generator=None, progress, constants=None, what="the model"):
         if not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an int >= 1 (eager runs before the capture), got {warmup!r}")
         with torch.no_grad():
@@ -92,7 +97,7 @@ def use_replayed_loops(monkeypatch) -> None:
     loops as ReplayedLoops for the rest of the test."""
     monkeypatch.setattr(graph, "CapturedLoop", ReplayedLoop)
     try:
-        from diffaccel.integrations import diffusers as integration
+        from diffaccel.integrations.diffusers import pipelines
     except ImportError:  # diffusers is optional
         return
-    monkeypatch.setattr(integration, "CapturedLoop", ReplayedLoop)
+    monkeypatch.setattr(pipelines, "CapturedLoop", ReplayedLoop)

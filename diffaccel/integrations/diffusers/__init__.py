@@ -1,0 +1,119 @@
+"""diffusers' schedulers on the fused ops: subclasses with the same names,
+configs and behaviour, whose ``step()`` runs one fused op per model evaluation.
+
+    from diffaccel import diffusers as accelerated
+    pipe, changes = accelerated.accelerate(pipe)
+    # or: pipe.scheduler = accelerated.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+
+``set_timesteps``, the sigmas, ``scale_model_input``, ``add_noise`` and the
+public state (step_index, begin_index, model_outputs, lower_order_nums) are
+diffusers' own; ``step()`` computes the update's coefficients on the host in
+float64 from the scheduler's CPU sigmas and runs one fused op (the data
+prediction, its thresholding, the multistep combination and the SDE noise in
+one pass), with no host synchronization.
+
+The package is split by scheduler family; every class is importable from here:
+
+- ``common``: the shared step machinery (fused calls in diffusers' dtypes,
+  kept step values and device coefficients, the first step index on the host);
+- ``dpm_solver``: DPM-Solver multistep (and inverse, EDM, cosine), DEIS,
+  DPM-Solver singlestep;
+- ``ddim_ddpm``: DDIM (and inverse, CogVideoX's two), DDPM, Wuerstchen, UnCLIP,
+  PNDM, score SDE VE;
+- ``euler``: Euler, Euler ancestral, EDM Euler, Heun, LMS, DPM++ SDE, KDPM2 pair;
+- ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF;
+- ``predictor_corrector``: UniPC, SA-Solver;
+- ``consistency``: LCM, TCD, consistency models, SCM (Sana Sprint);
+- ``pipelines``: ``ACCELERATED``, ``accelerate(pipe)``, ``graph_pipeline``.
+
+docs/diffusers.md lists what each class fuses and how close it is to diffusers.
+"""
+
+try:
+    import diffusers as _diffusers  # noqa: F401  (an optional dependency: say so once, here)
+except ImportError as error:
+    raise ImportError("diffaccel.integrations.diffusers needs diffusers (pip install diffusers)") from error
+
+from diffaccel.integrations.diffusers.consistency import (
+    CMStochasticIterativeScheduler,
+    LCMScheduler,
+    SCMScheduler,
+    TCDScheduler,
+)
+from diffaccel.integrations.diffusers.ddim_ddpm import (
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DDPMScheduler,
+    DDPMWuerstchenScheduler,
+    PNDMScheduler,
+    ScoreSdeVeScheduler,
+    UnCLIPScheduler,
+)
+from diffaccel.integrations.diffusers.dpm_solver import (
+    CosineDPMSolverMultistepScheduler,
+    DEISMultistepScheduler,
+    DPMSolverMultistepInverseScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EDMDPMSolverMultistepScheduler,
+)
+from diffaccel.integrations.diffusers.euler import (
+    DPMSolverSDEScheduler,
+    EDMEulerScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+)
+from diffaccel.integrations.diffusers.flow_matching import (
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    FlowMatchLCMScheduler,
+    LTXEulerAncestralRFScheduler,
+)
+from diffaccel.integrations.diffusers.pipelines import ACCELERATED, GraphedPipeline, accelerate, graph_pipeline
+from diffaccel.integrations.diffusers.predictor_corrector import SASolverScheduler, UniPCMultistepScheduler
+
+__all__ = [
+    "ACCELERATED",
+    "GraphedPipeline",
+    "accelerate",
+    "graph_pipeline",
+    "CMStochasticIterativeScheduler",
+    "CogVideoXDDIMScheduler",
+    "CogVideoXDPMScheduler",
+    "CosineDPMSolverMultistepScheduler",
+    "DDIMInverseScheduler",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DDPMWuerstchenScheduler",
+    "DEISMultistepScheduler",
+    "DPMSolverMultistepInverseScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSDEScheduler",
+    "DPMSolverSinglestepScheduler",
+    "EDMDPMSolverMultistepScheduler",
+    "EDMEulerScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
+    "FlowMatchLCMScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "LCMScheduler",
+    "LMSDiscreteScheduler",
+    "LTXEulerAncestralRFScheduler",
+    "PNDMScheduler",
+    "SASolverScheduler",
+    "SCMScheduler",
+    "ScoreSdeVeScheduler",
+    "TCDScheduler",
+    "UnCLIPScheduler",
+    "UniPCMultistepScheduler",
+]

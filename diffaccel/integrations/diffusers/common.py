@@ -1,0 +1,333 @@
+"""The step machinery every accelerated diffusers scheduler shares: the fused
+calls in diffusers' dtypes (_ei_step, _combine), the coefficient helpers in
+float64 with IEEE division, the kept step values and device coefficients
+(_FusedStep), the first step index found on the host (_StepIndexWithoutSync),
+and the host timesteps of the discrete-timestep schedulers (_HostTimesteps)."""
+
+from __future__ import annotations
+
+import math
+from array import array
+from typing import List, Optional, Tuple
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffaccel import ops
+from diffaccel.integrations import float64_if_any
+from diffaccel.transfer import ConstantCache
+
+
+def _alpha_sigma(sigma: float, flow: bool) -> Tuple[float, float]:
+    """(alpha_t, sigma_t) of diffusers' _sigma_to_alpha_sigma_t for a VP sigma (or a flow sigma)."""
+    if flow:
+        return 1.0 - sigma, sigma
+    alpha = 1.0 / math.sqrt(sigma * sigma + 1.0)
+    return alpha, sigma * alpha
+
+
+def _conversion(prediction_type: str, alpha: float, sigma: float, to_data: bool) -> Tuple[float, float]:
+    """(c_x, c_m) of convert_model_output: the data prediction (to_data) or the
+    noise prediction, as c_x * sample + c_m * model_output."""
+    if to_data:
+        table = {
+            "epsilon": (1.0 / alpha, -sigma / alpha),
+            "sample": (0.0, 1.0),
+            "v_prediction": (alpha, -sigma),
+            "flow_prediction": (1.0, -sigma),
+        }
+    else:
+        table = {
+            "epsilon": (0.0, 1.0),
+            "sample": (_ratio(1.0, sigma), _ratio(-alpha, sigma)),
+            "v_prediction": (sigma, alpha),
+        }
+    if prediction_type not in table:
+        raise ValueError(f"prediction_type {prediction_type!r} is not supported here")
+    return table[prediction_type]
+
+
+def _ei_step(
+    x: torch.Tensor,
+    model_output: torch.Tensor,
+    history: List[torch.Tensor],
+    coeffs: torch.Tensor,
+    *,
+    threshold: Optional[ops.Threshold] = None,
+    noise: Optional[torch.Tensor] = None,
+    out=None,
+):
+    """ops.ei_step in the dtype diffusers' arithmetic takes. The op refuses
+    float64 mixed with 16/32-bit tensors (a float64 model output with a float32
+    sample, or the float32 upcast of a float64 one), where diffusers computes in
+    float64: then every input goes in as float64, and ``out`` is left unused.
+    (The op checks before any kernel runs; asking first would cost every step a
+    microsecond, about 7% of its host time.)"""
+    try:
+        return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise, out=out)
+    except TypeError:
+        given = [x, model_output, noise, *history]
+        promoted = float64_if_any(given)
+        if all(p is g for p, g in zip(promoted, given)):
+            raise
+        x, model_output, noise, *history = promoted
+        return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise)
+
+
+def _combine(tensors: List[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
+    """ops.multistep_combine, all tensors float64 where the op refuses a float64 mix (see _ei_step)."""
+    try:
+        return ops.multistep_combine(tensors, coeffs)
+    except TypeError:
+        promoted = float64_if_any(tensors)
+        if all(p is t for p, t in zip(promoted, tensors)):
+            raise
+        return ops.multistep_combine(promoted, coeffs)
+
+
+def _lambda(alpha: float, sigma: float) -> float:
+    """Half log-SNR; +inf at sigma = 0 (the final step to the data)."""
+    return math.log(alpha) - math.log(sigma) if sigma > 0 else math.inf
+
+
+def _position_in(schedule: torch.Tensor, timestep: torch.Tensor) -> Optional[int]:
+    """Where a 0-d view of the 1-d ``schedule`` sits in it (from the views'
+    storage and offsets: nothing is read from the device), or None."""
+    if timestep.dim() != 0 or schedule.dim() != 1 or timestep.device != schedule.device:
+        return None
+    if timestep.untyped_storage().data_ptr() != schedule.untyped_storage().data_ptr() or schedule.stride(0) <= 0:
+        return None
+    position, rest = divmod(timestep.storage_offset() - schedule.storage_offset(), schedule.stride(0))
+    return position if rest == 0 and 0 <= position < len(schedule) else None
+
+
+class _FusedStep:
+    """What every accelerated scheduler has: the config options it cannot fuse
+    (none by default), and its steps' coefficient tensors, kept on the device
+    and reused while the schedule repeats (a pipeline called again with the
+    same number of steps copies nothing to the device)."""
+
+    # Why a CUDA graph cannot hold this scheduler's loop (None: it can).
+    NOT_CAPTURABLE: Optional[str] = None
+
+    def unsupported_options(self) -> List[str]:
+        return []
+
+    def _config_threshold(self, dynamic: bool = True, clip: bool = True) -> Optional[ops.Threshold]:
+        """What diffusers' step does to its data prediction, as a Threshold:
+        dynamic thresholding (``thresholding``, where the scheduler has it),
+        else clipping (``clip_sample``, likewise), else nothing. A config keeps
+        keys its class does not take (a DDPM config loaded into DPM-Solver), so
+        the caller says which its step reads. Made once per config (building one
+        validates it: a microsecond a step otherwise)."""
+        config = self.config
+        cached = vars(self).get("_threshold_of_config")
+        if cached is None or cached[:3] != (config, dynamic, clip):  # register_to_config makes a new config
+            threshold = None
+            if dynamic and config.thresholding:
+                threshold = ops.Threshold(
+                    "dynamic", config.dynamic_thresholding_ratio, config.sample_max_value, "diffusers"
+                )
+            elif clip and config.clip_sample:
+                threshold = ops.Threshold("clip", max_value=config.clip_sample_range)
+            cached = self._threshold_of_config = (config, dynamic, clip, threshold)
+        return cached[3]
+
+    def _read_host_sigmas(self) -> None:
+        """set_timesteps' part: host copies of the sigmas every step reads (no
+        tensor indexing on the hot path), from which the step values derive."""
+        self._host_sigmas = [float(v) for v in self.sigmas.tolist()]
+        self._keep_step_values_while(self._host_sigmas)
+
+    def _keep_step_values_while(self, schedule: List[float]) -> None:
+        """The values _step_value computes derive from ``schedule`` (and the
+        frozen config): they are kept while it repeats bit for bit (a pipeline
+        called again), else dropped."""
+        bits = array("d", schedule).tobytes()
+        if vars(self).get("_step_values_schedule") != bits:
+            self._step_values, self._step_values_schedule = {}, bits
+
+    def _step_value(self, key, compute):
+        """compute() (a step's coefficient values, from host floats only) the
+        first time key is asked for under this schedule, then the kept result:
+        the step's Python is then a lookup."""
+        value = self._step_values.get(key)
+        if value is None:
+            value = self._step_values[key] = compute()
+        return value
+
+    def _coefficients(self, values, device) -> torch.Tensor:
+        cache = vars(self).get("_coefficient_cache")
+        if cache is None:
+            cache = self._coefficient_cache = ConstantCache()
+        return cache.get(values, device)
+
+
+class _StepIndexWithoutSync(_FusedStep):
+    """The first step's index without a host synchronization. diffusers finds
+    it by comparing the timestep with the schedule on the device (nonzero,
+    .item()). Here the timestep's value is known on the host when it is a
+    number or a CPU tensor, or when it is an element of ``self.timesteps`` (a
+    pipeline's ``for t in scheduler.timesteps`` hands out views, whose position
+    the storage offset gives); diffusers' own index_for_timestep then runs on a
+    host copy of the schedule, so the index is exactly diffusers'. Any other
+    timestep takes diffusers' path."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_schedule = self.timesteps.cpu()
+
+    def _init_step_index(self, timestep) -> None:
+        host = getattr(self, "_host_schedule", None)
+        if getattr(self, "begin_index", None) is None and host is not None and len(host) == len(self.timesteps):
+            if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
+                self._step_index = self._index_on_host(timestep, host)
+                return
+            position = _position_in(self.timesteps, timestep)
+            if position is not None:
+                self._step_index = self._index_on_host(host[position], host)
+                return
+        super()._init_step_index(timestep)
+
+    def _index_on_host(self, timestep, host: torch.Tensor) -> int:
+        """diffusers' index of the first step's timestep, found in the host copy of the schedule."""
+        return self.index_for_timestep(timestep, host)
+
+
+# Why the schedulers with diffusers' Brownian-tree noise sampler cannot be captured.
+_TORCHSDE_NOISE = (
+    "its Brownian-tree noise comes from torchsde, which builds it on the host at each step "
+    "with generators of its own: a graph would replay the same noise"
+)
+
+
+def _check_set_timesteps(scheduler) -> None:
+    """diffusers' error for a step taken before set_timesteps."""
+    if scheduler.num_inference_steps is None:
+        raise ValueError(
+            "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
+        )
+
+
+def _promoted(sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+    """The sample in the dtype diffusers' step arithmetic leaves its result in:
+    torch's promotion of the sample's and the model output's dtypes (a bf16
+    sample with a float32 model output steps, and returns, in float32)."""
+    return _cast(sample, torch.promote_types(sample.dtype, model_output.dtype))
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """tensor.to(dtype), skipped when it has nothing to do (it costs about a
+    microsecond anyway: a tenth of a fused step's Python)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b with IEEE semantics (inf or nan for b = 0), as the tensor arithmetic it replaces."""
+    return a / b if b != 0 else (math.copysign(math.inf, a) if a != 0 else math.nan)
+
+
+def _sqrt(x: float) -> float:
+    """sqrt with IEEE semantics (nan below 0), as torch.sqrt."""
+    return math.sqrt(x) if x >= 0 else math.nan
+
+
+def _log(x: float) -> float:
+    """log with IEEE semantics (-inf at 0, nan below), as torch.log."""
+    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+
+
+def _an_index(timestep) -> bool:
+    """Whether a timestep is an integer (an index from ``enumerate(timesteps)``),
+    which diffusers' sigma-indexed schedulers refuse."""
+    return isinstance(timestep, (int, torch.IntTensor, torch.LongTensor))
+
+
+def _host_timestep(scheduler, timestep, counter: int, cast=int):
+    """The timestep's value without a device synchronization: read from a
+    number or a CPU tensor; a device tensor is not read: when it is an element
+    of scheduler.timesteps (a pipeline's loop hands out views of it, also when
+    it starts part-way, as img2img does), its position gives the value, else
+    the step is taken to be the counter-th of scheduler.timesteps (diffusers'
+    own multistep schedulers keep such a counter too)."""
+    if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+        position = _position_in(scheduler.timesteps, timestep)
+        return scheduler._host_timesteps[counter if position is None else position]
+    return cast(timestep)
+
+
+class _HostTimesteps(_FusedStep):
+    """What the discrete-timestep schedulers share: host copies of the
+    timesteps and of alphas_cumprod, and the step counter of _host_timestep."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_timesteps = [int(t) for t in self.timesteps.tolist()]
+        self._host_alphas_cumprod = self.alphas_cumprod.tolist()
+        self._step_counter = 0
+
+    def _ddim_alphas(self, timestep) -> Tuple[float, float]:
+        """(alpha_t, alpha_prev) of a DDIM-style step from ``timestep`` down one
+        stride (final_alpha_cumprod below 0), the step counted."""
+        t = _host_timestep(self, timestep, self._step_counter)
+        self._step_counter += 1
+        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        return self._host_alphas_cumprod[t], alpha_prev
+
+    def _posterior_step(
+        self,
+        model_output,
+        sample,
+        generator,
+        t: int,
+        prev_t: int,
+        beta: float,
+        threshold: Optional[ops.Threshold],
+        large_variance: bool = False,
+    ):
+        """DDPM's ancestral step from t to prev_t, as DDPM's and UnCLIP's steps
+        take it: the data prediction (thresholded), the posterior mean
+        b0 x0 + a x with alpha = 1 - beta, and where t > 0 the noise, its
+        variance beta (fixed_large) or (1 - a_prev) / (1 - a_t) beta; one ei_step.
+        Returns (prev_sample, pred_original_sample)."""
+        alpha_t = self._host_alphas_cumprod[t]
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
+        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
+        c_x, c_m = _data_and_noise_terms(self.config.prediction_type, alpha_t)[0]
+        b0 = math.sqrt(alpha_prev) * beta / beta_t
+        a = math.sqrt(1.0 - beta) * beta_prev / beta_t
+        noise, std = None, 0.0
+        if t > 0:
+            noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
+            std = math.sqrt(beta if large_variance else max(beta_prev / beta_t * beta, 1e-20))
+        coeffs = self._coefficients([c_x, c_m, a, b0, std], sample.device)
+        return _ei_step(sample, model_output, [], coeffs, threshold=threshold, noise=noise)
+
+
+# In place of 1 / sqrt(alpha) at alpha = 0; see _data_and_noise_terms.
+_HUGE_SCALE = 1e30
+
+
+def _data_and_noise_terms(
+    prediction_type: str, alpha_cumprod: float
+) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """((c_x, c_m), (e_x, e_m)) with the data prediction x0 = c_x x + c_m m and
+    the noise prediction eps = e_x x + e_m m of a model output m at a timestep
+    with this alphas_cumprod (the DDIM-family steps). With a zero terminal SNR,
+    alpha = 0 at the first step: only v_prediction is finite there. An epsilon
+    model's x0 = (x - m) / 0 is then infinite with the sign of x - m, which
+    diffusers' clip_sample or dynamic thresholding turns into +-limit; 1 / 0 in
+    both coefficients would make inf - inf = NaN instead, so a huge finite scale
+    stands in for it (where nothing clips, diffusers' result is inf or NaN anyway)."""
+    sqrt_a, sqrt_b = math.sqrt(alpha_cumprod), math.sqrt(1.0 - alpha_cumprod)
+    if prediction_type == "epsilon":
+        inverse = 1.0 / sqrt_a if sqrt_a > 0 else _HUGE_SCALE
+        return (inverse, -sqrt_b * inverse), (0.0, 1.0)
+    if prediction_type == "sample":
+        return (0.0, 1.0), (_ratio(1.0, sqrt_b), _ratio(-sqrt_a, sqrt_b))
+    if prediction_type == "v_prediction":
+        return (sqrt_a, -sqrt_b), (sqrt_b, sqrt_a)
+    raise ValueError(f"prediction_type given as {prediction_type} must be one of `epsilon`, `sample` or `v_prediction`")

@@ -1,0 +1,206 @@
+"""Flow-matching schedulers (SD3, Flux, Wan, LTX-Video): FlowMatch Euler,
+LCM and Heun, and LTX's rectified-flow Euler ancestral step."""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import diffusers as _diffusers
+import torch
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
+from diffusers.schedulers.scheduling_flow_match_heun_discrete import FlowMatchHeunDiscreteSchedulerOutput
+from diffusers.schedulers.scheduling_flow_match_lcm import FlowMatchLCMSchedulerOutput
+from diffusers.schedulers.scheduling_ltx_euler_ancestral_rf import LTXEulerAncestralRFSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffaccel.integrations.diffusers.common import _an_index, _cast, _combine, _ei_step
+from diffaccel.integrations.diffusers.euler import _EulerBase
+
+
+class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscreteScheduler):
+    """diffusers' FlowMatchEulerDiscreteScheduler (SD3, Flux) with a fused
+    ``step()``: one multistep_combine, x + dt v, or with stochastic_sampling
+    (1 - sigma_next) (x - sigma v) + sigma_next z. Per-token timesteps run
+    diffusers' step."""
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+        per_token_timesteps: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ):
+        if per_token_timesteps is not None:
+            return super().step(
+                model_output,
+                timestep,
+                sample,
+                s_churn=s_churn,
+                s_tmin=s_tmin,
+                s_tmax=s_tmax,
+                s_noise=s_noise,
+                generator=generator,
+                per_token_timesteps=per_token_timesteps,
+                return_dict=return_dict,
+            )
+        self._start(timestep, "FlowMatchEulerDiscreteScheduler")
+        sample = _cast(sample, torch.float32)
+        if self.config.stochastic_sampling:
+            prev_sample = self._renoised_flow_step(sample, model_output, generator, sample.dtype)
+        else:
+            sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
+            prev_sample = _combine([sample, model_output], self._coefficients([1.0, sigma_next - sigma], sample.device))
+        self._step_index += 1
+        prev_sample = _cast(prev_sample, model_output.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
+
+
+class FlowMatchLCMScheduler(_EulerBase, _diffusers.FlowMatchLCMScheduler):
+    """diffusers' FlowMatchLCMScheduler (latent consistency sampling on a
+    flow-matching schedule) with a fused ``step()``: the data prediction
+    x - sigma v and the renoise to the next sigma in one multistep_combine, in
+    float32 as diffusers computes it. Scale factors (its scale-wise regime,
+    which resizes the data prediction between steps) run diffusers' step."""
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        return_dict: bool = True,
+    ):
+        if _an_index(timestep) or (self._scale_factors and self._upscale_mode):
+            # diffusers' refusal of an index for a timestep; the scale-wise regime's interpolation
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        if self._init_size is None or self.step_index is None:
+            self._init_size = model_output.size()[2:]
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        # diffusers draws the noise in the data prediction's dtype: the float32 sample's promoted with the model's
+        prev_sample = self._renoised_flow_step(
+            _cast(sample, torch.float32),
+            model_output,
+            generator,
+            torch.promote_types(torch.float32, model_output.dtype),
+        )
+        self._step_index += 1
+        prev_sample = _cast(prev_sample, model_output.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return FlowMatchLCMSchedulerOutput(prev_sample=prev_sample)
+
+
+class FlowMatchHeunDiscreteScheduler(_EulerBase, _diffusers.FlowMatchHeunDiscreteScheduler):
+    """diffusers' FlowMatchHeunDiscreteScheduler with fused steps: the first
+    call of a step is one ei_step (the Euler step and the derivative, kept as
+    diffusers keeps it in ``prev_derivative``, with ``dt`` and ``sample``); the
+    second one multistep_combine, saved + dt/2 (derivative_1 + v). diffusers'
+    second derivative (x - (x - sigma_next v)) / sigma_next is the velocity v
+    itself up to rounding, and its churned second-call sample cancels out of it,
+    so with s_churn that call draws its noise, as diffusers does, and uses none."""
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+        return_dict: bool = True,
+    ):
+        self._start(timestep, "FlowMatchHeunDiscreteScheduler")
+        i = self.step_index
+        first = self.state_in_first_order
+        sigma, sigma_next = (
+            (self._host_sigmas[i], self._host_sigmas[i + 1])
+            if first
+            else (self._host_sigmas[i - 1], self._host_sigmas[i])
+        )
+        sample, sigma_hat = self._churn(model_output, sample, sigma, s_churn, s_tmin, s_tmax, s_noise, generator)
+        if first:
+            # derivative = (x - (x - sigma v)) / sigma_hat; x_next = x + dt derivative
+            dt = sigma_next - sigma_hat
+            coeffs = self._coefficients([0.0, sigma / sigma_hat, 1.0, dt, 0.0], sample.device)
+            prev_sample, derivative = _ei_step(sample, model_output, [], coeffs)
+            self.prev_derivative, self.dt, self.sample = derivative, dt, sample
+        else:
+            half = self.dt / 2
+            prev_sample = _combine(
+                [self.sample, model_output, self.prev_derivative], self._coefficients([1.0, half, half], sample.device)
+            )
+            self.prev_derivative = self.dt = self.sample = None
+        prev_sample = _cast(prev_sample, model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return FlowMatchHeunDiscreteSchedulerOutput(prev_sample=prev_sample)
+
+
+class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFScheduler):
+    """diffusers' LTXEulerAncestralRFScheduler (the LTX-Video long and LTX-2
+    refine pipelines' rectified-flow Euler ancestral step, ComfyUI's RF
+    sampler) with a fused ``step()``: one ei_step, the data prediction
+    x - sigma v, the step down to sigma_down, the rescale by
+    alpha_next / alpha_down and the renoise, in float32 as diffusers computes it."""
+
+    def _step_coefficients(self, i: int) -> Tuple[List[float], bool]:
+        """([c_x, c_m, a, b, s] of x_next = a x + b (x - sigma v) + s z, whether
+        the step draws noise), from diffusers' arithmetic on host floats."""
+        sigma, sigma_next = self._host_sigmas[i], self._host_sigmas[i + 1]
+        if abs(sigma_next) < 1e-8:
+            return [1.0, -sigma, 0.0, 1.0, 0.0], False
+        eta, s_noise = float(self.config.eta), float(self.config.s_noise)
+        sigma_down = sigma_next * (1.0 + (sigma_next / sigma - 1.0) * eta)
+        ratio = sigma_down / sigma
+        if not (eta > 0.0 and s_noise > 0.0):
+            return [1.0, -sigma, ratio, 1.0 - ratio, 0.0], False
+        alpha_next, alpha_down = 1.0 - sigma_next, 1.0 - sigma_down
+        renoise = math.sqrt(max(sigma_next**2 - sigma_down**2 * alpha_next**2 / (alpha_down**2 + 1e-12), 0.0))
+        scale = alpha_next / (alpha_down + 1e-12)
+        return [1.0, -sigma, scale * ratio, scale * (1.0 - ratio), renoise * s_noise], True
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        return_dict: bool = True,
+    ):
+        if _an_index(timestep) or self.sigmas is None:
+            # diffusers' refusals (an index for a timestep; no set_timesteps yet)
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        i = self.step_index
+        if i >= len(self._host_sigmas) - 1:  # past the schedule's end: diffusers returns the sample itself
+            prev_sample = sample
+        else:
+            coefficients, noisy = self._step_value(i, lambda: self._step_coefficients(i))
+            state = _cast(sample, torch.float32)
+            noise = (
+                randn_tensor(state.shape, generator=generator, device=state.device, dtype=state.dtype)
+                if noisy
+                else None
+            )
+            prev_sample, _ = _ei_step(
+                state, model_output, [], self._coefficients(coefficients, state.device), noise=noise
+            )
+            prev_sample = _cast(prev_sample, sample.dtype)
+        self._step_index = min(i + 1, len(self._host_sigmas) - 1)
+        if not return_dict:
+            return (prev_sample,)
+        return LTXEulerAncestralRFSchedulerOutput(prev_sample=prev_sample)

@@ -1,0 +1,118 @@
+"""diffaccel.integrations.diffusers against stock diffusers: the flow-matching schedulers
+(FlowMatch LCM and Heun, LTX's Euler ancestral RF)."""
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (make test installs it)")
+
+from diffaccel.integrations import diffusers as accelerated  # noqa: E402
+
+from conftest import DEVICE  # noqa: E402
+from diffusers_helpers import MARKS, _loop, _relative_error, model  # noqa: E402
+
+pytestmark = MARKS
+
+
+def _flow_match_lcm_loop(scheduler, steps, sigmas=None, scale_factors=None):
+    """A FlowMatchLCM loop (no scale_model_input, as its pipelines), from its
+    schedule or given sigmas, optionally in its scale-wise regime; returns the
+    sample and the generator's state."""
+    scheduler.set_timesteps(None if sigmas else steps, sigmas=sigmas, device=DEVICE)
+    if scale_factors:
+        scheduler.set_scale_factors(scale_factors, "bilinear")
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+    generator = torch.Generator(DEVICE).manual_seed(1)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, generator=generator).prev_sample
+    return x, generator.get_state()
+
+
+@pytest.mark.parametrize(
+    "steps,sigmas,scale_factors",
+    [(1, None, None), (2, None, None), (4, None, None), (None, [1.0, 0.75, 0.4], None), (3, None, [1.0, 1.5])],
+    ids=["1-step", "2-steps", "4-steps", "given-sigmas", "scale-wise"],
+)
+def test_flow_match_lcm_few_steps(steps, sigmas, scale_factors):
+    """FlowMatchLCM's usual few steps, from its schedule and from given sigmas:
+    the same samples, and the generators end equal (the last step's noise is
+    drawn as in diffusers, though its weight is 0). The scale-wise regime
+    (set_scale_factors: the data prediction resized between steps) runs
+    diffusers' step: the same sample, larger than the input."""
+    (want, want_state), (got, state) = (
+        _flow_match_lcm_loop(module.FlowMatchLCMScheduler(), steps, sigmas, scale_factors)
+        for module in (diffusers, accelerated)
+    )
+    assert got.shape == want.shape and _relative_error(got, want) < 1e-5
+    assert torch.equal(state, want_state)
+    if scale_factors:
+        assert got.shape[-1] > 8
+
+
+@pytest.mark.parametrize("steps", [3, 1])
+@pytest.mark.parametrize(
+    "config,step_options", [({}, {}), ({"shift": 3.0}, {"s_churn": 1.0})], ids=["default", "shift=3-s_churn=1"]
+)
+def test_flow_match_heun_few_steps(config, step_options, steps):
+    """Few steps end on a small sigma_next, where diffusers' second derivative,
+    (x - (x - sigma_next v)) / sigma_next, keeps only the bits of v that survive
+    the subtraction from x (the fused step uses v itself): 6e-6 to 8e-6 apart
+    at 3 steps, measured. Both draw the churn's noise alike: the generators end equal."""
+    ends = []
+    for module in (diffusers, accelerated):
+        generator = torch.Generator().manual_seed(1)
+        x = _loop(module.FlowMatchHeunDiscreteScheduler(**config), steps=steps, generator=generator, **step_options)
+        ends.append((x, generator.get_state()))
+    (want, want_state), (got, state) = ends
+    assert _relative_error(got, want) < 3e-5
+    assert torch.equal(state, want_state)
+
+
+# LTX's set_timesteps builds its sigmas with a FlowMatchEulerDiscreteScheduler made from its
+# config, so a FlowMatch option in that config (shift, as in LTX-Video's) shapes them.
+LTX_CASES = [{}, {"eta": 0.5}, {"eta": 0.0}, {"s_noise": 0.9}, {"s_noise": 0.0}, {"shift": 3.0}]
+
+
+# LTX-2's distilled sigmas, ending on 0 as its pipelines pass them.
+LTX2_SIGMAS = [1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875, 0.0]
+
+
+def _ltx_loop(scheduler, sigmas):
+    scheduler.set_timesteps(sigmas=sigmas, device=DEVICE)
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+    generator = torch.Generator(DEVICE).manual_seed(1)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, generator=generator).prev_sample
+    return x
+
+
+@pytest.mark.filterwarnings("ignore")  # diffusers' notice that a FlowMatch config gets LTX's eta / s_noise
+@pytest.mark.parametrize("steps", [25, 8, 1])
+@pytest.mark.parametrize("config", LTX_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_ltx_euler_ancestral_rf_matches_diffusers(config, steps):
+    want = _loop(diffusers.LTXEulerAncestralRFScheduler.from_config(config), steps=steps)
+    got = _loop(accelerated.LTXEulerAncestralRFScheduler.from_config(config), steps=steps)
+    # Measured on the dev VM: 0 to 7.6e-7 (with the given LTX-2 sigmas: 4.4e-7, 1.6e-6).
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_ltx_euler_ancestral_rf_with_given_sigmas_matches_diffusers(eta):
+    want = _ltx_loop(diffusers.LTXEulerAncestralRFScheduler(eta=eta), LTX2_SIGMAS)
+    got = _ltx_loop(accelerated.LTXEulerAncestralRFScheduler(eta=eta), LTX2_SIGMAS)
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_ltx_euler_ancestral_rf_edges_are_diffusers():
+    """A step past the schedule's end returns the sample itself; an integer
+    timestep and a step before set_timesteps get diffusers' errors."""
+    scheduler = accelerated.LTXEulerAncestralRFScheduler()
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="Call `set_timesteps` before `step`"):
+        scheduler.step(x, torch.tensor(1000.0), x)
+    scheduler.set_timesteps(sigmas=[1.0, 0.0])
+    with pytest.raises(ValueError, match="integer indices"):
+        scheduler.step(x, 3, x)
+    t = scheduler.timesteps[0]
+    x = scheduler.step(model(x, t), t, x).prev_sample
+    assert scheduler.step(model(x, t), t, x).prev_sample is x
