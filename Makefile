@@ -17,16 +17,23 @@ CUDA_INCLUDE := $(patsubst %/,%,$(dir $(CUDA_INCLUDE)))
 # pytest-benchmark output is kept under build/; benchmarks need stable malloc (DESIGN.md).
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728
 
-.PHONY: demo test bench install cuda-compile-check cmake-check clean
+LINT_STAMP := $(VENV)/.diffaccel-lint-tools
+# Pinned so a new release cannot turn a clean tree red: ruff (Python lint and format)
+# and clang-format (csrc), both from PyPI wheels; configured in pyproject.toml / .clang-format.
+LINT_TOOLS := ruff==0.17.6 clang-format==23.1.5
+CSRC_FILES = $(shell git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh' 2>/dev/null || find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+
+.PHONY: demo test lint format bench install cuda-compile-check cmake-check clean
 
 demo: $(STAMP)
 	$(PY) -m diffaccel info
 	$(PY) -m diffaccel demo --out demo-out
 	$(BENCH_ENV) $(PY) -m diffaccel bench
 
-# TRITON_INTERPRET=1: the Triton kernels run on CPU tensors (tests/test_triton.py);
-# then a pass without it compiles every Triton kernel for sm_90 (tests/test_triton_compile.py).
-test: $(STAMP) cuda-compile-check
+# lint first (seconds, before the build); TRITON_INTERPRET=1: the Triton kernels run on CPU
+# tensors (tests/test_triton.py); then a pass without it compiles every Triton kernel for
+# sm_90 (tests/test_triton_compile.py).
+test: lint $(STAMP) cuda-compile-check
 	TRITON_INTERPRET=1 $(PY) -m pytest tests
 	$(PY) -m pytest tests/test_triton_compile.py
 
@@ -39,6 +46,21 @@ bench: $(STAMP)
 	@cat bench/results/$$(date +%F)-cpu.md
 
 install: $(STAMP)
+
+# The tree must be lint-clean and formatted; `make format` rewrites it so.
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC_FILES)
+
+format: $(LINT_STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CSRC_FILES)
+
+$(LINT_STAMP): $(PY)
+	$(PY) -m pip install $(LINT_TOOLS)
+	@touch $(LINT_STAMP)
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)

@@ -67,9 +67,7 @@ def extension():
             },
             **common,
         )
-    return cpp_extension.CppExtension(
-        sources=cpu_sources, extra_compile_args={"cxx": cxx_flags}, **common
-    )
+    return cpp_extension.CppExtension(sources=cpu_sources, extra_compile_args={"cxx": cxx_flags}, **common)
 
 
 setup(

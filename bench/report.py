@@ -54,19 +54,29 @@ def main(*paths):
             triton_version = triton.__version__
         except ImportError:
             triton_version = "not installed"
-        print(f"- {device}; python {m['python_version']}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
-              f"triton {triton_version}")
+        print(
+            f"- {device}; python {m['python_version']}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
+            f"triton {triton_version}"
+        )
         timings = sorted({b["extra_info"].get("timing", "loop") for b in data["benchmarks"]})
-        print(f"- each timed call runs the op `reps` times and synchronizes once; times are per op; timing: {', '.join(timings)} "
-              "(graph = the reps captured in one CUDA graph and replayed: device time)")
+        print(
+            "- each timed call runs the op `reps` times and synchronizes once; times are per op; "
+            f"timing: {', '.join(timings)} "
+            "(graph = the reps captured in one CUDA graph and replayed: device time)"
+        )
     else:
         print(f"# diffaccel CPU benchmarks, {data['datetime'][:10]}\n")
-        print(f"- machine: {m.get('cpu', {}).get('brand_raw', platform.processor())}, {m.get('cpu', {}).get('count', '?')} cores; "
-              f"python {m['python_version']}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+        print(
+            f"- machine: {m.get('cpu', {}).get('brand_raw', platform.processor())}, "
+            f"{m.get('cpu', {}).get('count', '?')} cores; "
+            f"python {m['python_version']}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+        )
     print("- cases: " + "; ".join(f"{c.name} = {c.description}" for c in CASES.values()))
     print("- times are pytest-benchmark medians; speedups compare medians from this one run")
-    print("- GB/s = bytes the op must read + write / median time; copy = dst.copy_(src) at the same size "
-          "(read + write); % copy = achieved GB/s / copy GB/s\n")
+    print(
+        "- GB/s = bytes the op must read + write / median time; copy = dst.copy_(src) at the same size "
+        "(read + write); % copy = achieved GB/s / copy GB/s\n"
+    )
     # Columns of the compiled reference only where it was timed.
     has_compiled = any("compiled_reference" in t for t in median.values())
     head = ["case", "shape", "dtype"] + [f"{i} us" for i in fused_impls] + ["eager ref us"]
@@ -89,32 +99,52 @@ def main(*paths):
         cells += [f"{gbs[i]:.0f}" if i in gbs else "-" for i in fused_impls] + [f"{copy:.0f}"]
         cells += [f"{100 * gbs[i] / copy:.0f}%" if i in gbs else "-" for i in fused_impls]
         print("| " + " | ".join(cells) + " |")
-    stock = [(case, t) for (case, _, _), t in sorted(median.items())
-             if "stock_diffusers" in t and "fused" in t and not case.startswith("step_host_")]
+    stock = [
+        (case, t)
+        for (case, _, _), t in sorted(median.items())
+        if "stock_diffusers" in t and "fused" in t and not case.startswith("step_host_")
+    ]
     if stock:
-        print("\nScheduler steps, stock diffusers against diffaccel's drop-in (25-step loop, (4,4,128,128) fp32; "
-              "page faults per step: diffaccel.benchmarking.page_faults_per_call):\n")
-        print("| scheduler loop | stock us/step | diffaccel us/step | speedup | faults/step stock | faults/step diffaccel |")
+        print(
+            "\nScheduler steps, stock diffusers against diffaccel's drop-in (25-step loop, (4,4,128,128) fp32; "
+            "page faults per step: diffaccel.benchmarking.page_faults_per_call):\n"
+        )
+        print(
+            "| scheduler loop | stock us/step | diffaccel us/step | speedup "
+            "| faults/step stock | faults/step diffaccel |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for case, t in stock:
             n = calls[case]
             f = faults.get(case, {})
             counts = [f"{f[i]:.0f}" if i in f else "-" for i in ("stock_diffusers", "fused")]
-            print(f"| {case} | {t['stock_diffusers'] / n * 1e6:.1f} | {t['fused'] / n * 1e6:.1f} | "
-                  f"{t['stock_diffusers'] / t['fused']:.1f}x | {counts[0]} | {counts[1]} |")
-    host = [(case, shape, t) for (case, shape, _), t in sorted(median.items())
-            if case.startswith("step_host_") and "stock_diffusers" in t and "fused" in t]
+            print(
+                f"| {case} | {t['stock_diffusers'] / n * 1e6:.1f} | {t['fused'] / n * 1e6:.1f} | "
+                f"{t['stock_diffusers'] / t['fused']:.1f}x | {counts[0]} | {counts[1]} |"
+            )
+    host = [
+        (case, shape, t)
+        for (case, shape, _), t in sorted(median.items())
+        if case.startswith("step_host_") and "stock_diffusers" in t and "fused" in t
+    ]
     if host:
-        print("\nHost time of one step() call, every drop-in class at its default config (25-step loops at "
-              f"{host[0][1]}, where the data costs nothing; Heun-style schedulers make two calls a step):\n")
+        print(
+            "\nHost time of one step() call, every drop-in class at its default config (25-step loops at "
+            f"{host[0][1]}, where the data costs nothing; Heun-style schedulers make two calls a step):\n"
+        )
         print("| scheduler | stock us/call | diffaccel us/call | speedup |")
         print("|---|---:|---:|---:|")
         for case, _, t in host:
             n = calls[case]
-            print(f"| {case[len('step_host_'):]} | {t['stock_diffusers'] / n * 1e6:.1f} | {t['fused'] / n * 1e6:.1f} | "
-                  f"{t['stock_diffusers'] / t['fused']:.1f}x |")
-    loops = [(case, shape, t) for (case, shape, _), t in sorted(median.items())
-             if case in calls and "fused" in t and "stock_diffusers" not in t]
+            print(
+                f"| {case[len('step_host_') :]} | {t['stock_diffusers'] / n * 1e6:.1f} | {t['fused'] / n * 1e6:.1f} | "
+                f"{t['stock_diffusers'] / t['fused']:.1f}x |"
+            )
+    loops = [
+        (case, shape, t)
+        for (case, shape, _), t in sorted(median.items())
+        if case in calls and "fused" in t and "stock_diffusers" not in t
+    ]
     if loops:
         print("\nWhole 20-step loop with a zero-cost model (the time a user pays beyond the network):\n")
         print("| sampler | shape | model calls | fused us/call | reference us/call | speedup |")
@@ -122,13 +152,20 @@ def main(*paths):
         for case, shape, t in loops:
             n = calls[case]
             ref = t.get("eager_reference", float("nan"))
-            print(f"| {case[len('loop_'):]} | {shape} | {n} | {t['fused'] / n * 1e6:.1f} | {ref / n * 1e6:.1f} | {ref / t['fused']:.1f}x |")
+            print(
+                f"| {case[len('loop_') :]} | {shape} | {n} | {t['fused'] / n * 1e6:.1f} | {ref / n * 1e6:.1f} "
+                f"| {ref / t['fused']:.1f}x |"
+            )
     graphs = [(case, shape, t) for (case, shape, _), t in sorted(median.items()) if case.startswith("graph_")]
     if graphs:
-        print("\nWhole 20-step DPM-Solver++(2M) loop with a network, ms per loop (bench/test_bench_graph.py); "
-              "beyond the network = (graphed loop - the network's 20 calls alone, graphed) / 20:\n")
-        print("| network | batch | stock diffusers ms | diffaccel eager ms | graphed ms | network alone ms | "
-              "graphed vs stock | us/step beyond the network |")
+        print(
+            "\nWhole 20-step DPM-Solver++(2M) loop with a network, ms per loop (bench/test_bench_graph.py); "
+            "beyond the network = (graphed loop - the network's 20 calls alone, graphed) / 20:\n"
+        )
+        print(
+            "| network | batch | stock diffusers ms | diffaccel eager ms | graphed ms | network alone ms | "
+            "graphed vs stock | us/step beyond the network |"
+        )
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         nan = float("nan")
         for case, shape, t in graphs:
@@ -137,12 +174,20 @@ def main(*paths):
             ms = lambda v: f"{v * 1e3:.2f}" if v == v else "-"  # noqa: E731
             speedup = f"{stock / graphed:.1f}x" if stock / graphed == stock / graphed else "-"
             beyond = (graphed - alone) / calls[case] * 1e6
-            print(f"| {case[len('graph_'):]} | {shape} | {ms(stock)} | {ms(eager)} | {ms(graphed)} | {ms(alone)} | "
-                  f"{speedup} | {beyond:.1f} |".replace("| nan |", "| - |"))
+            print(
+                f"| {case[len('graph_') :]} | {shape} | {ms(stock)} | {ms(eager)} | {ms(graphed)} | {ms(alone)} | "
+                f"{speedup} | {beyond:.1f} |".replace("| nan |", "| - |")
+            )
     host = [(case, t) for (case, shape, dtype), t in sorted(median.items()) if any(i.endswith("_host_loop") for i in t)]
     if host:
-        print("\nPer call from a Python loop at (1,4,64,64) fp32 (host work included; the table above is device time):\n")
-        print("| case | " + " | ".join(i[: -len("_host_loop")] + " us" for i in host[0][1] if i.endswith("_host_loop")) + " |")
+        print(
+            "\nPer call from a Python loop at (1,4,64,64) fp32 (host work included; the table above is device time):\n"
+        )
+        print(
+            "| case | "
+            + " | ".join(i[: -len("_host_loop")] + " us" for i in host[0][1] if i.endswith("_host_loop"))
+            + " |"
+        )
         print("|---|" + "---:|" * sum(i.endswith("_host_loop") for i in host[0][1]))
         for case, t in host:
             print(f"| {case} | " + " | ".join(_us(v) for i, v in t.items() if i.endswith("_host_loop")) + " |")
@@ -153,7 +198,10 @@ def main(*paths):
         print("|---|---|---:|---:|---:|")
         for shape, dtype, t in quantile:
             best = min(t[i] for i in fused_impls if i in t)
-            print(f"| {shape} | {dtype} | {best * 1e6:.1f} | {t['torch_quantile'] * 1e6:.1f} | {t['torch_quantile'] / best:.1f}x |")
+            print(
+                f"| {shape} | {dtype} | {best * 1e6:.1f} | {t['torch_quantile'] * 1e6:.1f} "
+                f"| {t['torch_quantile'] / best:.1f}x |"
+            )
 
 
 if __name__ == "__main__":

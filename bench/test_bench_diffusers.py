@@ -39,8 +39,13 @@ def test_scheduler_loop(benchmark, impl, case):
 
     benchmark.group = case
     benchmark.extra_info["faults_per_step"] = benchmarking.page_faults_per_call(reset_and_loop, calls=2) / STEPS
-    benchmark.extra_info.update(case=case, shape="medium", impl="fused" if impl == "diffaccel" else "stock_diffusers",
-                                bytes=0, model_calls=STEPS)
+    benchmark.extra_info.update(
+        case=case,
+        shape="medium",
+        impl="fused" if impl == "diffaccel" else "stock_diffusers",
+        bytes=0,
+        model_calls=STEPS,
+    )
     if DEVICE == "cuda":
         benchmark.extra_info["device"] = torch.cuda.get_device_name()
     slow = "thresholding" in case and impl == "stock_diffusers"
@@ -62,8 +67,13 @@ def test_step_host_time(benchmark, impl, case):
     reset()
     loop()
     benchmark.group = "step_host_time"
-    benchmark.extra_info.update(case=case, shape=str(HOST_SHAPE), impl="fused" if impl == "diffaccel" else "stock_diffusers",
-                                bytes=0, model_calls=loop.step_calls)
+    benchmark.extra_info.update(
+        case=case,
+        shape=str(HOST_SHAPE),
+        impl="fused" if impl == "diffaccel" else "stock_diffusers",
+        bytes=0,
+        model_calls=loop.step_calls,
+    )
     if DEVICE == "cuda":
         benchmark.extra_info["device"] = torch.cuda.get_device_name()
     benchmark.pedantic(loop, setup=reset, rounds=30)
@@ -95,8 +105,13 @@ def test_unet_pipeline_loop(benchmark, impl):
     reset()
     loop()
     benchmark.group = "unet_dpmpp_2m_loop"
-    benchmark.extra_info.update(case="unet_dpmpp_2m_loop", shape="(2,4,32,32)",
-                                impl="fused" if impl == "diffaccel" else "stock_diffusers", bytes=0, model_calls=STEPS)
+    benchmark.extra_info.update(
+        case="unet_dpmpp_2m_loop",
+        shape="(2,4,32,32)",
+        impl="fused" if impl == "diffaccel" else "stock_diffusers",
+        bytes=0,
+        model_calls=STEPS,
+    )
     if DEVICE == "cuda":
         benchmark.extra_info["device"] = torch.cuda.get_device_name()
     benchmark.pedantic(loop, setup=reset, rounds=5)

@@ -39,9 +39,11 @@ def _available(impl):
 
 def _callable(case, impl):
     if impl in ("cuda", "triton"):
+
         def run(*args, **kwargs):
             with ops.backend(impl):
                 return case.fused(*args, **kwargs)
+
         return run
     if impl == "eager_reference":
         return case.reference
@@ -81,20 +83,30 @@ def _time(benchmark, timing, fn, *args, **kwargs):
     graph = _capture(repeated) if timing == "graph" else None
     benchmark.extra_info["timing"] = "graph" if graph is not None else "loop"
     if graph is not None:
+
         def run():
             graph.replay()
             torch.cuda.synchronize()
     else:
+
         def run():
             repeated()
             torch.cuda.synchronize()
+
     benchmark.pedantic(run, rounds=7, warmup_rounds=1)
 
 
 def _record(benchmark, case_name, shape_name, dtype_name, impl, nbytes):
     benchmark.group = f"{case_name} {shape_name} {dtype_name}"
-    benchmark.extra_info.update(case=case_name, shape=shape_name, dtype=dtype_name, impl=impl, bytes=nbytes,
-                                reps=REPS, device=torch.cuda.get_device_name())
+    benchmark.extra_info.update(
+        case=case_name,
+        shape=shape_name,
+        dtype=dtype_name,
+        impl=impl,
+        bytes=nbytes,
+        reps=REPS,
+        device=torch.cuda.get_device_name(),
+    )
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
@@ -120,7 +132,14 @@ def test_host_loop(benchmark, case_name, impl):
         pytest.skip(f"{impl} backend not available")
     case = benchmarking.CASES[case_name]
     args, kwargs = case.make(SHAPES["small"], torch.float32, "cuda", torch.Generator().manual_seed(0))
-    _record(benchmark, case_name, "small", "fp32", f"{impl}_host_loop", benchmarking.bytes_moved(case, SHAPES["small"], torch.float32))
+    _record(
+        benchmark,
+        case_name,
+        "small",
+        "fp32",
+        f"{impl}_host_loop",
+        benchmarking.bytes_moved(case, SHAPES["small"], torch.float32),
+    )
     _time(benchmark, "loop", _callable(case, impl), *args, **kwargs)
 
 
@@ -139,6 +158,12 @@ def test_threshold_torch_quantile(benchmark, shape_name, dtype_name):
     case = benchmarking.CASES["threshold_dynamic"]
     shape, dtype = SHAPES[shape_name], DTYPES[dtype_name]
     (x,), kwargs = case.make(shape, dtype, "cuda", torch.Generator().manual_seed(0))
-    _record(benchmark, "threshold_dynamic", shape_name, dtype_name, "torch_quantile",
-            benchmarking.bytes_moved(case, shape, dtype))
+    _record(
+        benchmark,
+        "threshold_dynamic",
+        shape_name,
+        dtype_name,
+        "torch_quantile",
+        benchmarking.bytes_moved(case, shape, dtype),
+    )
     _time(benchmark, "graph", benchmarking.quantile_threshold, x, **kwargs)

@@ -45,6 +45,7 @@ def _synchronized(fn):
         if DEVICE == "cuda":
             torch.cuda.synchronize()
         return result
+
     return call
 
 
@@ -71,6 +72,7 @@ def test_graph_loop(benchmark, impl, network, batch):
                 y = scheduler.step(net(y, t), t, y).prev_sample
             return y
     elif impl == "eager":
+
         def loop():
             return sample(net, x, sampler="dpmpp_2m", steps=STEPS, schedule=schedule)
     elif impl == "graphed":
@@ -91,8 +93,9 @@ def test_graph_loop(benchmark, impl, network, batch):
     timed = _synchronized(loop)
     timed()
     benchmark.group = f"graph_{network} batch {batch}"
-    benchmark.extra_info.update(case=f"graph_{network}", shape=f"batch {batch} {tuple(shape)}", impl=impl, bytes=0,
-                                model_calls=STEPS)
+    benchmark.extra_info.update(
+        case=f"graph_{network}", shape=f"batch {batch} {tuple(shape)}", impl=impl, bytes=0, model_calls=STEPS
+    )
     if DEVICE == "cuda":
         benchmark.extra_info["device"] = torch.cuda.get_device_name()
     benchmark.pedantic(timed, rounds=20, warmup_rounds=1)

@@ -21,7 +21,11 @@ def test_loop(benchmark, sampler, shape_name, impl):
     x = torch.randn(SHAPES[shape_name])
     eps = torch.randn_like(x)
     model = lambda x, t: eps  # noqa: E731  (zero cost: the loop's own time is measured)
-    p = plan(sampler, steps=STEPS, schedule=schedules.VPDiscrete.from_diffusers("scaled_linear", beta_start=0.00085, beta_end=0.012))
+    p = plan(
+        sampler,
+        steps=STEPS,
+        schedule=schedules.VPDiscrete.from_diffusers("scaled_linear", beta_start=0.00085, beta_end=0.012),
+    )
     benchmark.group = f"loop_{sampler} {shape_name}"
     benchmark.extra_info.update(case=f"loop_{sampler}", shape=shape_name, impl=impl, bytes=0, model_calls=len(p.rows))
     generator = torch.Generator().manual_seed(0)

@@ -15,6 +15,7 @@ from diffaccel import benchmarking
 SHAPES = benchmarking.SHAPES
 IMPLS = ["fused", "eager_reference", "compiled_reference"]
 
+
 def _callable(case, impl):
     if impl == "fused":
         return case.fused
@@ -54,5 +55,11 @@ def test_threshold_torch_quantile(benchmark, shape_name):
     case = benchmarking.CASES["threshold_dynamic"]
     shape = SHAPES[shape_name]
     (x,), kwargs = case.make(shape, torch.float32, "cpu", torch.Generator().manual_seed(0))
-    _record(benchmark, "threshold_dynamic", shape_name, "torch_quantile", benchmarking.bytes_moved(case, shape, torch.float32))
+    _record(
+        benchmark,
+        "threshold_dynamic",
+        shape_name,
+        "torch_quantile",
+        benchmarking.bytes_moved(case, shape, torch.float32),
+    )
     benchmark(benchmarking.quantile_threshold, x, **kwargs)

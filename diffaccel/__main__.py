@@ -15,8 +15,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="diffaccel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, live backends and why others are off")
-    bench = sub.add_parser("bench", help="ops vs the eager and compiled reference and copy bandwidth; loops; "
-                                         "stock diffusers vs the drop-ins")
+    bench = sub.add_parser(
+        "bench",
+        help="ops vs the eager and compiled reference and copy bandwidth; loops; stock diffusers vs the drop-ins",
+    )
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     bench.add_argument("--shapes", nargs="+", default=["small", "medium"], choices=list(SHAPES))
     bench.add_argument("--cases", nargs="+", choices=list(CASES), help="op cases (default: all)")
@@ -29,8 +31,12 @@ def main(argv=None) -> int:
     demo.add_argument("--quick", action="store_true", help="one step count, smaller latents (under 30 s on 2 cores)")
     check = sub.add_parser("check", help="every live backend against the reference; exits 1 on any failure")
     check.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    check.add_argument("--backends", nargs="+", choices=["cpu", "cuda", "triton"],
-                       help="backends to check (default: every live one on the device)")
+    check.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["cpu", "cuda", "triton"],
+        help="backends to check (default: every live one on the device)",
+    )
     check.add_argument("--seed", type=int, help="seed of the random inputs (default: a fresh one, printed)")
     args = parser.parse_args(argv)
     if args.command == "info":

@@ -88,13 +88,57 @@ def _make_error_norm(shape, dtype, device, g):
 CASES: Dict[str, Case] = {
     c.name: c
     for c in (
-        Case("ei_step_2m", "ei_step, DPM-Solver++(2M) row (1 history)", ops.ei_step, ops.reference.ei_step, _make_ei_2m, 5),
-        Case("ei_step_sde", "ei_step, SDE row (1 history + noise)", ops.ei_step, ops.reference.ei_step, _make_ei_sde, 6),
-        Case("ei_step_dynamic", "ei_step, 2M row + dynamic threshold", ops.ei_step, ops.reference.ei_step, _make_ei_dynamic, 5),
-        Case("multistep_combine3", "multistep_combine, 3 tensors", ops.multistep_combine, ops.reference.multistep_combine, _make_combine3, 4),
-        Case("threshold_dynamic", "threshold, dynamic (quantile 0.995)", ops.threshold, ops.reference.threshold, _make_threshold, 2),
-        Case("langevin_correct", "langevin_correct (noise given)", ops.langevin_correct, ops.reference.langevin_correct, _make_langevin, 5),
-        Case("error_norm", "error_norm (adaptive step control)", ops.error_norm, ops.reference.error_norm, _make_error_norm, 3),
+        Case(
+            "ei_step_2m",
+            "ei_step, DPM-Solver++(2M) row (1 history)",
+            ops.ei_step,
+            ops.reference.ei_step,
+            _make_ei_2m,
+            5,
+        ),
+        Case(
+            "ei_step_sde", "ei_step, SDE row (1 history + noise)", ops.ei_step, ops.reference.ei_step, _make_ei_sde, 6
+        ),
+        Case(
+            "ei_step_dynamic",
+            "ei_step, 2M row + dynamic threshold",
+            ops.ei_step,
+            ops.reference.ei_step,
+            _make_ei_dynamic,
+            5,
+        ),
+        Case(
+            "multistep_combine3",
+            "multistep_combine, 3 tensors",
+            ops.multistep_combine,
+            ops.reference.multistep_combine,
+            _make_combine3,
+            4,
+        ),
+        Case(
+            "threshold_dynamic",
+            "threshold, dynamic (quantile 0.995)",
+            ops.threshold,
+            ops.reference.threshold,
+            _make_threshold,
+            2,
+        ),
+        Case(
+            "langevin_correct",
+            "langevin_correct (noise given)",
+            ops.langevin_correct,
+            ops.reference.langevin_correct,
+            _make_langevin,
+            5,
+        ),
+        Case(
+            "error_norm",
+            "error_norm (adaptive step control)",
+            ops.error_norm,
+            ops.reference.error_norm,
+            _make_error_norm,
+            3,
+        ),
     )
 }
 
@@ -167,8 +211,16 @@ SCHEDULER_CASES = {
     "diffusers_ddim": ("DDIMScheduler", {}),
     "diffusers_euler": ("EulerDiscreteScheduler", {}),
     # Stable Diffusion 1.x's default scheduler config: PLMS steps.
-    "diffusers_pndm_plms": ("PNDMScheduler", {"skip_prk_steps": True, "beta_schedule": "scaled_linear",
-                                              "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}),
+    "diffusers_pndm_plms": (
+        "PNDMScheduler",
+        {
+            "skip_prk_steps": True,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "steps_offset": 1,
+        },
+    ),
 }
 
 
@@ -181,8 +233,11 @@ def host_time_cases() -> Dict[str, Tuple[str, dict]]:
     from diffaccel.integrations import diffusers as accelerated
 
     own_signature = {"ScoreSdeVeScheduler", "CogVideoXDPMScheduler"}  # step_pred / step_correct; the pipeline's state
-    return {f"step_host_{name}": (name, {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {})
-            for name in sorted(accelerated.ACCELERATED) if name not in own_signature}
+    return {
+        f"step_host_{name}": (name, {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {})
+        for name in sorted(accelerated.ACCELERATED)
+        if name not in own_signature
+    }
 
 
 def _is_wuerstchen(scheduler) -> bool:
@@ -267,10 +322,20 @@ def small_unet(device) -> torch.nn.Module:
     import diffusers
 
     torch.manual_seed(0)
-    return diffusers.UNet2DModel(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
-                                 block_out_channels=(32, 64), norm_num_groups=8,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D")).to(device).eval()
+    return (
+        diffusers.UNet2DModel(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            norm_num_groups=8,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+        )
+        .to(device)
+        .eval()
+    )
 
 
 def page_faults_per_call(fn: Callable[[], object], calls: int = 3) -> float:
@@ -294,8 +359,10 @@ LOOP_SAMPLERS = ["ddim", "dpmpp_2m", "euler_ancestral"]
 
 def _op_rows(device, shapes, cases, compile_reference: bool, print_fn) -> List[Dict]:
     rows = []
-    header = (f"{'case':<20} {'shape':<18} {'fused us':>9} {'eager us':>9} {'compiled us':>12} {'vs eager':>9} "
-              f"{'vs compiled':>12} {'GB/s':>7} {'copy GB/s':>10} {'% copy':>7}")
+    header = (
+        f"{'case':<20} {'shape':<18} {'fused us':>9} {'eager us':>9} {'compiled us':>12} {'vs eager':>9} "
+        f"{'vs compiled':>12} {'GB/s':>7} {'copy GB/s':>10} {'% copy':>7}"
+    )
     print_fn(header)
     print_fn("-" * len(header))
     for shape in shapes:
@@ -309,13 +376,23 @@ def _op_rows(device, shapes, cases, compile_reference: bool, print_fn) -> List[D
                 fn = compiled_reference(case)
                 compiled = median_seconds(lambda: fn(*call_args, **kwargs), device)
             gbs = bytes_moved(case, shape, torch.float32) / fused / 1e9
-            row = dict(case=case.name, shape=list(shape), dtype="float32", fused_us=fused * 1e6, eager_us=eager * 1e6,
-                       compiled_us=compiled * 1e6, gb_per_s=gbs, copy_gb_per_s=copy / 1e9,
-                       percent_of_copy=100 * gbs / (copy / 1e9))
+            row = dict(
+                case=case.name,
+                shape=list(shape),
+                dtype="float32",
+                fused_us=fused * 1e6,
+                eager_us=eager * 1e6,
+                compiled_us=compiled * 1e6,
+                gb_per_s=gbs,
+                copy_gb_per_s=copy / 1e9,
+                percent_of_copy=100 * gbs / (copy / 1e9),
+            )
             rows.append(row)
-            print_fn(f"{case.name:<20} {str(tuple(shape)):<18} {fused * 1e6:>9.1f} {eager * 1e6:>9.1f} "
-                     f"{compiled * 1e6:>12.1f} {eager / fused:>8.1f}x {compiled / fused:>11.1f}x {gbs:>7.1f} "
-                     f"{copy / 1e9:>10.1f} {row['percent_of_copy']:>6.0f}%".replace("nanx", "   -").replace(" nan", "   -"))
+            print_fn(
+                f"{case.name:<20} {str(tuple(shape)):<18} {fused * 1e6:>9.1f} {eager * 1e6:>9.1f} "
+                f"{compiled * 1e6:>12.1f} {eager / fused:>8.1f}x {compiled / fused:>11.1f}x {gbs:>7.1f} "
+                f"{copy / 1e9:>10.1f} {row['percent_of_copy']:>6.0f}%".replace("nanx", "   -").replace(" nan", "   -")
+            )
     return rows
 
 
@@ -334,8 +411,10 @@ def _loop_rows(device, shape, print_fn) -> List[Dict]:
 
     schedule = schedules.VPDiscrete.from_diffusers("linear")
     cuda = torch.device(device).type == "cuda"
-    print_fn(f"{'sampler':<18} {'steps':>5} {'fused us/step':>14} {'reference us/step':>18} {'speedup':>8}"
-             + (f" {'graphed us/step':>16}" if cuda else ""))
+    print_fn(
+        f"{'sampler':<18} {'steps':>5} {'fused us/step':>14} {'reference us/step':>18} {'speedup':>8}"
+        + (f" {'graphed us/step':>16}" if cuda else "")
+    )
     rows = []
     for sampler in LOOP_SAMPLERS:
         p = plan(sampler, steps=20, schedule=schedule)
@@ -343,14 +422,22 @@ def _loop_rows(device, shape, print_fn) -> List[Dict]:
         fused = median_seconds(lambda: run_plan(p, zero_cost, x, generator=generator), device) / len(p.rows)
         with ops_module.backend("reference"):
             reference = median_seconds(lambda: run_plan(p, zero_cost, x, generator=generator), device) / len(p.rows)
-        row = dict(sampler=sampler, shape=list(shape), steps=20, fused_us_per_step=fused * 1e6,
-                   reference_us_per_step=reference * 1e6)
+        row = dict(
+            sampler=sampler,
+            shape=list(shape),
+            steps=20,
+            fused_us_per_step=fused * 1e6,
+            reference_us_per_step=reference * 1e6,
+        )
         line = f"{sampler:<18} {20:>5} {fused * 1e6:>14.1f} {reference * 1e6:>18.1f} {reference / fused:>7.1f}x"
         if cuda:
             graphed_sampler = capture_for_timing(zero_cost, x, sampler=sampler, steps=20, schedule=schedule)
             out = torch.empty_like(x)
-            graphed = (median_seconds(lambda: graphed_sampler(x, out=out), device) / len(p.rows)
-                       if graphed_sampler else float("nan"))
+            graphed = (
+                median_seconds(lambda: graphed_sampler(x, out=out), device) / len(p.rows)
+                if graphed_sampler
+                else float("nan")
+            )
             row["graphed_us_per_step"] = graphed * 1e6
             line += f" {graphed * 1e6:>16.1f}"
         rows.append(row)
@@ -364,8 +451,10 @@ def _scheduler_rows(device, shape, print_fn) -> List[Dict]:
     except ImportError:
         print_fn("(diffusers is not installed: no comparison with stock diffusers)")
         return []
-    print_fn(f"{'scheduler loop':<34} {'stock us/step':>14} {'diffaccel us/step':>18} {'speedup':>8} "
-             f"{'page faults/step':>17}")
+    print_fn(
+        f"{'scheduler loop':<34} {'stock us/step':>14} {'diffaccel us/step':>18} {'speedup':>8} "
+        f"{'page faults/step':>17}"
+    )
     rows = []
     for case in SCHEDULER_CASES:
         times, faults = {}, {}
@@ -379,17 +468,33 @@ def _scheduler_rows(device, shape, print_fn) -> List[Dict]:
 
             times[impl] = median_seconds(timed, device, min_time=0.5 if "threshold" in case else 0.2) / 25
             faults[impl] = page_faults_per_call(timed, calls=2) / 25
-        rows.append(dict(case=case, shape=list(shape), stock_us_per_step=times["stock_diffusers"] * 1e6,
-                         diffaccel_us_per_step=times["diffaccel"] * 1e6, stock_faults_per_step=faults["stock_diffusers"],
-                         diffaccel_faults_per_step=faults["diffaccel"]))
-        print_fn(f"{case:<34} {times['stock_diffusers'] * 1e6:>14.1f} {times['diffaccel'] * 1e6:>18.1f} "
-                 f"{times['stock_diffusers'] / times['diffaccel']:>7.1f}x "
-                 f"{faults['stock_diffusers']:>8.0f} /{faults['diffaccel']:>6.0f}")
+        rows.append(
+            dict(
+                case=case,
+                shape=list(shape),
+                stock_us_per_step=times["stock_diffusers"] * 1e6,
+                diffaccel_us_per_step=times["diffaccel"] * 1e6,
+                stock_faults_per_step=faults["stock_diffusers"],
+                diffaccel_faults_per_step=faults["diffaccel"],
+            )
+        )
+        print_fn(
+            f"{case:<34} {times['stock_diffusers'] * 1e6:>14.1f} {times['diffaccel'] * 1e6:>18.1f} "
+            f"{times['stock_diffusers'] / times['diffaccel']:>7.1f}x "
+            f"{faults['stock_diffusers']:>8.0f} /{faults['diffaccel']:>6.0f}"
+        )
     return rows
 
 
-def run(device="cpu", shapes=("small", "medium"), case_names=None, compile_reference: bool = True,
-        loops: bool = True, json_path=None, print_fn=print) -> Dict:
+def run(
+    device="cpu",
+    shapes=("small", "medium"),
+    case_names=None,
+    compile_reference: bool = True,
+    loops: bool = True,
+    json_path=None,
+    print_fn=print,
+) -> Dict:
     """``diffaccel bench``: the op matrix (fused against the eager and
     torch.compile'd reference, GB/s against the copy bandwidth measured in the
     same run), the 20-step loops with a zero-cost model (and, on CUDA, as one
@@ -402,19 +507,29 @@ def run(device="cpu", shapes=("small", "medium"), case_names=None, compile_refer
     # torch.compile of the threshold reference breaks its graph at the quantile's rank; dynamo logs each break.
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
     cases = [CASES[name] for name in (case_names or CASES)]
-    header = (f"diffaccel bench on {device}, float32, torch {torch.__version__}, "
-              f"{torch.cuda.get_device_name() if torch.device(device).type == 'cuda' else platform.processor() or 'cpu'}, "
-              f"{torch.get_num_threads()} CPU threads")
+    header = (
+        f"diffaccel bench on {device}, float32, torch {torch.__version__}, "
+        f"{torch.cuda.get_device_name() if torch.device(device).type == 'cuda' else platform.processor() or 'cpu'}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     print_fn(header)
-    print_fn("median of 5 runs; GB/s = bytes the op must read + write / time; copy = dst.copy_(src) at the same size; "
-             "compiled = torch.compile of the reference\n")
-    result = dict(device=str(device), torch=torch.__version__, header=header,
-                  ops=_op_rows(device, [SHAPES[s] for s in shapes], cases, compile_reference, print_fn))
+    print_fn(
+        "median of 5 runs; GB/s = bytes the op must read + write / time; copy = dst.copy_(src) at the same size; "
+        "compiled = torch.compile of the reference\n"
+    )
+    result = dict(
+        device=str(device),
+        torch=torch.__version__,
+        header=header,
+        ops=_op_rows(device, [SHAPES[s] for s in shapes], cases, compile_reference, print_fn),
+    )
     if loops:
         print_fn(f"\nWhole 20-step loops at {SHAPES['medium']} with a zero-cost model (the sampler's own time):")
         result["loops"] = _loop_rows(device, SHAPES["medium"], print_fn)
-        print_fn(f"\nStock diffusers against diffaccel's drop-in, 25 steps at {SHAPES['medium']}, zero-cost model "
-                 "(page faults per step: stock / diffaccel):")
+        print_fn(
+            f"\nStock diffusers against diffaccel's drop-in, 25 steps at {SHAPES['medium']}, zero-cost model "
+            "(page faults per step: stock / diffaccel):"
+        )
         result["schedulers"] = _scheduler_rows(device, SHAPES["medium"], print_fn)
     print_fn("")
     for case in cases:

@@ -78,33 +78,65 @@ def _cases(device: str, gen: torch.Generator) -> Dict[str, List[Tuple[Callable, 
             x, m, z = (randn(shape, dtype, transposed) * 2 for _ in range(3))
             hist = [randn(shape, dtype, transposed) for _ in range(4)]
             b = shape[0]
-            for k, rows, t in ((0, 0, None), (1, b, ops.Threshold("clip", max_value=0.7)),
-                               (2, 0, ops.Threshold("dynamic", 0.995, 1.5)), (4, b, ops.Threshold("dynamic", 0.9, 1.0, "dpm-solver"))):
+            for k, rows, t in (
+                (0, 0, None),
+                (1, b, ops.Threshold("clip", max_value=0.7)),
+                (2, 0, ops.Threshold("dynamic", 0.995, 1.5)),
+                (4, b, ops.Threshold("dynamic", 0.9, 1.0, "dpm-solver")),
+            ):
                 c, h = coeffs(rows, 5 + k), hist[:k]
                 noise = z if t is None else None
-                cases["ei_step"].append((lambda x=x, m=m, h=h, c=c, t=t, n=noise: ops.ei_step(x, m, h, c, threshold=t, noise=n),
-                                         lambda x=x, m=m, h=h, c=c, t=t, n=noise: reference.ei_step(x, m, h, c, threshold=t, noise=n),
-                                         dtype))
+                cases["ei_step"].append(
+                    (
+                        lambda x=x, m=m, h=h, c=c, t=t, n=noise: ops.ei_step(x, m, h, c, threshold=t, noise=n),
+                        lambda x=x, m=m, h=h, c=c, t=t, n=noise: reference.ei_step(x, m, h, c, threshold=t, noise=n),
+                        dtype,
+                    )
+                )
             for n, rows in ((1, 0), (3, b), (8, 0)):
                 tensors, c = ([x, m] + hist + [z, x])[:n], coeffs(rows, n)
-                cases["multistep_combine"].append((lambda ts=tensors, c=c: ops.multistep_combine(ts, c),
-                                                   lambda ts=tensors, c=c: reference.multistep_combine(ts, c), dtype))
-            for options in (dict(kind="clip", max_value=0.5), dict(kind="dynamic", ratio=0.995, max_value=1.5),
-                            dict(kind="dynamic", ratio=0.9, max_value=1.0, style="dpm-solver")):
-                cases["threshold"].append((lambda x=x, o=options: ops.threshold(x, **o),
-                                           lambda x=x, o=options: reference.threshold(x, **o), dtype))
+                cases["multistep_combine"].append(
+                    (
+                        lambda ts=tensors, c=c: ops.multistep_combine(ts, c),
+                        lambda ts=tensors, c=c: reference.multistep_combine(ts, c),
+                        dtype,
+                    )
+                )
+            for options in (
+                dict(kind="clip", max_value=0.5),
+                dict(kind="dynamic", ratio=0.995, max_value=1.5),
+                dict(kind="dynamic", ratio=0.9, max_value=1.0, style="dpm-solver"),
+            ):
+                cases["threshold"].append(
+                    (
+                        lambda x=x, o=options: ops.threshold(x, **o),
+                        lambda x=x, o=options: reference.threshold(x, **o),
+                        dtype,
+                    )
+                )
             for reduction in ("batch", "sample"):
-                cases["langevin_correct"].append((
-                    lambda x=x, m=m, z=z, r=reduction: ops.langevin_correct(x, m, 0.16, noise=z, reduction=r),
-                    lambda x=x, m=m, z=z, r=reduction: reference.langevin_correct(x, m, 0.16, noise=z, reduction=r), dtype))
+                cases["langevin_correct"].append(
+                    (
+                        lambda x=x, m=m, z=z, r=reduction: ops.langevin_correct(x, m, 0.16, noise=z, reduction=r),
+                        lambda x=x, m=m, z=z, r=reduction: reference.langevin_correct(x, m, 0.16, noise=z, reduction=r),
+                        dtype,
+                    )
+                )
             low, prev = x + 0.01 * hist[0], x + 0.1 * hist[1]
             acc = torch.float64 if dtype == torch.float64 else torch.float32
-            cases["error_norm"].append((lambda x=x, lo=low, p=prev: ops.error_norm(x, lo, p, atol=0.0078, rtol=0.05),
-                                        lambda x=x, lo=low, p=prev: reference.error_norm(x, lo, p, atol=0.0078, rtol=0.05), acc))
+            cases["error_norm"].append(
+                (
+                    lambda x=x, lo=low, p=prev: ops.error_norm(x, lo, p, atol=0.0078, rtol=0.05),
+                    lambda x=x, lo=low, p=prev: reference.error_norm(x, lo, p, atol=0.0078, rtol=0.05),
+                    acc,
+                )
+            )
     # A bf16 model output with a float32 state, as mixed-precision pipelines run.
     x32, m16 = randn((2, 4, 32, 32), torch.float32), randn((2, 4, 32, 32), torch.bfloat16)
     c = coeffs(2, 5)
-    cases["ei_step"].append((lambda: ops.ei_step(x32, m16, [], c), lambda: reference.ei_step(x32, m16, [], c), torch.float32))
+    cases["ei_step"].append(
+        (lambda: ops.ei_step(x32, m16, [], c), lambda: reference.ei_step(x32, m16, [], c), torch.float32)
+    )
     return cases
 
 

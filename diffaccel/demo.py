@@ -78,8 +78,9 @@ def ode_table(device: str, steps_list: List[int], latent_shape: Tuple[int, ...],
     """Every ODE sampler at every step count: model calls, error, loop time (reference and fused ops)."""
     schedule = schedules.VPLinear()
     dims = math.prod(latent_shape)
-    data = GaussianData(torch.linspace(-1.0, 1.0, dims).reshape(latent_shape),
-                        torch.linspace(0.2, 1.5, dims).reshape(latent_shape))
+    data = GaussianData(
+        torch.linspace(-1.0, 1.0, dims).reshape(latent_shape), torch.linspace(0.2, 1.5, dims).reshape(latent_shape)
+    )
     data.mean, data.std = data.mean.to(device), data.std.to(device)
     x = data.sample_marginal(schedule, 1.0, 16, torch.Generator(device).manual_seed(0)).float()
     exact = data.pf_ode_solution(schedule, x, 1.0, T_END)
@@ -94,8 +95,14 @@ def ode_table(device: str, steps_list: List[int], latent_shape: Tuple[int, ...],
         fused = _timed(lambda: run_plan(p, zero_cost, x), repeats, device)
         with ops.backend("reference"):
             reference = _timed(lambda: run_plan(p, zero_cost, x), repeats, device)
-        row = dict(sampler=sampler, steps=steps, model_calls=len(p.rows), error=error,
-                   reference_ms=reference * 1e3, fused_ms=fused * 1e3)
+        row = dict(
+            sampler=sampler,
+            steps=steps,
+            model_calls=len(p.rows),
+            error=error,
+            reference_ms=reference * 1e3,
+            fused_ms=fused * 1e3,
+        )
         if torch.device(device).type == "cuda":  # the same loop as one CUDA graph
             graphed = capture_for_timing(zero_cost, x, sampler=sampler, steps=steps, schedule=schedule, t_end=T_END)
             out = torch.empty_like(x)
@@ -107,7 +114,9 @@ def ode_table(device: str, steps_list: List[int], latent_shape: Tuple[int, ...],
 def _mixture(device: str) -> GaussianMixture:
     """The demo's 2-D data: two Gaussian clusters, exact denoiser and marginal moments known."""
     mixture = GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.0, -0.5]], [[0.3, 0.2], [0.2, 0.4]])
-    mixture.weights, mixture.means, mixture.stds = (v.to(device) for v in (mixture.weights, mixture.means, mixture.stds))
+    mixture.weights, mixture.means, mixture.stds = (
+        v.to(device) for v in (mixture.weights, mixture.means, mixture.stds)
+    )
     return mixture
 
 
@@ -123,8 +132,15 @@ def sde_table(device: str, steps: int, batch: int, samplers: List[str] = SDE_SAM
         y = run_plan(p, mixture.denoiser(schedule), x, generator=torch.Generator(device).manual_seed(2)).double()
         sample_mean = y.mean(0)
         sample_cov = torch.cov(y.T)
-        rows.append(dict(sampler=sampler, steps=steps, model_calls=len(p.rows),
-                         mean_error=float((sample_mean - mean).norm()), cov_error=float((sample_cov - cov).norm())))
+        rows.append(
+            dict(
+                sampler=sampler,
+                steps=steps,
+                model_calls=len(p.rows),
+                mean_error=float((sample_mean - mean).norm()),
+                cov_error=float((sample_cov - cov).norm()),
+            )
+        )
     return rows
 
 
@@ -160,8 +176,18 @@ def digit_grids(out_dir: str, device: str, steps_list: List[int], samplers: List
     written = []
     for sampler, steps in _progress([(s, n) for s in samplers for n in steps_list], "digit grids"):
         with torch.no_grad():
-            images = sample(model, noise, sampler=sampler, steps=steps, schedule=digits.schedule(),
-                            generator=torch.Generator(device).manual_seed(1)).clamp(-1, 1).cpu()
+            images = (
+                sample(
+                    model,
+                    noise,
+                    sampler=sampler,
+                    steps=steps,
+                    schedule=digits.schedule(),
+                    generator=torch.Generator(device).manual_seed(1),
+                )
+                .clamp(-1, 1)
+                .cpu()
+            )
         fig, axes = plt.subplots(8, 8, figsize=(3.2, 3.2))
         for ax, image in zip(axes.flat, images):
             ax.imshow(image[0], cmap="gray_r", vmin=-1, vmax=1)
@@ -187,8 +213,13 @@ def trajectories_plot(path: str, steps: int) -> bool:
 
     def trajectory(sampler: str, seed: int) -> torch.Tensor:
         states = [starts.clone()]
-        run_plan(plan(sampler, steps=steps, schedule=schedule, t_end=T_END), denoiser, starts,
-                 generator=torch.Generator().manual_seed(seed), callback=lambda info: states.append(info["x"].clone()))
+        run_plan(
+            plan(sampler, steps=steps, schedule=schedule, t_end=T_END),
+            denoiser,
+            starts,
+            generator=torch.Generator().manual_seed(seed),
+            callback=lambda info: states.append(info["x"].clone()),
+        )
         return torch.stack(states)  # [steps + 1, 6, 2]
 
     data = mixture.sample_marginal(schedule, T_END, 3000, torch.Generator().manual_seed(5))
@@ -235,14 +266,27 @@ def inversion_interpolation(path: str, device: str, steps: int) -> Dict:
         decoded = sample(model, encoded, sampler="ddim", steps=steps, schedule=schedule)
         between = torch.stack([_slerp(encoded[0], encoded[1], w) for w in weights])
         interpolated = sample(model, between, sampler="ddim", steps=steps, schedule=schedule)
-    result = dict(steps=steps, reconstruction_error=float((decoded - x0).norm() / x0.norm()),
-                  noise_recovery_error=float((encoded - noise).norm() / noise.norm()), written=False)
+    result = dict(
+        steps=steps,
+        reconstruction_error=float((decoded - x0).norm() / x0.norm()),
+        noise_recovery_error=float((encoded - noise).norm() / noise.norm()),
+        written=False,
+    )
     plt = _pyplot()
     if plt is None:
         return result
     fig, axes = plt.subplots(2, 9, figsize=(9, 2.6))
-    top = [(x0[0], "digit 1"), (encoded[0], "its encoding"), (decoded[0], "decoded"), None,
-           (x0[1], "digit 2"), (encoded[1], "its encoding"), (decoded[1], "decoded"), None, None]
+    top = [
+        (x0[0], "digit 1"),
+        (encoded[0], "its encoding"),
+        (decoded[0], "decoded"),
+        None,
+        (x0[1], "digit 2"),
+        (encoded[1], "its encoding"),
+        (decoded[1], "decoded"),
+        None,
+        None,
+    ]
     for ax, item in zip(axes[0], top):
         ax.axis("off")
         if item is not None:
@@ -261,25 +305,31 @@ def inversion_interpolation(path: str, device: str, steps: int) -> Dict:
 
 def sampler_guide(ode_rows: List[Dict], ddpm_rows: List[Dict], inversion: Dict) -> str:
     """The seed chapter's 8.5.1 table (scenario, sampler, steps), with this run's measurements."""
+
     def ode_error(sampler, steps):
         found = [r["error"] for r in ode_rows if r["sampler"] == sampler and r["steps"] == steps]
         return f"{found[0]:.1e}" if found else "-"
 
     largest = max(r["steps"] for r in ode_rows)
-    ddpm = "; ".join(f"{r['steps']} steps: mean error {r['mean_error']:.3f}, covariance error {r['cov_error']:.3f}"
-                     for r in ddpm_rows)
-    return "\n".join([
-        "| scenario | sampler | steps | measured in this run |",
-        "|---|---|---|---|",
-        f"| highest quality, slowest | ddpm (ancestral) | 1000 | 2-D mixture, exact moments known: {ddpm} |",
-        f"| balanced | dpmpp_2m (DPM-Solver++) | 20-50 | Gaussian oracle, relative error at {largest} steps: "
-        f"dpmpp_2m {ode_error('dpmpp_2m', largest)}, dpmpp_3m {ode_error('dpmpp_3m', largest)}, "
-        f"unipc_bh2 {ode_error('unipc_bh2', largest)}, against ddim {ode_error('ddim', largest)} |",
-        "| real time | lcm (consistency) | 1-4 | needs a consistency-distilled model; the plan is in "
-        "(`diffaccel.plan(\"lcm\")`), not measured here |",
-        f"| editing, interpolation | ddim (deterministic) | 50-100 | digits denoiser, {inversion['steps']} steps each "
-        f"way: inversion then decoding reproduces the image to {inversion['reconstruction_error']:.1e} relative |",
-    ])
+    ddpm = "; ".join(
+        f"{r['steps']} steps: mean error {r['mean_error']:.3f}, covariance error {r['cov_error']:.3f}"
+        for r in ddpm_rows
+    )
+    return "\n".join(
+        [
+            "| scenario | sampler | steps | measured in this run |",
+            "|---|---|---|---|",
+            f"| highest quality, slowest | ddpm (ancestral) | 1000 | 2-D mixture, exact moments known: {ddpm} |",
+            f"| balanced | dpmpp_2m (DPM-Solver++) | 20-50 | Gaussian oracle, relative error at {largest} steps: "
+            f"dpmpp_2m {ode_error('dpmpp_2m', largest)}, dpmpp_3m {ode_error('dpmpp_3m', largest)}, "
+            f"unipc_bh2 {ode_error('unipc_bh2', largest)}, against ddim {ode_error('ddim', largest)} |",
+            "| real time | lcm (consistency) | 1-4 | needs a consistency-distilled model; the plan is in "
+            '(`diffaccel.plan("lcm")`), not measured here |',
+            "| editing, interpolation | ddim (deterministic) | 50-100 | digits denoiser, "
+            f"{inversion['steps']} steps each "
+            f"way: inversion then decoding reproduces the image to {inversion['reconstruction_error']:.1e} relative |",
+        ]
+    )
 
 
 def _markdown_table(header: List[str], rows: List[List[str]]) -> str:
@@ -297,15 +347,31 @@ def run(out_dir: str = "demo-out", device: str = "cpu", quick: bool = False, pri
     graphed = "graphed_ms" in rows[0]
     header = ["sampler", "steps", "model calls", "relative error", "loop ms, reference ops", "loop ms, fused ops"]
     header += ["loop ms, CUDA graph"] if graphed else []
-    table = _markdown_table(header + ["fused vs reference"], [
-        [r["sampler"], str(r["steps"]), str(r["model_calls"]), f"{r['error']:.2e}", f"{r['reference_ms']:.2f}",
-         f"{r['fused_ms']:.2f}"] + ([f"{r['graphed_ms']:.2f}"] if graphed else [])
-        + [f"{r['reference_ms'] / r['fused_ms']:.1f}x"] for r in rows])
+    table = _markdown_table(
+        header + ["fused vs reference"],
+        [
+            [
+                r["sampler"],
+                str(r["steps"]),
+                str(r["model_calls"]),
+                f"{r['error']:.2e}",
+                f"{r['reference_ms']:.2f}",
+                f"{r['fused_ms']:.2f}",
+            ]
+            + ([f"{r['graphed_ms']:.2f}"] if graphed else [])
+            + [f"{r['reference_ms'] / r['fused_ms']:.1f}x"]
+            for r in rows
+        ],
+    )
     print_fn(table)
     sde = sde_table(device, steps=10 if quick else 50, batch=2000 if quick else 20000)
-    sde_table_md = _markdown_table(["sampler", "steps", "model calls", "mean error", "covariance error"], [
-        [r["sampler"], str(r["steps"]), str(r["model_calls"]), f"{r['mean_error']:.3f}", f"{r['cov_error']:.3f}"]
-        for r in sde])
+    sde_table_md = _markdown_table(
+        ["sampler", "steps", "model calls", "mean error", "covariance error"],
+        [
+            [r["sampler"], str(r["steps"]), str(r["model_calls"]), f"{r['mean_error']:.3f}", f"{r['cov_error']:.3f}"]
+            for r in sde
+        ],
+    )
     print_fn("\nStochastic samplers on a 2-D Gaussian mixture (moments of the sample against the exact ones):")
     print_fn(sde_table_md)
     # DDPM at the step count the seed chapter recommends for the highest quality.
@@ -315,22 +381,27 @@ def run(out_dir: str = "demo-out", device: str = "cpu", quick: bool = False, pri
         images.append("error_vs_model_calls.png")
     if trajectories_plot(os.path.join(out_dir, "ddpm_vs_ddim_trajectories.png"), steps=20 if quick else 50):
         images.append("ddpm_vs_ddim_trajectories.png")
-    inversion = inversion_interpolation(os.path.join(out_dir, "ddim_inversion_interpolation.png"), device,
-                                        steps=20 if quick else 50)
+    inversion = inversion_interpolation(
+        os.path.join(out_dir, "ddim_inversion_interpolation.png"), device, steps=20 if quick else 50
+    )
     if inversion["written"]:
         images.append("ddim_inversion_interpolation.png")
-    print_fn(f"\nDDIM inversion ({inversion['steps']} steps each way) on the digits denoiser: decoding the encoding "
-             f"reproduces the image to {inversion['reconstruction_error']:.1e} relative; the encoding is "
-             f"{inversion['noise_recovery_error']:.1e} from the original noise")
+    print_fn(
+        f"\nDDIM inversion ({inversion['steps']} steps each way) on the digits denoiser: decoding the encoding "
+        f"reproduces the image to {inversion['reconstruction_error']:.1e} relative; the encoding is "
+        f"{inversion['noise_recovery_error']:.1e} from the original noise"
+    )
     guide = sampler_guide(rows, ddpm + [r for r in sde if r["sampler"] == "ddpm"], inversion)
     print_fn("\nChoosing a sampler (the seed chapter's 8.5.1 table, measured):\n" + guide)
     grids = digit_grids(out_dir, device, [10] if quick else [10, 25], IMAGE_SAMPLERS[:2] if quick else IMAGE_SAMPLERS)
     index = os.path.join(out_dir, "index.md")
     with open(index, "w") as f:
         f.write("# diffaccel demo\n\n")
-        f.write(f"Device: {device}. Exact oracle: Gaussian data, VP linear schedule, t from 1 to {T_END}; "
-                "errors are ||x - exact|| / ||exact|| at the end of sampling. Loop times use a zero-cost model, "
-                "so they are the sampler's own per-loop cost.\n\n")
+        f.write(
+            f"Device: {device}. Exact oracle: Gaussian data, VP linear schedule, t from 1 to {T_END}; "
+            "errors are ||x - exact|| / ||exact|| at the end of sampling. Loop times use a zero-cost model, "
+            "so they are the sampler's own per-loop cost.\n\n"
+        )
         f.write("## ODE samplers\n\n" + table + "\n\n")
         if "error_vs_model_calls.png" in images:
             f.write("![error against model calls](error_vs_model_calls.png)\n\n")
@@ -338,21 +409,27 @@ def run(out_dir: str = "demo-out", device: str = "cpu", quick: bool = False, pri
             f.write("(Install matplotlib for the plots and images.)\n\n")
         f.write("## Stochastic samplers\n\n" + sde_table_md + "\n\n")
         if "ddpm_vs_ddim_trajectories.png" in images:
-            f.write("## DDPM against DDIM trajectories\n\nStarting points x_T on the 2-D mixture; DDIM "
-                    "(deterministic) follows the same curve on every run, DDPM (ancestral) a different path per "
-                    "seed from the same x_T.\n\n![DDPM against DDIM trajectories](ddpm_vs_ddim_trajectories.png)\n\n")
-        f.write("## DDIM inversion and interpolation\n\n"
-                f"Two digits generated with DDIM, encoded back to noise with `plan(\"ddim\", reverse=True)` and "
-                f"decoded again: reconstruction error {inversion['reconstruction_error']:.1e} relative (the "
-                f"encoding is {inversion['noise_recovery_error']:.1e} from the original noise); the bottom row "
-                "decodes spherical interpolations between the two encodings.\n\n")
+            f.write(
+                "## DDPM against DDIM trajectories\n\nStarting points x_T on the 2-D mixture; DDIM "
+                "(deterministic) follows the same curve on every run, DDPM (ancestral) a different path per "
+                "seed from the same x_T.\n\n![DDPM against DDIM trajectories](ddpm_vs_ddim_trajectories.png)\n\n"
+            )
+        f.write(
+            "## DDIM inversion and interpolation\n\n"
+            f'Two digits generated with DDIM, encoded back to noise with `plan("ddim", reverse=True)` and '
+            f"decoded again: reconstruction error {inversion['reconstruction_error']:.1e} relative (the "
+            f"encoding is {inversion['noise_recovery_error']:.1e} from the original noise); the bottom row "
+            "decodes spherical interpolations between the two encodings.\n\n"
+        )
         if inversion["written"]:
             f.write("![DDIM inversion and interpolation](ddim_inversion_interpolation.png)\n\n")
         f.write("## Choosing a sampler\n\n" + guide + "\n")
         if grids:
-            f.write("\n## Digits from the pretrained denoiser\n\n"
-                    "diffaccel.models.digits (an MLP trained on scikit-learn's 8x8 digits by "
-                    "scripts/train_digits_denoiser.py); the same noise for every grid.\n\n")
+            f.write(
+                "\n## Digits from the pretrained denoiser\n\n"
+                "diffaccel.models.digits (an MLP trained on scikit-learn's 8x8 digits by "
+                "scripts/train_digits_denoiser.py); the same noise for every grid.\n\n"
+            )
             for sampler, steps, name in grids:
                 f.write(f"![{sampler}, {steps} steps]({name}) ")
             f.write("\n")

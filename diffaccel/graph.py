@@ -44,8 +44,7 @@ class NotCapturableError(RuntimeError):
 
 # Substrings of the errors a synchronization raises: under sync-debug mode
 # "error", and inside a capture (cudaErrorStreamCaptureUnsupported / Invalidated).
-_SYNC_ERRORS = ("synchroniz", "operation not permitted when stream is capturing", "streamcapture",
-                "stream capture")
+_SYNC_ERRORS = ("synchroniz", "operation not permitted when stream is capturing", "streamcapture", "stream capture")
 
 
 def _is_sync_error(error: BaseException) -> bool:
@@ -61,8 +60,11 @@ def _eager_notice(device: torch.device) -> None:
     global _eager_notice_given
     if not _eager_notice_given:
         _eager_notice_given = True
-        warnings.warn(f"diffaccel.graph: CUDA graphs need CUDA tensors; on {device} the same API runs the eager "
-                      "loop at every call (said once per process)", stacklevel=4)
+        warnings.warn(
+            f"diffaccel.graph: CUDA graphs need CUDA tensors; on {device} the same API runs the eager "
+            "loop at every call (said once per process)",
+            stacklevel=4,
+        )
 
 
 class Progress:
@@ -88,9 +90,18 @@ class CapturedLoop:
     ``constants``, if given, hands the capture the coefficient tensors its
     warm-up computed on the host (diffaccel.transfer.DeviceConstants)."""
 
-    def __init__(self, body: Callable[[], None], device: torch.device, *, warmup: int, pool=None,
-                 generator: Optional[torch.Generator] = None, progress: Progress,
-                 constants: Optional[DeviceConstants] = None, what: str = "the model"):
+    def __init__(
+        self,
+        body: Callable[[], None],
+        device: torch.device,
+        *,
+        warmup: int,
+        pool=None,
+        generator: Optional[torch.Generator] = None,
+        progress: Progress,
+        constants: Optional[DeviceConstants] = None,
+        what: str = "the model",
+    ):
         self.body, self.device, self.progress, self.what = body, device, progress, what
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         if device.type != "cuda":
@@ -140,13 +151,17 @@ class CapturedLoop:
                 raise
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             if self.progress.blame == "model":
-                message = (f"{self.what} is not capturable in a CUDA graph: {self.progress.where} synchronized with "
-                           f"the host during the {phase} ({first_line}). Common causes: .item(), .cpu(), .tolist(), "
-                           "printing a tensor, torch.nonzero or boolean-mask indexing, Python branches on tensor "
-                           "values. Remove the synchronization, or run the loop eagerly (diffaccel.sample).")
+                message = (
+                    f"{self.what} is not capturable in a CUDA graph: {self.progress.where} synchronized with "
+                    f"the host during the {phase} ({first_line}). Common causes: .item(), .cpu(), .tolist(), "
+                    "printing a tensor, torch.nonzero or boolean-mask indexing, Python branches on tensor "
+                    "values. Remove the synchronization, or run the loop eagerly (diffaccel.sample)."
+                )
             else:
-                message = (f"the loop is not capturable in a CUDA graph: {self.progress.where} synchronized with the "
-                           f"host during the {phase} ({first_line}); this is a diffaccel bug, please report it")
+                message = (
+                    f"the loop is not capturable in a CUDA graph: {self.progress.where} synchronized with the "
+                    f"host during the {phase} ({first_line}); this is a diffaccel bug, please report it"
+                )
             raise NotCapturableError(message) from error
         finally:
             torch.cuda.set_sync_debug_mode(previous)
@@ -157,8 +172,10 @@ def check_static(name: str, value: torch.Tensor, like: torch.Tensor) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
     if tuple(value.shape) != tuple(like.shape) or value.dtype != like.dtype or value.device != like.device:
-        raise ValueError(f"{name} must have shape {tuple(like.shape)}, dtype {like.dtype} and device {like.device} "
-                         f"(fixed at capture), got shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}")
+        raise ValueError(
+            f"{name} must have shape {tuple(like.shape)}, dtype {like.dtype} and device {like.device} "
+            f"(fixed at capture), got shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}"
+        )
 
 
 def fresh_generator(device: torch.device) -> torch.Generator:
@@ -187,8 +204,14 @@ class Replayable:
         """The graph's memory pool, for ``pool=`` of another capture (None on CPU)."""
         return self._loop.pool
 
-    def _replay(self, source: torch.Tensor, static_input: torch.Tensor, result: torch.Tensor,
-                seed: Optional[int], out: Optional[torch.Tensor]) -> torch.Tensor:
+    def _replay(
+        self,
+        source: torch.Tensor,
+        static_input: torch.Tensor,
+        result: torch.Tensor,
+        seed: Optional[int],
+        out: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         """Reseeds (if asked), copies the input into its static buffer, runs the
         loop, and returns its static result copied out (into ``out``, or new)."""
         if seed is not None:
@@ -205,9 +228,20 @@ class GraphedSampler(Replayable):
     ``pool`` (the graph's memory pool, to share with another capture) and
     ``graphed`` (False on CPU)."""
 
-    def __init__(self, model: Callable, x_example: torch.Tensor, plan: Plan, plan_args: dict, *, warmup: int, pool,
-                 threshold: Optional[ops.Threshold], cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor],
-                 guidance_scale: Optional[float]):
+    def __init__(
+        self,
+        model: Callable,
+        x_example: torch.Tensor,
+        plan: Plan,
+        plan_args: dict,
+        *,
+        warmup: int,
+        pool,
+        threshold: Optional[ops.Threshold],
+        cond: Optional[torch.Tensor],
+        uncond: Optional[torch.Tensor],
+        guidance_scale: Optional[float],
+    ):
         self.plan, self._plan_args, self.threshold = plan, plan_args, threshold
         self.shape, self.dtype, self.device = tuple(x_example.shape), x_example.dtype, x_example.device
         self.buffers = [x_example.detach().clone()] + [torch.empty_like(x_example) for _ in range(plan.num_buffers - 1)]
@@ -220,6 +254,7 @@ class GraphedSampler(Replayable):
             self.guidance = ClassifierFreeGuidance(model, self.cond, self.uncond, guidance_scale)
             network = self.guidance
         elif self.cond is not None:
+
             def network(x, t):
                 return model(x, t, self.cond)
         else:
@@ -227,8 +262,9 @@ class GraphedSampler(Replayable):
         self._network = network
         self._progress = Progress()
         self._calls = 0
-        self._loop = CapturedLoop(self._run_loop, self.device, warmup=warmup, pool=pool, generator=self.generator,
-                                  progress=self._progress)
+        self._loop = CapturedLoop(
+            self._run_loop, self.device, warmup=warmup, pool=pool, generator=self.generator, progress=self._progress
+        )
 
     def _tracked_network(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         i = self._calls
@@ -240,12 +276,25 @@ class GraphedSampler(Replayable):
 
     def _run_loop(self) -> None:
         self._calls = 0
-        run_rows(self.plan, self._tracked_network, self.buffers, self.tables, generator=self.generator,
-                 threshold=self.threshold)
+        run_rows(
+            self.plan,
+            self._tracked_network,
+            self.buffers,
+            self.tables,
+            generator=self.generator,
+            threshold=self.threshold,
+        )
 
-    def __call__(self, x_T: torch.Tensor, *, seed: Optional[int] = None, cond: Optional[torch.Tensor] = None,
-                 uncond: Optional[torch.Tensor] = None, guidance_scale: Optional[float] = None,
-                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x_T: torch.Tensor,
+        *,
+        seed: Optional[int] = None,
+        cond: Optional[torch.Tensor] = None,
+        uncond: Optional[torch.Tensor] = None,
+        guidance_scale: Optional[float] = None,
+        out: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Samples from the noise x_T (shape, dtype and device as at capture).
         ``seed`` reseeds the noise generator (same seed, same result); without
         it every call draws fresh noise. ``cond`` / ``uncond`` /
@@ -288,18 +337,31 @@ class GraphedSampler(Replayable):
         elif schedule is not None or options:
             raise ValueError("update_plan: give either a plan or plan arguments, not both")
         if plan.structure() != self.plan.structure():
-            raise ValueError(f"update_plan: the new plan ({plan.sampler}, {len(plan.rows)} model calls) differs from "
-                             f"the captured one ({self.plan.sampler}, {len(self.plan.rows)} model calls) in more than "
-                             "its numbers (rows, buffers, history or noise); capture it anew")
+            raise ValueError(
+                f"update_plan: the new plan ({plan.sampler}, {len(plan.rows)} model calls) differs from "
+                f"the captured one ({self.plan.sampler}, {len(self.plan.rows)} model calls) in more than "
+                "its numbers (rows, buffers, history or noise); capture it anew"
+            )
         self.tables.fill(plan)
         self.plan = plan
         return plan
 
 
-def capture(model: Callable, x_example: torch.Tensor, *, sampler: str = "dpmpp_2m", steps: int = 20, schedule=None,
-            warmup: int = 3, pool=None, cond: Optional[torch.Tensor] = None, uncond: Optional[torch.Tensor] = None,
-            guidance_scale: Optional[float] = None, threshold: Optional[ops.Threshold] = None,
-            **options) -> GraphedSampler:
+def capture(
+    model: Callable,
+    x_example: torch.Tensor,
+    *,
+    sampler: str = "dpmpp_2m",
+    steps: int = 20,
+    schedule=None,
+    warmup: int = 3,
+    pool=None,
+    cond: Optional[torch.Tensor] = None,
+    uncond: Optional[torch.Tensor] = None,
+    guidance_scale: Optional[float] = None,
+    threshold: Optional[ops.Threshold] = None,
+    **options,
+) -> GraphedSampler:
     """Captures the whole sampling loop of ``model(x, t)`` for inputs shaped
     like ``x_example`` as one CUDA graph (on CPU: the eager loop).
 
@@ -324,12 +386,24 @@ def capture(model: Callable, x_example: torch.Tensor, *, sampler: str = "dpmpp_2
         if value is not None and (not isinstance(value, torch.Tensor) or value.device != x_example.device):
             raise ValueError(f"{name} must be a tensor on {x_example.device} (the device of x_example)")
     if cond is not None and uncond is not None and (cond.shape != uncond.shape or cond.dtype != uncond.dtype):
-        raise ValueError(f"uncond must be shaped like cond {tuple(cond.shape)} {cond.dtype}, "
-                         f"got {tuple(uncond.shape)} {uncond.dtype}")
+        raise ValueError(
+            f"uncond must be shaped like cond {tuple(cond.shape)} {cond.dtype}, "
+            f"got {tuple(uncond.shape)} {uncond.dtype}"
+        )
     plan_args = dict(sampler=sampler, steps=steps, schedule=schedule, **options)
     plan = make_plan(**plan_args)
-    return GraphedSampler(model, x_example, plan, plan_args, warmup=warmup, pool=pool, threshold=threshold,
-                          cond=cond, uncond=uncond, guidance_scale=guidance_scale)
+    return GraphedSampler(
+        model,
+        x_example,
+        plan,
+        plan_args,
+        warmup=warmup,
+        pool=pool,
+        threshold=threshold,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=guidance_scale,
+    )
 
 
 def capture_for_timing(model: Callable, x_example: torch.Tensor, **options) -> Optional[GraphedSampler]:
@@ -339,9 +413,19 @@ def capture_for_timing(model: Callable, x_example: torch.Tensor, **options) -> O
     try:
         return capture(model, x_example, **options)
     except Exception as error:  # noqa: BLE001  (reported, then the column stays empty)
-        warnings.warn(f"diffaccel: CUDA-graph capture failed, no graphed timing: {type(error).__name__}: {error}",
-                      stacklevel=2)
+        warnings.warn(
+            f"diffaccel: CUDA-graph capture failed, no graphed timing: {type(error).__name__}: {error}", stacklevel=2
+        )
         return None
 
 
-__all__: List[str] = ["capture_for_timing", "capture", "GraphedSampler", "CapturedLoop", "Replayable", "NotCapturableError", "check_static", "fresh_generator"]
+__all__: List[str] = [
+    "capture_for_timing",
+    "capture",
+    "GraphedSampler",
+    "CapturedLoop",
+    "Replayable",
+    "NotCapturableError",
+    "check_static",
+    "fresh_generator",
+]

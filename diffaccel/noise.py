@@ -13,8 +13,13 @@ from typing import Optional, Sequence
 import torch
 
 
-def standard_normal(shape: Sequence[int], *, generator: Optional[torch.Generator] = None,
-                    dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+def standard_normal(
+    shape: Sequence[int],
+    *,
+    generator: Optional[torch.Generator] = None,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> torch.Tensor:
     device = torch.device(device) if device is not None else torch.get_default_device()
     if generator is None or generator.device.type == device.type:
         return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)

@@ -17,8 +17,15 @@ from diffaccel.solvers.plan import LangevinRow, Plan, PlanTables
 from diffaccel.transfer import to_device
 
 
-def run_plan(plan: Plan, model: Callable, x: torch.Tensor, *, generator: Optional[torch.Generator] = None,
-             callback: Optional[Callable] = None, threshold: Optional[ops.Threshold] = None) -> torch.Tensor:
+def run_plan(
+    plan: Plan,
+    model: Callable,
+    x: torch.Tensor,
+    *,
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[Callable] = None,
+    threshold: Optional[ops.Threshold] = None,
+) -> torch.Tensor:
     """Runs a plan from the initial noise x (at the plan's first time); returns the sample.
     All buffers are allocated once, before the first step. ``callback`` gets,
     after each model call, k-diffusion's dict: ``x`` (the state), ``i``,
@@ -35,9 +42,16 @@ def time_dtype(state_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if state_dtype == torch.float64 else torch.float32
 
 
-def run_rows(plan: Plan, model: Callable, buffers: List[torch.Tensor], tables: PlanTables, *,
-             generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
-             threshold: Optional[ops.Threshold] = None) -> None:
+def run_rows(
+    plan: Plan,
+    model: Callable,
+    buffers: List[torch.Tensor],
+    tables: PlanTables,
+    *,
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[Callable] = None,
+    threshold: Optional[ops.Threshold] = None,
+) -> None:
     """The loop itself, on buffers and device tables allocated by the caller
     (run_plan, or diffaccel.graph, which captures exactly this). buffers[0]
     holds the initial noise and receives the sample."""
@@ -47,7 +61,8 @@ def run_rows(plan: Plan, model: Callable, buffers: List[torch.Tensor], tables: P
     # backend, whose in-op draw reads the generator on the host, which a CUDA
     # graph would freeze: there torch.randn draws it, eager and graphed alike.
     langevin_noise_in_op = not (generator is not None and generator.device.type != x.device.type) and not (
-        x.device.type == "cuda" and backends.resolve("langevin_correct", "cuda") == "triton")
+        x.device.type == "cuda" and backends.resolve("langevin_correct", "cuda") == "triton"
+    )
     for i, row in enumerate(plan.rows):
         state, c = buffers[row.x_slot], tables.coeffs[i]
         model_out = model(state, tables.times[i])
@@ -56,16 +71,32 @@ def run_rows(plan: Plan, model: Callable, buffers: List[torch.Tensor], tables: P
             raise ValueError(f"the model must return a tensor of shape {tuple(x.shape)} (like x), got {got}")
         if isinstance(row, LangevinRow):
             score = ops.multistep_combine([state, model_out], c)
-            noise = None if langevin_noise_in_op else standard_normal(x.shape, generator=generator, dtype=x.dtype,
-                                                                      device=x.device)
-            ops.langevin_correct(state, score, row.snr, alpha=row.alpha, noise=noise,
-                                 generator=generator if langevin_noise_in_op else None,
-                                 out=(state, buffers[row.mean_slot]))
+            noise = (
+                None
+                if langevin_noise_in_op
+                else standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            )
+            ops.langevin_correct(
+                state,
+                score,
+                row.snr,
+                alpha=row.alpha,
+                noise=noise,
+                generator=generator if langevin_noise_in_op else None,
+                out=(state, buffers[row.mean_slot]),
+            )
             denoised = buffers[row.mean_slot]
         else:
             noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None
-            ops.ei_step(state, model_out, [buffers[j] for j in row.history], c, threshold=threshold, noise=noise,
-                        out=(buffers[row.out_slot], buffers[row.d_slot]))
+            ops.ei_step(
+                state,
+                model_out,
+                [buffers[j] for j in row.history],
+                c,
+                threshold=threshold,
+                noise=noise,
+                out=(buffers[row.out_slot], buffers[row.d_slot]),
+            )
             denoised = buffers[row.d_slot]
         if callback is not None:
             info = {"x": x, "i": i, "t": row.t, "denoised": denoised}
@@ -74,10 +105,23 @@ def run_rows(plan: Plan, model: Callable, buffers: List[torch.Tensor], tables: P
             callback(info)
 
 
-def sample(model: Callable, x: torch.Tensor, *, sampler: str = "dpmpp_2m", steps: int = 20, schedule=None,
-           prediction_type: str = "epsilon", t_start=None, t_end=None, spacing: str = "logsnr",
-           generator: Optional[torch.Generator] = None, callback: Optional[Callable] = None,
-           threshold: Optional[ops.Threshold] = None, progress: bool = False, **options) -> torch.Tensor:
+def sample(
+    model: Callable,
+    x: torch.Tensor,
+    *,
+    sampler: str = "dpmpp_2m",
+    steps: int = 20,
+    schedule=None,
+    prediction_type: str = "epsilon",
+    t_start=None,
+    t_end=None,
+    spacing: str = "logsnr",
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[Callable] = None,
+    threshold: Optional[ops.Threshold] = None,
+    progress: bool = False,
+    **options,
+) -> torch.Tensor:
     """Samples from ``model(x, t)`` starting at the noise ``x`` (drawn at t_start).
 
     ``t`` is a tensor of shape [B] in the schedule's own time. See
@@ -89,11 +133,28 @@ def sample(model: Callable, x: torch.Tensor, *, sampler: str = "dpmpp_2m", steps
         if threshold is not None or progress:
             raise ValueError(f"{sampler}: 'threshold' and 'progress' are not supported by the adaptive samplers")
         schedule = schedule if schedule is not None else VPDiscrete.from_diffusers("linear")
-        result, _ = sample_adaptive(model, x, schedule, order=ADAPTIVE_SAMPLERS[sampler], t_start=t_start, t_end=t_end,
-                                    prediction_type=prediction_type, callback=callback, **options)
+        result, _ = sample_adaptive(
+            model,
+            x,
+            schedule,
+            order=ADAPTIVE_SAMPLERS[sampler],
+            t_start=t_start,
+            t_end=t_end,
+            prediction_type=prediction_type,
+            callback=callback,
+            **options,
+        )
         return result
-    p = make_plan(sampler, steps=steps, schedule=schedule, spacing=spacing, t_start=t_start, t_end=t_end,
-                  prediction_type=prediction_type, **options)
+    p = make_plan(
+        sampler,
+        steps=steps,
+        schedule=schedule,
+        spacing=spacing,
+        t_start=t_start,
+        t_end=t_end,
+        prediction_type=prediction_type,
+        **options,
+    )
     if progress:
         try:
             from tqdm.auto import tqdm

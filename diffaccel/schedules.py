@@ -288,7 +288,9 @@ def time_quadratic(schedule: NoiseSchedule, steps: int, t_start=None, t_end=None
     return times
 
 
-def _times_from_ve_sigmas(schedule: NoiseSchedule, ve_sigmas: torch.Tensor, t_start: float, t_end: float) -> torch.Tensor:
+def _times_from_ve_sigmas(
+    schedule: NoiseSchedule, ve_sigmas: torch.Tensor, t_start: float, t_end: float
+) -> torch.Tensor:
     times = schedule.t_from_lambda(-torch.log(ve_sigmas))
     times[0], times[-1] = t_start, t_end
     return times
@@ -313,7 +315,9 @@ def exponential(schedule: NoiseSchedule, steps: int, t_start=None, t_end=None) -
     return logsnr_uniform(schedule, steps, t_start, t_end)
 
 
-def diffusers_timesteps(schedule: VPDiscrete, steps: int, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
+def diffusers_timesteps(
+    schedule: VPDiscrete, steps: int, spacing: str = "leading", steps_offset: int = 0
+) -> torch.Tensor:
     """The ``steps`` integer timesteps (as float64) that diffusers'
     ``timestep_spacing`` picks for a VPDiscrete schedule, noisiest first."""
     _check_steps(steps)

@@ -101,8 +101,10 @@ class DeviceConstants:
         try:
             yield self
             if recorded and self._cursor != recorded:
-                raise RuntimeError(f"diffaccel: the loop used {self._cursor} coefficient sets, its warm-up {recorded}: "
-                                   "it is not a fixed loop and cannot be captured")
+                raise RuntimeError(
+                    f"diffaccel: the loop used {self._cursor} coefficient sets, its warm-up {recorded}: "
+                    "it is not a fixed loop and cannot be captured"
+                )
         finally:
             _active, self._cursor = previous, None
 
@@ -112,12 +114,16 @@ class DeviceConstants:
         self._cursor += 1
         if i < len(self._keys):
             if self._keys[i] != key:
-                raise RuntimeError(f"diffaccel: coefficient set {i} of the loop differs from its warm-up's "
-                                   f"({list(key[0])} vs {list(self._keys[i][0])}): it is not a fixed loop")
+                raise RuntimeError(
+                    f"diffaccel: coefficient set {i} of the loop differs from its warm-up's "
+                    f"({list(key[0])} vs {list(self._keys[i][0])}): it is not a fixed loop"
+                )
             return self._tensors[i]
         if torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"diffaccel: the loop used more coefficient sets ({i + 1}) in capture than in its "
-                               "warm-up: it is not a fixed loop")
+            raise RuntimeError(
+                f"diffaccel: the loop used more coefficient sets ({i + 1}) in capture than in its "
+                "warm-up: it is not a fixed loop"
+            )
         tensor = _copy_from_pinned(values, device, dtype)
         self._keys.append(key)
         self._tensors.append(tensor)

@@ -46,16 +46,18 @@ def main(paths):
         print("check_cuda_resources: no ptxas reports found in", " ".join(paths))
         return 1
     bad = []
-    for (mangled, frame, stores, loads), name in zip(entries, demangle([e[0] for e in entries])):
+    for (_mangled, frame, stores, loads), name in zip(entries, demangle([e[0] for e in entries])):
         kernel = re.sub(r"diffaccel::cuda::|\(anonymous namespace\)::|^void ", "", name)
-        kernel = kernel[:kernel.index("(")] if "(" in kernel else kernel
+        kernel = kernel[: kernel.index("(")] if "(" in kernel else kernel
         if "<float" not in kernel or not (frame or stores or loads):
             continue  # float64 kernels are for checking, not speed
         if any(kernel.startswith(allowed) for allowed in ALLOWED):
             continue
         bad.append(f"  {kernel}: {frame} bytes stack frame, {stores} bytes spill stores, {loads} bytes spill loads")
-    print(f"check_cuda_resources: {len(entries)} kernels, "
-          f"{sum(1 for e in entries if not any(e[1:]))} without local memory")
+    print(
+        f"check_cuda_resources: {len(entries)} kernels, "
+        f"{sum(1 for e in entries if not any(e[1:]))} without local memory"
+    )
     if bad:
         print("float32 kernels using local memory (see scripts/check_cuda_resources.py):\n" + "\n".join(bad))
         return 1

@@ -46,7 +46,7 @@ def needs_next_key(below, above, remaining, count):
 
 
 def next_key(hist, digit, group, smallest_above):
-    later = np.nonzero(hist[digit + 1:])[0]
+    later = np.nonzero(hist[digit + 1 :])[0]
     return group | (digit + 1 + int(later[0])) if len(later) else smallest_above
 
 
@@ -68,7 +68,11 @@ def block_select(keys, prefix, prefix_bits, shift, remaining, above_outside, bel
         group, prefix = prefix, prefix | (digit << shift)
         prefix_bits, remaining = KEY_BITS - shift, remaining - before
         if last:
-            upper = next_key(hist, digit, group, smallest_above) if needs_next_key(below, above, remaining, count) else prefix
+            upper = (
+                next_key(hist, digit, group, smallest_above)
+                if needs_next_key(below, above, remaining, count)
+                else prefix
+            )
             return prefix, upper
         shift = shift - DIGIT_BITS if shift > DIGIT_BITS else 0
 
@@ -89,12 +93,17 @@ def multi_block_select(values, ratio, capacity):
         digit, before, count = find_bin(hist, remaining)
         chosen = prefix | (digit << shift)
         if last:
-            upper = next_key(hist, digit, prefix, smallest_above) if needs_next_key(below, above, remaining - before, count) else chosen
+            upper = (
+                next_key(hist, digit, prefix, smallest_above)
+                if needs_next_key(below, above, remaining - before, count)
+                else chosen
+            )
             return chosen, upper, below, above, False
         prefix, remaining = chosen, remaining - before
         if candidates is not None and len(candidates) <= capacity:
-            lower, upper = block_select(candidates, prefix, KEY_BITS - pass_shift(1), pass_shift(2), remaining,
-                                        smallest_above, below, above)
+            lower, upper = block_select(
+                candidates, prefix, KEY_BITS - pass_shift(1), pass_shift(2), remaining, smallest_above, below, above
+            )
             return lower, upper, below, above, True
 
 

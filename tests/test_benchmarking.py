@@ -12,8 +12,23 @@ from conftest import DEVICE
 
 def test_bench_reports_ops_loops_and_schedulers(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    assert main(["bench", "--device", DEVICE, "--shapes", "small", "--cases", "multistep_combine3", "ei_step_2m",
-                 "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--device",
+                DEVICE,
+                "--shapes",
+                "small",
+                "--cases",
+                "multistep_combine3",
+                "ei_step_2m",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     result = json.loads(path.read_text())
     assert [r["case"] for r in result["ops"]] == ["multistep_combine3", "ei_step_2m"]
     for row in result["ops"]:
@@ -28,8 +43,22 @@ def test_bench_reports_ops_loops_and_schedulers(tmp_path, capsys):
 
 
 def test_bench_without_compile_or_loops(capsys):
-    assert main(["bench", "--device", DEVICE, "--shapes", "small", "--cases", "threshold_dynamic", "--no-compile",
-                 "--no-loops"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--device",
+                DEVICE,
+                "--shapes",
+                "small",
+                "--cases",
+                "threshold_dynamic",
+                "--no-compile",
+                "--no-loops",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "threshold_dynamic" in out and "Whole 20-step loops" not in out
 

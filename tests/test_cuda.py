@@ -59,27 +59,51 @@ def _cases(gen):
     t = ops.Threshold("dynamic", 0.995, 1.5)
     clip = ops.Threshold("clip", max_value=0.5)
     return {
-        "ei_step": (lambda: ops.ei_step(x, m, [h0, h1], coeffs, noise=z),
-                    lambda: reference.ei_step(x, m, [h0, h1], coeffs, noise=z)),
-        "ei_step_bf16_dynamic": (lambda: ops.ei_step(x, bf, [h0, h1], coeffs, threshold=t),
-                                 lambda: reference.ei_step(x, bf, [h0, h1], coeffs, threshold=t)),
-        "ei_step_clip": (lambda: ops.ei_step(x, m, [h0, h1], coeffs, threshold=clip),
-                         lambda: reference.ei_step(x, m, [h0, h1], coeffs, threshold=clip)),
-        "multistep_combine": (lambda: ops.multistep_combine([x, m, h0], combine_coeffs),
-                              lambda: reference.multistep_combine([x, m, h0], combine_coeffs)),
-        "threshold_dynamic": (lambda: ops.threshold(x * 3, ratio=0.9, max_value=2.0),
-                              lambda: reference.threshold(x * 3, ratio=0.9, max_value=2.0)),
-        "threshold_clip": (lambda: ops.threshold(x, kind="clip", max_value=0.3),
-                           lambda: reference.threshold(x, kind="clip", max_value=0.3)),
-        "langevin_correct": (lambda: ops.langevin_correct(x, m, 0.16, noise=z),
-                             lambda: reference.langevin_correct(x, m, 0.16, noise=z)),
-        "error_norm": (lambda: ops.error_norm(x, m, h0, atol=0.0078, rtol=0.05),
-                       lambda: reference.error_norm(x, m, h0, atol=0.0078, rtol=0.05)),
+        "ei_step": (
+            lambda: ops.ei_step(x, m, [h0, h1], coeffs, noise=z),
+            lambda: reference.ei_step(x, m, [h0, h1], coeffs, noise=z),
+        ),
+        "ei_step_bf16_dynamic": (
+            lambda: ops.ei_step(x, bf, [h0, h1], coeffs, threshold=t),
+            lambda: reference.ei_step(x, bf, [h0, h1], coeffs, threshold=t),
+        ),
+        "ei_step_clip": (
+            lambda: ops.ei_step(x, m, [h0, h1], coeffs, threshold=clip),
+            lambda: reference.ei_step(x, m, [h0, h1], coeffs, threshold=clip),
+        ),
+        "multistep_combine": (
+            lambda: ops.multistep_combine([x, m, h0], combine_coeffs),
+            lambda: reference.multistep_combine([x, m, h0], combine_coeffs),
+        ),
+        "threshold_dynamic": (
+            lambda: ops.threshold(x * 3, ratio=0.9, max_value=2.0),
+            lambda: reference.threshold(x * 3, ratio=0.9, max_value=2.0),
+        ),
+        "threshold_clip": (
+            lambda: ops.threshold(x, kind="clip", max_value=0.3),
+            lambda: reference.threshold(x, kind="clip", max_value=0.3),
+        ),
+        "langevin_correct": (
+            lambda: ops.langevin_correct(x, m, 0.16, noise=z),
+            lambda: reference.langevin_correct(x, m, 0.16, noise=z),
+        ),
+        "error_norm": (
+            lambda: ops.error_norm(x, m, h0, atol=0.0078, rtol=0.05),
+            lambda: reference.error_norm(x, m, h0, atol=0.0078, rtol=0.05),
+        ),
     }
 
 
-CASES = ["ei_step", "ei_step_bf16_dynamic", "ei_step_clip", "multistep_combine", "threshold_dynamic",
-         "threshold_clip", "langevin_correct", "error_norm"]
+CASES = [
+    "ei_step",
+    "ei_step_bf16_dynamic",
+    "ei_step_clip",
+    "multistep_combine",
+    "threshold_dynamic",
+    "threshold_clip",
+    "langevin_correct",
+    "error_norm",
+]
 
 
 def _as_tuple(v):
@@ -134,11 +158,23 @@ def _kernel_launches(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "memset" not in e.name.lower()]
+    return [
+        e.name
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and "memset" not in e.name.lower()
+    ]
 
 
-@pytest.mark.parametrize("case,launches", [("ei_step", 1), ("ei_step_bf16_dynamic", 2), ("multistep_combine", 1),
-                                           ("threshold_clip", 1), ("threshold_dynamic", 2)])
+@pytest.mark.parametrize(
+    "case,launches",
+    [
+        ("ei_step", 1),
+        ("ei_step_bf16_dynamic", 2),
+        ("multistep_combine", 1),
+        ("threshold_clip", 1),
+        ("threshold_dynamic", 2),
+    ],
+)
 def test_small_tensors_take_one_launch(case, launches, gpu_backend, gen):
     """On (1, 4, 64, 64)-sized data the ops are bound by launch latency: one
     kernel per op, two for dynamic thresholding (selection, then the pass)."""

@@ -65,8 +65,23 @@ def _quiet_capture(*args, **kwargs):
         return capture(*args, **kwargs)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_3m", "heun", "dpm_solver_3", "unipc_bh2", "lms",
-                                     "ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "pc"])
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "ddim",
+        "dpmpp_2m",
+        "dpmpp_3m",
+        "heun",
+        "dpm_solver_3",
+        "unipc_bh2",
+        "lms",
+        "ddpm",
+        "euler_ancestral",
+        "dpmpp_2m_sde",
+        "dpmpp_2s_ancestral",
+        "pc",
+    ],
+)
 @pytest.mark.parametrize("device", DEVICES)
 def test_captured_loop_equals_the_eager_loop(sampler, device, monkeypatch):
     graphs = device != "cpu"
@@ -195,15 +210,17 @@ def test_classifier_free_guidance_inside_the_loop(device, monkeypatch):
     device = _device(device, monkeypatch)
     x = _noise(device=device)
     cond, uncond = _noise(1, device=device), _noise(2, device=device)
-    graphed = _quiet_capture(conditional_model, x, sampler="dpmpp_2m", steps=STEPS, cond=cond, uncond=uncond,
-                             guidance_scale=5.0)
+    graphed = _quiet_capture(
+        conditional_model, x, sampler="dpmpp_2m", steps=STEPS, cond=cond, uncond=uncond, guidance_scale=5.0
+    )
     guided = diffaccel.classifier_free_guidance(conditional_model, cond, uncond, 5.0)
     want = diffaccel.sample(guided, x, sampler="dpmpp_2m", steps=STEPS)
     torch.testing.assert_close(graphed(x), want, rtol=1e-6, atol=1e-6)
     # New conditioning and scale at call time, without recapture.
     cond2 = _noise(3, device=device)
-    want2 = diffaccel.sample(diffaccel.classifier_free_guidance(conditional_model, cond2, uncond, 2.0), x,
-                             sampler="dpmpp_2m", steps=STEPS)
+    want2 = diffaccel.sample(
+        diffaccel.classifier_free_guidance(conditional_model, cond2, uncond, 2.0), x, sampler="dpmpp_2m", steps=STEPS
+    )
     torch.testing.assert_close(graphed(x, cond=cond2, guidance_scale=2.0), want2, rtol=1e-6, atol=1e-6)
 
 
@@ -302,10 +319,22 @@ def test_replays_do_no_host_work_per_step():
 def _tiny_pipe(scheduler_name, device=DEVICE, **config):
     diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (make test installs it)")
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8).to(device).eval()
+    unet = (
+        diffusers.UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(16, 32),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=16,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+        .to(device)
+        .eval()
+    )
     scheduler = getattr(diffusers, scheduler_name)(**config)
 
     class Pipe:  # what graph_pipeline reads of a StableDiffusionPipeline
@@ -338,10 +367,20 @@ def _stock_loop(pipe, latents, embeds, negative, steps, guidance_scale, seed):
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
 @pytest.mark.usefixtures("host_default_device", "exact_float32_convolutions")
-@pytest.mark.parametrize("scheduler_name,guidance_scale", [
-    ("DPMSolverMultistepScheduler", 7.5), ("EulerAncestralDiscreteScheduler", 4.0), ("DDIMScheduler", 1.0),
-    ("EulerDiscreteScheduler", 3.0), ("HeunDiscreteScheduler", 2.0), ("PNDMScheduler", 7.5),
-    ("EDMDPMSolverMultistepScheduler", 3.0), ("KDPM2AncestralDiscreteScheduler", 5.0), ("SASolverScheduler", 4.0)])
+@pytest.mark.parametrize(
+    "scheduler_name,guidance_scale",
+    [
+        ("DPMSolverMultistepScheduler", 7.5),
+        ("EulerAncestralDiscreteScheduler", 4.0),
+        ("DDIMScheduler", 1.0),
+        ("EulerDiscreteScheduler", 3.0),
+        ("HeunDiscreteScheduler", 2.0),
+        ("PNDMScheduler", 7.5),
+        ("EDMDPMSolverMultistepScheduler", 3.0),
+        ("KDPM2AncestralDiscreteScheduler", 5.0),
+        ("SASolverScheduler", 4.0),
+    ],
+)
 @pytest.mark.parametrize("device", DEVICES)
 def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale, device, monkeypatch):
     device = _device(device, monkeypatch)
@@ -371,12 +410,14 @@ def test_graph_pipeline_errors():
 
     with pytest.raises(ValueError, match="stock IPNDMScheduler synchronizes"):
         graph_pipeline(_tiny_pipe("IPNDMScheduler"), steps=4, height=64, width=64)
-    for name, why in (("DPMSolverSDEScheduler", "its Brownian-tree noise"),
-                      ("CosineDPMSolverMultistepScheduler", "its Brownian-tree noise"),
-                      ("DDPMWuerstchenScheduler", "its step takes the timestep as a \\(batch,\\) tensor"),
-                      ("ScoreSdeVeScheduler", "its loop calls step_pred"),
-                      ("SCMScheduler", "its pipelines \\(Sana Sprint\\) run a transformer"),
-                      ("CogVideoXDPMScheduler", "its step takes the previous step's timestep")):
+    for name, why in (
+        ("DPMSolverSDEScheduler", "its Brownian-tree noise"),
+        ("CosineDPMSolverMultistepScheduler", "its Brownian-tree noise"),
+        ("DDPMWuerstchenScheduler", "its step takes the timestep as a \\(batch,\\) tensor"),
+        ("ScoreSdeVeScheduler", "its loop calls step_pred"),
+        ("SCMScheduler", "its pipelines \\(Sana Sprint\\) run a transformer"),
+        ("CogVideoXDPMScheduler", "its step takes the previous step's timestep"),
+    ):
         with pytest.raises(ValueError, match=f"{name} cannot be captured: {why}"):
             graph_pipeline(_tiny_pipe(name), steps=4, height=64, width=64)
     pipe = _tiny_pipe("DDIMScheduler")

@@ -42,7 +42,8 @@ def _load_k_diffusion_sampling():
     sys.modules["k_diffusion"], sys.modules["k_diffusion.utils"] = package, utils
     try:
         sampling_spec = importlib.util.spec_from_file_location(
-            "k_diffusion.sampling", os.path.join(package_dir, "sampling.py"))
+            "k_diffusion.sampling", os.path.join(package_dir, "sampling.py")
+        )
         sampling = importlib.util.module_from_spec(sampling_spec)
         sampling_spec.loader.exec_module(sampling)
     finally:
@@ -79,8 +80,12 @@ SCHEDULES = {
 
 @pytest.mark.parametrize("name", ["karras", "exponential", "polyexponential", "vp"])
 def test_sigma_schedules_are_k_diffusions(name):
-    args = {"karras": (25, 0.03, 14.6), "exponential": (25, 0.03, 14.6), "polyexponential": (25, 0.03, 14.6),
-            "vp": (25,)}[name]
+    args = {
+        "karras": (25, 0.03, 14.6),
+        "exponential": (25, 0.03, 14.6),
+        "polyexponential": (25, 0.03, 14.6),
+        "vp": (25,),
+    }[name]
     got = getattr(ours, f"get_sigmas_{name}")(*args)
     want = getattr(K, f"get_sigmas_{name}")(*args)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -91,28 +96,32 @@ def _relative_error(a, b):
 
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-@pytest.mark.parametrize("sampler,options", [
-    ("sample_euler", {}),
-    ("sample_euler", {"s_churn": 1.0, "s_tmin": 0.1, "s_tmax": 5.0}),
-    ("sample_euler_ancestral", {}),
-    ("sample_euler_ancestral", {"eta": 0.5, "s_noise": 0.9}),
-    ("sample_heun", {}),
-    ("sample_heun", {"s_churn": 2.0}),
-    ("sample_dpm_2", {}),
-    ("sample_dpm_2_ancestral", {}),
-    ("sample_dpmpp_2m", {}),
-    ("sample_lms", {}),
-    ("sample_lms", {"order": 2}),
-    ("sample_dpmpp_2s_ancestral", {}),
-    ("sample_dpmpp_2s_ancestral", {"eta": 0.0}),
-    ("sample_dpmpp_sde", {}),
-    ("sample_dpmpp_sde", {"eta": 0.5, "r": 0.3}),
-    ("sample_dpmpp_2m_sde", {}),
-    ("sample_dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.7}),
-    ("sample_dpmpp_2m_sde", {"eta": 0.0}),
-    ("sample_dpmpp_3m_sde", {}),
-    ("sample_dpmpp_3m_sde", {"eta": 0.0}),
-], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()) or "default")
+@pytest.mark.parametrize(
+    "sampler,options",
+    [
+        ("sample_euler", {}),
+        ("sample_euler", {"s_churn": 1.0, "s_tmin": 0.1, "s_tmax": 5.0}),
+        ("sample_euler_ancestral", {}),
+        ("sample_euler_ancestral", {"eta": 0.5, "s_noise": 0.9}),
+        ("sample_heun", {}),
+        ("sample_heun", {"s_churn": 2.0}),
+        ("sample_dpm_2", {}),
+        ("sample_dpm_2_ancestral", {}),
+        ("sample_dpmpp_2m", {}),
+        ("sample_lms", {}),
+        ("sample_lms", {"order": 2}),
+        ("sample_dpmpp_2s_ancestral", {}),
+        ("sample_dpmpp_2s_ancestral", {"eta": 0.0}),
+        ("sample_dpmpp_sde", {}),
+        ("sample_dpmpp_sde", {"eta": 0.5, "r": 0.3}),
+        ("sample_dpmpp_2m_sde", {}),
+        ("sample_dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.7}),
+        ("sample_dpmpp_2m_sde", {"eta": 0.0}),
+        ("sample_dpmpp_3m_sde", {}),
+        ("sample_dpmpp_3m_sde", {"eta": 0.0}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()) or "default",
+)
 def test_same_samples_as_k_diffusion(sampler, options, schedule):
     sigmas = SCHEDULES[schedule](25)
     x = _x()
@@ -151,7 +160,9 @@ def test_custom_noise_sampler_is_called_like_k_diffusions():
 
     def sampler_for(calls):
         g = torch.Generator(DEVICE).manual_seed(3)
-        return lambda s, s_next: calls.append((float(s), float(s_next))) or torch.randn(x.shape, generator=g, device=DEVICE)
+        return lambda s, s_next: (
+            calls.append((float(s), float(s_next))) or torch.randn(x.shape, generator=g, device=DEVICE)
+        )
 
     got = ours.sample_euler_ancestral(denoiser, x, sigmas, disable=True, noise_sampler=sampler_for(calls_ours))
     want = K.sample_euler_ancestral(denoiser, x, sigmas, disable=True, noise_sampler=sampler_for(calls_theirs))
@@ -177,15 +188,26 @@ def test_dpm_adaptive_matches_k_diffusion(order, eta):
     torch.manual_seed(4)
     got, info = ours.sample_dpm_adaptive(denoiser, x, 0.03, 14.6, disable=True, order=order, eta=eta, return_info=True)
     torch.manual_seed(4)
-    want, want_info = K.sample_dpm_adaptive(denoiser, x, 0.03, 14.6, disable=True, order=order, eta=eta,
-                                            return_info=True)
+    want, want_info = K.sample_dpm_adaptive(
+        denoiser, x, 0.03, 14.6, disable=True, order=order, eta=eta, return_info=True
+    )
     assert info == want_info  # the same accepted and rejected steps
     assert _relative_error(got, want) < 1e-5
 
 
-FIXED_STEP_SAMPLERS = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2",
-                       "sample_dpm_2_ancestral", "sample_lms", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde",
-                       "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"]
+FIXED_STEP_SAMPLERS = [
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_lms",
+    "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_sde",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m_sde",
+]
 
 
 def _meta_noise(sigma, sigma_next):
@@ -201,15 +223,24 @@ def test_samplers_read_only_the_sigmas(name):
     x = torch.empty(2, 4, 8, 8, device="meta")
     sampler = getattr(ours, name)
     takes_noise = "noise_sampler" in inspect.signature(sampler).parameters
-    y = sampler(lambda x, s: torch.tanh(x) * s.view(-1, 1, 1, 1), x, sigmas, disable=True,
-                **({"noise_sampler": _meta_noise} if takes_noise else {}))
+    y = sampler(
+        lambda x, s: torch.tanh(x) * s.view(-1, 1, 1, 1),
+        x,
+        sigmas,
+        disable=True,
+        **({"noise_sampler": _meta_noise} if takes_noise else {}),
+    )
     assert y.device.type == "meta" and y.shape == x.shape
 
 
 def test_the_meta_check_catches_a_read_of_the_state():
     with pytest.raises((RuntimeError, NotImplementedError)):
-        ours.sample_dpmpp_2m(lambda x, s: x * float(x.mean()), torch.empty(2, 4, 8, 8, device="meta"),
-                             ours.get_sigmas_karras(4, 0.03, 14.6), disable=True)
+        ours.sample_dpmpp_2m(
+            lambda x, s: x * float(x.mean()),
+            torch.empty(2, 4, 8, 8, device="meta"),
+            ours.get_sigmas_karras(4, 0.03, 14.6),
+            disable=True,
+        )
 
 
 @pytest.mark.parametrize("name", ["sample_euler_ancestral", "sample_lms", "sample_dpmpp_2m", "sample_dpmpp_3m_sde"])
@@ -234,8 +265,15 @@ def test_the_same_sigmas_again_copy_no_coefficients(name, monkeypatch):
     assert torch.equal(runs[0], runs[1])
 
 
-@pytest.mark.parametrize("name, n", [("sample_dpm_2_ancestral", 2), ("sample_dpm_2_ancestral", 3),
-                                     ("sample_dpmpp_2s_ancestral", 3), ("sample_euler_ancestral", 3)])
+@pytest.mark.parametrize(
+    "name, n",
+    [
+        ("sample_dpm_2_ancestral", 2),
+        ("sample_dpm_2_ancestral", 3),
+        ("sample_dpmpp_2s_ancestral", 3),
+        ("sample_euler_ancestral", 3),
+    ],
+)
 def test_few_steps_from_a_large_sigma_stay_near_the_float64_result(name, n):
     """From the VP schedule's sigma 152 in two or three steps, k-diffusion's
     float32 update cancels large terms (sample_dpm_2_ancestral: 1.4 relative
@@ -244,13 +282,17 @@ def test_few_steps_from_a_large_sigma_stay_near_the_float64_result(name, n):
     same float32 draws in every run."""
     sigmas = ours.get_sigmas_vp(n, device=DEVICE)
     results = {}
-    for tag, module, dtype in (("k-diffusion", K, torch.float32), ("diffaccel", ours, torch.float32),
-                               ("float64", K, torch.float64)):
+    for tag, module, dtype in (
+        ("k-diffusion", K, torch.float32),
+        ("diffaccel", ours, torch.float32),
+        ("float64", K, torch.float64),
+    ):
         g = torch.Generator(DEVICE).manual_seed(7)
         noises = iter([torch.randn(2, 3, 8, 8, generator=g, device=DEVICE) for _ in range(n + 1)])
         x = (_x((2, 3, 8, 8), sigma_max=1.0) * float(sigmas[0])).to(dtype)
-        results[tag] = getattr(module, name)(denoiser, x, sigmas.to(dtype), disable=True,
-                                             noise_sampler=lambda s, s_next: next(noises).to(dtype)).double()
+        results[tag] = getattr(module, name)(
+            denoiser, x, sigmas.to(dtype), disable=True, noise_sampler=lambda s, s_next: next(noises).to(dtype)
+        ).double()
     exact = results["float64"]
 
     def error(tag):
@@ -264,15 +306,27 @@ def _random_k_diffusion_runs(count, seed=0):
     """Seeded random (sampler, sigmas, options): schedules of 1 to 12 steps from
     small and large sigmas, with the samplers' own options."""
     rng = random.Random(seed)
-    schedules = {"karras": ours.get_sigmas_karras, "exponential": ours.get_sigmas_exponential,
-                 "polyexponential": ours.get_sigmas_polyexponential}
+    schedules = {
+        "karras": ours.get_sigmas_karras,
+        "exponential": ours.get_sigmas_exponential,
+        "polyexponential": ours.get_sigmas_polyexponential,
+    }
     for _ in range(count):
         name = rng.choice(FIXED_STEP_SAMPLERS)
         parameters = inspect.signature(getattr(K, name)).parameters
-        n, (sigma_min, sigma_max) = rng.choice([1, 2, 3, 4, 7, 12]), rng.choice([(0.03, 14.6), (0.002, 80.0), (0.1, 1.0)])
+        n, (sigma_min, sigma_max) = (
+            rng.choice([1, 2, 3, 4, 7, 12]),
+            rng.choice([(0.03, 14.6), (0.002, 80.0), (0.1, 1.0)]),
+        )
         sigmas = schedules[rng.choice(sorted(schedules))](n, sigma_min, sigma_max, device=DEVICE)
-        choices = {"eta": [0.0, 0.5, 1.0], "s_noise": [0.9, 1.1], "s_churn": [0.5, 2.0], "order": [1, 2, 3, 4],
-                   "solver_type": ["midpoint", "heun"], "r": [0.3, 0.7]}
+        choices = {
+            "eta": [0.0, 0.5, 1.0],
+            "s_noise": [0.9, 1.1],
+            "s_churn": [0.5, 2.0],
+            "order": [1, 2, 3, 4],
+            "solver_type": ["midpoint", "heun"],
+            "r": [0.3, 0.7],
+        }
         options = {k: rng.choice(v) for k, v in choices.items() if k in parameters and rng.random() < 0.5}
         yield name, sigmas, options
 
@@ -303,8 +357,11 @@ def test_random_runs_are_finite_wherever_k_diffusion_runs():
 
 
 @pytest.mark.filterwarnings("ignore:Should have:UserWarning")
-@pytest.mark.parametrize("sigmas", [[14.6, 5.0, 5.0, 1.0, 0.0], [14.6, 14.6, 1.0, 0.0], [14.6, 5.0, 1.0, 1.0, 0.0]],
-                         ids=["repeat-in-the-middle", "repeat-first", "repeat-last-positive"])
+@pytest.mark.parametrize(
+    "sigmas",
+    [[14.6, 5.0, 5.0, 1.0, 0.0], [14.6, 14.6, 1.0, 0.0], [14.6, 5.0, 1.0, 1.0, 0.0]],
+    ids=["repeat-in-the-middle", "repeat-first", "repeat-last-positive"],
+)
 @pytest.mark.parametrize("name", FIXED_STEP_SAMPLERS)
 def test_a_repeated_sigma_steps_as_k_diffusion_does(name, sigmas):
     """A step between equal sigmas (h = 0) divides by zero on the host, where
@@ -325,9 +382,14 @@ def test_a_repeated_sigma_steps_as_k_diffusion_does(name, sigmas):
 
 
 # (x, the denoiser's output, sigmas); None: the denoiser returns x's dtype.
-DTYPE_CASES = [(torch.bfloat16, None, torch.float32), (torch.float32, torch.bfloat16, torch.float32),
-               (torch.bfloat16, torch.float32, torch.float32), (torch.float16, None, torch.float32),
-               (torch.float32, None, torch.float64), (torch.float64, torch.float32, torch.float32)]
+DTYPE_CASES = [
+    (torch.bfloat16, None, torch.float32),
+    (torch.float32, torch.bfloat16, torch.float32),
+    (torch.bfloat16, torch.float32, torch.float32),
+    (torch.float16, None, torch.float32),
+    (torch.float32, None, torch.float64),
+    (torch.float64, torch.float32, torch.float32),
+]
 
 
 @pytest.mark.parametrize("x_dtype, out_dtype, sigma_dtype", DTYPE_CASES, ids=str)

@@ -52,8 +52,18 @@ def _opcheck_cases(gen, namespace):
 
 @pytest.mark.parametrize(
     "name",
-    ["ei_step", "ei_step_dynamic", "ei_step_out", "multistep_combine", "multistep_combine_out",
-     "threshold", "threshold_out", "langevin_correct", "langevin_correct_out", "error_norm"],
+    [
+        "ei_step",
+        "ei_step_dynamic",
+        "ei_step_out",
+        "multistep_combine",
+        "multistep_combine_out",
+        "threshold",
+        "threshold_out",
+        "langevin_correct",
+        "langevin_correct_out",
+        "error_norm",
+    ],
 )
 @pytest.mark.parametrize("namespace", NAMESPACES)
 def test_opcheck(name, namespace, gen):
@@ -66,15 +76,23 @@ def _fronts(gen):
     c = torch.randn(6, generator=gen, dtype=torch.float64)
     t = ops.Threshold("dynamic", 0.9, 1.5)
     return {
-        "ei_step": (lambda: ops.ei_step(x, m, [h], c, noise=z, threshold=t),
-                    lambda: reference.ei_step(x, m, [h], c, noise=z, threshold=t)),
-        "multistep_combine": (lambda: ops.multistep_combine([x, m, h], c[:3]),
-                              lambda: reference.multistep_combine([x, m, h], c[:3])),
+        "ei_step": (
+            lambda: ops.ei_step(x, m, [h], c, noise=z, threshold=t),
+            lambda: reference.ei_step(x, m, [h], c, noise=z, threshold=t),
+        ),
+        "multistep_combine": (
+            lambda: ops.multistep_combine([x, m, h], c[:3]),
+            lambda: reference.multistep_combine([x, m, h], c[:3]),
+        ),
         "threshold": (lambda: ops.threshold(x * 3), lambda: reference.threshold(x * 3)),
-        "langevin_correct": (lambda: ops.langevin_correct(x, m, 0.16, noise=z),
-                             lambda: reference.langevin_correct(x, m, 0.16, noise=z)),
-        "error_norm": (lambda: ops.error_norm(x, m, h, atol=0.0078, rtol=0.05),
-                       lambda: reference.error_norm(x, m, h, atol=0.0078, rtol=0.05)),
+        "langevin_correct": (
+            lambda: ops.langevin_correct(x, m, 0.16, noise=z),
+            lambda: reference.langevin_correct(x, m, 0.16, noise=z),
+        ),
+        "error_norm": (
+            lambda: ops.error_norm(x, m, h, atol=0.0078, rtol=0.05),
+            lambda: reference.error_norm(x, m, h, atol=0.0078, rtol=0.05),
+        ),
     }
 
 

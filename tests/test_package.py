@@ -59,7 +59,13 @@ print('ok')
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout
     info = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['diffaccel._C']=None; from diffaccel.info import report; print(report())"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['diffaccel._C']=None; from diffaccel.info import report; print(report())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "compiled extension not loaded" in info

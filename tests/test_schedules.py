@@ -110,7 +110,9 @@ def test_step_selection_spacings():
     edm = S.EDM(sigma_min=0.002, sigma_max=80.0, rho=7.0)
     sig = edm.sigma(S.karras(edm, 10))
     # k-diffusion's get_sigmas_karras: (max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho
-    want = torch.tensor([(80 ** (1 / 7) + i / 10 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(11)], dtype=F64)
+    want = torch.tensor(
+        [(80 ** (1 / 7) + i / 10 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(11)], dtype=F64
+    )
     torch.testing.assert_close(sig, want, rtol=1e-12, atol=0)
 
 

@@ -87,10 +87,24 @@ def test_fused_and_reference_ops_agree(sampler, dtype):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_prediction_types_agree_for_the_ideal_model(sampler, prediction_type):
     x = _x_T(16)
-    want = sample(DATA.denoiser(SCHEDULE, "sample"), x, sampler=sampler, steps=15, schedule=SCHEDULE, t_end=T_END,
-                  prediction_type="sample")
-    got = sample(DATA.denoiser(SCHEDULE, prediction_type), x, sampler=sampler, steps=15, schedule=SCHEDULE,
-                 t_end=T_END, prediction_type=prediction_type)
+    want = sample(
+        DATA.denoiser(SCHEDULE, "sample"),
+        x,
+        sampler=sampler,
+        steps=15,
+        schedule=SCHEDULE,
+        t_end=T_END,
+        prediction_type="sample",
+    )
+    got = sample(
+        DATA.denoiser(SCHEDULE, prediction_type),
+        x,
+        sampler=sampler,
+        steps=15,
+        schedule=SCHEDULE,
+        t_end=T_END,
+        prediction_type=prediction_type,
+    )
     torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
 
 
@@ -102,8 +116,16 @@ def test_flow_prediction_on_a_flow_schedule():
     exact = DATA.pf_ode_solution(flow, x, 0.999, 0.001)
     errors = []
     for n in STEPS:
-        got = sample(DATA.denoiser(flow, "flow"), x, sampler="dpmpp_2m", steps=n, schedule=flow,
-                     t_start=0.999, t_end=0.001, prediction_type="flow")
+        got = sample(
+            DATA.denoiser(flow, "flow"),
+            x,
+            sampler="dpmpp_2m",
+            steps=n,
+            schedule=flow,
+            t_start=0.999,
+            t_end=0.001,
+            prediction_type="flow",
+        )
         errors.append((got - exact).abs().max().item())
     assert abs(_slope(errors, STEPS) - 2) <= 0.3
 
@@ -111,9 +133,15 @@ def test_flow_prediction_on_a_flow_schedule():
 def test_ddim_eta_one_is_stochastic_and_seeded():
     x = _x_T(8)
     model = DATA.denoiser(SCHEDULE)
-    a = sample(model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(5))
-    b = sample(model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(5))
-    c = sample(model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(6))
+    a = sample(
+        model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(5)
+    )
+    b = sample(
+        model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(5)
+    )
+    c = sample(
+        model, x, sampler="ddim", eta=1.0, steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(6)
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -122,8 +150,14 @@ def test_plan_repr_and_callback():
     text = repr(p)
     assert "dpmpp_3m" in text and text.count("order=") == 5
     seen = []
-    sample(DATA.denoiser(SCHEDULE), _x_T(4), sampler="dpmpp_2m", steps=5, schedule=SCHEDULE,
-           callback=lambda info: seen.append(info))
+    sample(
+        DATA.denoiser(SCHEDULE),
+        _x_T(4),
+        sampler="dpmpp_2m",
+        steps=5,
+        schedule=SCHEDULE,
+        callback=lambda info: seen.append(info),
+    )
     assert [info["i"] for info in seen] == list(range(5))
     for info in seen:
         t = torch.tensor(info["t"], dtype=torch.float64)
@@ -154,8 +188,15 @@ MIXTURE = GaussianMixture([0.2, 0.5, 0.3], [[-2.0, 0.5], [0.0, -1.0], [2.0, 1.0]
 
 @pytest.mark.parametrize(
     "sampler, options",
-    [("ddpm", {}), ("ddim", {"eta": 0.5}), ("euler_ancestral", {}), ("dpmpp_2m_sde", {}),
-     ("dpmpp_2m_sde", {"solver_type": "heun"}), ("dpmpp_2s_ancestral", {}), ("dpmpp_2m", {})],
+    [
+        ("ddpm", {}),
+        ("ddim", {"eta": 0.5}),
+        ("euler_ancestral", {}),
+        ("dpmpp_2m_sde", {}),
+        ("dpmpp_2m_sde", {"solver_type": "heun"}),
+        ("dpmpp_2s_ancestral", {}),
+        ("dpmpp_2m", {}),
+    ],
 )
 def test_samplers_reproduce_the_mixture_moments(sampler, options):
     """From x_T drawn at t = 1, the samples at t_end must have the mixture's
@@ -176,8 +217,22 @@ def test_samplers_reproduce_the_mixture_moments(sampler, options):
 def test_ddpm_is_euler_ancestral():
     """DDPM's posterior step and Euler ancestral (eta = 1) are the same update."""
     x = _x_T(8)
-    a = sample(DATA.denoiser(SCHEDULE), x, sampler="ddpm", steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(2))
-    b = sample(DATA.denoiser(SCHEDULE), x, sampler="euler_ancestral", steps=10, schedule=SCHEDULE, generator=torch.Generator().manual_seed(2))
+    a = sample(
+        DATA.denoiser(SCHEDULE),
+        x,
+        sampler="ddpm",
+        steps=10,
+        schedule=SCHEDULE,
+        generator=torch.Generator().manual_seed(2),
+    )
+    b = sample(
+        DATA.denoiser(SCHEDULE),
+        x,
+        sampler="euler_ancestral",
+        steps=10,
+        schedule=SCHEDULE,
+        generator=torch.Generator().manual_seed(2),
+    )
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
@@ -203,17 +258,32 @@ def test_predictor_corrector_langevin_steps_help(schedule, t_start, t_end):
     assert cov_error(1) < 0.5 * cov_error(0)
 
 
-@pytest.mark.parametrize("threshold", [ops.Threshold("clip", max_value=1.0), ops.Threshold("dynamic", 0.9, 1.0)], ids=repr)
+@pytest.mark.parametrize(
+    "threshold", [ops.Threshold("clip", max_value=1.0), ops.Threshold("dynamic", 0.9, 1.0)], ids=repr
+)
 def test_thresholded_samplers_stay_within_bounds(threshold):
     data = GaussianData(torch.full((8,), 1.5), torch.full((8,), 0.5))  # mostly beyond [-1, 1]
     x = data.sample_marginal(SCHEDULE, 1.0, 32, torch.Generator().manual_seed(3))
     seen = []
-    sample(data.denoiser(SCHEDULE), x, sampler="dpmpp_2m", steps=10, schedule=SCHEDULE, threshold=threshold,
-           callback=lambda info: seen.append(info["denoised"].abs().max().item()))
+    sample(
+        data.denoiser(SCHEDULE),
+        x,
+        sampler="dpmpp_2m",
+        steps=10,
+        schedule=SCHEDULE,
+        threshold=threshold,
+        callback=lambda info: seen.append(info["denoised"].abs().max().item()),
+    )
     assert max(seen) <= 1.0 + 1e-12
     unthresholded = []
-    sample(data.denoiser(SCHEDULE), x, sampler="dpmpp_2m", steps=10, schedule=SCHEDULE,
-           callback=lambda info: unthresholded.append(info["denoised"].abs().max().item()))
+    sample(
+        data.denoiser(SCHEDULE),
+        x,
+        sampler="dpmpp_2m",
+        steps=10,
+        schedule=SCHEDULE,
+        callback=lambda info: unthresholded.append(info["denoised"].abs().max().item()),
+    )
     assert max(unthresholded) > 1.5  # so the bound above was the threshold's doing
 
 
@@ -253,8 +323,16 @@ def test_lcm_with_an_exact_consistency_function_samples_the_data():
     n = 20000
     x = DATA.sample_marginal(SCHEDULE, 1.0, n, torch.Generator().manual_seed(0))
     consistency = lambda x, t: DATA.pf_ode_solution(SCHEDULE, x, t, 0.0)  # noqa: E731
-    y = sample(consistency, x, sampler="lcm", steps=4, schedule=SCHEDULE, prediction_type="sample", boundary=False,
-               generator=torch.Generator().manual_seed(1))
+    y = sample(
+        consistency,
+        x,
+        sampler="lcm",
+        steps=4,
+        schedule=SCHEDULE,
+        prediction_type="sample",
+        boundary=False,
+        generator=torch.Generator().manual_seed(1),
+    )
     se = DATA.std / math.sqrt(n)
     assert bool(((y.mean(0) - DATA.mean).abs() <= 5 * se).all())
     assert bool(((y.std(0) - DATA.std).abs() <= 5 * DATA.std / math.sqrt(2 * n)).all())
@@ -301,7 +379,9 @@ def test_every_sampler_runs_the_same_on_fused_and_reference_ops(sampler):
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("sampler, order, atol, rtol", [("dpm_adaptive_12", 2, 1e-4, 1e-3), ("dpm_adaptive_23", 3, 1e-3, 1e-2)])
+@pytest.mark.parametrize(
+    "sampler, order, atol, rtol", [("dpm_adaptive_12", 2, 1e-4, 1e-3), ("dpm_adaptive_23", 3, 1e-3, 1e-2)]
+)
 def test_adaptive_beats_fixed_steps_at_equal_model_calls(sampler, order, atol, rtol):
     """With as many model calls as the adaptive run used, DPM-Solver of the
     same order on a uniform-time grid (the official DPM-Solver's baseline) is
@@ -314,7 +394,9 @@ def test_adaptive_beats_fixed_steps_at_equal_model_calls(sampler, order, atol, r
     result, stats = sample_adaptive(model, x, SCHEDULE, order=order, t_end=T_END, atol=atol, rtol=rtol)
     adaptive_error = (result - exact).abs().max().item()
     steps = stats["model_calls"] // order
-    fixed = run_plan(plan(f"dpm_solver_{order}", steps=steps, schedule=SCHEDULE, spacing="time_uniform", t_end=T_END), model, x)
+    fixed = run_plan(
+        plan(f"dpm_solver_{order}", steps=steps, schedule=SCHEDULE, spacing="time_uniform", t_end=T_END), model, x
+    )
     assert adaptive_error < (fixed - exact).abs().max().item()
     looser, _ = sample_adaptive(model, x, SCHEDULE, order=order, t_end=T_END, atol=10 * atol, rtol=10 * rtol)
     assert adaptive_error < (looser - exact).abs().max().item()
@@ -363,8 +445,9 @@ def test_sampling_loops_never_read_the_state(sampler):
     memory, the other kind, is caught by tests/test_graph.py on a GPU). Every
     sampler with a plan; the adaptive ones read their error norm by design."""
     x = torch.empty(2, 4, 8, 8, device="meta")
-    guided = classifier_free_guidance(lambda x, t, c: x * c, torch.empty(2, 1, 1, 1, device="meta"),
-                                      torch.empty(2, 1, 1, 1, device="meta"), 3.0)
+    guided = classifier_free_guidance(
+        lambda x, t, c: x * c, torch.empty(2, 1, 1, 1, device="meta"), torch.empty(2, 1, 1, 1, device="meta"), 3.0
+    )
     for model in (lambda x, t: torch.tanh(x) * t.view(-1, 1, 1, 1), guided):
         y = sample(model, x, sampler=sampler, steps=6, threshold=ops.Threshold("dynamic", 0.9, 1.5))
         assert y.device.type == "meta" and y.shape == x.shape

@@ -17,8 +17,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 SHAPES = [(1,), (3, 5, 7, 11), (0, 3, 4), (2, 3, 40)]
-THRESHOLDS = [None, ops.Threshold("clip", max_value=0.7), ops.Threshold("dynamic", 0.9, 1.5),
-              ops.Threshold("dynamic", 0.5, 0.2, "dpm-solver")]
+THRESHOLDS = [
+    None,
+    ops.Threshold("clip", max_value=0.7),
+    ops.Threshold("dynamic", 0.9, 1.5),
+    ops.Threshold("dynamic", 0.5, 0.2, "dpm-solver"),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -68,10 +72,16 @@ def test_multistep_combine(dtype, n, per_sample, gen):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES + [(7, 1)], ids=str)
-@pytest.mark.parametrize("options", [dict(kind="clip", max_value=0.25), dict(kind="dynamic", ratio=0.995),
-                                     dict(kind="dynamic", ratio=0.8, max_value=2.5),
-                                     dict(kind="dynamic", ratio=1.0, max_value=0.1, style="dpm-solver")],
-                         ids=lambda o: "-".join(str(v) for v in o.values()))
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(kind="clip", max_value=0.25),
+        dict(kind="dynamic", ratio=0.995),
+        dict(kind="dynamic", ratio=0.8, max_value=2.5),
+        dict(kind="dynamic", ratio=1.0, max_value=0.1, style="dpm-solver"),
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
 def test_threshold(dtype, shape, options, gen):
     x = make(shape, dtype, "sliced", gen, scale=2.0)
     with ops.backend("triton"):

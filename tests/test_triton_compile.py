@@ -38,10 +38,20 @@ def _compile(kernel, types, constexprs):
 def test_ei_step_kernel(data, k, threshold):
     p = POINTER[data]
     types = {n: p for n in ("x_ptr", "m_ptr", "h0_ptr", "h1_ptr", "h2_ptr", "h3_ptr", "z_ptr", "x_next_ptr", "d_ptr")}
-    types.update(c_ptr="*fp64", c_stride="i64", scale_ptr="*fp64" if data == tl.float64 else "*fp32",
-                 clip_hi="fp32", clip_lo="fp32", n="i64", per_sample="i64")
-    _compile(kernels.ei_step_kernel, types, dict(K=k, NOISE=k == 0, THRESHOLD=threshold, PER_SAMPLE=threshold == 2,
-                                                 ACC=ACC[data], BLOCK=kernels.BLOCK))
+    types.update(
+        c_ptr="*fp64",
+        c_stride="i64",
+        scale_ptr="*fp64" if data == tl.float64 else "*fp32",
+        clip_hi="fp32",
+        clip_lo="fp32",
+        n="i64",
+        per_sample="i64",
+    )
+    _compile(
+        kernels.ei_step_kernel,
+        types,
+        dict(K=k, NOISE=k == 0, THRESHOLD=threshold, PER_SAMPLE=threshold == 2, ACC=ACC[data], BLOCK=kernels.BLOCK),
+    )
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16], ids=str)
@@ -54,8 +64,15 @@ def test_multistep_combine_kernel(data):
 @pytest.mark.parametrize("data", [tl.float32, tl.float16, tl.float64], ids=str)
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_threshold_kernel(data, dynamic):
-    types = dict(x_ptr=POINTER[data], scale_ptr="*fp64" if data == tl.float64 else "*fp32", clip_hi="fp32",
-                 clip_lo="fp32", y_ptr=POINTER[data], n="i64", per_sample="i64")
+    types = dict(
+        x_ptr=POINTER[data],
+        scale_ptr="*fp64" if data == tl.float64 else "*fp32",
+        clip_hi="fp32",
+        clip_lo="fp32",
+        y_ptr=POINTER[data],
+        n="i64",
+        per_sample="i64",
+    )
     _compile(kernels.threshold_kernel, types, dict(DYNAMIC=dynamic, ACC=ACC[data], BLOCK=kernels.BLOCK))
 
 
@@ -63,27 +80,68 @@ def test_threshold_kernel(data, dynamic):
 @pytest.mark.parametrize("from_ei", [False, True])
 def test_select_scales_kernel(data, from_ei):
     float64 = data == tl.float64
-    types = dict(x_ptr=POINTER[data], m_ptr=POINTER[data], c_ptr="*fp64", c_stride="i64",
-                 scale_ptr="*fp64" if float64 else "*fp32", per_sample="i64", below="i64", above="i64",
-                 w_hi="fp32", w_lo="fp32", mv_hi="fp32", mv_lo="fp32")
+    types = dict(
+        x_ptr=POINTER[data],
+        m_ptr=POINTER[data],
+        c_ptr="*fp64",
+        c_stride="i64",
+        scale_ptr="*fp64" if float64 else "*fp32",
+        per_sample="i64",
+        below="i64",
+        above="i64",
+        w_hi="fp32",
+        w_lo="fp32",
+        mv_hi="fp32",
+        mv_lo="fp32",
+    )
     key_bits = 63 if float64 else 31
-    _compile(kernels.select_scales_kernel, types, dict(
-        FROM_EI=from_ei, DPM_SOLVER_STYLE=from_ei, ACC=ACC[data], KEY=tl.uint64 if float64 else tl.uint32,
-        KEY_BITS=key_bits, INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000,
-        MAX_KEY=(1 << 64) - 1 if float64 else (1 << 32) - 1, PASSES=-(-key_bits // kernels.DIGIT_BITS),
-        BLOCK=2048, DIGIT_BITS=kernels.DIGIT_BITS))
+    _compile(
+        kernels.select_scales_kernel,
+        types,
+        dict(
+            FROM_EI=from_ei,
+            DPM_SOLVER_STYLE=from_ei,
+            ACC=ACC[data],
+            KEY=tl.uint64 if float64 else tl.uint32,
+            KEY_BITS=key_bits,
+            INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000,
+            MAX_KEY=(1 << 64) - 1 if float64 else (1 << 32) - 1,
+            PASSES=-(-key_bits // kernels.DIGIT_BITS),
+            BLOCK=2048,
+            DIGIT_BITS=kernels.DIGIT_BITS,
+        ),
+    )
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
 def test_error_norm_kernels(data):
-    _compile(kernels.error_norm_partials_kernel,
-             dict(high_ptr=POINTER[data], low_ptr=POINTER[data], prev_ptr=POINTER[data], partial_ptr="*fp64",
-                  per_sample="i64", chunks="i64", atol_hi="fp32", atol_lo="fp32", rtol_hi="fp32", rtol_lo="fp32"),
-             dict(ACC=ACC[data], CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK))
-    _compile(kernels.error_norm_finish_kernel,
-             dict(partial_ptr="*fp64", out_ptr="*fp64" if data == tl.float64 else "*fp32", batch="i64", chunks="i64",
-                  per_sample="i64"),
-             dict(BATCH_BLOCK=16))
+    _compile(
+        kernels.error_norm_partials_kernel,
+        dict(
+            high_ptr=POINTER[data],
+            low_ptr=POINTER[data],
+            prev_ptr=POINTER[data],
+            partial_ptr="*fp64",
+            per_sample="i64",
+            chunks="i64",
+            atol_hi="fp32",
+            atol_lo="fp32",
+            rtol_hi="fp32",
+            rtol_lo="fp32",
+        ),
+        dict(ACC=ACC[data], CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK),
+    )
+    _compile(
+        kernels.error_norm_finish_kernel,
+        dict(
+            partial_ptr="*fp64",
+            out_ptr="*fp64" if data == tl.float64 else "*fp32",
+            batch="i64",
+            chunks="i64",
+            per_sample="i64",
+        ),
+        dict(BATCH_BLOCK=16),
+    )
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
@@ -91,17 +149,42 @@ def test_error_norm_kernels(data):
 def test_langevin_kernels(data, has_noise):
     acc = ACC[data]
     philox = dict(seed_lo="i64", seed_hi="i64", offset_lo="i64", offset_hi="i64")
-    _compile(kernels.langevin_norms_kernel,
-             dict(score_ptr=POINTER[data], z_ptr=POINTER[data], partial_ptr="*fp64", per_sample="i64", chunks="i64",
-                  **philox),
-             dict(HAS_NOISE=has_noise, ACC=acc, CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK))
+    _compile(
+        kernels.langevin_norms_kernel,
+        dict(
+            score_ptr=POINTER[data], z_ptr=POINTER[data], partial_ptr="*fp64", per_sample="i64", chunks="i64", **philox
+        ),
+        dict(HAS_NOISE=has_noise, ACC=acc, CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK),
+    )
     step = "*fp64" if data == tl.float64 else "*fp32"
-    _compile(kernels.langevin_steps_kernel,
-             dict(partial_ptr="*fp64", alpha_ptr="*fp64", alpha_stride="i64", step_ptr=step, noise_scale_ptr=step,
-                  batch="i64", chunks="i64", snr_hi="fp32", snr_lo="fp32"),
-             dict(PER_SAMPLE=has_noise, BATCH_BLOCK=16))
-    _compile(kernels.langevin_update_kernel,
-             dict(x_ptr=POINTER[data], score_ptr=POINTER[data], z_ptr=POINTER[data], step_ptr=step,
-                  noise_scale_ptr=step, x_new_ptr=POINTER[data], x_mean_ptr=POINTER[data], n="i64",
-                  per_sample="i64", **philox),
-             dict(HAS_NOISE=has_noise, ACC=acc, BLOCK=kernels.BLOCK))
+    _compile(
+        kernels.langevin_steps_kernel,
+        dict(
+            partial_ptr="*fp64",
+            alpha_ptr="*fp64",
+            alpha_stride="i64",
+            step_ptr=step,
+            noise_scale_ptr=step,
+            batch="i64",
+            chunks="i64",
+            snr_hi="fp32",
+            snr_lo="fp32",
+        ),
+        dict(PER_SAMPLE=has_noise, BATCH_BLOCK=16),
+    )
+    _compile(
+        kernels.langevin_update_kernel,
+        dict(
+            x_ptr=POINTER[data],
+            score_ptr=POINTER[data],
+            z_ptr=POINTER[data],
+            step_ptr=step,
+            noise_scale_ptr=step,
+            x_new_ptr=POINTER[data],
+            x_mean_ptr=POINTER[data],
+            n="i64",
+            per_sample="i64",
+            **philox,
+        ),
+        dict(HAS_NOISE=has_noise, ACC=acc, BLOCK=kernels.BLOCK),
+    )

@@ -67,8 +67,7 @@ DA_INLINE float float16_to_float(uint16_t h) {
   const uint32_t two_w = w + w;
   const float normal = float_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
   const float subnormal = float_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t magnitude =
-      two_w < (1u << 27) ? bits_from_float(subnormal) : bits_from_float(normal);
+  const uint32_t magnitude = two_w < (1u << 27) ? bits_from_float(subnormal) : bits_from_float(normal);
   return float_from_bits(sign | magnitude);
 }
 
@@ -142,8 +141,8 @@ DA_INLINE void store_block(Out dst, int64_t offset, int64_t n, const acc_t* valu
         int64_t i = 0;
         for (; i < n && (reinterpret_cast<uintptr_t>(p + i) & 15u) != 0; ++i) p[i] = float(values[i]);
         for (; i + 4 <= n; i += 4) {
-          _mm_stream_ps(p + i, _mm_setr_ps(float(values[i]), float(values[i + 1]),
-                                           float(values[i + 2]), float(values[i + 3])));
+          _mm_stream_ps(
+              p + i, _mm_setr_ps(float(values[i]), float(values[i + 1]), float(values[i + 2]), float(values[i + 3])));
         }
         for (; i < n; ++i) p[i] = float(values[i]);
         return;
@@ -181,8 +180,7 @@ DA_INLINE acc_t* output_block(Out dst, int64_t offset, acc_t* buf) {
 }
 
 template <typename acc_t>
-DA_INLINE void commit_block(Out dst, int64_t offset, int64_t n, const acc_t* buf,
-                            const acc_t* written) {
+DA_INLINE void commit_block(Out dst, int64_t offset, int64_t n, const acc_t* buf, const acc_t* written) {
   if (written == buf) store_block(dst, offset, n, buf);
 }
 
@@ -225,8 +223,7 @@ DA_INLINE double sum_squares(const acc_t* v, int64_t n) {
     const double e = double(v[i]);
     lanes[l] += e * e;
   }
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
 // Per-sample reductions run over fixed chunks of kNormChunk elements, chunks
@@ -234,17 +231,16 @@ DA_INLINE double sum_squares(const acc_t* v, int64_t n) {
 // block_sum(offset, n) over the chunk's blocks, in order (kNormChunk is a
 // multiple of kBlock), so the result does not depend on the thread split.
 template <typename BlockSum>
-DA_INLINE void for_each_norm_chunk(int64_t per_sample, double* partial, int64_t chunk_begin,
-                                   int64_t chunk_end, BlockSum&& block_sum) {
+DA_INLINE void for_each_norm_chunk(int64_t per_sample, double* partial, int64_t chunk_begin, int64_t chunk_end,
+                                   BlockSum&& block_sum) {
   const int64_t chunks_per_sample = (per_sample + kNormChunk - 1) / kNormChunk;
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t sample = c / chunks_per_sample;
     const int64_t start = (c % chunks_per_sample) * kNormChunk;
     const int64_t len = per_sample - start < kNormChunk ? per_sample - start : kNormChunk;
     double total = 0;
-    for_each_block(sample * per_sample + start, len, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
-      total += block_sum(offset, n);
-    });
+    for_each_block(sample * per_sample + start, len,
+                   [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE { total += block_sum(offset, n); });
     partial[c] = total;
   }
 }

@@ -10,8 +10,7 @@ namespace diffaccel::cpu {
 namespace {
 
 template <typename acc_t, int K, bool kNoise, bool kThreshold>
-DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t first,
-                            int64_t count) {
+DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t first, int64_t count) {
   const acc_t* row = a.coeffs + sample * a.coeff_stride;
   acc_t limit = 0, divisor = 1;
   if (kThreshold) {
@@ -71,8 +70,8 @@ DA_INLINE void ei_step_range_impl(const EiStepArgs<acc_t>& a, int64_t begin, int
 }
 
 template <typename acc_t>
-void ei_step_dynamic_scales_impl(const EiStepArgs<acc_t>& a, const DynamicThreshold& t,
-                                 acc_t* scale, int64_t sample_begin, int64_t sample_end) {
+void ei_step_dynamic_scales_impl(const EiStepArgs<acc_t>& a, const DynamicThreshold& t, acc_t* scale,
+                                 int64_t sample_begin, int64_t sample_end) {
   std::vector<acc_t> magnitudes(a.per_sample);
   for (int64_t b = sample_begin; b < sample_end; ++b) {
     const acc_t* row = a.coeffs + b * a.coeff_stride;
@@ -99,12 +98,12 @@ DA_CPU_MULTIVERSION void ei_step_range(const EiStepArgs<double>& a, int64_t begi
   streaming_store_fence();
 }
 
-void ei_step_dynamic_scales(const EiStepArgs<float>& a, const DynamicThreshold& t, float* scale,
-                            int64_t sample_begin, int64_t sample_end) {
+void ei_step_dynamic_scales(const EiStepArgs<float>& a, const DynamicThreshold& t, float* scale, int64_t sample_begin,
+                            int64_t sample_end) {
   ei_step_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
 }
-void ei_step_dynamic_scales(const EiStepArgs<double>& a, const DynamicThreshold& t,
-                            double* scale, int64_t sample_begin, int64_t sample_end) {
+void ei_step_dynamic_scales(const EiStepArgs<double>& a, const DynamicThreshold& t, double* scale, int64_t sample_begin,
+                            int64_t sample_end) {
   ei_step_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
 }
 

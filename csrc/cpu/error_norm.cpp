@@ -7,8 +7,8 @@ namespace diffaccel::cpu {
 namespace {
 
 template <typename acc_t>
-DA_INLINE void error_sum_squares_chunks_impl(const ErrorNormArgs<acc_t>& a, double* partial,
-                                             int64_t chunk_begin, int64_t chunk_end) {
+DA_INLINE void error_sum_squares_chunks_impl(const ErrorNormArgs<acc_t>& a, double* partial, int64_t chunk_begin,
+                                             int64_t chunk_end) {
   for_each_norm_chunk(a.per_sample, partial, chunk_begin, chunk_end, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
     acc_t h_buf[kBlock], l_buf[kBlock], p_buf[kBlock], e[kBlock];
     const acc_t* high = load_block(a.high, offset, n, h_buf);
@@ -21,12 +21,12 @@ DA_INLINE void error_sum_squares_chunks_impl(const ErrorNormArgs<acc_t>& a, doub
 
 }  // namespace
 
-DA_CPU_MULTIVERSION void error_sum_squares_chunks(const ErrorNormArgs<float>& a, double* partial,
-                                                  int64_t chunk_begin, int64_t chunk_end) {
+DA_CPU_MULTIVERSION void error_sum_squares_chunks(const ErrorNormArgs<float>& a, double* partial, int64_t chunk_begin,
+                                                  int64_t chunk_end) {
   error_sum_squares_chunks_impl(a, partial, chunk_begin, chunk_end);
 }
-DA_CPU_MULTIVERSION void error_sum_squares_chunks(const ErrorNormArgs<double>& a, double* partial,
-                                                  int64_t chunk_begin, int64_t chunk_end) {
+DA_CPU_MULTIVERSION void error_sum_squares_chunks(const ErrorNormArgs<double>& a, double* partial, int64_t chunk_begin,
+                                                  int64_t chunk_end) {
   error_sum_squares_chunks_impl(a, partial, chunk_begin, chunk_end);
 }
 

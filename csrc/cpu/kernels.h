@@ -90,22 +90,21 @@ struct DynamicThreshold {
   ThresholdStyle style;
   double max_value;
 };
-void ei_step_dynamic_scales(const EiStepArgs<float>& args, const DynamicThreshold& t,
-                            float* scale, int64_t sample_begin, int64_t sample_end);
-void ei_step_dynamic_scales(const EiStepArgs<double>& args, const DynamicThreshold& t,
-                            double* scale, int64_t sample_begin, int64_t sample_end);
-void threshold_dynamic_scales(const ThresholdArgs<float>& args, const DynamicThreshold& t,
-                              float* scale, int64_t sample_begin, int64_t sample_end);
-void threshold_dynamic_scales(const ThresholdArgs<double>& args, const DynamicThreshold& t,
-                              double* scale, int64_t sample_begin, int64_t sample_end);
+void ei_step_dynamic_scales(const EiStepArgs<float>& args, const DynamicThreshold& t, float* scale,
+                            int64_t sample_begin, int64_t sample_end);
+void ei_step_dynamic_scales(const EiStepArgs<double>& args, const DynamicThreshold& t, double* scale,
+                            int64_t sample_begin, int64_t sample_end);
+void threshold_dynamic_scales(const ThresholdArgs<float>& args, const DynamicThreshold& t, float* scale,
+                              int64_t sample_begin, int64_t sample_end);
+void threshold_dynamic_scales(const ThresholdArgs<double>& args, const DynamicThreshold& t, double* scale,
+                              int64_t sample_begin, int64_t sample_end);
 
 // Sums of squares in double over fixed chunks of kNormChunk elements of each
 // sample: partial[b * chunks_per_sample + c]. Chunks [chunk_begin, chunk_end)
 // are flat over the batch. The chunking does not depend on the thread count,
 // so the norms are the same bits however the work is split.
 constexpr int64_t kNormChunk = 4096;
-void sum_squares_chunks(In t, int64_t per_sample, double* partial, int64_t chunk_begin,
-                        int64_t chunk_end);
+void sum_squares_chunks(In t, int64_t per_sample, double* partial, int64_t chunk_begin, int64_t chunk_end);
 
 // error_norm, per chunk as sum_squares_chunks: the sum over the chunk of
 // scaled_error(high, low, prev, atol, rtol)^2 (elementwise.h), in double.

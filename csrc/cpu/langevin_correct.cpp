@@ -7,8 +7,8 @@ namespace diffaccel::cpu {
 namespace {
 
 template <typename acc_t>
-DA_INLINE void sum_squares_chunks_impl(In t, int64_t per_sample, double* partial,
-                                       int64_t chunk_begin, int64_t chunk_end) {
+DA_INLINE void sum_squares_chunks_impl(In t, int64_t per_sample, double* partial, int64_t chunk_begin,
+                                       int64_t chunk_end) {
   for_each_norm_chunk(per_sample, partial, chunk_begin, chunk_end, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
     acc_t buf[kBlock];
     return sum_squares(load_block(t, offset, n, buf), n);
@@ -41,8 +41,8 @@ DA_INLINE void langevin_range_impl(const LangevinArgs<acc_t>& a, int64_t begin, 
 
 }  // namespace
 
-DA_CPU_MULTIVERSION void sum_squares_chunks(In t, int64_t per_sample, double* partial,
-                                            int64_t chunk_begin, int64_t chunk_end) {
+DA_CPU_MULTIVERSION void sum_squares_chunks(In t, int64_t per_sample, double* partial, int64_t chunk_begin,
+                                            int64_t chunk_end) {
   if (t.dtype == DType::kFloat64) {
     sum_squares_chunks_impl<double>(t, per_sample, partial, chunk_begin, chunk_end);
   } else {
@@ -54,8 +54,7 @@ DA_CPU_MULTIVERSION void langevin_range(const LangevinArgs<float>& a, int64_t be
   langevin_range_impl(a, begin, end);
   streaming_store_fence();
 }
-DA_CPU_MULTIVERSION void langevin_range(const LangevinArgs<double>& a, int64_t begin,
-                                        int64_t end) {
+DA_CPU_MULTIVERSION void langevin_range(const LangevinArgs<double>& a, int64_t begin, int64_t end) {
   langevin_range_impl(a, begin, end);
   streaming_store_fence();
 }

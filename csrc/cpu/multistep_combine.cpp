@@ -40,13 +40,11 @@ DA_INLINE void combine_range_impl(const CombineArgs<acc_t>& a, int64_t begin, in
 
 }  // namespace
 
-DA_CPU_MULTIVERSION void multistep_combine_range(const CombineArgs<float>& a, int64_t begin,
-                                                 int64_t end) {
+DA_CPU_MULTIVERSION void multistep_combine_range(const CombineArgs<float>& a, int64_t begin, int64_t end) {
   combine_range_impl(a, begin, end);
   streaming_store_fence();
 }
-DA_CPU_MULTIVERSION void multistep_combine_range(const CombineArgs<double>& a, int64_t begin,
-                                                 int64_t end) {
+DA_CPU_MULTIVERSION void multistep_combine_range(const CombineArgs<double>& a, int64_t begin, int64_t end) {
   combine_range_impl(a, begin, end);
   streaming_store_fence();
 }

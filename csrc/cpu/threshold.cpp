@@ -25,8 +25,8 @@ DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin
 }
 
 template <typename acc_t>
-void threshold_dynamic_scales_impl(const ThresholdArgs<acc_t>& a, const DynamicThreshold& t,
-                                   acc_t* scale, int64_t sample_begin, int64_t sample_end) {
+void threshold_dynamic_scales_impl(const ThresholdArgs<acc_t>& a, const DynamicThreshold& t, acc_t* scale,
+                                   int64_t sample_begin, int64_t sample_end) {
   std::vector<acc_t> magnitudes(a.per_sample);
   for (int64_t b = sample_begin; b < sample_end; ++b) {
     for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
@@ -42,23 +42,21 @@ void threshold_dynamic_scales_impl(const ThresholdArgs<acc_t>& a, const DynamicT
 
 }  // namespace
 
-DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<float>& a, int64_t begin,
-                                         int64_t end) {
+DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<float>& a, int64_t begin, int64_t end) {
   threshold_range_impl(a, begin, end);
   streaming_store_fence();
 }
-DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<double>& a, int64_t begin,
-                                         int64_t end) {
+DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<double>& a, int64_t begin, int64_t end) {
   threshold_range_impl(a, begin, end);
   streaming_store_fence();
 }
 
-void threshold_dynamic_scales(const ThresholdArgs<float>& a, const DynamicThreshold& t,
-                              float* scale, int64_t sample_begin, int64_t sample_end) {
+void threshold_dynamic_scales(const ThresholdArgs<float>& a, const DynamicThreshold& t, float* scale,
+                              int64_t sample_begin, int64_t sample_end) {
   threshold_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
 }
-void threshold_dynamic_scales(const ThresholdArgs<double>& a, const DynamicThreshold& t,
-                              double* scale, int64_t sample_begin, int64_t sample_end) {
+void threshold_dynamic_scales(const ThresholdArgs<double>& a, const DynamicThreshold& t, double* scale,
+                              int64_t sample_begin, int64_t sample_end) {
   threshold_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
 }
 

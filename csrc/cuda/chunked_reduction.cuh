@@ -56,8 +56,8 @@ __device__ __forceinline__ bool finished_last(unsigned int* counter, unsigned in
 }
 
 // The sample's total: its chunks added in order.
-__device__ __forceinline__ double sample_total(const double* partial, int64_t sample, int64_t chunks,
-                                               int stride, int component) {
+__device__ __forceinline__ double sample_total(const double* partial, int64_t sample, int64_t chunks, int stride,
+                                               int component) {
   double total = 0;
   for (int64_t k = 0; k < chunks; ++k) total += __ldcg(&partial[(sample * chunks + k) * stride + component]);
   return total;

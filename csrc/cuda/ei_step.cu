@@ -24,8 +24,7 @@ struct DataTerm {
 };
 
 template <typename acc_t, int K, bool kNoise>
-__global__ void __launch_bounds__(kThreads) ei_step_kernel(EiStepParams p, bool vectorized,
-                                                           bool per_sample_rows) {
+__global__ void __launch_bounds__(kThreads) ei_step_kernel(EiStepParams p, bool vectorized, bool per_sample_rows) {
   constexpr int kRow = kEiFixedCoeffs + 1 + K;
   const int64_t n = p.batch * p.per_sample;
   acc_t shared_row[kRow];
@@ -62,8 +61,7 @@ __global__ void __launch_bounds__(kThreads) ei_step_kernel(EiStepParams p, bool 
 }
 
 template <typename acc_t, int K>
-void launch_elementwise(const EiStepParams& p, bool vectorized, bool per_sample_rows,
-                        cudaStream_t stream) {
+void launch_elementwise(const EiStepParams& p, bool vectorized, bool per_sample_rows, cudaStream_t stream) {
   const int64_t units = vectorized ? (p.batch * p.per_sample + kPack - 1) / kPack : p.batch * p.per_sample;
   const int grid = grid_size(units);
   if (p.has_noise) ei_step_kernel<acc_t, K, true><<<grid, kThreads, 0, stream>>>(p, vectorized, per_sample_rows);
@@ -73,8 +71,8 @@ void launch_elementwise(const EiStepParams& p, bool vectorized, bool per_sample_
 }  // namespace
 
 template <typename acc_t>
-cudaError_t launch_ei_step(const EiStepParams& params, const ThresholdSelect* select,
-                           void* select_scratch, cudaStream_t stream) {
+cudaError_t launch_ei_step(const EiStepParams& params, const ThresholdSelect* select, void* select_scratch,
+                           cudaStream_t stream) {
   EiStepParams p = params;
   if (p.batch * p.per_sample == 0) return cudaSuccess;
   if (select) {
@@ -85,10 +83,10 @@ cudaError_t launch_ei_step(const EiStepParams& params, const ThresholdSelect* se
     p.threshold.scales = select_scratch;
   }
   const bool per_sample_rows = p.coeff_stride != 0 || p.threshold.scales != nullptr;
-  const bool vectorized = can_vectorize(
-      {p.x.data, p.model_out.data, p.has_noise ? p.noise.data : nullptr, p.history[0].data,
-       p.history[1].data, p.history[2].data, p.history[3].data, p.x_next.data, p.d.data},
-      per_sample_rows, p.per_sample);
+  const bool vectorized =
+      can_vectorize({p.x.data, p.model_out.data, p.has_noise ? p.noise.data : nullptr, p.history[0].data,
+                     p.history[1].data, p.history[2].data, p.history[3].data, p.x_next.data, p.d.data},
+                    per_sample_rows, p.per_sample);
   switch (p.num_history) {
     case 0: launch_elementwise<acc_t, 0>(p, vectorized, per_sample_rows, stream); break;
     case 1: launch_elementwise<acc_t, 1>(p, vectorized, per_sample_rows, stream); break;

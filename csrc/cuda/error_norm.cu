@@ -46,9 +46,9 @@ __global__ void __launch_bounds__(kThreads) error_norm_kernel(ErrorNormParams p,
     }
   } else {
     for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += kThreads) {
-      const acc_t e = scaled_error(load_one<acc_t>(p.high.data, p.high.dtype, i),
-                                   load_one<acc_t>(p.low.data, p.low.dtype, i),
-                                   load_one<acc_t>(p.prev.data, p.prev.dtype, i), atol, rtol);
+      const acc_t e =
+          scaled_error(load_one<acc_t>(p.high.data, p.high.dtype, i), load_one<acc_t>(p.low.data, p.low.dtype, i),
+                       load_one<acc_t>(p.prev.data, p.prev.dtype, i), atol, rtol);
       sum += double(e) * double(e);
     }
   }

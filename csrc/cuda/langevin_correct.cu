@@ -92,8 +92,7 @@ __global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams
         const int64_t i = 4 * q + e;
         if (i < begin || i >= end) continue;
         const double g = load_one<acc_t>(p.score.data, p.score.dtype, i);
-        const double z = p.has_noise ? double(load_one<acc_t>(p.noise.data, p.noise.dtype, i))
-                                     : double(z4[e]);
+        const double z = p.has_noise ? double(load_one<acc_t>(p.noise.data, p.noise.dtype, i)) : double(z4[e]);
         score_sq += g * g;
         noise_sq += z * z;
       }
@@ -133,8 +132,7 @@ __global__ void __launch_bounds__(kThreads) langevin_norms_kernel(LangevinParams
 }
 
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads) langevin_update_kernel(LangevinParams p, Scratch s,
-                                                                   bool vectorized) {
+__global__ void __launch_bounds__(kThreads) langevin_update_kernel(LangevinParams p, Scratch s, bool vectorized) {
   const PhiloxKey key = unpack(p.philox);
   const acc_t* step = static_cast<const acc_t*>(s.step);
   const acc_t* noise_scale = static_cast<const acc_t*>(s.noise_scale);
@@ -163,8 +161,8 @@ __global__ void __launch_bounds__(kThreads) langevin_update_kernel(LangevinParam
 }  // namespace
 
 int64_t langevin_scratch_bytes(int64_t batch, int64_t per_sample) {
-  return 16 + round16(batch * chunks_of(per_sample) * 2 * sizeof(double)) +
-         round16(batch * 2 * sizeof(double)) + 2 * round16(batch * sizeof(double));
+  return 16 + round16(batch * chunks_of(per_sample) * 2 * sizeof(double)) + round16(batch * 2 * sizeof(double)) +
+         2 * round16(batch * sizeof(double));
 }
 
 template <typename acc_t>
@@ -174,9 +172,8 @@ cudaError_t launch_langevin_correct(const LangevinParams& p, void* scratch, cuda
   const Scratch s = scratch_layout(scratch, p.batch, p.per_sample);
   cudaError_t status = cudaMemsetAsync(s.counter, 0, sizeof(unsigned int), stream);
   if (status != cudaSuccess) return status;
-  const bool vectorized = can_vectorize({p.x.data, p.score.data, p.has_noise ? p.noise.data : nullptr,
-                                         p.x_new.data, p.x_mean.data},
-                                        true, p.per_sample);
+  const bool vectorized = can_vectorize(
+      {p.x.data, p.score.data, p.has_noise ? p.noise.data : nullptr, p.x_new.data, p.x_mean.data}, true, p.per_sample);
   const dim3 norms_grid(static_cast<unsigned int>(chunks_of(p.per_sample)), static_cast<unsigned int>(p.batch));
   langevin_norms_kernel<acc_t><<<norms_grid, kThreads, 0, stream>>>(p, s, vectorized);
   const int grid = grid_size(vectorized ? (n + kPack - 1) / kPack : n);

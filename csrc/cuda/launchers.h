@@ -46,7 +46,7 @@ struct EiStepParams {
   In history[kMaxHistory];
   int num_history = 0;
   bool has_noise = false;
-  In coeffs;             // [5 + k] or [batch, 5 + k]
+  In coeffs;                 // [5 + k] or [batch, 5 + k]
   int64_t coeff_stride = 0;  // 0 when one row is shared by the batch
   ThresholdApply threshold;
   Out x_next, d;
@@ -114,13 +114,13 @@ int64_t error_norm_scratch_bytes(int64_t batch, int64_t per_sample);
 // select_scratch: select_scratch_bytes(...) bytes when select is given (the
 // scales are written at its start), else null.
 template <typename acc_t>
-cudaError_t launch_ei_step(const EiStepParams& p, const ThresholdSelect* select,
-                           void* select_scratch, cudaStream_t stream);
+cudaError_t launch_ei_step(const EiStepParams& p, const ThresholdSelect* select, void* select_scratch,
+                           cudaStream_t stream);
 template <typename acc_t>
 cudaError_t launch_multistep_combine(const CombineParams& p, cudaStream_t stream);
 template <typename acc_t>
-cudaError_t launch_threshold(const ThresholdParams& p, const ThresholdSelect* select,
-                             void* select_scratch, cudaStream_t stream);
+cudaError_t launch_threshold(const ThresholdParams& p, const ThresholdSelect* select, void* select_scratch,
+                             cudaStream_t stream);
 // scratch: langevin_scratch_bytes(...) bytes of device memory (per-chunk
 // partial sums, norms, steps, and a counter the launcher zeroes first).
 template <typename acc_t>

@@ -145,9 +145,7 @@ __device__ __forceinline__ void for_each_element(int64_t n, bool vectorized, Bod
   for (int64_t i = scalar_begin + first; i < n; i += stride) body(Width<1>{}, i);
 }
 
-__host__ __device__ inline bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
+__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Enough blocks of kThreads to cover `units` work items, capped at a few
 // waves of the device so the grid-stride loop does the rest.
@@ -182,8 +180,7 @@ __device__ __forceinline__ void element_row(In coeffs, int64_t stride, int64_t b
 
 // (limit, divisor) of threshold_element for sample b.
 template <typename acc_t>
-__device__ __forceinline__ void threshold_bounds(const ThresholdApply& t, int64_t b, acc_t* limit,
-                                                 acc_t* divisor) {
+__device__ __forceinline__ void threshold_bounds(const ThresholdApply& t, int64_t b, acc_t* limit, acc_t* divisor) {
   if (t.scales) {
     *limit = *divisor = static_cast<const acc_t*>(t.scales)[b];
   } else {
@@ -194,8 +191,7 @@ __device__ __forceinline__ void threshold_bounds(const ThresholdApply& t, int64_
 
 // Whether the packs of kPack elements may be used: every pointer 16-byte
 // aligned, and, where per-sample values are read, no pack spans two samples.
-inline bool can_vectorize(std::initializer_list<const void*> pointers, bool per_sample_values,
-                          int64_t per_sample) {
+inline bool can_vectorize(std::initializer_list<const void*> pointers, bool per_sample_values, int64_t per_sample) {
   for (const void* p : pointers) {
     if (p && !aligned16(p)) return false;
   }

@@ -14,8 +14,8 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p, bool
   for_each_element(p.batch * p.per_sample, vectorized, [&](auto width, int64_t i) {
     constexpr int W = decltype(width)::value;
     acc_t c[N];
-    element_row<acc_t, N>(p.coeffs, p.coeff_stride, per_sample_rows ? i / p.per_sample : 0, per_sample_rows,
-                          shared_c, c);
+    element_row<acc_t, N>(p.coeffs, p.coeff_stride, per_sample_rows ? i / p.per_sample : 0, per_sample_rows, shared_c,
+                          c);
     acc_t t[N][W];
 #pragma unroll
     for (int j = 0; j < N; ++j) load_elements<W>(p.tensors[j], i, t[j]);

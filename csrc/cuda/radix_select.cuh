@@ -232,8 +232,7 @@ __device__ void block_select(KeyAt key_at, int64_t count, SelectStart<typename M
 // kSelectThreads per sample; per_sample < 2^32 (checked by the caller).
 template <typename acc_t, typename Source>
 __global__ void __launch_bounds__(kSelectThreads)
-    select_threshold_scales(Source source, int64_t per_sample, ThresholdSelect select,
-                            acc_t* scales) {
+    select_threshold_scales(Source source, int64_t per_sample, ThresholdSelect select, acc_t* scales) {
   using Key = MagnitudeKey<acc_t>;
   using key_t = typename Key::type;
   const int64_t b = blockIdx.x;
@@ -272,12 +271,12 @@ constexpr unsigned int kSawNan = 1u, kScaleDone = 2u, kCompacted = 4u;
 // What a sample's passes hand each other, in the zeroed scratch.
 template <typename key_t>
 struct SelectState {
-  key_t prefix;                   // the digits fixed so far
-  key_t above_inverted;           // ~(the smallest key above a pass's group seen so far); zeroed: none
-  unsigned int remaining;         // the wanted rank among the keys matching prefix
-  unsigned int blocks_done;       // blocks of this pass finished (the last one picks)
-  unsigned int flags;             // kSawNan, kScaleDone, kCompacted
-  unsigned int candidates;        // keys pass 1 found in its group (may exceed the buffer)
+  key_t prefix;              // the digits fixed so far
+  key_t above_inverted;      // ~(the smallest key above a pass's group seen so far); zeroed: none
+  unsigned int remaining;    // the wanted rank among the keys matching prefix
+  unsigned int blocks_done;  // blocks of this pass finished (the last one picks)
+  unsigned int flags;        // kSawNan, kScaleDone, kCompacted
+  unsigned int candidates;   // keys pass 1 found in its group (may exceed the buffer)
 };
 
 __host__ __device__ inline int64_t candidate_capacity(int64_t per_sample) { return (per_sample + 3) / 4; }
@@ -408,8 +407,8 @@ __global__ void __launch_bounds__(kSelectThreads)
   const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
   const SelectStart<key_t> start{state->prefix, Key::kBits - pass_shift(1, Key::kBits), pass_shift(2, Key::kBits),
                                  state->remaining};
-  block_select<acc_t>([&](int64_t i) { return mine[i]; }, state->candidates, start, false, ~state->above_inverted,
-                      rank, select, scales + b);
+  block_select<acc_t>([&](int64_t i) { return mine[i]; }, state->candidates, start, false, ~state->above_inverted, rank,
+                      select, scales + b);
 }
 
 inline int64_t round256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
@@ -444,24 +443,25 @@ cudaError_t launch_select(Source source, int64_t batch, int64_t per_sample, cons
   using key_t = typename MagnitudeKey<acc_t>::type;
   acc_t* scales = static_cast<acc_t*>(scratch);
   if (select_workspace_bytes<acc_t>(batch, per_sample) == 0) {
-    select_threshold_scales<acc_t><<<static_cast<unsigned int>(batch), kSelectThreads, 0, stream>>>(
-        source, per_sample, select, scales);
+    select_threshold_scales<acc_t>
+        <<<static_cast<unsigned int>(batch), kSelectThreads, 0, stream>>>(source, per_sample, select, scales);
     return cudaGetLastError();
   }
   char* base = static_cast<char*>(scratch) + round256(batch * int64_t(sizeof(acc_t)));
   unsigned int* histograms = reinterpret_cast<unsigned int*>(base);
-  auto* states = reinterpret_cast<SelectState<key_t>*>(base + round256(batch * kDigitBins * int64_t(sizeof(unsigned int))));
+  auto* states =
+      reinterpret_cast<SelectState<key_t>*>(base + round256(batch * kDigitBins * int64_t(sizeof(unsigned int))));
   auto* candidates = reinterpret_cast<key_t*>(base + select_zeroed_bytes<acc_t>(batch));
   cudaError_t status = cudaMemsetAsync(base, 0, static_cast<size_t>(select_zeroed_bytes<acc_t>(batch)), stream);
   if (status != cudaSuccess) return status;
   const int64_t chunk = select_chunk(per_sample);
   const dim3 grid(static_cast<unsigned int>((per_sample + chunk - 1) / chunk), static_cast<unsigned int>(batch));
   for (int pass = 0; pass < digit_passes(MagnitudeKey<acc_t>::kBits); ++pass) {
-    select_digit_pass<acc_t><<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, pass, states,
-                                                                   histograms, candidates, scales);
+    select_digit_pass<acc_t>
+        <<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, pass, states, histograms, candidates, scales);
   }
-  select_finish_candidates<acc_t><<<static_cast<unsigned int>(batch), kSelectThreads, 0, stream>>>(
-      per_sample, select, states, candidates, scales);
+  select_finish_candidates<acc_t>
+      <<<static_cast<unsigned int>(batch), kSelectThreads, 0, stream>>>(per_sample, select, states, candidates, scales);
   return cudaGetLastError();
 }
 

@@ -37,8 +37,8 @@ __global__ void __launch_bounds__(kThreads) threshold_kernel(ThresholdParams p, 
 }  // namespace
 
 template <typename acc_t>
-cudaError_t launch_threshold(const ThresholdParams& params, const ThresholdSelect* select,
-                             void* select_scratch, cudaStream_t stream) {
+cudaError_t launch_threshold(const ThresholdParams& params, const ThresholdSelect* select, void* select_scratch,
+                             cudaStream_t stream) {
   ThresholdParams p = params;
   const int64_t n = p.batch * p.per_sample;
   if (n == 0) return cudaSuccess;
@@ -56,7 +56,8 @@ cudaError_t launch_threshold(const ThresholdParams& params, const ThresholdSelec
 }
 
 int64_t select_scratch_bytes(int64_t batch, int64_t per_sample, bool double_acc) {
-  return double_acc ? select_scratch_bytes_of<double>(batch, per_sample) : select_scratch_bytes_of<float>(batch, per_sample);
+  return double_acc ? select_scratch_bytes_of<double>(batch, per_sample)
+                    : select_scratch_bytes_of<float>(batch, per_sample);
 }
 
 template cudaError_t launch_threshold<float>(const ThresholdParams&, const ThresholdSelect*, void*, cudaStream_t);

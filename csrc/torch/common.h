@@ -45,42 +45,39 @@ inline bool is_supported_float(at::ScalarType t) {
 // Every op computes in float32 unless its state x is float64, and then all
 // tensors must be float64: mixing float64 with 16/32-bit is refused rather
 // than silently losing the precision the caller asked for.
-inline void check_float_dtype(const char* op, const char* name, const at::Tensor& t,
-                              at::ScalarType state_dtype) {
+inline void check_float_dtype(const char* op, const char* name, const at::Tensor& t, at::ScalarType state_dtype) {
   TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": argument '", name,
                    "' must be float16, bfloat16, float32 or float64, got ", dtype_name(t.scalar_type()));
   const bool state_f64 = state_dtype == at::kDouble;
-  TORCH_CHECK_TYPE((t.scalar_type() == at::kDouble) == state_f64, op, ": argument '", name,
-                   "' has dtype ", dtype_name(t.scalar_type()), " but the state is ", dtype_name(state_dtype),
+  TORCH_CHECK_TYPE((t.scalar_type() == at::kDouble) == state_f64, op, ": argument '", name, "' has dtype ",
+                   dtype_name(t.scalar_type()), " but the state is ", dtype_name(state_dtype),
                    "; float64 cannot be mixed with 16/32-bit tensors");
 }
 
-inline void check_like(const char* op, const char* name, const at::Tensor& t,
-                       const at::Tensor& x, const char* x_name) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": argument '", name, "' is on ", t.device(),
-                    " but '", x_name, "' is on ", x.device());
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": argument '", name, "' must have shape ",
-                    shape_str(x), " like '", x_name, "', got ", shape_str(t));
+inline void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x, const char* x_name) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": argument '", name, "' is on ", t.device(), " but '", x_name,
+                    "' is on ", x.device());
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": argument '", name, "' must have shape ", shape_str(x), " like '",
+                    x_name, "', got ", shape_str(t));
 }
 
-inline void check_out(const char* op, const char* name, const at::Tensor& out,
-                      const at::Tensor& x) {
-  TORCH_CHECK_VALUE(out.device() == x.device(), op, ": argument '", name, "' is on ",
-                    out.device(), " but must be on ", x.device());
-  TORCH_CHECK_VALUE(out.sizes() == x.sizes(), op, ": argument '", name, "' must have shape ",
-                    shape_str(x), ", got ", shape_str(out));
-  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), op, ": argument '", name,
-                   "' must have dtype ", dtype_name(x.scalar_type()), ", got ", dtype_name(out.scalar_type()));
-  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, op, ": argument '",
-                    name, "' has elements that share memory");
+inline void check_out(const char* op, const char* name, const at::Tensor& out, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(out.device() == x.device(), op, ": argument '", name, "' is on ", out.device(), " but must be on ",
+                    x.device());
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes(), op, ": argument '", name, "' must have shape ", shape_str(x), ", got ",
+                    shape_str(out));
+  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), op, ": argument '", name, "' must have dtype ",
+                   dtype_name(x.scalar_type()), ", got ", dtype_name(out.scalar_type()));
+  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, op, ": argument '", name,
+                    "' has elements that share memory");
 }
 
 // An output may be exactly one of the inputs (in place) but may not overlap
 // any of them partially.
-inline void check_no_partial_overlap(const char* op, const char* name, const at::Tensor& out,
-                                     const at::Tensor& in, const char* in_name) {
-  TORCH_CHECK_VALUE(at::get_overlap_status(out, in) != at::MemOverlapStatus::Partial, op,
-                    ": argument '", name, "' partially overlaps '", in_name,
+inline void check_no_partial_overlap(const char* op, const char* name, const at::Tensor& out, const at::Tensor& in,
+                                     const char* in_name) {
+  TORCH_CHECK_VALUE(at::get_overlap_status(out, in) != at::MemOverlapStatus::Partial, op, ": argument '", name,
+                    "' partially overlaps '", in_name,
                     "'; an output may be the very same tensor as an input, or not overlap it");
 }
 
@@ -92,16 +89,15 @@ inline bool outputs_overlap(const at::Tensor& a, const at::Tensor& b) {
 }
 
 // Coefficients: shape [n] (shared by the batch) or [batch, n], on x's device.
-inline void check_coeffs(const char* op, const at::Tensor& coeffs, const at::Tensor& x,
-                         int64_t n, const char* layout) {
-  TORCH_CHECK_VALUE(coeffs.device() == x.device(), op, ": argument 'coeffs' is on ",
-                    coeffs.device(), " but the data is on ", x.device());
-  TORCH_CHECK_TYPE(at::isFloatingType(coeffs.scalar_type()), op,
-                   ": argument 'coeffs' must be a floating tensor, got ", dtype_name(coeffs.scalar_type()));
+inline void check_coeffs(const char* op, const at::Tensor& coeffs, const at::Tensor& x, int64_t n, const char* layout) {
+  TORCH_CHECK_VALUE(coeffs.device() == x.device(), op, ": argument 'coeffs' is on ", coeffs.device(),
+                    " but the data is on ", x.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(coeffs.scalar_type()), op, ": argument 'coeffs' must be a floating tensor, got ",
+                   dtype_name(coeffs.scalar_type()));
   const bool shared = coeffs.dim() == 1 && coeffs.size(0) == n;
   const bool per_sample = coeffs.dim() == 2 && coeffs.size(0) == x.size(0) && coeffs.size(1) == n;
-  TORCH_CHECK_VALUE(shared || per_sample, op, ": argument 'coeffs' must have shape [", n,
-                    "] or [", x.size(0), ", ", n, "] (", layout, "), got ", shape_str(coeffs));
+  TORCH_CHECK_VALUE(shared || per_sample, op, ": argument 'coeffs' must have shape [", n, "] or [", x.size(0), ", ", n,
+                    "] (", layout, "), got ", shape_str(coeffs));
 }
 
 inline cpu::DType kernel_dtype(at::ScalarType t) {
@@ -149,9 +145,7 @@ struct KernelOut {
   explicit KernelOut(const at::Tensor& out)
       : target(out), buffer(out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous)) {}
   // streaming: the op's whole footprint exceeds the last-level cache.
-  cpu::Out view(bool streaming) const {
-    return {buffer.data_ptr(), kernel_dtype(buffer.scalar_type()), streaming};
-  }
+  cpu::Out view(bool streaming) const { return {buffer.data_ptr(), kernel_dtype(buffer.scalar_type()), streaming}; }
   void finish() {
     if (!buffer.is_same(target)) target.copy_(buffer);
   }
@@ -203,9 +197,7 @@ template <typename Chunks>
 std::vector<double> per_sample_totals(int64_t batch, int64_t per_sample, Chunks&& chunks) {
   const int64_t chunks_per_sample = (per_sample + cpu::kNormChunk - 1) / cpu::kNormChunk;
   std::vector<double> partial(batch * chunks_per_sample);
-  at::parallel_for(0, batch * chunks_per_sample, 1, [&](int64_t c0, int64_t c1) {
-    chunks(partial.data(), c0, c1);
-  });
+  at::parallel_for(0, batch * chunks_per_sample, 1, [&](int64_t c0, int64_t c1) { chunks(partial.data(), c0, c1); });
   std::vector<double> totals(batch, 0.0);
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t c = 0; c < chunks_per_sample; ++c) totals[b] += partial[b * chunks_per_sample + c];

@@ -35,8 +35,7 @@ inline void check_launch(const char* op, cudaError_t status) {
 // One block per sample in the selection and norm kernels: the grid's y
 // dimension and the 32-bit ranks bound the batch and the sample size.
 inline void check_cuda_sizes(const char* op, int64_t batch, int64_t per_sample) {
-  TORCH_CHECK_VALUE(batch <= 65535, op, ": batches of more than 65535 samples are not supported on CUDA, got ",
-                    batch);
+  TORCH_CHECK_VALUE(batch <= 65535, op, ": batches of more than 65535 samples are not supported on CUDA, got ", batch);
   TORCH_CHECK_VALUE(per_sample < (int64_t(1) << 32), op,
                     ": samples of 2^32 elements or more are not supported on CUDA, got ", per_sample);
 }

@@ -15,39 +15,34 @@ namespace {
 constexpr const char* kOp = "diffaccel.ei_step";
 
 // Every check of the op's arguments, for both devices; returns the parsed thresholding.
-std::optional<ThresholdOptions> check_ei_step(
-    const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
-    const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
-    std::optional<std::string_view> threshold_kind, double threshold_ratio,
-    double threshold_max_value, std::string_view threshold_style, const at::Tensor& x_next_out,
-    const at::Tensor& d_out) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
-                    shape_str(x));
+std::optional<ThresholdOptions> check_ei_step(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
+                                              const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
+                                              std::optional<std::string_view> threshold_kind, double threshold_ratio,
+                                              double threshold_max_value, std::string_view threshold_style,
+                                              const at::Tensor& x_next_out, const at::Tensor& d_out) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ", shape_str(x));
   check_float_dtype(kOp, "x", x, x.scalar_type());
   check_like(kOp, "model_out", model_out, x, "x");
   check_float_dtype(kOp, "model_out", model_out, x.scalar_type());
   const int64_t k = static_cast<int64_t>(history.size());
-  TORCH_CHECK_VALUE(k <= kMaxHistory, kOp, ": argument 'history' holds ", k,
-                    " tensors, at most ", kMaxHistory, " are supported");
+  TORCH_CHECK_VALUE(k <= kMaxHistory, kOp, ": argument 'history' holds ", k, " tensors, at most ", kMaxHistory,
+                    " are supported");
   for (const at::Tensor& h : history) {
     check_like(kOp, "history", h, x, "x");
     check_float_dtype(kOp, "history", h, x.scalar_type());
   }
-  check_coeffs(kOp, coeffs, x, kEiFixedCoeffs + 1 + k,
-               "[c_x, c_m, a, b_0, b_1..b_k, s] for k history tensors");
+  check_coeffs(kOp, coeffs, x, kEiFixedCoeffs + 1 + k, "[c_x, c_m, a, b_0, b_1..b_k, s] for k history tensors");
   if (noise) {
     check_like(kOp, "noise", *noise, x, "x");
     check_float_dtype(kOp, "noise", *noise, x.scalar_type());
   }
   std::optional<ThresholdOptions> threshold;
   if (threshold_kind) {
-    threshold = parse_threshold(kOp, *threshold_kind, threshold_ratio, threshold_max_value,
-                                threshold_style);
+    threshold = parse_threshold(kOp, *threshold_kind, threshold_ratio, threshold_max_value, threshold_style);
   }
   check_out(kOp, "out[0] (x_next)", x_next_out, x);
   check_out(kOp, "out[1] (d)", d_out, x);
-  TORCH_CHECK_VALUE(!outputs_overlap(x_next_out, d_out), kOp,
-                    ": the two outputs (x_next, d) must not share memory");
+  TORCH_CHECK_VALUE(!outputs_overlap(x_next_out, d_out), kOp, ": the two outputs (x_next, d) must not share memory");
   for (const at::Tensor* out : {&x_next_out, &d_out}) {
     const char* name = out == &x_next_out ? "out[0] (x_next)" : "out[1] (d)";
     check_no_partial_overlap(kOp, name, *out, x, "x");
@@ -72,14 +67,13 @@ struct EiStepInputs {
   }
 };
 
-void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
-                     const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
-                     std::optional<std::string_view> threshold_kind, double threshold_ratio,
-                     double threshold_max_value, std::string_view threshold_style,
+void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history, const at::Tensor& coeffs,
+                     const std::optional<at::Tensor>& noise, std::optional<std::string_view> threshold_kind,
+                     double threshold_ratio, double threshold_max_value, std::string_view threshold_style,
                      const at::Tensor& x_next_out, const at::Tensor& d_out) {
   const std::optional<ThresholdOptions> threshold =
-      check_ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio,
-                    threshold_max_value, threshold_style, x_next_out, d_out);
+      check_ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value,
+                    threshold_style, x_next_out, d_out);
   const int64_t batch = batch_of(x);
   const at::ScalarType acc = acc_type_of(x);
   const EiStepInputs in(x, model_out, history, noise);
@@ -112,18 +106,14 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
       if (thresholds->dynamic && args.per_sample > 0) {
         const cpu::DynamicThreshold dyn{threshold->ratio, threshold->style, threshold->max_value};
         scalar_t* scale = thresholds->scales();
-        parallel_samples(batch, [&](int64_t b0, int64_t b1) {
-          cpu::ei_step_dynamic_scales(args, dyn, scale, b0, b1);
-        });
+        parallel_samples(batch, [&](int64_t b0, int64_t b1) { cpu::ei_step_dynamic_scales(args, dyn, scale, b0, b1); });
       }
       args.has_threshold = true;
       args.limit = thresholds->limit();
       args.divisor = thresholds->divisor();
       args.threshold_stride = thresholds->stride();
     }
-    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
-      cpu::ei_step_range(args, begin, end);
-    });
+    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) { cpu::ei_step_range(args, begin, end); });
   });
   x_next.finish();
   d.finish();
@@ -133,11 +123,11 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
 void ei_step_out_cuda(const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
                       const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
                       std::optional<std::string_view> threshold_kind, double threshold_ratio,
-                      double threshold_max_value, std::string_view threshold_style,
-                      const at::Tensor& x_next_out, const at::Tensor& d_out) {
+                      double threshold_max_value, std::string_view threshold_style, const at::Tensor& x_next_out,
+                      const at::Tensor& d_out) {
   const std::optional<ThresholdOptions> threshold =
-      check_ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio,
-                    threshold_max_value, threshold_style, x_next_out, d_out);
+      check_ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value,
+                    threshold_style, x_next_out, d_out);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t batch = batch_of(x);
   check_cuda_sizes(kOp, batch, per_sample_of(x));
@@ -183,15 +173,16 @@ void ei_step_out_cuda(const at::Tensor& x, const at::Tensor& model_out, at::Tens
 
 // The functional form: fresh contiguous outputs, then the _out kernel of the device.
 template <auto kOutKernel>
-std::tuple<at::Tensor, at::Tensor> ei_step_functional(
-    const at::Tensor& x, const at::Tensor& model_out, at::TensorList history,
-    const at::Tensor& coeffs, const std::optional<at::Tensor>& noise,
-    std::optional<std::string_view> threshold_kind, double threshold_ratio,
-    double threshold_max_value, std::string_view threshold_style) {
+std::tuple<at::Tensor, at::Tensor> ei_step_functional(const at::Tensor& x, const at::Tensor& model_out,
+                                                      at::TensorList history, const at::Tensor& coeffs,
+                                                      const std::optional<at::Tensor>& noise,
+                                                      std::optional<std::string_view> threshold_kind,
+                                                      double threshold_ratio, double threshold_max_value,
+                                                      std::string_view threshold_style) {
   at::Tensor x_next = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor d = at::empty_like(x_next);
-  kOutKernel(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio,
-             threshold_max_value, threshold_style, x_next, d);
+  kOutKernel(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value,
+             threshold_style, x_next, d);
   return {x_next, d};
 }
 

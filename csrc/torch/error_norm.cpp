@@ -14,8 +14,8 @@ namespace {
 
 constexpr const char* kOp = "diffaccel.error_norm";
 
-void check_error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev,
-                      double atol, double rtol) {
+void check_error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev, double atol,
+                      double rtol) {
   TORCH_CHECK_VALUE(x_high.dim() >= 1, kOp, ": argument 'x_high' must have a batch dimension, got shape ",
                     shape_str(x_high));
   check_float_dtype(kOp, "x_high", x_high, x_high.scalar_type());
@@ -27,8 +27,8 @@ void check_error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const a
   TORCH_CHECK_VALUE(rtol >= 0.0, kOp, ": argument 'rtol' must be >= 0, got ", rtol);
 }
 
-at::Tensor error_norm_cpu(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev,
-                          double atol, double rtol) {
+at::Tensor error_norm_cpu(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev, double atol,
+                          double rtol) {
   check_error_norm(x_high, x_low, x_prev, atol, rtol);
   const int64_t batch = batch_of(x_high);
   const int64_t per_sample = per_sample_of(x_high);
@@ -43,9 +43,9 @@ at::Tensor error_norm_cpu(const at::Tensor& x_high, const at::Tensor& x_low, con
     args.prev = kernel_in(pc);
     args.atol = scalar_t(atol);
     args.rtol = scalar_t(rtol);
-    const std::vector<double> totals = per_sample_totals(batch, per_sample, [&](double* partial, int64_t c0, int64_t c1) {
-      cpu::error_sum_squares_chunks(args, partial, c0, c1);
-    });
+    const std::vector<double> totals = per_sample_totals(
+        batch, per_sample,
+        [&](double* partial, int64_t c0, int64_t c1) { cpu::error_sum_squares_chunks(args, partial, c0, c1); });
     scalar_t* result = out.data_ptr<scalar_t>();
     // An empty sample has no mean: NaN, as torch's mean of nothing.
     for (int64_t b = 0; b < batch; ++b) result[b] = scalar_t(std::sqrt(totals[b] / double(per_sample)));
@@ -54,8 +54,8 @@ at::Tensor error_norm_cpu(const at::Tensor& x_high, const at::Tensor& x_low, con
 }
 
 #ifdef DIFFACCEL_WITH_CUDA
-at::Tensor error_norm_cuda(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev,
-                           double atol, double rtol) {
+at::Tensor error_norm_cuda(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev, double atol,
+                           double rtol) {
   check_error_norm(x_high, x_low, x_prev, atol, rtol);
   const c10::cuda::CUDAGuard guard(x_high.device());
   const int64_t batch = batch_of(x_high);

@@ -24,40 +24,37 @@ constexpr const char* kOp = "diffaccel.langevin_correct";
 std::vector<double> sample_norms(const at::Tensor& contiguous) {
   const int64_t per_sample = per_sample_of(contiguous);
   const cpu::In in = kernel_in(contiguous);
-  std::vector<double> norms = per_sample_totals(batch_of(contiguous), per_sample, [&](double* partial, int64_t c0, int64_t c1) {
-    cpu::sum_squares_chunks(in, per_sample, partial, c0, c1);
-  });
+  std::vector<double> norms = per_sample_totals(
+      batch_of(contiguous), per_sample,
+      [&](double* partial, int64_t c0, int64_t c1) { cpu::sum_squares_chunks(in, per_sample, partial, c0, c1); });
   for (double& n : norms) n = std::sqrt(n);
   return norms;
 }
 
-void check_langevin_correct(const at::Tensor& x, const at::Tensor& score, double snr,
-                            const at::Tensor& alpha, const std::optional<at::Tensor>& noise,
-                            std::string_view reduction, const at::Tensor& x_new_out,
-                            const at::Tensor& x_mean_out) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
-                    shape_str(x));
+void check_langevin_correct(const at::Tensor& x, const at::Tensor& score, double snr, const at::Tensor& alpha,
+                            const std::optional<at::Tensor>& noise, std::string_view reduction,
+                            const at::Tensor& x_new_out, const at::Tensor& x_mean_out) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ", shape_str(x));
   check_float_dtype(kOp, "x", x, x.scalar_type());
   check_like(kOp, "score", score, x, "x");
   check_float_dtype(kOp, "score", score, x.scalar_type());
   TORCH_CHECK_VALUE(snr >= 0.0, kOp, ": argument 'snr' must be >= 0, got ", snr);
   const int64_t batch = batch_of(x);
-  TORCH_CHECK_VALUE(alpha.device() == x.device(), kOp, ": argument 'alpha' is on ",
-                    alpha.device(), " but 'x' is on ", x.device());
+  TORCH_CHECK_VALUE(alpha.device() == x.device(), kOp, ": argument 'alpha' is on ", alpha.device(), " but 'x' is on ",
+                    x.device());
   TORCH_CHECK_VALUE(alpha.dim() == 0 || (alpha.dim() == 1 && alpha.size(0) == batch), kOp,
-                    ": argument 'alpha' must be a number, a 0-d tensor or shape [", batch,
-                    "], got shape ", shape_str(alpha));
+                    ": argument 'alpha' must be a number, a 0-d tensor or shape [", batch, "], got shape ",
+                    shape_str(alpha));
   TORCH_CHECK_VALUE(reduction == "batch" || reduction == "sample", kOp,
-                    ": argument 'reduction' must be \"batch\" or \"sample\", got \"", reduction,
-                    "\"");
+                    ": argument 'reduction' must be \"batch\" or \"sample\", got \"", reduction, "\"");
   if (noise) {
     check_like(kOp, "noise", *noise, x, "x");
     check_float_dtype(kOp, "noise", *noise, x.scalar_type());
   }
   check_out(kOp, "out[0] (x_new)", x_new_out, x);
   check_out(kOp, "out[1] (x_mean)", x_mean_out, x);
-  TORCH_CHECK_VALUE(!outputs_overlap(x_new_out, x_mean_out),
-                    kOp, ": the two outputs (x_new, x_mean) must not share memory");
+  TORCH_CHECK_VALUE(!outputs_overlap(x_new_out, x_mean_out), kOp,
+                    ": the two outputs (x_new, x_mean) must not share memory");
   for (const at::Tensor* out : {&x_new_out, &x_mean_out}) {
     const char* name = out == &x_new_out ? "out[0] (x_new)" : "out[1] (x_mean)";
     check_no_partial_overlap(kOp, name, *out, x, "x");
@@ -66,11 +63,9 @@ void check_langevin_correct(const at::Tensor& x, const at::Tensor& score, double
   }
 }
 
-void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, double snr,
-                              const at::Tensor& alpha, const std::optional<at::Tensor>& noise,
-                              std::optional<at::Generator> generator,
-                              std::string_view reduction, const at::Tensor& x_new_out,
-                              const at::Tensor& x_mean_out) {
+void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, double snr, const at::Tensor& alpha,
+                              const std::optional<at::Tensor>& noise, std::optional<at::Generator> generator,
+                              std::string_view reduction, const at::Tensor& x_new_out, const at::Tensor& x_mean_out) {
   check_langevin_correct(x, score, snr, alpha, noise, reduction, x_new_out, x_mean_out);
   const int64_t batch = batch_of(x);
   // Drawn exactly as torch.randn(x.shape, generator=generator, dtype=x.dtype) would.
@@ -99,8 +94,7 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
     scalar_t* scale_b = noise_scale.data_ptr<scalar_t>();
     const bool per_sample = reduction == "sample";
     for (int64_t b = 0; b < batch; ++b) {
-      const double r = snr * (per_sample ? noise_norm[b] : noise_mean) /
-                       (per_sample ? grad_norm[b] : grad_mean);
+      const double r = snr * (per_sample ? noise_norm[b] : noise_mean) / (per_sample ? grad_norm[b] : grad_mean);
       const double s = 2.0 * alpha_b[b] * r * r;
       step_b[b] = scalar_t(s);
       scale_b[b] = scalar_t(std::sqrt(2.0 * s));
@@ -112,13 +106,10 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
     args.noise = kernel_in(z);
     args.step = step_b;
     args.noise_scale = scale_b;
-    const bool streaming =
-        exceeds_last_level_cache(total_bytes({&xc, &sc, &z, &x_new_out, &x_mean_out}));
+    const bool streaming = exceeds_last_level_cache(total_bytes({&xc, &sc, &z, &x_new_out, &x_mean_out}));
     args.x_new = x_new.view(streaming);
     args.x_mean = x_mean.view(streaming);
-    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
-      cpu::langevin_range(args, begin, end);
-    });
+    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) { cpu::langevin_range(args, begin, end); });
   });
   x_new.finish();
   x_mean.finish();
@@ -131,8 +122,8 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
 // 4, so consecutive calls draw independent noise. Under CUDA-graph capture the
 // seed and offset are read on the device at each replay.
 cuda::PhiloxArgs philox_args(std::optional<at::Generator> generator) {
-  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-      generator, at::cuda::detail::getDefaultCUDAGenerator());
+  auto* gen =
+      at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
   at::PhiloxCudaState state;
   {
     std::lock_guard<std::mutex> lock(gen->mutex_);
@@ -151,11 +142,9 @@ cuda::PhiloxArgs philox_args(std::optional<at::Generator> generator) {
   return args;
 }
 
-void langevin_correct_out_cuda(const at::Tensor& x, const at::Tensor& score, double snr,
-                               const at::Tensor& alpha, const std::optional<at::Tensor>& noise,
-                               std::optional<at::Generator> generator,
-                               std::string_view reduction, const at::Tensor& x_new_out,
-                               const at::Tensor& x_mean_out) {
+void langevin_correct_out_cuda(const at::Tensor& x, const at::Tensor& score, double snr, const at::Tensor& alpha,
+                               const std::optional<at::Tensor>& noise, std::optional<at::Generator> generator,
+                               std::string_view reduction, const at::Tensor& x_new_out, const at::Tensor& x_mean_out) {
   check_langevin_correct(x, score, snr, alpha, noise, reduction, x_new_out, x_mean_out);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t batch = batch_of(x);
@@ -181,8 +170,7 @@ void langevin_correct_out_cuda(const at::Tensor& x, const at::Tensor& score, dou
   p.per_sample_reduction = reduction == "sample";
   p.x_new = cuda_out(x_new.buffer);
   p.x_mean = cuda_out(x_mean.buffer);
-  const at::Tensor scratch =
-      at::empty({cuda::langevin_scratch_bytes(batch, per_sample)}, x.options().dtype(at::kByte));
+  const at::Tensor scratch = at::empty({cuda::langevin_scratch_bytes(batch, per_sample)}, x.options().dtype(at::kByte));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc_type_of(x), "diffaccel_langevin_correct_cuda", [&] {
     check_launch(kOp, cuda::launch_langevin_correct<scalar_t>(p, scratch.data_ptr(), stream));
@@ -193,10 +181,11 @@ void langevin_correct_out_cuda(const at::Tensor& x, const at::Tensor& score, dou
 #endif
 
 template <auto kOutKernel>
-std::tuple<at::Tensor, at::Tensor> langevin_correct_functional(
-    const at::Tensor& x, const at::Tensor& score, double snr, const at::Tensor& alpha,
-    const std::optional<at::Tensor>& noise, std::optional<at::Generator> generator,
-    std::string_view reduction) {
+std::tuple<at::Tensor, at::Tensor> langevin_correct_functional(const at::Tensor& x, const at::Tensor& score, double snr,
+                                                               const at::Tensor& alpha,
+                                                               const std::optional<at::Tensor>& noise,
+                                                               std::optional<at::Generator> generator,
+                                                               std::string_view reduction) {
   at::Tensor x_new = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor x_mean = at::empty_like(x_new);
   kOutKernel(x, score, snr, alpha, noise, std::move(generator), reduction, x_new, x_mean);

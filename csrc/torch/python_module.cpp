@@ -33,15 +33,16 @@ at::Tensor philox_normal(uint64_t seed, uint64_t offset, int64_t n, bool float64
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "diffaccel compiled ops (registered under torch.ops.diffaccel)";
-  m.def("cpu_isa_level", &diffaccel::cpu::cpu_isa_level,
-        "ISA level of the multiversioned CPU kernels on this CPU");
-  m.def("philox_normal", &philox_normal, py::arg("seed"), py::arg("offset"), py::arg("n"),
-        py::arg("float64") = false,
+  m.def("cpu_isa_level", &diffaccel::cpu::cpu_isa_level, "ISA level of the multiversioned CPU kernels on this CPU");
+  m.def("philox_normal", &philox_normal, py::arg("seed"), py::arg("offset"), py::arg("n"), py::arg("float64") = false,
         "The first n normals of the in-kernel Philox stream (seed, offset) of the CUDA kernels");
-  m.def("philox4x32_10", [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
-    const diffaccel::Philox4 r = diffaccel::philox4x32_10(diffaccel::Philox4{{c0, c1, c2, c3}}, k0, k1);
-    return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
-  }, "One Philox4x32-10 block (for known-answer tests)");
+  m.def(
+      "philox4x32_10",
+      [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+        const diffaccel::Philox4 r = diffaccel::philox4x32_10(diffaccel::Philox4{{c0, c1, c2, c3}}, k0, k1);
+        return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
+      },
+      "One Philox4x32-10 block (for known-answer tests)");
 #ifdef DIFFACCEL_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

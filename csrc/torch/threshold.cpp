@@ -12,10 +12,9 @@ namespace {
 
 constexpr const char* kOp = "diffaccel.threshold";
 
-ThresholdOptions check_threshold(const at::Tensor& x, std::string_view kind, double ratio,
-                                 double max_value, std::string_view style, const at::Tensor& out) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ",
-                    shape_str(x));
+ThresholdOptions check_threshold(const at::Tensor& x, std::string_view kind, double ratio, double max_value,
+                                 std::string_view style, const at::Tensor& out) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, kOp, ": argument 'x' must have a batch dimension, got shape ", shape_str(x));
   check_float_dtype(kOp, "x", x, x.scalar_type());
   const ThresholdOptions options = parse_threshold(kOp, kind, ratio, max_value, style);
   check_out(kOp, "out", out, x);
@@ -23,8 +22,8 @@ ThresholdOptions check_threshold(const at::Tensor& x, std::string_view kind, dou
   return options;
 }
 
-void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
-                       double max_value, std::string_view style, const at::Tensor& out) {
+void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio, double max_value,
+                       std::string_view style, const at::Tensor& out) {
   const ThresholdOptions options = check_threshold(x, kind, ratio, max_value, style, out);
 
   const int64_t batch = batch_of(x);
@@ -39,24 +38,20 @@ void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
     if (table.dynamic && args.per_sample > 0) {
       const cpu::DynamicThreshold dyn{options.ratio, options.style, options.max_value};
       scalar_t* scale = table.scales();
-      parallel_samples(batch, [&](int64_t b0, int64_t b1) {
-        cpu::threshold_dynamic_scales(args, dyn, scale, b0, b1);
-      });
+      parallel_samples(batch, [&](int64_t b0, int64_t b1) { cpu::threshold_dynamic_scales(args, dyn, scale, b0, b1); });
     }
     args.limit = table.limit();
     args.divisor = table.divisor();
     args.threshold_stride = table.stride();
     args.y = y.view(exceeds_last_level_cache(total_bytes({&xc, &out})));
-    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) {
-      cpu::threshold_range(args, begin, end);
-    });
+    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) { cpu::threshold_range(args, begin, end); });
   });
   y.finish();
 }
 
 #ifdef DIFFACCEL_WITH_CUDA
-void threshold_out_cuda(const at::Tensor& x, std::string_view kind, double ratio,
-                        double max_value, std::string_view style, const at::Tensor& out) {
+void threshold_out_cuda(const at::Tensor& x, std::string_view kind, double ratio, double max_value,
+                        std::string_view style, const at::Tensor& out) {
   const ThresholdOptions options = check_threshold(x, kind, ratio, max_value, style, out);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t batch = batch_of(x);
@@ -83,8 +78,8 @@ void threshold_out_cuda(const at::Tensor& x, std::string_view kind, double ratio
 #endif
 
 template <auto kOutKernel>
-at::Tensor threshold_functional(const at::Tensor& x, std::string_view kind, double ratio,
-                                double max_value, std::string_view style) {
+at::Tensor threshold_functional(const at::Tensor& x, std::string_view kind, double ratio, double max_value,
+                                std::string_view style) {
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   kOutKernel(x, kind, ratio, max_value, style, out);
   return out;

@@ -111,8 +111,9 @@ class BrownianTreeNoiseSampler:
         try:
             import torchsde
         except ImportError as error:
-            raise ImportError("BrownianTreeNoiseSampler needs torchsde (pip install torchsde), "
-                              "or pass noise_sampler=") from error
+            raise ImportError(
+                "BrownianTreeNoiseSampler needs torchsde (pip install torchsde), or pass noise_sampler="
+            ) from error
         self.transform = transform
         t0, t1 = transform(torch.as_tensor(sigma_min)), transform(torch.as_tensor(sigma_max))
         t0, t1, self.sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
@@ -220,8 +221,18 @@ def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise):
 
 
 @_sampler
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
-                 s_tmax=float("inf"), s_noise=1.0):
+def sample_euler(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=float("inf"),
+    s_noise=1.0,
+):
     """Euler steps (Karras et al. 2022, Algorithm 2 with first-order steps)."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
@@ -234,8 +245,17 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 
 @_sampler
-def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                           noise_sampler: Optional[Callable] = None):
+def sample_euler_ancestral(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+):
     """Ancestral sampling with Euler steps."""
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
@@ -250,8 +270,18 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 
 
 @_sampler
-def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
-                s_tmax=float("inf"), s_noise=1.0):
+def sample_heun(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=float("inf"),
+    s_noise=1.0,
+):
     """Heun steps (Karras et al. 2022, Algorithm 2); an Euler step to sigma = 0."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
@@ -267,8 +297,9 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         # x + dt/2 (d + d_2) with d = (x - denoised)/sh, d_2 = (x_2 - denoised_2)/sn, dt = sn - sh.
         denoised_2 = loop.denoise(x_2, loop.sigmas[i + 1])
         half = (sn - sh) / 2
-        x, _ = loop.step(x_2, denoised_2, [x, denoised], half / sn, [-half / sn, 1.0 + half / sh, -half / sh],
-                         to_d=True)
+        x, _ = loop.step(
+            x_2, denoised_2, [x, denoised], half / sn, [-half / sn, 1.0 + half / sh, -half / sh], to_d=True
+        )
     return x
 
 
@@ -291,8 +322,18 @@ def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, dr
 
 
 @_sampler
-def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
-                 s_tmax=float("inf"), s_noise=1.0):
+def sample_dpm_2(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=float("inf"),
+    s_noise=1.0,
+):
     """k-diffusion's DPM-Solver-2-inspired sampler (Karras et al.'s Algorithm 2 with a midpoint)."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
@@ -304,8 +345,17 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 
 @_sampler
-def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                           noise_sampler: Optional[Callable] = None):
+def sample_dpm_2_ancestral(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+):
     """Ancestral sampling with DPM-Solver-2 steps."""
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
@@ -313,8 +363,16 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         sigma = loop.values[i]
         denoised = loop.evaluate(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, loop.values[i + 1], eta=eta)
-        x = _dpm_2_step(loop, x, denoised, sigma, loop.sigmas[i], sigma_down,
-                        draw_noise=lambda: noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]), s=s_noise * sigma_up)
+        x = _dpm_2_step(
+            loop,
+            x,
+            denoised,
+            sigma,
+            loop.sigmas[i],
+            sigma_down,
+            draw_noise=lambda: noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]),
+            s=s_noise * sigma_up,
+        )
     return x
 
 
@@ -336,7 +394,9 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
                 x, denoised_copy = loop.step(x, denoised, [], a, [phi])
             else:
                 half_inv_r = h / (2 * (np.log(loop.values[i - 1]) - np.log(sigma)))
-                x, denoised_copy = loop.step(x, denoised, [old_denoised], a, [phi * (1 + half_inv_r), -phi * half_inv_r])
+                x, denoised_copy = loop.step(
+                    x, denoised, [old_denoised], a, [phi * (1 + half_inv_r), -phi * half_inv_r]
+                )
         old_denoised = denoised_copy
     return x
 
@@ -347,7 +407,9 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     sample_lms). The weights integrate the Lagrange polynomials exactly, where
     k-diffusion calls scipy's quad on the host every step."""
     if order not in (1, 2, 3, 4, 5):
-        raise ValueError(f"sample_lms: 'order' must be 1 to 5 (the fused step holds 4 earlier derivatives), got {order}")
+        raise ValueError(
+            f"sample_lms: 'order' must be 1 to 5 (the fused step holds 4 earlier derivatives), got {order}"
+        )
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     ds = []  # earlier derivatives (x - denoised) / sigma, newest last
     for i in loop.steps():
@@ -357,15 +419,29 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
         # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
         coeffs = _COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
-        x, d = _step(x, denoised, list(reversed(ds[len(ds) - (cur - 1):])) if cur > 1 else [], coeffs,
-                     sigma_dtype=loop.sigmas.dtype)
-        ds = (ds + [d])[-(order - 1):] if order > 1 else []
+        x, d = _step(
+            x,
+            denoised,
+            list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else [],
+            coeffs,
+            sigma_dtype=loop.sigmas.dtype,
+        )
+        ds = (ds + [d])[-(order - 1) :] if order > 1 else []
     return x
 
 
 @_sampler
-def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                              noise_sampler: Optional[Callable] = None):
+def sample_dpmpp_2s_ancestral(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+):
     """Ancestral sampling with DPM-Solver++(2S) steps."""
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
@@ -394,8 +470,18 @@ def _one_minus_ratio(sigma_to, sigma_from):
 
 
 @_sampler
-def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                     noise_sampler: Optional[Callable] = None, r=1 / 2):
+def sample_dpmpp_sde(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+    r=1 / 2,
+):
     """DPM-Solver++ (stochastic, k-diffusion's sample_dpmpp_sde): two model calls a
     step, with Brownian-tree noise by default."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
@@ -417,21 +503,39 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
         sigma_next_t = t_next.neg().exp()
         # Step 1: to the intermediate time, ancestrally.
         sd, su = get_ancestral_step(sigma, sigma_s, eta)
-        x_2, _ = loop.step(x, denoised, [], sd / sigma, [_one_minus_ratio(sd, sigma)],
-                           noise=noise_sampler(sigma_t, sigma_s_t), s=s_noise * su)
+        x_2, _ = loop.step(
+            x,
+            denoised,
+            [],
+            sd / sigma,
+            [_one_minus_ratio(sd, sigma)],
+            noise=noise_sampler(sigma_t, sigma_s_t),
+            s=s_noise * su,
+        )
         denoised_2 = loop.denoise(x_2, sigma_s_t)
         # Step 2: the whole step with the combined data prediction.
         sd, su = get_ancestral_step(sigma, sigma_next, eta)
         phi = _one_minus_ratio(sd, sigma)
         noise = noise_sampler(sigma_t, sigma_next_t)
-        x, _ = loop.step(x, denoised, [denoised_2], sd / sigma, [phi * (1 - fac), phi * fac], noise=noise,
-                         s=s_noise * su)
+        x, _ = loop.step(
+            x, denoised, [denoised_2], sd / sigma, [phi * (1 - fac), phi * fac], noise=noise, s=s_noise * su
+        )
     return x
 
 
 @_sampler
-def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                        noise_sampler: Optional[Callable] = None, solver_type="midpoint"):
+def sample_dpmpp_2m_sde(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+    solver_type="midpoint",
+):
     """DPM-Solver++(2M) SDE (midpoint or heun), Brownian-tree noise by default."""
     if solver_type not in ("heun", "midpoint"):
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
@@ -464,8 +568,17 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 
 @_sampler
-def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                        noise_sampler: Optional[Callable] = None):
+def sample_dpmpp_3m_sde(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+):
     """DPM-Solver++(3M) SDE, Brownian-tree noise by default."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     noise_sampler = BrownianTreeNoiseSampler(x, *loop.positive_range()) if noise_sampler is None else noise_sampler
@@ -565,8 +678,9 @@ class _EpsSolver:
         s2 = t + r2 * (t_next - t)
         sigma_s2 = float(self.sigma(s2))
         c2 = sigma_s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
-        u2, eps_r1 = self.stage(u1, self.denoise(u1, s1), s1, 0.0, -c2, [x, eps],
-                                [1.0, -sigma_s2 * math.expm1(r2 * h) + c2])
+        u2, eps_r1 = self.stage(
+            u1, self.denoise(u1, s1), s1, 0.0, -c2, [x, eps], [1.0, -sigma_s2 * math.expm1(r2 * h) + c2]
+        )
         sn = float(self.sigma(t_next))
         c3 = sn / r2 * (math.expm1(h) / h - 1)
         x_3, eps_r2 = self.stage(u2, self.denoise(u2, s2), s2, 0.0, -c3, [x, eps], [1.0, -sn * math.expm1(h) + c3])
@@ -607,8 +721,19 @@ def _progress(total, disable):
 
 
 @torch.no_grad()
-def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback=None, disable=None, eta=0.0,
-                    s_noise=1.0, noise_sampler: Optional[Callable] = None):
+def sample_dpm_fast(
+    model,
+    x,
+    sigma_min,
+    sigma_max,
+    n,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=0.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+):
     """DPM-Solver-Fast (fixed steps in log sigma, orders 3, ..., 3, then 2 and 1 to spend n evaluations)."""
     if sigma_min <= 0 or sigma_max <= 0:
         raise ValueError("sigma_min and sigma_max must not be 0")
@@ -624,8 +749,17 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
         t_next_, su = solver.ancestral_split(t, t_next, t_end, eta)
         u1, eps, denoised, s1 = solver.start(x, t, t_next_, {1: 1.0, 2: 1 / 2, 3: 1 / 3}[order])
         if callback is not None:
-            callback({"sigma": solver.sigma(ts[i]), "sigma_hat": solver.sigma(t), "x": x, "i": i, "t": ts[i],
-                      "t_up": t, "denoised": denoised})
+            callback(
+                {
+                    "sigma": solver.sigma(ts[i]),
+                    "sigma_hat": solver.sigma(t),
+                    "x": x,
+                    "i": i,
+                    "t": ts[i],
+                    "t_up": t,
+                    "denoised": denoised,
+                }
+            )
         if order == 1:
             x = u1
         elif order == 2:
@@ -641,9 +775,27 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
 
 
 @torch.no_grad()
-def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callback=None, disable=None, order=3,
-                        rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81,
-                        eta=0.0, s_noise=1.0, noise_sampler: Optional[Callable] = None, return_info=False):
+def sample_dpm_adaptive(
+    model,
+    x,
+    sigma_min,
+    sigma_max,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    order=3,
+    rtol=0.05,
+    atol=0.0078,
+    h_init=0.05,
+    pcoeff=0.0,
+    icoeff=1.0,
+    dcoeff=0.0,
+    accept_safety=0.81,
+    eta=0.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+    return_info=False,
+):
     """DPM-Solver-12 / -23 with k-diffusion's PID step-size control. The error of
     each trial step is the fused error_norm (one pass); reading it is the one
     host synchronization per trial, as in k-diffusion."""
@@ -668,7 +820,8 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         u1, eps, denoised, s1 = solver.start(x, s, t_, 1 / 2 if order == 2 else 1 / 3)
         if order == 2:
             x_low = ops.multistep_combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
-                [x, eps], _COEFFICIENTS.get([1.0, -float(solver.sigma(t_)) * math.expm1(float(t_ - s))], x.device))
+                [x, eps], _COEFFICIENTS.get([1.0, -float(solver.sigma(t_)) * math.expm1(float(t_ - s))], x.device)
+            )
             x_high, _ = solver.second(x, eps, u1, s1, s, t_, 1 / 2)
         else:
             x_high, eps_r1, _ = solver.third(x, eps, u1, s1, s, t_)
@@ -692,16 +845,44 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         info["nfe"] += order
         info["steps"] += 1
         if callback is not None:
-            callback({"sigma": solver.sigma(s), "sigma_hat": solver.sigma(s), "x": x, "i": info["steps"] - 1,
-                      "t": s, "t_up": s, "denoised": denoised, "error": error, "h": pid.h, **info})
+            callback(
+                {
+                    "sigma": solver.sigma(s),
+                    "sigma_hat": solver.sigma(s),
+                    "x": x,
+                    "i": info["steps"] - 1,
+                    "t": s,
+                    "t_up": s,
+                    "denoised": denoised,
+                    "error": error,
+                    "h": pid.h,
+                    **info,
+                }
+            )
     if bar is not None:
         bar.close()
     return (x, info) if return_info else x
 
 
 __all__ = [
-    "BrownianTreeNoiseSampler", "default_noise_sampler", "get_ancestral_step", "get_sigmas_exponential", "get_sigmas_karras",
-    "get_sigmas_polyexponential", "get_sigmas_vp", "sample_dpm_2", "sample_dpm_2_ancestral", "sample_dpmpp_2m",
-    "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_lms", "sample_dpmpp_2s_ancestral",
-    "sample_dpmpp_sde", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_dpm_fast", "sample_dpm_adaptive",
+    "BrownianTreeNoiseSampler",
+    "default_noise_sampler",
+    "get_ancestral_step",
+    "get_sigmas_exponential",
+    "get_sigmas_karras",
+    "get_sigmas_polyexponential",
+    "get_sigmas_vp",
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_dpmpp_2m",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_lms",
+    "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_sde",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m_sde",
+    "sample_dpm_fast",
+    "sample_dpm_adaptive",
 ]

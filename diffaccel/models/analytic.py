@@ -35,7 +35,9 @@ def ideal_model(schedule, prediction_type: str, x0_hat):
         alpha, sigma = _per_sample(schedule, t, xd)
         x0 = x0_hat(xd, alpha, sigma)
         eps = (xd - alpha * x0) / sigma
-        out = {"sample": x0, "epsilon": eps, "v_prediction": alpha * eps - sigma * x0, "flow": eps - x0}[prediction_type]
+        out = {"sample": x0, "epsilon": eps, "v_prediction": alpha * eps - sigma * x0, "flow": eps - x0}[
+            prediction_type
+        ]
         return out.to(x.dtype)
 
     return model
@@ -53,8 +55,9 @@ class GaussianData:
     def sample_marginal(self, schedule, t: float, batch: int, generator=None) -> torch.Tensor:
         """Draws x_t for a batch (float64)."""
         alpha, _, std_t = self._marginal(schedule, t, self.mean.unsqueeze(0))
-        z = standard_normal((batch,) + tuple(self.mean.shape), generator=generator, dtype=torch.float64,
-                            device=self.mean.device)
+        z = standard_normal(
+            (batch,) + tuple(self.mean.shape), generator=generator, dtype=torch.float64, device=self.mean.device
+        )
         return alpha * self.mean + std_t * z
 
     def denoiser(self, schedule, prediction_type: str = "epsilon"):
@@ -87,7 +90,9 @@ class GaussianMixture:
         means = alpha * self.means
         mean = self.weights @ means
         centered = means - mean
-        cov = torch.diag(self.weights @ (alpha**2 * self.stds**2 + sigma**2)) + centered.T @ (self.weights[:, None] * centered)
+        cov = torch.diag(self.weights @ (alpha**2 * self.stds**2 + sigma**2)) + centered.T @ (
+            self.weights[:, None] * centered
+        )
         return mean, cov
 
     def sample_marginal(self, schedule, t: float, batch: int, generator=None) -> torch.Tensor:

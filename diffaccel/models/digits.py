@@ -31,9 +31,12 @@ class DigitsDenoiser(nn.Module):
         super().__init__()
         self.time_features = time_features
         self.net = nn.Sequential(
-            nn.Linear(64 + time_features, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(64 + time_features, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
             nn.Linear(hidden, 64),
         )
 
@@ -44,7 +47,9 @@ class DigitsDenoiser(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        features = torch.cat([x.reshape(x.shape[0], 64).float(), self.time_embedding(t.reshape(-1).expand(x.shape[0]))], 1)
+        features = torch.cat(
+            [x.reshape(x.shape[0], 64).float(), self.time_embedding(t.reshape(-1).expand(x.shape[0]))], 1
+        )
         return self.net(features).reshape(x.shape).to(x.dtype)
 
 

@@ -114,12 +114,24 @@ def ei_step(
             validation.check_out_pair("diffaccel.ei_step", ("x_next", "d"), out, x)
             inputs = {"x": x, "model_out": model_out, "noise": noise}
             inputs.update({f"history[{j}]": h for j, h in enumerate(history)})
-            validation.check_no_partial_overlap("diffaccel.ei_step", {"out[0] (x_next)": out[0], "out[1] (d)": out[1]}, inputs)
+            validation.check_no_partial_overlap(
+                "diffaccel.ei_step", {"out[0] (x_next)": out[0], "out[1] (d)": out[1]}, inputs
+            )
     if impl == "reference":
         return reference.ei_step(x, model_out, history, coeffs, threshold=threshold, noise=noise, out=out)
     ops = _namespace(impl)
     t = threshold or _NO_THRESHOLD
-    args = (x, model_out, list(history), coeffs, noise, None if threshold is None else t.kind, t.ratio, t.max_value, t.style)
+    args = (
+        x,
+        model_out,
+        list(history),
+        coeffs,
+        noise,
+        None if threshold is None else t.kind,
+        t.ratio,
+        t.max_value,
+        t.style,
+    )
     if out is None:
         return ops.ei_step(*args)
     ops.ei_step_out(*args, out[0], out[1])
@@ -252,7 +264,9 @@ def langevin_correct(
     if not isinstance(alpha, torch.Tensor):
         # The C++ op takes alpha as a tensor; a number is checked here.
         if not isinstance(alpha, (int, float)) or not alpha >= 0.0:
-            raise ValueError(f"diffaccel.langevin_correct: argument 'alpha' must be a number >= 0 or a tensor, got {alpha!r}")
+            raise ValueError(
+                f"diffaccel.langevin_correct: argument 'alpha' must be a number >= 0 or a tensor, got {alpha!r}"
+            )
         alpha = torch.full((), float(alpha), dtype=torch.float64, device=x.device)
     ops = _namespace(impl)
     if impl == "triton":  # the Triton op takes the Philox stream, not the generator
@@ -268,7 +282,9 @@ def langevin_correct(
     return out[0], out[1]
 
 
-def error_norm(x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor, *, atol: float, rtol: float) -> torch.Tensor:
+def error_norm(
+    x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor, *, atol: float, rtol: float
+) -> torch.Tensor:
     """The error estimate of adaptive step-size control (the official
     DPM-Solver's ``dpm_solver_adaptive``), per sample, in one pass::
 

@@ -15,12 +15,26 @@ def _empty_like_contiguous(x: torch.Tensor, dtype=None) -> torch.Tensor:
     return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
 
 
-def _ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value, threshold_style):
+def _ei_step(
+    x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value, threshold_style
+):
     validation.ei_step(x, model_out, history, coeffs, noise)
     return _empty_like_contiguous(x), _empty_like_contiguous(x)
 
 
-def _ei_step_out(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value, threshold_style, x_next_out, d_out):
+def _ei_step_out(
+    x,
+    model_out,
+    history,
+    coeffs,
+    noise,
+    threshold_kind,
+    threshold_ratio,
+    threshold_max_value,
+    threshold_style,
+    x_next_out,
+    d_out,
+):
     validation.ei_step(x, model_out, history, coeffs, noise)
     validation.check_out_pair("diffaccel.ei_step", ("x_next", "d"), (x_next_out, d_out), x)
 

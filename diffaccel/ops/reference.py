@@ -169,7 +169,9 @@ def langevin_correct(
     return results if out is None else _write(out, results)
 
 
-def error_norm(x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor, *, atol: float, rtol: float) -> torch.Tensor:
+def error_norm(
+    x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor, *, atol: float, rtol: float
+) -> torch.Tensor:
     """Reference of :func:`diffaccel.ops.error_norm`."""
     acc = compute_dtype(x_high.dtype)
     low = x_low.to(acc)

@@ -40,9 +40,7 @@ def check_batched(op: str, name: str, x: torch.Tensor) -> None:
 
 def check_float_dtype(op: str, name: str, t: torch.Tensor, state_dtype: torch.dtype) -> None:
     if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"{op}: argument '{name}' must be float16, bfloat16, float32 or float64, got {t.dtype}"
-        )
+        raise TypeError(f"{op}: argument '{name}' must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if (t.dtype == torch.float64) != (state_dtype == torch.float64):
         raise TypeError(
             f"{op}: argument '{name}' has dtype {t.dtype} but the state is {state_dtype}; "
@@ -55,9 +53,7 @@ def check_like(op: str, name: str, t, x: torch.Tensor, x_name: str) -> None:
     if t.device != x.device:
         raise ValueError(f"{op}: argument '{name}' is on {t.device} but '{x_name}' is on {x.device}")
     if t.shape != x.shape:
-        raise ValueError(
-            f"{op}: argument '{name}' must have shape {_shape(x)} like '{x_name}', got {_shape(t)}"
-        )
+        raise ValueError(f"{op}: argument '{name}' must have shape {_shape(x)} like '{x_name}', got {_shape(t)}")
 
 
 def check_coeffs(op: str, coeffs, x: torch.Tensor, n: int, layout: str) -> None:
@@ -70,8 +66,7 @@ def check_coeffs(op: str, coeffs, x: torch.Tensor, n: int, layout: str) -> None:
     per_sample = coeffs.dim() == 2 and coeffs.shape[0] == x.shape[0] and coeffs.shape[1] == n
     if not (shared or per_sample):
         raise ValueError(
-            f"{op}: argument 'coeffs' must have shape [{n}] or [{x.shape[0]}, {n}] ({layout}), "
-            f"got {_shape(coeffs)}"
+            f"{op}: argument 'coeffs' must have shape [{n}] or [{x.shape[0]}, {n}] ({layout}), got {_shape(coeffs)}"
         )
 
 
@@ -121,14 +116,15 @@ def ei_step(x, model_out, history: Sequence, coeffs, noise: Optional[torch.Tenso
     if not isinstance(history, (list, tuple)):
         raise TypeError(f"{op}: argument 'history' must be a list or tuple of tensors")
     if len(history) > MAX_HISTORY:
-        raise ValueError(
-            f"{op}: argument 'history' holds {len(history)} tensors, at most {MAX_HISTORY} are supported"
-        )
+        raise ValueError(f"{op}: argument 'history' holds {len(history)} tensors, at most {MAX_HISTORY} are supported")
     for h in history:
         check_like(op, "history", h, x, "x")
         check_float_dtype(op, "history", h, x.dtype)
     check_coeffs(
-        op, coeffs, x, EI_FIXED_COEFFS + 1 + len(history),
+        op,
+        coeffs,
+        x,
+        EI_FIXED_COEFFS + 1 + len(history),
         "[c_x, c_m, a, b_0, b_1..b_k, s] for k history tensors",
     )
     if noise is not None:
@@ -220,9 +216,7 @@ def check_no_partial_overlap(op: str, outputs: dict, inputs: dict) -> None:
                 continue
             if out.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
                 continue
-            same_view = (
-                out.data_ptr() == t.data_ptr() and out.shape == t.shape and out.stride() == t.stride()
-            )
+            same_view = out.data_ptr() == t.data_ptr() and out.shape == t.shape and out.stride() == t.stride()
             if not same_view:
                 raise ValueError(
                     f"{op}: argument '{out_name}' partially overlaps '{in_name}'; an output may be "

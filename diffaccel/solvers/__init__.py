@@ -1,10 +1,10 @@
 """Solver plans: each sampler turns a schedule and a time grid into a
 :class:`~diffaccel.solvers.plan.Plan` that the loop runs on the fused ops.
 
-Sampler names follow k-diffusion and ComfyUI. This release has the
-ODE samplers (ddim, euler, heun, DPM-Solver 1-3 single-step, DPM-Solver++
-1-3M) and the stochastic ddpm, ddim with eta, euler_ancestral,
-dpmpp_2m_sde, dpmpp_2s_ancestral and pc (predictor-corrector with Langevin steps), lms and lcm; the other samplers of the roadmap follow.
+Sampler names follow k-diffusion and ComfyUI: the ODE samplers (ddim,
+euler, heun, DPM-Solver 1-3 single-step, DPM-Solver++ 1-3M, lms, UniPC)
+and the stochastic ddpm, ddim with eta, euler_ancestral, dpmpp_2m_sde,
+dpmpp_2s_ancestral, pc (predictor-corrector with Langevin steps) and lcm.
 """
 
 from __future__ import annotations
@@ -69,9 +69,19 @@ def samplers():
     return sorted(list(SAMPLERS) + list(ADAPTIVE_SAMPLERS))
 
 
-def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: str = "logsnr",
-         t_start=None, t_end=None, prediction_type: str = "epsilon", denoise_to_zero: bool = False,
-         reverse: bool = False, **options) -> Plan:
+def plan(
+    sampler: str = "dpmpp_2m",
+    *,
+    steps: int = 20,
+    schedule=None,
+    spacing: str = "logsnr",
+    t_start=None,
+    t_end=None,
+    prediction_type: str = "epsilon",
+    denoise_to_zero: bool = False,
+    reverse: bool = False,
+    **options,
+) -> Plan:
     """The plan of a sampler for a schedule (default: diffusers' linear VP) and
     a step count, its grid chosen by ``spacing`` between t_start and t_end.
     ``denoise_to_zero`` adds a final model call whose data prediction is returned.
@@ -79,7 +89,9 @@ def plan(sampler: str = "dpmpp_2m", *, steps: int = 20, schedule=None, spacing: 
     the probability-flow ODE integrated from data to noise (DDIM inversion with
     "ddim"); only the deterministic samplers run in reverse."""
     if sampler in ADAPTIVE_SAMPLERS:
-        raise ValueError(f"{sampler} chooses its steps from the data and has no fixed plan; run it with diffaccel.sample")
+        raise ValueError(
+            f"{sampler} chooses its steps from the data and has no fixed plan; run it with diffaccel.sample"
+        )
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(samplers())}")
     if spacing not in STEP_SELECTIONS:

@@ -22,10 +22,23 @@ from diffaccel.solvers.plan import PREDICTION_TYPES
 from diffaccel.solvers.single_step import dpm_solver_interval
 
 
-def sample_adaptive(model: Callable, x: torch.Tensor, schedule, *, order: int = 2, t_start=None, t_end=None,
-                    prediction_type: str = "epsilon", atol: float = 0.0078, rtol: float = 0.05, theta: float = 0.9,
-                    h_init: float = 0.05, t_err: float = 1e-5, callback: Optional[Callable] = None,
-                    max_trials: int = 10_000):
+def sample_adaptive(
+    model: Callable,
+    x: torch.Tensor,
+    schedule,
+    *,
+    order: int = 2,
+    t_start=None,
+    t_end=None,
+    prediction_type: str = "epsilon",
+    atol: float = 0.0078,
+    rtol: float = 0.05,
+    theta: float = 0.9,
+    h_init: float = 0.05,
+    t_err: float = 1e-5,
+    callback: Optional[Callable] = None,
+    max_trials: int = 10_000,
+):
     """Returns (sample, stats) with stats = {"model_calls", "accepted", "rejected"}."""
     if order not in (2, 3):
         raise ValueError(f"dpm_adaptive: 'order' must be 2 or 3, got {order}")
@@ -47,7 +60,9 @@ def sample_adaptive(model: Callable, x: torch.Tensor, schedule, *, order: int = 
     stats = {"model_calls": 0, "accepted": 0, "rejected": 0}
     while abs(s - t_end) > t_err:
         if stats["accepted"] + stats["rejected"] >= max_trials:
-            raise RuntimeError(f"dpm_adaptive: no convergence after {max_trials} trial steps (atol={atol}, rtol={rtol})")
+            raise RuntimeError(
+                f"dpm_adaptive: no convergence after {max_trials} trial steps (atol={atol}, rtol={rtol})"
+            )
         t = float(schedule.t_from_lambda(torch.tensor(min(lambda_s + h, lambda_end), dtype=torch.float64)))
         rows, low = dpm_solver_interval(schedule, s, t, order, prediction_type, out_slot=4)
         x_low = None
@@ -55,7 +70,9 @@ def sample_adaptive(model: Callable, x: torch.Tensor, schedule, *, order: int = 
             state = buffers[row.x_slot]
             out = model(state, torch.full((batch,), row.t, dtype=time_dtype, device=x.device))
             c = torch.tensor(row.coeffs, dtype=torch.float64, device=x.device)
-            ops.ei_step(state, out, [buffers[j] for j in row.history], c, out=(buffers[row.out_slot], buffers[row.d_slot]))
+            ops.ei_step(
+                state, out, [buffers[j] for j in row.history], c, out=(buffers[row.out_slot], buffers[row.d_slot])
+            )
             if k == order - 2:  # the lower-order estimate is ready after this call
                 parts = [buffers[0], buffers[1]] + ([buffers[3]] if order == 3 else [])
                 x_low = ops.multistep_combine(parts, torch.tensor(low, dtype=torch.float64, device=x.device))

@@ -28,8 +28,9 @@ def _check(name, eta, s_noise):
         raise ValueError(f"{name}: 'eta' and 's_noise' must be >= 0, got {eta}, {s_noise}")
 
 
-def euler_ancestral_plan(schedule, times, *, eta: float = 1.0, s_noise: float = 1.0,
-                         prediction_type: str = "epsilon") -> Plan:
+def euler_ancestral_plan(
+    schedule, times, *, eta: float = 1.0, s_noise: float = 1.0, prediction_type: str = "epsilon"
+) -> Plan:
     _check("euler_ancestral", eta, s_noise)
     alpha, sigma, v = grid_values(schedule, times)
     rows = []
@@ -43,8 +44,9 @@ def euler_ancestral_plan(schedule, times, *, eta: float = 1.0, s_noise: float = 
     return Plan("euler_ancestral", rows, 2, times, dict(eta=eta, s_noise=s_noise, prediction_type=prediction_type))
 
 
-def dpmpp_2s_ancestral_plan(schedule, times, *, eta: float = 1.0, s_noise: float = 1.0,
-                            prediction_type: str = "epsilon") -> Plan:
+def dpmpp_2s_ancestral_plan(
+    schedule, times, *, eta: float = 1.0, s_noise: float = 1.0, prediction_type: str = "epsilon"
+) -> Plan:
     """DPM-Solver++(2S) to v_down through the midpoint in log v, then noise up
     to the next level; eta = 0 is the deterministic second-order DPM-Solver++(2S).
     Buffers: 0 state, 1 first data prediction, 2 the midpoint state."""
@@ -60,8 +62,15 @@ def dpmpp_2s_ancestral_plan(schedule, times, *, eta: float = 1.0, s_noise: float
         a_mid, s_mid = float(schedule.alpha(t_mid)), float(schedule.sigma(t_mid))
         c_x, c_m = data_prediction_coeffs(prediction_type, a_i, sigma[i])
         # Midpoint state (VP at t_mid) from x_i and D_1.
-        rows.append(Row(t=float(times[i]), coeffs=(c_x, c_m, a_mid * v_mid / (v_i * a_i), -a_mid * math.expm1(-0.5 * h), 0.0),
-                        out_slot=2, d_slot=1, order=1))
+        rows.append(
+            Row(
+                t=float(times[i]),
+                coeffs=(c_x, c_m, a_mid * v_mid / (v_i * a_i), -a_mid * math.expm1(-0.5 * h), 0.0),
+                out_slot=2,
+                d_slot=1,
+                order=1,
+            )
+        )
         c_x, c_m = data_prediction_coeffs(prediction_type, a_mid, s_mid)
         coeffs = (c_x, c_m, 0.0, -a_n * math.expm1(-h), a_n * v_down / (v_i * a_i), a_n * v_up * s_noise)
         rows.append(Row(t=t_mid, coeffs=coeffs, x_slot=2, out_slot=0, d_slot=2, history=(0,), noise=v_up > 0, order=2))

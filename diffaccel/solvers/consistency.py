@@ -11,8 +11,15 @@ import math
 from diffaccel.solvers.plan import Plan, Row, data_prediction_coeffs
 
 
-def lcm_plan(schedule, times, *, prediction_type: str = "epsilon", boundary: bool = True,
-             sigma_data: float = 0.5, timestep_scaling: float = 10.0) -> Plan:
+def lcm_plan(
+    schedule,
+    times,
+    *,
+    prediction_type: str = "epsilon",
+    boundary: bool = True,
+    sigma_data: float = 0.5,
+    timestep_scaling: float = 10.0,
+) -> Plan:
     alpha = schedule.alpha(times).tolist()
     sigma = schedule.sigma(times).tolist()
     steps = len(times) - 1

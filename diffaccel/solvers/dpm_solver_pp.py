@@ -108,9 +108,19 @@ def multistep_plan(
         newest = 1 + i % ring
         history = tuple(1 + (i - j) % ring for j in range(1, step_order))
         coeffs = (c_x, c_m, a, *(alpha[i + 1] * wj for wj in w), noise_std)
-        rows.append(Row(t=float(times[i]), coeffs=tuple(float(c) for c in coeffs), d_slot=newest, history=history,
-                        noise=sde, order=step_order))
-    options = dict(order=order, solver_type=solver_type, prediction_type=prediction_type, lower_order_final=lower_order_final)
+        rows.append(
+            Row(
+                t=float(times[i]),
+                coeffs=tuple(float(c) for c in coeffs),
+                d_slot=newest,
+                history=history,
+                noise=sde,
+                order=step_order,
+            )
+        )
+    options = dict(
+        order=order, solver_type=solver_type, prediction_type=prediction_type, lower_order_final=lower_order_final
+    )
     if sde:
         options.update(sde=True, s_noise=s_noise)
     return Plan(name, rows, 1 + ring, times, options)

@@ -106,14 +106,19 @@ class Plan:
     row_sigmas: List[float] = field(default_factory=list)
 
     def __repr__(self) -> str:
-        lines = [f"Plan({self.sampler}, {len(self.rows)} model calls, {self.num_buffers} buffers, options={self.options})"]
+        lines = [
+            f"Plan({self.sampler}, {len(self.rows)} model calls, {self.num_buffers} buffers, options={self.options})"
+        ]
         for i, r in enumerate(self.rows):
             c = ", ".join(f"{v:+.6g}" for v in r.coeffs)
             if isinstance(r, LangevinRow):
-                lines.append(f"  {i:3d} t={r.t:<12.6g} langevin snr={r.snr} alpha={r.alpha:.6g} x=b{r.x_slot}  score=[{c}]")
+                lines.append(
+                    f"  {i:3d} t={r.t:<12.6g} langevin snr={r.snr} alpha={r.alpha:.6g} x=b{r.x_slot}  score=[{c}]"
+                )
                 continue
             lines.append(
-                f"  {i:3d} t={r.t:<12.6g} order={r.order} x=b{r.x_slot} hist={list(r.history)} -> x:b{r.out_slot} d:b{r.d_slot}"
+                f"  {i:3d} t={r.t:<12.6g} order={r.order} x=b{r.x_slot} hist={list(r.history)} "
+                f"-> x:b{r.out_slot} d:b{r.d_slot}"
                 f"{' +noise' if r.noise else ''}  [{c}]"
             )
         return "\n".join(lines)
@@ -123,18 +128,27 @@ class Plan:
         its buffer slots, history, noise and coefficient count (and a Langevin
         row's snr and alpha, which the op takes as numbers). Two plans with the
         same structure run on the same captured graph with refilled tables."""
-        return (self.num_buffers, tuple(
-            ("langevin", r.x_slot, r.mean_slot, r.snr, r.alpha) if isinstance(r, LangevinRow)
-            else ("row", r.x_slot, r.out_slot, r.d_slot, r.history, r.noise, len(r.coeffs))
-            for r in self.rows))
+        return (
+            self.num_buffers,
+            tuple(
+                ("langevin", r.x_slot, r.mean_slot, r.snr, r.alpha)
+                if isinstance(r, LangevinRow)
+                else ("row", r.x_slot, r.out_slot, r.d_slot, r.history, r.noise, len(r.coeffs))
+                for r in self.rows
+            ),
+        )
 
     def device_tables(self, device, batch: int, time_dtype: torch.dtype = torch.float32) -> "PlanTables":
         """The plan's numbers on the device, copied once without a host synchronization."""
         width = max((len(r.coeffs) for r in self.rows), default=0)
         coeff_table = torch.empty((len(self.rows), width), dtype=torch.float64, device=device)
         time_table = torch.empty((len(self.rows), batch), dtype=time_dtype, device=device)
-        tables = PlanTables(coeff_table, time_table,
-                            [coeff_table[i, :len(r.coeffs)] for i, r in enumerate(self.rows)], list(time_table))
+        tables = PlanTables(
+            coeff_table,
+            time_table,
+            [coeff_table[i, : len(r.coeffs)] for i, r in enumerate(self.rows)],
+            list(time_table),
+        )
         tables.fill(self)
         return tables
 

@@ -9,8 +9,15 @@ from diffaccel.solvers.dpm_solver_pp import ddim_plan
 from diffaccel.solvers.plan import LangevinRow, Plan, score_coeffs
 
 
-def pc_plan(schedule, times, *, snr: float = 0.16, n_correct: int = 1, corrector_alpha: float = 1.0,
-            prediction_type: str = "epsilon") -> Plan:
+def pc_plan(
+    schedule,
+    times,
+    *,
+    snr: float = 0.16,
+    n_correct: int = 1,
+    corrector_alpha: float = 1.0,
+    prediction_type: str = "epsilon",
+) -> Plan:
     if not snr >= 0:
         raise ValueError(f"pc: 'snr' must be >= 0, got {snr}")
     if not isinstance(n_correct, int) or n_correct < 0:
@@ -22,5 +29,10 @@ def pc_plan(schedule, times, *, snr: float = 0.16, n_correct: int = 1, corrector
         coeffs = score_coeffs(prediction_type, alpha, sigma)
         rows.extend(LangevinRow(t=row.t, score_coeffs=coeffs, snr=snr, alpha=corrector_alpha) for _ in range(n_correct))
         rows.append(row)
-    return Plan("pc", rows, 2, times, dict(snr=snr, n_correct=n_correct, corrector_alpha=corrector_alpha,
-                                           prediction_type=prediction_type))
+    return Plan(
+        "pc",
+        rows,
+        2,
+        times,
+        dict(snr=snr, n_correct=n_correct, corrector_alpha=corrector_alpha, prediction_type=prediction_type),
+    )

@@ -43,12 +43,27 @@ def heun_plan(schedule, times, *, prediction_type: str = "epsilon") -> Plan:
         delta = ve_t - ve_s
         # Predictor: Euler from x_i to the state at t_{i+1} (kept in buffer 2).
         c_x, c_m = data_prediction_coeffs(prediction_type, a_s, sigma[i])
-        rows.append(Row(t=float(times[i]), coeffs=(c_x, c_m, sigma[i + 1] / sigma[i], a_t - sigma[i + 1] * a_s / sigma[i], 0.0),
-                        x_slot=0, out_slot=2, d_slot=1, order=1))
+        rows.append(
+            Row(
+                t=float(times[i]),
+                coeffs=(c_x, c_m, sigma[i + 1] / sigma[i], a_t - sigma[i + 1] * a_s / sigma[i], 0.0),
+                x_slot=0,
+                out_slot=2,
+                d_slot=1,
+                order=1,
+            )
+        )
         # Corrector: the average of the two slopes, from x_i (history) and D_1 (history).
         c_x, c_m = data_prediction_coeffs(prediction_type, a_t, sigma[i + 1])
-        coeffs = (c_x, c_m, delta / (2 * ve_t), -a_t * delta / (2 * ve_t),
-                  a_t / a_s * (1 + delta / (2 * ve_s)), -a_t * delta / (2 * ve_s), 0.0)
+        coeffs = (
+            c_x,
+            c_m,
+            delta / (2 * ve_t),
+            -a_t * delta / (2 * ve_t),
+            a_t / a_s * (1 + delta / (2 * ve_s)),
+            -a_t * delta / (2 * ve_s),
+            0.0,
+        )
         rows.append(Row(t=float(times[i + 1]), coeffs=coeffs, x_slot=2, out_slot=0, d_slot=2, history=(0, 1), order=2))
     return Plan("heun", rows, 3, times, dict(prediction_type=prediction_type))
 
@@ -82,25 +97,54 @@ def dpm_solver_interval(schedule, t_s: float, t_t: float, order: int, prediction
     # Second order: x_t = a_t/a_s x - s_t phi eps_s - s_t/(2 r1) phi (eps_1 - eps_s)
     k = s_t / (2 * r1) * phi
     if order == 2:
-        rows.append(Row(t=t1, coeffs=(cx1, cm1, 0.0, -k, a_t / a_s, -s_t * phi + k, 0.0),
-                        x_slot=2, out_slot=out_slot, d_slot=2, history=(0, 1), order=2))
+        rows.append(
+            Row(
+                t=t1,
+                coeffs=(cx1, cm1, 0.0, -k, a_t / a_s, -s_t * phi + k, 0.0),
+                x_slot=2,
+                out_slot=out_slot,
+                d_slot=2,
+                history=(0, 1),
+                order=2,
+            )
+        )
         return rows, (a_t / a_s, -s_t * phi)
     r2 = 2.0 / 3.0
     t2, a2, s2 = at(lam_s + r2 * h)
     phi2 = math.expm1(r2 * h)
     k1 = s2 * r2 / r1 * (phi2 / (r2 * h) - 1.0)
     # u2 = a2/a_s x - s2 phi2 eps_s - k1 (eps_1 - eps_s)  (into buffer 2, over u1); eps_1 into buffer 3.
-    rows.append(Row(t=t1, coeffs=(cx1, cm1, 0.0, -k1, a2 / a_s, -s2 * phi2 + k1, 0.0),
-                    x_slot=2, out_slot=2, d_slot=3, history=(0, 1), order=2))
+    rows.append(
+        Row(
+            t=t1,
+            coeffs=(cx1, cm1, 0.0, -k1, a2 / a_s, -s2 * phi2 + k1, 0.0),
+            x_slot=2,
+            out_slot=2,
+            d_slot=3,
+            history=(0, 1),
+            order=2,
+        )
+    )
     cx2, cm2 = noise_prediction_coeffs(prediction_type, a2, s2)
     k2 = s_t / r2 * (phi / h - 1.0)
     # x_t = a_t/a_s x - s_t phi eps_s - k2 (eps_2 - eps_s); eps_2 overwrites u2 in place.
-    rows.append(Row(t=t2, coeffs=(cx2, cm2, 0.0, -k2, a_t / a_s, -s_t * phi + k2, 0.0),
-                    x_slot=2, out_slot=out_slot, d_slot=2, history=(0, 1), order=3))
+    rows.append(
+        Row(
+            t=t2,
+            coeffs=(cx2, cm2, 0.0, -k2, a_t / a_s, -s_t * phi + k2, 0.0),
+            x_slot=2,
+            out_slot=out_slot,
+            d_slot=2,
+            history=(0, 1),
+            order=3,
+        )
+    )
     return rows, (a_t / a_s, -s_t * phi + k, -k)
 
 
-def dpm_solver_plan(schedule, times, *, order: int = 2, prediction_type: str = "epsilon", name: str = "dpm_solver_2") -> Plan:
+def dpm_solver_plan(
+    schedule, times, *, order: int = 2, prediction_type: str = "epsilon", name: str = "dpm_solver_2"
+) -> Plan:
     """DPM-Solver-``order`` single-step: ``order`` model calls per interval of the grid."""
     if order not in (1, 2, 3):
         raise ValueError(f"{name}: 'order' must be 1, 2 or 3, got {order}")

@@ -41,7 +41,11 @@ def _uni_weights(lam: List[float], s0: int, t: int, order: int, variant: str, co
         factorial *= i + 1
         h_phi_k = h_phi_k / hh - 1.0 / factorial
     if corrector:
-        rhos = [0.5] if order == 1 else torch.linalg.solve(torch.tensor(R, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)).tolist()
+        rhos = (
+            [0.5]
+            if order == 1
+            else torch.linalg.solve(torch.tensor(R, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)).tolist()
+        )
     elif order == 1:
         rhos = []
     elif order == 2:
@@ -56,8 +60,17 @@ def _add(into: Dict, key, value: float) -> None:
     into[key] = into.get(key, 0.0) + value
 
 
-def unipc_plan(schedule, times, *, order: int = 2, variant: str = "bh2", prediction_type: str = "epsilon",
-               lower_order_final: bool = True, corrector: bool = True, name: str = "unipc") -> Plan:
+def unipc_plan(
+    schedule,
+    times,
+    *,
+    order: int = 2,
+    variant: str = "bh2",
+    prediction_type: str = "epsilon",
+    lower_order_final: bool = True,
+    corrector: bool = True,
+    name: str = "unipc",
+) -> Plan:
     if order not in (1, 2, 3):
         raise ValueError(f"{name}: 'order' must be 1, 2 or 3, got {order}")
     if variant not in ("bh1", "bh2"):
@@ -104,9 +117,27 @@ def unipc_plan(schedule, times, *, order: int = 2, variant: str = "bh2", predict
         earlier = sorted((k for k in total if k not in (X, i)), reverse=True)
         c_x, c_m = data_prediction_coeffs(prediction_type, alpha[i], sigma[i])
         coeffs = (c_x, c_m, total.get(X, 0.0), total.get(i, 0.0), *(total[k] for k in earlier), 0.0)
-        rows.append(Row(t=float(times[i]), coeffs=coeffs, d_slot=1 + i % ring,
-                        history=tuple(1 + k % ring for k in earlier), order=p_order))
+        rows.append(
+            Row(
+                t=float(times[i]),
+                coeffs=coeffs,
+                d_slot=1 + i % ring,
+                history=tuple(1 + k % ring for k in earlier),
+                order=p_order,
+            )
+        )
         # What x_{i+1} holds beyond ratio * x^c_i, for the next corrector.
         previous_rest, previous_order = rest, p_order
-    return Plan(name, rows, 1 + ring, times, dict(order=order, variant=variant, prediction_type=prediction_type,
-                                                  lower_order_final=lower_order_final, corrector=corrector))
+    return Plan(
+        name,
+        rows,
+        1 + ring,
+        times,
+        dict(
+            order=order,
+            variant=variant,
+            prediction_type=prediction_type,
+            lower_order_final=lower_order_final,
+            corrector=corrector,
+        ),
+    )

@@ -37,10 +37,9 @@ DA_HOST_DEVICE DA_INLINE acc_t ei_data_term(const acc_t* row, acc_t x, acc_t m) 
 // Without noise the s * z term is left out entirely (not multiplied by zero),
 // so an unused s column can hold anything.
 template <typename acc_t, int K, bool kNoise>
-DA_HOST_DEVICE DA_INLINE acc_t ei_combine(const acc_t* row, acc_t x, acc_t d,
-                                          const acc_t* h, acc_t z) {
+DA_HOST_DEVICE DA_INLINE acc_t ei_combine(const acc_t* row, acc_t x, acc_t d, const acc_t* h, acc_t z) {
   acc_t y = row[2] * x + row[3] * d;
-DA_UNROLL
+  DA_UNROLL
   for (int j = 0; j < K; ++j) y = y + row[kEiFixedCoeffs + j] * h[j];
   if (kNoise) y = y + row[kEiFixedCoeffs + K] * z;
   return y;
@@ -50,7 +49,7 @@ DA_UNROLL
 template <typename acc_t, int N>
 DA_HOST_DEVICE DA_INLINE acc_t combine_element(const acc_t* c, const acc_t* t) {
   acc_t y = c[0] * t[0];
-DA_UNROLL
+  DA_UNROLL
   for (int j = 1; j < N; ++j) y = y + c[j] * t[j];
   return y;
 }
@@ -58,9 +57,8 @@ DA_UNROLL
 // langevin_correct: x_mean = x + step * score; x_new = x_mean + noise_scale * z,
 // with noise_scale = sqrt(2 * step) computed once per sample.
 template <typename acc_t>
-DA_HOST_DEVICE DA_INLINE void langevin_element(acc_t x, acc_t score, acc_t z, acc_t step,
-                                               acc_t noise_scale, acc_t& x_new,
-                                               acc_t& x_mean) {
+DA_HOST_DEVICE DA_INLINE void langevin_element(acc_t x, acc_t score, acc_t z, acc_t step, acc_t noise_scale,
+                                               acc_t& x_new, acc_t& x_mean) {
   x_mean = x + step * score;
   x_new = x_mean + noise_scale * z;
 }

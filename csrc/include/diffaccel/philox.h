@@ -30,7 +30,7 @@ DA_HOST_DEVICE DA_INLINE uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi
 DA_HOST_DEVICE DA_INLINE Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
-DA_UNROLL
+  DA_UNROLL
   for (int round = 0; round < 10; ++round) {
     uint32_t hi0, hi1;
     const uint32_t lo0 = mulhilo32(kMul0, ctr.v[0], &hi0);
@@ -66,8 +66,7 @@ DA_HOST_DEVICE DA_INLINE void box_muller(uint32_t a, uint32_t b, acc_t* z0, acc_
 
 // The four normals of block `block`: elements 4 * block .. 4 * block + 3.
 template <typename acc_t>
-DA_HOST_DEVICE DA_INLINE void philox_normal4(uint64_t seed, uint64_t offset, uint64_t block,
-                                             acc_t* z) {
+DA_HOST_DEVICE DA_INLINE void philox_normal4(uint64_t seed, uint64_t offset, uint64_t block, acc_t* z) {
   const Philox4 r = philox_block(seed, offset, block);
   box_muller(r.v[0], r.v[1], &z[0], &z[1]);
   box_muller(r.v[2], r.v[3], &z[2], &z[3]);

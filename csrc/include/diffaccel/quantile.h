@@ -54,8 +54,7 @@ DA_HOST_DEVICE inline acc_t lerp_like_torch(acc_t lo, acc_t hi, acc_t weight) {
 // diffusers: s = clamp(q, 1, max_value) (torch.clamp: min first, then max);
 // dpm-solver: s = max(q, max_value). A NaN quantile stays NaN, as in torch.
 template <typename acc_t>
-DA_HOST_DEVICE inline acc_t dynamic_threshold_scale(acc_t q, ThresholdStyle style,
-                                                    acc_t max_value) {
+DA_HOST_DEVICE inline acc_t dynamic_threshold_scale(acc_t q, ThresholdStyle style, acc_t max_value) {
   if (q != q) return q;
   if (style == ThresholdStyle::kDpmSolver) return q < max_value ? max_value : q;
   const acc_t at_least_one = q < acc_t(1) ? acc_t(1) : q;

@@ -24,6 +24,7 @@ from diffaccel.ops import validation
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+
 def _unavailable_reason() -> Optional[str]:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
@@ -61,20 +62,60 @@ if unavailable_reason is None:
     # them from these annotations), except langevin_correct: a custom op cannot
     # take a Generator, so it takes the Philox stream the front drew from one,
     # as [seed_lo, seed_hi, offset_lo, offset_hi] (launch.philox_words).
-    def ei_step(x: Tensor, model_out: Tensor, history: List[Tensor], coeffs: Tensor, noise: Optional[Tensor],
-                threshold_kind: Optional[str], threshold_ratio: float, threshold_max_value: float,
-                threshold_style: str) -> Tuple[Tensor, Tensor]:
+    def ei_step(
+        x: Tensor,
+        model_out: Tensor,
+        history: List[Tensor],
+        coeffs: Tensor,
+        noise: Optional[Tensor],
+        threshold_kind: Optional[str],
+        threshold_ratio: float,
+        threshold_max_value: float,
+        threshold_style: str,
+    ) -> Tuple[Tensor, Tensor]:
         validation.ei_step(x, model_out, history, coeffs, noise)
         x_next, d = _contiguous_like(x), _contiguous_like(x)
-        launch.ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value,
-                       threshold_style, x_next, d)
+        launch.ei_step(
+            x,
+            model_out,
+            history,
+            coeffs,
+            noise,
+            threshold_kind,
+            threshold_ratio,
+            threshold_max_value,
+            threshold_style,
+            x_next,
+            d,
+        )
         return x_next, d
 
-    def ei_step_out(x: Tensor, model_out: Tensor, history: List[Tensor], coeffs: Tensor, noise: Optional[Tensor],
-                    threshold_kind: Optional[str], threshold_ratio: float, threshold_max_value: float,
-                    threshold_style: str, x_next_out: Tensor, d_out: Tensor) -> None:
-        launch.ei_step(x, model_out, history, coeffs, noise, threshold_kind, threshold_ratio, threshold_max_value,
-                       threshold_style, x_next_out, d_out)
+    def ei_step_out(
+        x: Tensor,
+        model_out: Tensor,
+        history: List[Tensor],
+        coeffs: Tensor,
+        noise: Optional[Tensor],
+        threshold_kind: Optional[str],
+        threshold_ratio: float,
+        threshold_max_value: float,
+        threshold_style: str,
+        x_next_out: Tensor,
+        d_out: Tensor,
+    ) -> None:
+        launch.ei_step(
+            x,
+            model_out,
+            history,
+            coeffs,
+            noise,
+            threshold_kind,
+            threshold_ratio,
+            threshold_max_value,
+            threshold_style,
+            x_next_out,
+            d_out,
+        )
 
     def multistep_combine(tensors: List[Tensor], coeffs: Tensor) -> Tensor:
         dtype = validation.multistep_combine(tensors, coeffs)
@@ -94,15 +135,25 @@ if unavailable_reason is None:
     def threshold_out(x: Tensor, kind: str, ratio: float, max_value: float, style: str, out: Tensor) -> None:
         launch.threshold(x, kind, ratio, max_value, style, out)
 
-    def langevin_correct(x: Tensor, score: Tensor, snr: float, alpha: Tensor, noise: Optional[Tensor],
-                         philox: List[int], reduction: str) -> Tuple[Tensor, Tensor]:
+    def langevin_correct(
+        x: Tensor, score: Tensor, snr: float, alpha: Tensor, noise: Optional[Tensor], philox: List[int], reduction: str
+    ) -> Tuple[Tensor, Tensor]:
         validation.langevin_correct(x, score, snr, alpha, noise, reduction)
         x_new, x_mean = _contiguous_like(x), _contiguous_like(x)
         launch.langevin_correct(x, score, snr, alpha, noise, philox, reduction, x_new, x_mean)
         return x_new, x_mean
 
-    def langevin_correct_out(x: Tensor, score: Tensor, snr: float, alpha: Tensor, noise: Optional[Tensor],
-                             philox: List[int], reduction: str, x_new_out: Tensor, x_mean_out: Tensor) -> None:
+    def langevin_correct_out(
+        x: Tensor,
+        score: Tensor,
+        snr: float,
+        alpha: Tensor,
+        noise: Optional[Tensor],
+        philox: List[int],
+        reduction: str,
+        x_new_out: Tensor,
+        x_mean_out: Tensor,
+    ) -> None:
         launch.langevin_correct(x, score, snr, alpha, noise, philox, reduction, x_new_out, x_mean_out)
 
     def error_norm(x_high: Tensor, x_low: Tensor, x_prev: Tensor, atol: float, rtol: float) -> Tensor:
@@ -119,11 +170,21 @@ if unavailable_reason is None:
 
         if name.startswith("langevin_correct"):
             return lambda x, score, snr, alpha, noise, philox, reduction, *outs: fake.FAKES[name](
-                x, score, snr, alpha, noise, None, reduction, *outs)
+                x, score, snr, alpha, noise, None, reduction, *outs
+            )
         return fake.FAKES[name]
 
-    for _fn in (ei_step, ei_step_out, multistep_combine, multistep_combine_out, threshold, threshold_out,
-                langevin_correct, langevin_correct_out, error_norm):
+    for _fn in (
+        ei_step,
+        ei_step_out,
+        multistep_combine,
+        multistep_combine_out,
+        threshold,
+        threshold_out,
+        langevin_correct,
+        langevin_correct_out,
+        error_norm,
+    ):
         _name = _fn.__name__
         _mutates = _MUTATES.get(_name, ())
         if INTERPRET:

@@ -43,6 +43,7 @@ def _sin(v):
     else:
         return libdevice.sin(v)
 
+
 # Elements per program of the elementwise kernels, and per loop step of the
 # selection and norm kernels.
 BLOCK = 1024
@@ -87,10 +88,28 @@ def _coeff(row_ptr, j, mask, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit
 def ei_step_kernel(
-    x_ptr, m_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr, z_ptr, c_ptr, c_stride, scale_ptr, clip_hi, clip_lo,
-    x_next_ptr, d_ptr, n, per_sample,
-    K: tl.constexpr, NOISE: tl.constexpr, THRESHOLD: tl.constexpr, PER_SAMPLE: tl.constexpr,
-    ACC: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,
+    m_ptr,
+    h0_ptr,
+    h1_ptr,
+    h2_ptr,
+    h3_ptr,
+    z_ptr,
+    c_ptr,
+    c_stride,
+    scale_ptr,
+    clip_hi,
+    clip_lo,
+    x_next_ptr,
+    d_ptr,
+    n,
+    per_sample,
+    K: tl.constexpr,
+    NOISE: tl.constexpr,
+    THRESHOLD: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     # THRESHOLD: 0 none, 1 clip at clip_max, 2 dynamic with scale_ptr[b].
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -128,8 +147,23 @@ def ei_step_kernel(
 
 @triton.jit
 def multistep_combine_kernel(
-    t0, t1, t2, t3, t4, t5, t6, t7, c_ptr, c_stride, y_ptr, n, per_sample,
-    N: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    t0,
+    t1,
+    t2,
+    t3,
+    t4,
+    t5,
+    t6,
+    t7,
+    c_ptr,
+    c_stride,
+    y_ptr,
+    n,
+    per_sample,
+    N: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -157,8 +191,16 @@ def multistep_combine_kernel(
 
 @triton.jit
 def threshold_kernel(
-    x_ptr, scale_ptr, clip_hi, clip_lo, y_ptr, n, per_sample,
-    DYNAMIC: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,
+    scale_ptr,
+    clip_hi,
+    clip_lo,
+    y_ptr,
+    n,
+    per_sample,
+    DYNAMIC: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -182,9 +224,27 @@ def _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI: tl.constexpr
 
 @triton.jit(do_not_specialize=["per_sample", "below", "above"])
 def select_scales_kernel(
-    x_ptr, m_ptr, c_ptr, c_stride, scale_ptr, per_sample, below, above, w_hi, w_lo, mv_hi, mv_lo,
-    FROM_EI: tl.constexpr, DPM_SOLVER_STYLE: tl.constexpr, ACC: tl.constexpr, KEY: tl.constexpr,
-    KEY_BITS: tl.constexpr, INF_KEY: tl.constexpr, MAX_KEY: tl.constexpr, PASSES: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,
+    m_ptr,
+    c_ptr,
+    c_stride,
+    scale_ptr,
+    per_sample,
+    below,
+    above,
+    w_hi,
+    w_lo,
+    mv_hi,
+    mv_lo,
+    FROM_EI: tl.constexpr,
+    DPM_SOLVER_STYLE: tl.constexpr,
+    ACC: tl.constexpr,
+    KEY: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    INF_KEY: tl.constexpr,
+    MAX_KEY: tl.constexpr,
+    PASSES: tl.constexpr,
+    BLOCK: tl.constexpr,
     DIGIT_BITS: tl.constexpr,
 ):
     """One program per sample: the ratio-quantile of |v| by radix select on the
@@ -282,8 +342,19 @@ def _philox_normal(seed_lo, seed_hi, offset_lo, offset_hi, i, ACC: tl.constexpr)
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
 def langevin_norms_kernel(
-    score_ptr, z_ptr, partial_ptr, per_sample, chunks, seed_lo, seed_hi, offset_lo, offset_hi,
-    HAS_NOISE: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    score_ptr,
+    z_ptr,
+    partial_ptr,
+    per_sample,
+    chunks,
+    seed_lo,
+    seed_hi,
+    offset_lo,
+    offset_hi,
+    HAS_NOISE: tl.constexpr,
+    ACC: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     c = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
@@ -307,8 +378,17 @@ def langevin_norms_kernel(
 
 @triton.jit
 def langevin_steps_kernel(
-    partial_ptr, alpha_ptr, alpha_stride, step_ptr, noise_scale_ptr, batch, chunks, snr_hi, snr_lo,
-    PER_SAMPLE: tl.constexpr, BATCH_BLOCK: tl.constexpr,
+    partial_ptr,
+    alpha_ptr,
+    alpha_stride,
+    step_ptr,
+    noise_scale_ptr,
+    batch,
+    chunks,
+    snr_hi,
+    snr_lo,
+    PER_SAMPLE: tl.constexpr,
+    BATCH_BLOCK: tl.constexpr,
 ):
     """One program: every sample's norms (chunks added in order), then its step."""
     samples = tl.arange(0, BATCH_BLOCK)
@@ -334,9 +414,22 @@ def langevin_steps_kernel(
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
 def langevin_update_kernel(
-    x_ptr, score_ptr, z_ptr, step_ptr, noise_scale_ptr, x_new_ptr, x_mean_ptr, n, per_sample,
-    seed_lo, seed_hi, offset_lo, offset_hi,
-    HAS_NOISE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,
+    score_ptr,
+    z_ptr,
+    step_ptr,
+    noise_scale_ptr,
+    x_new_ptr,
+    x_mean_ptr,
+    n,
+    per_sample,
+    seed_lo,
+    seed_hi,
+    offset_lo,
+    offset_hi,
+    HAS_NOISE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -368,8 +461,19 @@ def _scaled_error(high, low, prev, atol, rtol):
 
 @triton.jit
 def error_norm_partials_kernel(
-    high_ptr, low_ptr, prev_ptr, partial_ptr, per_sample, chunks, atol_hi, atol_lo, rtol_hi, rtol_lo,
-    ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    high_ptr,
+    low_ptr,
+    prev_ptr,
+    partial_ptr,
+    per_sample,
+    chunks,
+    atol_hi,
+    atol_lo,
+    rtol_hi,
+    rtol_lo,
+    ACC: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Program (chunk, sample): the sum of squared scaled errors of the chunk, in float64."""
     c = tl.program_id(0).to(tl.int64)

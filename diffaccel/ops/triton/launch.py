@@ -55,7 +55,9 @@ class _Output:
 
     def __init__(self, target: torch.Tensor):
         self.target = target
-        self.buffer = target if target.is_contiguous() else torch.empty_like(target, memory_format=torch.contiguous_format)
+        self.buffer = (
+            target if target.is_contiguous() else torch.empty_like(target, memory_format=torch.contiguous_format)
+        )
 
     def finish(self):
         if self.buffer is not self.target:
@@ -88,13 +90,28 @@ def _select_scales(x, m, coeffs, per_sample, ratio, max_value, style, from_ei):
     mv_hi, mv_lo = _split(max_value)
     key_bits = 63 if float64 else 31
     _kernel(kernels.select_scales_kernel)[(batch,)](
-        x, m, coeffs, coeffs.shape[1] if coeffs.dim() == 2 else 0, scales, per_sample,
-        below, above, w_hi, w_lo, mv_hi, mv_lo,
-        FROM_EI=from_ei, DPM_SOLVER_STYLE=style == "dpm-solver", ACC=_acc(x),
-        KEY=tl.uint64 if float64 else tl.uint32, KEY_BITS=key_bits,
+        x,
+        m,
+        coeffs,
+        coeffs.shape[1] if coeffs.dim() == 2 else 0,
+        scales,
+        per_sample,
+        below,
+        above,
+        w_hi,
+        w_lo,
+        mv_hi,
+        mv_lo,
+        FROM_EI=from_ei,
+        DPM_SOLVER_STYLE=style == "dpm-solver",
+        ACC=_acc(x),
+        KEY=tl.uint64 if float64 else tl.uint32,
+        KEY_BITS=key_bits,
         INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000,
         MAX_KEY=(1 << 64) - 1 if float64 else (1 << 32) - 1,
-        PASSES=-(-key_bits // kernels.DIGIT_BITS), BLOCK=2048, DIGIT_BITS=kernels.DIGIT_BITS,
+        PASSES=-(-key_bits // kernels.DIGIT_BITS),
+        BLOCK=2048,
+        DIGIT_BITS=kernels.DIGIT_BITS,
         num_warps=8,
     )
     return scales
@@ -122,10 +139,26 @@ def ei_step(x, model_out, history, coeffs, noise, threshold_kind, ratio, max_val
     clip_hi, clip_lo = _split(clip)
     slots = hc + [xc] * (4 - len(hc))
     _kernel(kernels.ei_step_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
-        xc, mc, *slots, zc if zc is not None else xc, cc, cc.shape[1] if cc.dim() == 2 else 0,
-        scales, clip_hi, clip_lo, x_next.buffer, d.buffer, n, per_sample,
-        K=len(hc), NOISE=zc is not None, THRESHOLD=mode, PER_SAMPLE=cc.dim() == 2 or mode == 2,
-        ACC=_acc(x), BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+        xc,
+        mc,
+        *slots,
+        zc if zc is not None else xc,
+        cc,
+        cc.shape[1] if cc.dim() == 2 else 0,
+        scales,
+        clip_hi,
+        clip_lo,
+        x_next.buffer,
+        d.buffer,
+        n,
+        per_sample,
+        K=len(hc),
+        NOISE=zc is not None,
+        THRESHOLD=mode,
+        PER_SAMPLE=cc.dim() == 2 or mode == 2,
+        ACC=_acc(x),
+        BLOCK=kernels.BLOCK,
+        num_warps=NUM_WARPS,
     )
     x_next.finish()
     d.finish()
@@ -143,9 +176,17 @@ def multistep_combine(tensors, coeffs, out):
     y = _Output(out)
     slots = tc + [tc[0]] * (8 - len(tc))
     _kernel(kernels.multistep_combine_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
-        *slots, cc, cc.shape[1] if cc.dim() == 2 else 0, y.buffer, n, _per_sample(first),
-        N=len(tc), PER_SAMPLE=cc.dim() == 2, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
-        BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+        *slots,
+        cc,
+        cc.shape[1] if cc.dim() == 2 else 0,
+        y.buffer,
+        n,
+        _per_sample(first),
+        N=len(tc),
+        PER_SAMPLE=cc.dim() == 2,
+        ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+        BLOCK=kernels.BLOCK,
+        num_warps=NUM_WARPS,
     )
     y.finish()
 
@@ -162,8 +203,17 @@ def threshold(x, kind, ratio, max_value, style, out):
     scales = _select_scales(xc, xc, xc, per_sample, ratio, max_value, style, False) if dynamic else xc
     clip_hi, clip_lo = _split(max_value)
     _kernel(kernels.threshold_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
-        xc, scales, clip_hi, clip_lo, y.buffer, n, per_sample,
-        DYNAMIC=dynamic, ACC=_acc(x), BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+        xc,
+        scales,
+        clip_hi,
+        clip_lo,
+        y.buffer,
+        n,
+        per_sample,
+        DYNAMIC=dynamic,
+        ACC=_acc(x),
+        BLOCK=kernels.BLOCK,
+        num_warps=NUM_WARPS,
     )
     y.finish()
 
@@ -205,21 +255,51 @@ def langevin_correct(x, score, snr, alpha, noise, philox, reduction, x_new_out, 
     chunks = -(-per_sample // kernels.NORM_CHUNK)
     partial = torch.empty(batch * chunks * 2, dtype=torch.float64, device=x.device)
     _kernel(kernels.langevin_norms_kernel)[(chunks, batch)](
-        sc, zc if zc is not None else sc, partial, per_sample, chunks, *philox,
-        HAS_NOISE=zc is not None, ACC=_acc(x), CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK,
+        sc,
+        zc if zc is not None else sc,
+        partial,
+        per_sample,
+        chunks,
+        *philox,
+        HAS_NOISE=zc is not None,
+        ACC=_acc(x),
+        CHUNK=kernels.NORM_CHUNK,
+        BLOCK=kernels.BLOCK,
         num_warps=NUM_WARPS,
     )
     step = torch.empty(batch, dtype=_acc_torch(x), device=x.device)
     noise_scale = torch.empty_like(step)
     snr_hi, snr_lo = _split(snr)
     _kernel(kernels.langevin_steps_kernel)[(1,)](
-        partial, alpha_c, 1 if alpha_c.dim() == 1 else 0, step, noise_scale, batch, chunks, snr_hi, snr_lo,
-        PER_SAMPLE=reduction == "sample", BATCH_BLOCK=max(16, triton.next_power_of_2(batch)), num_warps=NUM_WARPS,
+        partial,
+        alpha_c,
+        1 if alpha_c.dim() == 1 else 0,
+        step,
+        noise_scale,
+        batch,
+        chunks,
+        snr_hi,
+        snr_lo,
+        PER_SAMPLE=reduction == "sample",
+        BATCH_BLOCK=max(16, triton.next_power_of_2(batch)),
+        num_warps=NUM_WARPS,
     )
     x_new, x_mean = _Output(x_new_out), _Output(x_mean_out)
     _kernel(kernels.langevin_update_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
-        xc, sc, zc if zc is not None else xc, step, noise_scale, x_new.buffer, x_mean.buffer, n, per_sample,
-        *philox, HAS_NOISE=zc is not None, ACC=_acc(x), BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+        xc,
+        sc,
+        zc if zc is not None else xc,
+        step,
+        noise_scale,
+        x_new.buffer,
+        x_mean.buffer,
+        n,
+        per_sample,
+        *philox,
+        HAS_NOISE=zc is not None,
+        ACC=_acc(x),
+        BLOCK=kernels.BLOCK,
+        num_warps=NUM_WARPS,
     )
     x_new.finish()
     x_mean.finish()
@@ -236,9 +316,27 @@ def error_norm(x_high, x_low, x_prev, atol, rtol, out):
     atol_hi, atol_lo = _split(atol)
     rtol_hi, rtol_lo = _split(rtol)
     _kernel(kernels.error_norm_partials_kernel)[(chunks, batch)](
-        hc, lc, pc, partial, per_sample, chunks, atol_hi, atol_lo, rtol_hi, rtol_lo,
-        ACC=_acc(x_high), CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK, num_warps=NUM_WARPS,
+        hc,
+        lc,
+        pc,
+        partial,
+        per_sample,
+        chunks,
+        atol_hi,
+        atol_lo,
+        rtol_hi,
+        rtol_lo,
+        ACC=_acc(x_high),
+        CHUNK=kernels.NORM_CHUNK,
+        BLOCK=kernels.BLOCK,
+        num_warps=NUM_WARPS,
     )
     _kernel(kernels.error_norm_finish_kernel)[(1,)](
-        partial, out, batch, chunks, per_sample, BATCH_BLOCK=max(16, triton.next_power_of_2(batch)), num_warps=NUM_WARPS,
+        partial,
+        out,
+        batch,
+        chunks,
+        per_sample,
+        BATCH_BLOCK=max(16, triton.next_power_of_2(batch)),
+        num_warps=NUM_WARPS,
     )
