@@ -7,7 +7,7 @@ from typing import Callable, List, Optional
 import torch
 
 from diffaccel import ops
-from diffaccel.ops import backends
+from diffaccel.ops import autograd, backends
 from diffaccel.noise import standard_normal
 from diffaccel.schedules import VPDiscrete
 from diffaccel.solvers import ADAPTIVE_SAMPLERS
@@ -54,7 +54,10 @@ def run_rows(
 ) -> None:
     """The loop itself, on buffers and device tables allocated by the caller
     (run_plan, or diffaccel.graph, which captures exactly this). buffers[0]
-    holds the initial noise and receives the sample."""
+    holds the initial noise and receives the sample. Where autograd records
+    a step (grad mode on, and the state or the model output requires grad:
+    backpropagation through the sampler), the step's results replace the
+    buffers instead of being written into them."""
     x = buffers[0]
     # A Langevin row's noise is drawn inside the op, except with a generator of
     # another device (a CPU generator for CUDA latents) and on the triton
@@ -76,30 +79,37 @@ def run_rows(
                 if langevin_noise_in_op
                 else standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             )
-            ops.langevin_correct(
+            recorded = autograd.records((state, score))
+            results = ops.langevin_correct(
                 state,
                 score,
                 row.snr,
                 alpha=row.alpha,
                 noise=noise,
                 generator=generator if langevin_noise_in_op else None,
-                out=(state, buffers[row.mean_slot]),
+                out=None if recorded else (state, buffers[row.mean_slot]),
             )
+            if recorded:
+                buffers[row.x_slot], buffers[row.mean_slot] = results
             denoised = buffers[row.mean_slot]
         else:
             noise = standard_normal(x.shape, generator=generator, dtype=x.dtype, device=x.device) if row.noise else None
-            ops.ei_step(
+            history = [buffers[j] for j in row.history]
+            recorded = autograd.records((state, model_out, *history))
+            results = ops.ei_step(
                 state,
                 model_out,
-                [buffers[j] for j in row.history],
+                history,
                 c,
                 threshold=threshold,
                 noise=noise,
-                out=(buffers[row.out_slot], buffers[row.d_slot]),
+                out=None if recorded else (buffers[row.out_slot], buffers[row.d_slot]),
             )
+            if recorded:
+                buffers[row.out_slot], buffers[row.d_slot] = results
             denoised = buffers[row.d_slot]
         if callback is not None:
-            info = {"x": x, "i": i, "t": row.t, "denoised": denoised}
+            info = {"x": buffers[0], "i": i, "t": row.t, "denoised": denoised}
             if plan.row_sigmas:  # k-diffusion's keys: the noise level of this model call
                 info["sigma"] = info["sigma_hat"] = plan.row_sigmas[i]
             callback(info)

@@ -140,3 +140,54 @@ class TestDirectOpErrors:
         big = torch.randn(3, 3, 4)
         with _expect(ValueError, "partially overlaps"):
             torch.ops.diffaccel.threshold_out(big[:2], "clip", 0.9, 1.0, "diffusers", big[1:])
+
+
+REAL_SCALARS = [
+    pytest.param(lambda v: v, id="python"),
+    pytest.param(lambda v: __import__("numpy").float32(v), id="numpy-float32"),
+    pytest.param(lambda v: __import__("numpy").float64(v), id="numpy-float64"),
+    pytest.param(lambda v: torch.tensor(v), id="0-d-tensor"),
+    pytest.param(lambda v: torch.tensor(v, dtype=torch.float64), id="0-d-float64-tensor"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("as_scalar", REAL_SCALARS)
+def test_any_real_scalar_is_a_float_on_every_backend(backend, as_scalar):
+    """ratio, max_value, snr, alpha, atol and rtol take any real scalar, with
+    the result of the same Python float (an in-range numpy float32 was refused
+    as out of range before; a 0-d tensor passed one backend and not another)."""
+    x, noise = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
+    with ops.backend(backend):
+        expected = ops.threshold(x, ratio=float(as_scalar(0.9)), max_value=1.5)
+        torch.testing.assert_close(ops.threshold(x, ratio=as_scalar(0.9), max_value=as_scalar(1.5)), expected)
+        threshold = ops.Threshold("dynamic", as_scalar(0.9), as_scalar(1.5))
+        assert isinstance(threshold.ratio, float) and threshold.ratio == float(as_scalar(0.9))
+        expected = ops.langevin_correct(x, x, float(as_scalar(0.16)), alpha=float(as_scalar(0.5)), noise=noise)
+        got = ops.langevin_correct(x, x, as_scalar(0.16), alpha=as_scalar(0.5), noise=noise)
+        torch.testing.assert_close(got, expected)
+        expected = ops.error_norm(x, noise, x, atol=float(as_scalar(0.01)), rtol=float(as_scalar(0.05)))
+        torch.testing.assert_close(ops.error_norm(x, noise, x, atol=as_scalar(0.01), rtol=as_scalar(0.05)), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_containers_get_diffaccels_message_on_every_backend(backend):
+    x, c = X(), COEFFS()
+    with ops.backend(backend):
+        # A stacked tensor is refused (its first dimension may be the batch: slicing it was silently wrong).
+        with _expect(TypeError, "'history' must be a list or tuple of tensors", r"shape \[1, 2, 3, 4\]"):
+            ops.ei_step(x, x, torch.stack([x]), c)
+        with _expect(TypeError, "'history\\[0\\]' must be a torch.Tensor, got NoneType"):
+            ops.ei_step(x, x, [None], c)
+        with _expect(TypeError, "'coeffs' must be a torch.Tensor, got list"):
+            ops.ei_step(x, x, [x], c.tolist())
+        with _expect(TypeError, "'tensors\\[1\\]' must be a torch.Tensor, got NoneType"):
+            ops.multistep_combine([x, None], torch.ones(2))
+        with _expect(TypeError, "'coeffs' must be a torch.Tensor, got list"):
+            ops.multistep_combine([x, x], [1.0, 2.0])
+        with _expect(TypeError, "'ratio' must be a real number", r"shape \[1\]"):
+            ops.threshold(x, ratio=torch.tensor([0.9]))
+        with _expect(TypeError, "'snr' must be a real number", "str"):
+            ops.langevin_correct(x, x, "0.16")
+        with _expect(ValueError, "'ratio' must be in \\(0, 1\\], got 1.5"):
+            ops.Threshold(ratio=torch.tensor(1.5))

@@ -422,3 +422,19 @@ def test_result_dtype_is_k_diffusions(name, x_dtype, out_dtype, sigma_dtype):
     assert seen["diffaccel"] == seen["k-diffusion"]
     narrow = {x_dtype, out_dtype or x_dtype} & {torch.float16, torch.bfloat16}
     assert _relative_error(got.double(), want.double()) < (3e-2 if narrow else 1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("name", [*FIXED_STEP_SAMPLERS, "sample_dpm_fast", "sample_dpm_adaptive"])
+def test_non_finite_sigmas_are_refused_up_front(name, bad):
+    """k-diffusion's sample_dpmpp_2m_sde hangs on a NaN sigma (inside the
+    Brownian tree) and the others return NaN samples: the drop-ins say which
+    sigma is bad before any model call."""
+    sigmas = ours.get_sigmas_karras(6, 0.1, 10.0, device=DEVICE)
+    sigmas[2] = bad
+    calls = []
+    sampler = getattr(ours, name)
+    args = {"sample_dpm_adaptive": (bad, 10.0), "sample_dpm_fast": (0.1, bad, 6)}.get(name, (sigmas,))
+    with pytest.raises(ValueError, match=r"sigma.* must be finite"):
+        sampler(lambda x, s: calls.append(1) or x, torch.randn(1, 2, 4, 4, device=DEVICE), *args)
+    assert not calls

@@ -151,6 +151,16 @@ def _sampler(fn):
     return run
 
 
+def _check_sigma_range(sigma_min, sigma_max) -> None:
+    """k-diffusion's refusal of a zero sigma_min / sigma_max, and of a non-finite
+    one (NaN would run its step control on NaN times)."""
+    if sigma_min <= 0 or sigma_max <= 0:
+        raise ValueError("sigma_min and sigma_max must not be 0")
+    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if not math.isfinite(float(value)):
+            raise ValueError(f"argument '{name}' must be finite, got {float(value)}")
+
+
 class _Loop:
     """What every sampler shares: the sigmas read once, the model call with
     k-diffusion's arguments, the callback dict, the progress bar, and one fused
@@ -163,6 +173,11 @@ class _Loop:
         # The one host read of the sigmas, as numpy float64 scalars: the samplers'
         # scalar math then follows IEEE rules (see _sampler).
         self.values: List[float] = [np.float64(v) for v in sigmas.tolist()]
+        # k-diffusion hangs on a NaN sigma in its SDE samplers (inside the Brownian
+        # tree) and turns any non-finite one into NaN samples: refused up front.
+        bad = next((j for j, v in enumerate(self.values) if not np.isfinite(v)), None)
+        if bad is not None:
+            raise ValueError(f"argument 'sigmas' must be finite, got sigmas[{bad}] = {self.values[bad]}")
         self.s_in = x.new_ones([x.shape[0]])
         self.device = x.device
         self.disable = disable
@@ -735,8 +750,7 @@ def sample_dpm_fast(
     noise_sampler: Optional[Callable] = None,
 ):
     """DPM-Solver-Fast (fixed steps in log sigma, orders 3, ..., 3, then 2 and 1 to spend n evaluations)."""
-    if sigma_min <= 0 or sigma_max <= 0:
-        raise ValueError("sigma_min and sigma_max must not be 0")
+    _check_sigma_range(sigma_min, sigma_max)
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     bar = _progress(n, disable)
     solver = _EpsSolver(model, x, extra_args, (lambda: bar.update()) if bar is not None else (lambda: None))
@@ -799,8 +813,7 @@ def sample_dpm_adaptive(
     """DPM-Solver-12 / -23 with k-diffusion's PID step-size control. The error of
     each trial step is the fused error_norm (one pass); reading it is the one
     host synchronization per trial, as in k-diffusion."""
-    if sigma_min <= 0 or sigma_max <= 0:
-        raise ValueError("sigma_min and sigma_max must not be 0")
+    _check_sigma_range(sigma_min, sigma_max)
     if order not in (2, 3):
         raise ValueError("order should be 2 or 3")
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler

@@ -17,11 +17,12 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from diffaccel import _extension
-from diffaccel.ops import fake, reference, validation
+from diffaccel.ops import autograd, fake, reference, validation
 from diffaccel.ops.backends import backend, resolve
 
 if _extension.available():
     fake.register_compiled()
+    autograd.register("diffaccel")
 
 __all__ = [
     "Threshold",
@@ -62,6 +63,9 @@ class Threshold:
 
     def __post_init__(self):
         validation.check_threshold_options("diffaccel.Threshold", self.kind, self.ratio, self.max_value, self.style)
+        # Any real scalar (numpy, 0-d tensor) is kept as the float the kernels take.
+        object.__setattr__(self, "ratio", float(self.ratio))
+        object.__setattr__(self, "max_value", float(self.max_value))
 
 
 # The placeholder threshold options passed to the ops when none is asked for
@@ -104,9 +108,13 @@ def ei_step(
         ``(x_next, d)``, both with ``x``'s dtype.
     """
     validation.check_tensor("diffaccel.ei_step", "x", x)
+    validation.check_tensor_list("diffaccel.ei_step", "history", history)
+    validation.check_tensor("diffaccel.ei_step", "coeffs", coeffs)
     if threshold is not None and not isinstance(threshold, Threshold):
         raise TypeError("diffaccel.ei_step: argument 'threshold' must be None or a diffaccel.ops.Threshold")
     validation.check_pair("diffaccel.ei_step", ("x_next", "d"), out)
+    if out is not None:
+        autograd.check_out_allowed("ei_step", out, (x, model_out, coeffs, noise, *history))
     impl = resolve("ei_step", x.device.type)
     if impl != "compiled":  # the C++ ops check their own arguments
         validation.ei_step(x, model_out, history, coeffs, noise)
@@ -152,8 +160,12 @@ def multistep_combine(
     Returns:
         ``y`` with the promoted dtype of ``tensors`` (``torch.promote_types``).
     """
-    if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(tensors[0], torch.Tensor):
+    validation.check_tensor_list("diffaccel.multistep_combine", "tensors", tensors)
+    validation.check_tensor("diffaccel.multistep_combine", "coeffs", coeffs)
+    if not tensors:
         validation.multistep_combine(tensors, coeffs)  # raises the error that names the problem
+    if out is not None:
+        autograd.check_out_allowed("multistep_combine", out, (*tensors, coeffs))
     impl = resolve("multistep_combine", tensors[0].device.type)
     if impl != "compiled":
         result_dtype = validation.multistep_combine(tensors, coeffs)
@@ -195,6 +207,10 @@ def threshold(
         ``y`` with ``x``'s dtype.
     """
     validation.check_tensor("diffaccel.threshold", "x", x)
+    ratio = validation.real_scalar("diffaccel.threshold", "ratio", ratio)
+    max_value = validation.real_scalar("diffaccel.threshold", "max_value", max_value)
+    if out is not None:
+        autograd.check_out_allowed("threshold", out, (x,))
     impl = resolve("threshold", x.device.type)
     if impl != "compiled":
         validation.threshold(x, kind, ratio, max_value, style)
@@ -246,7 +262,12 @@ def langevin_correct(
         ``(x_new, x_mean)`` with ``x``'s dtype.
     """
     validation.check_tensor("diffaccel.langevin_correct", "x", x)
+    snr = validation.real_scalar("diffaccel.langevin_correct", "snr", snr)
+    if not isinstance(alpha, torch.Tensor):
+        alpha = validation.real_scalar("diffaccel.langevin_correct", "alpha", alpha)
     validation.check_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out)
+    if out is not None:
+        autograd.check_out_allowed("langevin_correct", out, (x, score, alpha, noise))
     impl = resolve("langevin_correct", x.device.type)
     if impl != "compiled":
         validation.langevin_correct(x, score, snr, alpha, noise, reduction)
@@ -263,7 +284,7 @@ def langevin_correct(
         )
     if not isinstance(alpha, torch.Tensor):
         # The C++ op takes alpha as a tensor; a number is checked here.
-        if not isinstance(alpha, (int, float)) or not alpha >= 0.0:
+        if not alpha >= 0.0:
             raise ValueError(
                 f"diffaccel.langevin_correct: argument 'alpha' must be a number >= 0 or a tensor, got {alpha!r}"
             )
@@ -301,6 +322,8 @@ def error_norm(
         in float64, in a fixed order, so the result is the same bits every run.
     """
     validation.check_tensor("diffaccel.error_norm", "x_high", x_high)
+    atol = validation.real_scalar("diffaccel.error_norm", "atol", atol)
+    rtol = validation.real_scalar("diffaccel.error_norm", "rtol", rtol)
     impl = resolve("error_norm", x_high.device.type)
     if impl != "compiled":
         validation.error_norm(x_high, x_low, x_prev, atol, rtol)

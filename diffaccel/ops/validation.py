@@ -9,6 +9,7 @@ the argument and say what was expected.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -30,6 +31,33 @@ def _shape(t: torch.Tensor) -> str:
 def check_tensor(op: str, name: str, t) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: argument '{name}' must be a torch.Tensor, got {type(t).__name__}")
+
+
+def real_scalar(op: str, name: str, value) -> float:
+    """A real number given as a Python or numpy number or a 0-d tensor, as a
+    float (the same rule on every backend; a 0-d CUDA tensor is read to the
+    host). Anything else is a TypeError naming the argument."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
+            return float(value)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    got = f"a tensor of shape {_shape(value)}" if isinstance(value, torch.Tensor) else type(value).__name__
+    raise TypeError(f"{op}: argument '{name}' must be a real number (Python, numpy or a 0-d tensor), got {got}")
+
+
+def check_tensor_list(op: str, name: str, tensors) -> None:
+    """A list or tuple of tensors (a stacked tensor is refused: its first
+    dimension could be the batch, and splitting it would be silently wrong)."""
+    if isinstance(tensors, torch.Tensor):
+        raise TypeError(
+            f"{op}: argument '{name}' must be a list or tuple of tensors, got a tensor of shape {_shape(tensors)} "
+            "(pass [t] for one tensor, or list(stacked.unbind(0)) for tensors stacked along a new first dimension)"
+        )
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{op}: argument '{name}' must be a list or tuple of tensors, got {type(tensors).__name__}")
+    for j, t in enumerate(tensors):
+        check_tensor(op, f"{name}[{j}]", t)
 
 
 def check_batched(op: str, name: str, x: torch.Tensor) -> None:
@@ -99,10 +127,10 @@ def check_out_pair(op: str, names: tuple, out, x: torch.Tensor) -> None:
 def check_threshold_options(op: str, kind, ratio, max_value, style) -> None:
     if kind not in THRESHOLD_KINDS:
         raise ValueError(f'{op}: argument \'kind\' must be "clip" or "dynamic", got {kind!r}')
-    if not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-        raise ValueError(f"{op}: argument 'ratio' must be in (0, 1], got {ratio}")
-    if not isinstance(max_value, (int, float)) or not max_value > 0.0:
-        raise ValueError(f"{op}: argument 'max_value' must be > 0, got {max_value}")
+    if not 0.0 < real_scalar(op, "ratio", ratio) <= 1.0:
+        raise ValueError(f"{op}: argument 'ratio' must be in (0, 1], got {float(ratio)}")
+    if not real_scalar(op, "max_value", max_value) > 0.0:
+        raise ValueError(f"{op}: argument 'max_value' must be > 0, got {float(max_value)}")
     if style not in THRESHOLD_STYLES:
         raise ValueError(f'{op}: argument \'style\' must be "diffusers" or "dpm-solver", got {style!r}')
 
@@ -113,11 +141,10 @@ def ei_step(x, model_out, history: Sequence, coeffs, noise: Optional[torch.Tenso
     check_float_dtype(op, "x", x, x.dtype)
     check_like(op, "model_out", model_out, x, "x")
     check_float_dtype(op, "model_out", model_out, x.dtype)
-    if not isinstance(history, (list, tuple)):
-        raise TypeError(f"{op}: argument 'history' must be a list or tuple of tensors")
+    check_tensor_list(op, "history", history)
     if len(history) > MAX_HISTORY:
         raise ValueError(f"{op}: argument 'history' holds {len(history)} tensors, at most {MAX_HISTORY} are supported")
-    for h in history:
+    for h in history:  # (the C++ checks' wording: 'history')
         check_like(op, "history", h, x, "x")
         check_float_dtype(op, "history", h, x.dtype)
     check_coeffs(
@@ -141,12 +168,9 @@ def combine_result_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
 
 def multistep_combine(tensors: Sequence, coeffs) -> torch.dtype:
     op = "diffaccel.multistep_combine"
-    if not isinstance(tensors, (list, tuple)):
-        raise TypeError(f"{op}: argument 'tensors' must be a list or tuple of tensors")
+    check_tensor_list(op, "tensors", tensors)
     if not 1 <= len(tensors) <= MAX_COMBINE:
         raise ValueError(f"{op}: argument 'tensors' must hold 1 to {MAX_COMBINE} tensors, got {len(tensors)}")
-    for t in tensors:
-        check_tensor(op, "tensors", t)
     first = tensors[0]
     check_batched(op, "tensors", first)
     result = combine_result_dtype(tensors)
@@ -170,8 +194,8 @@ def langevin_correct(x, score, snr, alpha, noise, reduction) -> None:
     check_float_dtype(op, "x", x, x.dtype)
     check_like(op, "score", score, x, "x")
     check_float_dtype(op, "score", score, x.dtype)
-    if not isinstance(snr, (int, float)) or not snr >= 0.0:
-        raise ValueError(f"{op}: argument 'snr' must be >= 0, got {snr}")
+    if not real_scalar(op, "snr", snr) >= 0.0:
+        raise ValueError(f"{op}: argument 'snr' must be >= 0, got {float(snr)}")
     if isinstance(alpha, torch.Tensor):
         if alpha.device != x.device:
             raise ValueError(f"{op}: argument 'alpha' is on {alpha.device} but 'x' is on {x.device}")
@@ -180,8 +204,8 @@ def langevin_correct(x, score, snr, alpha, noise, reduction) -> None:
                 f"{op}: argument 'alpha' must be a number, a 0-d tensor or shape [{x.shape[0]}], "
                 f"got shape {_shape(alpha)}"
             )
-    elif not isinstance(alpha, (int, float)) or not alpha >= 0.0:
-        raise ValueError(f"{op}: argument 'alpha' must be a number >= 0 or a tensor, got {alpha!r}")
+    elif not real_scalar(op, "alpha", alpha) >= 0.0:
+        raise ValueError(f"{op}: argument 'alpha' must be a number >= 0 or a tensor, got {float(alpha)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f'{op}: argument \'reduction\' must be "batch" or "sample", got {reduction!r}')
     if noise is not None:
@@ -196,10 +220,10 @@ def error_norm(x_high, x_low, x_prev, atol, rtol) -> None:
     for name, t in (("x_low", x_low), ("x_prev", x_prev)):
         check_like(op, name, t, x_high, "x_high")
         check_float_dtype(op, name, t, x_high.dtype)
-    if not isinstance(atol, (int, float)) or not atol > 0.0:
-        raise ValueError(f"{op}: argument 'atol' must be > 0, got {atol}")
-    if not isinstance(rtol, (int, float)) or not rtol >= 0.0:
-        raise ValueError(f"{op}: argument 'rtol' must be >= 0, got {rtol}")
+    if not real_scalar(op, "atol", atol) > 0.0:
+        raise ValueError(f"{op}: argument 'atol' must be > 0, got {float(atol)}")
+    if not real_scalar(op, "rtol", rtol) >= 0.0:
+        raise ValueError(f"{op}: argument 'rtol' must be >= 0, got {float(rtol)}")
 
 
 def check_no_partial_overlap(op: str, outputs: dict, inputs: dict) -> None:

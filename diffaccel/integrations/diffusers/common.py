@@ -14,6 +14,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffaccel import ops
+from diffaccel.ops import autograd
 from diffaccel.integrations import float64_if_any
 from diffaccel.transfer import ConstantCache
 
@@ -63,6 +64,8 @@ def _ei_step(
     float64: then every input goes in as float64, and ``out`` is left unused.
     (The op checks before any kernel runs; asking first would cost every step a
     microsecond, about 7% of its host time.)"""
+    if out is not None and autograd.records((x, model_output, noise, *history)):
+        out = None  # backpropagation through the step: autograd cannot record writes into buffers
     try:
         return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise, out=out)
     except TypeError:

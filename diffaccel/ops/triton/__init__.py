@@ -192,3 +192,7 @@ if unavailable_reason is None:
             _op.register_fake(_fake(_name))
         else:
             torch.library.triton_op(f"diffaccel_triton::{_name}", _fn, mutates_args=_mutates)
+
+    from diffaccel.ops import autograd
+
+    autograd.register("diffaccel_triton")

@@ -1,0 +1,182 @@
+"""Gradients through the fused ops (diffaccel.ops.autograd): gradcheck in
+float64 for every op and option on every backend, the fused backward against
+the reference's autograd in float32, out= refused where autograd would record,
+and gradients through diffaccel.sample and the diffusers drop-ins equal to the
+reference loop's and stock diffusers'."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import diffaccel
+from diffaccel import ops
+from diffaccel.ops import backends
+
+from conftest import DEVICE, TEST_BACKENDS
+
+F64 = dict(dtype=torch.float64, device=DEVICE)
+THRESHOLDS = [
+    None,
+    ops.Threshold("clip", max_value=0.8),
+    ops.Threshold("dynamic", 0.9, 1.5),
+    ops.Threshold("dynamic", 0.7, 0.5, "dpm-solver"),
+]
+
+
+def _gradcheck(fn, inputs, backend):
+    """gradcheck on the backend; on the Triton interpreter (each kernel launch
+    costs milliseconds on CPU) in fast mode: a random projection of the
+    Jacobian instead of every column."""
+    interpreted = backend == "triton" and DEVICE == "cpu"
+    with ops.backend(backend):
+        return gradcheck(fn, inputs, fast_mode=interpreted)
+
+
+def _leaf(shape, gen, scale=1.0):
+    return (torch.randn(shape, generator=gen, **F64) * scale).requires_grad_()
+
+
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared-row", "row-per-sample"])
+@pytest.mark.parametrize("threshold", THRESHOLDS, ids=lambda t: "none" if t is None else f"{t.kind}-{t.style}")
+@pytest.mark.parametrize("history", [0, 2])
+def test_ei_step_gradcheck(backend, per_sample, threshold, history, gen):
+    x, m, z = (_leaf((2, 3, 5), gen) for _ in range(3))
+    hist = [_leaf((2, 3, 5), gen) for _ in range(history)]
+    coeffs = _leaf((2, 5 + history) if per_sample else (5 + history,), gen)
+
+    def step(x, m, coeffs, z, *hist):
+        return ops.ei_step(x, m, list(hist), coeffs, threshold=threshold, noise=z)
+
+    assert _gradcheck(step, (x, m, coeffs, z, *hist), backend)
+
+
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared-row", "row-per-sample"])
+def test_multistep_combine_gradcheck(backend, per_sample, gen):
+    tensors = [_leaf((2, 3, 5), gen) for _ in range(3)]
+    coeffs = _leaf((2, 3) if per_sample else (3,), gen)
+    assert _gradcheck(lambda c, *t: ops.multistep_combine(list(t), c), (coeffs, *tensors), backend)
+
+
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(kind="clip", max_value=0.7),
+        dict(kind="dynamic", ratio=0.8, max_value=1.2),
+        dict(kind="dynamic", ratio=0.995, max_value=1.0),
+        dict(kind="dynamic", ratio=0.6, max_value=0.4, style="dpm-solver"),
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
+def test_threshold_gradcheck(backend, options, gen):
+    x = _leaf((2, 3, 5), gen, scale=2.0)
+    assert _gradcheck(lambda x: ops.threshold(x, **options), (x,), backend)
+
+
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+@pytest.mark.parametrize("alpha", ["number", "scalar-tensor", "per-sample"])
+def test_langevin_correct_gradcheck(backend, reduction, alpha, gen):
+    x, score, z = (_leaf((2, 3, 5), gen) for _ in range(3))
+    alpha_value = {"number": 0.7, "scalar-tensor": _leaf((), gen).abs(), "per-sample": _leaf((2,), gen).abs()}[alpha]
+    inputs = (x, score, z) + ((alpha_value,) if isinstance(alpha_value, torch.Tensor) else ())
+
+    def corrector(x, score, z, *alpha_arg):
+        a = alpha_arg[0] if alpha_arg else alpha_value
+        return ops.langevin_correct(x, score, 0.16, alpha=a, noise=z, reduction=reduction)
+
+    assert _gradcheck(corrector, inputs, backend)
+
+
+@pytest.mark.cpu_only  # the CPU kernels draw noise=None as torch.randn does, so the reference can redraw it
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+def test_langevin_correct_gradient_with_noise_drawn_in_the_op(reduction, gen):
+    x, score = _leaf((2, 3, 5), gen), _leaf((2, 3, 5), gen)
+    seeded = torch.Generator(device=DEVICE)
+
+    def corrector(x, score):
+        seeded.manual_seed(7)
+        return ops.langevin_correct(x, score, 0.16, generator=seeded, reduction=reduction)
+
+    assert gradcheck(corrector, (x, score))
+
+
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
+def test_error_norm_gradcheck(backend, gen):
+    high, low, prev = (_leaf((2, 3, 5), gen) for _ in range(3))
+    assert _gradcheck(lambda h, lo, p: ops.error_norm(h, lo, p, atol=0.05, rtol=0.1), (high, low, prev), backend)
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS, ids=lambda t: "none" if t is None else f"{t.kind}-{t.style}")
+def test_fused_backward_equals_the_references_autograd(threshold, gen):
+    """float32, with a bf16 model output: the fused backward gives the
+    reference's gradients (to float32 rounding) in each input's dtype."""
+    x = torch.randn(3, 4, 8, 8, generator=gen, device=DEVICE).requires_grad_()
+    m = torch.randn(3, 4, 8, 8, generator=gen, device=DEVICE).to(torch.bfloat16).requires_grad_()
+    h = torch.randn(3, 4, 8, 8, generator=gen, device=DEVICE).requires_grad_()
+    coeffs = torch.randn(3, 6, generator=gen, device=DEVICE, dtype=torch.float64)
+    weights = [torch.randn(3, 4, 8, 8, generator=gen, device=DEVICE) for _ in range(2)]
+    grads = {}
+    for backend in TEST_BACKENDS:
+        with ops.backend(backend):
+            x_next, d = ops.ei_step(x, m, [h], coeffs, threshold=threshold)
+            grads[backend] = torch.autograd.grad((x_next * weights[0]).sum() + (d * weights[1]).sum(), [x, m, h])
+    for backend, got in grads.items():
+        for g, expected, leaf in zip(got, grads["reference"], [x, m, h]):
+            assert g.dtype == leaf.dtype, backend
+            tolerance = 1e-2 if leaf.dtype == torch.bfloat16 else 1e-5
+            torch.testing.assert_close(g, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_out_is_refused_where_autograd_would_record(gen):
+    x = torch.randn(2, 3, generator=gen, device=DEVICE).requires_grad_()
+    m, c = torch.randn(2, 3, generator=gen, device=DEVICE), torch.tensor([1.0, 1.0, 0.5, 0.5, 0.0], device=DEVICE)
+    buffers = (torch.empty(2, 3, device=DEVICE), torch.empty(2, 3, device=DEVICE))
+    with pytest.raises(RuntimeError, match="ei_step: out= .* does not support automatic differentiation"):
+        ops.ei_step(x, m, [], c, out=buffers)
+    with pytest.raises(RuntimeError, match="multistep_combine: out="):
+        ops.multistep_combine([x, m], c[:2], out=buffers[0])
+    with pytest.raises(RuntimeError, match="threshold: out="):
+        ops.threshold(x, out=buffers[0])
+    with torch.no_grad():  # nothing is recorded: out= works as always
+        ops.ei_step(x, m, [], c, out=buffers)
+        torch.testing.assert_close(buffers[0], 0.5 * x + 0.5 * (x + m))
+
+
+def _mlp(gen):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.SiLU(), torch.nn.Linear(32, 16)).to(DEVICE)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc_bh2", "euler_ancestral", "pc"])
+def test_gradients_through_diffaccel_sample_equal_the_reference_loops(sampler, gen):
+    """Backpropagation through a few sampling steps, to the initial noise and
+    the network's weights: the fused ops' gradients are the reference ops'."""
+    net = _mlp(gen)
+
+    def model(x, t):
+        return net(x.reshape(x.shape[0], 16)).reshape(x.shape) * (t.reshape(-1, 1, 1) / 1000)
+
+    noise = torch.randn(3, 4, 4, generator=gen, device=DEVICE)
+    results = {}
+    for backend in ("auto", "reference"):
+        x = noise.clone().requires_grad_()
+        with ops.backend(backend):
+            out = diffaccel.sample(model, x, sampler=sampler, steps=4, generator=torch.Generator(DEVICE).manual_seed(1))
+        loss = (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).reshape(out.shape)).sum()
+        grads = torch.autograd.grad(loss, [x, *net.parameters()])
+        results[backend] = (out.detach(), grads)
+    torch.testing.assert_close(results["auto"][0], results["reference"][0], rtol=1e-5, atol=1e-5)
+    for got, expected in zip(results["auto"][1], results["reference"][1]):
+        assert got.abs().sum() > 0
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_no_grad_sampling_is_unchanged(gen):
+    """Without anything requiring grad the loop writes its buffers in place as
+    before, and the result carries no graph."""
+    noise = torch.randn(2, 4, 4, generator=gen, device=DEVICE)
+    out = diffaccel.sample(lambda x, t: 0.1 * x, noise, sampler="dpmpp_2m", steps=5)
+    assert out.grad_fn is None and backends.current() == "auto"
