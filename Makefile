@@ -23,7 +23,7 @@ LINT_STAMP := $(VENV)/.diffaccel-lint-tools
 LINT_TOOLS := ruff==0.17.6 clang-format==23.1.5
 CSRC_FILES = $(shell git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh' 2>/dev/null || find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: demo test lint format bench install cuda-compile-check cmake-check clean
+.PHONY: demo test lint format sanitize bench install cuda-compile-check cmake-check clean
 
 demo: $(STAMP)
 	$(PY) -m diffaccel info
@@ -36,6 +36,30 @@ demo: $(STAMP)
 test: lint $(STAMP) cuda-compile-check
 	TRITON_INTERPRET=1 $(PY) -m pytest tests
 	$(PY) -m pytest tests/test_triton_compile.py
+	$(MAKE) sanitize
+
+# The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (one
+# baseline clone, -O1) into build/sanitize, beside the normal build, and the op
+# tests and the fuzzer run against that build; any report aborts the run.
+SANITIZE_DIR := build/sanitize
+SANITIZE_TESTS := tests/test_ei_step.py tests/test_multistep_combine.py tests/test_threshold.py \
+	tests/test_langevin_correct.py tests/test_error_norm.py tests/test_errors.py tests/test_fuzz.py
+SANITIZE_RUNTIME = $(shell g++ -print-file-name=libasan.so) $(shell g++ -print-file-name=libubsan.so)
+sanitize: $(STAMP)
+	DIFFACCEL_SANITIZE=1 DIFFACCEL_CPU_CLONES=0 DIFFACCEL_NO_CUDA=1 $(PY) setup.py -q build_ext \
+		--build-lib $(SANITIZE_DIR)/lib --build-temp $(SANITIZE_DIR)/temp
+	@rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
+	@cp -r diffaccel $(SANITIZE_DIR)/pkg/ && rm -f $(SANITIZE_DIR)/pkg/diffaccel/_C*.so
+	@cp $(SANITIZE_DIR)/lib/diffaccel/_C*.so $(SANITIZE_DIR)/pkg/diffaccel/
+	@# Python and torch are not instrumented: their leaks and allocator are not ours to report.
+	@# (python -P: the checkout is not put first on sys.path, so the sanitized copy is imported.)
+	@# Reports go to files (pytest captures stderr, and an abort loses it); printed on failure.
+	@rm -f $(SANITIZE_DIR)/report.*
+	LD_PRELOAD="$(SANITIZE_RUNTIME)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$(SANITIZE_DIR)/report \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(SANITIZE_DIR)/report PYTHONPATH=$(SANITIZE_DIR)/pkg \
+		DIFFACCEL_EXPECT_EXTENSION=$(SANITIZE_DIR)/pkg/diffaccel $(PY) -P -m pytest -q -p no:cacheprovider \
+		$(SANITIZE_TESTS) || { cat $(SANITIZE_DIR)/report.* 2>/dev/null; exit 1; }
+	@if ls $(SANITIZE_DIR)/report.* >/dev/null 2>&1; then cat $(SANITIZE_DIR)/report.*; exit 1; fi
 
 # pytest-benchmark of every op vs the eager and compiled reference and the copy
 # bandwidth; the markdown report lands in bench/results/<date>-cpu.md.

@@ -45,10 +45,18 @@ def extension():
     # check uses it: device time is short and CPU speed is not measured there).
     if os.environ.get("DIFFACCEL_CPU_CLONES") == "0":
         cxx_flags.append("-DDIFFACCEL_CPU_BASELINE_ONLY")
+    link_flags = ["-fopenmp"]
+    # DIFFACCEL_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer, any
+    # report fatal (make sanitize builds this into build/sanitize and runs the
+    # op tests and the fuzzer under it).
+    if os.environ.get("DIFFACCEL_SANITIZE") == "1":
+        sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+        cxx_flags = [f for f in cxx_flags if f != "-O3"] + ["-O1", "-g1", "-fno-omit-frame-pointer", *sanitizers]
+        link_flags += sanitizers
     common = dict(
         name="diffaccel._C",
         include_dirs=include_dirs,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link_flags,
     )
     cpu_sources = sources("csrc/cpu/*.cpp") + sources("csrc/torch/*.cpp")
     if cuda_available_for_build():

@@ -113,6 +113,10 @@ def _require_compiled_extension():
     test the reference against itself, so that is an error unless asked for."""
     if not _extension.available() and os.environ.get("DIFFACCEL_ALLOW_NO_EXTENSION") != "1":
         pytest.fail(f"diffaccel's compiled extension did not load: {_extension.load_error}")
+    # make sanitize: the extension must be the sanitized build, not the normal one.
+    expected = os.environ.get("DIFFACCEL_EXPECT_EXTENSION")
+    if expected and not os.path.abspath(_extension._C.__file__).startswith(os.path.abspath(expected)):
+        pytest.fail(f"diffaccel loaded {_extension._C.__file__}, expected the build in {expected}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -161,6 +161,19 @@ def _check_sigma_range(sigma_min, sigma_max) -> None:
             raise ValueError(f"argument '{name}' must be finite, got {float(value)}")
 
 
+def _as_k_diffusion_computes(denoised: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A denoiser output the fused ops do not take, as k-diffusion's arithmetic
+    with x uses it: an integer one promoted (with x, or to the default dtype),
+    one that broadcasts to x's shape expanded to it (a view). An output x
+    would have to broadcast up to is left for the op to refuse."""
+    if not denoised.is_floating_point():
+        dtype = torch.promote_types(denoised.dtype, x.dtype)
+        denoised = denoised.to(dtype if dtype.is_floating_point else torch.get_default_dtype())
+    if denoised.shape != x.shape and torch.broadcast_shapes(denoised.shape, x.shape) == x.shape:
+        denoised = denoised.expand(x.shape)
+    return denoised
+
+
 class _Loop:
     """What every sampler shares: the sigmas read once, the model call with
     k-diffusion's arguments, the callback dict, the progress bar, and one fused
@@ -191,7 +204,10 @@ class _Loop:
         return trange(n, disable=self.disable)
 
     def denoise(self, x, sigma):
-        return self.model(x, sigma * self.s_in, **self.extra_args)
+        denoised = self.model_output = self.model(x, sigma * self.s_in, **self.extra_args)
+        if isinstance(denoised, torch.Tensor) and (denoised.shape != x.shape or not denoised.is_floating_point()):
+            denoised = _as_k_diffusion_computes(denoised, x)
+        return denoised
 
     def sigma_tensor(self, value: float) -> torch.Tensor:
         """A host sigma as a 0-d tensor like the sigmas (copied without a synchronization)."""
@@ -561,7 +577,7 @@ def sample_dpmpp_2m_sde(
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.evaluate(x, i)
         if sigma_next == 0:
-            x = kept = denoised  # k-diffusion's denoising step returns the denoiser's output itself
+            x = kept = loop.model_output  # k-diffusion's denoising step returns the denoiser's output itself
         else:
             h = np.log(sigma) - np.log(sigma_next)
             eta_h = eta * h
@@ -603,7 +619,7 @@ def sample_dpmpp_3m_sde(
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.evaluate(x, i)
         if sigma_next == 0:
-            x = kept = denoised  # k-diffusion's denoising step returns the denoiser's output itself
+            x = kept = loop.model_output  # k-diffusion's denoising step returns the denoiser's output itself
             h = h_1
         else:
             h = np.log(sigma) - np.log(sigma_next)

@@ -41,6 +41,38 @@ def _namespace(impl: str):
     return torch.ops.diffaccel_triton if impl == "triton" else torch.ops.diffaccel
 
 
+# The dispatch key set a call below autograd goes to, by device type.
+_BACKEND_KEYS = {
+    "cpu": torch._C.DispatchKeySet(torch._C.DispatchKey.CPU),
+    "cuda": torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA),
+}
+
+
+def _call(op, args, tensors, explain):
+    """op(*args), where autograd records it through the op's registered
+    gradient (diffaccel.ops.autograd), and otherwise straight to the device's
+    kernel, below the autograd dispatch key: the registered gradient is a
+    Python kernel that costs every call about 4 us on the dev VM, half an
+    eager step's host time. (Under torch.compile, functorch transforms, a
+    dispatch mode or a tensor subclass the dispatcher takes the call as usual.) A call the op's
+    schema refuses (a list of coefficients, None among the tensors) gets the
+    message explain() raises, where it names the problem."""
+    x = tensors[0]
+    try:
+        if (
+            type(x) is torch.Tensor
+            and not autograd.records(tensors)
+            and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active()
+            and not torch._C._len_torch_dispatch_stack()
+        ):
+            return op.default.redispatch(_BACKEND_KEYS[x.device.type], *args)
+        return op(*args)
+    except RuntimeError:
+        explain()
+        raise
+
+
 @dataclass(frozen=True)
 class Threshold:
     """Thresholding of a data prediction, as diffusers' ``thresholding`` /
@@ -108,8 +140,8 @@ def ei_step(
         ``(x_next, d)``, both with ``x``'s dtype.
     """
     validation.check_tensor("diffaccel.ei_step", "x", x)
-    validation.check_tensor_list("diffaccel.ei_step", "history", history)
-    validation.check_tensor("diffaccel.ei_step", "coeffs", coeffs)
+    if isinstance(history, torch.Tensor):  # would be split into slices by list(): refused
+        validation.check_tensor_list("diffaccel.ei_step", "history", history)
     if threshold is not None and not isinstance(threshold, Threshold):
         raise TypeError("diffaccel.ei_step: argument 'threshold' must be None or a diffaccel.ops.Threshold")
     validation.check_pair("diffaccel.ei_step", ("x_next", "d"), out)
@@ -129,6 +161,11 @@ def ei_step(
         return reference.ei_step(x, model_out, history, coeffs, threshold=threshold, noise=noise, out=out)
     ops = _namespace(impl)
     t = threshold or _NO_THRESHOLD
+
+    def explain():
+        validation.check_tensor_list("diffaccel.ei_step", "history", history)
+        validation.check_tensor("diffaccel.ei_step", "coeffs", coeffs)
+
     args = (
         x,
         model_out,
@@ -141,7 +178,7 @@ def ei_step(
         t.style,
     )
     if out is None:
-        return ops.ei_step(*args)
+        return _call(ops.ei_step, args, (x, model_out, coeffs, noise, *history), explain)
     ops.ei_step_out(*args, out[0], out[1])
     return out[0], out[1]
 
@@ -160,9 +197,7 @@ def multistep_combine(
     Returns:
         ``y`` with the promoted dtype of ``tensors`` (``torch.promote_types``).
     """
-    validation.check_tensor_list("diffaccel.multistep_combine", "tensors", tensors)
-    validation.check_tensor("diffaccel.multistep_combine", "coeffs", coeffs)
-    if not tensors:
+    if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(tensors[0], torch.Tensor):
         validation.multistep_combine(tensors, coeffs)  # raises the error that names the problem
     if out is not None:
         autograd.check_out_allowed("multistep_combine", out, (*tensors, coeffs))
@@ -178,7 +213,12 @@ def multistep_combine(
         return reference.multistep_combine(tensors, coeffs, out=out)
     ops = _namespace(impl)
     if out is None:
-        return ops.multistep_combine(list(tensors), coeffs)
+        return _call(
+            ops.multistep_combine,
+            (list(tensors), coeffs),
+            (*tensors, coeffs),
+            lambda: validation.multistep_combine(tensors, coeffs),
+        )
     ops.multistep_combine_out(list(tensors), coeffs, out)
     return out
 
@@ -207,8 +247,10 @@ def threshold(
         ``y`` with ``x``'s dtype.
     """
     validation.check_tensor("diffaccel.threshold", "x", x)
-    ratio = validation.real_scalar("diffaccel.threshold", "ratio", ratio)
-    max_value = validation.real_scalar("diffaccel.threshold", "max_value", max_value)
+    if type(ratio) is not float:
+        ratio = validation.real_scalar("diffaccel.threshold", "ratio", ratio)
+    if type(max_value) is not float:
+        max_value = validation.real_scalar("diffaccel.threshold", "max_value", max_value)
     if out is not None:
         autograd.check_out_allowed("threshold", out, (x,))
     impl = resolve("threshold", x.device.type)
@@ -221,8 +263,8 @@ def threshold(
         return reference.threshold(x, kind=kind, ratio=ratio, max_value=max_value, style=style, out=out)
     ops = _namespace(impl)
     if out is None:
-        return ops.threshold(x, kind, float(ratio), float(max_value), style)
-    ops.threshold_out(x, kind, float(ratio), float(max_value), style, out)
+        return _call(ops.threshold, (x, kind, ratio, max_value, style), (x,), lambda: None)
+    ops.threshold_out(x, kind, ratio, max_value, style, out)
     return out
 
 
@@ -262,8 +304,9 @@ def langevin_correct(
         ``(x_new, x_mean)`` with ``x``'s dtype.
     """
     validation.check_tensor("diffaccel.langevin_correct", "x", x)
-    snr = validation.real_scalar("diffaccel.langevin_correct", "snr", snr)
-    if not isinstance(alpha, torch.Tensor):
+    if type(snr) is not float:
+        snr = validation.real_scalar("diffaccel.langevin_correct", "snr", snr)
+    if not isinstance(alpha, (torch.Tensor, float)):
         alpha = validation.real_scalar("diffaccel.langevin_correct", "alpha", alpha)
     validation.check_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out)
     if out is not None:
@@ -298,7 +341,7 @@ def langevin_correct(
     else:
         args = (x, score, float(snr), alpha, noise, generator, reduction)
     if out is None:
-        return ops.langevin_correct(*args)
+        return _call(ops.langevin_correct, args, (x, score, alpha, noise), lambda: None)
     ops.langevin_correct_out(*args, out[0], out[1])
     return out[0], out[1]
 
@@ -322,11 +365,15 @@ def error_norm(
         in float64, in a fixed order, so the result is the same bits every run.
     """
     validation.check_tensor("diffaccel.error_norm", "x_high", x_high)
-    atol = validation.real_scalar("diffaccel.error_norm", "atol", atol)
-    rtol = validation.real_scalar("diffaccel.error_norm", "rtol", rtol)
+    if type(atol) is not float:
+        atol = validation.real_scalar("diffaccel.error_norm", "atol", atol)
+    if type(rtol) is not float:
+        rtol = validation.real_scalar("diffaccel.error_norm", "rtol", rtol)
     impl = resolve("error_norm", x_high.device.type)
     if impl != "compiled":
         validation.error_norm(x_high, x_low, x_prev, atol, rtol)
     if impl == "reference":
         return reference.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
-    return _namespace(impl).error_norm(x_high, x_low, x_prev, float(atol), float(rtol))
+    return _call(
+        _namespace(impl).error_norm, (x_high, x_low, x_prev, atol, rtol), (x_high, x_low, x_prev), lambda: None
+    )

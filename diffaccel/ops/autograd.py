@@ -225,8 +225,13 @@ def register(namespace: str) -> None:
 
 def records(tensors) -> bool:
     """Whether autograd would record an op on these tensors (grad mode on and
-    one of them requires grad)."""
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+    one of them requires grad; None and numbers among them are skipped)."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            return True
+    return False
 
 
 def check_out_allowed(op: str, out, inputs) -> None:

@@ -6,6 +6,7 @@ and the host timesteps of the discrete-timestep schedulers (_HostTimesteps)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from array import array
 from typing import List, Optional, Tuple
@@ -48,6 +49,21 @@ def _conversion(prediction_type: str, alpha: float, sigma: float, to_data: bool)
     return table[prediction_type]
 
 
+def _as_torch_computes(tensors: List[Optional[torch.Tensor]]) -> Optional[List[Optional[torch.Tensor]]]:
+    """The tensors as diffusers' arithmetic would combine them, where the ops
+    refused them: all float64 when any is (the ops do not mix float64 with
+    16/32-bit tensors), and broadcast to one shape when their shapes differ (a
+    state tensor left by a stock step on a broadcast model output; torch's
+    RuntimeError where they do not broadcast, as in stock). None when neither
+    applies (the op's refusal stands)."""
+    adapted = float64_if_any(tensors)
+    present = [t for t in adapted if t is not None]
+    if len({t.shape for t in present}) > 1:
+        broadcast = iter(torch.broadcast_tensors(*present))
+        adapted = [None if t is None else next(broadcast) for t in adapted]
+    return None if all(a is t for a, t in zip(adapted, tensors)) else adapted
+
+
 def _ei_step(
     x: torch.Tensor,
     model_output: torch.Tensor,
@@ -58,34 +74,32 @@ def _ei_step(
     noise: Optional[torch.Tensor] = None,
     out=None,
 ):
-    """ops.ei_step in the dtype diffusers' arithmetic takes. The op refuses
-    float64 mixed with 16/32-bit tensors (a float64 model output with a float32
-    sample, or the float32 upcast of a float64 one), where diffusers computes in
-    float64: then every input goes in as float64, and ``out`` is left unused.
-    (The op checks before any kernel runs; asking first would cost every step a
-    microsecond, about 7% of its host time.)"""
+    """ops.ei_step on the tensors as diffusers' arithmetic takes them: where the
+    op refuses them (float64 mixed with 16/32-bit tensors, shapes that differ
+    but broadcast), they go in as _as_torch_computes makes them, and ``out`` is
+    left unused. (The op checks before any kernel runs; asking first would cost
+    every step a microsecond, about 7% of its host time.)"""
     if out is not None and autograd.records((x, model_output, noise, *history)):
         out = None  # backpropagation through the step: autograd cannot record writes into buffers
     try:
         return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise, out=out)
-    except TypeError:
-        given = [x, model_output, noise, *history]
-        promoted = float64_if_any(given)
-        if all(p is g for p, g in zip(promoted, given)):
+    except (TypeError, ValueError):
+        adapted = _as_torch_computes([x, model_output, noise, *history])
+        if adapted is None:
             raise
-        x, model_output, noise, *history = promoted
+        x, model_output, noise, *history = adapted
         return ops.ei_step(x, model_output, history, coeffs, threshold=threshold, noise=noise)
 
 
 def _combine(tensors: List[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
-    """ops.multistep_combine, all tensors float64 where the op refuses a float64 mix (see _ei_step)."""
+    """ops.multistep_combine on the tensors as diffusers' arithmetic takes them (see _ei_step)."""
     try:
         return ops.multistep_combine(tensors, coeffs)
-    except TypeError:
-        promoted = float64_if_any(tensors)
-        if all(p is t for p, t in zip(promoted, tensors)):
+    except (TypeError, ValueError):
+        adapted = _as_torch_computes(tensors)
+        if adapted is None:
             raise
-        return ops.multistep_combine(promoted, coeffs)
+        return ops.multistep_combine(adapted, coeffs)
 
 
 def _lambda(alpha: float, sigma: float) -> float:
@@ -104,14 +118,100 @@ def _position_in(schedule: torch.Tensor, timestep: torch.Tensor) -> Optional[int
     return position if rest == 0 and 0 <= position < len(schedule) else None
 
 
+def _stock_takes(scheduler, model_output, sample) -> bool:
+    """Whether diffusers' own step takes this call: inputs the fused ops do not
+    take and stock handles its own way (a model output that broadcasts against
+    the sample or does not, integer tensors, which stock promotes), and a step
+    past the end of the schedule (stock's IndexError, or its result). Stock then
+    gives exactly its results, dtypes and exceptions; the state it updates is
+    the state the fused steps keep, so a loop may mix the two. (The steps
+    inline this test: a call costs a microsecond.)"""
+    return (
+        not (
+            isinstance(model_output, torch.Tensor)
+            and isinstance(sample, torch.Tensor)
+            and model_output.shape == sample.shape
+            and model_output.is_floating_point()
+            and sample.is_floating_point()
+        )
+        or scheduler._past_the_end()
+    )
+
+
+# The stepping methods a drop-in may replace.
+_STEP_METHODS = ("step", "step_prk", "step_plms")
+
+
+def _with_stock_signature(name: str, fused, stock):
+    """The fused method behind diffusers' exact signature (parameter names,
+    kinds and defaults: a pipeline inspects them, and a keyword stock does not
+    take is stock's TypeError), handing the calls _stock_takes picks to stock.
+    Made from source, with _stock_takes inline and the arguments passed on by
+    position where the two signatures agree: the wrapper costs a fraction of
+    a microsecond a call, where binding a signature would cost several."""
+    parameters = list(inspect.signature(stock).parameters.values())[1:]
+    fused_parameters = list(inspect.signature(fused).parameters)[1:]
+    missing = [p.name for p in parameters if p.name not in fused_parameters]
+    if missing:
+        raise TypeError(f"{fused.__qualname__} lacks stock's parameter(s) {missing}")
+    names = [p.name for p in parameters]
+    model_output, sample = names[0], "sample" if "sample" in names else names[2]
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    signature = ", ".join(n + (f"=_defaults[{n!r}]" if n in defaults else "") for n in names)
+    same_order = next((i for i, (a, b) in enumerate(zip(names, fused_parameters)) if a != b), len(names))
+    to_fused = ", ".join(names[:same_order] + [f"{n}={n}" for n in names[same_order:]])
+    to_stock = ", ".join(names)
+    source = (
+        f"def {name}(self, {signature}):\n"
+        f"    if not (isinstance({model_output}, _Tensor) and isinstance({sample}, _Tensor)\n"
+        f"            and {model_output}.shape == {sample}.shape\n"
+        f"            and {model_output}.dtype.is_floating_point and {sample}.dtype.is_floating_point\n"
+        f"            ) or (self._step_index is not None\n"
+        f"                  and self._step_index + self._END_OFFSET >= self.timesteps.shape[0]):\n"
+        f"        self._before_stock_step()\n"
+        f"        return _stock(self, {to_stock})\n"
+        f"    return _fused(self, {to_fused})\n"
+    )
+    namespace = {"_defaults": defaults, "_Tensor": torch.Tensor, "_stock": stock, "_fused": fused}
+    exec(compile(source, f"<diffaccel {fused.__qualname__}>", "exec"), namespace)
+    method = namespace[name]
+    method.__doc__, method.__qualname__, method.__module__ = fused.__doc__, fused.__qualname__, fused.__module__
+    method.stock_method, method.fused_method = stock, fused
+    return method
+
+
 class _FusedStep:
     """What every accelerated scheduler has: the config options it cannot fuse
     (none by default), and its steps' coefficient tensors, kept on the device
     and reused while the schedule repeats (a pipeline called again with the
-    same number of steps copies nothing to the device)."""
+    same number of steps copies nothing to the device). Its step() hands the
+    inputs the fused ops do not take to diffusers' own step (_stock_takes)."""
 
     # Why a CUDA graph cannot hold this scheduler's loop (None: it can).
     NOT_CAPTURABLE: Optional[str] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        stock = next((base for base in cls.__mro__[1:] if base.__module__.startswith("diffusers.")), None)
+        for name in _STEP_METHODS if stock is not None else ():
+            fused, stock_method = getattr(cls, name, None), getattr(stock, name, None)
+            if stock_method is not None and fused is not stock_method and getattr(fused, "stock_method", None) is None:
+                setattr(cls, name, _with_stock_signature(name, fused, stock_method))
+
+    # diffusers' step counter, for the classes that have one (their __init__ sets it).
+    _step_index: Optional[int] = None
+    # Past the end is index + _END_OFFSET >= len(timesteps).
+    _END_OFFSET = 0
+
+    def _past_the_end(self) -> bool:
+        """Whether this call steps past the end of the schedule (stock's
+        business; the steps inline this test)."""
+        index = self._step_index
+        return index is not None and index + self._END_OFFSET >= self.timesteps.shape[0]
+
+    def _before_stock_step(self) -> None:
+        """Puts state the fused steps keep in another form into diffusers' form,
+        before diffusers' own step runs (a class with such state overrides it)."""
 
     def unsupported_options(self) -> List[str]:
         return []

@@ -203,6 +203,8 @@ class SCMScheduler(_StepIndexWithoutSync, _diffusers.SCMScheduler):
         "which graph_pipeline's UNet loop does not"
     )
 
+    _END_OFFSET = 1  # its step reads timesteps[i + 1]: past the end one step earlier than most
+
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
         self._host_angles = [float(v) for v in self._host_schedule.tolist()]

@@ -432,7 +432,8 @@ class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
     ten ops). The alphas are read on the host, where diffusers indexes them
     with the timestep (a device tensor in a pipeline). The Runge-Kutta stages'
     outputs are kept as a list (``_prk_outputs``) and weighed at the fourth
-    stage, where diffusers keeps a running sum in ``cur_model_output``."""
+    stage, where diffusers keeps a running sum in ``cur_model_output`` (made
+    before a stock step runs, and read after one)."""
 
     # PLMS (Adams-Bashforth) weights of ets[-1], ets[-2], ... by how many there are.
     PLMS_WEIGHTS = {
@@ -481,16 +482,35 @@ class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
             self.ets.append(model_output)
             self.cur_sample = sample
             self._prk_outputs = []
-        self._prk_outputs.append(model_output)
-        outputs, weights = (self._prk_outputs, self.PRK_WEIGHTS) if stage == 3 else ([model_output], (1.0,))
+        # Once a stock stage has begun stock's running sum (cur_model_output), the
+        # group goes on in stock's form, with stock's arithmetic (and errors).
+        stock_sum = isinstance(self.cur_model_output, torch.Tensor)
+        if stock_sum and stage < 3:
+            self.cur_model_output += self.PRK_WEIGHTS[stage] * model_output
+        elif not stock_sum:
+            self._prk_outputs.append(model_output)
+        if stage < 3:
+            outputs, weights = [model_output], (1.0,)
+        elif stock_sum:
+            outputs, weights = [self.cur_model_output, model_output], (1.0, self.PRK_WEIGHTS[3])
+        else:
+            outputs, weights = self._prk_outputs, self.PRK_WEIGHTS
         cur_sample = self.cur_sample if self.cur_sample is not None else sample
         prev_sample = self._prev_sample(cur_sample, outputs, weights, group_t, prev_t)
         if stage == 3:
-            self._prk_outputs = []
+            self._prk_outputs, self.cur_model_output = [], 0
         self.counter += 1
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample=prev_sample)
+
+    def _before_stock_step(self) -> None:
+        # Stock keeps the Runge-Kutta stages' weighted sum so far in cur_model_output.
+        if self._prk_outputs:
+            stage, done = self.counter % 4, len(self._prk_outputs)  # the fused stages just before this one
+            stages = zip(self._prk_outputs, self.PRK_WEIGHTS[stage - done : stage])
+            self.cur_model_output = sum(w * o for o, w in stages)
+            self._prk_outputs = []
 
     def step_plms(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
         t = self._host_step_timestep(timestep)

@@ -275,11 +275,15 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
             r = sigma_next / sigma  # sample + (sample - x0) / sigma * (sigma_next - sigma)
             coeffs = [c_x, c_m, r, 1.0 - r, 0.0]
             history = []
-        else:
+        elif getattr(self, "_first_data_prediction", None) is not None:
             # saved + dt/2 ((saved - x0_1) / sigma + (sample - x0_2) / sigma_next)
             half = self.dt / 2
             coeffs = [c_x, c_m, half / sigma_next, -half / sigma_next, 1.0 + half / sigma, -half / sigma, 0.0]
             history = [self.sample, self._first_data_prediction]
+        else:  # the first call was stock's (an odd input): its prev_derivative, as stock keeps it
+            half = self.dt / 2
+            coeffs = [c_x, c_m, half / sigma_next, -half / sigma_next, 1.0, half, 0.0]
+            history = [self.sample, self.prev_derivative]
         prev_sample, pred_original_sample = _ei_step(
             sample, model_output, history, self._coefficients(coeffs, sample.device), threshold=clip
         )
@@ -292,6 +296,13 @@ class HeunDiscreteScheduler(_EulerBase, _diffusers.HeunDiscreteScheduler):
         if not return_dict:
             return prev_sample, pred_original_sample
         return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def _before_stock_step(self) -> None:
+        # Between a step's two calls stock keeps prev_derivative = (sample - x0_1) / sigma.
+        if self.dt is not None and getattr(self, "_first_data_prediction", None) is not None:
+            sigma = self.sigmas[self.step_index - 1].to(self.sample.device)
+            self.prev_derivative = (self.sample - self._first_data_prediction) / sigma
+        self._first_data_prediction = None
 
 
 class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDEScheduler):
