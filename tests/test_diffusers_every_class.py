@@ -525,3 +525,11 @@ def test_gradients_through_steps_equal_stocks(name):
     for got, expected in zip(grads, stock_grads):
         assert float(expected.abs().sum()) > 0
         assert _relative_error(got, expected) < 1e-4, name
+
+
+def test_every_accelerated_class_subclasses_the_diffusers_class_of_its_name():
+    """ACCELERATED (found in the family modules) holds the 33 classes, each
+    importable from diffaccel.diffusers and a subclass of its diffusers class."""
+    assert len(accelerated.ACCELERATED) == 33
+    for name, cls in accelerated.ACCELERATED.items():
+        assert issubclass(cls, getattr(diffusers, name)) and getattr(accelerated, name) is cls

@@ -249,8 +249,9 @@ def test_the_same_sigmas_again_copy_no_coefficients(name, monkeypatch):
     fixed schedule) takes its coefficient tensors from the module's cache: no
     copy to the device, and, from the same seed, the same sample bit for bit."""
     from diffaccel import transfer
+    from diffaccel.integrations.k_diffusion import common
 
-    monkeypatch.setattr(ours, "_COEFFICIENTS", transfer.ConstantCache())
+    monkeypatch.setattr(common, "_COEFFICIENTS", transfer.ConstantCache())
     copies = []
     original = transfer.to_device
     monkeypatch.setattr(transfer, "to_device", lambda *args: copies.append(args) or original(*args))

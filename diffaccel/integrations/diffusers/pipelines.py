@@ -12,86 +12,29 @@ import diffusers as _diffusers
 import torch
 
 from diffaccel.graph import CapturedLoop, Progress, Replayable, check_static, fresh_generator
+from diffaccel.integrations.diffusers import (
+    common,
+    consistency,
+    ddim_ddpm,
+    dpm_solver,
+    euler,
+    flow_matching,
+    predictor_corrector,
+)
 from diffaccel.integrations.diffusers.common import _combine
-from diffaccel.integrations.diffusers.consistency import (
-    CMStochasticIterativeScheduler,
-    LCMScheduler,
-    SCMScheduler,
-    TCDScheduler,
-)
-from diffaccel.integrations.diffusers.ddim_ddpm import (
-    CogVideoXDDIMScheduler,
-    CogVideoXDPMScheduler,
-    DDIMInverseScheduler,
-    DDIMScheduler,
-    DDPMScheduler,
-    DDPMWuerstchenScheduler,
-    PNDMScheduler,
-    ScoreSdeVeScheduler,
-    UnCLIPScheduler,
-)
-from diffaccel.integrations.diffusers.dpm_solver import (
-    CosineDPMSolverMultistepScheduler,
-    DEISMultistepScheduler,
-    DPMSolverMultistepInverseScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSinglestepScheduler,
-    EDMDPMSolverMultistepScheduler,
-)
-from diffaccel.integrations.diffusers.euler import (
-    DPMSolverSDEScheduler,
-    EDMEulerScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LMSDiscreteScheduler,
-)
-from diffaccel.integrations.diffusers.flow_matching import (
-    FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler,
-    FlowMatchLCMScheduler,
-    LTXEulerAncestralRFScheduler,
-)
-from diffaccel.integrations.diffusers.predictor_corrector import SASolverScheduler, UniPCMultistepScheduler
 from diffaccel.transfer import DeviceConstants, to_device
 
 
+# Every accelerated class by the name of the diffusers class it replaces: the
+# public _FusedStep subclasses of the family modules.
 ACCELERATED = {
-    "CogVideoXDDIMScheduler": CogVideoXDDIMScheduler,
-    "CogVideoXDPMScheduler": CogVideoXDPMScheduler,
-    "CMStochasticIterativeScheduler": CMStochasticIterativeScheduler,
-    "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
-    "DPMSolverMultistepInverseScheduler": DPMSolverMultistepInverseScheduler,
-    "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler,
-    "CosineDPMSolverMultistepScheduler": CosineDPMSolverMultistepScheduler,
-    "EDMEulerScheduler": EDMEulerScheduler,
-    "DDIMScheduler": DDIMScheduler,
-    "DDIMInverseScheduler": DDIMInverseScheduler,
-    "DDPMScheduler": DDPMScheduler,
-    "DDPMWuerstchenScheduler": DDPMWuerstchenScheduler,
-    "DEISMultistepScheduler": DEISMultistepScheduler,
-    "EulerDiscreteScheduler": EulerDiscreteScheduler,
-    "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
-    "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
-    "FlowMatchHeunDiscreteScheduler": FlowMatchHeunDiscreteScheduler,
-    "FlowMatchLCMScheduler": FlowMatchLCMScheduler,
-    "HeunDiscreteScheduler": HeunDiscreteScheduler,
-    "LTXEulerAncestralRFScheduler": LTXEulerAncestralRFScheduler,
-    "LMSDiscreteScheduler": LMSDiscreteScheduler,
-    "KDPM2DiscreteScheduler": KDPM2DiscreteScheduler,
-    "KDPM2AncestralDiscreteScheduler": KDPM2AncestralDiscreteScheduler,
-    "LCMScheduler": LCMScheduler,
-    "PNDMScheduler": PNDMScheduler,
-    "SASolverScheduler": SASolverScheduler,
-    "ScoreSdeVeScheduler": ScoreSdeVeScheduler,
-    "SCMScheduler": SCMScheduler,
-    "TCDScheduler": TCDScheduler,
-    "UniPCMultistepScheduler": UniPCMultistepScheduler,
-    "UnCLIPScheduler": UnCLIPScheduler,
-    "DPMSolverSinglestepScheduler": DPMSolverSinglestepScheduler,
-    "DPMSolverSDEScheduler": DPMSolverSDEScheduler,
+    cls.__name__: cls
+    for module in (dpm_solver, ddim_ddpm, euler, flow_matching, predictor_corrector, consistency)
+    for cls in vars(module).values()
+    if isinstance(cls, type)
+    and issubclass(cls, common._FusedStep)
+    and cls.__module__ == module.__name__
+    and not cls.__name__.startswith("_")
 }
 
 
@@ -306,44 +249,3 @@ def graph_pipeline(
         device=unet.device,
         dtype=unet.dtype,
     )
-
-
-__all__: List[str] = [
-    "CMStochasticIterativeScheduler",
-    "CogVideoXDDIMScheduler",
-    "CogVideoXDPMScheduler",
-    "CosineDPMSolverMultistepScheduler",
-    "DDIMInverseScheduler",
-    "DDIMScheduler",
-    "DPMSolverMultistepInverseScheduler",
-    "DDPMScheduler",
-    "DDPMWuerstchenScheduler",
-    "DEISMultistepScheduler",
-    "DPMSolverSDEScheduler",
-    "EDMDPMSolverMultistepScheduler",
-    "EDMEulerScheduler",
-    "DPMSolverSinglestepScheduler",
-    "DPMSolverMultistepScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "FlowMatchEulerDiscreteScheduler",
-    "FlowMatchHeunDiscreteScheduler",
-    "FlowMatchLCMScheduler",
-    "HeunDiscreteScheduler",
-    "LTXEulerAncestralRFScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "KDPM2DiscreteScheduler",
-    "LCMScheduler",
-    "LMSDiscreteScheduler",
-    "PNDMScheduler",
-    "SASolverScheduler",
-    "SCMScheduler",
-    "ScoreSdeVeScheduler",
-    "TCDScheduler",
-    "UnCLIPScheduler",
-    "UniPCMultistepScheduler",
-    "accelerate",
-    "ACCELERATED",
-    "graph_pipeline",
-    "GraphedPipeline",
-]

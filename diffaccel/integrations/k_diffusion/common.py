@@ -1,0 +1,231 @@
+"""What every k-diffusion drop-in shares: the fused step in k-diffusion's
+dtypes (_step), the sigma schedules and noise samplers, the sampler decorator
+(no autograd, IEEE host math), the loop (_Loop: sigmas read once, the model
+call, the callback dict) and s_churn."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from diffaccel import ops
+from diffaccel.integrations import float64_if_any
+from diffaccel.transfer import ConstantCache, to_device
+
+# The samplers' coefficient tensors, handed out again when a sampler runs the same
+# sigmas again (read-only; see ConstantCache). A sigma given to the model is not
+# one of them: the model gets a tensor of its own (_Loop.sigma_tensor).
+_COEFFICIENTS = ConstantCache()
+
+
+def _step(x, denoised, history, coeffs, noise=None, sigma_dtype: Optional[torch.dtype] = None):
+    """ops.ei_step with the result dtype k-diffusion's tensor arithmetic gives the
+    same update: the promotion of every tensor in it (x, the denoiser outputs,
+    earlier terms, noise), and of the sigmas where k-diffusion divides by
+    ``append_dims(sigma)`` (to_d: pass their dtype), which has x's rank and so
+    promotes, where its 0-d sigma and t tensors do not. So bf16 latents become
+    float32 after an Euler step with float32 sigmas, as in k-diffusion, and the
+    model sees what it would see there."""
+    tensors = [x, denoised, *history] + ([noise] if noise is not None else [])
+    dtypes = [t.dtype for t in tensors] + ([sigma_dtype] if sigma_dtype is not None else [])
+    dtype = functools.reduce(torch.promote_types, dtypes)
+    if dtype == torch.float64:
+        x, denoised, noise, *history = float64_if_any([x.to(dtype), denoised, noise, *history])
+    elif x.dtype != dtype:
+        x = x.to(dtype)
+    return ops.ei_step(x, denoised, history, coeffs, noise=noise)
+
+
+def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0, device="cpu"):
+    """Karras et al. (2022): sigma_i = (max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho, then 0."""
+    ramp = torch.linspace(0, 1, n)
+    low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _append_zero((high + ramp * (low - high)) ** rho).to(device)
+
+
+def get_sigmas_exponential(n, sigma_min, sigma_max, device="cpu"):
+    """Evenly spaced in log sigma, then 0."""
+    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, device=device).exp())
+
+
+def get_sigmas_polyexponential(n, sigma_min, sigma_max, rho=1.0, device="cpu"):
+    """log sigma a polynomial of degree rho in the step, then 0."""
+    ramp = torch.linspace(1, 0, n, device=device) ** rho
+    log_min = math.log(sigma_min)
+    return _append_zero(torch.exp(ramp * (math.log(sigma_max) - log_min) + log_min))
+
+
+def get_sigmas_vp(n, beta_d=19.9, beta_min=0.1, eps_s=1e-3, device="cpu"):
+    """The continuous VP schedule's sigma at evenly spaced t from 1 to eps_s, then 0."""
+    t = torch.linspace(1, eps_s, n, device=device)
+    return _append_zero(torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1))
+
+
+def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
+    """(sigma_down, sigma_up) of an ancestral step, as k-diffusion computes them."""
+    if not eta:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    return (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
+
+
+def default_noise_sampler(x):
+    return lambda sigma, sigma_next: torch.randn_like(x)
+
+
+class BrownianTreeNoiseSampler:
+    """k-diffusion's Brownian-tree noise (torchsde.BrownianTree): increments
+    over [sigma_next, sigma], normalised to unit variance, consistent across
+    step counts for one seed. ``seed`` may be a list (one tree per sample);
+    None draws one from the global generator, as k-diffusion does."""
+
+    def __init__(self, x, sigma_min, sigma_max, seed=None, transform=lambda v: v):
+        try:
+            import torchsde
+        except ImportError as error:
+            raise ImportError(
+                "BrownianTreeNoiseSampler needs torchsde (pip install torchsde), or pass noise_sampler="
+            ) from error
+        self.transform = transform
+        t0, t1 = transform(torch.as_tensor(sigma_min)), transform(torch.as_tensor(sigma_max))
+        t0, t1, self.sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        w0 = torch.zeros_like(x)
+        if seed is None:
+            seed = torch.randint(0, 2**63 - 1, []).item()
+        self.batched = isinstance(seed, (list, tuple))
+        if self.batched:
+            if len(seed) != x.shape[0]:
+                raise ValueError(f"BrownianTreeNoiseSampler: {len(seed)} seeds for a batch of {x.shape[0]}")
+            w0 = w0[0]
+        seeds = list(seed) if self.batched else [seed]
+        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s) for s in seeds]
+
+    def __call__(self, sigma, sigma_next):
+        t0, t1 = self.transform(torch.as_tensor(sigma)), self.transform(torch.as_tensor(sigma_next))
+        lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        w = torch.stack([tree(lo, hi) for tree in self.trees]) * (self.sign * sign)
+        w = w if self.batched else w[0]
+        return w / (t1 - t0).abs().sqrt()
+
+
+def _sampler(fn):
+    """A fixed-step sampler: no autograd, and its host scalar math (on the numpy
+    float64 sigmas of _Loop) under IEEE rules without warnings: x / 0 = inf,
+    log(0) = -inf, sqrt(-1) = nan, as k-diffusion's tensor arithmetic computes
+    them. A schedule that repeats a sigma (a step of h = 0) then gives what
+    k-diffusion gives, not a ZeroDivisionError."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.no_grad(), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _check_sigma_range(sigma_min, sigma_max) -> None:
+    """k-diffusion's refusal of a zero sigma_min / sigma_max, and of a non-finite
+    one (NaN would run its step control on NaN times)."""
+    if sigma_min <= 0 or sigma_max <= 0:
+        raise ValueError("sigma_min and sigma_max must not be 0")
+    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if not math.isfinite(float(value)):
+            raise ValueError(f"argument '{name}' must be finite, got {float(value)}")
+
+
+def _as_k_diffusion_computes(denoised: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A denoiser output the fused ops do not take, as k-diffusion's arithmetic
+    with x uses it: an integer one promoted (with x, or to the default dtype),
+    one that broadcasts to x's shape expanded to it (a view). An output x
+    would have to broadcast up to is left for the op to refuse."""
+    if not denoised.is_floating_point():
+        dtype = torch.promote_types(denoised.dtype, x.dtype)
+        denoised = denoised.to(dtype if dtype.is_floating_point else torch.get_default_dtype())
+    if denoised.shape != x.shape and torch.broadcast_shapes(denoised.shape, x.shape) == x.shape:
+        denoised = denoised.expand(x.shape)
+    return denoised
+
+
+class _Loop:
+    """What every sampler shares: the sigmas read once, the model call with
+    k-diffusion's arguments, the callback dict, the progress bar, and one fused
+    step from a coefficient row."""
+
+    def __init__(self, model, x, sigmas, extra_args, callback, disable):
+        self.model, self.callback = model, callback
+        self.extra_args = {} if extra_args is None else extra_args
+        self.sigmas = sigmas
+        # The one host read of the sigmas, as numpy float64 scalars: the samplers'
+        # scalar math then follows IEEE rules (see _sampler).
+        self.values: List[float] = [np.float64(v) for v in sigmas.tolist()]
+        # k-diffusion hangs on a NaN sigma in its SDE samplers (inside the Brownian
+        # tree) and turns any non-finite one into NaN samples: refused up front.
+        bad = next((j for j, v in enumerate(self.values) if not np.isfinite(v)), None)
+        if bad is not None:
+            raise ValueError(f"argument 'sigmas' must be finite, got sigmas[{bad}] = {self.values[bad]}")
+        self.s_in = x.new_ones([x.shape[0]])
+        self.device = x.device
+        self.disable = disable
+
+    def steps(self):
+        n = len(self.values) - 1
+        try:
+            from tqdm.auto import trange
+        except ImportError:
+            return range(n)
+        return trange(n, disable=self.disable)
+
+    def denoise(self, x, sigma):
+        denoised = self.model_output = self.model(x, sigma * self.s_in, **self.extra_args)
+        if isinstance(denoised, torch.Tensor) and (denoised.shape != x.shape or not denoised.is_floating_point()):
+            denoised = _as_k_diffusion_computes(denoised, x)
+        return denoised
+
+    def sigma_tensor(self, value: float) -> torch.Tensor:
+        """A host sigma as a 0-d tensor like the sigmas (copied without a synchronization)."""
+        return to_device([value], self.sigmas.device, self.sigmas.dtype)[0]
+
+    def evaluate(self, x, i):
+        """The model at sigma_i, reported to the callback as k-diffusion reports it."""
+        denoised = self.denoise(x, self.sigmas[i])
+        self.report(x, i, self.sigmas[i], denoised)
+        return denoised
+
+    def report(self, x, i, sigma_hat, denoised):
+        if self.callback is not None:
+            self.callback({"x": x, "i": i, "sigma": self.sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+
+    def positive_range(self):
+        """The smallest positive and the largest sigma, as elements of the sigmas tensor."""
+        positive = [j for j, v in enumerate(self.values) if v > 0]
+        low = min(positive, key=lambda j: self.values[j])
+        high = max(range(len(self.values)), key=lambda j: self.values[j])
+        return self.sigmas[low], self.sigmas[high]
+
+    def step(self, x, denoised, history, a, b, noise=None, s=0.0, to_d=False):
+        """x_next = a x + b[0] denoised + sum_j b[j+1] history[j] (+ s noise): one ei_step
+        whose data term is the denoiser output itself (c_x = 0, c_m = 1). to_d: the
+        step k-diffusion computes with to_d (its result dtype promotes with the sigmas')."""
+        coeffs = _COEFFICIENTS.get([0.0, 1.0, a, *b, s], self.device)
+        return _step(x, denoised, history, coeffs, noise, self.sigmas.dtype if to_d else None)
+
+
+def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise):
+    """Karras et al.'s stochastic churn: (x, sigma_hat tensor, sigma_hat value). The
+    noise is drawn every step, as k-diffusion draws it, even when unused."""
+    sigma = loop.values[i]
+    gamma = min(s_churn / (len(loop.values) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    eps = torch.randn_like(x)
+    sigma_hat = loop.sigmas[i] * (gamma + 1)
+    if gamma > 0:
+        scale = s_noise * ((sigma * (gamma + 1)) ** 2 - sigma**2) ** 0.5
+        x = ops.multistep_combine([x, eps], _COEFFICIENTS.get([1.0, scale], x.device))
+    return x, sigma_hat, sigma * (gamma + 1)

@@ -1,0 +1,269 @@
+"""k-diffusion's DPM-Solver samplers: sample_dpm_fast (fixed steps in log
+sigma, orders 3 .. 1) and sample_dpm_adaptive (its PID step-size control, the
+error from the fused error_norm), in the noise-prediction form."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from diffaccel import ops
+from diffaccel.integrations.k_diffusion import common
+from diffaccel.integrations.k_diffusion.common import (
+    _check_sigma_range,
+    _step,
+    default_noise_sampler,
+    get_ancestral_step,
+)
+
+
+class _EpsSolver:
+    """k-diffusion's DPMSolver (noise prediction in t = -log sigma) on the fused
+    ops: each ei_step turns one model evaluation into its eps = (x - denoised) /
+    sigma (the step's data term, kept for later stages) and the next state in
+    the same pass. Times stay 0-d float32 tensors computed as k-diffusion
+    computes them, so the model sees the same sigmas and the adaptive
+    accept/reject decisions are taken on the same numbers."""
+
+    def __init__(self, model, x, extra_args, on_eval):
+        self.model, self.extra_args, self.on_eval = model, ({} if extra_args is None else extra_args), on_eval
+        self.ones = x.new_ones([x.shape[0]])
+        self.device = x.device
+
+    @staticmethod
+    def t(sigma):
+        return -sigma.log()
+
+    @staticmethod
+    def sigma(t):
+        return t.neg().exp()
+
+    def ancestral_split(self, t, t_next, t_end, eta):
+        """(t_down, su) of an ancestral step from t toward t_next, as k-diffusion's
+        DPMSolver splits it: the deterministic step goes to t_down, then noise of
+        scale su is added (eta = 0: (t_next, 0.0))."""
+        if not eta:
+            return t_next, 0.0
+        sigma_down, _ = get_ancestral_step(self.sigma(t), self.sigma(t_next), eta)
+        t_down = torch.minimum(t_end, self.t(sigma_down))
+        return t_down, float((self.sigma(t_next) ** 2 - self.sigma(t_down) ** 2) ** 0.5)
+
+    def denoise(self, x, t):
+        denoised = self.model(x, self.sigma(t) * self.ones, **self.extra_args)
+        self.on_eval()
+        return denoised
+
+    def stage(self, x, denoised, t, a, b, history=(), b_hist=()):
+        """One ei_step with data term eps = (x - denoised) / sigma(t):
+        (a x + b eps + sum_j b_hist[j] history[j], eps)."""
+        inv = 1.0 / float(self.sigma(t))
+        coeffs = common._COEFFICIENTS.get([inv, -inv, a, b, *b_hist, 0.0], self.device)
+        return _step(x, denoised, list(history), coeffs)
+
+    def start(self, x, t, t_next, r1):
+        """The model at x, then (u1, eps, denoised, s1) with u1 = x - sigma(s1) expm1(r1 h) eps,
+        the first intermediate state of dpm_solver_{2,3}_step (r1 = 1: dpm_solver_1_step's result)."""
+        denoised = self.denoise(x, t)
+        s1 = t + r1 * (t_next - t)
+        u1, eps = self.stage(x, denoised, t, 1.0, -float(self.sigma(s1)) * math.expm1(r1 * float(t_next - t)))
+        return u1, eps, denoised, s1
+
+    def second(self, x, eps, u1, s1, t, t_next, r1):
+        """dpm_solver_2_step's result, and eps_r1."""
+        sn, e = float(self.sigma(t_next)), math.expm1(float(t_next - t))
+        w_r1 = -sn / (2 * r1) * e
+        return self.stage(u1, self.denoise(u1, s1), s1, 0.0, w_r1, [x, eps], [1.0, -sn * e - w_r1])
+
+    def third(self, x, eps, u1, s1, t, t_next, r1=1 / 3, r2=2 / 3):
+        """dpm_solver_3_step's result, and (eps_r1, eps_r2)."""
+        h = float(t_next - t)
+        s2 = t + r2 * (t_next - t)
+        sigma_s2 = float(self.sigma(s2))
+        c2 = sigma_s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
+        u2, eps_r1 = self.stage(
+            u1, self.denoise(u1, s1), s1, 0.0, -c2, [x, eps], [1.0, -sigma_s2 * math.expm1(r2 * h) + c2]
+        )
+        sn = float(self.sigma(t_next))
+        c3 = sn / r2 * (math.expm1(h) / h - 1)
+        x_3, eps_r2 = self.stage(u2, self.denoise(u2, s2), s2, 0.0, -c3, [x, eps], [1.0, -sn * math.expm1(h) + c3])
+        return x_3, eps_r1, eps_r2
+
+
+class _PIDStepSizeController:
+    """k-diffusion's PID step-size control (same coefficients, limiter and acceptance)."""
+
+    def __init__(self, h, pcoeff, icoeff, dcoeff, order=1, accept_safety=0.81, eps=1e-8):
+        self.h = h
+        self.b1 = (pcoeff + icoeff + dcoeff) / order
+        self.b2 = -(pcoeff + 2 * dcoeff) / order
+        self.b3 = dcoeff / order
+        self.accept_safety, self.eps = accept_safety, eps
+        self.errs = []
+
+    def propose_step(self, error: float) -> bool:
+        inv_error = 1 / (error + self.eps)
+        if not self.errs:
+            self.errs = [inv_error] * 3
+        self.errs[0] = inv_error
+        factor = self.errs[0] ** self.b1 * self.errs[1] ** self.b2 * self.errs[2] ** self.b3
+        factor = 1 + math.atan(factor - 1)
+        accept = factor >= self.accept_safety
+        if accept:
+            self.errs[2], self.errs[1] = self.errs[1], self.errs[0]
+        self.h *= factor
+        return accept
+
+
+def _progress(total, disable):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, disable=disable)
+
+
+@torch.no_grad()
+def sample_dpm_fast(
+    model,
+    x,
+    sigma_min,
+    sigma_max,
+    n,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=0.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+):
+    """DPM-Solver-Fast (fixed steps in log sigma, orders 3, ..., 3, then 2 and 1 to spend n evaluations)."""
+    _check_sigma_range(sigma_min, sigma_max)
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    bar = _progress(n, disable)
+    solver = _EpsSolver(model, x, extra_args, (lambda: bar.update()) if bar is not None else (lambda: None))
+    t_start, t_end = solver.t(torch.tensor(sigma_max)), solver.t(torch.tensor(sigma_min))
+    m = math.floor(n / 3) + 1
+    ts = torch.linspace(t_start, t_end, m + 1)  # on the host: the coefficients read them
+    orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
+    for i, order in enumerate(orders):
+        t, t_next = ts[i], ts[i + 1]
+        t_next_, su = solver.ancestral_split(t, t_next, t_end, eta)
+        u1, eps, denoised, s1 = solver.start(x, t, t_next_, {1: 1.0, 2: 1 / 2, 3: 1 / 3}[order])
+        if callback is not None:
+            callback(
+                {
+                    "sigma": solver.sigma(ts[i]),
+                    "sigma_hat": solver.sigma(t),
+                    "x": x,
+                    "i": i,
+                    "t": ts[i],
+                    "t_up": t,
+                    "denoised": denoised,
+                }
+            )
+        if order == 1:
+            x = u1
+        elif order == 2:
+            x, _ = solver.second(x, eps, u1, s1, t, t_next_, 1 / 2)
+        else:
+            x, _, _ = solver.third(x, eps, u1, s1, t, t_next_)
+        if su:
+            noise = noise_sampler(solver.sigma(t), solver.sigma(t_next))
+            x = ops.multistep_combine([x, noise], common._COEFFICIENTS.get([1.0, su * s_noise], x.device))
+    if bar is not None:
+        bar.close()
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_adaptive(
+    model,
+    x,
+    sigma_min,
+    sigma_max,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    order=3,
+    rtol=0.05,
+    atol=0.0078,
+    h_init=0.05,
+    pcoeff=0.0,
+    icoeff=1.0,
+    dcoeff=0.0,
+    accept_safety=0.81,
+    eta=0.0,
+    s_noise=1.0,
+    noise_sampler: Optional[Callable] = None,
+    return_info=False,
+):
+    """DPM-Solver-12 / -23 with k-diffusion's PID step-size control. The error of
+    each trial step is the fused error_norm (one pass); reading it is the one
+    host synchronization per trial, as in k-diffusion."""
+    _check_sigma_range(sigma_min, sigma_max)
+    if order not in (2, 3):
+        raise ValueError("order should be 2 or 3")
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    bar = _progress(None, disable)
+    solver = _EpsSolver(model, x, extra_args, (lambda: bar.update()) if bar is not None else (lambda: None))
+    t_start, t_end = solver.t(torch.tensor(sigma_max)), solver.t(torch.tensor(sigma_min))
+    forward = bool(t_end > t_start)
+    if not forward and eta:
+        raise ValueError("eta must be 0 for reverse sampling")
+    h_init = abs(h_init) * (1 if forward else -1)
+    s, x_prev = t_start, x
+    pid = _PIDStepSizeController(h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
+    info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
+    while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
+        t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
+        t_, su = solver.ancestral_split(s, t, t_end, eta)
+        u1, eps, denoised, s1 = solver.start(x, s, t_, 1 / 2 if order == 2 else 1 / 3)
+        if order == 2:
+            x_low = ops.multistep_combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
+                [x, eps],
+                common._COEFFICIENTS.get([1.0, -float(solver.sigma(t_)) * math.expm1(float(t_ - s))], x.device),
+            )
+            x_high, _ = solver.second(x, eps, u1, s1, s, t_, 1 / 2)
+        else:
+            x_high, eps_r1, _ = solver.third(x, eps, u1, s1, s, t_)
+            sn, e = float(solver.sigma(t_)), math.expm1(float(t_ - s))
+            w_r1 = -sn / (2 * (1 / 3)) * e  # dpm_solver_2_step with r1 = 1/3, from the same evaluations
+            x_low = ops.multistep_combine(
+                [x, eps, eps_r1], common._COEFFICIENTS.get([1.0, -sn * e - w_r1, w_r1], x.device)
+            )
+        # k-diffusion's error is the RMS over the whole batch: the mean of the per-sample squares.
+        per_sample = ops.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
+        error = float(per_sample.double().pow(2).mean().sqrt())
+        accept = pid.propose_step(error)
+        if accept:
+            x_prev = x_low
+            x = x_high
+            if su:
+                noise = noise_sampler(solver.sigma(s), solver.sigma(t))
+                x = ops.multistep_combine([x, noise], common._COEFFICIENTS.get([1.0, su * s_noise], x.device))
+            s = t
+            info["n_accept"] += 1
+        else:
+            info["n_reject"] += 1
+        info["nfe"] += order
+        info["steps"] += 1
+        if callback is not None:
+            callback(
+                {
+                    "sigma": solver.sigma(s),
+                    "sigma_hat": solver.sigma(s),
+                    "x": x,
+                    "i": info["steps"] - 1,
+                    "t": s,
+                    "t_up": s,
+                    "denoised": denoised,
+                    "error": error,
+                    "h": pid.h,
+                    **info,
+                }
+            )
+    if bar is not None:
+        bar.close()
+    return (x, info) if return_info else x
