@@ -118,26 +118,6 @@ def _position_in(schedule: torch.Tensor, timestep: torch.Tensor) -> Optional[int
     return position if rest == 0 and 0 <= position < len(schedule) else None
 
 
-def _stock_takes(scheduler, model_output, sample) -> bool:
-    """Whether diffusers' own step takes this call: inputs the fused ops do not
-    take and stock handles its own way (a model output that broadcasts against
-    the sample or does not, integer tensors, which stock promotes), and a step
-    past the end of the schedule (stock's IndexError, or its result). Stock then
-    gives exactly its results, dtypes and exceptions; the state it updates is
-    the state the fused steps keep, so a loop may mix the two. (The steps
-    inline this test: a call costs a microsecond.)"""
-    return (
-        not (
-            isinstance(model_output, torch.Tensor)
-            and isinstance(sample, torch.Tensor)
-            and model_output.shape == sample.shape
-            and model_output.is_floating_point()
-            and sample.is_floating_point()
-        )
-        or scheduler._past_the_end()
-    )
-
-
 # The stepping methods a drop-in may replace.
 _STEP_METHODS = ("step", "step_prk", "step_plms")
 
@@ -145,10 +125,16 @@ _STEP_METHODS = ("step", "step_prk", "step_plms")
 def _with_stock_signature(name: str, fused, stock):
     """The fused method behind diffusers' exact signature (parameter names,
     kinds and defaults: a pipeline inspects them, and a keyword stock does not
-    take is stock's TypeError), handing the calls _stock_takes picks to stock.
-    Made from source, with _stock_takes inline and the arguments passed on by
-    position where the two signatures agree: the wrapper costs a fraction of
-    a microsecond a call, where binding a signature would cost several."""
+    take is stock's TypeError), handing diffusers' own method the calls the
+    fused ops do not take: a model output that broadcasts against the sample or
+    does not, integer tensors (which stock promotes), and a step past the end
+    of the schedule (stock's IndexError, or its result). Stock then gives
+    exactly its results, dtypes and exceptions; the state it updates is the
+    state the fused steps keep (_before_stock_step puts any other form into
+    stock's first), so a loop may mix the two. Made from source, with the
+    arguments passed on by position where the two signatures agree: the
+    wrapper costs about a microsecond a call, where binding a signature would
+    cost several."""
     parameters = list(inspect.signature(stock).parameters.values())[1:]
     fused_parameters = list(inspect.signature(fused).parameters)[1:]
     missing = [p.name for p in parameters if p.name not in fused_parameters]
@@ -185,7 +171,7 @@ class _FusedStep:
     (none by default), and its steps' coefficient tensors, kept on the device
     and reused while the schedule repeats (a pipeline called again with the
     same number of steps copies nothing to the device). Its step() hands the
-    inputs the fused ops do not take to diffusers' own step (_stock_takes)."""
+    inputs the fused ops do not take to diffusers' own step (_with_stock_signature)."""
 
     # Why a CUDA graph cannot hold this scheduler's loop (None: it can).
     NOT_CAPTURABLE: Optional[str] = None
@@ -200,14 +186,9 @@ class _FusedStep:
 
     # diffusers' step counter, for the classes that have one (their __init__ sets it).
     _step_index: Optional[int] = None
-    # Past the end is index + _END_OFFSET >= len(timesteps).
+    # A step is past the end of the schedule (stock's business) when
+    # step_index + _END_OFFSET >= len(timesteps).
     _END_OFFSET = 0
-
-    def _past_the_end(self) -> bool:
-        """Whether this call steps past the end of the schedule (stock's
-        business; the steps inline this test)."""
-        index = self._step_index
-        return index is not None and index + self._END_OFFSET >= self.timesteps.shape[0]
 
     def _before_stock_step(self) -> None:
         """Puts state the fused steps keep in another form into diffusers' form,
