@@ -41,11 +41,9 @@ def _namespace(impl: str):
     return torch.ops.diffaccel_triton if impl == "triton" else torch.ops.diffaccel
 
 
-# The dispatch key set a call below autograd goes to, by device type.
-_BACKEND_KEYS = {
-    "cpu": torch._C.DispatchKeySet(torch._C.DispatchKey.CPU),
-    "cuda": torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA),
-}
+# The dispatch key sets a call below autograd goes to (CPU, CUDA tensors).
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+_CUDA_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
 
 def _call(op, args, tensors, explain):
@@ -60,15 +58,15 @@ def _call(op, args, tensors, explain):
     x = tensors[0]
     try:
         if (
-            type(x) is torch.Tensor
+            x.__class__ is torch.Tensor
             and not autograd.records(tensors)
             and not torch.compiler.is_compiling()
             and not torch._C._are_functorch_transforms_active()
             and not torch._C._len_torch_dispatch_stack()
         ):
-            return op.default.redispatch(_BACKEND_KEYS[x.device.type], *args)
+            return op.default.redispatch(_CUDA_KEYS if x.is_cuda else _CPU_KEYS, *args)
         return op(*args)
-    except RuntimeError:
+    except (RuntimeError, AttributeError):  # (records() meets a list where a tensor belongs)
         explain()
         raise
 
@@ -341,7 +339,7 @@ def langevin_correct(
     else:
         args = (x, score, float(snr), alpha, noise, generator, reduction)
     if out is None:
-        return _call(ops.langevin_correct, args, (x, score, alpha, noise), lambda: None)
+        return _call(ops.langevin_correct, args, (x, score, alpha, noise), lambda: None)  # (alpha: a tensor here)
     ops.langevin_correct_out(*args, out[0], out[1])
     return out[0], out[1]
 
