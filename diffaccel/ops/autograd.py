@@ -238,7 +238,9 @@ def records(tensors) -> bool:
 def check_out_allowed(op: str, out, inputs) -> None:
     """out= writes into caller buffers, which autograd cannot record: refused,
     naming the op, when grad mode is on and an input requires grad."""
-    if out is not None and records([t for t in inputs if isinstance(t, torch.Tensor)]):
+    if out is None or not torch.is_grad_enabled():  # (the drop-ins' out= calls, under no_grad: nothing to do)
+        return
+    if records([t for t in inputs if isinstance(t, torch.Tensor)]):
         raise RuntimeError(
             f"diffaccel.{op}: out= writes into given buffers and does not support automatic differentiation; "
             "an input requires grad: call it without out= (or under torch.no_grad())"
