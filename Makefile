@@ -62,11 +62,14 @@ sanitize: $(STAMP)
 	@if ls $(SANITIZE_DIR)/report.* >/dev/null 2>&1; then cat $(SANITIZE_DIR)/report.*; exit 1; fi
 
 # pytest-benchmark of every op vs the eager and compiled reference and the copy
-# bandwidth; the markdown report lands in bench/results/<date>-cpu.md.
+# and triad bandwidth; the markdown report lands in bench/results/<date>-cpu.md.
+# make bench BEFORE=<commit>: the op benchmarks of <commit> run first
+# (bench/compare.sh) and shown beside this run's.
 bench: $(STAMP)
 	@mkdir -p build bench/results
+	$(if $(BEFORE),bash bench/compare.sh $(BEFORE))
 	$(BENCH_ENV) $(PY) -m pytest bench -q --benchmark-only --benchmark-json=build/bench-cpu.json --benchmark-columns=median,rounds
-	$(PY) bench/report.py build/bench-cpu.json > bench/results/$$(date +%F)-cpu.md
+	$(PY) bench/report.py build/bench-cpu.json $(if $(BEFORE),--before build/bench-before.json) > bench/results/$$(date +%F)-cpu.md
 	@cat bench/results/$$(date +%F)-cpu.md
 
 install: $(STAMP)

@@ -1,9 +1,14 @@
 """Turns a pytest-benchmark JSON of bench/ into a markdown report: median
 times, speedups measured side by side in that one run, achieved GB/s and the
-copy bandwidth at the same size.
+copy and triad bandwidth at the same size.
 
     python bench/report.py build/bench-cpu.json > bench/results/<date>-cpu.md
     python bench/report.py build/bench-gpu.json [more.json ...] > bench/results/<date>-<card>.md
+    python bench/report.py build/bench-cpu.json --before build/bench-before.json > ...
+
+--before: the op benchmarks of an earlier build (bench/compare.sh makes one),
+shown beside this run's as "before us" and "before % copy" (each against the
+copy of its own run).
 
 CPU runs time the compiled kernel as impl "fused"; GPU runs time the "cuda"
 and "triton" backends (each timed call there runs the op `reps` times).
@@ -25,23 +30,46 @@ def _us(seconds):
     return f"{seconds * 1e6:.1f}" if seconds == seconds else "-"
 
 
-def main(*paths):
-    data = json.load(open(paths[0]))
-    for extra in paths[1:]:  # further runs of the same suite (the GPU check splits it)
-        data["benchmarks"] += json.load(open(extra))["benchmarks"]
-    median = defaultdict(dict)  # (case, shape, dtype) -> impl -> seconds per op call
-    nbytes, calls = {}, {}
-    faults = defaultdict(dict)  # case -> impl -> minor page faults per step (CPU scheduler loops)
-    for b in data["benchmarks"]:
+def _medians(benchmarks):
+    """(case, shape, dtype) -> impl -> median seconds per op call, and the bytes of each key."""
+    median, nbytes = defaultdict(dict), {}
+    for b in benchmarks:
         info = b["extra_info"]
         key = (info["case"], info["shape"], info.get("dtype", "fp32"))
         median[key][info["impl"]] = b["stats"]["median"] / info.get("reps", 1)
+        nbytes[key] = info["bytes"]
+    return median, nbytes
+
+
+def _floor_gbs(median, nbytes, name):
+    """(shape, dtype) -> GB/s of the copy or triad benchmark."""
+    return {(s, d): nbytes[(c, s, d)] / t[name] / 1e9 for (c, s, d), t in median.items() if c == name}
+
+
+def main(*args):
+    paths = list(args)
+    before = before_commit = None
+    if "--before" in paths:
+        at = paths.index("--before")
+        before_data = json.load(open(paths[at + 1]))
+        before = _medians(before_data["benchmarks"])
+        before_commit = before_data.get("commit_info", {}).get("id", "unknown")[:10]
+        del paths[at : at + 2]
+    data = json.load(open(paths[0]))
+    for extra in paths[1:]:  # further runs of the same suite (the GPU check splits it)
+        data["benchmarks"] += json.load(open(extra))["benchmarks"]
+    median, nbytes = _medians(data["benchmarks"])
+    calls = {}
+    faults = defaultdict(dict)  # case -> impl -> minor page faults per step (CPU scheduler loops)
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
         if "faults_per_step" in info:
             faults[info["case"]][info["impl"]] = info["faults_per_step"]
-        nbytes[key] = info["bytes"]
         if "model_calls" in info:
             calls[info["case"]] = info["model_calls"]
-    copy_gbs = {(s, d): nbytes[(c, s, d)] / t["copy"] / 1e9 for (c, s, d), t in median.items() if c == "copy"}
+    copy_gbs = _floor_gbs(median, nbytes, "copy")
+    triad_gbs = _floor_gbs(median, nbytes, "triad")
+    before_copy_gbs = _floor_gbs(*before, "copy") if before else {}
     fused_impls = [i for i in FUSED if any(i in t for t in median.values())]
     gpu = any("device" in b["extra_info"] for b in data["benchmarks"])
     m = data["machine_info"]
@@ -75,17 +103,28 @@ def main(*paths):
     print("- times are pytest-benchmark medians; speedups compare medians from this one run")
     print(
         "- GB/s = bytes the op must read + write / median time; copy = dst.copy_(src) at the same size "
-        "(read + write); % copy = achieved GB/s / copy GB/s\n"
+        "(read + write); % copy = achieved GB/s / copy GB/s; triad = STREAM's a = b + s * c at the same size "
+        "(torch.add with alpha and out=: two reads, one write), % triad likewise"
     )
+    if before:
+        print(
+            f"- before: the same op benchmarks on commit {before_commit}, run just before this one on the "
+            "same machine (bench/compare.sh; its % copy against the copy of its own run)"
+        )
+    print()
     # Columns of the compiled reference only where it was timed.
     has_compiled = any("compiled_reference" in t for t in median.values())
     head = ["case", "shape", "dtype"] + [f"{i} us" for i in fused_impls] + ["eager ref us"]
     head += ["compiled ref us", "best vs eager", "best vs compiled"] if has_compiled else ["best vs eager"]
     head += [f"{i} GB/s" for i in fused_impls] + ["copy GB/s"] + [f"{i} % copy" for i in fused_impls]
+    if triad_gbs:
+        head += ["triad GB/s"] + [f"{i} % triad" for i in fused_impls]
+    if before:
+        head += ["before us", "before % copy"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
     for (case, shape, dtype), t in sorted(median.items()):
-        if case == "copy" or case in calls or not any(i in t for i in fused_impls):
+        if case in ("copy", "triad") or case in calls or not any(i in t for i in fused_impls):
             continue
         best = min(t[i] for i in fused_impls if i in t)
         eager, compiled = t.get("eager_reference", float("nan")), t.get("compiled_reference", float("nan"))
@@ -98,6 +137,13 @@ def main(*paths):
             cells += [_us(eager), f"{eager / best:.2f}x"]
         cells += [f"{gbs[i]:.0f}" if i in gbs else "-" for i in fused_impls] + [f"{copy:.0f}"]
         cells += [f"{100 * gbs[i] / copy:.0f}%" if i in gbs else "-" for i in fused_impls]
+        if triad_gbs:
+            triad = triad_gbs.get((shape, dtype), float("nan"))
+            cells += [f"{triad:.0f}"] + [f"{100 * gbs[i] / triad:.0f}%" if i in gbs else "-" for i in fused_impls]
+        if before:
+            was = before[0].get((case, shape, dtype), {}).get("fused", float("nan"))
+            was_gbs = nbytes[(case, shape, dtype)] / was / 1e9
+            cells += [_us(was), f"{100 * was_gbs / before_copy_gbs.get((shape, dtype), float('nan')):.0f}%"]
         print("| " + " | ".join(cells) + " |")
     stock = [
         (case, t)

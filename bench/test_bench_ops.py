@@ -1,8 +1,9 @@
 """CPU benchmarks of every op (pytest-benchmark), run by `make bench`.
 
 For each case and shape, one run times: the fused op, the eager reference,
-torch.compile of the reference, and dst.copy_(src) at the same size (the copy
-bandwidth that bounds these memory-bound ops). bench/report.py turns the JSON
+torch.compile of the reference, dst.copy_(src) at the same size (the copy
+bandwidth that bounds these memory-bound ops) and STREAM's triad (a second
+floor, with two reads per write). bench/report.py turns the JSON
 into the table of ratios and GB/s in bench/results/. The dynamic threshold is
 also timed against torch.quantile written the diffusers way.
 """
@@ -48,6 +49,16 @@ def test_copy(benchmark, shape_name):
     dst = torch.empty_like(src)
     _record(benchmark, "copy", shape_name, "copy", 2 * src.numel() * src.element_size())
     benchmark(dst.copy_, src)
+
+
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_triad(benchmark, shape_name):
+    """STREAM's triad a = b + s * c (two reads, one write) at the same size: a
+    second floor, for ops that read more tensors than they write."""
+    b, c = torch.randn(SHAPES[shape_name]), torch.randn(SHAPES[shape_name])
+    a = torch.empty_like(b)
+    _record(benchmark, "triad", shape_name, "triad", 3 * b.numel() * b.element_size())
+    benchmark(torch.add, b, c, alpha=0.5, out=a)
 
 
 @pytest.mark.parametrize("shape_name", list(SHAPES))

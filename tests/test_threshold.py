@@ -8,7 +8,7 @@ from diffaccel import ops
 from diffaccel.benchmarking import quantile_threshold
 from diffaccel.ops import reference
 
-from conftest import DTYPES, LAYOUTS, SHAPES, assert_close, make
+from conftest import DEVICE, DTYPES, LAYOUTS, SHAPES, assert_close, make
 
 OPTIONS = [
     dict(kind="clip", max_value=1.0),
@@ -137,3 +137,118 @@ def test_ei_step_dynamic_threshold_on_large_samples(gen):
     want = reference.ei_step(x, m, [], coeffs, threshold=threshold)
     for a, b in zip(got, want):
         assert_close(a, b)
+
+
+# The CPU selection samples SELECTION_SAMPLE magnitudes of each sample (csrc/cpu/selection.h)
+# when it holds at least SAMPLED_SELECTION_MIN elements; below that it selects exactly.
+SAMPLED_SELECTION_MIN = 8192
+SELECTION_SAMPLE = 512
+
+
+def _sampled_positions(n):
+    """The positions csrc/cpu/selection.h samples in a sample of n elements (its
+    sample_position), so that a test can put values where the sample cannot see them."""
+    i = torch.arange(SELECTION_SAMPLE, dtype=torch.int64)
+    begin = i * n // SELECTION_SAMPLE
+    window = (i + 1) * n // SELECTION_SAMPLE - begin
+    hashed = [(((k + 1) * 0x9E3779B97F4A7C15) % (1 << 64)) >> 32 for k in range(SELECTION_SAMPLE)]
+    return begin + (torch.tensor(hashed, dtype=torch.int64) * window) // (1 << 32)
+
+
+def _exactly_equal(actual, expected):
+    """On CPU the kernel selects the same order statistics and clamps and divides
+    in the same order as the reference: the same bits, so that a neighbouring
+    order statistic (close in value for dense data) cannot pass as rounding."""
+    if actual.device.type == "cpu":
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+    else:
+        assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("hidden", ["large", "small", "nan"])
+@pytest.mark.parametrize("ratio", [0.5, 0.995, 1.0])
+def test_selection_when_the_sample_misses(hidden, ratio, gen):
+    """The sampled selection is exact even when the sample is as misleading as it
+    can be: every sampled position holds a small (or a large) value and the rest
+    the opposite, so the bracket the sample gives misses the quantile and the
+    selection must fall back; a NaN where the sample does not look still poisons
+    the sample. (On a GPU, which does not sample, an exactness test like others.)"""
+    n = 3 * SAMPLED_SELECTION_MIN + 17
+    x = torch.rand((2, n), generator=gen, device=DEVICE) + 10
+    sampled = _sampled_positions(n).to(DEVICE)
+    if hidden == "large":
+        x[:, sampled] = torch.rand((2, len(sampled)), generator=gen, device=DEVICE)
+    elif hidden == "small":
+        x[:, sampled] = torch.rand((2, len(sampled)), generator=gen, device=DEVICE) + 100
+    else:
+        unsampled = next(p for p in range(n // 3, n) if p not in set(sampled.tolist()))
+        x[1, unsampled] = float("nan")
+    options = dict(SELECTION, ratio=ratio)
+    _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
+
+
+@pytest.mark.parametrize("values", ["normal", "constant", "two", "heavy"])
+@pytest.mark.parametrize("ratio", [1e-3, 0.5, 0.9, 0.995, 1.0])
+def test_sampled_selection_is_exact(values, ratio, gen):
+    """Samples large enough to be selected by sampling, on data that sampling
+    finds easy (normal), that fills the bracket past its capacity (constant, two
+    values) and with a heavy tail, at many ranks: the same bits as the reference."""
+    n = SAMPLED_SELECTION_MIN + 4099
+    x = torch.randn((3, n), generator=gen, device=DEVICE)
+    if values == "constant":
+        x = torch.full((3, n), -2.5, device=DEVICE)
+    elif values == "two":
+        x = torch.where(x > 1.5, 7.0, -0.25)
+    elif values == "heavy":
+        x = x / torch.rand((3, n), generator=gen, device=DEVICE).clamp_min(1e-3)
+    options = dict(SELECTION, ratio=ratio)
+    _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_sampled_selection_of_other_dtypes(dtype, gen):
+    x = make((2, 4, 64, 65), dtype, "transposed", gen, scale=2.0)
+    options = dict(SELECTION, ratio=0.995)
+    assert_close(ops.threshold(x, **options), reference.threshold(x, **options))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+def test_selection_does_not_depend_on_the_thread_count(batch, gen):
+    """With a sample per thread each thread selects and thresholds its samples in
+    one go; with fewer samples than threads the selections run first and the
+    elementwise pass is split by elements. Both give the same bits, with any
+    number of threads, in place or not."""
+    x = make((batch, 3, 70, 80), torch.float32, generator=gen, scale=2.0)
+    want = reference.threshold(x, ratio=0.99, max_value=1.5)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3, 5):
+            torch.set_num_threads(n)
+            _exactly_equal(ops.threshold(x, ratio=0.99, max_value=1.5), want)
+            y = x.clone()
+            ops.threshold(y, ratio=0.99, max_value=1.5, out=y)
+            _exactly_equal(y, want)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_ei_step_dynamic_threshold_in_place_per_sample(batch, gen):
+    """ei_step's selection and update per sample, while the sample is in cache,
+    with x_next written over x and d over a history tensor: each sample's
+    selection reads its own x before its update overwrites it."""
+    shape = (batch, 4, 60, 70)
+    x, m, h0, h1, z = (make(shape, torch.float32, generator=gen) for _ in range(5))
+    coeffs = torch.tensor([0.3, 1.7, 0.9, 0.4, -0.2, 0.1, 0.05], dtype=torch.float64, device=DEVICE)
+    threshold = ops.Threshold("dynamic", 0.995, 1.2)
+    want = reference.ei_step(x, m, [h0, h1], coeffs, threshold=threshold, noise=z)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            xs, h0s = x.clone(), h0.clone()
+            ops.ei_step(xs, m, [h0s, h1], coeffs, threshold=threshold, noise=z, out=(xs, h0s))
+            for got, expected in zip((xs, h0s), want):
+                assert_close(got, expected)
+    finally:
+        torch.set_num_threads(threads)

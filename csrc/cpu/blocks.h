@@ -118,7 +118,7 @@ DA_INLINE const acc_t* load_block(In src, int64_t offset, int64_t n, acc_t* buf)
         return buf;
       }
   }
-  return buf;
+  __builtin_unreachable();  // (DType has no other value)
 }
 
 template <typename acc_t>
@@ -207,23 +207,42 @@ DA_INLINE void for_each_block(int64_t first, int64_t count, Body&& body) {
   }
 }
 
-// Eight interleaved double accumulators, combined in a fixed order: the loop
-// vectorizes without -ffast-math and the result does not depend on the ISA.
-template <typename acc_t>
-DA_INLINE double sum_squares(const acc_t* v, int64_t n) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// 32 interleaved double accumulators (four AVX-512 registers, so the adds of
+// consecutive vectors do not wait on each other), combined in a fixed order:
+// the loop vectorizes without -ffast-math and the result does not depend on
+// the ISA.
+constexpr int kSumLanes = 32;
+
+DA_INLINE double combine_lanes(const double* lanes) {
+  double half[kSumLanes / 2];
+  for (int l = 0; l < kSumLanes / 2; ++l) half[l] = lanes[l] + lanes[l + kSumLanes / 2];
+  for (int width = kSumLanes / 4; width >= 1; width /= 2) {
+    for (int l = 0; l < width; ++l) half[l] = half[l] + half[l + width];
+  }
+  return half[0];
+}
+
+// The sum over i in [0, n) of double(value(i))^2.
+template <typename Value>
+DA_INLINE double sum_squares_of(int64_t n, Value&& value) {
+  double lanes[kSumLanes] = {};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int l = 0; l < 8; ++l) {
-      const double e = double(v[i + l]);
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+    for (int l = 0; l < kSumLanes; ++l) {
+      const double e = double(value(i + l));
       lanes[l] += e * e;
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
-    const double e = double(v[i]);
+    const double e = double(value(i));
     lanes[l] += e * e;
   }
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  return combine_lanes(lanes);
+}
+
+template <typename acc_t>
+DA_INLINE double sum_squares(const acc_t* v, int64_t n) {
+  return sum_squares_of(n, [&](int64_t i) DA_LAMBDA_INLINE { return v[i]; });
 }
 
 // Per-sample reductions run over fixed chunks of kNormChunk elements, chunks

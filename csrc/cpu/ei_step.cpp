@@ -1,10 +1,11 @@
-// CPU kernel of diffaccel::ei_step: one pass over memory per call (two with
-// dynamic thresholding, whose per-sample scale needs all of d first).
+// CPU kernel of diffaccel::ei_step: one pass over memory per call (with
+// dynamic thresholding a selection pass over x and m first, whose per-sample
+// scale needs all of d, then the update of that sample while it is in cache).
 #include <cmath>
-#include <vector>
 
 #include "blocks.h"
 #include "diffaccel/elementwise.h"
+#include "selection.h"
 
 namespace diffaccel::cpu {
 namespace {
@@ -69,21 +70,26 @@ DA_INLINE void ei_step_range_impl(const EiStepArgs<acc_t>& a, int64_t begin, int
   }
 }
 
+// The data term d = c_x * x + c_m * m is computed on the fly for
+// the selection (d is not written twice); with apply, the sample's update
+// follows at once, while its x and m are still in cache.
 template <typename acc_t>
-void ei_step_dynamic_scales_impl(const EiStepArgs<acc_t>& a, const DynamicThreshold& t, acc_t* scale,
-                                 int64_t sample_begin, int64_t sample_end) {
-  std::vector<acc_t> magnitudes(a.per_sample);
+DA_INLINE void ei_step_dynamic_samples_impl(const EiStepArgs<acc_t>& a, const DynamicThreshold& t, acc_t* scale,
+                                            int64_t sample_begin, int64_t sample_end, bool apply) {
+  SelectionScratch<acc_t> scratch;
   for (int64_t b = sample_begin; b < sample_end; ++b) {
     const acc_t* row = a.coeffs + b * a.coeff_stride;
-    for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
+    const int64_t first = b * a.per_sample;
+    auto values = [&](int64_t offset, int64_t n, acc_t* buf) DA_LAMBDA_INLINE {
       acc_t x_buf[kBlock], m_buf[kBlock];
-      const acc_t* x = load_block(a.x, offset, n, x_buf);
-      const acc_t* m = load_block(a.model_out, offset, n, m_buf);
-      acc_t* out = magnitudes.data() + (offset - b * a.per_sample);
-      for (int64_t i = 0; i < n; ++i) out[i] = std::abs(ei_data_term(row, x[i], m[i]));
-    });
-    const acc_t q = quantile_of_magnitudes(magnitudes.data(), a.per_sample, t.ratio);
+      const acc_t* x = load_block(a.x, first + offset, n, x_buf);
+      const acc_t* m = load_block(a.model_out, first + offset, n, m_buf);
+      DA_IVDEP for (int64_t i = 0; i < n; ++i) buf[i] = ei_data_term(row, x[i], m[i]);
+      return static_cast<const acc_t*>(buf);
+    };
+    const acc_t q = select_quantile<acc_t>(a.per_sample, t.ratio, values, scratch);
     scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
+    if (apply) ei_step_range_impl(a, first, first + a.per_sample);
   }
 }
 
@@ -98,13 +104,15 @@ DA_CPU_MULTIVERSION void ei_step_range(const EiStepArgs<double>& a, int64_t begi
   streaming_store_fence();
 }
 
-void ei_step_dynamic_scales(const EiStepArgs<float>& a, const DynamicThreshold& t, float* scale, int64_t sample_begin,
-                            int64_t sample_end) {
-  ei_step_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
+DA_CPU_MULTIVERSION void ei_step_dynamic_samples(const EiStepArgs<float>& a, const DynamicThreshold& t, float* scale,
+                                                 int64_t sample_begin, int64_t sample_end, bool apply) {
+  ei_step_dynamic_samples_impl(a, t, scale, sample_begin, sample_end, apply);
+  streaming_store_fence();
 }
-void ei_step_dynamic_scales(const EiStepArgs<double>& a, const DynamicThreshold& t, double* scale, int64_t sample_begin,
-                            int64_t sample_end) {
-  ei_step_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
+DA_CPU_MULTIVERSION void ei_step_dynamic_samples(const EiStepArgs<double>& a, const DynamicThreshold& t, double* scale,
+                                                 int64_t sample_begin, int64_t sample_end, bool apply) {
+  ei_step_dynamic_samples_impl(a, t, scale, sample_begin, sample_end, apply);
+  streaming_store_fence();
 }
 
 }  // namespace diffaccel::cpu

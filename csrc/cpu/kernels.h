@@ -83,21 +83,24 @@ void threshold_range(const ThresholdArgs<double>& args, int64_t begin, int64_t e
 void langevin_range(const LangevinArgs<float>& args, int64_t begin, int64_t end);
 void langevin_range(const LangevinArgs<double>& args, int64_t begin, int64_t end);
 
-// Dynamic thresholding, first pass: scale[b] for samples [sample_begin, sample_end).
-// ei_step thresholds d = c_x * x + c_m * m, so its scales come from d.
+// Dynamic thresholding: scale[b] for samples [sample_begin, sample_end), by
+// selection (selection.h); with apply, each sample's elementwise pass
+// (threshold_range / ei_step_range) follows its selection at once, while the
+// sample is still in cache. ei_step thresholds d = c_x * x + c_m * m, so its
+// scales come from d.
 struct DynamicThreshold {
   double ratio;
   ThresholdStyle style;
   double max_value;
 };
-void ei_step_dynamic_scales(const EiStepArgs<float>& args, const DynamicThreshold& t, float* scale,
-                            int64_t sample_begin, int64_t sample_end);
-void ei_step_dynamic_scales(const EiStepArgs<double>& args, const DynamicThreshold& t, double* scale,
-                            int64_t sample_begin, int64_t sample_end);
-void threshold_dynamic_scales(const ThresholdArgs<float>& args, const DynamicThreshold& t, float* scale,
-                              int64_t sample_begin, int64_t sample_end);
-void threshold_dynamic_scales(const ThresholdArgs<double>& args, const DynamicThreshold& t, double* scale,
-                              int64_t sample_begin, int64_t sample_end);
+void ei_step_dynamic_samples(const EiStepArgs<float>& args, const DynamicThreshold& t, float* scale,
+                             int64_t sample_begin, int64_t sample_end, bool apply);
+void ei_step_dynamic_samples(const EiStepArgs<double>& args, const DynamicThreshold& t, double* scale,
+                             int64_t sample_begin, int64_t sample_end, bool apply);
+void threshold_dynamic_samples(const ThresholdArgs<float>& args, const DynamicThreshold& t, float* scale,
+                               int64_t sample_begin, int64_t sample_end, bool apply);
+void threshold_dynamic_samples(const ThresholdArgs<double>& args, const DynamicThreshold& t, double* scale,
+                               int64_t sample_begin, int64_t sample_end, bool apply);
 
 // Sums of squares in double over fixed chunks of kNormChunk elements of each
 // sample: partial[b * chunks_per_sample + c]. Chunks [chunk_begin, chunk_end)

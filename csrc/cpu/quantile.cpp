@@ -1,14 +1,19 @@
 // Selection of the linear-interpolation quantile (torch.quantile's semantics)
-// without sorting. The values are magnitudes (>= 0), whose IEEE bit patterns
-// order like the values, so a histogram of the top bits (exponent and a few
-// mantissa bits) finds the bins holding the two order statistics in one pass;
-// only the elements of those bins (a small fraction for real data) are then
-// partially ordered with nth_element.
+// without sorting: the out-of-line parts of the sampled selection of
+// selection.h (the bracket from the sample, the pick among the candidates), and
+// the exact selection it falls back on. That one uses that the values are
+// magnitudes (>= 0), whose IEEE bit patterns order like the values: a histogram
+// of the top bits (exponent and a few mantissa bits) finds the bins holding the
+// two order statistics in one pass; only the elements of those bins (a small
+// fraction for real data) are then partially ordered with nth_element.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "blocks.h"
+#include "selection.h"
 
 namespace diffaccel::cpu {
 namespace {
@@ -86,7 +91,51 @@ acc_t quantile_of_magnitudes(const acc_t* values, int64_t n, double ratio) {
   return lerp_like_torch(lo, hi, rank.weight);
 }
 
+// The ranks' position in the sample is binomially spread around
+// rank / n * kSelectionSample; lo and hi sit 3 standard deviations (plus 2
+// elements) to either side, so a miss (and the exact fallback) is rare.
+template <typename acc_t>
+Bracket<acc_t> bracket_from_sample(acc_t* sample, int64_t n, const QuantileRank<acc_t>& rank) {
+  const int64_t s = kSelectionSample;
+  const double p_below = double(rank.below) / double(n), p_above = double(rank.above + 1) / double(n);
+  const double spread = 3.0 * std::sqrt(double(s) * std::max(p_below * (1 - p_below), p_above * (1 - p_above))) + 2;
+  const int64_t k_lo = int64_t(std::floor(p_below * double(s) - spread));
+  const int64_t k_hi = int64_t(std::ceil(p_above * double(s) + spread));
+  Bracket<acc_t> b;
+  b.hi = std::numeric_limits<acc_t>::infinity();
+  if (k_hi < s) {
+    std::nth_element(sample, sample + k_hi, sample + s);
+    b.hi = sample[k_hi];
+  }
+  b.lo = acc_t(0);
+  if (k_lo > 0) {
+    std::nth_element(sample, sample + k_lo, sample + std::min(k_hi, s));
+    b.lo = sample[k_lo];
+  }
+  // Room for four times the expected number of candidates.
+  const int64_t expected = (std::min(k_hi, s) - std::max<int64_t>(k_lo, 0) + 1) * (n / s + 1);
+  b.capacity = std::min(n, 4 * expected + 64);
+  return b;
+}
+
+template <typename acc_t>
+bool quantile_from_candidates(acc_t* candidates, int64_t count, int64_t below, const QuantileRank<acc_t>& rank,
+                              acc_t* quantile) {
+  if (rank.below < below || rank.above >= below + count) return false;
+  const int64_t k = rank.below - below;
+  std::nth_element(candidates, candidates + k, candidates + count);
+  const acc_t lo = candidates[k];
+  acc_t hi = lo;
+  if (rank.above > rank.below) hi = *std::min_element(candidates + k + 1, candidates + count);
+  *quantile = lerp_like_torch(lo, hi, rank.weight);
+  return true;
+}
+
 template float quantile_of_magnitudes<float>(const float*, int64_t, double);
 template double quantile_of_magnitudes<double>(const double*, int64_t, double);
+template Bracket<float> bracket_from_sample<float>(float*, int64_t, const QuantileRank<float>&);
+template Bracket<double> bracket_from_sample<double>(double*, int64_t, const QuantileRank<double>&);
+template bool quantile_from_candidates<float>(float*, int64_t, int64_t, const QuantileRank<float>&, float*);
+template bool quantile_from_candidates<double>(double*, int64_t, int64_t, const QuantileRank<double>&, double*);
 
 }  // namespace diffaccel::cpu

@@ -1,10 +1,11 @@
 // CPU kernel of diffaccel::threshold: clip, or Imagen's dynamic thresholding
-// (per-sample quantile of |x| by selection, then clamp and rescale).
+// (per-sample quantile of |x| by sampled selection, selection.h, then clamp
+// and rescale, while the sample is still in cache).
 #include <cmath>
-#include <vector>
 
 #include "blocks.h"
 #include "diffaccel/elementwise.h"
+#include "selection.h"
 
 namespace diffaccel::cpu {
 namespace {
@@ -25,18 +26,16 @@ DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin
 }
 
 template <typename acc_t>
-void threshold_dynamic_scales_impl(const ThresholdArgs<acc_t>& a, const DynamicThreshold& t, acc_t* scale,
-                                   int64_t sample_begin, int64_t sample_end) {
-  std::vector<acc_t> magnitudes(a.per_sample);
+DA_INLINE void threshold_dynamic_samples_impl(const ThresholdArgs<acc_t>& a, const DynamicThreshold& t, acc_t* scale,
+                                              int64_t sample_begin, int64_t sample_end, bool apply) {
+  SelectionScratch<acc_t> scratch;
   for (int64_t b = sample_begin; b < sample_end; ++b) {
-    for_each_block(b * a.per_sample, a.per_sample, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
-      acc_t x_buf[kBlock];
-      const acc_t* x = load_block(a.x, offset, n, x_buf);
-      acc_t* out = magnitudes.data() + (offset - b * a.per_sample);
-      for (int64_t i = 0; i < n; ++i) out[i] = std::abs(x[i]);
-    });
-    const acc_t q = quantile_of_magnitudes(magnitudes.data(), a.per_sample, t.ratio);
+    const int64_t first = b * a.per_sample;
+    auto values = [&](int64_t offset, int64_t n, acc_t* buf)
+                      DA_LAMBDA_INLINE { return load_block(a.x, first + offset, n, buf); };
+    const acc_t q = select_quantile<acc_t>(a.per_sample, t.ratio, values, scratch);
     scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
+    if (apply) threshold_range_impl(a, first, first + a.per_sample);
   }
 }
 
@@ -51,13 +50,16 @@ DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<double>& a, int64_t
   streaming_store_fence();
 }
 
-void threshold_dynamic_scales(const ThresholdArgs<float>& a, const DynamicThreshold& t, float* scale,
-                              int64_t sample_begin, int64_t sample_end) {
-  threshold_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
+DA_CPU_MULTIVERSION void threshold_dynamic_samples(const ThresholdArgs<float>& a, const DynamicThreshold& t,
+                                                   float* scale, int64_t sample_begin, int64_t sample_end, bool apply) {
+  threshold_dynamic_samples_impl(a, t, scale, sample_begin, sample_end, apply);
+  streaming_store_fence();
 }
-void threshold_dynamic_scales(const ThresholdArgs<double>& a, const DynamicThreshold& t, double* scale,
-                              int64_t sample_begin, int64_t sample_end) {
-  threshold_dynamic_scales_impl(a, t, scale, sample_begin, sample_end);
+DA_CPU_MULTIVERSION void threshold_dynamic_samples(const ThresholdArgs<double>& a, const DynamicThreshold& t,
+                                                   double* scale, int64_t sample_begin, int64_t sample_end,
+                                                   bool apply) {
+  threshold_dynamic_samples_impl(a, t, scale, sample_begin, sample_end, apply);
+  streaming_store_fence();
 }
 
 }  // namespace diffaccel::cpu

@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -189,18 +190,33 @@ inline void parallel_samples(int64_t batch, Fn&& fn) {
   at::parallel_for(0, batch, 1, fn);
 }
 
-// Per-sample totals of a reduction over cpu::kNormChunk-element chunks:
-// chunks(partial, chunk_begin, chunk_end) fills partial[c] for chunks flat over
-// the batch, in parallel; each sample's chunks are then added in order, so the
-// totals are the same bits whatever the thread count.
+// Whether per-sample work (a selection, then that sample's elementwise pass)
+// has a sample for every thread; else the selections run per sample and the
+// elementwise pass is split by elements. (The results are the same bits
+// either way.)
+inline bool samples_keep_threads_busy(int64_t batch) { return batch >= at::get_num_threads(); }
+
+// Per-sample totals of reductions over cpu::kNormChunk-element chunks:
+// chunks(r, partial, chunk_begin, chunk_end) fills partial[c] of reduction r
+// (0 <= r < reductions) for chunks flat over the batch; all reductions' chunks
+// are split over the threads in one parallel pass, and each sample's chunks
+// are then added in order, so the totals (totals[r * batch + b]) are the same
+// bits whatever the thread count.
 template <typename Chunks>
-std::vector<double> per_sample_totals(int64_t batch, int64_t per_sample, Chunks&& chunks) {
+std::vector<double> per_sample_totals(int64_t reductions, int64_t batch, int64_t per_sample, Chunks&& chunks) {
   const int64_t chunks_per_sample = (per_sample + cpu::kNormChunk - 1) / cpu::kNormChunk;
-  std::vector<double> partial(batch * chunks_per_sample);
-  at::parallel_for(0, batch * chunks_per_sample, 1, [&](int64_t c0, int64_t c1) { chunks(partial.data(), c0, c1); });
-  std::vector<double> totals(batch, 0.0);
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t c = 0; c < chunks_per_sample; ++c) totals[b] += partial[b * chunks_per_sample + c];
+  const int64_t per_reduction = batch * chunks_per_sample;
+  std::vector<double> partial(reductions * per_reduction);
+  at::parallel_for(0, reductions * per_reduction, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t r = c0 / per_reduction; r * per_reduction < c1; ++r) {
+      const int64_t begin = std::max(c0, r * per_reduction) - r * per_reduction;
+      const int64_t end = std::min(c1, (r + 1) * per_reduction) - r * per_reduction;
+      chunks(r, partial.data() + r * per_reduction, begin, end);
+    }
+  });
+  std::vector<double> totals(reductions * batch, 0.0);
+  for (int64_t t = 0; t < reductions * batch; ++t) {
+    for (int64_t c = 0; c < chunks_per_sample; ++c) totals[t] += partial[t * chunks_per_sample + c];
   }
   return totals;
 }

@@ -103,15 +103,18 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
     std::optional<ThresholdTable<scalar_t>> thresholds;
     if (threshold) {
       thresholds.emplace(*threshold, batch);
-      if (thresholds->dynamic && args.per_sample > 0) {
-        const cpu::DynamicThreshold dyn{threshold->ratio, threshold->style, threshold->max_value};
-        scalar_t* scale = thresholds->scales();
-        parallel_samples(batch, [&](int64_t b0, int64_t b1) { cpu::ei_step_dynamic_scales(args, dyn, scale, b0, b1); });
-      }
       args.has_threshold = true;
       args.limit = thresholds->limit();
       args.divisor = thresholds->divisor();
       args.threshold_stride = thresholds->stride();
+      if (thresholds->dynamic && args.per_sample > 0) {
+        const cpu::DynamicThreshold dyn{threshold->ratio, threshold->style, threshold->max_value};
+        scalar_t* scale = thresholds->scales();
+        const bool by_sample = samples_keep_threads_busy(batch);
+        parallel_samples(
+            batch, [&](int64_t b0, int64_t b1) { cpu::ei_step_dynamic_samples(args, dyn, scale, b0, b1, by_sample); });
+        if (by_sample) return;
+      }
     }
     parallel_elements(x.numel(), [&](int64_t begin, int64_t end) { cpu::ei_step_range(args, begin, end); });
   });

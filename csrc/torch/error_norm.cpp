@@ -43,9 +43,10 @@ at::Tensor error_norm_cpu(const at::Tensor& x_high, const at::Tensor& x_low, con
     args.prev = kernel_in(pc);
     args.atol = scalar_t(atol);
     args.rtol = scalar_t(rtol);
-    const std::vector<double> totals = per_sample_totals(
-        batch, per_sample,
-        [&](double* partial, int64_t c0, int64_t c1) { cpu::error_sum_squares_chunks(args, partial, c0, c1); });
+    const std::vector<double> totals =
+        per_sample_totals(1, batch, per_sample, [&](int64_t, double* partial, int64_t c0, int64_t c1) {
+          cpu::error_sum_squares_chunks(args, partial, c0, c1);
+        });
     scalar_t* result = out.data_ptr<scalar_t>();
     // An empty sample has no mean: NaN, as torch's mean of nothing.
     for (int64_t b = 0; b < batch; ++b) result[b] = scalar_t(std::sqrt(totals[b] / double(per_sample)));

@@ -20,13 +20,15 @@ namespace {
 
 constexpr const char* kOp = "diffaccel.langevin_correct";
 
-// Per-sample L2 norms in double (same bits whatever the thread count).
-std::vector<double> sample_norms(const at::Tensor& contiguous) {
-  const int64_t per_sample = per_sample_of(contiguous);
-  const cpu::In in = kernel_in(contiguous);
-  std::vector<double> norms = per_sample_totals(
-      batch_of(contiguous), per_sample,
-      [&](double* partial, int64_t c0, int64_t c1) { cpu::sum_squares_chunks(in, per_sample, partial, c0, c1); });
+// Per-sample L2 norms of the score (first) and the noise, in double, in one
+// parallel pass (same bits whatever the thread count).
+std::vector<double> score_and_noise_norms(const at::Tensor& score, const at::Tensor& noise) {
+  const int64_t per_sample = per_sample_of(score);
+  const cpu::In in[2] = {kernel_in(score), kernel_in(noise)};
+  std::vector<double> norms =
+      per_sample_totals(2, batch_of(score), per_sample, [&](int64_t r, double* partial, int64_t c0, int64_t c1) {
+        cpu::sum_squares_chunks(in[r], per_sample, partial, c0, c1);
+      });
   for (double& n : norms) n = std::sqrt(n);
   return norms;
 }
@@ -73,8 +75,9 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
   const at::Tensor xc = contiguous_input(x);
   const at::Tensor sc = contiguous_input(score);
 
-  const std::vector<double> grad_norm = sample_norms(sc);
-  const std::vector<double> noise_norm = sample_norms(z);
+  const std::vector<double> norms = score_and_noise_norms(sc, z);
+  const double* grad_norm = norms.data();
+  const double* noise_norm = norms.data() + batch;
   const at::Tensor alpha_values = alpha.to(at::kDouble).contiguous().expand({batch}).contiguous();
   const double* alpha_b = alpha_values.data_ptr<double>();
   double grad_mean = 0, noise_mean = 0;

@@ -35,15 +35,18 @@ void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
     args.per_sample = per_sample_of(x);
     args.x = kernel_in(xc);
     ThresholdTable<scalar_t> table(options, batch);
-    if (table.dynamic && args.per_sample > 0) {
-      const cpu::DynamicThreshold dyn{options.ratio, options.style, options.max_value};
-      scalar_t* scale = table.scales();
-      parallel_samples(batch, [&](int64_t b0, int64_t b1) { cpu::threshold_dynamic_scales(args, dyn, scale, b0, b1); });
-    }
     args.limit = table.limit();
     args.divisor = table.divisor();
     args.threshold_stride = table.stride();
     args.y = y.view(exceeds_last_level_cache(total_bytes({&xc, &out})));
+    if (table.dynamic && args.per_sample > 0) {
+      const cpu::DynamicThreshold dyn{options.ratio, options.style, options.max_value};
+      scalar_t* scale = table.scales();
+      const bool by_sample = samples_keep_threads_busy(batch);
+      parallel_samples(
+          batch, [&](int64_t b0, int64_t b1) { cpu::threshold_dynamic_samples(args, dyn, scale, b0, b1, by_sample); });
+      if (by_sample) return;
+    }
     parallel_elements(x.numel(), [&](int64_t begin, int64_t end) { cpu::threshold_range(args, begin, end); });
   });
   y.finish();

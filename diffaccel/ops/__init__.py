@@ -45,6 +45,34 @@ def _namespace(impl: str):
 _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 _CUDA_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
+# The C++ ops' unboxed entry points below the autograd key (diffaccel._C.below_autograd),
+# by op: the same kernels op.default.redispatch reaches, about 1 us a call sooner.
+_BELOW_AUTOGRAD = {}
+if _extension.available():
+    _BELOW_AUTOGRAD = {
+        getattr(torch.ops.diffaccel, name): getattr(_extension._C.below_autograd, name)
+        for name in (
+            "ei_step",
+            "ei_step_out",
+            "multistep_combine",
+            "multistep_combine_out",
+            "threshold",
+            "threshold_out",
+            "langevin_correct",
+            "langevin_correct_out",
+            "error_norm",
+        )
+    }
+
+
+def _device_type(x: torch.Tensor) -> str:
+    """x.device.type, without building a torch.device for the common cases."""
+    if x.is_cuda:
+        return "cuda"
+    if x.is_cpu:
+        return "cpu"
+    return x.device.type
+
 
 def _call(op, args, tensors, explain):
     """op(*args), where autograd records it through the op's registered
@@ -52,9 +80,10 @@ def _call(op, args, tensors, explain):
     kernel, below the autograd dispatch key: the registered gradient is a
     Python kernel that costs every call about 4 us on the dev VM, half an
     eager step's host time. (Under torch.compile, functorch transforms, a
-    dispatch mode or a tensor subclass the dispatcher takes the call as usual.) A call the op's
-    schema refuses (a list of coefficients, None among the tensors) gets the
-    message explain() raises, where it names the problem."""
+    dispatch mode or a tensor subclass the dispatcher takes the call as usual.)
+    tensors: the call's tensors, x first and any out= buffers among them. A
+    call the op's schema refuses (a list of coefficients, None among the
+    tensors) gets the message explain() raises, where it names the problem."""
     x = tensors[0]
     try:
         if (
@@ -64,9 +93,12 @@ def _call(op, args, tensors, explain):
             and not torch._C._are_functorch_transforms_active()
             and not torch._C._len_torch_dispatch_stack()
         ):
+            below = _BELOW_AUTOGRAD.get(op)
+            if below is not None:
+                return below(*args)
             return op.default.redispatch(_CUDA_KEYS if x.is_cuda else _CPU_KEYS, *args)
         return op(*args)
-    except (RuntimeError, AttributeError):  # (records() meets a list where a tensor belongs)
+    except (RuntimeError, AttributeError, TypeError):  # (records() meets a list where a tensor belongs)
         explain()
         raise
 
@@ -145,7 +177,7 @@ def ei_step(
     validation.check_pair("diffaccel.ei_step", ("x_next", "d"), out)
     if out is not None:
         autograd.check_out_allowed("ei_step", out, (x, model_out, coeffs, noise, *history))
-    impl = resolve("ei_step", x.device.type)
+    impl = resolve("ei_step", _device_type(x))
     if impl != "compiled":  # the C++ ops check their own arguments
         validation.ei_step(x, model_out, history, coeffs, noise)
         if out is not None:
@@ -177,7 +209,7 @@ def ei_step(
     )
     if out is None:
         return _call(ops.ei_step, args, (x, model_out, coeffs, noise, *history), explain)
-    ops.ei_step_out(*args, out[0], out[1])
+    _call(ops.ei_step_out, (*args, out[0], out[1]), (x, model_out, coeffs, noise, *history, *out), explain)
     return out[0], out[1]
 
 
@@ -199,7 +231,7 @@ def multistep_combine(
         validation.multistep_combine(tensors, coeffs)  # raises the error that names the problem
     if out is not None:
         autograd.check_out_allowed("multistep_combine", out, (*tensors, coeffs))
-    impl = resolve("multistep_combine", tensors[0].device.type)
+    impl = resolve("multistep_combine", _device_type(tensors[0]))
     if impl != "compiled":
         result_dtype = validation.multistep_combine(tensors, coeffs)
         if out is not None:
@@ -217,7 +249,12 @@ def multistep_combine(
             (*tensors, coeffs),
             lambda: validation.multistep_combine(tensors, coeffs),
         )
-    ops.multistep_combine_out(list(tensors), coeffs, out)
+    _call(
+        ops.multistep_combine_out,
+        (list(tensors), coeffs, out),
+        (*tensors, coeffs, out),
+        lambda: validation.multistep_combine(tensors, coeffs),
+    )
     return out
 
 
@@ -251,7 +288,7 @@ def threshold(
         max_value = validation.real_scalar("diffaccel.threshold", "max_value", max_value)
     if out is not None:
         autograd.check_out_allowed("threshold", out, (x,))
-    impl = resolve("threshold", x.device.type)
+    impl = resolve("threshold", _device_type(x))
     if impl != "compiled":
         validation.threshold(x, kind, ratio, max_value, style)
         if out is not None:
@@ -262,7 +299,7 @@ def threshold(
     ops = _namespace(impl)
     if out is None:
         return _call(ops.threshold, (x, kind, ratio, max_value, style), (x,), lambda: None)
-    ops.threshold_out(x, kind, ratio, max_value, style, out)
+    _call(ops.threshold_out, (x, kind, ratio, max_value, style, out), (x, out), lambda: None)
     return out
 
 
@@ -309,7 +346,7 @@ def langevin_correct(
     validation.check_pair("diffaccel.langevin_correct", ("x_new", "x_mean"), out)
     if out is not None:
         autograd.check_out_allowed("langevin_correct", out, (x, score, alpha, noise))
-    impl = resolve("langevin_correct", x.device.type)
+    impl = resolve("langevin_correct", _device_type(x))
     if impl != "compiled":
         validation.langevin_correct(x, score, snr, alpha, noise, reduction)
         if out is not None:
@@ -340,7 +377,7 @@ def langevin_correct(
         args = (x, score, float(snr), alpha, noise, generator, reduction)
     if out is None:
         return _call(ops.langevin_correct, args, (x, score, alpha, noise), lambda: None)  # (alpha: a tensor here)
-    ops.langevin_correct_out(*args, out[0], out[1])
+    _call(ops.langevin_correct_out, (*args, out[0], out[1]), (x, score, alpha, noise, *out), lambda: None)
     return out[0], out[1]
 
 
@@ -367,7 +404,7 @@ def error_norm(
         atol = validation.real_scalar("diffaccel.error_norm", "atol", atol)
     if type(rtol) is not float:
         rtol = validation.real_scalar("diffaccel.error_norm", "rtol", rtol)
-    impl = resolve("error_norm", x_high.device.type)
+    impl = resolve("error_norm", _device_type(x_high))
     if impl != "compiled":
         validation.error_norm(x_high, x_low, x_prev, atol, rtol)
     if impl == "reference":

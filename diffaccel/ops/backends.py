@@ -79,8 +79,14 @@ def _cuda_unavailable(op: str) -> str:
     return "diffaccel was built without CUDA kernels (rebuild with a CUDA torch and nvcc)"
 
 
+# The common case, answered first: `auto` on CPU tensors with the CPU kernel built.
+_AUTO_CPU_COMPILED = frozenset(op for op in OPS if "cpu" in COMPILED_DEVICE_TYPES[op])
+
+
 def resolve(op: str, device_type: str) -> str:
     """'compiled', 'triton' or 'reference': what runs ``op`` on this device type."""
+    if device_type == "cpu" and _current == "auto" and op in _AUTO_CPU_COMPILED:
+        return "compiled"
     if _current == "reference":
         return "reference"
     compiled = device_type in COMPILED_DEVICE_TYPES[op]

@@ -1,0 +1,142 @@
+// Step 2 of the sampled selection (selection.h) over one block of magnitudes:
+// count the values below lo, collect those in [lo, hi], note any NaN. This is
+// the one loop of dynamic thresholding that reads every element, and the
+// auto-vectorizer makes poor code of its count-and-append, so it is written
+// with intrinsics per ISA level (chosen once, by what the CPU supports; the
+// same choice as the kernels' clones) over a portable version. All versions
+// give the same tally, candidates in the same order.
+#include <cmath>
+#include <string_view>
+
+#include "selection.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace diffaccel::cpu {
+namespace {
+
+template <typename acc_t>
+DA_INLINE void append(Tally<acc_t>& t, acc_t v) {
+  if (t.count < t.capacity) t.candidates[t.count] = v;
+  ++t.count;
+}
+
+template <typename acc_t>
+void tally_portable(const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t a = std::abs(v[i]);
+    if (a != a) t.nan = true;
+    else if (a < b.lo) ++t.below;
+    else if (a <= b.hi) append(t, a);
+  }
+}
+
+#if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
+// Branch-free (a quarter of the vectors hold a candidate, too unpredictable
+// a branch): the candidate lanes are compressed to the front of a register
+// that is stored whole at the end of the candidates, the rest of it spilling
+// into the kTallySlack slots or being overwritten by the next store. A block
+// is taken this way only when its candidates cannot outgrow the capacity.
+#define DA_TALLY_AVX512(acc_t, lanes, vec, load, abs, set1, cmp_mask, mask_cmp_mask, compress, store) \
+  int64_t i = 0;                                                                                      \
+  if (t.count + n <= t.capacity) {                                                                    \
+    const vec lo = set1(b.lo), hi = set1(b.hi);                                                       \
+    acc_t* candidates = t.candidates + t.count;                                                       \
+    int64_t not_below = 0;                                                                            \
+    unsigned unordered = 0;                                                                           \
+    for (; i + lanes <= n; i += lanes) {                                                              \
+      const vec x = abs(load(v + i));                                                                 \
+      const auto at_least_lo = cmp_mask(x, lo, _CMP_GE_OQ);                                           \
+      const auto nan = cmp_mask(x, x, _CMP_UNORD_Q);                                                  \
+      const auto inside = mask_cmp_mask(at_least_lo, x, hi, _CMP_LE_OQ);                              \
+      store(candidates, compress(inside, x));                                                         \
+      candidates += __builtin_popcount(unsigned(inside));                                             \
+      not_below += __builtin_popcount(unsigned(at_least_lo | nan));                                   \
+      unordered |= nan;                                                                               \
+    }                                                                                                 \
+    t.count = candidates - t.candidates;                                                              \
+    t.below += i - not_below;                                                                         \
+    t.nan |= unordered != 0;                                                                          \
+  }                                                                                                   \
+  tally_portable<acc_t>(v + i, n - i, b, t);
+
+__attribute__((target("avx512f,popcnt"))) void tally_avx512(const float* v, int64_t n, const Bracket<float>& b,
+                                                            Tally<float>& t) {
+  DA_TALLY_AVX512(float, 16, __m512, _mm512_loadu_ps, _mm512_abs_ps, _mm512_set1_ps, _mm512_cmp_ps_mask,
+                  _mm512_mask_cmp_ps_mask, _mm512_maskz_compress_ps, _mm512_storeu_ps)
+}
+__attribute__((target("avx512f,popcnt"))) void tally_avx512(const double* v, int64_t n, const Bracket<double>& b,
+                                                            Tally<double>& t){
+    DA_TALLY_AVX512(double, 8, __m512d, _mm512_loadu_pd, _mm512_abs_pd, _mm512_set1_pd, _mm512_cmp_pd_mask,
+                    _mm512_mask_cmp_pd_mask, _mm512_maskz_compress_pd, _mm512_storeu_pd)}
+#undef DA_TALLY_AVX512
+
+// AVX2 has no compress: the few candidate lanes are appended one by one.
+#define DA_TALLY_AVX2(acc_t, lanes, vec, load, andnot, set1, cmp, movemask)                   \
+  const vec lo = set1(b.lo), hi = set1(b.hi), sign = set1(acc_t(-0.0));                       \
+  int64_t i = 0, not_below = 0;                                                               \
+  unsigned unordered = 0;                                                                     \
+  for (; i + lanes <= n; i += lanes) {                                                        \
+    const vec x = andnot(sign, load(v + i));                                                  \
+    const unsigned at_least_lo = movemask(cmp(x, lo, _CMP_GE_OQ));                            \
+    const unsigned nan = movemask(cmp(x, x, _CMP_UNORD_Q));                                   \
+    not_below += __builtin_popcount(at_least_lo | nan);                                       \
+    unordered |= nan;                                                                         \
+    if (at_least_lo) {                                                                        \
+      unsigned inside = at_least_lo & unsigned(movemask(cmp(x, hi, _CMP_LE_OQ)));             \
+      for (; inside; inside &= inside - 1) append(t, std::abs(v[i + __builtin_ctz(inside)])); \
+    }                                                                                         \
+  }                                                                                           \
+  t.below += i - not_below;                                                                   \
+  t.nan |= unordered != 0;                                                                    \
+  tally_portable<acc_t>(v + i, n - i, b, t);
+
+__attribute__((target("avx2,popcnt"))) void tally_avx2(const float* v, int64_t n, const Bracket<float>& b,
+                                                       Tally<float>& t) {
+  DA_TALLY_AVX2(float, 8, __m256, _mm256_loadu_ps, _mm256_andnot_ps, _mm256_set1_ps, _mm256_cmp_ps, _mm256_movemask_ps)
+}
+__attribute__((target("avx2,popcnt"))) void tally_avx2(const double* v, int64_t n, const Bracket<double>& b,
+                                                       Tally<double>& t) {
+  DA_TALLY_AVX2(double, 4, __m256d, _mm256_loadu_pd, _mm256_andnot_pd, _mm256_set1_pd, _mm256_cmp_pd,
+                _mm256_movemask_pd)
+}
+#undef DA_TALLY_AVX2
+#endif
+
+enum class TallyIsa { kPortable, kAvx2, kAvx512 };
+
+TallyIsa tally_isa() {
+#if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
+  static const TallyIsa isa = [] {
+    const std::string_view level = cpu_isa_level();
+    if (level == "avx512f") return TallyIsa::kAvx512;
+    if (level == "avx2") return TallyIsa::kAvx2;
+    return TallyIsa::kPortable;
+  }();
+  return isa;
+#else
+  return TallyIsa::kPortable;
+#endif
+}
+
+template <typename acc_t>
+void tally_block_impl(const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+  switch (tally_isa()) {
+#if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
+    case TallyIsa::kAvx512: return tally_avx512(v, n, b, t);
+    case TallyIsa::kAvx2: return tally_avx2(v, n, b, t);
+#endif
+    default: return tally_portable(v, n, b, t);
+  }
+}
+
+}  // namespace
+
+void tally_block(const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t) { tally_block_impl(v, n, b, t); }
+void tally_block(const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t) {
+  tally_block_impl(v, n, b, t);
+}
+
+}  // namespace diffaccel::cpu
