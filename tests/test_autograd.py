@@ -145,6 +145,44 @@ def test_out_is_refused_where_autograd_would_record(gen):
         torch.testing.assert_close(buffers[0], 0.5 * x + 0.5 * (x + m))
 
 
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
+def test_out_bumps_version_counters(backend, gen):
+    """Writing into out= buffers counts as an in-place change for autograd, as
+    for torch's own out= ops: a buffer that a recorded computation saved, then
+    overwritten by an op under no_grad, makes backward() refuse instead of
+    using the new values; inference tensors (no version counter) still work."""
+    x, m, z = (torch.randn(2, 3, 4, generator=gen, device=DEVICE) for _ in range(3))
+    c = torch.tensor([1.0, 1.0, 0.5, 0.5, 0.0], device=DEVICE)
+    buffers = [torch.zeros(2, 3, 4, device=DEVICE) for _ in range(2)]
+    calls = {
+        "ei_step": lambda: ops.ei_step(x, m, [], c, out=tuple(buffers)),
+        "multistep_combine": lambda: ops.multistep_combine([x, m], c[:2], out=buffers[0]),
+        "threshold": lambda: ops.threshold(x, out=buffers[0]),
+        "langevin_correct": lambda: ops.langevin_correct(x, m, 0.16, noise=z, out=tuple(buffers)),
+    }
+    with ops.backend(backend):
+        for name, call in calls.items():
+            before = [b._version for b in buffers]
+            with torch.no_grad():
+                call()
+            assert buffers[0]._version > before[0], name
+            if name in ("ei_step", "langevin_correct"):
+                assert buffers[1]._version > before[1], name
+
+        w = torch.randn(2, 3, 4, generator=gen, device=DEVICE).requires_grad_()
+        y = (w * buffers[0]).sum()  # saves buffers[0] for the backward pass
+        with torch.no_grad():
+            ops.threshold(x, out=buffers[0])
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.backward()
+
+        with torch.inference_mode():
+            xi = x.clone()
+            out = torch.empty_like(xi)
+            ops.threshold(xi, out=out)
+            ops.ei_step(xi, m, [], c, out=(xi, out))
+
+
 def _mlp(gen):
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.SiLU(), torch.nn.Linear(32, 16)).to(DEVICE)

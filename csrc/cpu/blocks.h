@@ -207,25 +207,16 @@ DA_INLINE void for_each_block(int64_t first, int64_t count, Body&& body) {
   }
 }
 
-// 32 interleaved double accumulators (four AVX-512 registers, so the adds of
-// consecutive vectors do not wait on each other), combined in a fixed order:
-// the loop vectorizes without -ffast-math and the result does not depend on
-// the ISA.
+// Sums of squares in double keep 32 interleaved accumulators (four AVX-512
+// registers, so the adds of consecutive vectors do not wait on each other)
+// over a whole chunk, combined in a fixed order at its end: the loops
+// vectorize without -ffast-math and the result does not depend on the ISA.
 constexpr int kSumLanes = 32;
 
-DA_INLINE double combine_lanes(const double* lanes) {
-  double half[kSumLanes / 2];
-  for (int l = 0; l < kSumLanes / 2; ++l) half[l] = lanes[l] + lanes[l + kSumLanes / 2];
-  for (int width = kSumLanes / 4; width >= 1; width /= 2) {
-    for (int l = 0; l < width; ++l) half[l] = half[l] + half[l + width];
-  }
-  return half[0];
-}
-
-// The sum over i in [0, n) of double(value(i))^2.
+// lanes[l] += double(value(i))^2 for i in [0, n), element i into lane i % 32
+// (n is a multiple of 32 but for a chunk's last block).
 template <typename Value>
-DA_INLINE double sum_squares_of(int64_t n, Value&& value) {
-  double lanes[kSumLanes] = {};
+DA_INLINE void add_squares(double* lanes, int64_t n, Value&& value) {
   int64_t i = 0;
   for (; i + kSumLanes <= n; i += kSumLanes) {
     for (int l = 0; l < kSumLanes; ++l) {
@@ -237,30 +228,34 @@ DA_INLINE double sum_squares_of(int64_t n, Value&& value) {
     const double e = double(value(i));
     lanes[l] += e * e;
   }
-  return combine_lanes(lanes);
 }
 
-template <typename acc_t>
-DA_INLINE double sum_squares(const acc_t* v, int64_t n) {
-  return sum_squares_of(n, [&](int64_t i) DA_LAMBDA_INLINE { return v[i]; });
+DA_INLINE double combine_lanes(const double* lanes) {
+  double half[kSumLanes / 2];
+  for (int l = 0; l < kSumLanes / 2; ++l) half[l] = lanes[l] + lanes[l + kSumLanes / 2];
+  for (int width = kSumLanes / 4; width >= 1; width /= 2) {
+    for (int l = 0; l < width; ++l) half[l] = half[l] + half[l + width];
+  }
+  return half[0];
 }
 
 // Per-sample reductions run over fixed chunks of kNormChunk elements, chunks
-// [chunk_begin, chunk_end) flat over the batch: partial[c] = the sum of
-// block_sum(offset, n) over the chunk's blocks, in order (kNormChunk is a
-// multiple of kBlock), so the result does not depend on the thread split.
-template <typename BlockSum>
+// [chunk_begin, chunk_end) flat over the batch: add_block(lanes, offset, n)
+// adds the squares of each of the chunk's blocks, in order (kNormChunk is a
+// multiple of kBlock, and kBlock of kSumLanes), and partial[c] is their
+// combined total, so the result does not depend on the thread split.
+template <typename AddBlock>
 DA_INLINE void for_each_norm_chunk(int64_t per_sample, double* partial, int64_t chunk_begin, int64_t chunk_end,
-                                   BlockSum&& block_sum) {
+                                   AddBlock&& add_block) {
   const int64_t chunks_per_sample = (per_sample + kNormChunk - 1) / kNormChunk;
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t sample = c / chunks_per_sample;
     const int64_t start = (c % chunks_per_sample) * kNormChunk;
     const int64_t len = per_sample - start < kNormChunk ? per_sample - start : kNormChunk;
-    double total = 0;
+    double lanes[kSumLanes] = {};
     for_each_block(sample * per_sample + start, len,
-                   [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE { total += block_sum(offset, n); });
-    partial[c] = total;
+                   [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE { add_block(lanes, offset, n); });
+    partial[c] = combine_lanes(lanes);
   }
 }
 

@@ -9,7 +9,6 @@
 
 #include <unistd.h>
 
-#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -198,21 +197,19 @@ inline bool samples_keep_threads_busy(int64_t batch) { return batch >= at::get_n
 
 // Per-sample totals of reductions over cpu::kNormChunk-element chunks:
 // chunks(r, partial, chunk_begin, chunk_end) fills partial[c] of reduction r
-// (0 <= r < reductions) for chunks flat over the batch; all reductions' chunks
-// are split over the threads in one parallel pass, and each sample's chunks
-// are then added in order, so the totals (totals[r * batch + b]) are the same
-// bits whatever the thread count.
+// (0 <= r < reductions) for chunks flat over the batch. All reductions run in
+// one parallel pass, chunk c of every reduction going to the same thread (a
+// thread then reads the same element ranges of each tensor, which the
+// elementwise pass that follows gives it again, from its cache). Each sample's
+// chunks are then added in order, so the totals (totals[r * batch + b]) are
+// the same bits whatever the thread count.
 template <typename Chunks>
 std::vector<double> per_sample_totals(int64_t reductions, int64_t batch, int64_t per_sample, Chunks&& chunks) {
   const int64_t chunks_per_sample = (per_sample + cpu::kNormChunk - 1) / cpu::kNormChunk;
   const int64_t per_reduction = batch * chunks_per_sample;
   std::vector<double> partial(reductions * per_reduction);
-  at::parallel_for(0, reductions * per_reduction, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t r = c0 / per_reduction; r * per_reduction < c1; ++r) {
-      const int64_t begin = std::max(c0, r * per_reduction) - r * per_reduction;
-      const int64_t end = std::min(c1, (r + 1) * per_reduction) - r * per_reduction;
-      chunks(r, partial.data() + r * per_reduction, begin, end);
-    }
+  at::parallel_for(0, per_reduction, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < reductions; ++r) chunks(r, partial.data() + r * per_reduction, c0, c1);
   });
   std::vector<double> totals(reductions * batch, 0.0);
   for (int64_t t = 0; t < reductions * batch; ++t) {

@@ -74,16 +74,19 @@ def _device_type(x: torch.Tensor) -> str:
     return x.device.type
 
 
-def _call(op, args, tensors, explain):
+def _call(op, args, tensors, explain, outs=()):
     """op(*args), where autograd records it through the op's registered
     gradient (diffaccel.ops.autograd), and otherwise straight to the device's
     kernel, below the autograd dispatch key: the registered gradient is a
     Python kernel that costs every call about 4 us on the dev VM, half an
     eager step's host time. (Under torch.compile, functorch transforms, a
     dispatch mode or a tensor subclass the dispatcher takes the call as usual.)
-    tensors: the call's tensors, x first and any out= buffers among them. A
-    call the op's schema refuses (a list of coefficients, None among the
-    tensors) gets the message explain() raises, where it names the problem."""
+    tensors: the call's tensors, x first and any out= buffers among them;
+    outs: the out= buffers, whose version counters a call below autograd bumps
+    as the dispatcher's ADInplaceOrView step would (so autograd notices a
+    saved tensor overwritten; the C++ entry points do it themselves). A call
+    the op's schema refuses (a list of coefficients, None among the tensors)
+    gets the message explain() raises, where it names the problem."""
     x = tensors[0]
     try:
         if (
@@ -96,7 +99,11 @@ def _call(op, args, tensors, explain):
             below = _BELOW_AUTOGRAD.get(op)
             if below is not None:
                 return below(*args)
-            return op.default.redispatch(_CUDA_KEYS if x.is_cuda else _CPU_KEYS, *args)
+            result = op.default.redispatch(_CUDA_KEYS if x.is_cuda else _CPU_KEYS, *args)
+            for t in outs:
+                if not t.is_inference():
+                    torch.autograd.graph.increment_version(t)
+            return result
         return op(*args)
     except (RuntimeError, AttributeError, TypeError):  # (records() meets a list where a tensor belongs)
         explain()
@@ -209,7 +216,7 @@ def ei_step(
     )
     if out is None:
         return _call(ops.ei_step, args, (x, model_out, coeffs, noise, *history), explain)
-    _call(ops.ei_step_out, (*args, out[0], out[1]), (x, model_out, coeffs, noise, *history, *out), explain)
+    _call(ops.ei_step_out, (*args, *out), (x, model_out, coeffs, noise, *history, *out), explain, out)
     return out[0], out[1]
 
 
@@ -254,6 +261,7 @@ def multistep_combine(
         (list(tensors), coeffs, out),
         (*tensors, coeffs, out),
         lambda: validation.multistep_combine(tensors, coeffs),
+        (out,),
     )
     return out
 
@@ -299,7 +307,7 @@ def threshold(
     ops = _namespace(impl)
     if out is None:
         return _call(ops.threshold, (x, kind, ratio, max_value, style), (x,), lambda: None)
-    _call(ops.threshold_out, (x, kind, ratio, max_value, style, out), (x, out), lambda: None)
+    _call(ops.threshold_out, (x, kind, ratio, max_value, style, out), (x, out), lambda: None, (out,))
     return out
 
 
@@ -377,7 +385,7 @@ def langevin_correct(
         args = (x, score, float(snr), alpha, noise, generator, reduction)
     if out is None:
         return _call(ops.langevin_correct, args, (x, score, alpha, noise), lambda: None)  # (alpha: a tensor here)
-    _call(ops.langevin_correct_out, (*args, out[0], out[1]), (x, score, alpha, noise, *out), lambda: None)
+    _call(ops.langevin_correct_out, (*args, *out), (x, score, alpha, noise, *out), lambda: None, out)
     return out[0], out[1]
 
 
