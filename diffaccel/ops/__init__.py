@@ -45,23 +45,14 @@ def _namespace(impl: str):
 _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 _CUDA_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
-# The C++ ops' unboxed entry points below the autograd key (diffaccel._C.below_autograd),
-# by op: the same kernels op.default.redispatch reaches, about 1 us a call sooner.
+# The C++ ops' unboxed entry points below the autograd key (diffaccel._C.below_autograd,
+# one per op it defines), by op: the same kernels op.default.redispatch reaches, about
+# 1 us a call sooner.
 _BELOW_AUTOGRAD = {}
 if _extension.available():
+    _below = _extension._C.below_autograd
     _BELOW_AUTOGRAD = {
-        getattr(torch.ops.diffaccel, name): getattr(_extension._C.below_autograd, name)
-        for name in (
-            "ei_step",
-            "ei_step_out",
-            "multistep_combine",
-            "multistep_combine_out",
-            "threshold",
-            "threshold_out",
-            "langevin_correct",
-            "langevin_correct_out",
-            "error_norm",
-        )
+        getattr(torch.ops.diffaccel, name): getattr(_below, name) for name in dir(_below) if not name.startswith("_")
     }
 
 
