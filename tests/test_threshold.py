@@ -252,3 +252,35 @@ def test_ei_step_dynamic_threshold_in_place_per_sample(batch, gen):
                 assert_close(got, expected)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_every_version_of_the_selection_tally_agrees(dtype):
+    """The selection's count-and-collect pass (csrc/cpu/tally.cpp) has a version
+    per ISA level; the other tests run the CPU's own level, so here every
+    version this CPU has runs on the same values against a plain count: blocks
+    of awkward sizes, NaN, infinities, -0.0, candidates kept in order and cut
+    at the capacity."""
+    from diffaccel import _extension
+
+    g = torch.Generator().manual_seed(7)
+    v = torch.randn(1000, generator=g, dtype=dtype) * 3
+    v[::97] = float("nan")
+    v[5], v[6], v[7], v[8] = float("inf"), -float("inf"), -0.0, -1.0
+    lo, hi = 1.0, 2.5
+    magnitudes = v.abs()
+    inside = magnitudes[(magnitudes >= lo) & (magnitudes <= hi)]
+    below = int((magnitudes < lo).sum())
+    ran = set()
+    for level in ("avx512f", "avx2", "portable"):
+        for block in (1, 7, 8, 16, 100, 256):
+            for capacity in (1000, len(inside) // 2):
+                result = _extension._C.tally(level, v, lo, hi, capacity, block)
+                if result is None:  # no such version on this CPU or build
+                    continue
+                ran.add(level)
+                got_below, count, nan, stored = result
+                assert (got_below, count, nan) == (below, len(inside), True), (level, block, capacity)
+                assert torch.equal(stored, inside[:capacity]), (level, block, capacity)
+    native = _extension._C.cpu_isa_level()
+    assert "portable" in ran and (native.startswith("baseline") or native in ran)

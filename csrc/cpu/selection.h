@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <string_view>
 
 #include "blocks.h"
 
@@ -96,6 +97,11 @@ struct Tally {
 };
 void tally_block(const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t);
 void tally_block(const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t);
+// The same by the version of one level ("avx512f", "avx2" or "portable"), so
+// that tests reach every version on one machine; false where this CPU or
+// build has no such version.
+bool tally_block_by(std::string_view level, const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t);
+bool tally_block_by(std::string_view level, const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t);
 
 // The ratio-quantile of |v| over the n values v that values(offset, len, buf)
 // yields (a pointer to len values for elements [offset, offset + len), either

@@ -1,10 +1,11 @@
-// Step 2 of the sampled selection (selection.h) over one block of magnitudes:
-// count the values below lo, collect those in [lo, hi], note any NaN. This is
-// the one loop of dynamic thresholding that reads every element, and the
-// auto-vectorizer makes poor code of its count-and-append, so it is written
-// with intrinsics per ISA level (chosen once, by what the CPU supports; the
-// same choice as the kernels' clones) over a portable version. All versions
-// give the same tally, candidates in the same order.
+// Step 2 of the sampled selection (selection.h) over one block of values:
+// count the magnitudes below lo, collect those in [lo, hi], note any NaN.
+// This is the one loop of dynamic thresholding that reads every element, and
+// the auto-vectorizer makes poor code of its count-and-append, so it is
+// written with intrinsics per ISA level (the level cpu_isa_level() reports,
+// as for the kernels' clones) over a portable version. All versions give the
+// same tally, candidates in the same order (tests/test_threshold.py runs each
+// one the CPU has through diffaccel._C.tally).
 #include <cmath>
 #include <string_view>
 
@@ -98,45 +99,42 @@ __attribute__((target("avx2,popcnt"))) void tally_avx2(const float* v, int64_t n
   DA_TALLY_AVX2(float, 8, __m256, _mm256_loadu_ps, _mm256_andnot_ps, _mm256_set1_ps, _mm256_cmp_ps, _mm256_movemask_ps)
 }
 __attribute__((target("avx2,popcnt"))) void tally_avx2(const double* v, int64_t n, const Bracket<double>& b,
-                                                       Tally<double>& t) {
-  DA_TALLY_AVX2(double, 4, __m256d, _mm256_loadu_pd, _mm256_andnot_pd, _mm256_set1_pd, _mm256_cmp_pd,
-                _mm256_movemask_pd)
-}
+                                                       Tally<double>& t){
+    DA_TALLY_AVX2(double, 4, __m256d, _mm256_loadu_pd, _mm256_andnot_pd, _mm256_set1_pd, _mm256_cmp_pd,
+                  _mm256_movemask_pd)}
 #undef DA_TALLY_AVX2
 #endif
 
-enum class TallyIsa { kPortable, kAvx2, kAvx512 };
-
-TallyIsa tally_isa() {
-#if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
-  static const TallyIsa isa = [] {
-    const std::string_view level = cpu_isa_level();
-    if (level == "avx512f") return TallyIsa::kAvx512;
-    if (level == "avx2") return TallyIsa::kAvx2;
-    return TallyIsa::kPortable;
-  }();
-  return isa;
-#else
-  return TallyIsa::kPortable;
-#endif
+// The level of cpu_isa_level(), as the kernels' clones pick it.
+std::string_view native_level() {
+  static const std::string_view level = cpu_isa_level();
+  return level;
 }
 
 template <typename acc_t>
-void tally_block_impl(const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
-  switch (tally_isa()) {
+bool tally_block_at(std::string_view level, const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
 #if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
-    case TallyIsa::kAvx512: return tally_avx512(v, n, b, t);
-    case TallyIsa::kAvx2: return tally_avx2(v, n, b, t);
+  __builtin_cpu_init();
+  if (level == "avx512f" && __builtin_cpu_supports("avx512f")) return tally_avx512(v, n, b, t), true;
+  if (level == "avx2" && __builtin_cpu_supports("avx2")) return tally_avx2(v, n, b, t), true;
 #endif
-    default: return tally_portable(v, n, b, t);
-  }
+  if (level == "portable" || level.substr(0, 8) == "baseline") return tally_portable(v, n, b, t), true;
+  return false;
 }
 
 }  // namespace
 
-void tally_block(const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t) { tally_block_impl(v, n, b, t); }
+void tally_block(const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t) {
+  tally_block_at(native_level(), v, n, b, t);
+}
 void tally_block(const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t) {
-  tally_block_impl(v, n, b, t);
+  tally_block_at(native_level(), v, n, b, t);
+}
+bool tally_block_by(std::string_view level, const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t) {
+  return tally_block_at(level, v, n, b, t);
+}
+bool tally_block_by(std::string_view level, const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t) {
+  return tally_block_at(level, v, n, b, t);
 }
 
 }  // namespace diffaccel::cpu

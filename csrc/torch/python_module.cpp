@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../cpu/kernels.h"
+#include "../cpu/selection.h"
 #include "diffaccel/philox.h"
 
 namespace {
@@ -150,6 +151,34 @@ at::Tensor error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const a
   return below_autograd(op, x_high, x_high, x_low, x_prev, atol, rtol);
 }
 
+// Test hook: the selection's tally (csrc/cpu/tally.cpp) of the magnitudes of
+// `values` (1-d, contiguous, float32 or float64), fed in blocks of `block`
+// elements to the version of `level`: (below, count, nan, stored candidates),
+// or None where this CPU or build has no such version.
+py::object tally(const std::string& level, const at::Tensor& values, double lo, double hi, int64_t capacity,
+                 int64_t block) {
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.is_contiguous() && values.device().is_cpu(),
+                    "tally: argument 'values' must be a contiguous 1-d CPU tensor");
+  TORCH_CHECK_VALUE(block >= 1 && block <= diffaccel::cpu::kBlock && capacity >= 0,
+                    "tally: argument 'block' must be in [1, 256] and 'capacity' >= 0");
+  py::object result = py::none();
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "tally", [&] {
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    const int64_t n = values.numel();
+    std::vector<scalar_t> stored(capacity + diffaccel::cpu::kTallySlack);
+    diffaccel::cpu::Tally<scalar_t> t;
+    t.candidates = stored.data();
+    t.capacity = capacity;
+    const diffaccel::cpu::Bracket<scalar_t> b{scalar_t(lo), scalar_t(hi), capacity};
+    for (int64_t offset = 0; offset < n; offset += block) {
+      if (!diffaccel::cpu::tally_block_by(level, v + offset, std::min(block, n - offset), b, t)) return;
+    }
+    stored.resize(std::min(t.count, capacity));
+    result = py::make_tuple(t.below, t.count, t.nan, at::tensor(stored, values.options()));
+  });
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -174,6 +203,7 @@ PYBIND11_MODULE(_C, m) {
   below.def("langevin_correct", &langevin_correct);
   below.def("langevin_correct_out", &langevin_correct_out);
   below.def("error_norm", &error_norm);
+  m.def("tally", &tally, "The dynamic threshold's selection tally by one ISA level's version (for tests)");
 #ifdef DIFFACCEL_WITH_CUDA
   m.attr("with_cuda") = true;
 #else
