@@ -19,6 +19,7 @@ from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 from diffaccel.integrations import k_diffusion as ours  # noqa: E402
 
 from diffusers_helpers import MARKS, _step, model  # noqa: E402
+from test_k_diffusion import FIXED_STEP_SAMPLERS  # noqa: E402
 
 pytestmark = MARKS
 
@@ -107,22 +108,7 @@ def _k_loop(module, name, case):
 
 
 @pytest.mark.parametrize("case", ["broadcast", "int-output", "int-sample", "inf", "nan"])
-@pytest.mark.parametrize(
-    "name",
-    [
-        "sample_euler",
-        "sample_euler_ancestral",
-        "sample_heun",
-        "sample_dpm_2",
-        "sample_dpm_2_ancestral",
-        "sample_lms",
-        "sample_dpmpp_2s_ancestral",
-        "sample_dpmpp_sde",
-        "sample_dpmpp_2m",
-        "sample_dpmpp_2m_sde",
-        "sample_dpmpp_3m_sde",
-    ],
-)
+@pytest.mark.parametrize("name", FIXED_STEP_SAMPLERS)
 def test_k_diffusion_drop_in_handles_odd_inputs_as_k_diffusion(name, case):
     import test_k_diffusion
 

@@ -99,42 +99,63 @@ __attribute__((target("avx2,popcnt"))) void tally_avx2(const float* v, int64_t n
   DA_TALLY_AVX2(float, 8, __m256, _mm256_loadu_ps, _mm256_andnot_ps, _mm256_set1_ps, _mm256_cmp_ps, _mm256_movemask_ps)
 }
 __attribute__((target("avx2,popcnt"))) void tally_avx2(const double* v, int64_t n, const Bracket<double>& b,
-                                                       Tally<double>& t){
-    DA_TALLY_AVX2(double, 4, __m256d, _mm256_loadu_pd, _mm256_andnot_pd, _mm256_set1_pd, _mm256_cmp_pd,
-                  _mm256_movemask_pd)}
+                                                       Tally<double>& t) {
+  DA_TALLY_AVX2(double, 4, __m256d, _mm256_loadu_pd, _mm256_andnot_pd, _mm256_set1_pd, _mm256_cmp_pd,
+                _mm256_movemask_pd)
+}
 #undef DA_TALLY_AVX2
 #endif
 
-// The level of cpu_isa_level(), as the kernels' clones pick it.
-std::string_view native_level() {
-  static const std::string_view level = cpu_isa_level();
-  return level;
+enum class TallyVersion { kNone, kPortable, kAvx2, kAvx512 };
+
+// The version of a level name, where this CPU and build have it.
+TallyVersion version_of(std::string_view level) {
+#if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
+  __builtin_cpu_init();
+  if (level == "avx512f") return __builtin_cpu_supports("avx512f") ? TallyVersion::kAvx512 : TallyVersion::kNone;
+  if (level == "avx2") return __builtin_cpu_supports("avx2") ? TallyVersion::kAvx2 : TallyVersion::kNone;
+#endif
+  if (level == "portable" || level.substr(0, 8) == "baseline") return TallyVersion::kPortable;
+  return TallyVersion::kNone;
 }
 
 template <typename acc_t>
-bool tally_block_at(std::string_view level, const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+void tally_with(TallyVersion version, const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+  switch (version) {
 #if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
-  __builtin_cpu_init();
-  if (level == "avx512f" && __builtin_cpu_supports("avx512f")) return tally_avx512(v, n, b, t), true;
-  if (level == "avx2" && __builtin_cpu_supports("avx2")) return tally_avx2(v, n, b, t), true;
+    case TallyVersion::kAvx512: return tally_avx512(v, n, b, t);
+    case TallyVersion::kAvx2: return tally_avx2(v, n, b, t);
 #endif
-  if (level == "portable" || level.substr(0, 8) == "baseline") return tally_portable(v, n, b, t), true;
-  return false;
+    default: return tally_portable(v, n, b, t);
+  }
+}
+
+// The level cpu_isa_level() reports, as the kernels' clones pick it: found once.
+TallyVersion native_version() {
+  static const TallyVersion version = version_of(cpu_isa_level());
+  return version;
+}
+
+template <typename acc_t>
+bool tally_by(std::string_view level, const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+  const TallyVersion version = version_of(level);
+  if (version != TallyVersion::kNone) tally_with(version, v, n, b, t);
+  return version != TallyVersion::kNone;
 }
 
 }  // namespace
 
 void tally_block(const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t) {
-  tally_block_at(native_level(), v, n, b, t);
+  tally_with(native_version(), v, n, b, t);
 }
 void tally_block(const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t) {
-  tally_block_at(native_level(), v, n, b, t);
+  tally_with(native_version(), v, n, b, t);
 }
 bool tally_block_by(std::string_view level, const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t) {
-  return tally_block_at(level, v, n, b, t);
+  return tally_by(level, v, n, b, t);
 }
 bool tally_block_by(std::string_view level, const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t) {
-  return tally_block_at(level, v, n, b, t);
+  return tally_by(level, v, n, b, t);
 }
 
 }  // namespace diffaccel::cpu
