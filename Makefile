@@ -103,6 +103,9 @@ $(STAMP): $(PY) $(SOURCES)
 	@# diffusers, to test the scheduler drop-ins against the real package.
 	@$(PY) -c "import diffusers" 2>/dev/null || $(PY) -m pip install diffusers==0.42.1
 	@$(PY) -c "import scipy" 2>/dev/null || $(PY) -m pip install scipy
+	@# transformers: diffusers' pipeline modules import it (their text encoders' classes), so
+	@# the pipeline tests can build FluxPipeline, SD3, Wan, ... with the encoders left out.
+	@$(PY) -c "import transformers" 2>/dev/null || $(PY) -m pip install transformers==5.23.0
 	@$(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('k_diffusion') is None)" || \
 		$(PY) -m pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2 tqdm
 	$(PY) -m pip install --no-build-isolation -e ".[test]"

@@ -57,7 +57,9 @@ class ConstantCache:
     read before its copy or freed under another stream's kernels. Inside a
     capture (and in a DeviceConstants context) the cache steps aside: the
     capture's constants must live as long as its graph, which DeviceConstants
-    sees to, and a cache that drops entries could not."""
+    sees to, and a cache that drops entries could not. Under torch.compile the
+    values become a tensor made in the graph (the compiler keeps the floats as
+    constants of the compiled code)."""
 
     def __init__(self, capacity: int = 512):
         self._capacity = capacity
@@ -65,6 +67,8 @@ class ConstantCache:
 
     def get(self, values: Sequence[float], device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         # (Called once per sampler step: each check below is kept to its cheapest form.)
+        if torch.compiler.is_compiling():
+            return torch.tensor(values, dtype=dtype, device=device)
         if not isinstance(device, torch.device):
             device = torch.device(device)
         cuda = device.type == "cuda"

@@ -21,6 +21,10 @@ OPTIONS = [
     dict(kind="dynamic", ratio=1e-3, max_value=1.0, style="dpm-solver"),
     # The quantile itself as the scale (1 < q < max_value), at a rank between two elements.
     dict(kind="dynamic", ratio=0.9, max_value=1e3, style="diffusers"),
+    # The ends of the ranges (diffusers takes them): clip to 0; the 0-quantile, the
+    # smallest |x|, as the scale.
+    dict(kind="clip", max_value=0.0),
+    dict(kind="dynamic", ratio=0.0, max_value=0.0, style="dpm-solver"),
 ]
 
 # dpm-solver style scales by max(q, max_value): with a max_value below any
@@ -39,7 +43,7 @@ def test_matches_reference(dtype, shape, layout, options, gen):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 1000, 4097, 65536])
-@pytest.mark.parametrize("ratio", [1e-4, 0.3, 0.5, 0.9, 0.995, 1.0])
+@pytest.mark.parametrize("ratio", [0.0, 1e-4, 0.3, 0.5, 0.9, 0.995, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_reference_quantile_is_torch_quantile(n, ratio, dtype, gen):
     flat = torch.randn((3, n), generator=gen, dtype=dtype)
@@ -48,10 +52,13 @@ def test_reference_quantile_is_torch_quantile(n, ratio, dtype, gen):
     torch.testing.assert_close(reference.quantile_of_magnitudes(flat, ratio), want, rtol=0, atol=0)
 
 
-def test_diffusers_style_equals_torch_quantile_formulation(gen):
+@pytest.mark.parametrize("ratio,max_value", [(0.995, 1.7), (0.0, 1.7), (1.0, 1.7), (0.5, 0.0)])
+def test_diffusers_style_equals_torch_quantile_formulation(ratio, max_value, gen):
+    """As diffusers writes it, at the ends of the ranges too (max_value 0: the
+    scale is clamp(q, 1, 0) = 0, the result 0 / 0 = NaN everywhere)."""
     x = make((4, 4, 16, 16), torch.float32, generator=gen, scale=3.0)
-    got = ops.threshold(x, kind="dynamic", ratio=0.995, max_value=1.7)
-    assert_close(got, quantile_threshold(x, ratio=0.995, max_value=1.7))
+    got = ops.threshold(x, kind="dynamic", ratio=ratio, max_value=max_value)
+    assert_close(got, quantile_threshold(x, ratio=ratio, max_value=max_value))
 
 
 def test_beyond_torch_quantile_limit(gen):
@@ -90,7 +97,7 @@ def test_deterministic(gen):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 1000, 4097, 65536])
-@pytest.mark.parametrize("ratio", [1e-4, 0.3, 0.9, 0.995, 1.0])
+@pytest.mark.parametrize("ratio", [0.0, 1e-4, 0.3, 0.9, 0.995, 1.0])
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_selection_matches_reference(n, ratio, ties, dtype, gen):
@@ -105,7 +112,7 @@ def test_selection_matches_reference(n, ratio, ties, dtype, gen):
 
 
 @pytest.mark.parametrize("n", [1 << 16, 100_003, 1 << 18, (1 << 18) + 12345, 1_000_003])
-@pytest.mark.parametrize("ratio", [0.3, 0.995, 1.0])
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.995, 1.0])
 @pytest.mark.parametrize("values", ["distinct", "rounded", "three"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_selection_of_large_samples(n, ratio, values, dtype, gen):
@@ -188,7 +195,7 @@ def test_selection_when_the_sample_misses(hidden, ratio, gen):
 
 
 @pytest.mark.parametrize("values", ["normal", "constant", "two", "heavy"])
-@pytest.mark.parametrize("ratio", [1e-3, 0.5, 0.9, 0.995, 1.0])
+@pytest.mark.parametrize("ratio", [0.0, 1e-3, 0.5, 0.9, 0.995, 1.0])
 def test_sampled_selection_is_exact(values, ratio, gen):
     """Samples large enough to be selected by sampling, on data that sampling
     finds easy (normal), that fills the bracket past its capacity (constant, two

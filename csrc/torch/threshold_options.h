@@ -21,8 +21,8 @@ inline ThresholdOptions parse_threshold(const char* op, std::string_view kind, d
                                         std::string_view style) {
   TORCH_CHECK_VALUE(kind == "clip" || kind == "dynamic", op,
                     ": argument 'kind' must be \"clip\" or \"dynamic\", got \"", kind, "\"");
-  TORCH_CHECK_VALUE(ratio > 0.0 && ratio <= 1.0, op, ": argument 'ratio' must be in (0, 1], got ", ratio);
-  TORCH_CHECK_VALUE(max_value > 0.0, op, ": argument 'max_value' must be > 0, got ", max_value);
+  TORCH_CHECK_VALUE(ratio >= 0.0 && ratio <= 1.0, op, ": argument 'ratio' must be in [0, 1], got ", ratio);
+  TORCH_CHECK_VALUE(max_value >= 0.0, op, ": argument 'max_value' must be >= 0, got ", max_value);
   TORCH_CHECK_VALUE(style == "diffusers" || style == "dpm-solver", op,
                     ": argument 'style' must be \"diffusers\" or \"dpm-solver\", got \"", style, "\"");
   return {kind == "clip" ? ThresholdKind::kClip : ThresholdKind::kDynamic, ratio, max_value,

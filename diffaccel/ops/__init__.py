@@ -109,9 +109,10 @@ class Threshold:
     kind: ``"clip"`` clamps to ``[-max_value, max_value]``; ``"dynamic"`` (Imagen)
         takes per sample ``s = quantile(|x_b|, ratio)`` (torch.quantile's linear
         interpolation), then ``y = clamp(x, -s, s) / s``.
-    ratio: the quantile, in (0, 1] (diffusers' ``dynamic_thresholding_ratio``).
-    max_value: > 0 (diffusers' ``sample_max_value`` / ``clip_sample_range``,
-        DPM-Solver's ``thresholding_max_val``).
+    ratio: the quantile, in [0, 1] (diffusers' ``dynamic_thresholding_ratio``).
+    max_value: >= 0 (diffusers' ``sample_max_value`` / ``clip_sample_range``,
+        DPM-Solver's ``thresholding_max_val``; at 0 a dynamic threshold's scale
+        is 0 and its result 0 / 0 = NaN, as in diffusers).
     style: how ``s`` is bounded: ``"diffusers"``: ``s = clamp(s, 1, max_value)``;
         ``"dpm-solver"``: ``s = max(s, max_value)``.
     """

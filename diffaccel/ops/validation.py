@@ -127,10 +127,12 @@ def check_out_pair(op: str, names: tuple, out, x: torch.Tensor) -> None:
 def check_threshold_options(op: str, kind, ratio, max_value, style) -> None:
     if kind not in THRESHOLD_KINDS:
         raise ValueError(f'{op}: argument \'kind\' must be "clip" or "dynamic", got {kind!r}')
-    if not 0.0 < real_scalar(op, "ratio", ratio) <= 1.0:
-        raise ValueError(f"{op}: argument 'ratio' must be in (0, 1], got {float(ratio)}")
-    if not real_scalar(op, "max_value", max_value) > 0.0:
-        raise ValueError(f"{op}: argument 'max_value' must be > 0, got {float(max_value)}")
+    # The ends are diffusers' too: ratio 0 is the smallest |x|; max_value 0 clips to 0
+    # (a dynamic threshold's scale is then 0, and the result 0 / 0, as in diffusers).
+    if not 0.0 <= real_scalar(op, "ratio", ratio) <= 1.0:
+        raise ValueError(f"{op}: argument 'ratio' must be in [0, 1], got {float(ratio)}")
+    if not real_scalar(op, "max_value", max_value) >= 0.0:
+        raise ValueError(f"{op}: argument 'max_value' must be >= 0, got {float(max_value)}")
     if style not in THRESHOLD_STYLES:
         raise ValueError(f'{op}: argument \'style\' must be "diffusers" or "dpm-solver", got {style!r}')
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
+import types
 from array import array
 from typing import List, Optional, Tuple
 
@@ -28,15 +30,20 @@ def _alpha_sigma(sigma: float, flow: bool) -> Tuple[float, float]:
     return alpha, sigma * alpha
 
 
-def _conversion(prediction_type: str, alpha: float, sigma: float, to_data: bool) -> Tuple[float, float]:
+def _conversion(
+    prediction_type: str, alpha: float, sigma: float, to_data: bool, schedule_sigma: float
+) -> Tuple[float, float]:
     """(c_x, c_m) of convert_model_output: the data prediction (to_data) or the
-    noise prediction, as c_x * sample + c_m * model_output."""
+    noise prediction, as c_x * sample + c_m * model_output, at a step whose
+    schedule sigma (scheduler.sigmas[i]) gives (alpha, sigma). A flow prediction
+    takes the schedule sigma as it is (x0 = x - sigmas[i] v), also where the
+    sigmas are not flow sigmas."""
     if to_data:
         table = {
             "epsilon": (1.0 / alpha, -sigma / alpha),
             "sample": (0.0, 1.0),
             "v_prediction": (alpha, -sigma),
-            "flow_prediction": (1.0, -sigma),
+            "flow_prediction": (1.0, -schedule_sigma),
         }
     else:
         table = {
@@ -126,9 +133,10 @@ def _with_stock_signature(name: str, fused, stock):
     """The fused method behind diffusers' exact signature (parameter names,
     kinds and defaults: a pipeline inspects them, and a keyword stock does not
     take is stock's TypeError), handing diffusers' own method the calls the
-    fused ops do not take: a model output that broadcasts against the sample or
-    does not, integer tensors (which stock promotes), and a step past the end
-    of the schedule (stock's IndexError, or its result). Stock then gives
+    fused ops do not take: a step before set_timesteps (on the schedule stock's
+    __init__ makes, or stock's error) or with a config option not fused, a model output that broadcasts against
+    the sample or does not, integer tensors (which stock promotes), and a step
+    past the end of the schedule (stock's IndexError, or its result). Stock then gives
     exactly its results, dtypes and exceptions; the state it updates is the
     state the fused steps keep (_before_stock_step puts any other form into
     stock's first), so a loop may mix the two. Made from source, with the
@@ -149,7 +157,7 @@ def _with_stock_signature(name: str, fused, stock):
     to_stock = ", ".join(names)
     source = (
         f"def {name}(self, {signature}):\n"
-        f"    if not (isinstance({model_output}, _Tensor) and isinstance({sample}, _Tensor)\n"
+        f"    if not self._fused_ready or not (isinstance({model_output}, _Tensor) and isinstance({sample}, _Tensor)\n"
         f"            and {model_output}.shape == {sample}.shape\n"
         f"            and {model_output}.dtype.is_floating_point and {sample}.dtype.is_floating_point\n"
         f"            ) or (self._step_index is not None\n"
@@ -163,7 +171,38 @@ def _with_stock_signature(name: str, fused, stock):
     method = namespace[name]
     method.__doc__, method.__qualname__, method.__module__ = fused.__doc__, fused.__qualname__, fused.__module__
     method.stock_method, method.fused_method = stock, fused
+    method.__signature__ = inspect.signature(stock)  # annotations and return type too
     return method
+
+
+def _public_functions(cls):
+    """(name, function) of the public methods of a class, inherited ones included
+    (not classmethods, staticmethods or properties: the drop-ins keep stock's)."""
+    for name in dir(cls):
+        if not name.startswith("_") and inspect.isfunction(inspect.getattr_static(cls, name)):
+            yield name, getattr(cls, name)
+
+
+def _under_stock_signature(ours, stock):
+    """A copy of the drop-in's method ``ours`` (same code, so super() still
+    works) that reports stock's signature, for a method that passes its
+    arguments on to stock's (``*args, **kwargs``) or takes the same parameters.
+    A copy: the mixins' methods serve classes whose stock signatures differ."""
+    mine = inspect.signature(ours)
+    passes_on = [p.kind for p in mine.parameters.values()][1:] == [
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    ]
+    theirs = inspect.signature(stock)
+    if not passes_on and [(p.name, p.kind, p.default) for p in mine.parameters.values()] != [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]:
+        raise TypeError(f"{ours.__qualname__}{mine} differs from stock's {stock.__qualname__}{theirs}")
+    copy = types.FunctionType(ours.__code__, ours.__globals__, ours.__name__, ours.__defaults__, ours.__closure__)
+    copy.__kwdefaults__, copy.__qualname__, copy.__module__ = ours.__kwdefaults__, ours.__qualname__, ours.__module__
+    copy.__doc__ = ours.__doc__ or stock.__doc__
+    copy.__signature__, copy.stock_method = theirs, stock
+    return copy
 
 
 class _FusedStep:
@@ -177,18 +216,38 @@ class _FusedStep:
     NOT_CAPTURABLE: Optional[str] = None
 
     def __init_subclass__(cls, **kwargs):
+        """Every public method the class overrides gets stock's signature (a
+        pipeline inspects them: retrieve_timesteps passes custom sigmas, timesteps
+        or mu only where set_timesteps names them)."""
         super().__init_subclass__(**kwargs)
         stock = next((base for base in cls.__mro__[1:] if base.__module__.startswith("diffusers.")), None)
-        for name in _STEP_METHODS if stock is not None else ():
-            fused, stock_method = getattr(cls, name, None), getattr(stock, name, None)
-            if stock_method is not None and fused is not stock_method and getattr(fused, "stock_method", None) is None:
-                setattr(cls, name, _with_stock_signature(name, fused, stock_method))
+        if stock is None:
+            return
+        for name, stock_method in _public_functions(stock):
+            ours = getattr(cls, name)
+            if ours is stock_method or getattr(ours, "stock_method", None) is stock_method:
+                continue
+            if name in _STEP_METHODS:
+                setattr(cls, name, _with_stock_signature(name, ours, stock_method))
+            elif ours.__module__.startswith("diffaccel."):  # (a user's subclass keeps its own)
+                setattr(cls, name, _under_stock_signature(ours, stock_method))
 
+    # Whether the fused steps run: set_timesteps has run (through the drop-in: it
+    # makes the host state they read) and the config has no option they do not
+    # fuse. Otherwise every step is stock's: before set_timesteps stock Euler, Heun
+    # and others step on the schedule their __init__ makes, the rest raise stock's
+    # error; an option not fused (a scheduler built directly, not by accelerate())
+    # gets stock's step with exactly its arguments.
+    _fused_ready = False
     # diffusers' step counter, for the classes that have one (their __init__ sets it).
     _step_index: Optional[int] = None
     # A step is past the end of the schedule (stock's business) when
     # step_index + _END_OFFSET >= len(timesteps).
     _END_OFFSET = 0
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._fused_ready = not self.unsupported_options()
 
     def _before_stock_step(self) -> None:
         """Puts state the fused steps keep in another form into diffusers' form,
@@ -285,14 +344,6 @@ _TORCHSDE_NOISE = (
 )
 
 
-def _check_set_timesteps(scheduler) -> None:
-    """diffusers' error for a step taken before set_timesteps."""
-    if scheduler.num_inference_steps is None:
-        raise ValueError(
-            "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
-        )
-
-
 def _promoted(sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
     """The sample in the dtype diffusers' step arithmetic leaves its result in:
     torch's promotion of the sample's and the model output's dtypes (a bf16
@@ -333,7 +384,14 @@ def _host_timestep(scheduler, timestep, counter: int, cast=int):
     of scheduler.timesteps (a pipeline's loop hands out views of it, also when
     it starts part-way, as img2img does), its position gives the value, else
     the step is taken to be the counter-th of scheduler.timesteps (diffusers'
-    own multistep schedulers keep such a counter too)."""
+    own multistep schedulers keep such a counter too). An integer timestep
+    (cast=int) indexes diffusers' tables, which refuse a float one (IndexError)."""
+    if cast is int and (
+        timestep.is_floating_point()
+        if isinstance(timestep, torch.Tensor)
+        else not isinstance(timestep, numbers.Integral)
+    ):
+        raise IndexError(f"timestep {timestep!r} is not an integer: it indexes diffusers' alphas_cumprod")
     if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
         position = _position_in(scheduler.timesteps, timestep)
         return scheduler._host_timesteps[counter if position is None else position]

@@ -21,7 +21,6 @@ from diffaccel import ops
 from diffaccel.integrations.diffusers.common import (
     _an_index,
     _cast,
-    _check_set_timesteps,
     _combine,
     _data_and_noise_terms,
     _ei_step,
@@ -47,7 +46,6 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
         return_dict: bool = True,
     ):
         sample = _promoted(sample, model_output)
-        _check_set_timesteps(self)
         if self.step_index is None:
             self._init_step_index(timestep)
         c = self.config
@@ -98,7 +96,6 @@ class TCDScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.TCDSchedule
         return_dict: bool = True,
     ):
         sample = _promoted(sample, model_output)
-        _check_set_timesteps(self)
         if self.step_index is None:
             self._init_step_index(timestep)
         assert 0 <= eta <= 1.0, "gamma must be less than or equal to 1.0"
@@ -223,7 +220,6 @@ class SCMScheduler(_StepIndexWithoutSync, _diffusers.SCMScheduler):
         generator: Optional[torch.Generator] = None,
         return_dict: bool = True,
     ):
-        _check_set_timesteps(self)
         if self.step_index is None:
             self._init_step_index(timestep)
         i = self.step_index

@@ -21,7 +21,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffaccel import ops
 from diffaccel.integrations.diffusers.common import (
     _cast,
-    _check_set_timesteps,
     _combine,
     _data_and_noise_terms,
     _ei_step,
@@ -52,7 +51,6 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
         return_dict: bool = True,
     ):
         sample = _promoted(sample, model_output)
-        _check_set_timesteps(self)
         c = self.config
         alpha_t, alpha_prev = self._ddim_alphas(timestep)
         beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
@@ -111,7 +109,6 @@ class CogVideoXDDIMScheduler(_HostTimesteps, _diffusers.CogVideoXDDIMScheduler):
         return_dict: bool = True,
     ):
         sample = _promoted(sample, model_output)
-        _check_set_timesteps(self)
         alpha_t, alpha_prev = self._ddim_alphas(timestep)
         (c_x, c_m), _ = _data_and_noise_terms(self.config.prediction_type, alpha_t)
         a = _sqrt(_ratio(1.0 - alpha_prev, 1.0 - alpha_t))
@@ -155,7 +152,6 @@ class CogVideoXDPMScheduler(_HostTimesteps, _diffusers.CogVideoXDPMScheduler):
         variance_noise: Optional[torch.Tensor] = None,
         return_dict: bool = False,
     ):
-        _check_set_timesteps(self)
         noise_dtype = sample.dtype
         sample = _promoted(sample, model_output)
         counter = self._step_counter
@@ -238,6 +234,8 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
 
     def _previous_host_timestep(self, t: int) -> int:
         if self.custom_timesteps or self.num_inference_steps:
+            if t not in self._host_timesteps:  # (diffusers looks it up on the device: an empty result)
+                raise IndexError(f"timestep {t} is not in the schedule, where diffusers looks up the next one")
             index = self._host_timesteps.index(t)
             return self._host_timesteps[index + 1] if index + 1 < len(self._host_timesteps) else -1
         return t - 1
@@ -251,8 +249,6 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         return_dict: bool = True,
     ):
         sample = _promoted(sample, model_output)
-        if self.unsupported_options() or self.num_inference_steps is None:
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         t = _host_timestep(self, timestep, self._step_counter)
         self._step_counter += 1
         prev_t = self._previous_host_timestep(t)
@@ -366,9 +362,12 @@ class UnCLIPScheduler(_HostTimesteps, _diffusers.UnCLIPScheduler):
     synchronizations a step). learned_range variances keep the stock step."""
 
     def unsupported_options(self) -> List[str]:
+        bad = []
         if self.config.variance_type != "fixed_small_log":
-            return [f"variance_type={self.config.variance_type!r}"]
-        return []
+            bad.append(f"variance_type={self.config.variance_type!r}")
+        if self.config.prediction_type not in ("epsilon", "sample"):
+            bad.append(f"prediction_type={self.config.prediction_type!r} (diffusers' step refuses it)")
+        return bad
 
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
@@ -392,21 +391,6 @@ class UnCLIPScheduler(_HostTimesteps, _diffusers.UnCLIPScheduler):
         generator: Optional[torch.Generator] = None,
         return_dict: bool = True,
     ):
-        c = self.config
-        if (
-            self.unsupported_options()
-            or c.prediction_type not in ("epsilon", "sample")
-            or self.num_inference_steps is None
-        ):
-            # diffusers' step: learned variances, its error for another prediction type, no set_timesteps yet
-            return super().step(
-                model_output,
-                timestep,
-                sample,
-                prev_timestep=prev_timestep,
-                generator=generator,
-                return_dict=return_dict,
-            )
         sample = _promoted(sample, model_output)
         t = _host_timestep(self, timestep, self._step_counter)
         self._step_counter += 1
@@ -469,7 +453,6 @@ class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
         return _combine([sample, *outputs], coeffs)
 
     def _host_step_timestep(self, timestep) -> int:
-        _check_set_timesteps(self)
         return _host_timestep(self, timestep, self.counter)  # the counter indexes scheduler.timesteps
 
     def step_prk(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
@@ -533,8 +516,10 @@ class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
         elif len(self.ets) == 1 and self.counter == 1:
             outputs, weights = [model_output, self.ets[-1]], (0.5, 0.5)
             sample, self.cur_sample = self.cur_sample, None
-        else:
+        elif len(self.ets) in (2, 3):
             outputs, weights = self.ets[::-1], self.PLMS_WEIGHTS[len(self.ets)]
+        else:  # the last four, as stock takes them (its IndexError where there are fewer)
+            outputs, weights = [self.ets[-k] for k in range(1, 5)], self.PLMS_WEIGHTS[4]
         prev_sample = self._prev_sample(sample, outputs, weights, t, prev_t)
         self.counter += 1
         if not return_dict:

@@ -18,7 +18,6 @@ from diffaccel.integrations.diffusers.common import (
     _TORCHSDE_NOISE,
     _alpha_sigma,
     _cast,
-    _check_set_timesteps,
     _conversion,
     _ei_step,
     _lambda,
@@ -44,13 +43,12 @@ class _MultistepSteps(_StepIndexWithoutSync):
     def set_timesteps(self, *args, **kwargs):
         super().set_timesteps(*args, **kwargs)
         self._read_host_sigmas()
-        self._unfused = self.unsupported_options()
 
     def _step_coefficients(self, order: int) -> List[float]:
         """[c_x, c_m, a, weights of m0 (m1, m2), s] of this step at this order."""
 
         def compute():
-            c_x, c_m = self._data_term(*self._alpha_sigma(self._host_sigmas[self.step_index]))
+            c_x, c_m = self._data_term(self._host_sigmas[self.step_index])
             a, weights, s = self._update_coefficients(order)
             return [c_x, c_m, a, *weights, s]
 
@@ -140,10 +138,6 @@ class _MultistepSteps(_StepIndexWithoutSync):
         variance_noise: Optional[torch.Tensor] = None,
         return_dict: bool = True,
     ):
-        _check_set_timesteps(self)
-        if self._unfused:  # built directly rather than through accelerate(): run diffusers' step
-            options = {} if variance_noise is None else {"variance_noise": variance_noise}
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict, **options)
         if self.step_index is None:
             self._init_step_index(timestep)
         c = self.config
@@ -216,14 +210,14 @@ class DPMSolverMultistepScheduler(_MultistepSteps, _diffusers.DPMSolverMultistep
     def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
         return _alpha_sigma(sigma, self.config.use_flow_sigmas)
 
-    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
+    def _data_term(self, schedule_sigma: float) -> Tuple[float, float]:
         """(c_x, c_m): what the algorithm integrates (convert_model_output): the data
         prediction for dpmsolver++ / sde-dpmsolver++, the noise prediction for the others."""
         return _conversion(
             self.config.prediction_type,
-            alpha,
-            sigma,
+            *self._alpha_sigma(schedule_sigma),
             to_data=self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"),
+            schedule_sigma=schedule_sigma,
         )
 
 
@@ -280,8 +274,8 @@ class EDMDPMSolverMultistepScheduler(_MultistepSteps, _diffusers.EDMDPMSolverMul
     def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
         return 1.0, sigma  # the model's inputs are preconditioned: alpha_t = 1
 
-    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
-        return _edm_data_term(self.config, sigma)
+    def _data_term(self, schedule_sigma: float) -> Tuple[float, float]:
+        return _edm_data_term(self.config, schedule_sigma)
 
 
 class CosineDPMSolverMultistepScheduler(_MultistepSteps, _diffusers.CosineDPMSolverMultistepScheduler):
@@ -308,8 +302,8 @@ class CosineDPMSolverMultistepScheduler(_MultistepSteps, _diffusers.CosineDPMSol
     def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
         return 1.0, sigma  # the model's inputs are preconditioned: alpha_t = 1
 
-    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
-        return _edm_data_term(self.config, sigma)
+    def _data_term(self, schedule_sigma: float) -> Tuple[float, float]:
+        return _edm_data_term(self.config, schedule_sigma)
 
     def _noise(self, model_output: torch.Tensor, sample: torch.Tensor, generator, variance_noise) -> torch.Tensor:
         if self.noise_sampler is None:  # set_timesteps drops it
@@ -357,9 +351,13 @@ class DEISMultistepScheduler(_MultistepSteps, _diffusers.DEISMultistepScheduler)
     def _alpha_sigma(self, sigma: float) -> Tuple[float, float]:
         return _alpha_sigma(sigma, self.config.use_flow_sigmas)
 
-    def _data_term(self, alpha: float, sigma: float) -> Tuple[float, float]:
+    def _data_term(self, schedule_sigma: float) -> Tuple[float, float]:
         """(c_x, c_m) of convert_model_output: the noise prediction (x - alpha x0) / sigma."""
-        x0_x, x0_m = _conversion(self.config.prediction_type, alpha, sigma, to_data=True)
+        alpha, sigma = self._alpha_sigma(schedule_sigma)
+        x0_x, x0_m = _conversion(self.config.prediction_type, alpha, sigma, True, schedule_sigma)
+        # diffusers' flow branch sets its sigma_t to the schedule's sigma, which the
+        # division then uses (the same where the sigmas are flow sigmas).
+        sigma = schedule_sigma if self.config.prediction_type == "flow_prediction" else sigma
         return (1.0 - alpha * x0_x) / sigma, -alpha * x0_m / sigma
 
     def _update_coefficients(self, order: int) -> Tuple[float, List[float], float]:
@@ -461,9 +459,6 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
         return_dict: bool = True,
     ):
         sample = _promoted(sample, model_output)
-        _check_set_timesteps(self)
-        if self.unsupported_options():
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         if self.step_index is None:
             self._init_step_index(timestep)
         c = self.config
@@ -484,8 +479,9 @@ class DPMSolverSinglestepScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSi
         if order == 1:
             self.sample = sample
         a, weights, s = self._update(order)
-        alpha, sigma = _alpha_sigma(self._host_sigmas[self.step_index], c.use_flow_sigmas)
-        c_x, c_m = _conversion(c.prediction_type, alpha, sigma, to_data=c.algorithm_type != "dpmsolver")
+        schedule_sigma = self._host_sigmas[self.step_index]
+        alpha, sigma = _alpha_sigma(schedule_sigma, c.use_flow_sigmas)
+        c_x, c_m = _conversion(c.prediction_type, alpha, sigma, c.algorithm_type != "dpmsolver", schedule_sigma)
         threshold = self._config_threshold(clip=False)
         if order == 1:  # from this sample itself
             values, history = [c_x, c_m, a, weights[0]], []

@@ -213,7 +213,7 @@ def graph_pipeline(
     if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
         raise TypeError(f"graph_pipeline() takes a pipeline with a unet and a scheduler, got {type(pipe).__name__}")
     scheduler = pipe.scheduler
-    if not isinstance(scheduler, tuple(ACCELERATED.values())) or getattr(scheduler, "_unfused", False):
+    if not isinstance(scheduler, tuple(ACCELERATED.values())) or scheduler.unsupported_options():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scheduler, changes = accelerate(scheduler)

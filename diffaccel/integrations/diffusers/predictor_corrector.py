@@ -16,7 +16,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffaccel.integrations.diffusers.common import (
     _alpha_sigma,
     _cast,
-    _check_set_timesteps,
     _combine,
     _conversion,
     _ei_step,
@@ -57,6 +56,8 @@ class UniPCMultistepScheduler(_PredictorCorrectorSteps, _diffusers.UniPCMultiste
             bad.append("solver_p")
         if self.config.thresholding and not self.predict_x0:
             bad.append("thresholding (with predict_x0=False)")
+        if self.config.solver_order > 3:
+            bad.append(f"solver_order={self.config.solver_order} (more earlier outputs than ei_step combines)")
         return bad
 
     def _bh(self, h: float, order: int, rks: List[float], corrector: bool):
@@ -124,16 +125,13 @@ class UniPCMultistepScheduler(_PredictorCorrectorSteps, _diffusers.UniPCMultiste
         return_dict: bool = True,
         generator: Optional[torch.Generator] = None,
     ):
-        _check_set_timesteps(self)
-        if self.unsupported_options():
-            return super().step(model_output, timestep, sample, return_dict=return_dict)
         if self.step_index is None:
             self._init_step_index(timestep)
         c = self.config
         i = self.step_index
         use_corrector = i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None
         alpha, sigma = self._alpha_sigma_at(i)
-        c_x, c_m = _conversion(c.prediction_type, alpha, sigma, to_data=self.predict_x0)
+        c_x, c_m = _conversion(c.prediction_type, alpha, sigma, self.predict_x0, self._host_sigmas[i])
         threshold = self._config_threshold(clip=False)
         order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
         this_order = min(order, self.lower_order_nums + 1)
@@ -291,15 +289,13 @@ class SASolverScheduler(_PredictorCorrectorSteps, _diffusers.SASolverScheduler):
     def step(
         self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None, return_dict: bool = True
     ):
-        _check_set_timesteps(self)
         if self.step_index is None:
             self._init_step_index(timestep)
         c, i = self.config, self.step_index
         if c.variance_type in ("learned", "learned_range") and c.prediction_type == "epsilon":
             model_output = model_output[:, :3]
         alpha, sigma = self._alpha_sigma_at(i)
-        raw_sigma = self._host_sigmas[i] if c.prediction_type == "flow_prediction" else sigma
-        c_x, c_m = _conversion(c.prediction_type, alpha, raw_sigma, to_data=self.predict_x0)
+        c_x, c_m = _conversion(c.prediction_type, alpha, sigma, self.predict_x0, self._host_sigmas[i])
         threshold = self._config_threshold(clip=False) if self.predict_x0 else None
         state = _promoted(sample, model_output)
         previous = list(self.model_outputs)  # the converted outputs before this step's
