@@ -424,3 +424,53 @@ def test_half_bfloat16_and_double_samples(name, dtype):
     assert _relative_error(got, want) < DTYPE_TOLERANCE[dtype] or _relative_error(got, exact) <= 1.25 * _relative_error(
         want, exact
     )
+
+
+# --- torch.compile ------------------------------------------------------------------------------------
+
+
+def _compiled_steps(name, timestep_form, backend):
+    """An action: three steps of ``torch.compile(scheduler.step, fullgraph=True)``
+    after set_timesteps and set_begin_index(0) (where the class has it), the
+    timesteps as Python numbers or as the schedule's own tensor elements."""
+
+    def action(scheduler):
+        benchmarking.pipeline_set_timesteps(scheduler, 6, DEVICE)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        step = torch.compile(scheduler.step, fullgraph=True, backend=backend)
+        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        timesteps = benchmarking.pipeline_timesteps(scheduler)
+        for t in timesteps.tolist()[:3] if timestep_form == "number" else list(timesteps)[:3]:
+            t = benchmarking.pipeline_timestep(scheduler, torch.as_tensor(t), 1) if timestep_form == "tensor" else t
+            x = step(torch.tanh(x), t, x, return_dict=False)[0]
+        return x
+
+    return action
+
+
+COMPILE_CASES = [
+    (name, form, "eager") for name in STEPPING if name != "CogVideoXDPMScheduler" for form in ("number", "tensor")
+] + [("DPMSolverMultistepScheduler", "tensor", "inductor"), ("FlowMatchEulerDiscreteScheduler", "tensor", "inductor")]
+
+
+@pytest.mark.parametrize("name,form,backend", COMPILE_CASES, ids=["-".join(c) for c in COMPILE_CASES])
+def test_torch_compile_fullgraph_wherever_stocks_compiles(name, form, backend):
+    """Wherever stock's step compiles with fullgraph=True, the drop-in's does
+    too (the fused op is a custom op the compiler sees; the coefficients become
+    constants of the graph) and gives stock's steps; where stock's cannot (a
+    host read, numpy on tensors, a logger), the drop-in's may or may not.
+    Dynamo's tracing is what either passes or fails, so the sweep compiles with
+    the "eager" backend (no code generation: seconds, not minutes), and two
+    cases with inductor. (CogVideoXDPM's step takes other arguments; its own
+    tests cover it.)"""
+    torch._dynamo.reset()
+    action = _compiled_steps(name, form, backend)
+    torch.manual_seed(0)
+    stock = _outcome(lambda: action(getattr(diffusers, name)(**_base(name))))
+    if stock[0] == "raised":
+        pytest.skip(f"stock's step does not compile: {str(stock[1]).splitlines()[0]}")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    ours = _outcome(lambda: action(getattr(accelerated, name)(**_base(name))))
+    assert_same_outcome(stock, ours)

@@ -406,6 +406,9 @@ class _HostTimesteps(_FusedStep):
         super().set_timesteps(*args, **kwargs)
         self._host_timesteps = [int(t) for t in self.timesteps.tolist()]
         self._host_alphas_cumprod = self.alphas_cumprod.tolist()
+        # The alphas_cumprod beyond either end of the table (a tensor each, where the class has it).
+        self._host_final_alpha_cumprod = float(getattr(self, "final_alpha_cumprod", math.nan))
+        self._host_initial_alpha_cumprod = float(getattr(self, "initial_alpha_cumprod", math.nan))
         self._step_counter = 0
 
     def _ddim_alphas(self, timestep) -> Tuple[float, float]:
@@ -414,7 +417,7 @@ class _HostTimesteps(_FusedStep):
         t = _host_timestep(self, timestep, self._step_counter)
         self._step_counter += 1
         prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
-        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else self._host_final_alpha_cumprod
         return self._host_alphas_cumprod[t], alpha_prev
 
     def _posterior_step(

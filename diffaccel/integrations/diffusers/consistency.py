@@ -53,7 +53,7 @@ class LCMScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.LCMSchedule
         t = self._host_timesteps[i]
         prev_t = self._host_timesteps[i + 1] if i + 1 < len(self._host_timesteps) else t
         alpha_t = self._host_alphas_cumprod[t]
-        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else self._host_final_alpha_cumprod
         c_skip, c_out = (float(v) for v in self.get_scalings_for_boundary_condition_discrete(t))
         c_x, c_m = _data_and_noise_terms(c.prediction_type, alpha_t)[0]
         threshold = self._config_threshold()
@@ -105,7 +105,7 @@ class TCDScheduler(_StepIndexWithoutSync, _HostTimesteps, _diffusers.TCDSchedule
         # diffusers floors (1 - eta) * prev_t in float32 (a float times a long tensor).
         s_t = int(np.floor(np.float32(1.0 - eta) * np.float32(prev_t)))
         alphas = self._host_alphas_cumprod
-        alpha_prev = alphas[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        alpha_prev = alphas[prev_t] if prev_t >= 0 else self._host_final_alpha_cumprod
         (c_x, c_m), (e_x, e_m) = _data_and_noise_terms(self.config.prediction_type, alphas[t])
         sqrt_as, sqrt_bs = math.sqrt(alphas[s_t]), math.sqrt(1.0 - alphas[s_t])
         # pred_noised_sample = sqrt(alpha_s) x0 + sqrt(1 - alpha_s) eps: the data term d

@@ -162,7 +162,7 @@ class CogVideoXDPMScheduler(_HostTimesteps, _diffusers.CogVideoXDPMScheduler):
         prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
         alphas = self._host_alphas_cumprod
         alpha_t = alphas[t]
-        alpha_prev = alphas[prev_t] if prev_t >= 0 else float(self.final_alpha_cumprod)
+        alpha_prev = alphas[prev_t] if prev_t >= 0 else self._host_final_alpha_cumprod
         (c_x, c_m), _ = _data_and_noise_terms(self.config.prediction_type, alpha_t)
 
         def half_log_snr(alpha: float) -> float:  # -inf at a zero terminal SNR (alpha = 0)
@@ -209,7 +209,7 @@ class DDIMInverseScheduler(_HostTimesteps, _diffusers.DDIMInverseScheduler):
         prev_t = _host_timestep(self, timestep, self._step_counter)  # the timestep stepped to (t + 1 in diffusers)
         self._step_counter += 1
         t = min(prev_t - c.num_train_timesteps // self.num_inference_steps, c.num_train_timesteps - 1)
-        alpha_t = self._host_alphas_cumprod[t] if t >= 0 else float(self.initial_alpha_cumprod)
+        alpha_t = self._host_alphas_cumprod[t] if t >= 0 else self._host_initial_alpha_cumprod
         alpha_prev = self._host_alphas_cumprod[prev_t]
         (c_x, c_m), (e_x, e_m) = _data_and_noise_terms(c.prediction_type, alpha_t)
         # prev = sqrt(alpha_prev) clip(x0) + sqrt(1 - alpha_prev) eps, eps from the unclipped prediction
@@ -332,12 +332,13 @@ class DDPMWuerstchenScheduler(_FusedStep, _diffusers.DDPMWuerstchenScheduler):
         return_dict: bool = True,
     ):
         if (
-            vars(self).get("_host_timesteps") is None
-            or not isinstance(timestep, torch.Tensor)
+            not isinstance(timestep, torch.Tensor)
             or timestep.dim() != 1
             or len(timestep) not in (1, len(sample))
+            or torch.compiler.is_compiling()
         ):
-            # before set_timesteps, or a timestep diffusers' step takes otherwise (or refuses): its own step
+            # a timestep diffusers' step takes otherwise (or refuses), or one torch.compile
+            # cannot read (a graph input: its values are known only when the graph runs)
             return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
         values = tuple(self._timestep_values(timestep))
         coefficients, per_sample = self._step_value(
@@ -436,7 +437,7 @@ class PNDMScheduler(_HostTimesteps, _diffusers.PNDMScheduler):
         """diffusers' _get_prev_sample(sample, timestep, prev_timestep, sum_j weights[j] outputs[j])
         (formula 9 of the PNDM paper) as one weighted sum of sample and outputs."""
         alpha_t = self._host_alphas_cumprod[timestep]
-        alpha_prev = self._host_alphas_cumprod[prev_timestep] if prev_timestep >= 0 else float(self.final_alpha_cumprod)
+        alpha_prev = self._host_alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self._host_final_alpha_cumprod
         beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
         sample_coeff = math.sqrt(alpha_prev / alpha_t)
         output_coeff = -(alpha_prev - alpha_t) / (

@@ -8,7 +8,6 @@ import math
 from typing import List, Optional, Tuple
 
 import diffusers as _diffusers
-import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -76,13 +75,9 @@ class UniPCMultistepScheduler(_PredictorCorrectorSteps, _diffusers.UniPCMultiste
             factorial *= i + 1
             h_phi_k = _ratio(h_phi_k, hh) - 1.0 / factorial
         if corrector:
-            rhos = [0.5] if order == 1 else list(np.linalg.solve(np.array(rows), np.array(b)))
+            rhos = [0.5] if order == 1 else _solve(rows, b)
         else:
-            rhos = (
-                []
-                if order == 1
-                else ([0.5] if order == 2 else list(np.linalg.solve(np.array(rows)[:-1, :-1], np.array(b)[:-1])))
-            )
+            rhos = [] if order == 1 else ([0.5] if order == 2 else _solve([r[:-1] for r in rows[:-1]], b[:-1]))
         return h_phi_1, b_h, rhos
 
     def _base_and_scale(self, t_index: int, s0_index: int) -> Tuple[float, float]:
@@ -190,6 +185,25 @@ class UniPCMultistepScheduler(_PredictorCorrectorSteps, _diffusers.UniPCMultiste
         return SchedulerOutput(prev_sample=prev_sample)
 
 
+def _solve(rows: List[List[float]], b: List[float]) -> List[float]:
+    """x with rows x = b (at most 3 x 3 here), by Gaussian elimination with
+    partial pivoting in float64, as LAPACK's solve does; plain Python floats
+    (no numpy), so torch.compile can trace a step (IEEE inf / nan where a
+    pivot is 0, as the tensor arithmetic of diffusers' torch.linalg.solve)."""
+    a = [list(row) + [v] for row, v in zip(rows, b)]
+    n = len(a)
+    for k in range(n):
+        pivot = max(range(k, n), key=lambda i: abs(a[i][k]))
+        a[k], a[pivot] = a[pivot], a[k]
+        for i in range(k + 1, n):
+            factor = _ratio(a[i][k], a[k][k])
+            a[i] = [v - factor * w for v, w in zip(a[i], a[k])]
+    x = [0.0] * n
+    for k in reversed(range(n)):
+        x[k] = _ratio(a[k][n] - sum(a[k][j] * x[j] for j in range(k + 1, n)), a[k][k])
+    return x
+
+
 def _exp_poly_integral(k: int, start: float, end: float, rate: float) -> float:
     """The integral of exp(rate x) x^k over [start, end], from its antiderivative
     exp(rate x) sum_j (-1)^j k!/(k-j)! x^(k-j) / rate^(j+1)."""
@@ -207,15 +221,18 @@ def _exp_poly_integral(k: int, start: float, end: float, rate: float) -> float:
 def _sa_gradient_coefficients(nodes: List[float], start: float, end: float, rate: float) -> List[float]:
     """SA-Solver's weights of its model outputs: the integral over [start, end]
     of exp(rate lambda) times each Lagrange basis polynomial of the nodes (the
-    outputs' lambdas, newest first), in float64 (IEEE inf / nan for coinciding nodes)."""
+    outputs' lambdas, newest first), in float64 (IEEE inf / nan for coinciding
+    nodes). Plain Python floats (no numpy), so torch.compile can trace a step."""
     integrals = [_exp_poly_integral(k, start, end, rate) for k in range(len(nodes))]
     weights = []
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for i, node in enumerate(nodes):
-            others = nodes[:i] + nodes[i + 1 :]
-            numerator = np.poly(others) if others else np.ones(1)  # the basis polynomial's powers, highest first
-            denominator = np.prod([node - other for other in others])
-            weights.append(float(np.float64(np.dot(numerator, integrals[::-1])) / denominator))
+    for i, node in enumerate(nodes):
+        others = nodes[:i] + nodes[i + 1 :]
+        powers, denominator = [1.0], 1.0  # powers: prod (x - other)'s coefficients, highest first
+        for other in others:
+            powers = [a - other * b for a, b in zip(powers + [0.0], [0.0] + powers)]
+            denominator *= node - other
+        integral = sum(p * q for p, q in zip(powers, integrals[::-1]))
+        weights.append(_ratio(integral, denominator))
     return weights
 
 
