@@ -442,7 +442,7 @@ TESTED = set(FAMILY_CLASSES.values()) | {
 NOT_TESTED = [
     (("VQDiffusion", "Amused", "LLaDA", "DiffusionGemma"), "discrete (token) diffusion: no continuous-state step"),
     (("ScoreSdeVe", "KarrasVe", "RePaint"), "its own scheduler's loop (ScoreSdeVe: tested on the scheduler alone)"),
-    (("Wuerstchen", "StableCascade"), "not assembled here: DDPMWuerstchenScheduler is tested in its pipelines' loop (a (batch,) timestep)"),
+    (("Wuerstchen", "StableCascade"), "not assembled here; DDPMWuerstchenScheduler is tested in its loop"),
     (
         ("Img2Img", "Inpaint", "ControlNet", "Control", "PAG", "Adapter", "Fill", "Kontext", "Redux", "Edit",
          "VideoToVideo", "ImageToVideo", "I2V", "Upscale", "SuperResolution", "Depth2Img", "Variation", "Pix2Pix",
