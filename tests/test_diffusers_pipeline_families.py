@@ -6,6 +6,8 @@ scheduler: the same latents as the stock pipeline, or stock's exception type
 where stock fails. tests/test_diffusers_pipelines.py has the older families
 (DDIM, DDPM, PNDM, consistency models, DiT)."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -40,6 +42,14 @@ def _text(width=32, mask=False, pooled=None):
     return kw
 
 
+def _assemble(cls, **parts):
+    """cls(**parts), every other component its __init__ requires (text
+    encoders, tokenizers, VAE, safety checker, ...) left out (None)."""
+    required = inspect.signature(cls.__init__).parameters.values()
+    left_out = {p.name: None for p in required if p.default is inspect.Parameter.empty and p.name not in parts}
+    return cls(**parts, **{k: v for k, v in left_out.items() if k != "self"})
+
+
 def _unet(**config):
     return diffusers.UNet2DConditionModel(
         block_out_channels=(16, 32),
@@ -57,16 +67,7 @@ def stable_diffusion():
     scheduler = diffusers.PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
     )
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = _assemble(diffusers.StableDiffusionPipeline, unet=unet, scheduler=scheduler, requires_safety_checker=False)
     return pipe, dict(_text(), height=64, width=64, guidance_scale=7.5)
 
 
@@ -84,15 +85,7 @@ def stable_diffusion_xl():
     scheduler = diffusers.EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )
-    pipe = diffusers.StableDiffusionXLPipeline(
-        vae=None,
-        text_encoder=None,
-        text_encoder_2=None,
-        tokenizer=None,
-        tokenizer_2=None,
-        unet=unet,
-        scheduler=scheduler,
-    )
+    pipe = _assemble(diffusers.StableDiffusionXLPipeline, unet=unet, scheduler=scheduler)
     return pipe, dict(_text(pooled=32), height=64, width=64, guidance_scale=5.0)
 
 
@@ -110,16 +103,10 @@ def stable_diffusion_3():
         out_channels=4,
         pos_embed_max_size=16,
     )
-    pipe = diffusers.StableDiffusion3Pipeline(
+    pipe = _assemble(
+        diffusers.StableDiffusion3Pipeline,
         transformer=transformer,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
     )
     return pipe, dict(_text(pooled=32), height=64, width=64, guidance_scale=5.0)
 
@@ -142,15 +129,7 @@ def flux():
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
     )
-    pipe = diffusers.FluxPipeline(
-        scheduler=scheduler,
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=transformer,
-    )
+    pipe = _assemble(diffusers.FluxPipeline, scheduler=scheduler, transformer=transformer)
     text = {"prompt_embeds": _embeddings(1, 8, 32, seed=10), "pooled_prompt_embeds": _embeddings(1, 32, seed=12)}
     return pipe, dict(text, height=32, width=32, guidance_scale=3.5)
 
@@ -170,9 +149,7 @@ def pixart_sigma():
         use_additional_conditions=False,
     )
     scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
-    pipe = diffusers.PixArtSigmaPipeline(
-        tokenizer=None, text_encoder=None, vae=None, transformer=transformer, scheduler=scheduler
-    )
+    pipe = _assemble(diffusers.PixArtSigmaPipeline, transformer=transformer, scheduler=scheduler)
     return pipe, dict(_text(mask=True), height=64, width=64, guidance_scale=4.5, use_resolution_binning=False)
 
 
@@ -190,12 +167,8 @@ def sana():
         caption_channels=32,
         sample_size=8,
     )
-    pipe = diffusers.SanaPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=None,
-        transformer=transformer,
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+    pipe = _assemble(
+        diffusers.SanaPipeline, transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
     )
     return pipe, dict(_text(mask=True), height=64, width=64, guidance_scale=4.5, use_resolution_binning=False)
 
@@ -214,12 +187,8 @@ def auraflow():
         out_channels=4,
         pos_embed_max_size=64,
     )
-    pipe = diffusers.AuraFlowPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=None,
-        transformer=transformer,
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+    pipe = _assemble(
+        diffusers.AuraFlowPipeline, transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler()
     )
     return pipe, dict(_text(mask=True), height=64, width=64, guidance_scale=3.5)
 
@@ -240,9 +209,7 @@ def wan():
     scheduler = diffusers.UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
-    pipe = diffusers.WanPipeline(
-        tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer
-    )
+    pipe = _assemble(diffusers.WanPipeline, scheduler=scheduler, transformer=transformer)
     return pipe, dict(_text(), height=32, width=32, num_frames=5, guidance_scale=5.0)
 
 
@@ -264,9 +231,7 @@ def ltx_video():
         max_image_seq_len=4096,
         shift_terminal=0.1,
     )
-    pipe = diffusers.LTXPipeline(
-        scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, transformer=transformer
-    )
+    pipe = _assemble(diffusers.LTXPipeline, scheduler=scheduler, transformer=transformer)
     text = _text(mask=True)
     del text["prompt"], text["negative_prompt"]
     return pipe, dict(text, height=32, width=32, num_frames=9, guidance_scale=3.0)
@@ -295,9 +260,7 @@ def cogvideox():
         set_alpha_to_one=True,
         snr_shift_scale=3.0,
     )
-    pipe = diffusers.CogVideoXPipeline(
-        tokenizer=None, text_encoder=None, vae=None, transformer=transformer, scheduler=scheduler
-    )
+    pipe = _assemble(diffusers.CogVideoXPipeline, transformer=transformer, scheduler=scheduler)
     return pipe, dict(_text(), height=32, width=32, num_frames=5, guidance_scale=6.0)
 
 
@@ -320,16 +283,7 @@ def deepfloyd_if():
         dynamic_thresholding_ratio=0.95,
         variance_type="learned_range",
     )
-    pipe = diffusers.IFPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        watermarker=None,
-        requires_safety_checker=False,
-    )
+    pipe = _assemble(diffusers.IFPipeline, unet=unet, scheduler=scheduler, requires_safety_checker=False)
     return pipe, dict(_text(), height=16, width=16, guidance_scale=7.0, output_type="pt")
 
 
