@@ -188,14 +188,15 @@ COMPATIBLE_PAIRS = sorted(
 @pytest.mark.parametrize("name,other", COMPATIBLE_PAIRS, ids=[f"{a}<-{b}" for a, b in COMPATIBLE_PAIRS])
 def test_from_config_of_a_compatible_class(name, other):
     """``name.from_config(other().config)``, the way a user swaps a pipeline's
-    scheduler: the drop-in from a stock config and from a drop-in config steps
-    as stock ``name`` from the stock config."""
+    scheduler: a drop-in ``other``'s config is stock's (so either side may
+    come from either), and the drop-in ``name`` made from it steps as stock
+    ``name`` does."""
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
     config = getattr(diffusers, other)(**_base(other)).config
-    want = _loop(getattr(diffusers, name).from_config(config, **_base(name)), steps=6, shape=(1, 4, 8, 8))
-    for source in (diffusers, accelerated):
-        source_config = getattr(source, other)(**_base(other)).config
-        got = _loop(getattr(accelerated, name).from_config(source_config, **_base(name)), steps=6, shape=(1, 4, 8, 8))
-        assert _relative_error(got, want) <= 1e-5
+    assert public(getattr(accelerated, other)(**_base(other)).config) == public(config)
+    want = _loop(getattr(diffusers, name).from_config(config, **_base(name)), steps=5, shape=(1, 4, 8, 8))
+    got = _loop(getattr(accelerated, name).from_config(config, **_base(name)), steps=5, shape=(1, 4, 8, 8))
+    assert _relative_error(got, want) <= 1e-5
 
 
 # --- every config option over its range -----------------------------------------------------------
@@ -451,7 +452,7 @@ def _compiled_steps(name, timestep_form, backend):
 
 COMPILE_CASES = [
     (name, form, "eager") for name in STEPPING if name != "CogVideoXDPMScheduler" for form in ("number", "tensor")
-] + [("DPMSolverMultistepScheduler", "tensor", "inductor"), ("FlowMatchEulerDiscreteScheduler", "tensor", "inductor")]
+] + [("DPMSolverMultistepScheduler", "tensor", "inductor")]
 
 
 @pytest.mark.parametrize("name,form,backend", COMPILE_CASES, ids=["-".join(c) for c in COMPILE_CASES])
@@ -461,8 +462,8 @@ def test_torch_compile_fullgraph_wherever_stocks_compiles(name, form, backend):
     constants of the graph) and gives stock's steps; where stock's cannot (a
     host read, numpy on tensors, a logger), the drop-in's may or may not.
     Dynamo's tracing is what either passes or fails, so the sweep compiles with
-    the "eager" backend (no code generation: seconds, not minutes), and two
-    cases with inductor. (CogVideoXDPM's step takes other arguments; its own
+    the "eager" backend (no code generation: seconds, not minutes), and
+    DPM-Solver++ with inductor. (CogVideoXDPM's step takes other arguments; its own
     tests cover it.)"""
     torch._dynamo.reset()
     action = _compiled_steps(name, form, backend)
