@@ -134,12 +134,13 @@ def _with_stock_signature(name: str, fused, stock):
     kinds and defaults: a pipeline inspects them, and a keyword stock does not
     take is stock's TypeError), handing diffusers' own method the calls the
     fused ops do not take: a step before set_timesteps (on the schedule stock's
-    __init__ makes, or stock's error) or with a config option not fused, a model output that broadcasts against
-    the sample or does not, integer tensors (which stock promotes), and a step
-    past the end of the schedule (stock's IndexError, or its result). Stock then gives
-    exactly its results, dtypes and exceptions; the state it updates is the
-    state the fused steps keep (_before_stock_step puts any other form into
-    stock's first), so a loop may mix the two. Made from source, with the
+    __init__ makes, or stock's error) or with a config option not fused, a
+    model output that broadcasts against the sample or does not, integer
+    tensors (which stock promotes), and a step past the end of the schedule
+    (stock's IndexError, or its result). Stock then gives exactly its
+    results, dtypes and exceptions; the state it updates is the state the
+    fused steps keep (_before_stock_step puts any other form into stock's
+    first), so a loop may mix the two. Made from source, with the
     arguments passed on by position where the two signatures agree: the
     wrapper costs about a microsecond a call, where binding a signature would
     cost several."""
