@@ -287,6 +287,97 @@ def deepfloyd_if():
     return pipe, dict(_text(), height=16, width=16, guidance_scale=7.0, output_type="pt")
 
 
+def lumina2():
+    transformer = diffusers.Lumina2Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=16,
+        num_layers=1,
+        num_refiner_layers=1,
+        num_attention_heads=2,
+        num_kv_heads=1,
+        multiple_of=16,
+        axes_dim_rope=(4, 2, 2),
+        axes_lens=(32, 32, 32),
+        cap_feat_dim=32,
+    )
+    pipe = _assemble(
+        diffusers.Lumina2Pipeline, transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler()
+    )
+    return pipe, dict(_text(mask=True), height=64, width=64, guidance_scale=4.0)
+
+
+def hunyuan_dit():
+    """HunyuanDiT: two text embeddings (CLIP's and T5's) with masks, learned sigma."""
+    transformer = diffusers.HunyuanDiT2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        patch_size=2,
+        sample_size=8,
+        hidden_size=16,
+        num_layers=1,
+        mlp_ratio=2.0,
+        cross_attention_dim=32,
+        cross_attention_dim_t5=32,
+        pooled_projection_dim=16,
+        text_len=8,
+        text_len_t5=8,
+        use_style_cond_and_image_meta_size=False,
+    )
+    scheduler = diffusers.DDPMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.03,
+        clip_sample=False,
+        prediction_type="v_prediction",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = _assemble(diffusers.HunyuanDiTPipeline, transformer=transformer, scheduler=scheduler)
+    text = _text(mask=True)
+    second = {k.replace("embeds", "embeds_2").replace("mask", "mask_2"): v for k, v in text.items() if "prompt_" in k}
+    return pipe, dict(text, **second, height=64, width=64, guidance_scale=5.0, use_resolution_binning=False)
+
+
+def kandinsky_2_2():
+    """Kandinsky 2.2's decoder: image embeddings (from the prior) instead of
+    text, learned-range variances (which accelerate keeps stock for DDPM)."""
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=8,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        attention_head_dim=8,
+        norm_num_groups=8,
+        addition_embed_type="image",
+        encoder_hid_dim=32,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=32,
+        resnet_time_scale_shift="scale_shift",
+    )
+    scheduler = diffusers.DDPMScheduler(
+        beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, variance_type="learned_range"
+    )
+    movq = diffusers.VQModel(  # (only its config is read: the latents are not decoded)
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=8,
+        latent_channels=4,
+        num_vq_embeddings=16,
+        vq_embed_dim=4,
+    )
+    pipe = _assemble(diffusers.KandinskyV22Pipeline, unet=unet, scheduler=scheduler, movq=movq)
+    images = {"image_embeds": _embeddings(1, 32, seed=10), "negative_image_embeds": _embeddings(1, 32, seed=11)}
+    return pipe, dict(images, height=16, width=16, guidance_scale=4.0)
+
+
 FAMILIES = {
     f.__name__: f
     for f in (
@@ -301,6 +392,9 @@ FAMILIES = {
         ltx_video,
         cogvideox,
         deepfloyd_if,
+        lumina2,
+        hunyuan_dit,
+        kandinsky_2_2,
     )
 }
 
@@ -317,6 +411,9 @@ FAMILY_CLASSES = {
     "ltx_video": "LTXPipeline",
     "cogvideox": "CogVideoXPipeline",
     "deepfloyd_if": "IFPipeline",
+    "lumina2": "Lumina2Pipeline",
+    "hunyuan_dit": "HunyuanDiTPipeline",
+    "kandinsky_2_2": "KandinskyV22Pipeline",
 }
 
 # Every class with diffusers' usual step(model_output, timestep, sample), but
