@@ -161,6 +161,11 @@ def test_step_before_set_timesteps_as_stock(name):
 # --- saved configs, compatible classes ------------------------------------------------------------
 
 
+def _public(config):
+    """A scheduler config's public keys (not diffusers' _class_name, _use_default_values, ...)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_save_config_from_pretrained_round_trip(name, tmp_path):
     """A drop-in saved with save_config and loaded with from_pretrained is the
@@ -170,8 +175,7 @@ def test_save_config_from_pretrained_round_trip(name, tmp_path):
     original = original or cls(**_base(name))
     original.save_config(tmp_path)
     loaded = cls.from_pretrained(tmp_path)
-    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
-    assert type(loaded) is cls and public(loaded.config) == public(original.config)
+    assert type(loaded) is cls and _public(loaded.config) == _public(original.config)
     if name != "ScoreSdeVeScheduler":
         assert torch.equal(_loop(loaded, steps=6, shape=(1, 4, 8, 8)), _loop(original, steps=6, shape=(1, 4, 8, 8)))
 
@@ -199,9 +203,8 @@ def test_from_config_of_a_compatible_class(name, other):
     scheduler: a drop-in ``other``'s config is stock's (so either side may
     come from either), and the drop-in ``name`` made from it steps as stock
     ``name`` does."""
-    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
     config = _default_config(diffusers, other)
-    assert public(_default_config(accelerated, other)) == public(config)
+    assert _public(_default_config(accelerated, other)) == _public(config)
     want = _loop(getattr(diffusers, name).from_config(config, **_base(name)), steps=5, shape=(1, 4, 8, 8))
     got = _loop(getattr(accelerated, name).from_config(config, **_base(name)), steps=5, shape=(1, 4, 8, 8))
     assert _relative_error(got, want) <= 1e-5
