@@ -1,5 +1,6 @@
-"""Command line: ``diffaccel info``, ``diffaccel demo``, ``diffaccel bench`` and
-``diffaccel check`` (also ``python -m diffaccel ...``)."""
+"""Command line: ``diffaccel info``, ``diffaccel demo``, ``diffaccel bench``,
+``diffaccel check`` and ``diffaccel comfyui install COMFYUI_DIR`` (also
+``python -m diffaccel ...``)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,23 @@ def main(argv=None) -> int:
         help="backends to check (default: every live one on the device)",
     )
     check.add_argument("--seed", type=int, help="seed of the random inputs (default: a fresh one, printed)")
+    comfyui = sub.add_parser("comfyui", help="install diffaccel's node pack into a ComfyUI")
+    comfyui_sub = comfyui.add_subparsers(dest="comfyui_command", required=True)
+    install = comfyui_sub.add_parser("install", help="write custom_nodes/diffaccel in COMFYUI_DIR")
+    install.add_argument("comfyui_dir", metavar="COMFYUI_DIR")
+    install.add_argument("--patch", action="store_true", help="also run every KSampler on diffaccel at start-up")
+    install.add_argument("--uninstall", action="store_true", help="remove the entry instead")
     args = parser.parse_args(argv)
+    if args.command == "comfyui":
+        from diffaccel.integrations.comfyui import install as install_module
+
+        if args.uninstall:
+            removed = install_module.uninstall(args.comfyui_dir)
+            print(f"removed {install_module.entry_dir(args.comfyui_dir)}" if removed else "nothing to remove")
+        else:
+            target = install_module.install(args.comfyui_dir, patch=args.patch)
+            print(f"wrote {target}; restart ComfyUI to load the diffaccel nodes")
+        return 0
     if args.command == "info":
         from diffaccel.info import report
 

@@ -104,10 +104,11 @@ def sample_heun(
     return x
 
 
-def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, draw_noise=None, s=0.0):
+def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, draw_noise=None, s=0.0, scale=1.0):
     """DPM-Solver-2 in sigma (k-diffusion's sample_dpm_2): a midpoint evaluation at
     the geometric mean of the sigmas; an Euler step (and no noise) when sigma_to = 0.
-    draw_noise() is called after the midpoint's model call, where k-diffusion draws."""
+    draw_noise() is called after the midpoint's model call, where k-diffusion draws.
+    The result is scale * (the step) + s * noise (ComfyUI's flow variant rescales)."""
     r = sigma_to / sigma_from
     if sigma_to == 0:
         return loop.step(x, denoised, [], r, [1.0 - r], to_d=True)[0]
@@ -119,7 +120,7 @@ def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, dr
     noise = draw_noise() if draw_noise is not None else None
     # x + (sigma_to - sigma_from) (x_2 - denoised_2) / sigma_mid (+ s noise)
     k = (sigma_to - sigma_from) / sigma_mid
-    return loop.step(x_2, denoised_2, [x], k, [-k, 1.0], noise=noise, s=s, to_d=True)[0]
+    return loop.step(x_2, denoised_2, [x], scale * k, [-scale * k, scale], noise=noise, s=s, to_d=True)[0]
 
 
 @_sampler

@@ -1,0 +1,233 @@
+"""ComfyUI's own samplers against diffaccel.comfyui's, side by side, on a toy
+model: python scripts/compare_comfyui.py COMFYUI_DIR [--steps N] [--out FILE].
+
+COMFYUI_DIR is a ComfyUI source tree (its Python dependencies einops,
+safetensors, psutil, scipy, torchsde and tqdm importable). ComfyUI is run on
+the CPU, with torchvision stubbed (a CPU-only torch has no matching
+torchvision wheel, and the samplers do not use it).
+
+For every covered sampler name and each model sampling, EPS, V-prediction and
+CONST (flow, with a first sigma of 1), built from ComfyUI's own classes, both
+run from the same state, seed and global RNG state with ComfyUI's real
+KSamplerX0Inpaint and cfg_function around a Gaussian toy denoiser with
+classifier-free guidance (cfg 3, so the CFG++ samplers see a real
+unconditional prediction). The table gives the largest difference of the
+results relative to the largest |value| of ComfyUI's, the same for every
+entry of the callback dicts where it is over 1e-5, and whether the global
+generator ends in the same state. Exit status 1 where any cell is over 1e-5."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import os
+import sys
+import types
+
+import torch
+
+
+class _Stub(types.ModuleType):
+    """A module whose every attribute is a callable stub (ComfyUI imports torchvision
+    names at module level, and never calls them in the samplers)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        full = f"{self.__name__}.{name}"
+        module = sys.modules.get(full) or _Stub(full)
+        module.__spec__ = importlib.machinery.ModuleSpec(full, None)
+        sys.modules[full] = module
+        return module
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+
+class _StubFinder:
+    def find_spec(self, name, path, target=None):
+        if name == "torchvision" or name.startswith("torchvision."):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _Stub(spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+def import_comfyui(comfyui_dir: str):
+    sys.path.insert(0, os.path.abspath(comfyui_dir))
+    if importlib.util.find_spec("torchvision") is None:
+        sys.meta_path.insert(0, _StubFinder())
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_sampling
+    import comfy.samplers
+
+    return comfy
+
+
+class _Patcher:
+    def __init__(self, model_sampling):
+        self.model_sampling = model_sampling
+
+    def get_model_object(self, name):
+        return getattr(self, name)
+
+
+class _BaseModel:
+    def __init__(self, model_sampling):
+        self.model_sampling = model_sampling
+
+    def scale_latent_inpaint(self, x, sigma, noise, latent_image):
+        return latent_image
+
+
+class ToyGuider:
+    """ComfyUI's CFGGuider as the samplers see it: inner_model (with model_sampling),
+    model_patcher, and a call that runs the conditional and unconditional Gaussian
+    denoisers through ComfyUI's cfg_function (with its post-CFG hooks)."""
+
+    def __init__(self, comfy, model_sampling, flow: bool, shape, cfg=3.0):
+        self.comfy, self.flow, self.cfg = comfy, flow, cfg
+        self.inner_model = _BaseModel(model_sampling)
+        self.model_patcher = _Patcher(model_sampling)
+        generator = torch.Generator().manual_seed(7)
+        self.mean_cond = torch.randn(shape[1:], generator=generator) * 0.5
+        self.mean_uncond = torch.randn(shape[1:], generator=generator) * 0.5
+        self.std = 0.6
+
+    def _denoise(self, x, sigma, mean):
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        var = self.std**2
+        if self.flow:
+            alpha = 1 - s
+            return mean + alpha * var / (alpha**2 * var + s**2) * (x - alpha * mean)
+        return mean + var / (var + s**2) * (x - mean)
+
+    def __call__(self, x, sigma, model_options=None, seed=None):
+        model_options = {} if model_options is None else model_options
+        cond = self._denoise(x, sigma, self.mean_cond)
+        uncond = self._denoise(x, sigma, self.mean_uncond)
+        return self.comfy.samplers.cfg_function(
+            self.inner_model, cond, uncond, self.cfg, x, sigma, model_options=model_options
+        )
+
+
+def model_samplings(comfy):
+    ms = comfy.model_sampling
+    return {
+        "EPS": (type("EpsSampling", (ms.ModelSamplingDiscrete, ms.EPS), {})(), False),
+        "V": (type("VSampling", (ms.ModelSamplingDiscrete, ms.V_PREDICTION), {})(), False),
+        "CONST": (type("FlowSampling", (ms.ModelSamplingDiscreteFlow, ms.CONST), {})(), True),
+    }
+
+
+def _callback_difference(ours, theirs) -> float:
+    """The largest difference between the callback dicts, relative to the largest
+    |value| of each of ComfyUI's entries; inf where the steps or keys differ."""
+    if len(ours) != len(theirs):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(ours, theirs):
+        if set(a) != set(b):
+            return float("inf")
+        for key in a:
+            va, vb = torch.as_tensor(a[key], dtype=torch.float64), torch.as_tensor(b[key], dtype=torch.float64)
+            if va.shape != vb.shape:
+                return float("inf")
+            scale = float(vb.abs().max()) if vb.numel() else 0.0
+            difference = float((va - vb).abs().max()) if vb.numel() else 0.0
+            worst = max(worst, difference / scale if scale > 0 else difference)
+    return worst
+
+
+def run_one(comfy, name, kind, model_sampling, flow, steps, shape, ours_module):
+    scheduler = "simple" if flow else "karras"
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).to(torch.float32)
+    if name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(11))
+    latent = torch.zeros(shape)
+    x = model_sampling.noise_scaling(sigmas[0], noise, latent, max_denoise=True)
+    results = {}
+    for side in ("comfyui", "diffaccel"):
+        guider = ToyGuider(comfy, model_sampling, flow, shape)
+        model = comfy.samplers.KSamplerX0Inpaint(guider, sigmas)
+        model.latent_image, model.noise = latent, noise
+        if side == "comfyui":
+            function = comfy.samplers.sampler_object(name).sampler_function
+        else:
+            function = ours_module.ksampler_function(name)
+        calls = []
+        extra_args = {"model_options": {}, "seed": 1234, "denoise_mask": None}
+        torch.manual_seed(99)
+        out = function(model, x.clone(), sigmas, extra_args=extra_args, callback=calls.append, disable=True)
+        results[side] = (out, calls, torch.get_rng_state())
+    (ours, our_calls, our_state), (theirs, their_calls, their_state) = results["diffaccel"], results["comfyui"]
+    scale = float(theirs.abs().max())
+    rel = float((ours.double() - theirs.double()).abs().max()) / scale if scale > 0 else float("inf")
+    return rel, _callback_difference(our_calls, their_calls), bool(torch.equal(our_state, their_state))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("comfyui_dir")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", help="also write the markdown table to this file")
+    args = parser.parse_args(argv)
+    comfy = import_comfyui(args.comfyui_dir)
+    import comfyui_version
+
+    from diffaccel import comfyui as ours
+
+    shape = (2, 4, 16, 16)
+    samplings = model_samplings(comfy)
+    lines = [
+        f"ComfyUI {comfyui_version.__version__} against diffaccel.comfyui: {args.steps} steps, float32, "
+        f"shape {shape}, cfg 3, CPU, torch {torch.__version__}.",
+        "",
+        "Each cell: largest |ours - ComfyUI's| / largest |ComfyUI's| of the result (and of the callback dicts' "
+        "entries where over 1e-5); the global generator's state at the end is equal unless the cell says not.",
+        "",
+        "| sampler | " + " | ".join(samplings) + " |",
+        "|---|" + "---|" * len(samplings),
+    ]
+    worst = 0.0
+    failures = 0
+    not_covered = [name for name in comfy.samplers.SAMPLER_NAMES if name not in ours.SAMPLER_NAMES]
+    for name in [n for n in comfy.samplers.SAMPLER_NAMES if n in ours.SAMPLER_NAMES]:
+        cells = []
+        for kind, (model_sampling, flow) in samplings.items():
+            try:
+                rel, calls, rng_ok = run_one(comfy, name, kind, model_sampling, flow, args.steps, shape, ours)
+            except Exception as error:  # a failure is a row of the report, not the end of it
+                cells.append(f"error: {type(error).__name__}: {error}"[:80])
+                failures += 1
+                continue
+            ok = rel <= 1e-5 and calls <= 1e-5 and rng_ok
+            failures += not ok
+            worst = max(worst, rel)
+            cells.append(
+                f"{rel:.1e}{'' if calls <= 1e-5 else f', callbacks {calls:.1e}'}{'' if rng_ok else ', RNG differs'}"
+                f"{'' if ok else ' **over 1e-5**'}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Largest difference: {worst:.1e}; cells over 1e-5 or differing: {failures}.",
+        f"Not covered (ComfyUI's own run): {', '.join(not_covered) or 'none'}.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
