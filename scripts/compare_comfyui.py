@@ -12,7 +12,8 @@ run from the same state, seed and global RNG state with ComfyUI's real
 KSamplerX0Inpaint and cfg_function around a Gaussian toy denoiser with
 classifier-free guidance (cfg 3, so the CFG++ samplers see a real
 unconditional prediction). The table gives the largest difference of the
-results relative to the largest |value| of ComfyUI's, the same for every
+results relative to the largest |value| of ComfyUI's (and whether the
+function's parameters, kinds and defaults are ComfyUI's), the same for every
 entry of the callback dicts where it is over 1e-5, and whether the global
 generator ends in the same state. Exit status 1 where any cell is over 1e-5."""
 
@@ -145,6 +146,12 @@ def _callback_difference(ours, theirs) -> float:
     return worst
 
 
+def _parameters(function):
+    import inspect
+
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
 def run_one(comfy, name, kind, model_sampling, flow, steps, shape, ours_module):
     scheduler = "simple" if flow else "karras"
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).to(torch.float32)
@@ -193,14 +200,18 @@ def main(argv=None) -> int:
         "Each cell: largest |ours - ComfyUI's| / largest |ComfyUI's| of the result (and of the callback dicts' "
         "entries where over 1e-5); the global generator's state at the end is equal unless the cell says not.",
         "",
-        "| sampler | " + " | ".join(samplings) + " |",
-        "|---|" + "---|" * len(samplings),
+        "| sampler | signature | " + " | ".join(samplings) + " |",
+        "|---|---|" + "---|" * len(samplings),
     ]
     worst = 0.0
     failures = 0
     not_covered = [name for name in comfy.samplers.SAMPLER_NAMES if name not in ours.SAMPLER_NAMES]
+    sampling_module = sys.modules["comfy.k_diffusion.sampling"]
     for name in [n for n in comfy.samplers.SAMPLER_NAMES if n in ours.SAMPLER_NAMES]:
-        cells = []
+        theirs = getattr(sampling_module, "sample_" + ("euler" if name == "ddim" else name))
+        same = _parameters(ours.sampler_function(name)) == _parameters(theirs)
+        failures += not same
+        cells = ["same" if same else "**differs**"]
         for kind, (model_sampling, flow) in samplings.items():
             try:
                 rel, calls, rng_ok = run_one(comfy, name, kind, model_sampling, flow, args.steps, shape, ours)

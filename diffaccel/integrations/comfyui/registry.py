@@ -151,32 +151,36 @@ def ksampler_function(name: str) -> Callable:
     if name not in ("dpm_fast", "dpm_adaptive"):
         return sampler_function(name)
 
-    def from_sigmas(model, noise, sigmas, extra_args, callback, disable, **extra_options):
+    def sigma_range(sigmas):
+        # ComfyUI's: the last sigma, or the one before it where the last is 0.
+        return sigmas[-2] if sigmas[-1] == 0 else sigmas[-1], sigmas[0]
+
+    if name == "dpm_fast":
+
+        def dpm_fast_function(model, noise, sigmas, extra_args, callback, disable):
+            if len(sigmas) <= 1:
+                return noise
+            sigma_min, sigma_max = sigma_range(sigmas)
+            n = len(sigmas) - 1
+            return sample_dpm_fast(
+                model, noise, sigma_min, sigma_max, n, extra_args=extra_args, callback=callback, disable=disable
+            )
+
+        return dpm_fast_function
+
+    def dpm_adaptive_function(model, noise, sigmas, extra_args, callback, disable, **extra_options):
         if len(sigmas) <= 1:
             return noise
-        sigma_min = sigmas[-1]
-        if sigma_min == 0:
-            sigma_min = sigmas[-2]
-        if name == "dpm_fast":
-            return sample_dpm_fast(
-                model,
-                noise,
-                sigma_min,
-                sigmas[0],
-                len(sigmas) - 1,
-                extra_args=extra_args,
-                callback=callback,
-                disable=disable,
-            )
+        sigma_min, sigma_max = sigma_range(sigmas)
         return sample_dpm_adaptive(
             model,
             noise,
             sigma_min,
-            sigmas[0],
+            sigma_max,
             extra_args=extra_args,
             callback=callback,
             disable=disable,
             **extra_options,
         )
 
-    return from_sigmas
+    return dpm_adaptive_function
