@@ -6,6 +6,8 @@ same noise draws (ComfyUI's seeded default noise sampler and Brownian tree)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from diffaccel.integrations.comfyui.common import BrownianTreeNoiseSampler, seeded_noise_sampler
@@ -783,6 +785,432 @@ def sample_dpm_adaptive(
     raise NotImplementedError("tested against k-diffusion's DPM-Solver (the same solver) in test_comfyui.py")
 
 
+def _deis_table_tab(t_steps_sigma, max_order, n_points=10000):
+    beta_d = 2 * (math.log(0.002**2 + 1) / 1e-3 - math.log(80.0**2 + 1)) / (1e-3 - 1)
+    beta_0 = math.log(80.0**2 + 1) - 0.5 * beta_d
+    beta_1 = beta_d + beta_0
+    sig = t_steps_sigma.double().cpu()
+    t = ((beta_0**2 + 2 * beta_d * (sig**2 + 1).log()).sqrt() - beta_0) / beta_d
+    table = []
+    for i in range(len(t) - 1):
+        order = min(i + 1, max_order)
+        if order == 1:
+            table.append([])
+            continue
+        taus = torch.linspace(float(t[i]), float(t[i + 1]), n_points, dtype=torch.float64)
+        taus.requires_grad_(True)
+        with torch.enable_grad():
+            log_alpha = -0.5 * taus**2 * (beta_1 - beta_0) - taus * beta_0
+            (slope,) = torch.autograd.grad(log_alpha.sum(), taus)
+        taus = taus.detach()
+        alpha = torch.exp(-0.5 * taus**2 * (beta_1 - beta_0) - taus * beta_0)
+        integrand = -0.5 * slope / torch.sqrt(alpha * (1 - alpha))
+        nodes = [float(t[i - k]) for k in range(order)]
+        row = []
+        for j in range(order):
+            poly = torch.ones_like(taus)
+            for k in range(order):
+                if k != j:
+                    poly = poly * (taus - nodes[k]) / (nodes[j] - nodes[k])
+            row.append(float((integrand * poly).sum() * (t[i + 1] - t[i]) / n_points))
+        table.append(row)
+    return table
+
+
+def _deis_table_rhoab(sigmas, max_order):
+    """The integral over [sigma_i, sigma_{i+1}] of each Lagrange basis polynomial through
+    sigma_i .. sigma_{i-order}: by Gauss-Legendre quadrature (exact for these degrees)."""
+    table = []
+    for i in range(len(sigmas) - 1):
+        order = min(i, max_order)
+        if order == 0:
+            table.append([])
+            continue
+        nodes = [float(sigmas[i - k]) for k in range(order + 1)]
+        table.append([_lagrange_integral(nodes, j, float(sigmas[i]), float(sigmas[i + 1])) for j in range(order + 1)])
+    return table
+
+
+def _lagrange_integral(nodes, j, lo, hi):
+    points = [-0.906179845938664, -0.538469310105683, 0.0, 0.538469310105683, 0.906179845938664]
+    gauss = [0.236926885056189, 0.478628670499366, 0.568888888888889, 0.478628670499366, 0.236926885056189]
+    total = 0.0
+    for p, w in zip(points, gauss):
+        tau = (hi - lo) / 2 * p + (hi + lo) / 2
+        prod = 1.0
+        for k, node in enumerate(nodes):
+            if k != j:
+                prod *= (tau - node) / (nodes[j] - node)
+        total += w * prod
+    return total * (hi - lo) / 2
+
+
+def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=3, deis_mode="tab"):
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    table = _deis_table_tab(sigmas, max_order) if deis_mode == "tab" else _deis_table_rhoab(sigmas, max_order)
+    x_next, buffer = x, []
+    for i in range(len(sigmas) - 1):
+        x_cur = x_next
+        denoised = model(x_cur, sigmas[i] * s_in, **extra_args)
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        d = (x_cur - denoised) / sigmas[i]
+        order = 1 if sigmas[i + 1] <= 0 else min(max_order, i + 1)
+        if order == 1:
+            x_next = x_cur + (sigmas[i + 1] - sigmas[i]) * d
+        else:
+            row = table[i]
+            if len(row) != order:
+                raise ValueError(f"too many values to unpack (expected {order})")
+            x_next = x_cur + sum(c * v for c, v in zip(row, [d] + buffer[::-1]))
+        buffer = (buffer + [d])[-(max_order - 1) :]
+    return x_next
+
+
+def sample_er_sde(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    s_noise=1.0,
+    noise_sampler=None,
+    noise_scaler=None,
+    max_stage=3,
+):
+    extra_args = {} if extra_args is None else extra_args
+    noise_sampler = _default_noise(x, extra_args, noise_sampler)
+    s_in = x.new_ones([x.shape[0]])
+    scaler = noise_scaler or (lambda v: v * ((v**0.3).exp() + 10.0))
+    ms = _patcher(model)
+    sigmas = offset_first(sigmas, ms)
+    er = half_log_snr(sigmas, ms).neg().exp()
+    grid = torch.arange(0, 200.0, dtype=sigmas.dtype)
+    old = old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        stage = min(max_stage, i + 1)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            alpha_s, alpha_t = sigmas[i] / er[i], sigmas[i + 1] / er[i + 1]
+            r = scaler(er[i + 1]) / scaler(er[i])
+            x = alpha_t / alpha_s * r * x + alpha_t * (1 - r) * denoised
+            if stage >= 2:
+                dt = er[i + 1] - er[i]
+                step = -dt / 200
+                positions = er[i + 1] + grid * step
+                scaled = scaler(positions)
+                d = (denoised - old) / (er[i] - er[i - 1])
+                x = x + alpha_t * (dt + (1 / scaled).sum() * step * scaler(er[i + 1])) * d
+                if stage >= 3:
+                    u = (d - old_d) / ((er[i] - er[i - 2]) / 2)
+                    x = x + alpha_t * (dt**2 / 2 + ((positions - er[i]) / scaled).sum() * step * scaler(er[i + 1])) * u
+                old_d = d
+            if s_noise > 0:
+                spread = (er[i + 1] ** 2 - er[i] ** 2 * r**2).sqrt().nan_to_num(nan=0.0)
+                x = x + alpha_t * noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * spread
+        old = denoised
+    return x
+
+
+def _h_phi_1(h):
+    return torch.expm1(h)
+
+
+def _h_phi_2(h):
+    return (torch.expm1(h) - h) / h
+
+
+def sample_seeds_2(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None, r=0.5
+):
+    extra_args = {} if extra_args is None else extra_args
+    noise_sampler = _default_noise(x, extra_args, noise_sampler)
+    s_in = x.new_ones([x.shape[0]])
+    inject = eta > 0 and s_noise > 0
+    ms = _patcher(model)
+    sigmas = offset_first(sigmas, ms)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        lam_s, lam_t = half_log_snr(sigmas[i], ms), half_log_snr(sigmas[i + 1], ms)
+        h = lam_t - lam_s
+        lam_1 = torch.lerp(lam_s, lam_t, r)
+        sigma_1 = sigma_of(lam_1, ms)
+        alpha_1, alpha_t = sigma_1 * lam_1.exp(), sigmas[i + 1] * lam_t.exp()
+        x_2 = sigma_1 / sigmas[i] * (-r * h * eta).exp() * x - alpha_1 * _h_phi_1(-r * h * (eta + 1)) * denoised
+        if inject:
+            sde = (-2 * r * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_1)
+            x_2 = x_2 + sde * sigma_1 * s_noise
+        denoised_2 = model(x_2, sigma_1 * s_in, **extra_args)
+        mixed = torch.lerp(denoised, denoised_2, 1 / (2 * r))
+        x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * _h_phi_1(-h * (eta + 1)) * mixed
+        if inject:
+            segment = (r - 1) * h * eta
+            sde = sde * segment.exp() + (2 * segment).expm1().neg().sqrt() * noise_sampler(sigma_1, sigmas[i + 1])
+            x = x + sde * sigmas[i + 1] * s_noise
+    return x
+
+
+def sample_seeds_3(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler=None,
+    r_1=1.0 / 3,
+    r_2=2.0 / 3,
+):
+    extra_args = {} if extra_args is None else extra_args
+    noise_sampler = _default_noise(x, extra_args, noise_sampler)
+    s_in = x.new_ones([x.shape[0]])
+    inject = eta > 0 and s_noise > 0
+    ms = _patcher(model)
+    sigmas = offset_first(sigmas, ms)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        lam_s, lam_t = half_log_snr(sigmas[i], ms), half_log_snr(sigmas[i + 1], ms)
+        h = lam_t - lam_s
+        h_eta = h * (eta + 1)
+        lam_1, lam_2 = torch.lerp(lam_s, lam_t, r_1), torch.lerp(lam_s, lam_t, r_2)
+        sigma_1, sigma_2 = sigma_of(lam_1, ms), sigma_of(lam_2, ms)
+        alpha_1, alpha_2, alpha_t = sigma_1 * lam_1.exp(), sigma_2 * lam_2.exp(), sigmas[i + 1] * lam_t.exp()
+        x_2 = sigma_1 / sigmas[i] * (-r_1 * h * eta).exp() * x - alpha_1 * _h_phi_1(-r_1 * h_eta) * denoised
+        if inject:
+            sde = (-2 * r_1 * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_1)
+            x_2 = x_2 + sde * sigma_1 * s_noise
+        denoised_2 = model(x_2, sigma_1 * s_in, **extra_args)
+        a_2 = r_2 / r_1 * _h_phi_2(-r_2 * h_eta)
+        a_1 = _h_phi_1(-r_2 * h_eta) - a_2
+        x_3 = sigma_2 / sigmas[i] * (-r_2 * h * eta).exp() * x - alpha_2 * (a_1 * denoised + a_2 * denoised_2)
+        if inject:
+            segment = (r_1 - r_2) * h * eta
+            sde = sde * segment.exp() + (2 * segment).expm1().neg().sqrt() * noise_sampler(sigma_1, sigma_2)
+            x_3 = x_3 + sde * sigma_2 * s_noise
+        denoised_3 = model(x_3, sigma_2 * s_in, **extra_args)
+        b_3 = _h_phi_2(-h_eta) / r_2
+        b_1 = _h_phi_1(-h_eta) - b_3
+        x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * (b_1 * denoised + b_3 * denoised_3)
+        if inject:
+            segment = (r_2 - 1) * h * eta
+            sde = sde * segment.exp() + (2 * segment).expm1().neg().sqrt() * noise_sampler(sigma_2, sigmas[i + 1])
+            x = x + sde * sigmas[i + 1] * s_noise
+    return x
+
+
+def _sa_b(sigma_next, lambdas, lam_s, lam_t, tau, simple, corrector):
+    tau_mul = 1 + tau**2
+    h = lam_t - lam_s
+    alpha_t = sigma_next * lam_t.exp()
+    n = lambdas.shape[0]
+    if simple and n == 2:
+        if corrector:
+            b_1 = alpha_t * (0.5 * tau_mul * h)
+            return torch.stack([alpha_t * (-h * tau_mul).expm1().neg() - b_1, b_1])
+        b_2 = alpha_t * (0.5 * tau_mul * h**2) / (lambdas[-2] - lam_s)
+        return torch.stack([b_2, alpha_t * (-h * tau_mul).expm1().neg() - b_2])
+    # The integrals of x^p exp(tau_mul (x - t)) over [s, t] times tau_mul, p < n: by
+    # Gauss-Legendre quadrature on 12 points (exact to rounding for these smooth integrands).
+    nodes, weights = _gauss_legendre_12()
+    xs = (lam_t - lam_s) / 2 * nodes + (lam_t + lam_s) / 2
+    kernel = tau_mul * torch.exp(tau_mul * (xs - lam_t)) * weights * (lam_t - lam_s) / 2
+    moments = torch.stack([(kernel * xs**p).sum() for p in range(n)])
+    vander = torch.stack([lambdas**p for p in range(n)])
+    return alpha_t * torch.linalg.solve(vander, moments)
+
+
+def _gauss_legendre_12():
+    import numpy as np
+
+    nodes, weights = np.polynomial.legendre.leggauss(12)
+    return torch.tensor(nodes, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+
+
+def sample_sa_solver(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=False,
+    tau_func=None,
+    s_noise=1.0,
+    noise_sampler=None,
+    predictor_order=3,
+    corrector_order=4,
+    use_pece=False,
+    simple_order_2=False,
+):
+    if len(sigmas) <= 1:
+        return x
+    extra_args = {} if extra_args is None else extra_args
+    noise_sampler = _default_noise(x, extra_args, noise_sampler)
+    s_in = x.new_ones([x.shape[0]])
+    ms = _patcher(model)
+    sigmas = offset_first(sigmas, ms).double()
+    lambdas = half_log_snr(sigmas, ms)
+    if tau_func is None:
+        start, end = ms.percent_to_sigma(0.2), ms.percent_to_sigma(0.8)
+        tau_func = lambda sigma: 1.0 if start >= float(sigma) >= end else 0.0  # noqa: E731
+    keep = max(predictor_order, corrector_order)
+    x_pred, h, tau, noise, preds = x, 0.0, 0.0, 0.0, []
+    to_end = float(sigmas[-1]) == 0
+    for i in range(len(sigmas) - 1):
+        denoised = model(x_pred, sigmas[i].to(x.dtype) * s_in, **extra_args)
+        _report(callback, x_pred, i, sigmas[i], sigmas[i], denoised)
+        preds = (preds + [denoised])[-keep:]
+        p = min(predictor_order, len(preds))
+        c = 0 if i == 0 or (sigmas[i + 1] == 0 and not use_pece) else min(corrector_order, len(preds))
+        if to_end:
+            p, c = min(p, len(sigmas) - 2 - i), min(c, len(sigmas) - 1 - i)
+        if c == 0:
+            x = x_pred
+        else:
+            b = _sa_b(sigmas[i], lambdas[i - c + 1 : i + 1], lambdas[i - 1], lambdas[i], tau, simple_order_2, True)
+            x = sigmas[i] / sigmas[i - 1] * torch.exp(-(tau**2) * h) * x + sum(bk * pk for bk, pk in zip(b, preds[-c:]))
+            if tau > 0 and s_noise > 0:
+                x = x + noise
+            if use_pece:
+                denoised = model(x, sigmas[i].to(x.dtype) * s_in, **extra_args)
+                preds[-1] = denoised
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            tau = tau_func(sigmas[i + 1])
+            b = _sa_b(sigmas[i + 1], lambdas[i - p + 1 : i + 1], lambdas[i], lambdas[i + 1], tau, simple_order_2, False)
+            h = lambdas[i + 1] - lambdas[i]
+            x_pred = sigmas[i + 1] / sigmas[i] * torch.exp(-(tau**2) * h) * x + sum(
+                bk * pk for bk, pk in zip(b, preds[-p:])
+            )
+            if tau > 0 and s_noise > 0:
+                noise = (
+                    noise_sampler(sigmas[i], sigmas[i + 1])
+                    * sigmas[i + 1]
+                    * (-2 * tau**2 * h).expm1().neg().sqrt()
+                    * s_noise
+                )
+                x_pred = x_pred + noise
+    return x
+
+
+def sample_sa_solver_pece(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=False,
+    tau_func=None,
+    s_noise=1.0,
+    noise_sampler=None,
+    predictor_order=3,
+    corrector_order=4,
+    simple_order_2=False,
+):
+    return sample_sa_solver(
+        model,
+        x,
+        sigmas,
+        extra_args,
+        callback,
+        disable,
+        tau_func,
+        s_noise,
+        noise_sampler,
+        predictor_order,
+        corrector_order,
+        True,
+        simple_order_2,
+    )
+
+
+def _vp(sigma):
+    """(alpha, sigma_vp, lambda) of ComfyUI's variance-preserving view of a sigma."""
+    alpha = 1 / torch.sqrt(1 + sigma**2)
+    return alpha, sigma * alpha, -torch.log(sigma)
+
+
+def sample_unipc(model, noise, sigmas, extra_args=None, callback=None, disable=False, variant="bh1"):
+    extra_args = {} if extra_args is None else extra_args
+    if sigmas[-1] == 0:
+        sigmas[-1] = 0.001
+    t = sigmas
+    x = noise / torch.sqrt(1.0 + t[0] ** 2.0)
+    steps = len(t) - 1
+    order = min(3, len(t) - 2)
+    b_in = noise.new_ones([noise.shape[0]])
+
+    def data(x_vp, k):
+        alpha, _, _ = _vp(t[k])
+        return model(x_vp / alpha, t[k] * b_in, **extra_args)
+
+    def update(x, ms, ks, k, n, corrector):
+        alpha_t, sigma_t, lam_t = _vp(t[k])
+        _, sigma_0, lam_0 = _vp(t[ks[-1]])
+        h = lam_t - lam_0
+        rks = [(_vp(t[ks[-(j + 1)]])[2] - lam_0) / h for j in range(1, n)]
+        d1 = [(ms[-(j + 1)] - ms[-1]) / rks[j - 1] for j in range(1, n)]
+        hh = -h
+        phi_1 = torch.expm1(hh)
+        b_h = hh if variant == "bh1" else torch.expm1(hh)
+        r_rows = torch.stack(
+            [torch.stack([torch.as_tensor(r, dtype=h.dtype) for r in rks + [1.0]]) ** i for i in range(n)]
+        )
+        b = []
+        phi_k, fact = phi_1 / hh - 1, 1
+        for i in range(1, n + 1):
+            b.append(phi_k * fact / b_h)
+            fact *= i + 1
+            phi_k = phi_k / hh - 1 / fact
+        b = torch.stack(b)
+        base = sigma_t / sigma_0 * x - alpha_t * phi_1 * ms[-1]
+        if d1:
+            rho_p = torch.tensor([0.5], dtype=h.dtype) if n == 2 else torch.linalg.solve(r_rows[:-1, :-1], b[:-1])
+            x_t = base - alpha_t * b_h * sum(r * d for r, d in zip(rho_p, d1))
+        else:
+            x_t = base
+        if not corrector:
+            return x_t, None
+        model_t = data(x_t, k)
+        rho_c = torch.tensor([0.5], dtype=h.dtype) if n == 1 else torch.linalg.solve(r_rows, b)
+        correction = sum(r * d for r, d in zip(rho_c[:-1], d1)) + rho_c[-1] * (model_t - ms[-1])
+        return base - alpha_t * b_h * correction, model_t
+
+    ms, ks = [data(x, 0)], [0]
+    if callback is not None:
+        callback({"x": x, "i": 0, "denoised": ms[-1]})
+    for step_index in range(1, steps):
+        if step_index < order:
+            x, m = update(x, ms, ks, step_index, step_index, True)
+            ms, ks = ms + [m], ks + [step_index]
+        else:
+            x, m = update(x, ms, ks, step_index, min(order, steps + 1 - step_index), True)
+            ms, ks = (ms + [m])[-order:], (ks + [step_index])[-order:]
+            if step_index == steps - 1:
+                x, _ = update(x, ms, ks, steps, min(order, 1), False)
+        if callback is not None:
+            callback({"x": x, "i": step_index, "denoised": ms[-1]})
+    return x / _vp(t[-1])[0]
+
+
+def sample_unipc_bh2(model, noise, sigmas, extra_args=None, callback=None, disable=False):
+    return sample_unipc(model, noise, sigmas, extra_args, callback, disable, variant="bh2")
+
+
 def _gpu(function):
     """A ``*_gpu`` twin: the same sampler with the Brownian tree on x's device."""
 
@@ -824,4 +1252,12 @@ TWINS = {
     "res_multistep_ancestral_cfg_pp": sample_res_multistep_ancestral_cfg_pp,
     "gradient_estimation": sample_gradient_estimation,
     "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
+    "deis": sample_deis,
+    "er_sde": sample_er_sde,
+    "seeds_2": sample_seeds_2,
+    "seeds_3": sample_seeds_3,
+    "sa_solver": sample_sa_solver,
+    "sa_solver_pece": sample_sa_solver_pece,
+    "uni_pc": sample_unipc,
+    "uni_pc_bh2": sample_unipc_bh2,
 }

@@ -1,17 +1,25 @@
-"""ComfyUI's multistep samplers in sigma on the fused ops: ipndm and ipndm_v
-(improved pseudo-numerical methods with fixed and variable step weights),
-res_multistep (RES second order, plain, ancestral and CFG++), and
-gradient_estimation (plain and CFG++). Each step is one fused op that also
-writes the derivative the next steps read."""
+"""ComfyUI's multistep samplers on the fused ops: ipndm and ipndm_v (improved
+pseudo-numerical methods with fixed and variable step weights), deis,
+res_multistep (RES second order, plain, ancestral and CFG++),
+gradient_estimation (plain and CFG++), and sa_solver (stochastic Adams,
+predictor-corrector, and its PECE mode). A step in sigma is one fused op that
+also writes the derivative the next steps read."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 
-from diffaccel.integrations.comfyui.common import ComfyLoop, UnconditionalPrediction, add_post_cfg_function
+from diffaccel import ops
+from diffaccel.integrations.comfyui.common import (
+    ComfyLoop,
+    UnconditionalPrediction,
+    add_post_cfg_function,
+    patcher_model_sampling,
+)
 from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion.common import _sampler, _step, get_ancestral_step
 
@@ -211,3 +219,329 @@ def sample_gradient_estimation(
 def sample_gradient_estimation_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None, ge_gamma=2.0):
     """Gradient estimation with CFG++."""
     return sample_gradient_estimation(model, x, sigmas, extra_args, callback, disable, ge_gamma, cfg_pp=True)
+
+
+# DEIS's "tab" mode integrates in the time of a VP schedule fitted to sigma in [0.002, 80]
+# (diff-sampler's edm2t, with ComfyUI's constants), by a 10,000-point sum.
+_DEIS_POINTS = 10000
+
+
+def _deis_vp_schedule():
+    """(beta_min, beta_max) of the VP schedule DEIS's tab mode fits to sigma 0.002 .. 80."""
+    epsilon_s, sigma_min, sigma_max = 1e-3, 0.002, 80.0
+    beta_d = 2 * (np.log(sigma_min**2 + 1) / epsilon_s - np.log(sigma_max**2 + 1)) / (epsilon_s - 1)
+    beta_min = np.log(sigma_max**2 + 1) - 0.5 * beta_d
+    return beta_min, beta_d + beta_min
+
+
+def _deis_tab_coefficients(sigmas: List[float], max_order: int) -> List[List[float]]:
+    """Per step, the weights of the current and earlier derivatives: the integral over
+    the step (in VP time) of the exponential integrator's kernel times each Lagrange
+    basis polynomial, as DEIS's tab mode sums it."""
+    beta_0, beta_1 = _deis_vp_schedule()
+    sig = np.asarray(sigmas, dtype=np.float64)
+    t = (np.sqrt(beta_0**2 + 2 * (beta_1 - beta_0) * np.log(sig**2 + 1)) - beta_0) / (beta_1 - beta_0)
+    table = []
+    for i in range(len(t) - 1):
+        order = min(i + 1, max_order)
+        if order == 1:
+            table.append([])
+            continue
+        taus = np.linspace(t[i], t[i + 1], _DEIS_POINTS)
+        dtau = (t[i + 1] - t[i]) / _DEIS_POINTS
+        alpha = np.exp(-0.5 * taus**2 * (beta_1 - beta_0) - taus * beta_0)
+        integrand = 0.5 * (taus * (beta_1 - beta_0) + beta_0) / np.sqrt(alpha * (1 - alpha))
+        nodes = [t[i - k] for k in range(order)]
+        row = []
+        for j in range(order):
+            basis = np.ones_like(taus)
+            for k in range(order):
+                if k != j:
+                    basis = basis * (taus - nodes[k]) / (nodes[j] - nodes[k])
+            row.append(float(np.sum(integrand * basis) * dtau))
+        table.append(row)
+    return table
+
+
+def _deis_rhoab_coefficients(sigmas: List[float], max_order: int) -> List[List[float]]:
+    """DEIS's rhoab mode: the Lagrange polynomials through the earlier sigmas integrated
+    exactly over each step in sigma (orders 1 to 3 of history)."""
+
+    def integral_2(a, b, start, end, c):
+        value = (end**3 - start**3) / 3 - (end**2 - start**2) * (a + b) / 2 + (end - start) * a * b
+        return value / ((c - a) * (c - b))
+
+    def integral_3(a, b, c, start, end, d):
+        value = (
+            (end**4 - start**4) / 4
+            - (end**3 - start**3) * (a + b + c) / 3
+            + (end**2 - start**2) * (a * b + a * c + b * c) / 2
+            - (end - start) * a * b * c
+        )
+        return value / ((d - a) * (d - b) * (d - c))
+
+    table = []
+    for i in range(len(sigmas) - 1):
+        cur, nxt = sigmas[i], sigmas[i + 1]
+        order = min(i, max_order)
+        p = [sigmas[i - k] for k in range(order + 1)]
+        if order == 0:
+            table.append([])
+        elif order == 1:
+            table.append(
+                [((nxt - p[1]) ** 2 - (cur - p[1]) ** 2) / (2 * (cur - p[1])), (nxt - cur) ** 2 / (2 * (p[1] - cur))]
+            )
+        elif order == 2:
+            table.append(
+                [
+                    integral_2(p[1], p[2], cur, nxt, cur),
+                    integral_2(cur, p[2], cur, nxt, p[1]),
+                    integral_2(cur, p[1], cur, nxt, p[2]),
+                ]
+            )
+        else:
+            table.append(
+                [
+                    integral_3(p[1], p[2], p[3], cur, nxt, cur),
+                    integral_3(cur, p[2], p[3], cur, nxt, p[1]),
+                    integral_3(cur, p[1], p[3], cur, nxt, p[2]),
+                    integral_3(cur, p[1], p[2], cur, nxt, p[3]),
+                ]
+            )
+    return table
+
+
+@_sampler
+def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=3, deis_mode="tab"):
+    """DEIS (Zhang and Chen 2022) as ComfyUI runs it: multistep in sigma with weights
+    from the exponential integrator of a VP schedule ("tab") or polynomial
+    extrapolation in sigma ("rhoab"); the weights are computed once on the host."""
+    loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
+    if deis_mode == "tab":
+        table = _deis_tab_coefficients(loop.values, max_order)
+    elif deis_mode == "rhoab":
+        table = _deis_rhoab_coefficients(loop.values, max_order)
+    else:
+        # ComfyUI's coefficient function has no table for another mode: UnboundLocalError.
+        raise UnboundLocalError(f"sample_deis: deis_mode must be 'tab' or 'rhoab', got {deis_mode!r}")
+    x_initial = x
+    derivatives = []  # the last three (x - denoised) / sigma, newest last
+    for i in loop.steps():
+        sigma, sigma_next = loop.values[i], loop.values[i + 1]
+        denoised = loop.denoise(x, loop.sigmas[i])
+        loop.report(x_initial, i, loop.sigmas[i], denoised)  # ComfyUI reports the x it was given
+        order = min(max_order, i + 1)
+        if sigma_next <= 0:
+            order = 1
+        if order == 1:
+            w = [sigma_next - sigma]
+        elif 2 <= order <= 4:
+            w = table[i]
+            if len(w) != order:  # ComfyUI unpacks the row into `order` names
+                raise ValueError(f"too many values to unpack (expected {order})")
+        else:
+            w = [0.0]  # an order ComfyUI has no formula for leaves x where it is
+        history = list(reversed(derivatives[len(derivatives) - (len(w) - 1) :])) if len(w) > 1 else []
+        coeffs = k_common._COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
+        x, d = _step(x, denoised, history, coeffs)
+        if max_order == 1:
+            raise IndexError("list assignment index out of range")  # ComfyUI's buffer of max_order - 1 = 0 entries
+        derivatives = (derivatives + [d])[-3:]
+    return x
+
+
+def _exponential_moments(s: float, t: float, order: int, tau: float) -> np.ndarray:
+    """(1 + tau^2) times the integral from s to t of exp((1 + tau^2)(x - t)) x^p dx,
+    p = 0 .. order - 1, by SA-Solver's integration-by-parts recursion."""
+    tau_mul = 1 + tau**2
+    p = np.arange(order)
+    ends = t**p - s**p * np.exp(-tau_mul * (t - s))
+    depth = p[:, None] - p[None, :]
+    log_factorial = np.array([math.lgamma(k + 1) for k in range(order)])
+    weights = log_factorial[:, None] - log_factorial[None, :]
+    if tau > 0:
+        weights = weights - depth * np.log(tau_mul)
+    matrix = np.tril(np.exp(weights) * np.where(depth % 2 == 0, 1.0, -1.0))
+    return matrix @ ends
+
+
+def _stochastic_adams_weights(
+    sigma_next: float,
+    lambdas: List[float],
+    lam_s: float,
+    lam_t: float,
+    tau: float,
+    simple_order_2: bool,
+    corrector: bool,
+) -> List[float]:
+    """SA-Solver's b coefficients (Xue et al. 2023, eqs. 15 and 18) for the data
+    predictions at ``lambdas`` (oldest first): alpha_t times the integrals of their
+    Lagrange basis polynomials against the SDE's exponential kernel."""
+    tau_mul = 1 + tau**2
+    h = lam_t - lam_s
+    alpha_t = sigma_next * np.exp(lam_t)
+    if simple_order_2 and len(lambdas) == 2:
+        if corrector:
+            b_1 = alpha_t * (0.5 * tau_mul * h)
+            return [alpha_t * -np.expm1(-h * tau_mul) - b_1, b_1]
+        b_2 = alpha_t * (0.5 * tau_mul * h**2) / (lambdas[-2] - lam_s)
+        return [b_2, alpha_t * -np.expm1(-h * tau_mul) - b_2]
+    moments = _exponential_moments(lam_s, lam_t, len(lambdas), tau)
+    vandermonde = np.vander(np.asarray(lambdas, dtype=np.float64), len(lambdas), increasing=True).T
+    return list(alpha_t * np.linalg.solve(vandermonde, moments))
+
+
+def _tau_interval(start_sigma: float, end_sigma: float, eta: float = 1.0) -> Callable:
+    """SA-Solver's default stochasticity: eta on the sigmas between the model's sigma at
+    20 % and at 80 % of the schedule, 0 (an ODE step) elsewhere."""
+    return lambda sigma: (eta if start_sigma >= float(sigma) >= end_sigma else 0.0) if eta > 0 else 0.0
+
+
+def _sa_solver(
+    model,
+    x,
+    sigmas,
+    extra_args,
+    callback,
+    disable,
+    tau_func,
+    s_noise,
+    noise_sampler,
+    predictor_order,
+    corrector_order,
+    use_pece,
+    simple_order_2,
+):
+    for name, value in (("predictor_order", predictor_order), ("corrector_order", corrector_order)):
+        if not 1 <= value <= 6:
+            raise ValueError(f"sample_sa_solver: argument '{name}' must be 1 to 6 (the fused combine), got {value}")
+    loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
+    noise_sampler = loop.default_noise(x, noise_sampler)
+    snr = loop.use_half_log_snr()
+    model_sampling = patcher_model_sampling(model)
+    lambdas = [snr.of(v) for v in loop.values]
+    if tau_func is None:
+        default = _tau_interval(model_sampling.percent_to_sigma(0.2), model_sampling.percent_to_sigma(0.8))
+        tau_at = lambda i: default(loop.values[i])  # noqa: E731 (host values: no read back)
+    else:
+        tau_at = lambda i: tau_func(loop.sigmas[i])  # noqa: E731 (the caller's function sees ComfyUI's argument)
+    keep = max(predictor_order, corrector_order)
+    n = len(loop.values)
+    lower_order_to_end = loop.values[-1] == 0
+    x_pred, h, tau, noise, noise_scale = x, 0.0, 0.0, None, 0.0
+    predictions = []
+    for i in loop.steps():
+        sigma, sigma_next = loop.values[i], loop.values[i + 1]
+        denoised = loop.denoise(x_pred, loop.sigmas[i])
+        loop.report(x_pred, i, loop.sigmas[i], denoised)
+        predictions = (predictions + [denoised])[-keep:]
+        p_order = min(predictor_order, len(predictions))
+        c_order = 0 if i == 0 or (sigma_next == 0 and not use_pece) else min(corrector_order, len(predictions))
+        if lower_order_to_end:
+            p_order = min(p_order, n - 2 - i)
+            c_order = min(c_order, n - 1 - i)
+        if c_order == 0:
+            x = x_pred
+        else:
+            b = _stochastic_adams_weights(
+                sigma, lambdas[i - c_order + 1 : i + 1], lambdas[i - 1], lambdas[i], tau, simple_order_2, True
+            )
+            tensors = [x, *predictions[-c_order:]]
+            weights = [sigma / loop.values[i - 1] * np.exp(-(tau**2) * h), *b]
+            if tau > 0 and s_noise > 0:  # the predictor's noise, added again to the corrected state
+                tensors, weights = tensors + [noise], weights + [noise_scale]
+            x = _combine(tensors, weights)
+            if use_pece:
+                denoised = predictions[-1] = loop.denoise(x, loop.sigmas[i])
+        if sigma_next == 0:
+            x = denoised
+            continue
+        tau = tau_at(i + 1)
+        b = _stochastic_adams_weights(
+            sigma_next, lambdas[i - p_order + 1 : i + 1], lambdas[i], lambdas[i + 1], tau, simple_order_2, False
+        )
+        h = lambdas[i + 1] - lambdas[i]
+        tensors = [x, *predictions[-p_order:]]
+        weights = [sigma_next / sigma * np.exp(-(tau**2) * h), *b]
+        if tau > 0 and s_noise > 0:
+            noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+            noise_scale = sigma_next * np.sqrt(-np.expm1(-2 * tau**2 * h)) * s_noise
+            tensors, weights = tensors + [noise], weights + [noise_scale]
+        x_pred = _combine(tensors, weights)
+    return x
+
+
+def _combine(tensors, weights):
+    """One fused pass: sum_j weights[j] tensors[j]."""
+    return ops.multistep_combine(tensors, k_common._COEFFICIENTS.get([float(w) for w in weights], tensors[0].device))
+
+
+@_sampler
+def sample_sa_solver(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=False,
+    tau_func=None,
+    s_noise=1.0,
+    noise_sampler=None,
+    predictor_order=3,
+    corrector_order=4,
+    use_pece=False,
+    simple_order_2=False,
+):
+    """SA-Solver (Xue et al. 2023): stochastic Adams predictor-corrector in the half
+    log-SNR, two fused combines per model call (the corrected state and the next
+    prediction are both kept)."""
+    if len(sigmas) <= 1:
+        return x
+    return _sa_solver(
+        model,
+        x,
+        sigmas,
+        extra_args,
+        callback,
+        disable,
+        tau_func,
+        s_noise,
+        noise_sampler,
+        predictor_order,
+        corrector_order,
+        use_pece,
+        simple_order_2,
+    )
+
+
+@_sampler
+def sample_sa_solver_pece(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=False,
+    tau_func=None,
+    s_noise=1.0,
+    noise_sampler=None,
+    predictor_order=3,
+    corrector_order=4,
+    simple_order_2=False,
+):
+    """SA-Solver in PECE mode (the corrected state evaluated again)."""
+    return sample_sa_solver(
+        model,
+        x,
+        sigmas,
+        extra_args,
+        callback,
+        disable,
+        tau_func,
+        s_noise,
+        noise_sampler,
+        predictor_order,
+        corrector_order,
+        True,
+        simple_order_2,
+    )

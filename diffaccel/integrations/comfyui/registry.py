@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List
 
-from diffaccel.integrations.comfyui import cfg_pp, multistep, samplers, sde
+from diffaccel.integrations.comfyui import cfg_pp, multistep, samplers, sde, unipc
 from diffaccel.integrations.comfyui.common import seeded_noise_sampler
 from diffaccel.integrations.k_diffusion import dpm_solver as k_dpm_solver
 from diffaccel.integrations.k_diffusion.common import _sampler
@@ -84,9 +84,9 @@ def sample_dpm_adaptive(
     )
 
 
-# ComfyUI's name -> the drop-in for comfy.k_diffusion.sampling.sample_<name>, in the
-# order of ComfyUI's KSAMPLER_NAMES. Not yet covered: deis, er_sde, seeds_2, seeds_3,
-# sa_solver, sa_solver_pece, uni_pc, uni_pc_bh2 (ComfyUI's own run for those).
+# ComfyUI's name -> the drop-in for comfy.k_diffusion.sampling.sample_<name> (for uni_pc
+# and uni_pc_bh2: comfy.extra_samplers.uni_pc.sample_unipc / sample_unipc_bh2), in the
+# order of ComfyUI 0.3.64's SAMPLER_NAMES.
 _FUNCTIONS: Dict[str, Callable] = {
     "euler": samplers.sample_euler,
     "euler_cfg_pp": cfg_pp.sample_euler_cfg_pp,
@@ -115,16 +115,23 @@ _FUNCTIONS: Dict[str, Callable] = {
     "lcm": samplers.sample_lcm,
     "ipndm": multistep.sample_ipndm,
     "ipndm_v": multistep.sample_ipndm_v,
+    "deis": multistep.sample_deis,
     "res_multistep": multistep.sample_res_multistep,
     "res_multistep_cfg_pp": multistep.sample_res_multistep_cfg_pp,
     "res_multistep_ancestral": multistep.sample_res_multistep_ancestral,
     "res_multistep_ancestral_cfg_pp": multistep.sample_res_multistep_ancestral_cfg_pp,
     "gradient_estimation": multistep.sample_gradient_estimation,
     "gradient_estimation_cfg_pp": multistep.sample_gradient_estimation_cfg_pp,
+    "er_sde": sde.sample_er_sde,
+    "seeds_2": sde.sample_seeds_2,
+    "seeds_3": sde.sample_seeds_3,
+    "sa_solver": multistep.sample_sa_solver,
+    "sa_solver_pece": multistep.sample_sa_solver_pece,
 }
+_UNI_PC = {"uni_pc": unipc.sample_unipc, "uni_pc_bh2": unipc.sample_unipc_bh2}
 
 # "ddim" in ComfyUI's KSampler is sample_euler with freshly seeded inpainting noise.
-SAMPLER_NAMES: List[str] = list(_FUNCTIONS) + ["ddim"]
+SAMPLER_NAMES: List[str] = list(_FUNCTIONS) + ["ddim", "uni_pc", "uni_pc_bh2"]
 
 
 def _check_name(name: str) -> None:
@@ -137,9 +144,12 @@ def _check_name(name: str) -> None:
 
 def sampler_function(name: str) -> Callable:
     """The drop-in for the function ComfyUI's KSampler runs for ``name``
-    (``comfy.k_diffusion.sampling.sample_<name>``; for "ddim", sample_euler), with
-    its signature and keyword options."""
+    (``comfy.k_diffusion.sampling.sample_<name>``; for "ddim", sample_euler; for
+    uni_pc / uni_pc_bh2, ``comfy.extra_samplers.uni_pc.sample_unipc`` /
+    ``sample_unipc_bh2``), with its signature and keyword options."""
     _check_name(name)
+    if name in _UNI_PC:
+        return _UNI_PC[name]
     return _FUNCTIONS["euler" if name == "ddim" else name]
 
 

@@ -10,6 +10,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+import torch
+
 from diffaccel.integrations.comfyui.common import ComfyLoop
 from diffaccel.integrations.k_diffusion.common import _sampler, get_ancestral_step
 
@@ -292,3 +294,172 @@ def sample_dpmpp_3m_sde_gpu(
     if len(sigmas) <= 1:
         return x
     return _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, False)
+
+
+def _default_er_sde_noise_scaler(x):
+    return x * ((x**0.3).exp() + 10.0)
+
+
+_ER_SDE_POINTS = 200
+
+
+@_sampler
+def sample_er_sde(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    s_noise=1.0,
+    noise_sampler=None,
+    noise_scaler=None,
+    max_stage=3,
+):
+    """Extended reverse-time SDE solver (Cui et al. 2023, VP ER-SDE-Solver-3) as ComfyUI
+    runs it: up to three stages from the earlier denoised samples, the stage integrals
+    of the noise scaler computed on the host (200 points, as ComfyUI sums them)."""
+    loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
+    noise_sampler = loop.default_noise(x, noise_sampler)
+    scaler = _default_er_sde_noise_scaler if noise_scaler is None else noise_scaler
+    snr = loop.use_half_log_snr()
+    # er_lambda = sigma / alpha; the noise scaler is a function of tensors: given float64 ones on the CPU.
+    er = [np.exp(-snr.of(v)) for v in loop.values]
+
+    def scale(values):
+        return np.asarray(scaler(torch.as_tensor(values, dtype=torch.float64)), dtype=np.float64)
+
+    points = np.arange(_ER_SDE_POINTS, dtype=np.float64)
+    old = older = None  # the two latest denoised samples before this step
+    for i in loop.steps():
+        sigma, sigma_next = loop.values[i], loop.values[i + 1]
+        denoised = loop.evaluate(x, i)
+        stage = min(max_stage, i + 1)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            er_s, er_t = er[i], er[i + 1]
+            alpha_s, alpha_t = sigma / er_s, sigma_next / er_t
+            scaled_s, scaled_t = float(scale(er_s)), float(scale(er_t))
+            r = scaled_t / scaled_s
+            a, b = alpha_t / alpha_s * r, [alpha_t * (1 - r)]
+            history = []
+            if stage >= 2:
+                dt = er_t - er_s
+                step = -dt / _ER_SDE_POINTS
+                positions = er_t + points * step
+                scaled = scale(positions)
+                # Stage 2: c2 (denoised - old) / (er_s - er_{i-1})
+                c2 = alpha_t * (dt + np.sum(1 / scaled) * step * scaled_t) / (er_s - er[i - 1])
+                b, history = [b[0] + c2, -c2], [old]
+                if stage >= 3:
+                    # Stage 3: c3 (d_i - d_{i-1}) / ((er_s - er_{i-2}) / 2), d_k the stage-2 differences.
+                    c3 = alpha_t * (dt**2 / 2 + np.sum((positions - er_s) / scaled) * step * scaled_t)
+                    c3 = c3 / ((er_s - er[i - 2]) / 2)
+                    g1, g0 = 1 / (er_s - er[i - 1]), 1 / (er[i - 1] - er[i - 2])
+                    b = [b[0] + c3 * g1, b[1] - c3 * (g1 + g0), c3 * g0]
+                    history = [old, older]
+            noise, s = None, 0.0
+            if s_noise > 0:
+                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                spread = er_t**2 - er_s**2 * r**2
+                s = alpha_t * s_noise * (np.sqrt(spread) if spread >= 0 else 0.0)
+            x, _ = loop.step(x, denoised, history, a, b, noise=noise, s=s)
+        old, older = denoised, old
+    return x
+
+
+def _seeds(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, fractions):
+    """SEEDS-2 (fractions (r,)) and SEEDS-3 ((r_1, r_2)): stochastic explicit exponential
+    derivative-free steps in the half log-SNR. The noise of a step is a sum of the
+    increments drawn on its sub-intervals: each stage adds the newest increment (the
+    op's noise) and carries the earlier ones as history tensors."""
+    loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
+    noise_sampler = loop.default_noise(x, noise_sampler)
+    inject = eta > 0 and s_noise > 0
+    snr = loop.use_half_log_snr()
+    for i in loop.steps():
+        sigma, sigma_next = loop.values[i], loop.values[i + 1]
+        denoised = loop.evaluate(x, i)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        lam_s, lam_t = snr.of(sigma), snr.of(sigma_next)
+        h = lam_t - lam_s
+        h_eta = h * (eta + 1)
+        lam_s_t, lam_t_t = snr.of_tensor(loop.sigmas[i]), snr.of_tensor(loop.sigmas[i + 1])
+        stage_sigmas = [snr.sigma(lam_s + f * h) for f in fractions]
+        stage_sigmas_t = [snr.sigma_tensor(torch.lerp(lam_s_t, lam_t_t, f)) for f in fractions]
+        # Stage k: x_k = (sigma_k / sigma) e^(-f_k h eta) x - alpha_k sum_j a_kj D_j, D_0 = denoised and
+        # D_j the model at stage j; a row maps j to a_kj.
+        if len(fractions) == 1:
+            r = fractions[0]
+            rows = [{0: np.expm1(-r * h_eta)}, {0: np.expm1(-h_eta) * (1 - 1 / (2 * r)), 1: np.expm1(-h_eta) / (2 * r)}]
+        else:
+            r_1, r_2 = fractions
+            a3_2 = r_2 / r_1 * _h_phi_2(-r_2 * h_eta)
+            b3 = _h_phi_2(-h_eta) / r_2
+            rows = [
+                {0: np.expm1(-r_1 * h_eta)},
+                {0: np.expm1(-r_2 * h_eta) - a3_2, 1: a3_2},
+                {0: np.expm1(-h_eta) - b3, 2: b3},
+            ]
+        ends = [*zip(fractions, stage_sigmas, stage_sigmas_t), (1.0, sigma_next, loop.sigmas[i + 1])]
+        evaluations = [denoised]
+        increments, weights = [], []  # the noise increments so far and their weights in this stage's state
+        start_t, previous = loop.sigmas[i], 0.0
+        for k, (f, sigma_k, sigma_k_t) in enumerate(ends):
+            alpha_k = sigma_k * np.exp(snr.of(sigma_k))
+            (first, a_first), *others = rows[k].items()
+            noise, s = None, 0.0
+            if inject:
+                # sde_k = sde_{k-1} e^seg + sqrt(-expm1(2 seg)) n_k, seg = (f_{k-1} - f_k) h eta
+                segment = (previous - f) * h * eta
+                weights = [w * np.exp(segment) for w in weights]
+                noise = noise_sampler(start_t, sigma_k_t)
+                fresh = np.sqrt(-np.expm1(2 * segment))
+                s = fresh * sigma_k * s_noise
+            history = [evaluations[j] for j, _ in others] + increments
+            b = [-alpha_k * a_first, *(-alpha_k * a for _, a in others), *(w * sigma_k * s_noise for w in weights)]
+            x_k, _ = loop.step(
+                x, evaluations[first], history, sigma_k / sigma * np.exp(-f * h * eta), b, noise=noise, s=s
+            )
+            if inject:
+                increments, weights = increments + [noise], weights + [fresh]
+            previous, start_t = f, sigma_k_t
+            if k == len(fractions):
+                x = x_k
+            else:
+                evaluations.append(loop.denoise(x_k, sigma_k_t))
+    return x
+
+
+def _h_phi_2(h):
+    """h phi_2(h) = (e^h - 1 - h) / h of the exponential integrators."""
+    return (np.expm1(h) - h) / h
+
+
+@_sampler
+def sample_seeds_2(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None, r=0.5
+):
+    """SEEDS-2 (Gonzalez et al. 2023), VP data prediction, two stages."""
+    return _seeds(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, (r,))
+
+
+@_sampler
+def sample_seeds_3(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler=None,
+    r_1=1.0 / 3,
+    r_2=2.0 / 3,
+):
+    """SEEDS-3 (Gonzalez et al. 2023), VP data prediction, three stages."""
+    return _seeds(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, (r_1, r_2))
