@@ -282,6 +282,23 @@ def main(argv=None) -> int:
             failures += not ok
             cells.append(text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Sigma schedules, diffaccel.comfyui.calculate_sigmas against comfy.samplers.calculate_sigmas:", ""]
+    lines += ["| scheduler | " + " | ".join(f"{kind}, {n} steps" for kind in samplings for n in (1, 10, 30)) + " |"]
+    lines += ["|---|" + "---|" * (3 * len(samplings))]
+    for scheduler in comfy.samplers.SCHEDULER_NAMES:
+        cells = []
+        for model_sampling, _ in samplings.values():
+            for steps in (1, 10, 30):
+                try:
+                    theirs = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
+                    mine = ours.calculate_sigmas(model_sampling, scheduler, steps)
+                    same = theirs.dtype == mine.dtype and torch.allclose(theirs, mine, rtol=0, atol=0, equal_nan=True)
+                    cells.append("equal" if same else f"**{_relative(mine, theirs):.1e}**")
+                except Exception as error:
+                    same = False
+                    cells.append(f"error: {type(error).__name__}"[:40])
+                failures += not same
+        lines.append(f"| {scheduler} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Cells over 1e-5 or differing: {failures}.",

@@ -28,7 +28,7 @@ class V_PREDICTION(EPS):
 
 
 class CONST:
-    sigma_min, sigma_max = 0.0, 1.0
+    sigma_min, sigma_max = torch.tensor(0.0), torch.tensor(1.0)
 
     def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
         return sigma * noise + (1.0 - sigma) * latent_image
@@ -124,3 +124,31 @@ def flow_simple(n):
 
 def sigmas_for(kind: str, n: int):
     return flow_simple(n) if kind == "CONST" else karras(n)
+
+
+class DiscreteEPS(EPS):
+    """A discrete model sampling as ComfyUI's ModelSamplingDiscrete exposes it: the
+    sigma table of SD's scaled-linear betas, timestep(sigma) (nearest table index in log
+    sigma) and sigma(timestep) (log-linear interpolation)."""
+
+    def __init__(self, timesteps=1000, linear_start=0.00085, linear_end=0.012):
+        betas = torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        self.sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return (sigma.log() - self.log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)
+
+    def sigma(self, timestep):
+        t = torch.clamp(timestep.float(), min=0, max=len(self.sigmas) - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()

@@ -8,6 +8,7 @@ ComfyUI: scripts/compare_comfyui.py (its report is under bench/results/)."""
 
 import importlib.util
 import inspect
+import math
 import sys
 import types
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 import comfyui_reference as reference
-from comfyui_standins import CONST, EPS, OwnScaling, model_for, sigmas_for
+from comfyui_standins import CONST, EPS, DiscreteEPS, OwnScaling, model_for, sigmas_for
 from diffaccel import comfyui as ours
 from diffaccel.integrations.comfyui import install as install_module
 from diffaccel.integrations.comfyui.common import seeded_noise_sampler
@@ -473,3 +474,46 @@ def test_install_refuses_what_is_not_its_own(tmp_path):
 def test_importing_needs_no_comfyui():
     assert "comfy" not in sys.modules or not hasattr(sys.modules["comfy"], "__file__")
     assert isinstance(EPS(), EPS)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10, 31])
+@pytest.mark.parametrize("scheduler", ours.SCHEDULER_NAMES)
+def test_schedules_shape(scheduler, steps):
+    """Every schedule: float32 on the CPU, from about sigma_max down to a final 0,
+    never increasing; steps + 1 values (beta drops repeats; kl_optimal at 1 step is
+    ComfyUI's 0/0)."""
+    model_sampling = DiscreteEPS()
+    sigmas = ours.calculate_sigmas(model_sampling, scheduler, steps)
+    assert sigmas.dtype == torch.float32 and sigmas.device.type == "cpu"
+    if scheduler == "kl_optimal" and steps == 1:
+        assert torch.isnan(sigmas[0])
+        return
+    assert float(sigmas[-1]) == 0.0
+    assert (sigmas[1:] <= sigmas[:-1]).all()
+    if scheduler == "beta":
+        assert len(sigmas) <= steps + 1
+    elif scheduler != "ddim_uniform":  # ddim_uniform: every len(table) // steps-th entry, however many
+        assert len(sigmas) == steps + 1
+    assert float(sigmas[0]) <= float(model_sampling.sigma_max) * (1 + 1e-6)
+
+
+def test_schedules_values():
+    model_sampling = DiscreteEPS()
+    table = model_sampling.sigmas
+    assert torch.equal(ours.calculate_sigmas(model_sampling, "simple", 4)[:-1], table[[999, 749, 499, 249]])
+    assert torch.equal(
+        ours.calculate_sigmas(model_sampling, "karras", 7),
+        ours.calculate_sigmas.__globals__["get_sigmas_karras"](7, float(table[0]), float(table[-1])),
+    )
+    ddim = ours.calculate_sigmas(model_sampling, "ddim_uniform", 10)
+    assert torch.equal(ddim[:-1], table[1::100].flip(0))
+    kl = ours.calculate_sigmas(model_sampling, "kl_optimal", 5)[:-1].double()
+    expected = torch.linspace(math.atan(float(table[-1])), math.atan(float(table[0])), 5, dtype=torch.float64).tan()
+    assert torch.allclose(kl, expected, rtol=1e-5)
+    flow = ours.calculate_sigmas(CONST(), "linear_quadratic", 4)
+    assert torch.allclose(flow, torch.tensor([1.0, 0.9875, 0.975, 0.725, 0.0]), atol=1e-6)
+
+
+def test_unknown_scheduler_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="'scheduler_name' must be one of simple, sgm_uniform, karras"):
+        ours.calculate_sigmas(DiscreteEPS(), "uniform", 10)
