@@ -124,7 +124,9 @@ def main(*args):
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
     for (case, shape, dtype), t in sorted(median.items()):
-        if case in ("copy", "triad") or case in calls or not any(i in t for i in fused_impls):
+        if case in ("copy", "triad") or case in calls or case.startswith("comfyui_"):
+            continue
+        if not any(i in t for i in fused_impls):
             continue
         best = min(t[i] for i in fused_impls if i in t)
         eager, compiled = t.get("eager_reference", float("nan")), t.get("compiled_reference", float("nan"))
@@ -237,6 +239,7 @@ def main(*args):
         print("|---|" + "---:|" * sum(i.endswith("_host_loop") for i in host[0][1]))
         for case, t in host:
             print(f"| {case} | " + " | ".join(_us(v) for i, v in t.items() if i.endswith("_host_loop")) + " |")
+    _comfyui_table(data["benchmarks"], median)
     quantile = [(shape, dtype, t) for (case, shape, dtype), t in sorted(median.items()) if "torch_quantile" in t]
     if quantile:
         print("\nDynamic threshold against torch.quantile (diffusers' formulation):\n")
@@ -248,6 +251,34 @@ def main(*args):
                 f"| {shape} | {dtype} | {best * 1e6:.1f} | {t['torch_quantile'] * 1e6:.1f} "
                 f"| {t['torch_quantile'] / best:.1f}x |"
             )
+
+
+def _comfyui_table(benchmarks, median):
+    """ComfyUI's samplers against diffaccel.comfyui's (bench/test_bench_comfyui.py): us per step."""
+    rows = [(case, shape, t) for (case, shape, _), t in median.items() if case.startswith("comfyui_") and "fused" in t]
+    if not rows:
+        return
+    info = next(b["extra_info"] for b in benchmarks if b["extra_info"]["case"].startswith("comfyui_"))
+    steps, theirs = info["steps"], info["comfyui"]
+    source = "ComfyUI's own functions" if theirs == "comfyui" else "the pure-PyTorch twins of ComfyUI's samplers"
+    shapes = ["tiny", "latent", "latent16"]
+    print(
+        f"\nComfyUI's samplers ({source}) against diffaccel.comfyui, us per step of a {steps}-step loop with a "
+        "zero-cost denoiser, fp32; tiny = (1,4,8,8) (host time), latent = (1,4,128,128), "
+        "latent16 = (1,16,128,128):\n"
+    )
+    print("| sampler | " + " | ".join(f"{s} ComfyUI | {s} diffaccel | {s} speedup" for s in shapes) + " |")
+    print("|---|" + "---:|" * (3 * len(shapes)))
+    by_name = defaultdict(dict)
+    for case, shape, t in rows:
+        by_name[case[len("comfyui_") :]][shape] = t
+    for name, per_shape in by_name.items():
+        cells = []
+        for shape in shapes:
+            t = per_shape.get(shape, {})
+            stock, fused = t.get("stock_comfyui", float("nan")), t.get("fused", float("nan"))
+            cells += [_us(stock / steps), _us(fused / steps), f"{stock / fused:.1f}x" if stock == stock else "-"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

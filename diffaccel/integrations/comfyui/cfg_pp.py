@@ -51,7 +51,7 @@ def sample_euler_ancestral_cfg_pp(
         sigma_down = alpha_t * sigma_down
         # alpha_t denoised + sigma_down (x - alpha_s uncond) / sigma (+ alpha_t s_noise sigma_up noise)
         r = sigma_down / sigma
-        noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if add_noise else None
+        noise = noise_sampler(loop.at[i], loop.at[i + 1]) if add_noise else None
         s = alpha_t * s_noise * sigma_up if add_noise else 0.0
         x, _ = loop.step(x, denoised, [uncond.latest], r, [alpha_t, -r * alpha_s], noise=noise, s=s, to_d=True)
     return x
@@ -83,24 +83,24 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
     add_post_cfg_function(loop.extra_args, uncond)
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
+        denoised = loop.denoise_at(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
-        loop.report(x, i, loop.sigmas[i], denoised)
+        loop.report(x, i, loop.at[i], denoised)
         uncond_1 = uncond.latest
         if sigma_down == 0:
             # denoised + sigma_down (x - uncond) / sigma, noise drawn after.
             r = sigma_down / sigma
-            noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
+            noise = noise_sampler(loop.at[i], loop.at[i + 1]) if sigma_next > 0 else None
             x, _ = loop.step(x, denoised, [uncond_1], r, [1.0, -r], noise=noise, s=s_noise * sigma_up, to_d=True)
             continue
         h = np.log(sigma) - np.log(sigma_down)
         r = np.exp(-(-np.log(sigma) + h / 2)) / sigma
         # x_2 = r (x + denoised - uncond) - expm1(-h/2) denoised
         x_2, _ = loop.step(x, denoised, [uncond_1], r, [r - np.expm1(-h / 2), -r])
-        t, t_next = loop.sigmas[i].log().neg(), loop.sigma_tensor(sigma_down).log().neg()
+        t, t_next = loop.at[i].log().neg(), loop.sigma_tensor(sigma_down).log().neg()
         denoised_2 = loop.denoise(x_2, (t + (t_next - t) / 2).neg().exp())
         q = sigma_down / sigma
-        noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
+        noise = noise_sampler(loop.at[i], loop.at[i + 1]) if sigma_next > 0 else None
         # q (x + denoised - uncond_2) - expm1(-h) denoised_2
         x, _ = loop.step(
             x, denoised_2, [denoised, uncond.latest], q, [-np.expm1(-h), q, -q], noise=noise, s=s_noise * sigma_up

@@ -191,8 +191,9 @@ class ComfyLoop(_Loop):
         self.snr = HalfLogSNR(model_sampling)
         first = first_sigma_offset(self.values, model_sampling)
         if first is not None:
-            self.sigmas = self.sigmas.clone()
-            self.sigmas[0] = first
+            sigmas = self.sigmas.clone()
+            sigmas[0] = first
+            self.use_sigmas(sigmas)
             # The value as the sigmas' dtype holds it, rounded on the host (no read back).
             self.values[0] = np.float64(torch.tensor(float(first), dtype=self.sigmas.dtype).item())
         return self.snr

@@ -66,9 +66,9 @@ def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, weights: 
     derivatives = []  # the last three (x - denoised) / sigma, newest last
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
+        denoised = loop.denoise_at(x, i)
         # ComfyUI reports the x it was given at every step, not the current one.
-        loop.report(x_initial, i, loop.sigmas[i], denoised)
+        loop.report(x_initial, i, loop.at[i], denoised)
         order = min(max_order, i + 1)
         # One op: d = (x - denoised) / sigma, x_next = x + (sigma_next - sigma) sum_j w_j d_j
         # (an order ComfyUI has no formula for leaves x where it is; onto sigma = 0 the
@@ -119,11 +119,11 @@ def _res_multistep(model, x, sigmas, extra_args, callback, disable, s_noise, noi
     old_sigma_down = old_denoised = None
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
+        denoised = loop.denoise_at(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
-        loop.report(x, i, loop.sigmas[i], denoised)
+        loop.report(x, i, loop.at[i], denoised)
         # ComfyUI draws the step's noise whenever sigma_next > 0, also when it adds none (eta = 0).
-        noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
+        noise = noise_sampler(loop.at[i], loop.at[i + 1]) if sigma_next > 0 else None
         s = s_noise * sigma_up if noise is not None else 0.0
         if s == 0:
             noise = None
@@ -328,8 +328,8 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     derivatives = []  # the last three (x - denoised) / sigma, newest last
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x, loop.sigmas[i])
-        loop.report(x_initial, i, loop.sigmas[i], denoised)  # ComfyUI reports the x it was given
+        denoised = loop.denoise_at(x, i)
+        loop.report(x_initial, i, loop.at[i], denoised)  # ComfyUI reports the x it was given
         order = min(max_order, i + 1)
         if sigma_next <= 0:
             order = 1
@@ -424,7 +424,7 @@ def _sa_solver(
         default = _tau_interval(model_sampling.percent_to_sigma(0.2), model_sampling.percent_to_sigma(0.8))
         tau_at = lambda i: default(loop.values[i])  # noqa: E731 (host values: no read back)
     else:
-        tau_at = lambda i: tau_func(loop.sigmas[i])  # noqa: E731 (the caller's function sees ComfyUI's argument)
+        tau_at = lambda i: tau_func(loop.at[i])  # noqa: E731 (the caller's function sees ComfyUI's argument)
     keep = max(predictor_order, corrector_order)
     n = len(loop.values)
     lower_order_to_end = loop.values[-1] == 0
@@ -432,8 +432,8 @@ def _sa_solver(
     predictions = []
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
-        denoised = loop.denoise(x_pred, loop.sigmas[i])
-        loop.report(x_pred, i, loop.sigmas[i], denoised)
+        denoised = loop.denoise_at(x_pred, i)
+        loop.report(x_pred, i, loop.at[i], denoised)
         predictions = (predictions + [denoised])[-keep:]
         p_order = min(predictor_order, len(predictions))
         c_order = 0 if i == 0 or (sigma_next == 0 and not use_pece) else min(corrector_order, len(predictions))
@@ -452,7 +452,7 @@ def _sa_solver(
                 tensors, weights = tensors + [noise], weights + [noise_scale]
             x = _combine(tensors, weights)
             if use_pece:
-                denoised = predictions[-1] = loop.denoise(x, loop.sigmas[i])
+                denoised = predictions[-1] = loop.denoise_at(x, i)
         if sigma_next == 0:
             x = denoised
             continue
@@ -464,7 +464,7 @@ def _sa_solver(
         tensors = [x, *predictions[-p_order:]]
         weights = [sigma_next / sigma * np.exp(-(tau**2) * h), *b]
         if tau > 0 and s_noise > 0:
-            noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+            noise = noise_sampler(loop.at[i], loop.at[i + 1])
             noise_scale = sigma_next * np.sqrt(-np.expm1(-2 * tau**2 * h)) * s_noise
             tensors, weights = tensors + [noise], weights + [noise_scale]
         x_pred = _combine(tensors, weights)

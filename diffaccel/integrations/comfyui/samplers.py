@@ -27,13 +27,14 @@ from diffaccel.solvers.lms import lagrange_weights
 
 
 def _churn_if_any(loop: ComfyLoop, x, i, s_churn, s_tmin, s_tmax, s_noise):
-    """ComfyUI's churn in euler, heun and dpm_2: (x, sigma_hat tensor, sigma_hat value),
-    noise drawn only on a step that adds it (k-diffusion's draws every step)."""
+    """ComfyUI's churn in euler, heun and dpm_2: (x, sigma_hat tensor, sigma_hat value) as
+    k-diffusion's _churn gives them, noise drawn only on a step that adds it (k-diffusion's
+    draws every step)."""
     if not s_churn > 0:
-        return x, loop.sigmas[i], loop.values[i]
+        return x, loop.at[i], loop.values[i]
     sigma = loop.values[i]
     gamma = min(s_churn / (len(loop.values) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-    sigma_hat = loop.sigmas[i] * (gamma + 1)
+    sigma_hat = loop.at[i] * (gamma + 1) if gamma > 0 else loop.at[i]
     if gamma > 0:
         eps = torch.randn_like(x)
         scale = s_noise * ((sigma * (gamma + 1)) ** 2 - sigma**2) ** 0.5
@@ -58,8 +59,7 @@ def sample_euler(
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         x, sigma_hat, sh = _churn_if_any(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(x, sigma_hat)
-        loop.report(x, i, sigma_hat, denoised)
+        denoised = loop.evaluate_churned(x, i, sigma_hat)
         r = loop.values[i + 1] / sh
         x, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
     return x
@@ -82,15 +82,14 @@ def sample_heun(
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         x, sigma_hat, sh = _churn_if_any(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(x, sigma_hat)
-        loop.report(x, i, sigma_hat, denoised)
+        denoised = loop.evaluate_churned(x, i, sigma_hat)
         sn = loop.values[i + 1]
         r = sn / sh
         x_2, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
         if sn == 0:
             x = x_2
             continue
-        denoised_2 = loop.denoise(x_2, loop.sigmas[i + 1])
+        denoised_2 = loop.denoise_at(x_2, i + 1)
         half = (sn - sh) / 2
         x, _ = loop.step(
             x_2, denoised_2, [x, denoised], half / sn, [-half / sn, 1.0 + half / sh, -half / sh], to_d=True
@@ -118,8 +117,7 @@ def sample_heunpp2(
     end = loop.values[-1]
     for i in loop.steps():
         x, sigma_hat, sh = _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(x, sigma_hat)
-        loop.report(x, i, sigma_hat, denoised)
+        denoised = loop.evaluate_churned(x, i, sigma_hat)
         s1 = loop.values[i + 1]
         dt = s1 - sh
         r = s1 / sh
@@ -127,7 +125,7 @@ def sample_heunpp2(
         if s1 == end:
             x = x_2
             continue
-        denoised_2 = loop.denoise(x_2, loop.sigmas[i + 1])
+        denoised_2 = loop.denoise_at(x_2, i + 1)
         # x + dt * sum_k w_k d_k with d = (x - denoised) / sh, d_2 = (x_2 - denoised_2) / s1, ...
         if loop.values[i + 2] == end:
             w2 = s1 / (2 * loop.values[0])
@@ -137,7 +135,7 @@ def sample_heunpp2(
         s2 = loop.values[i + 2]
         r2 = s2 / s1
         x_3, _ = loop.step(x_2, denoised_2, [], r2, [1.0 - r2], to_d=True)
-        denoised_3 = loop.denoise(x_3, loop.sigmas[i + 2])
+        denoised_3 = loop.denoise_at(x_3, i + 2)
         w2, w3 = s1 / (3 * loop.values[0]), s2 / (3 * loop.values[0])
         c1, c2, c3 = dt * (1 - w2 - w3) / sh, dt * w2 / s1, dt * w3 / s2
         x, _ = loop.step(x_3, denoised_3, [x, denoised, x_2, denoised_2], c3, [-c3, 1.0 + c1, -c1, c2, -c2], to_d=True)
@@ -161,8 +159,7 @@ def sample_dpm_2(
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         x, sigma_hat, sh = _churn_if_any(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(x, sigma_hat)
-        loop.report(x, i, sigma_hat, denoised)
+        denoised = loop.evaluate_churned(x, i, sigma_hat)
         x = k_samplers._dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1])
     return x
 
@@ -206,7 +203,7 @@ def sample_euler_ancestral(
             step = _FlowAncestralStep(sigma, sigma_next, eta)
             r = step.down / sigma
             if eta > 0:
-                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                noise = noise_sampler(loop.at[i], loop.at[i + 1])
                 a, b, s = r * step.rescale, (1 - r) * step.rescale, s_noise * step.renoise
             else:
                 noise, a, b, s = None, r, 1 - r, 0.0
@@ -217,7 +214,7 @@ def sample_euler_ancestral(
             x = denoised
             continue
         r = sigma_down / sigma
-        noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+        noise = noise_sampler(loop.at[i], loop.at[i + 1])
         x, _ = loop.step(x, denoised, [], r, [1.0 - r], noise=noise, s=s_noise * sigma_up, to_d=True)
     return x
 
@@ -253,9 +250,9 @@ def sample_dpm_2_ancestral(
             x,
             denoised,
             sigma,
-            loop.sigmas[i],
+            loop.at[i],
             sigma_down,
-            draw_noise=lambda: noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]),
+            draw_noise=lambda: noise_sampler(loop.at[i], loop.at[i + 1]),
             s=s,
             scale=scale,
         )
@@ -310,8 +307,8 @@ def sample_dpmpp_2s_ancestral(
             # The model's sigma with ComfyUI's tensor ops; the coefficients in float64.
             lam, lam_down = _flow_half_log_snr(sigma), _flow_half_log_snr(step.down)
             sigma_s = _flow_sigma(lam + (lam_down - lam) / 2)
-            sigma_t = loop.sigmas[i]
-            down_t = loop.sigmas[i + 1] * (1 + (loop.sigmas[i + 1] / sigma_t - 1) * eta)
+            sigma_t = loop.at[i]
+            down_t = loop.at[i + 1] * (1 + (loop.at[i + 1] / sigma_t - 1) * eta)
             lam_t = _flow_half_log_snr(sigma_t)
             sigma_s_t = _flow_sigma(lam_t + 1 / 2 * (_flow_half_log_snr(down_t) - lam_t))
         r_s = sigma_s / sigma
@@ -320,7 +317,7 @@ def sample_dpmpp_2s_ancestral(
         r = step.down / sigma
         noise, scale, s = None, 1.0, 0.0
         if eta > 0:
-            noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+            noise = noise_sampler(loop.at[i], loop.at[i + 1])
             scale, s = step.rescale, s_noise * step.renoise
         x, _ = loop.step(x, denoised_2, [], scale * r, [scale * (1.0 - r)], noise=noise, s=s)
     return x
@@ -375,7 +372,7 @@ def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         a, b = out * k * (1 / np.sqrt(1.0 + sigma**2) - c / sigma), out * k * c / sigma
         noise, s = None, 0.0
         if sigma_prev > 0:
-            noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+            noise = noise_sampler(loop.at[i], loop.at[i + 1])
             s = out * np.sqrt((1 - alpha) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod))
         x, _ = loop.step(x, denoised, [], a, [b], noise=noise, s=s)
     return x
@@ -395,9 +392,9 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
         denoised = loop.evaluate(x, i)
         x = denoised
         if sigma_next > 0:
-            noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+            noise = noise_sampler(loop.at[i], loop.at[i + 1])
             if scaling is None:
-                x = model_sampling.noise_scaling(loop.sigmas[i + 1], noise, x)
+                x = model_sampling.noise_scaling(loop.at[i + 1], noise, x)
                 continue
             b = 1 - sigma_next if scaling == "flow" else 1.0
             x, _ = loop.step(x, denoised, [], 0.0, [b], noise=noise, s=sigma_next)

@@ -33,12 +33,12 @@ def _dpmpp_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, no
         sigma_s_1 = snr.sigma(lam_s_1)
         alpha_s, alpha_s_1, alpha_t = sigma * np.exp(lam_s), sigma_s_1 * np.exp(lam_s_1), sigma_next * np.exp(lam_t)
         # The intermediate sigma the model and the noise sampler get, with ComfyUI's tensor ops.
-        lam_s_t, lam_t_t = snr.of_tensor(loop.sigmas[i]), snr.of_tensor(loop.sigmas[i + 1])
+        lam_s_t, lam_t_t = snr.of_tensor(loop.at[i]), snr.of_tensor(loop.at[i + 1])
         sigma_s_1_t = snr.sigma_tensor(lam_s_t + r * (lam_t_t - lam_s_t))
         # Step 1: to the intermediate point, ancestrally.
         sd, su = get_ancestral_step(np.exp(-lam_s), np.exp(-lam_s_1), eta)
         h_ = -np.log(sd) - lam_s
-        noise = noise_sampler(loop.sigmas[i], sigma_s_1_t) if add_noise else None
+        noise = noise_sampler(loop.at[i], sigma_s_1_t) if add_noise else None
         x_2, _ = loop.step(
             x,
             denoised,
@@ -53,7 +53,7 @@ def _dpmpp_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, no
         sd, su = get_ancestral_step(np.exp(-lam_s), np.exp(-lam_t), eta)
         h_ = -np.log(sd) - lam_s
         b = -alpha_t * np.expm1(-h_)
-        noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if add_noise else None
+        noise = noise_sampler(loop.at[i], loop.at[i + 1]) if add_noise else None
         x, _ = loop.step(
             x,
             denoised,
@@ -129,7 +129,7 @@ def _dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
                 b, history = [b[0] + c, -c], [old_denoised]
             noise, s = None, 0.0
             if add_noise:
-                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                noise = noise_sampler(loop.at[i], loop.at[i + 1])
                 s = sigma_next * np.sqrt(-np.expm1(-2 * h * eta)) * s_noise
             x, _ = loop.step(x, denoised, history, sigma_next / sigma * np.exp(-h * eta), b, noise=noise, s=s)
         old_denoised = denoised
@@ -252,7 +252,7 @@ def _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
                 b, history = [b[0] + c, -c], [denoised_1]
             noise, s = None, 0.0
             if add_noise:
-                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                noise = noise_sampler(loop.at[i], loop.at[i + 1])
                 s = sigma_next * np.sqrt(-np.expm1(-2 * h * eta)) * s_noise
             x, _ = loop.step(x, denoised, history, sigma_next / sigma * np.exp(-h * eta), b, noise=noise, s=s)
         denoised_1, denoised_2 = denoised, denoised_1
@@ -361,7 +361,7 @@ def sample_er_sde(
                     history = [old, older]
             noise, s = None, 0.0
             if s_noise > 0:
-                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                noise = noise_sampler(loop.at[i], loop.at[i + 1])
                 spread = er_t**2 - er_s**2 * r**2
                 s = alpha_t * s_noise * (np.sqrt(spread) if spread >= 0 else 0.0)
             x, _ = loop.step(x, denoised, history, a, b, noise=noise, s=s)
@@ -387,7 +387,7 @@ def _seeds(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_
         lam_s, lam_t = snr.of(sigma), snr.of(sigma_next)
         h = lam_t - lam_s
         h_eta = h * (eta + 1)
-        lam_s_t, lam_t_t = snr.of_tensor(loop.sigmas[i]), snr.of_tensor(loop.sigmas[i + 1])
+        lam_s_t, lam_t_t = snr.of_tensor(loop.at[i]), snr.of_tensor(loop.at[i + 1])
         stage_sigmas = [snr.sigma(lam_s + f * h) for f in fractions]
         stage_sigmas_t = [snr.sigma_tensor(torch.lerp(lam_s_t, lam_t_t, f)) for f in fractions]
         # Stage k: x_k = (sigma_k / sigma) e^(-f_k h eta) x - alpha_k sum_j a_kj D_j, D_0 = denoised and
@@ -404,10 +404,10 @@ def _seeds(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_
                 {0: np.expm1(-r_2 * h_eta) - a3_2, 1: a3_2},
                 {0: np.expm1(-h_eta) - b3, 2: b3},
             ]
-        ends = [*zip(fractions, stage_sigmas, stage_sigmas_t), (1.0, sigma_next, loop.sigmas[i + 1])]
+        ends = [*zip(fractions, stage_sigmas, stage_sigmas_t), (1.0, sigma_next, loop.at[i + 1])]
         evaluations = [denoised]
         increments, weights = [], []  # the noise increments so far and their weights in this stage's state
-        start_t, previous = loop.sigmas[i], 0.0
+        start_t, previous = loop.at[i], 0.0
         for k, (f, sigma_k, sigma_k_t) in enumerate(ends):
             alpha_k = sigma_k * np.exp(snr.of(sigma_k))
             (first, a_first), *others = rows[k].items()

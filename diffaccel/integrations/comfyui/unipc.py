@@ -66,6 +66,7 @@ def sample_unipc(model, noise, sigmas, extra_args=None, callback=None, disable=F
         # ComfyUI writes its stand-in into the caller's sigmas (a view of them), and KSampler
         # then reads that last sigma back: kept, so KSampler's result is ComfyUI's.
         sigmas[-1] = _LAST_SIGMA
+        loop.use_sigmas(sigmas)
         loop.values[-1] = np.float64(torch.tensor(_LAST_SIGMA, dtype=sigmas.dtype).item())
     t = loop.values
     lam = [-np.log(v) for v in t]
@@ -94,7 +95,7 @@ def sample_unipc(model, noise, sigmas, extra_args=None, callback=None, disable=F
         x_t, _ = loop.step(x, m0, older[: len(extra)], ratio * scale, coefficients)
         if not corrector:
             return x_t, None
-        model_t = loop.denoise(x_t, loop.sigmas[k])
+        model_t = loop.denoise_at(x_t, k)
         _, _, _, rhos_c = _weights(lam_prev, lam[k], step_order, variant, predictor=False)
         extra = [b_h * rho / r for rho, r in zip(rhos_c[:-1], rks)]
         last = b_h * rhos_c[-1]
@@ -102,7 +103,7 @@ def sample_unipc(model, noise, sigmas, extra_args=None, callback=None, disable=F
         x_c, _ = loop.step(x, model_t, [m0, *older[: len(extra)]], ratio, coefficients)
         return x_c, model_t
 
-    models = [loop.denoise(noise, loop.sigmas[0])]
+    models = [loop.denoise_at(noise, 0)]
     indices = [0]
     report(0, x, models[-1])
     for step_index in range(1, steps):

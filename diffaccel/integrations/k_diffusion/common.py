@@ -30,9 +30,12 @@ def _step(x, denoised, history, coeffs, noise=None, sigma_dtype: Optional[torch.
     promotes, where its 0-d sigma and t tensors do not. So bf16 latents become
     float32 after an Euler step with float32 sigmas, as in k-diffusion, and the
     model sees what it would see there."""
-    tensors = [x, denoised, *history] + ([noise] if noise is not None else [])
-    dtypes = [t.dtype for t in tensors] + ([sigma_dtype] if sigma_dtype is not None else [])
-    dtype = functools.reduce(torch.promote_types, dtypes)
+    dtype = x.dtype
+    for t in (denoised, noise, *history):
+        if t is not None and t.dtype != dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
+    if sigma_dtype is not None and sigma_dtype != dtype:
+        dtype = torch.promote_types(dtype, sigma_dtype)
     if dtype == torch.float64:
         x, denoised, noise, *history = float64_if_any([x.to(dtype), denoised, noise, *history])
     elif x.dtype != dtype:
@@ -162,21 +165,33 @@ class _Loop:
     def __init__(self, model, x, sigmas, extra_args, callback, disable):
         self.model, self.callback = model, callback
         self.extra_args = {} if extra_args is None else extra_args
-        self.sigmas = sigmas
-        # The one host read of the sigmas, as numpy float64 scalars: the samplers'
-        # scalar math then follows IEEE rules (see _sampler).
-        self.values: List[float] = [np.float64(v) for v in sigmas.tolist()]
-        # k-diffusion hangs on a NaN sigma in its SDE samplers (inside the Brownian
-        # tree) and turns any non-finite one into NaN samples: refused up front.
-        bad = next((j for j, v in enumerate(self.values) if not np.isfinite(v)), None)
-        if bad is not None:
-            raise ValueError(f"argument 'sigmas' must be finite, got sigmas[{bad}] = {self.values[bad]}")
         self.s_in = x.new_ones([x.shape[0]])
         self.device = x.device
+        self.use_sigmas(sigmas)
+        # The one host read of the sigmas, as numpy float64 scalars: the samplers'
+        # scalar math then follows IEEE rules (see _sampler).
+        raw = sigmas.tolist()
+        self.values: List[float] = list(np.array(raw, dtype=np.float64))
+        # k-diffusion hangs on a NaN sigma in its SDE samplers (inside the Brownian
+        # tree) and turns any non-finite one into NaN samples: refused up front.
+        bad = next((j for j, v in enumerate(raw) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise ValueError(f"argument 'sigmas' must be finite, got sigmas[{bad}] = {self.values[bad]}")
         self.disable = disable
+
+    def use_sigmas(self, sigmas: torch.Tensor) -> None:
+        """The sigmas tensor the loop indexes (again where a sampler changes it): ``at[i]``
+        is sigmas[i] as a view, made once (indexing a tensor costs a microsecond or two a
+        call), and the model's sigma tensors, sigmas[i] * s_in, are made in one op on
+        first use."""
+        self.sigmas = sigmas
+        self.at = sigmas.unbind(0)
+        self._model_sigmas = None
 
     def steps(self):
         n = len(self.values) - 1
+        if self.disable:  # no bar to show: tqdm's set-up alone is 20 us a sampler call
+            return range(n)
         try:
             from tqdm.auto import trange
         except ImportError:
@@ -184,7 +199,19 @@ class _Loop:
         return trange(n, disable=self.disable)
 
     def denoise(self, x, sigma):
-        denoised = self.model_output = self.model(x, sigma * self.s_in, **self.extra_args)
+        """The model at a sigma (a 0-d tensor, or a host number): given sigma * s_in, as k-diffusion gives it."""
+        return self._call_model(x, sigma * self.s_in)
+
+    def denoise_at(self, x, i):
+        """The model at sigmas[i]; its sigma tensor (sigmas[i] * s_in, the same values and
+        dtype as k-diffusion's) comes from one op made for all the steps."""
+        if self._model_sigmas is None:
+            table = self.sigmas.to(device=self.device, dtype=self.s_in.dtype)
+            self._model_sigmas = (table[:, None] * self.s_in).unbind(0)
+        return self._call_model(x, self._model_sigmas[i])
+
+    def _call_model(self, x, sigma):
+        denoised = self.model_output = self.model(x, sigma, **self.extra_args)
         if isinstance(denoised, torch.Tensor) and (denoised.shape != x.shape or not denoised.is_floating_point()):
             denoised = _as_k_diffusion_computes(denoised, x)
         return denoised
@@ -195,20 +222,27 @@ class _Loop:
 
     def evaluate(self, x, i):
         """The model at sigma_i, reported to the callback as k-diffusion reports it."""
-        denoised = self.denoise(x, self.sigmas[i])
-        self.report(x, i, self.sigmas[i], denoised)
+        denoised = self.denoise_at(x, i)
+        self.report(x, i, self.at[i], denoised)
+        return denoised
+
+    def evaluate_churned(self, x, i, sigma_hat):
+        """The model at a step's sigma_hat (``at[i]`` itself where no churn raised it),
+        reported with it."""
+        denoised = self.denoise_at(x, i) if sigma_hat is self.at[i] else self.denoise(x, sigma_hat)
+        self.report(x, i, sigma_hat, denoised)
         return denoised
 
     def report(self, x, i, sigma_hat, denoised):
         if self.callback is not None:
-            self.callback({"x": x, "i": i, "sigma": self.sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+            self.callback({"x": x, "i": i, "sigma": self.at[i], "sigma_hat": sigma_hat, "denoised": denoised})
 
     def positive_range(self):
         """The smallest positive and the largest sigma, as elements of the sigmas tensor."""
         positive = [j for j, v in enumerate(self.values) if v > 0]
         low = min(positive, key=lambda j: self.values[j])
         high = max(range(len(self.values)), key=lambda j: self.values[j])
-        return self.sigmas[low], self.sigmas[high]
+        return self.at[low], self.at[high]
 
     def step(self, x, denoised, history, a, b, noise=None, s=0.0, to_d=False):
         """x_next = a x + b[0] denoised + sum_j b[j+1] history[j] (+ s noise): one ei_step
@@ -219,12 +253,13 @@ class _Loop:
 
 
 def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise):
-    """Karras et al.'s stochastic churn: (x, sigma_hat tensor, sigma_hat value). The
+    """Karras et al.'s stochastic churn: (x, sigma_hat tensor, sigma_hat value); the tensor
+    is ``loop.at[i]`` itself where gamma is 0 (the same value k-diffusion's product has). The
     noise is drawn every step, as k-diffusion draws it, even when unused."""
     sigma = loop.values[i]
     gamma = min(s_churn / (len(loop.values) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
     eps = torch.randn_like(x)
-    sigma_hat = loop.sigmas[i] * (gamma + 1)
+    sigma_hat = loop.at[i] * (gamma + 1) if gamma > 0 else loop.at[i]
     if gamma > 0:
         scale = s_noise * ((sigma * (gamma + 1)) ** 2 - sigma**2) ** 0.5
         x = ops.multistep_combine([x, eps], _COEFFICIENTS.get([1.0, scale], x.device))

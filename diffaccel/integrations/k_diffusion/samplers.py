@@ -38,8 +38,7 @@ def sample_euler(
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         x, sigma_hat, sh = _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(x, sigma_hat)
-        loop.report(x, i, sigma_hat, denoised)
+        denoised = loop.evaluate_churned(x, i, sigma_hat)
         r = loop.values[i + 1] / sh
         x, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
     return x
@@ -65,7 +64,7 @@ def sample_euler_ancestral(
         denoised = loop.evaluate(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
         r = sigma_down / sigma
-        noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
+        noise = noise_sampler(loop.at[i], loop.at[i + 1]) if sigma_next > 0 else None
         x, _ = loop.step(x, denoised, [], r, [1.0 - r], noise=noise, s=s_noise * sigma_up, to_d=True)
     return x
 
@@ -87,8 +86,7 @@ def sample_heun(
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         x, sigma_hat, sh = _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(x, sigma_hat)
-        loop.report(x, i, sigma_hat, denoised)
+        denoised = loop.evaluate_churned(x, i, sigma_hat)
         sn = loop.values[i + 1]
         r = sn / sh
         x_2, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
@@ -96,7 +94,7 @@ def sample_heun(
             x = x_2
             continue
         # x + dt/2 (d + d_2) with d = (x - denoised)/sh, d_2 = (x_2 - denoised_2)/sn, dt = sn - sh.
-        denoised_2 = loop.denoise(x_2, loop.sigmas[i + 1])
+        denoised_2 = loop.denoise_at(x_2, i + 1)
         half = (sn - sh) / 2
         x, _ = loop.step(
             x_2, denoised_2, [x, denoised], half / sn, [-half / sn, 1.0 + half / sh, -half / sh], to_d=True
@@ -140,8 +138,7 @@ def sample_dpm_2(
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     for i in loop.steps():
         x, sigma_hat, sh = _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.denoise(x, sigma_hat)
-        loop.report(x, i, sigma_hat, denoised)
+        denoised = loop.evaluate_churned(x, i, sigma_hat)
         x = _dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1])
     return x
 
@@ -170,9 +167,9 @@ def sample_dpm_2_ancestral(
             x,
             denoised,
             sigma,
-            loop.sigmas[i],
+            loop.at[i],
             sigma_down,
-            draw_noise=lambda: noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]),
+            draw_noise=lambda: noise_sampler(loop.at[i], loop.at[i + 1]),
             s=s_noise * sigma_up,
         )
     return x
@@ -257,10 +254,10 @@ def sample_dpmpp_2s_ancestral(
             h = np.log(sigma) - np.log(sigma_down)
             sigma_s = np.exp(-(-np.log(sigma) + h / 2))
             x_2, _ = loop.step(x, denoised, [], sigma_s / sigma, [-np.expm1(-h / 2)])
-            t, t_next = loop.sigmas[i].log().neg(), loop.sigma_tensor(sigma_down).log().neg()
+            t, t_next = loop.at[i].log().neg(), loop.sigma_tensor(sigma_down).log().neg()
             source = loop.denoise(x_2, (t + (t_next - t) / 2).neg().exp())
             a, b = sigma_down / sigma, -np.expm1(-h)
-        noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1]) if sigma_next > 0 else None
+        noise = noise_sampler(loop.at[i], loop.at[i + 1]) if sigma_next > 0 else None
         x, _ = loop.step(x, source, [], a, [b], noise=noise, s=s_noise * sigma_up, to_d=sigma_down == 0)
     return x
 
@@ -300,7 +297,7 @@ def sample_dpmpp_sde(
         # The times the noise sampler and the model see, computed with k-diffusion's
         # tensor ops: a Brownian increment is rough in its end points, so even a
         # rounding difference there would show in the noise.
-        t, t_next = loop.sigmas[i].log().neg(), loop.sigmas[i + 1].log().neg()
+        t, t_next = loop.at[i].log().neg(), loop.at[i + 1].log().neg()
         sigma_t, sigma_s_t = t.neg().exp(), (t + (t_next - t) * r).neg().exp()
         sigma_next_t = t_next.neg().exp()
         # Step 1: to the intermediate time, ancestrally.
@@ -361,7 +358,7 @@ def sample_dpmpp_2m_sde(
                 b, history = [phi + c, -c], [old_denoised]
             noise, s = None, 0.0
             if eta:
-                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                noise = noise_sampler(loop.at[i], loop.at[i + 1])
                 s = sigma_next * np.sqrt(-np.expm1(-2 * eta_h)) * s_noise
             x, kept = loop.step(x, denoised, history, a, b, noise=noise, s=s)
             h_last = h
@@ -409,7 +406,7 @@ def sample_dpmpp_3m_sde(
                 b, history = [phi + phi_2 / r, -phi_2 / r], [denoised_1]
             noise, s = None, 0.0
             if eta:
-                noise = noise_sampler(loop.sigmas[i], loop.sigmas[i + 1])
+                noise = noise_sampler(loop.at[i], loop.at[i + 1])
                 s = sigma_next * np.sqrt(-np.expm1(-2 * h * eta)) * s_noise
             x, kept = loop.step(x, denoised, history, np.exp(-h_eta), b, noise=noise, s=s)
         denoised_1, denoised_2 = kept, denoised_1
