@@ -160,7 +160,7 @@ def sample_dpm_2(
     for i in loop.steps():
         x, sigma_hat, sh = _churn_if_any(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
-        x = k_samplers._dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1])
+        x = k_samplers._dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1], sigma_to_t=loop.at[i + 1])
     return x
 
 

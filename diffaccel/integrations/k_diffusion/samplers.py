@@ -102,18 +102,22 @@ def sample_heun(
     return x
 
 
-def _dpm_2_step(loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, draw_noise=None, s=0.0, scale=1.0):
+def _dpm_2_step(
+    loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, draw_noise=None, s=0.0, scale=1.0, sigma_to_t=None
+):
     """DPM-Solver-2 in sigma (k-diffusion's sample_dpm_2): a midpoint evaluation at
     the geometric mean of the sigmas; an Euler step (and no noise) when sigma_to = 0.
     draw_noise() is called after the midpoint's model call, where k-diffusion draws.
-    The result is scale * (the step) + s * noise (ComfyUI's flow variant rescales)."""
+    The result is scale * (the step) + s * noise (ComfyUI's flow variant rescales).
+    sigma_to_t: sigma_to as a tensor where the caller has one (else made from the value)."""
     r = sigma_to / sigma_from
     if sigma_to == 0:
         return loop.step(x, denoised, [], r, [1.0 - r], to_d=True)[0]
     sigma_mid = np.exp(0.5 * (np.log(sigma_from) + np.log(sigma_to)))
     r_mid = sigma_mid / sigma_from
     x_2, _ = loop.step(x, denoised, [], r_mid, [1.0 - r_mid], to_d=True)
-    mid_t = sigma_from_t.log().lerp(loop.sigma_tensor(sigma_to).log(), 0.5).exp()
+    sigma_to_t = loop.sigma_tensor(sigma_to) if sigma_to_t is None else sigma_to_t
+    mid_t = sigma_from_t.log().lerp(sigma_to_t.log(), 0.5).exp()
     denoised_2 = loop.denoise(x_2, mid_t)
     noise = draw_noise() if draw_noise is not None else None
     # x + (sigma_to - sigma_from) (x_2 - denoised_2) / sigma_mid (+ s noise)
@@ -139,7 +143,7 @@ def sample_dpm_2(
     for i in loop.steps():
         x, sigma_hat, sh = _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
-        x = _dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1])
+        x = _dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1], sigma_to_t=loop.at[i + 1])
     return x
 
 
