@@ -112,6 +112,14 @@ def main(*args):
             "same machine (bench/compare.sh; its % copy against the copy of its own run)"
         )
     print()
+    op_keys = [
+        key
+        for key, t in median.items()
+        if key[0] not in ("copy", "triad")
+        and key[0] not in calls
+        and not key[0].startswith("comfyui_")
+        and any(i in t for i in fused_impls)
+    ]
     # Columns of the compiled reference only where it was timed.
     has_compiled = any("compiled_reference" in t for t in median.values())
     head = ["case", "shape", "dtype"] + [f"{i} us" for i in fused_impls] + ["eager ref us"]
@@ -121,8 +129,9 @@ def main(*args):
         head += ["triad GB/s"] + [f"{i} % triad" for i in fused_impls]
     if before:
         head += ["before us", "before % copy"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
+    if op_keys:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
     for (case, shape, dtype), t in sorted(median.items()):
         if case in ("copy", "triad") or case in calls or case.startswith("comfyui_"):
             continue
