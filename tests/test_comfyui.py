@@ -517,3 +517,28 @@ def test_schedules_values():
 def test_unknown_scheduler_lists_the_valid_ones():
     with pytest.raises(ValueError, match="'scheduler_name' must be one of simple, sgm_uniform, karras"):
         ours.calculate_sigmas(DiscreteEPS(), "uniform", 10)
+
+
+def test_an_option_a_sampler_does_not_take_is_refused_as_in_comfyui():
+    x, sigmas = _start("EPS")
+    for function in (ours.sampler_function("euler"), reference.TWINS["euler"]):
+        with pytest.raises(TypeError, match="eta"):
+            function(model_for("EPS", SHAPE), x, sigmas, eta=1.0)
+
+
+def test_a_wrapper_without_model_sampling():
+    """A plain denoiser function (no ComfyUI wrapper around it): the samplers that never
+    read the model sampling run on it, as ComfyUI's do; the ones that read it fail the
+    same way ComfyUI's do (AttributeError)."""
+    x, sigmas = _start("EPS")
+
+    def plain(x, sigma, **kwargs):
+        return x / (1 + sigma.view(-1, 1, 1, 1) ** 2)
+
+    for name in ("euler", "dpmpp_2m", "lms", "ipndm"):
+        out = ours.sampler_function(name)(plain, x, sigmas)
+        assert _relative(out, reference.TWINS[name](plain, x.double(), sigmas.double())) <= 1e-5
+    for name in ("euler_ancestral", "dpmpp_2m_sde", "lcm"):
+        for function in (ours.sampler_function(name), reference.TWINS[name]):
+            with pytest.raises(AttributeError):
+                function(plain, x, sigmas, noise_sampler=FixedNoise())

@@ -206,7 +206,9 @@ class _Loop:
         """The model at sigmas[i]; its sigma tensor (sigmas[i] * s_in, the same values and
         dtype as k-diffusion's) comes from one op made for all the steps."""
         if self._model_sigmas is None:
-            table = self.sigmas.to(device=self.device, dtype=self.s_in.dtype)
+            # The dtype a 0-d sigma times s_in has (bf16 for bf16 latents, float for integer ones).
+            dtype = torch.result_type(self.at[i], self.s_in)
+            table = self.sigmas.to(device=self.device, dtype=dtype)
             self._model_sigmas = (table[:, None] * self.s_in).unbind(0)
         return self._call_model(x, self._model_sigmas[i])
 
