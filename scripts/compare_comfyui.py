@@ -2,7 +2,7 @@
 model: python scripts/compare_comfyui.py COMFYUI_DIR [--steps N] [--out FILE].
 
 COMFYUI_DIR is a ComfyUI source tree (its Python dependencies einops,
-safetensors, psutil, scipy, torchsde and tqdm importable). ComfyUI is run on
+safetensors, psutil, av, scipy, torchsde and tqdm importable). ComfyUI is run on
 the CPU, with torchvision stubbed (a CPU-only torch has no matching
 torchvision wheel, and the samplers do not use it).
 
@@ -242,6 +242,89 @@ def compare_cell(comfy, name, model_sampling, flow, steps, shape, ours_module):
     return text + " **over 1e-5**", False
 
 
+def integration_checks(comfy, comfyui_dir, ours, steps, shape) -> list:
+    """The node pack loaded by ComfyUI's own custom-node loader, its sampler node and
+    patch() through ComfyUI's KSAMPLER.sample (noise scaling, the sampler, the inverse
+    scaling: what KSampler runs), against ComfyUI's own KSAMPLER: (name, result) rows."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    from diffaccel.integrations.comfyui import install
+
+    rows = []
+    root = tempfile.mkdtemp()
+    os.makedirs(os.path.join(root, "custom_nodes"))
+    try:
+        entry = install.install(root, patch=False)
+        import nodes
+
+        loaded = asyncio.run(nodes.load_custom_node(entry))
+        names = [name for name in ours.NODE_CLASS_MAPPINGS if name in nodes.NODE_CLASS_MAPPINGS]
+        rows.append(("ComfyUI's load_custom_node on `diffaccel comfyui install`'s entry", f"{loaded}, nodes {names}"))
+    finally:
+        shutil.rmtree(root)
+    samplings = model_samplings(comfy)
+
+    def through_ksampler(name, kind, make_sampler):
+        model_sampling, flow = samplings[kind]
+        sigmas = comfy.samplers.calculate_sigmas(model_sampling, "simple" if flow else "karras", steps)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(11))
+        latent = torch.randn(shape, generator=torch.Generator().manual_seed(12)) * 0.1
+        guider = ToyGuider(comfy, model_sampling, flow, shape)
+        torch.manual_seed(99)
+        extra_args = {"model_options": {}, "seed": 1234}
+        out = make_sampler().sample(guider, sigmas.clone(), extra_args, None, noise, latent_image=latent)
+        return out, torch.get_rng_state()
+
+    worst, states, over = 0.0, True, []
+    select = ours.NODE_CLASS_MAPPINGS["DiffaccelSamplerSelect"]()
+    for name in ours.SAMPLER_NAMES:
+        for kind in samplings:
+            theirs, their_state = through_ksampler(name, kind, lambda: comfy.samplers.sampler_object(name))
+            mine, my_state = through_ksampler(name, kind, lambda: select.get_sampler(name)[0])
+            rel = _relative(mine, theirs)
+            worst, states = max(worst, rel), states and torch.equal(my_state, their_state)
+            if rel > 1e-5:
+                over.append(f"{name} {kind} {rel:.1e}")
+    rows.append(
+        (
+            "Diffaccel Sampler Select's SAMPLER in KSAMPLER.sample, every name x EPS/V/CONST",
+            f"largest difference {worst:.1e}; generator states {'equal' if states else '**differ**'}; "
+            f"over 1e-5: {', '.join(over) or 'none'}",
+        )
+    )
+    originals = {name: comfy.samplers.sampler_object(name).sampler_function for name in comfy.samplers.SAMPLER_NAMES}
+    ours.patch()
+    try:
+        # (dpm_fast / dpm_adaptive: ComfyUI's adapter, a new closure each time, looks the function up when it runs.)
+        direct = [n for n in ours.SAMPLER_NAMES if n not in ("dpm_fast", "dpm_adaptive")]
+        swapped = [n for n in direct if comfy.samplers.sampler_object(n).sampler_function is not originals[n]]
+        worst = 0.0
+        for name in ("euler", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc", "ddim"):
+            mine, _ = through_ksampler(name, "CONST", lambda: comfy.samplers.sampler_object(name))
+            ours.unpatch()
+            theirs, _ = through_ksampler(name, "CONST", lambda: comfy.samplers.sampler_object(name))
+            ours.patch()
+            worst = max(worst, _relative(mine, theirs))
+    finally:
+        ours.unpatch()
+    restored = all(
+        comfy.samplers.sampler_object(n).sampler_function is originals[n]
+        for n in originals
+        if n not in ("dpm_fast", "dpm_adaptive")
+    )
+    rows.append(("patch(): names whose KSampler function is now diffaccel's", f"{len(swapped)} of {len(direct)}"))
+    rows.append(
+        (
+            "patch(), KSAMPLER.sample on CONST (euler, dpmpp_2m, dpmpp_2m_sde, uni_pc, ddim) vs unpatched",
+            f"largest difference {worst:.1e}",
+        )
+    )
+    rows.append(("unpatch() restores ComfyUI's functions", str(restored)))
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("comfyui_dir")
@@ -299,6 +382,11 @@ def main(argv=None) -> int:
                     cells.append(f"error: {type(error).__name__}"[:40])
                 failures += not same
         lines.append(f"| {scheduler} | " + " | ".join(cells) + " |")
+    lines += ["", "Inside ComfyUI (its loader, KSAMPLER and sampler_object):", "", "| check | result |", "|---|---|"]
+    lines += [
+        f"| {check} | {result} |"
+        for check, result in integration_checks(comfy, args.comfyui_dir, ours, args.steps, shape)
+    ]
     lines += [
         "",
         f"Cells over 1e-5 or differing: {failures}.",
