@@ -11,7 +11,6 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from diffaccel import ops
 from diffaccel.integrations.comfyui.common import (
     _EPS_NOISE_SCALING,
     _FLOW,
@@ -26,20 +25,10 @@ from diffaccel.integrations.k_diffusion.common import _churn, _sampler, _step, g
 from diffaccel.solvers.lms import lagrange_weights
 
 
-def _churn_if_any(loop: ComfyLoop, x, i, s_churn, s_tmin, s_tmax, s_noise):
-    """ComfyUI's churn in euler, heun and dpm_2: (x, sigma_hat tensor, sigma_hat value) as
-    k-diffusion's _churn gives them, noise drawn only on a step that adds it (k-diffusion's
-    draws every step)."""
-    if not s_churn > 0:
-        return x, loop.at[i], loop.values[i]
-    sigma = loop.values[i]
-    gamma = min(s_churn / (len(loop.values) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-    sigma_hat = loop.at[i] * (gamma + 1) if gamma > 0 else loop.at[i]
-    if gamma > 0:
-        eps = torch.randn_like(x)
-        scale = s_noise * ((sigma * (gamma + 1)) ** 2 - sigma**2) ** 0.5
-        x = ops.multistep_combine([x, eps], k_common._COEFFICIENTS.get([1.0, scale], x.device))
-    return x, sigma_hat, sigma * (gamma + 1)
+def _comfyui_churn(s_churn, s_tmin, s_tmax, s_noise):
+    """ComfyUI's churn in euler, heun and dpm_2: a positive s_churn only, noise drawn
+    only on a step that adds it (k-diffusion's draws every step)."""
+    return lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise, every_step=False)
 
 
 @_sampler
@@ -57,12 +46,7 @@ def sample_euler(
 ):
     """Euler steps (Karras et al. 2022, Algorithm 2 with first-order steps)."""
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
-    for i in loop.steps():
-        x, sigma_hat, sh = _churn_if_any(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.evaluate_churned(x, i, sigma_hat)
-        r = loop.values[i + 1] / sh
-        x, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
-    return x
+    return k_samplers.euler_steps(loop, x, _comfyui_churn(s_churn, s_tmin, s_tmax, s_noise))
 
 
 @_sampler
@@ -80,21 +64,7 @@ def sample_heun(
 ):
     """Heun steps (Karras et al. 2022, Algorithm 2); an Euler step to sigma = 0."""
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
-    for i in loop.steps():
-        x, sigma_hat, sh = _churn_if_any(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.evaluate_churned(x, i, sigma_hat)
-        sn = loop.values[i + 1]
-        r = sn / sh
-        x_2, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
-        if sn == 0:
-            x = x_2
-            continue
-        denoised_2 = loop.denoise_at(x_2, i + 1)
-        half = (sn - sh) / 2
-        x, _ = loop.step(
-            x_2, denoised_2, [x, denoised], half / sn, [-half / sn, 1.0 + half / sh, -half / sh], to_d=True
-        )
-    return x
+    return k_samplers.heun_steps(loop, x, _comfyui_churn(s_churn, s_tmin, s_tmax, s_noise))
 
 
 @_sampler
@@ -157,11 +127,7 @@ def sample_dpm_2(
 ):
     """k-diffusion's DPM-Solver-2-inspired sampler (Karras et al.'s Algorithm 2 with a midpoint)."""
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
-    for i in loop.steps():
-        x, sigma_hat, sh = _churn_if_any(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.evaluate_churned(x, i, sigma_hat)
-        x = k_samplers._dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1], sigma_to_t=loop.at[i + 1])
-    return x
+    return k_samplers.dpm_2_steps(loop, x, _comfyui_churn(s_churn, s_tmin, s_tmax, s_noise))
 
 
 class _FlowAncestralStep:

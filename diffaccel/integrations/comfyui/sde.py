@@ -66,42 +66,41 @@ def _dpmpp_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, no
     return x
 
 
-@_sampler
-def sample_dpmpp_sde(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    eta=1.0,
-    s_noise=1.0,
-    noise_sampler: Optional[Callable] = None,
-    r=1 / 2,
-):
-    """DPM-Solver++ (stochastic): two model calls a step, Brownian-tree noise on the CPU by default."""
-    if len(sigmas) <= 1:
-        return x
-    return _dpmpp_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, r, True)
+def _named(function, name: str, doc: str):
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = doc
+    return function
 
 
-@_sampler
-def sample_dpmpp_sde_gpu(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    eta=1.0,
-    s_noise=1.0,
-    noise_sampler: Optional[Callable] = None,
-    r=1 / 2,
-):
-    """sample_dpmpp_sde with the Brownian tree on x's device."""
-    if len(sigmas) <= 1:
-        return x
-    return _dpmpp_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, r, False)
+def _dpmpp_sde_sampler(cpu_tree: bool, name: str, doc: str):
+    """sample_dpmpp_sde / _gpu: the same sampler, the Brownian tree on the CPU or on x's device."""
+
+    @_sampler
+    def sample(
+        model,
+        x,
+        sigmas,
+        extra_args=None,
+        callback=None,
+        disable=None,
+        eta=1.0,
+        s_noise=1.0,
+        noise_sampler: Optional[Callable] = None,
+        r=1 / 2,
+    ):
+        if len(sigmas) <= 1:
+            return x
+        return _dpmpp_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, r, cpu_tree)
+
+    return _named(sample, name, doc)
+
+
+sample_dpmpp_sde = _dpmpp_sde_sampler(
+    True, "sample_dpmpp_sde", "DPM-Solver++ (stochastic): two model calls a step, Brownian-tree noise on the CPU."
+)
+sample_dpmpp_sde_gpu = _dpmpp_sde_sampler(
+    False, "sample_dpmpp_sde_gpu", "sample_dpmpp_sde, the Brownian tree on x's device."
+)
 
 
 def _dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type, cpu_tree):
@@ -137,88 +136,43 @@ def _dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
     return x
 
 
-@_sampler
-def sample_dpmpp_2m_sde(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    eta=1.0,
-    s_noise=1.0,
-    noise_sampler: Optional[Callable] = None,
-    solver_type="midpoint",
-):
-    """DPM-Solver++(2M) SDE, Brownian-tree noise on the CPU by default."""
-    if len(sigmas) <= 1:
-        return x
-    return _dpmpp_2m_sde(
-        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type, True
-    )
+def _dpmpp_2m_sde_sampler(cpu_tree: bool, default_solver: str, name: str, doc: str):
+    """The four 2M SDE names: midpoint or heun by default, the tree on the CPU or the device."""
+
+    @_sampler
+    def sample(
+        model,
+        x,
+        sigmas,
+        extra_args=None,
+        callback=None,
+        disable=None,
+        eta=1.0,
+        s_noise=1.0,
+        noise_sampler: Optional[Callable] = None,
+        solver_type=default_solver,
+    ):
+        if len(sigmas) <= 1:
+            return x
+        return _dpmpp_2m_sde(
+            model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type, cpu_tree
+        )
+
+    return _named(sample, name, doc)
 
 
-@_sampler
-def sample_dpmpp_2m_sde_gpu(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    eta=1.0,
-    s_noise=1.0,
-    noise_sampler: Optional[Callable] = None,
-    solver_type="midpoint",
-):
-    """sample_dpmpp_2m_sde with the Brownian tree on x's device."""
-    if len(sigmas) <= 1:
-        return x
-    return _dpmpp_2m_sde(
-        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type, False
-    )
-
-
-@_sampler
-def sample_dpmpp_2m_sde_heun(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    eta=1.0,
-    s_noise=1.0,
-    noise_sampler: Optional[Callable] = None,
-    solver_type="heun",
-):
-    """sample_dpmpp_2m_sde with the heun correction by default."""
-    if len(sigmas) <= 1:
-        return x
-    return _dpmpp_2m_sde(
-        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type, True
-    )
-
-
-@_sampler
-def sample_dpmpp_2m_sde_heun_gpu(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    eta=1.0,
-    s_noise=1.0,
-    noise_sampler: Optional[Callable] = None,
-    solver_type="heun",
-):
-    """sample_dpmpp_2m_sde_heun with the Brownian tree on x's device."""
-    if len(sigmas) <= 1:
-        return x
-    return _dpmpp_2m_sde(
-        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type, False
-    )
+sample_dpmpp_2m_sde = _dpmpp_2m_sde_sampler(
+    True, "midpoint", "sample_dpmpp_2m_sde", "DPM-Solver++(2M) SDE, Brownian-tree noise on the CPU."
+)
+sample_dpmpp_2m_sde_gpu = _dpmpp_2m_sde_sampler(
+    False, "midpoint", "sample_dpmpp_2m_sde_gpu", "sample_dpmpp_2m_sde, the Brownian tree on x's device."
+)
+sample_dpmpp_2m_sde_heun = _dpmpp_2m_sde_sampler(
+    True, "heun", "sample_dpmpp_2m_sde_heun", "sample_dpmpp_2m_sde with the heun correction by default."
+)
+sample_dpmpp_2m_sde_heun_gpu = _dpmpp_2m_sde_sampler(
+    False, "heun", "sample_dpmpp_2m_sde_heun_gpu", "sample_dpmpp_2m_sde_heun, the Brownian tree on x's device."
+)
 
 
 def _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, cpu_tree):
@@ -260,40 +214,32 @@ def _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
     return x
 
 
-@_sampler
-def sample_dpmpp_3m_sde(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    eta=1.0,
-    s_noise=1.0,
-    noise_sampler: Optional[Callable] = None,
-):
-    """DPM-Solver++(3M) SDE, Brownian-tree noise on the CPU by default."""
-    if len(sigmas) <= 1:
-        return x
-    return _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, True)
+def _dpmpp_3m_sde_sampler(cpu_tree: bool, name: str, doc: str):
+    @_sampler
+    def sample(
+        model,
+        x,
+        sigmas,
+        extra_args=None,
+        callback=None,
+        disable=None,
+        eta=1.0,
+        s_noise=1.0,
+        noise_sampler: Optional[Callable] = None,
+    ):
+        if len(sigmas) <= 1:
+            return x
+        return _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, cpu_tree)
+
+    return _named(sample, name, doc)
 
 
-@_sampler
-def sample_dpmpp_3m_sde_gpu(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    eta=1.0,
-    s_noise=1.0,
-    noise_sampler: Optional[Callable] = None,
-):
-    """sample_dpmpp_3m_sde with the Brownian tree on x's device."""
-    if len(sigmas) <= 1:
-        return x
-    return _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, False)
+sample_dpmpp_3m_sde = _dpmpp_3m_sde_sampler(
+    True, "sample_dpmpp_3m_sde", "DPM-Solver++(3M) SDE, Brownian-tree noise on the CPU."
+)
+sample_dpmpp_3m_sde_gpu = _dpmpp_3m_sde_sampler(
+    False, "sample_dpmpp_3m_sde_gpu", "sample_dpmpp_3m_sde, the Brownian tree on x's device."
+)
 
 
 def _default_er_sde_noise_scaler(x):

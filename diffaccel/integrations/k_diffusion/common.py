@@ -254,13 +254,17 @@ class _Loop:
         return _step(x, denoised, history, coeffs, noise, self.sigmas.dtype if to_d else None)
 
 
-def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise):
+def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise, every_step: bool = True):
     """Karras et al.'s stochastic churn: (x, sigma_hat tensor, sigma_hat value); the tensor
-    is ``loop.at[i]`` itself where gamma is 0 (the same value k-diffusion's product has). The
-    noise is drawn every step, as k-diffusion draws it, even when unused."""
+    is ``loop.at[i]`` itself where gamma is 0 (the same value k-diffusion's product has).
+    every_step: the noise is drawn every step, as k-diffusion draws it, even when unused;
+    without it (ComfyUI's euler, heun and dpm_2) only on a step that adds it, and only a
+    positive s_churn churns."""
     sigma = loop.values[i]
-    gamma = min(s_churn / (len(loop.values) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-    eps = torch.randn_like(x)
+    gamma = 0.0
+    if every_step or s_churn > 0:
+        gamma = min(s_churn / (len(loop.values) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    eps = torch.randn_like(x) if every_step or gamma > 0 else None
     sigma_hat = loop.at[i] * (gamma + 1) if gamma > 0 else loop.at[i]
     if gamma > 0:
         scale = s_noise * ((sigma * (gamma + 1)) ** 2 - sigma**2) ** 0.5

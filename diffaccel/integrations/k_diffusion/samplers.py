@@ -36,8 +36,14 @@ def sample_euler(
 ):
     """Euler steps (Karras et al. 2022, Algorithm 2 with first-order steps)."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    return euler_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
+
+
+def euler_steps(loop: _Loop, x, churn: Callable):
+    """The Euler loop of sample_euler (k-diffusion's, and ComfyUI's with its churn):
+    churn(loop, x, i) -> (x, sigma_hat tensor, sigma_hat value)."""
     for i in loop.steps():
-        x, sigma_hat, sh = _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
+        x, sigma_hat, sh = churn(loop, x, i)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
         r = loop.values[i + 1] / sh
         x, _ = loop.step(x, denoised, [], r, [1.0 - r], to_d=True)
@@ -84,8 +90,13 @@ def sample_heun(
 ):
     """Heun steps (Karras et al. 2022, Algorithm 2); an Euler step to sigma = 0."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    return heun_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
+
+
+def heun_steps(loop: _Loop, x, churn: Callable):
+    """The Heun loop of sample_heun; churn as in euler_steps."""
     for i in loop.steps():
-        x, sigma_hat, sh = _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
+        x, sigma_hat, sh = churn(loop, x, i)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
         sn = loop.values[i + 1]
         r = sn / sh
@@ -140,8 +151,13 @@ def sample_dpm_2(
 ):
     """k-diffusion's DPM-Solver-2-inspired sampler (Karras et al.'s Algorithm 2 with a midpoint)."""
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
+    return dpm_2_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
+
+
+def dpm_2_steps(loop: _Loop, x, churn: Callable):
+    """The loop of sample_dpm_2; churn as in euler_steps."""
     for i in loop.steps():
-        x, sigma_hat, sh = _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise)
+        x, sigma_hat, sh = churn(loop, x, i)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
         x = _dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1], sigma_to_t=loop.at[i + 1])
     return x
