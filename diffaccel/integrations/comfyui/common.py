@@ -51,8 +51,8 @@ def patcher_model_sampling(model):
 
 class HalfLogSNR:
     """lambda = log(alpha / sigma) of ComfyUI's sigma_to_half_log_snr, in float64 on
-    the host (alpha = 1 for EPS-like model sampling, 1 - sigma for flow), its
-    inverse, and alpha; and the same as tensor ops for the sigmas a model or a
+    the host (alpha = 1 for EPS-like model sampling, 1 - sigma for flow) and its
+    inverse; and the same as tensor ops for the sigmas a model or a
     noise sampler is given (ComfyUI computes those with tensor ops, and a Brownian
     increment is rough in its end points: the same ops give the same bits)."""
 
@@ -68,9 +68,6 @@ class HalfLogSNR:
         if self.flow:
             return 1 / (1 + np.exp(half_log_snr))
         return np.exp(-half_log_snr)
-
-    def alpha(self, sigma: float) -> float:
-        return 1 - sigma if self.flow else 1.0
 
     def of_tensor(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma.logit().neg() if self.flow else sigma.log().neg()
