@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion.common import _Loop
 
 # ComfyUI's classes whose noise_scaling is sigma * noise + latent (EPS and the
@@ -101,47 +102,26 @@ def seeded_noise_sampler(x: torch.Tensor, seed: Optional[int] = None) -> Callabl
     return sample
 
 
-class BrownianTreeNoiseSampler:
-    """ComfyUI's BrownianTreeNoiseSampler: torchsde Brownian-tree increments over
-    [sigma_next, sigma] normalised to unit variance, one tree per seed (a list of
-    seeds: one per sample), on the CPU (``cpu=True``, the ``*_sde`` samplers) or on
-    x's device (``cpu=False``, the ``*_gpu`` ones). A seed of None draws one from
-    the global generator, as ComfyUI does."""
+class BrownianTreeNoiseSampler(k_common.BrownianTreeNoiseSampler):
+    """ComfyUI's BrownianTreeNoiseSampler: k-diffusion's Brownian-tree noise with the
+    trees on the CPU (``cpu=True``, the ``*_sde`` samplers) or on x's device
+    (``cpu=False``, the ``*_gpu`` ones), each increment returned on the device and in
+    the dtype of the sigmas it was asked for, as ComfyUI returns it."""
 
     def __init__(self, x, sigma_min, sigma_max, seed=None, transform=lambda v: v, cpu=False):
-        try:
-            import torchsde
-        except ImportError as error:
-            raise ImportError(
-                "the SDE samplers' default noise needs torchsde (pip install torchsde), or pass noise_sampler="
-            ) from error
-        self.transform, self.cpu = transform, cpu
-        t0, t1 = transform(torch.as_tensor(sigma_min)), transform(torch.as_tensor(sigma_max))
-        t0, t1, self.sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        w0 = torch.zeros_like(x)
-        if seed is None:
-            seed = torch.randint(0, 2**63 - 1, ()).item()
-        self.batched = isinstance(seed, (tuple, list))
-        if self.batched:
-            if len(seed) != x.shape[0]:
-                raise ValueError(
-                    "Passing a list or tuple of seeds to BatchedBrownianTree requires a length matching the batch size."
-                )
-            w0 = w0[0]
-        seeds = list(seed) if self.batched else [seed]
-        if cpu:
-            t0, w0, t1 = t0.detach().cpu(), w0.detach().cpu(), t1.detach().cpu()
-        self.trees = tuple(torchsde.BrownianTree(t0, w0, t1, entropy=s) for s in seeds)
+        self.cpu = cpu
+        super().__init__(x, sigma_min, sigma_max, seed=seed, transform=transform)
 
-    def __call__(self, sigma, sigma_next):
-        t0, t1 = self.transform(torch.as_tensor(sigma)), self.transform(torch.as_tensor(sigma_next))
-        lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+    def _tree_inputs(self, t0, w0, t1):
+        if self.cpu:
+            return t0.detach().cpu(), w0.detach().cpu(), t1.detach().cpu()
+        return t0, w0, t1
+
+    def _increments(self, lo, hi):
         device, dtype = lo.device, lo.dtype
         if self.cpu:
             lo, hi = lo.detach().cpu().float(), hi.detach().cpu().float()
-        w = torch.stack([tree(lo, hi) for tree in self.trees]).to(device=device, dtype=dtype) * (self.sign * sign)
-        w = w if self.batched else w[0]
-        return w / (t1 - t0).abs().sqrt()
+        return super()._increments(lo, hi).to(device=device, dtype=dtype)
 
 
 def add_post_cfg_function(extra_args: dict, function: Callable) -> None:

@@ -109,12 +109,21 @@ class BrownianTreeNoiseSampler:
                 raise ValueError(f"BrownianTreeNoiseSampler: {len(seed)} seeds for a batch of {x.shape[0]}")
             w0 = w0[0]
         seeds = list(seed) if self.batched else [seed]
+        t0, w0, t1 = self._tree_inputs(t0, w0, t1)
         self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s) for s in seeds]
+
+    def _tree_inputs(self, t0, w0, t1):
+        """Where the trees are built (ComfyUI's variant moves them to the CPU)."""
+        return t0, w0, t1
+
+    def _increments(self, lo, hi):
+        """Each tree's increment over [lo, hi], stacked."""
+        return torch.stack([tree(lo, hi) for tree in self.trees])
 
     def __call__(self, sigma, sigma_next):
         t0, t1 = self.transform(torch.as_tensor(sigma)), self.transform(torch.as_tensor(sigma_next))
         lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        w = torch.stack([tree(lo, hi) for tree in self.trees]) * (self.sign * sign)
+        w = self._increments(lo, hi) * (self.sign * sign)
         w = w if self.batched else w[0]
         return w / (t1 - t0).abs().sqrt()
 
