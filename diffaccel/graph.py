@@ -181,7 +181,9 @@ def check_static(name: str, value: torch.Tensor, like: torch.Tensor) -> None:
 def fresh_generator(device: torch.device) -> torch.Generator:
     """A private generator seeded from the global CPU RNG, so torch.manual_seed
     makes seed=None runs reproducible too."""
-    generator = torch.Generator(device)
+    # (The meta device, where the loops are checked for host reads, has no
+    # generators; a host one draws nothing there.)
+    generator = torch.Generator(device if device.type != "meta" else "cpu")
     generator.manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64, device="cpu")))
     return generator
 

@@ -97,7 +97,7 @@ def use_replayed_loops(monkeypatch) -> None:
     loops as ReplayedLoops for the rest of the test."""
     monkeypatch.setattr(graph, "CapturedLoop", ReplayedLoop)
     try:
-        from diffaccel.integrations.diffusers import pipelines
+        from diffaccel.integrations.diffusers import graphed
     except ImportError:  # diffusers is optional
         return
-    monkeypatch.setattr(pipelines, "CapturedLoop", ReplayedLoop)
+    monkeypatch.setattr(graphed, "CapturedLoop", ReplayedLoop)

@@ -24,7 +24,9 @@ The package is split by scheduler family; every class is importable from here:
 - ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF;
 - ``predictor_corrector``: UniPC, SA-Solver;
 - ``consistency``: LCM, TCD, consistency models, SCM (Sana Sprint);
-- ``pipelines``: ``ACCELERATED``, ``accelerate(pipe)``, ``graph_pipeline``.
+- ``pipelines``: ``ACCELERATED``, ``accelerate(pipe)``;
+- ``graphed``: ``graph_pipeline`` (a pipeline's loop as one CUDA graph), over
+  ``graph_families`` (what each pipeline family's loop does around the step).
 
 docs/diffusers.md lists what each class fuses and how close it is to diffusers.
 """
@@ -75,7 +77,8 @@ from diffaccel.integrations.diffusers.flow_matching import (
     FlowMatchLCMScheduler,
     LTXEulerAncestralRFScheduler,
 )
-from diffaccel.integrations.diffusers.pipelines import ACCELERATED, GraphedPipeline, accelerate, graph_pipeline
+from diffaccel.integrations.diffusers.graphed import GraphedPipeline, graph_pipeline
+from diffaccel.integrations.diffusers.pipelines import ACCELERATED, accelerate
 from diffaccel.integrations.diffusers.predictor_corrector import SASolverScheduler, UniPCMultistepScheduler
 
 __all__ = [
