@@ -235,6 +235,7 @@ def main(*args):
                 f"| {case[len('graph_') :]} | {shape} | {ms(stock)} | {ms(eager)} | {ms(graphed)} | {ms(alone)} | "
                 f"{speedup} | {beyond:.1f} |".replace("| nan |", "| - |")
             )
+    _families_table(data["benchmarks"], median, calls)
     host = [(case, t) for (case, shape, dtype), t in sorted(median.items()) if any(i.endswith("_host_loop") for i in t)]
     if host:
         print(
@@ -260,6 +261,33 @@ def main(*args):
                 f"| {shape} | {dtype} | {best * 1e6:.1f} | {t['torch_quantile'] * 1e6:.1f} "
                 f"| {t['torch_quantile'] / best:.1f}x |"
             )
+
+
+def _families_table(benchmarks, median, calls):
+    """graph_pipeline's families (bench/test_bench_graph.py::test_pipeline_family_loop):
+    us per step of the pipeline's own loop and of the captured one, the denoiser zero-cost."""
+    rows = [(case, shape, t) for (case, shape, _), t in sorted(median.items()) if case.startswith("family_")]
+    if not rows:
+        return
+    schedulers = {
+        b["extra_info"]["case"]: b["extra_info"]["scheduler"] for b in benchmarks if "scheduler" in b["extra_info"]
+    }
+    graphed = any(b["extra_info"].get("graphed") for b in benchmarks if b["extra_info"]["case"].startswith("family_"))
+    what = "the CUDA graph" if graphed else "its eager fallback; no CUDA graph on CPU"
+    print(
+        "\nPipeline families, us per step beyond the denoiser (tiny random-weight pipelines, the denoiser made "
+        f"zero-cost): the pipeline's own __call__ with its stock scheduler, and graph_pipeline's loop ({what}):\n"
+    )
+    print("| family | latents | scheduler | steps | stock pipeline us/step | graph_pipeline us/step | speedup |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    nan = float("nan")
+    for case, shape, t in rows:
+        n = calls[case]
+        stock, ours = t.get("stock_pipeline", nan) / n * 1e6, t.get("graph_pipeline", nan) / n * 1e6
+        print(
+            f"| {case[len('family_') :]} | {shape[len('latents ') :]} | {schedulers.get(case, '-')} | {n} | "
+            f"{stock:.1f} | {ours:.1f} | {stock / ours:.1f}x |"
+        )
 
 
 def _comfyui_table(benchmarks, median):

@@ -128,6 +128,11 @@ def world(
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK {local_rank}: this node has {torch.cuda.device_count()} GPU(s); start at most that many "
+                "processes per node (torchrun --nproc-per-node), or hide the GPUs (CUDA_VISIBLE_DEVICES=) for CPU"
+            )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

@@ -24,7 +24,9 @@ SCRIPT = Path(__file__).with_name("distributed_job.py")
 def _torchrun(ranks: int, out: Path, *extra: str) -> subprocess.CompletedProcess:
     # One thread per rank, in both runs: the 1-rank run must not differ by its
     # thread count (torchrun sets OMP_NUM_THREADS=1 only for several ranks).
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # On CPU with gloo wherever the suite runs (a GPU machine's one GPU cannot
+    # hold two ranks): the GPUs are hidden from the job.
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
     command += [str(SCRIPT), "--out", str(out), *extra]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -20,9 +20,15 @@ from diffaccel.integrations.diffusers import graph_families  # noqa: E402
 
 import pipeline_builders as builders  # noqa: E402
 from replayed_graphs import use_replayed_loops  # noqa: E402
+from conftest import DEVICE  # noqa: E402
 from test_diffusers_every_class import ON_DEVICE  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore")  # diffusers' notices about configs and unused components
+pytestmark = [
+    pytest.mark.filterwarnings("ignore"),  # diffusers' notices about configs and unused components
+    # Pipelines built on the host (diffusers' schedulers cannot be made under a
+    # CUDA default device), then moved to DEVICE; no TF32 in the comparisons.
+    pytest.mark.usefixtures("host_default_device", "exact_float32_convolutions"),
+]
 
 STEPS = 4
 
@@ -63,20 +69,21 @@ IDS = [f"{b}-{s}" + "".join(f"-{k}" for k in o) for b, s, o in CASES]
 CAPTURE_KEYWORDS = ("height", "width", "num_frames", "guidance_scale")
 
 
-def _case(builder, scheduler, options):
+def _case(builder, scheduler, options, device=DEVICE):
     """The pipeline with ``scheduler`` made from its own scheduler's config,
     the pipe(...) keywords, the graph_pipeline keywords and the loop's inputs."""
     torch.manual_seed(0)
     pipe, kw = getattr(builders, builder)()
     pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    kw = {k: v for k, v in kw.items() if k != "output_type"}
+    kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items() if k != "output_type"}
     kw.update(options)
     capture = {k: kw[k] for k in CAPTURE_KEYWORDS if k in kw}
     capture.update({k: kw[k] for k in options}, max_sequence_length=kw["prompt_embeds"].shape[1])
     if builder == "flux" and "true_cfg_scale" in options:  # Flux's true CFG needs the negative prompt's
-        kw["negative_prompt_embeds"] = builders._embeddings(1, 8, 32, seed=11)
-        kw["negative_pooled_prompt_embeds"] = builders._embeddings(1, 32, seed=13)
+        kw["negative_prompt_embeds"] = builders._embeddings(1, 8, 32, seed=11).to(device)
+        kw["negative_pooled_prompt_embeds"] = builders._embeddings(1, 32, seed=13).to(device)
     inputs = {k: v for k, v in kw.items() if isinstance(v, torch.Tensor)}
     return pipe, kw, capture, inputs
 
@@ -89,7 +96,7 @@ def _stock(pipe, kw, latents):
             latents=latents,
             num_inference_steps=STEPS,
             output_type="latent",
-            generator=torch.Generator().manual_seed(2),
+            generator=torch.Generator(DEVICE).manual_seed(2),
         )
     return out.frames if hasattr(out, "frames") else out.images
 
@@ -106,7 +113,7 @@ def _relative(a, b):
 
 
 def _noise(shape, seed=5):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 def _latent_shape(pipe, capture):
@@ -127,7 +134,7 @@ def test_graph_pipeline_equals_the_pipelines_own_call(builder, scheduler, option
     if replayed:
         use_replayed_loops(monkeypatch)
     loop, got = _graphed(pipe, capture, inputs, latents)
-    assert loop.graphed == replayed
+    assert loop.graphed == (replayed or DEVICE == "cuda")
     assert got.shape == want.shape and got.dtype == want.dtype
     assert _relative(got, want) < 1e-4
     again = loop(loop.prepare_latents(latents), **{k: inputs[k] for k in loop.inputs}, seed=2)
@@ -187,13 +194,12 @@ def _on_host_then_meta(set_timesteps):
     return on_host_then_meta
 
 
-@pytest.mark.parametrize("builder", ["stable_diffusion_xl", "flux", "wan_2_2"])
-def test_loop_reads_nothing_on_the_host(builder, monkeypatch):
+@pytest.mark.parametrize("builder,scheduler,options", CASES, ids=IDS)
+def test_loop_reads_nothing_on_the_host(builder, scheduler, options, monkeypatch):
     """The whole loop with the denoiser, the inputs and the schedule on the meta
     device (which has no data: any .item(), bool() or .cpu() of a device tensor
     raises). The schedule is set on the host first, as at capture."""
-    scheduler = {"stable_diffusion_xl": "EulerDiscreteScheduler", "flux": "FlowMatchEulerDiscreteScheduler"}
-    pipe, kw, capture, inputs = _case(builder, scheduler.get(builder, "UniPCMultistepScheduler"), {})
+    pipe, kw, capture, inputs = _case(builder, scheduler, options, device="cpu")
     family = graph_families.family_of(pipe)
     monkeypatch.setattr(family, "set_timesteps", _on_host_then_meta(family.set_timesteps))
     for name in ("unet", "transformer", "transformer_2"):
@@ -216,10 +222,10 @@ def test_prepare_latents_draws_the_pipelines_noise():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loop = graph_pipeline(pipe, steps=STEPS, **capture)
-        got = loop(loop.prepare_latents(generator=torch.Generator().manual_seed(4)), **inputs)
+        got = loop(loop.prepare_latents(generator=torch.Generator(DEVICE).manual_seed(4)), **inputs)
         with torch.no_grad():
             want = pipe(
-                **kw, num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(4)
+                **kw, num_inference_steps=STEPS, output_type="latent", generator=torch.Generator(DEVICE).manual_seed(4)
             )
         assert _relative(got, want.images) < 1e-4
 
