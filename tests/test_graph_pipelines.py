@@ -291,6 +291,16 @@ def test_refusals_name_what_is_missing():
     wan, _, _, _ = _case("wan", "UniPCMultistepScheduler", {})
     with pytest.raises(ValueError, match="num_frames must be 4 k \\+ 1"):
         graph_pipeline(wan, steps=2, height=32, width=32, num_frames=6)
+    flux = builders._assemble(diffusers.FluxPipeline, scheduler=pipe.scheduler)
+    with pytest.raises(ValueError, match="this FluxPipeline lacks a transformer"):
+        graph_pipeline(flux, steps=2, height=32, width=32)
+    sd, _, _, _ = _case("stable_diffusion", "PNDMScheduler", {})
+    sdxl = builders._assemble(diffusers.StableDiffusionXLPipeline, unet=sd.unet, scheduler=sd.scheduler)
+    with pytest.raises(ValueError, match="lacks a unet with SDXL's added conditioning"):
+        graph_pipeline(sdxl, steps=2, height=64, width=64)
+    wan.register_to_config(boundary_ratio=0.5)
+    with pytest.raises(ValueError, match="lacks a transformer_2"):
+        graph_pipeline(wan, steps=2, height=32, width=32, num_frames=5)
     pipe.scheduler = diffusers.IPNDMScheduler()
     with pytest.raises(ValueError, match="stock IPNDMScheduler synchronizes"):
         graph_pipeline(pipe, steps=2, height=64, width=64)

@@ -53,6 +53,13 @@ class Family:
     scales_initial_latents = False  # whether its prepare_latents multiplies by init_noise_sigma
     options: Dict[str, object] = {}  # the graph_pipeline keywords it takes beyond the common ones, with defaults
 
+    @classmethod
+    def missing(cls, pipe) -> Optional[str]:
+        """What ``pipe`` lacks for this family's loop, or None."""
+        if getattr(pipe, cls.denoiser_name, None) is None:
+            return f"a {cls.denoiser_name}"
+        return None
+
     def __init__(self, pipe, *, batch_size, height, width, num_frames, max_sequence_length, guidance_scale, options):
         self.pipe, self.batch = pipe, batch_size
         self.height, self.width, self.num_frames = height, width, num_frames
@@ -244,6 +251,12 @@ class StableDiffusionXL(StableDiffusion):
         "negative_crops_coords_top_left": (0, 0),
         "negative_target_size": None,
     }
+
+    @classmethod
+    def missing(cls, pipe):
+        if getattr(pipe, "unet", None) is not None and pipe.unet.config.addition_embed_type != "text_time":
+            return "a unet with SDXL's added conditioning (addition_embed_type 'text_time')"
+        return super().missing(pipe)
 
     def pooled_width(self) -> int:
         # What the UNet's added embedding takes besides six time ids (the
@@ -519,6 +532,12 @@ class Wan(Family):
     pipelines = ("WanPipeline",)
     batched_guidance = False
     options = {"guidance_scale_2": None}
+
+    @classmethod
+    def missing(cls, pipe):
+        if pipe.config.boundary_ratio is not None and getattr(pipe, "transformer_2", None) is None:
+            return "a transformer_2 (Wan 2.2's low-noise model: boundary_ratio is set)"
+        return super().missing(pipe)
 
     def latent_scale(self):
         return int(self.pipe.vae_scale_factor_spatial)

@@ -256,6 +256,9 @@ def graph_pipeline(
     ``compile`` runs each denoiser through torch.compile (True, or a dict of its
     keywords) inside the loop. ``warmup`` and ``pool`` as in diffaccel.graph.capture."""
     family_cls = family_of(pipe)
+    lacks = family_cls.missing(pipe)
+    if lacks:
+        raise ValueError(f"graph_pipeline: this {type(pipe).__name__} lacks {lacks}")
     for name, value in (("steps", steps), ("height", height), ("width", width), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
