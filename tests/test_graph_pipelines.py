@@ -164,6 +164,54 @@ def test_batches_of_two(builder, scheduler, options):
     assert _relative(got, _stock(pipe, dict(kw, **two), latents)) < 1e-4
 
 
+def _sd3_dynamic_shift(pipe):
+    dynamic = dict(use_dynamic_shifting=True, base_image_seq_len=4, max_image_seq_len=64)
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **dynamic)
+    assert pipe.scheduler.config.use_dynamic_shifting
+    return pipe
+
+
+def _lcm_unet(pipe):
+    """An LCM-distilled UNet: guidance as an embedding (time_cond_proj_dim), no CFG."""
+    torch.manual_seed(3)
+    unet = builders._unet(sample_size=8, in_channels=4, out_channels=4, attention_head_dim=4, time_cond_proj_dim=8)
+    scheduler = diffusers.LCMScheduler.from_config(pipe.scheduler.config)
+    parts = dict(unet=unet.to(pipe.unet.device), scheduler=scheduler, requires_safety_checker=False)
+    return builders._assemble(diffusers.StableDiffusionPipeline, **parts)
+
+
+def _wan_expanded_timesteps(pipe):
+    """Wan 2.2 TI2V's timestep per latent token."""
+    pipe.register_to_config(expand_timesteps=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "builder,scheduler,change",
+    [
+        ("stable_diffusion_3", "FlowMatchEulerDiscreteScheduler", _sd3_dynamic_shift),
+        ("stable_diffusion", "PNDMScheduler", _lcm_unet),
+        ("wan", "UniPCMultistepScheduler", _wan_expanded_timesteps),
+    ],
+    ids=["sd3-dynamic-shift", "sd-lcm-unet", "wan-expanded-timesteps"],
+)
+def test_schedule_and_model_variants(builder, scheduler, change):
+    """SD3's dynamic shift (mu for the size), an LCM UNet (guidance as an
+    embedding), Wan 2.2 TI2V's per-token timesteps: the pipeline's own latents.
+    (In text-to-video every token's timestep is t, so Wan's case checks that the
+    per-token form runs and agrees; it cannot tell it from the plain form.)"""
+    pipe, kw, capture, inputs = _case(builder, scheduler, {})
+    pipe = change(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loop = graph_pipeline(pipe, steps=STEPS, **capture)
+    latents = _noise(loop.latents.shape)
+    got = loop(loop.prepare_latents(latents), **{k: inputs[k] for k in loop.inputs}, seed=2)
+    want = _stock(pipe, kw, latents)
+    assert _relative(got, want) < 1e-4
+
+
 def test_replayed_loops_follow_new_inputs(monkeypatch):
     """Inputs live in static buffers that the replay reads: new embeddings and
     latents give the pipeline's result for them, not the captured ones."""

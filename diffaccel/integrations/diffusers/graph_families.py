@@ -127,7 +127,9 @@ class Family:
         scheduler.set_timesteps(steps, device=self.device)
 
     def prepare(self, steps: int) -> None:
-        """Fills self.fixed (called once, at capture, after set_timesteps)."""
+        """Fills self.fixed (called once, at capture, after set_timesteps);
+        ``steps`` is the loop's length, len(scheduler.timesteps) (Heun's is
+        twice the step count less one)."""
         self.steps = steps
 
     # -- one step ----------------------------------------------------------------
