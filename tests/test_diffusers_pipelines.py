@@ -54,9 +54,9 @@ def test_accelerate_keeps_what_it_cannot_fuse():
     with pytest.warns(UserWarning, match=r"solver_order=3 \(diffusers' cosine step has orders 1 and 2 only\)"):
         kept, changes = accelerated.accelerate(diffusers.CosineDPMSolverMultistepScheduler(solver_order=3))
     assert isinstance(kept, diffusers.CosineDPMSolverMultistepScheduler) and changes == []
-    with pytest.warns(UserWarning, match="no accelerated IPNDMScheduler"):
-        kept, _ = accelerated.accelerate(diffusers.IPNDMScheduler())
-    assert isinstance(kept, diffusers.IPNDMScheduler)
+    with pytest.warns(UserWarning, match="no accelerated KarrasVeScheduler"):
+        kept, _ = accelerated.accelerate(diffusers.KarrasVeScheduler())
+    assert isinstance(kept, diffusers.KarrasVeScheduler)
     with pytest.warns(UserWarning, match=r"thresholding \(with algorithm_type='noise_prediction'\)"):
         kept, changes = accelerated.accelerate(
             diffusers.SASolverScheduler(algorithm_type="noise_prediction", thresholding=True)

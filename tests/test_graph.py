@@ -404,8 +404,8 @@ def test_graph_pipeline_equals_the_diffusers_loop(scheduler_name, guidance_scale
 def test_graph_pipeline_errors():
     from diffaccel.diffusers import graph_pipeline
 
-    with pytest.raises(ValueError, match="stock IPNDMScheduler synchronizes"):
-        graph_pipeline(_tiny_pipe("IPNDMScheduler"), steps=4, height=64, width=64)
+    with pytest.raises(ValueError, match="stock KarrasVeScheduler synchronizes"):
+        graph_pipeline(_tiny_pipe("KarrasVeScheduler"), steps=4, height=64, width=64)
     for name, why in (
         ("DPMSolverSDEScheduler", "its Brownian-tree noise"),
         ("CosineDPMSolverMultistepScheduler", "its Brownian-tree noise"),

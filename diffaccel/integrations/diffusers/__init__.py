@@ -22,6 +22,7 @@ The package is split by scheduler family; every class is importable from here:
   PNDM, score SDE VE;
 - ``euler``: Euler, Euler ancestral, EDM Euler, Heun, LMS, DPM++ SDE, KDPM2 pair;
 - ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF;
+- ``ipndm``: IPNDM;
 - ``predictor_corrector``: UniPC, SA-Solver;
 - ``consistency``: LCM, TCD, consistency models, SCM (Sana Sprint);
 - ``pipelines``: ``ACCELERATED``, ``accelerate(pipe)``;
@@ -78,6 +79,7 @@ from diffaccel.integrations.diffusers.flow_matching import (
     LTXEulerAncestralRFScheduler,
 )
 from diffaccel.integrations.diffusers.graphed import GraphedPipeline, graph_pipeline
+from diffaccel.integrations.diffusers.ipndm import IPNDMScheduler
 from diffaccel.integrations.diffusers.pipelines import ACCELERATED, accelerate
 from diffaccel.integrations.diffusers.predictor_corrector import SASolverScheduler, UniPCMultistepScheduler
 
@@ -104,6 +106,7 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
+    "IPNDMScheduler",
     "FlowMatchHeunDiscreteScheduler",
     "FlowMatchLCMScheduler",
     "HeunDiscreteScheduler",

@@ -15,6 +15,7 @@ from diffaccel.integrations.diffusers import (
     dpm_solver,
     euler,
     flow_matching,
+    ipndm,
     predictor_corrector,
 )
 
@@ -23,7 +24,7 @@ from diffaccel.integrations.diffusers import (
 # public _FusedStep subclasses of the family modules.
 ACCELERATED = {
     cls.__name__: cls
-    for module in (dpm_solver, ddim_ddpm, euler, flow_matching, predictor_corrector, consistency)
+    for module in (dpm_solver, ddim_ddpm, euler, flow_matching, ipndm, predictor_corrector, consistency)
     for cls in vars(module).values()
     if isinstance(cls, type)
     and issubclass(cls, common._FusedStep)
