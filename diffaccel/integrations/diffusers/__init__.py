@@ -23,6 +23,7 @@ The package is split by scheduler family; every class is importable from here:
 - ``euler``: Euler, Euler ancestral, EDM Euler, Heun, LMS, DPM++ SDE, KDPM2 pair;
 - ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF;
 - ``ipndm``: IPNDM;
+- ``parallel``: ParaDiGMS's DDIM and DDPM parallel schedulers;
 - ``predictor_corrector``: UniPC, SA-Solver;
 - ``consistency``: LCM, TCD, consistency models, SCM (Sana Sprint);
 - ``pipelines``: ``ACCELERATED``, ``accelerate(pipe)``;
@@ -80,6 +81,7 @@ from diffaccel.integrations.diffusers.flow_matching import (
 )
 from diffaccel.integrations.diffusers.graphed import GraphedPipeline, graph_pipeline
 from diffaccel.integrations.diffusers.ipndm import IPNDMScheduler
+from diffaccel.integrations.diffusers.parallel import DDIMParallelScheduler, DDPMParallelScheduler
 from diffaccel.integrations.diffusers.pipelines import ACCELERATED, accelerate
 from diffaccel.integrations.diffusers.predictor_corrector import SASolverScheduler, UniPCMultistepScheduler
 
@@ -107,6 +109,8 @@ __all__ = [
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "IPNDMScheduler",
+    "DDIMParallelScheduler",
+    "DDPMParallelScheduler",
     "FlowMatchHeunDiscreteScheduler",
     "FlowMatchLCMScheduler",
     "HeunDiscreteScheduler",

@@ -126,7 +126,7 @@ def _position_in(schedule: torch.Tensor, timestep: torch.Tensor) -> Optional[int
 
 
 # The stepping methods a drop-in may replace.
-_STEP_METHODS = ("step", "step_prk", "step_plms")
+_STEP_METHODS = ("step", "step_prk", "step_plms", "batch_step_no_noise")
 
 
 def _with_stock_signature(name: str, fused, stock):
@@ -440,17 +440,23 @@ class _HostTimesteps(_FusedStep):
         alpha_t = self._host_alphas_cumprod[t]
         alpha_prev = self._host_alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
         beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
-        c_x, c_m = _data_and_noise_terms(self.config.prediction_type, alpha_t)[0]
-        b0 = math.sqrt(alpha_prev) * beta / beta_t
-        a = math.sqrt(1.0 - beta) * beta_prev / beta_t
+        row = _posterior_mean_row(self.config.prediction_type, alpha_t, alpha_prev, beta)
         noise, std = None, 0.0
         if t > 0:
             noise = randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
             )
             std = math.sqrt(beta if large_variance else max(beta_prev / beta_t * beta, 1e-20))
-        coeffs = self._coefficients([c_x, c_m, a, b0, std], sample.device)
+        coeffs = self._coefficients([*row, std], sample.device)
         return _ei_step(sample, model_output, [], coeffs, threshold=threshold, noise=noise)
+
+
+def _posterior_mean_row(prediction_type: str, alpha_t: float, alpha_prev: float, beta: float) -> List[float]:
+    """DDPM's posterior mean b0 x0 + a x (x0 = c_x x + c_m m) from alphas_cumprod
+    alpha_t to alpha_prev with the step's beta, as [c_x, c_m, a, b0]."""
+    beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
+    c_x, c_m = _data_and_noise_terms(prediction_type, alpha_t)[0]
+    return [c_x, c_m, math.sqrt(1.0 - beta) * beta_prev / beta_t, math.sqrt(alpha_prev) * beta / beta_t]
 
 
 # In place of 1 / sqrt(alpha) at alpha = 0; see _data_and_noise_terms.

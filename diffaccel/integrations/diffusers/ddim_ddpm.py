@@ -35,9 +35,29 @@ from diffaccel.integrations.diffusers.common import (
 )
 
 
-class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
-    """diffusers' DDIMScheduler with a fused ``step()`` (eta, clip_sample,
-    thresholding, every prediction type, use_clipped_model_output)."""
+def _ddim_row(prediction_type: str, alpha_t: float, alpha_prev: float, eta: float, use_clipped: bool):
+    """DDIM's step from alphas_cumprod alpha_t to alpha_prev as ei_step
+    coefficients: ([c_x, c_m, a, b0, *weights], std), where the weights are
+    those of the model output as a history tensor (none when the noise
+    prediction comes from the clipped data prediction), std the noise's."""
+    beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
+    sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(beta_t)
+    (c_x, c_m), (e_x, e_m) = _data_and_noise_terms(prediction_type, alpha_t)
+    variance = (beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev)
+    std = eta * math.sqrt(variance)
+    k = math.sqrt(max(1.0 - alpha_prev - std * std, 0.0))
+    # prev = sqrt(alpha_prev) x0 + k eps (+ std noise); eps from the clipped x0 when asked.
+    b0 = math.sqrt(alpha_prev)
+    if use_clipped:
+        return [c_x, c_m, _ratio(k, sqrt_b), b0 - k * _ratio(sqrt_a, sqrt_b)], std
+    return [c_x, c_m, k * e_x, b0, k * e_m], std
+
+
+class _DDIMSteps(_HostTimesteps):
+    """DDIM's fused ``step()``, shared by DDIMScheduler and DDIMParallelScheduler
+    (diffusers' two copies of one step), each with its output class."""
+
+    _OUTPUT = DDIMSchedulerOutput
 
     def step(
         self,
@@ -51,20 +71,9 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
         return_dict: bool = True,
     ):
         sample = _promoted(sample, model_output)
-        c = self.config
         alpha_t, alpha_prev = self._ddim_alphas(timestep)
-        beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
-        sqrt_a, sqrt_b = math.sqrt(alpha_t), math.sqrt(beta_t)
-        (c_x, c_m), (e_x, e_m) = _data_and_noise_terms(c.prediction_type, alpha_t)
-        variance = (beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev)
-        std = eta * math.sqrt(variance)
-        k = math.sqrt(max(1.0 - alpha_prev - std * std, 0.0))
-        # prev = sqrt(alpha_prev) x0 + k eps (+ std noise); eps from the clipped x0 when asked.
-        b0 = math.sqrt(alpha_prev)
-        if use_clipped_model_output:
-            a, b0, history, weights = _ratio(k, sqrt_b), b0 - k * _ratio(sqrt_a, sqrt_b), [], []
-        else:
-            a, history, weights = k * e_x, [model_output], [k * e_m]
+        row, std = _ddim_row(self.config.prediction_type, alpha_t, alpha_prev, eta, use_clipped_model_output)
+        history = [] if use_clipped_model_output else [model_output]
         threshold = self._config_threshold()
         noise = None
         if eta > 0:
@@ -80,13 +89,18 @@ class DDIMScheduler(_HostTimesteps, _diffusers.DDIMScheduler):
                     model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
                 )
             )
-        coeffs = self._coefficients([c_x, c_m, a, b0, *weights, std if noise is not None else 0.0], sample.device)
+        coeffs = self._coefficients([*row, std if noise is not None else 0.0], sample.device)
         prev_sample, pred_original_sample = _ei_step(
             sample, model_output, history, coeffs, threshold=threshold, noise=noise
         )
         if not return_dict:
             return prev_sample, pred_original_sample
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._OUTPUT(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class DDIMScheduler(_DDIMSteps, _diffusers.DDIMScheduler):
+    """diffusers' DDIMScheduler with a fused ``step()`` (eta, clip_sample,
+    thresholding, every prediction type, use_clipped_model_output)."""
 
 
 class CogVideoXDDIMScheduler(_HostTimesteps, _diffusers.CogVideoXDDIMScheduler):
@@ -222,10 +236,11 @@ class DDIMInverseScheduler(_HostTimesteps, _diffusers.DDIMInverseScheduler):
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
-class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
-    """diffusers' DDPMScheduler with a fused ``step()`` (clip_sample,
-    thresholding, prediction types, fixed_small / fixed_small_log / fixed_large
-    variances, custom timesteps)."""
+class _DDPMSteps(_HostTimesteps):
+    """DDPM's fused ``step()``, shared by DDPMScheduler and DDPMParallelScheduler
+    (diffusers' two copies of one step), each with its output class."""
+
+    _OUTPUT = DDPMSchedulerOutput
 
     def unsupported_options(self) -> List[str]:
         if self.config.variance_type in ("learned", "learned_range", "fixed_large_log"):
@@ -266,7 +281,13 @@ class DDPMScheduler(_HostTimesteps, _diffusers.DDPMScheduler):
         )
         if not return_dict:
             return prev_sample, pred_original_sample
-        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._OUTPUT(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+
+class DDPMScheduler(_DDPMSteps, _diffusers.DDPMScheduler):
+    """diffusers' DDPMScheduler with a fused ``step()`` (clip_sample,
+    thresholding, prediction types, fixed_small / fixed_small_log / fixed_large
+    variances, custom timesteps)."""
 
 
 class DDPMWuerstchenScheduler(_FusedStep, _diffusers.DDPMWuerstchenScheduler):
