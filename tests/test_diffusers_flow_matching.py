@@ -116,3 +116,56 @@ def test_ltx_euler_ancestral_rf_edges_are_diffusers():
     t = scheduler.timesteps[0]
     x = scheduler.step(model(x, t), t, x).prev_sample
     assert scheduler.step(model(x, t), t, x).prev_sample is x
+
+
+@pytest.mark.parametrize(
+    "steps,config,schedule",
+    [
+        (1, {}, {}),
+        (4, {}, {}),
+        (25, {}, {}),
+        (8, {"shift": 5.0}, {}),
+        (None, {"shift": 3.0}, {"sigmas": [1.0, 0.7, 0.3, 0.1]}),
+        (None, {}, {"timesteps": [999.0, 500.0, 250.0]}),
+    ],
+    ids=["1-step", "4-steps", "25-steps", "shift-5", "given-sigmas", "given-timesteps"],
+)
+def test_flow_map_euler_loops(steps, config, schedule):
+    """FlowMapEuler's loop from its schedule, a shifted one and given sigmas or timesteps."""
+    outcomes = []
+    for module in (diffusers, accelerated):
+        scheduler = module.FlowMapEulerDiscreteScheduler(**config)
+        scheduler.set_timesteps(steps, device=DEVICE, **schedule)
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+        for t in scheduler.timesteps:
+            x = scheduler.step(model(x, t), t, x).prev_sample
+        outcomes.append((x, scheduler.step_index))
+    (want, want_index), (got, index) = outcomes
+    assert index == want_index and _relative_error(got, want) < 1e-6
+
+
+def test_flow_map_euler_any_step():
+    """Any-step sampling: one call from t to a chosen r (on or off the schedule,
+    numbers or tensors); an off-schedule device tensor and several timesteps
+    at once take diffusers' step; no r for an off-schedule t is diffusers' error."""
+    schedulers = [m.FlowMapEulerDiscreteScheduler(shift=2.0) for m in (diffusers, accelerated)]
+    for s in schedulers:
+        s.set_timesteps(6, device=DEVICE)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+    t = schedulers[0].timesteps
+    cases = [
+        (t[0], 0.0),
+        (1000.0, 0.0),
+        (t[1].item(), t[4].item()),
+        (333.3, 100.0),
+        (torch.tensor(600.0), torch.tensor(10.0)),
+        (t[2], None),
+        (t[3].clone(), None),  # on the schedule, not a view of it (on a GPU: diffusers' step)
+        (torch.full((2,), 700.0, device=DEVICE), torch.tensor(0.0)),
+    ]
+    for timestep, r in cases:
+        want, got = (s.step(model(x, 500), timestep, x, r_timestep=r).prev_sample for s in schedulers)
+        assert _relative_error(got, want) < 1e-6, (timestep, r)
+    for s in schedulers:
+        with pytest.raises(ValueError, match="`r_timestep` is None"):
+            s.step(x, 123.4, x)

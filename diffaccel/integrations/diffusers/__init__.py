@@ -21,7 +21,8 @@ The package is split by scheduler family; every class is importable from here:
 - ``ddim_ddpm``: DDIM (and inverse, CogVideoX's two), DDPM, Wuerstchen, UnCLIP,
   PNDM, score SDE VE;
 - ``euler``: Euler, Euler ancestral, EDM Euler, Heun, LMS, DPM++ SDE, KDPM2 pair;
-- ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF;
+- ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF,
+  FlowMap Euler;
 - ``ipndm``: IPNDM;
 - ``parallel``: ParaDiGMS's DDIM and DDPM parallel schedulers;
 - ``predictor_corrector``: UniPC, SA-Solver;
@@ -74,6 +75,7 @@ from diffaccel.integrations.diffusers.euler import (
     LMSDiscreteScheduler,
 )
 from diffaccel.integrations.diffusers.flow_matching import (
+    FlowMapEulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,
     FlowMatchLCMScheduler,
@@ -108,6 +110,7 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
+    "FlowMapEulerDiscreteScheduler",
     "IPNDMScheduler",
     "DDIMParallelScheduler",
     "DDPMParallelScheduler",

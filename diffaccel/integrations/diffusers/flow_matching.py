@@ -1,5 +1,6 @@
 """Flow-matching schedulers (SD3, Flux, Wan, LTX-Video): FlowMatch Euler,
-LCM and Heun, and LTX's rectified-flow Euler ancestral step."""
+LCM and Heun, LTX's rectified-flow Euler ancestral step, and the flow-map
+Euler step (any-step sampling)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import math
 from typing import List, Optional, Tuple
 
 import diffusers as _diffusers
+import numpy as np
 import torch
+from diffusers.schedulers.scheduling_flow_map_euler_discrete import FlowMapEulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_flow_match_heun_discrete import FlowMatchHeunDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_flow_match_lcm import FlowMatchLCMSchedulerOutput
 from diffusers.schedulers.scheduling_ltx_euler_ancestral_rf import LTXEulerAncestralRFSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffaccel.integrations.diffusers.common import _an_index, _cast, _combine, _ei_step
+from diffaccel.integrations.diffusers.common import _an_index, _cast, _combine, _ei_step, _FusedStep, _position_in
 from diffaccel.integrations.diffusers.euler import _EulerBase
 
 
@@ -204,3 +207,78 @@ class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFSch
         if not return_dict:
             return (prev_sample,)
         return LTXEulerAncestralRFSchedulerOutput(prev_sample=prev_sample)
+
+
+class FlowMapEulerDiscreteScheduler(_FusedStep, _diffusers.FlowMapEulerDiscreteScheduler):
+    """diffusers' FlowMapEulerDiscreteScheduler (flow-map models: one call may
+    step from t to any r) with a fused ``step()``: one multistep_combine,
+    x - (sigma_t - sigma_r) v. diffusers finds sigma_t and sigma_r by comparing
+    the timesteps with its schedule on the device (.item(), up to three a step);
+    here the comparison runs on a host copy, in float32 as diffusers runs it,
+    for timesteps that are numbers, CPU tensors or elements of
+    ``self.timesteps``. Any other timestep (a device tensor off the schedule,
+    several timesteps) takes diffusers' step."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_sigmas = self.sigmas.tolist()
+        self._host_timesteps = self.timesteps.tolist()
+        self._host_timesteps32 = np.asarray(self._host_timesteps, dtype=np.float32)
+
+    def _host_value(self, timestep) -> Optional[float]:
+        """The timestep's value, where the host knows it without a device read."""
+        if not isinstance(timestep, torch.Tensor):
+            return float(timestep)
+        if timestep.numel() != 1:
+            return None
+        if timestep.device.type == "cpu":
+            return float(timestep.flatten()[0])
+        position = _position_in(self.timesteps, timestep)
+        return None if position is None else self._host_timesteps[position]
+
+    def _host_index(self, value: float) -> Optional[int]:
+        """diffusers' index_for_timestep on the host copy: the nearest timestep
+        in float32, None beyond 1e-3."""
+        diffs = np.abs(self._host_timesteps32 - np.float32(value))
+        index = int(diffs.argmin())
+        return None if diffs[index] > 1e-3 else index
+
+    def _sigma_of(self, value: float) -> Tuple[Optional[int], float]:
+        index = self._host_index(value)
+        sigma = self._host_sigmas[index] if index is not None else value / self.config.num_train_timesteps
+        return index, sigma
+
+    def _init_step_index(self, timestep) -> None:
+        value = self._host_value(timestep)
+        if value is None or self._begin_index is not None:
+            return super()._init_step_index(timestep)
+        index = self._host_index(value)
+        self._step_index = index if index is not None else 0
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        r_timestep=None,
+        return_dict: bool = True,
+    ):
+        t_value = self._host_value(timestep)
+        r_value = None if r_timestep is None else self._host_value(r_timestep)
+        if t_value is None or (r_timestep is not None and r_value is None):
+            return super().step(model_output, timestep, sample, r_timestep=r_timestep, return_dict=return_dict)
+        t_index, sigma_t = self._sigma_of(t_value)
+        if r_timestep is None:
+            if t_index is None:  # diffusers' error: no r to infer
+                return super().step(model_output, timestep, sample, r_timestep=r_timestep, return_dict=return_dict)
+            sigma_r = self._host_sigmas[t_index + 1]
+        else:
+            sigma_r = self._sigma_of(r_value)[1]
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        prev_sample = _combine([sample, model_output], self._coefficients([1.0, sigma_r - sigma_t], sample.device))
+        prev_sample = _cast(prev_sample, model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return FlowMapEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
