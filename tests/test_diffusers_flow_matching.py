@@ -169,3 +169,46 @@ def test_flow_map_euler_any_step():
     for s in schedulers:
         with pytest.raises(ValueError, match="`r_timestep` is None"):
             s.step(x, 123.4, x)
+
+
+def _minimax_loop(module, steps, dtype, config=None, sigmas=None):
+    scheduler = module.MiniMaxH3Scheduler(**(config or {}))
+    scheduler.set_timesteps(None if sigmas else steps, device=DEVICE, sigmas=sigmas)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x.float(), t).to(dtype), t, x).prev_sample
+    return x, scheduler.step_index
+
+
+@pytest.mark.parametrize(
+    "steps,config,sigmas",
+    [(2, {}, None), (10, {}, None), (30, {"shift": 3.0}, None), (None, {}, [1.0, 0.6, 0.25, 0.0])],
+    ids=["2-points", "10-points", "shift-3", "given-sigmas"],
+)
+def test_minimax_h3_loops(steps, config, sigmas):
+    """MiniMax-H3's data-ward Euler loop in float32 and float64: stock's samples.
+    In bfloat16, where diffusers rounds x + s v to bf16 before its float32 blend
+    and the fused pass does not, at least as close to the float64 loop as stock."""
+    for dtype, bound in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+        (want, want_index), (got, index) = (
+            _minimax_loop(m, steps, dtype, config, sigmas) for m in (diffusers, accelerated)
+        )
+        assert got.dtype == want.dtype == dtype and index == want_index
+        assert _relative_error(got, want) < bound
+    exact = _minimax_loop(diffusers, steps, torch.float64, config, sigmas)[0]
+    stock = _minimax_loop(diffusers, steps, torch.bfloat16, config, sigmas)[0]
+    got = _minimax_loop(accelerated, steps, torch.bfloat16, config, sigmas)[0]
+    assert got.dtype == torch.bfloat16
+    assert _relative_error(got, exact) <= 1.1 * _relative_error(stock, exact)
+
+
+def test_minimax_h3_refusals_are_stocks():
+    """An integer index for a timestep and a timestep off the schedule: diffusers' ValueError."""
+    for module in (diffusers, accelerated):
+        scheduler = module.MiniMaxH3Scheduler()
+        scheduler.set_timesteps(5, device=DEVICE)
+        x = torch.randn(1, 4, 4, 4, device=DEVICE)
+        with pytest.raises(ValueError, match="integer indices"):
+            scheduler.step(x, 1, x)
+        with pytest.raises(ValueError, match="not in `self.timesteps`"):
+            scheduler.step(x, 0.123, x)

@@ -106,6 +106,7 @@ DIT_SCHEDULERS = sorted(
         "FlowMatchHeunDiscreteScheduler",
         "FlowMatchLCMScheduler",
         "LTXEulerAncestralRFScheduler",
+        "MiniMaxH3Scheduler",
         "DDPMWuerstchenScheduler",  # (DiT hands a 0-d timestep, which Wuerstchen's step does not take)
         "SCMScheduler",
     }

@@ -22,7 +22,7 @@ The package is split by scheduler family; every class is importable from here:
   PNDM, score SDE VE;
 - ``euler``: Euler, Euler ancestral, EDM Euler, Heun, LMS, DPM++ SDE, KDPM2 pair;
 - ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF,
-  FlowMap Euler;
+  FlowMap Euler, MiniMax-H3;
 - ``ipndm``: IPNDM;
 - ``parallel``: ParaDiGMS's DDIM and DDPM parallel schedulers;
 - ``predictor_corrector``: UniPC, SA-Solver;
@@ -80,6 +80,7 @@ from diffaccel.integrations.diffusers.flow_matching import (
     FlowMatchHeunDiscreteScheduler,
     FlowMatchLCMScheduler,
     LTXEulerAncestralRFScheduler,
+    MiniMaxH3Scheduler,
 )
 from diffaccel.integrations.diffusers.graphed import GraphedPipeline, graph_pipeline
 from diffaccel.integrations.diffusers.ipndm import IPNDMScheduler
@@ -111,6 +112,7 @@ __all__ = [
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "FlowMapEulerDiscreteScheduler",
+    "MiniMaxH3Scheduler",
     "IPNDMScheduler",
     "DDIMParallelScheduler",
     "DDPMParallelScheduler",

@@ -1,6 +1,6 @@
 """Flow-matching schedulers (SD3, Flux, Wan, LTX-Video): FlowMatch Euler,
-LCM and Heun, LTX's rectified-flow Euler ancestral step, and the flow-map
-Euler step (any-step sampling)."""
+LCM and Heun, LTX's rectified-flow Euler ancestral step, the flow-map
+Euler step (any-step sampling) and MiniMax-H3's data-ward Euler step."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchE
 from diffusers.schedulers.scheduling_flow_match_heun_discrete import FlowMatchHeunDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_flow_match_lcm import FlowMatchLCMSchedulerOutput
 from diffusers.schedulers.scheduling_ltx_euler_ancestral_rf import LTXEulerAncestralRFSchedulerOutput
+from diffusers.schedulers.scheduling_minimax_h3 import MiniMaxH3SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffaccel.integrations.diffusers.common import _an_index, _cast, _combine, _ei_step, _FusedStep, _position_in
@@ -282,3 +283,66 @@ class FlowMapEulerDiscreteScheduler(_FusedStep, _diffusers.FlowMapEulerDiscreteS
         if not return_dict:
             return (prev_sample,)
         return FlowMapEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
+
+
+class MiniMaxH3Scheduler(_FusedStep, _diffusers.MiniMaxH3Scheduler):
+    """diffusers' MiniMaxH3Scheduler (MiniMax-H3's rectified-flow Euler, a
+    data-ward velocity) with a fused ``step()``: one multistep_combine,
+    x + (1 - r) s v with r = sigma_next / sigma and s = 1 - t taken from the
+    timestep in the sample's dtype, as diffusers takes it; the timestep's index
+    found on a host copy (diffusers: nonzero and .item() on the device).
+    diffusers' x + s v is rounded to a half-precision sample's dtype before
+    its float32 blend; the fused pass keeps it in float32. A timestep the host
+    does not know (a device tensor off the schedule), and every step under
+    torch.compile, take diffusers' step."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_sigmas = self.sigmas.tolist()
+        self._host_timesteps = self.timesteps.tolist()
+        self._keep_step_values_while(self._host_sigmas)
+
+    def _host_value(self, timestep) -> Optional[float]:
+        if not isinstance(timestep, torch.Tensor):
+            return float(timestep)
+        if timestep.dim() != 0:
+            return None
+        if timestep.device.type == "cpu":
+            return float(timestep)
+        position = _position_in(self.timesteps, timestep)
+        return None if position is None else self._host_timesteps[position]
+
+    def _coefficient_values(self, i: int, t: float, dtype: torch.dtype) -> List[float]:
+        """[1, (1 - r) s] in the precisions diffusers computes them: s = 1 - t in
+        the sample's dtype, r in float32 for half-precision samples."""
+        s = float(1 - torch.tensor(t, dtype=dtype))
+        compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        sigma, sigma_next = (torch.tensor(v, dtype=compute) for v in self._host_sigmas[i : i + 2])
+        return [1.0, float(1.0 - sigma_next / sigma) * s]
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        # diffusers' refusal of an index; a timestep only the device knows; under
+        # torch.compile, a timestep that is a graph input (stock's step compiles)
+        compiling = torch.compiler.is_compiling()
+        value = None if _an_index(timestep) or compiling else self._host_value(timestep)
+        if value is None:
+            return super().step(model_output, timestep, sample, return_dict=return_dict)
+        if self._step_index is None:
+            if self._begin_index is not None:
+                self._step_index = self._begin_index
+            else:
+                exact = np.float32(value)  # diffusers compares in the schedule's float32
+                matches = [i for i, t in enumerate(self._host_timesteps) if np.float32(t) == exact]
+                if not matches:
+                    return super().step(model_output, timestep, sample, return_dict=return_dict)
+                self._step_index = matches[0]
+        i = self._step_index
+        coefficients = self._step_value(
+            (i, value, sample.dtype), lambda: self._coefficient_values(i, value, sample.dtype)
+        )
+        prev_sample = _combine([sample, model_output], self._coefficients(coefficients, sample.device))
+        prev_sample = _cast(prev_sample, sample.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return MiniMaxH3SchedulerOutput(prev_sample=prev_sample)
