@@ -123,6 +123,102 @@ def flux():
     return pipe, dict(text, height=32, width=32, guidance_scale=3.5)
 
 
+def _tiny_vae():
+    """A small AutoencoderKL (4 latent channels, scale factor 2) for the
+    pipelines that encode an input image."""
+    return diffusers.AutoencoderKL(
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        shift_factor=0.1,
+        scaling_factor=0.9,
+        sample_size=32,
+    )
+
+
+def _image():
+    return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+def flux_img2img():
+    """Flux image-to-image: the input image's latents noised to the strength's
+    first timestep, the schedule entered part-way (set_begin_index)."""
+    pipe, kw = flux()
+    pipe = _assemble(
+        diffusers.FluxImg2ImgPipeline, scheduler=pipe.scheduler, transformer=pipe.transformer, vae=_tiny_vae()
+    )
+    return pipe, dict(kw, image=_image(), strength=0.6)
+
+
+def flux_kontext():
+    """Flux Kontext (editing): the input image's tokens beside the latents."""
+    pipe, kw = flux()
+    pipe = _assemble(
+        diffusers.FluxKontextPipeline, scheduler=pipe.scheduler, transformer=pipe.transformer, vae=_tiny_vae()
+    )
+    return pipe, dict(kw, image=_image(), max_area=32 * 32, _auto_resize=False)
+
+
+def flux_fill():
+    """Flux Fill (inpainting): masked-image latents and the packed mask as extra channels."""
+    pipe, kw = flux()
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=48,  # latents, masked-image latents and the mask, 16 each
+        out_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    pipe = _assemble(diffusers.FluxFillPipeline, scheduler=pipe.scheduler, transformer=transformer, vae=_tiny_vae())
+    mask = (torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(6)) > 0.5).float()
+    return pipe, dict(kw, image=_image(), mask_image=mask)
+
+
+def stable_audio():
+    """Stable Audio Open: a DiT on 1-d audio latents, its duration conditioning
+    (projection model), the cosine DPM-Solver's schedule; latents out."""
+    from diffusers.pipelines.stable_audio.modeling_stable_audio import StableAudioProjectionModel
+
+    transformer = diffusers.StableAudioDiTModel(
+        sample_size=8,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        num_key_value_attention_heads=1,
+        out_channels=4,
+        cross_attention_dim=16,
+        time_proj_dim=8,
+        global_states_input_dim=64,  # the start and end seconds' embeddings
+        cross_attention_input_dim=32,
+    )
+    vae = diffusers.AutoencoderOobleck(  # (its hop length and sampling rate size the latents)
+        encoder_hidden_size=6,
+        downsampling_ratios=[1, 2],
+        decoder_channels=3,
+        decoder_input_channels=4,
+        audio_channels=2,
+        channel_multiples=[2, 4],
+        sampling_rate=4,
+    )
+    projection = StableAudioProjectionModel(text_encoder_dim=32, conditioning_dim=32, min_value=0, max_value=32)
+    scheduler = diffusers.CosineDPMSolverMultistepScheduler(
+        solver_order=2, prediction_type="v_prediction", sigma_data=1.0, sigma_schedule="exponential"
+    )
+    parts = dict(transformer=transformer, vae=vae, projection_model=projection, scheduler=scheduler)
+    pipe = _assemble(diffusers.StableAudioPipeline, **parts)
+    text = {"prompt_embeds": _embeddings(1, 8, 32, seed=10), "negative_prompt_embeds": _embeddings(1, 8, 32, seed=11)}
+    return pipe, dict(text, audio_end_in_s=4.0, guidance_scale=7.0)
+
+
 def pixart_sigma():
     transformer = diffusers.PixArtTransformer2DModel(
         sample_size=8,
@@ -387,6 +483,10 @@ FAMILIES = {
         stable_diffusion_xl,
         stable_diffusion_3,
         flux,
+        flux_img2img,
+        flux_kontext,
+        flux_fill,
+        stable_audio,
         pixart_sigma,
         sana,
         auraflow,
@@ -406,6 +506,10 @@ FAMILY_CLASSES = {
     "stable_diffusion_xl": "StableDiffusionXLPipeline",
     "stable_diffusion_3": "StableDiffusion3Pipeline",
     "flux": "FluxPipeline",
+    "flux_img2img": "FluxImg2ImgPipeline",
+    "flux_kontext": "FluxKontextPipeline",
+    "flux_fill": "FluxFillPipeline",
+    "stable_audio": "StableAudioPipeline",
     "pixart_sigma": "PixArtSigmaPipeline",
     "sana": "SanaPipeline",
     "auraflow": "AuraFlowPipeline",

@@ -35,7 +35,7 @@ def _latents(pipe, kw):
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(1)  # (the ancestral steps draw from the global generator in some pipelines)
     out = pipe(**{"output_type": "latent", **kw}, num_inference_steps=4, generator=torch.Generator().manual_seed(2))
-    return out.frames if hasattr(out, "frames") else out.images
+    return next(getattr(out, field) for field in ("frames", "audios", "images") if hasattr(out, field))
 
 
 def _pipeline(family, name, dtype=torch.float32):
