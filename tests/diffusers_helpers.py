@@ -42,13 +42,26 @@ def _step(scheduler, model_output, t, x, previous, **step_options):
     (``previous``, None at first), as the CogVideoX pipelines hand them back;
     Wuerstchen's the timestep as a (batch,) tensor, ``t.expand(batch)``, as the
     Wuerstchen and Stable Cascade pipelines hand it; the others take diffusers'
-    usual step(model_output, timestep, sample)."""
+    usual step(model_output, timestep, sample); RePaint's the known image and
+    mask besides (_repaint_inputs)."""
     if isinstance(scheduler, diffusers.CogVideoXDPMScheduler):
         t_back, old = previous or (None, None)
         x, old = scheduler.step(model_output, old, t, t_back, x, **step_options)
         return x, (t, old)
     t = benchmarking.pipeline_timestep(scheduler, t, len(x))
+    if isinstance(scheduler, diffusers.RePaintScheduler):  # the known image and its mask too
+        known, mask = _repaint_inputs(x)
+        return scheduler.step(model_output, t, x, known, mask, **step_options).prev_sample, None
     return scheduler.step(model_output, t, x, **step_options).prev_sample, None
+
+
+def _repaint_inputs(x):
+    """RePaint's known image and mask for a sample like ``x``: a constant
+    image, every other column known (made with ops that run on meta too)."""
+    known = torch.full_like(x, 0.25)
+    mask = torch.zeros_like(x)
+    mask[..., ::2] = 1.0
+    return known, mask
 
 
 def _loop(scheduler, steps=25, dtype=torch.float32, shape=(2, 4, 16, 16), model_dtype=None, start=0, **step_options):

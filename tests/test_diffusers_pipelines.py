@@ -107,6 +107,7 @@ DIT_SCHEDULERS = sorted(
         "FlowMatchLCMScheduler",
         "LTXEulerAncestralRFScheduler",
         "MiniMaxH3Scheduler",
+        "RePaintScheduler",  # (its step takes the known image and mask: its own pipeline's loop)
         "DDPMWuerstchenScheduler",  # (DiT hands a 0-d timestep, which Wuerstchen's step does not take)
         "SCMScheduler",
     }

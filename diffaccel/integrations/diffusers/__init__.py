@@ -25,6 +25,7 @@ The package is split by scheduler family; every class is importable from here:
   FlowMap Euler, MiniMax-H3;
 - ``ipndm``: IPNDM;
 - ``parallel``: ParaDiGMS's DDIM and DDPM parallel schedulers;
+- ``repaint``: RePaint (inpainting by resampling);
 - ``predictor_corrector``: UniPC, SA-Solver;
 - ``consistency``: LCM, TCD, consistency models, SCM (Sana Sprint);
 - ``pipelines``: ``ACCELERATED``, ``accelerate(pipe)``;
@@ -87,6 +88,7 @@ from diffaccel.integrations.diffusers.ipndm import IPNDMScheduler
 from diffaccel.integrations.diffusers.parallel import DDIMParallelScheduler, DDPMParallelScheduler
 from diffaccel.integrations.diffusers.pipelines import ACCELERATED, accelerate
 from diffaccel.integrations.diffusers.predictor_corrector import SASolverScheduler, UniPCMultistepScheduler
+from diffaccel.integrations.diffusers.repaint import RePaintScheduler
 
 __all__ = [
     "ACCELERATED",
@@ -113,6 +115,7 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler",
     "FlowMapEulerDiscreteScheduler",
     "MiniMaxH3Scheduler",
+    "RePaintScheduler",
     "IPNDMScheduler",
     "DDIMParallelScheduler",
     "DDPMParallelScheduler",

@@ -18,6 +18,7 @@ from diffaccel.integrations.diffusers import (
     ipndm,
     parallel,
     predictor_corrector,
+    repaint,
 )
 
 
@@ -25,7 +26,17 @@ from diffaccel.integrations.diffusers import (
 # public _FusedStep subclasses of the family modules.
 ACCELERATED = {
     cls.__name__: cls
-    for module in (dpm_solver, ddim_ddpm, euler, flow_matching, ipndm, parallel, predictor_corrector, consistency)
+    for module in (
+        dpm_solver,
+        ddim_ddpm,
+        euler,
+        flow_matching,
+        ipndm,
+        parallel,
+        predictor_corrector,
+        repaint,
+        consistency,
+    )
     for cls in vars(module).values()
     if isinstance(cls, type)
     and issubclass(cls, common._FusedStep)
