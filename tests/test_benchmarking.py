@@ -82,3 +82,19 @@ def test_page_faults_are_counted():
 
     assert page_faults_per_call(touch_fresh_pages) >= 64
     assert page_faults_per_call(touch_kept_pages) < 8
+
+
+def test_every_host_time_case_runs():
+    """bench/test_bench_diffusers.py's host-time loop of every drop-in class
+    (stock and accelerated) runs: a class whose step takes more (RePaint's
+    known image and mask) gets it from scheduler_loop."""
+    import pytest
+
+    pytest.importorskip("diffusers", reason="diffusers is not installed (make test installs it)")
+    from diffaccel.benchmarking import host_time_cases, scheduler_loop
+
+    for case in host_time_cases():
+        for impl in ("stock_diffusers", "diffaccel"):
+            loop, reset = scheduler_loop(case, impl, DEVICE, (1, 4, 4, 4), steps=25)
+            reset()
+            assert loop().shape == (1, 4, 4, 4), case
