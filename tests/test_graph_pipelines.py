@@ -334,6 +334,8 @@ def test_refusals_name_what_is_missing():
         graph_pipeline(pipe, steps=2, height=64, width=64, true_cfg_scale=2.0)
     with pytest.raises(ValueError, match="num_frames: StableDiffusion3Pipeline makes images"):
         graph_pipeline(pipe, steps=2, height=64, width=64, num_frames=5)
+    with pytest.raises(ValueError, match="mode 'reduce-overhead' makes inductor's own CUDA graphs"):
+        graph_pipeline(pipe, steps=2, height=64, width=64, compile={"mode": "reduce-overhead"})
     with pytest.raises(ValueError, match="steps must be a positive int"):
         graph_pipeline(pipe, steps=0, height=64, width=64)
     wan, _, _, _ = _case("wan", "UniPCMultistepScheduler", {})

@@ -188,12 +188,21 @@ class GraphedPipeline(Replayable):
         return self._replay(latents, self.latents, self.result, seed, out)
 
 
+# torch.compile modes whose compiled code records and replays CUDA graphs of its own.
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 def _compiled(denoisers, compile):
     """Each distinct denoiser once through torch.compile (``compile``: True,
     or a dict of torch.compile's keywords), or as it is (False)."""
     if compile is False or compile is None:
         return denoisers
     options = {} if compile is True else dict(compile)
+    if options.get("mode") in _CUDAGRAPH_MODES:
+        raise ValueError(
+            f"compile: mode {options['mode']!r} makes inductor's own CUDA graphs, which cannot be captured inside "
+            "the loop's graph (the whole loop is one already); use the default mode or 'max-autotune-no-cudagraphs'"
+        )
     done = {}
     for module in denoisers:
         if id(module) not in done:
