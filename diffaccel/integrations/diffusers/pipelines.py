@@ -4,39 +4,32 @@ pipeline's loop, is in graphed.py)."""
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import List
 
 import diffusers as _diffusers
-from diffaccel.integrations.diffusers import (
-    common,
-    consistency,
-    ddim_ddpm,
-    dpm_solver,
-    euler,
-    flow_matching,
-    ipndm,
-    parallel,
-    predictor_corrector,
-    repaint,
-)
 
+from diffaccel.integrations.diffusers import common
+
+# The family modules, each holding accelerated classes.
+_FAMILY_MODULES = (
+    "dpm_solver",
+    "ddim_ddpm",
+    "euler",
+    "flow_matching",
+    "ipndm",
+    "parallel",
+    "predictor_corrector",
+    "repaint",
+    "consistency",
+)
 
 # Every accelerated class by the name of the diffusers class it replaces: the
 # public _FusedStep subclasses of the family modules.
 ACCELERATED = {
     cls.__name__: cls
-    for module in (
-        dpm_solver,
-        ddim_ddpm,
-        euler,
-        flow_matching,
-        ipndm,
-        parallel,
-        predictor_corrector,
-        repaint,
-        consistency,
-    )
+    for module in (importlib.import_module(f"{__package__}.{name}") for name in _FAMILY_MODULES)
     for cls in vars(module).values()
     if isinstance(cls, type)
     and issubclass(cls, common._FusedStep)
