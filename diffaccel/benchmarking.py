@@ -296,8 +296,11 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
         scheduler = getattr(accelerated if impl == "diffaccel" else diffusers, name)(**config)
     x0 = standard_normal(shape, generator=torch.Generator().manual_seed(0), device=device)
     eps = standard_normal(shape, generator=torch.Generator().manual_seed(1), device=device)
-    # RePaint's step also takes the known image and its mask (every other column known).
+    # RePaint's step also takes the known image and its mask (every other column
+    # known); pi-Flow's takes n_grid predictions side by side in the last dimension.
     extra = ()
+    if isinstance(scheduler, diffusers.PiflowScheduler):
+        eps = eps.repeat(*([1] * (eps.dim() - 1)), scheduler.n_grid)
     if isinstance(scheduler, diffusers.RePaintScheduler):
         columns = torch.arange(shape[-1], device=device) % 2 == 0
         extra = (torch.full_like(x0, 0.25), columns.to(x0.dtype).expand_as(x0).contiguous())

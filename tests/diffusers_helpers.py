@@ -43,16 +43,24 @@ def _step(scheduler, model_output, t, x, previous, **step_options):
     Wuerstchen's the timestep as a (batch,) tensor, ``t.expand(batch)``, as the
     Wuerstchen and Stable Cascade pipelines hand it; the others take diffusers'
     usual step(model_output, timestep, sample); RePaint's the known image and
-    mask besides (_repaint_inputs)."""
+    mask besides (_repaint_inputs), pi-Flow's a widened output (_widened)."""
     if isinstance(scheduler, diffusers.CogVideoXDPMScheduler):
         t_back, old = previous or (None, None)
         x, old = scheduler.step(model_output, old, t, t_back, x, **step_options)
         return x, (t, old)
     t = benchmarking.pipeline_timestep(scheduler, t, len(x))
+    if isinstance(scheduler, diffusers.PiflowScheduler):  # a widened output: n_grid predictions per channel
+        model_output = _widened(model_output, scheduler.n_grid)
     if isinstance(scheduler, diffusers.RePaintScheduler):  # the known image and its mask too
         known, mask = _repaint_inputs(x)
         return scheduler.step(model_output, t, x, known, mask, **step_options).prev_sample, None
     return scheduler.step(model_output, t, x, **step_options).prev_sample, None
+
+
+def _widened(model_output, n_grid: int):
+    """pi-Flow's widened output from an ordinary one: n_grid differently
+    scaled copies side by side in the last dimension."""
+    return torch.cat([model_output * (1.0 + 0.1 * g) for g in range(n_grid)], dim=-1)
 
 
 def _repaint_inputs(x):

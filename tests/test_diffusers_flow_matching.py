@@ -212,3 +212,60 @@ def test_minimax_h3_refusals_are_stocks():
             scheduler.step(x, 1, x)
         with pytest.raises(ValueError, match="not in `self.timesteps`"):
             scheduler.step(x, 0.123, x)
+
+
+def _piflow_loop(module, config, steps, dtype=torch.float32, begin=None):
+    scheduler = module.PiflowScheduler(**config)
+    scheduler.set_timesteps(steps, device=DEVICE)
+    if begin is not None:
+        scheduler.set_begin_index(begin)
+    grid = scheduler.n_grid
+    x = torch.randn(2, 16, 8, generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE).to(dtype)
+    scales = torch.linspace(0.5, 1.5, grid * 8, device=DEVICE)
+    for t in scheduler.timesteps[begin or 0 :]:
+        out = torch.tanh(x.float().repeat(1, 1, grid) * scales + 0.01 * float(t))  # n_grid predictions per channel
+        x = scheduler.step(out.to(dtype), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize(
+    "config,steps",
+    [
+        ({}, 1),
+        ({}, 4),
+        ({"n_grid": 4}, 2),
+        ({"n_grid": 7}, 3),
+        ({"n_grid": 16}, 3),
+        ({"shift": 3.0, "num_policy_substeps": 64}, 8),
+    ],
+    ids=["1-step", "4-steps", "grid-4", "grid-7", "grid-16", "shift-3-64-substeps"],
+)
+def test_piflow_rollout_equals_stock(config, steps):
+    """pi-Flow's policy rollout traced on coefficients (one multistep_combine,
+    two beyond 7 grid points) against diffusers' substep loop: diffusers rounds
+    to float32 at each of up to 128 substeps, hence 1e-5."""
+    want, got = (_piflow_loop(m, config, steps) for m in (diffusers, accelerated))
+    assert got.dtype == want.dtype and _relative_error(got, want) < 1e-5
+
+
+def test_piflow_bf16_and_begin_index():
+    want, got = (_piflow_loop(m, {}, 4, torch.bfloat16) for m in (diffusers, accelerated))
+    assert got.dtype == torch.bfloat16 and _relative_error(got, want) < 1e-2
+    want, got = (_piflow_loop(m, {}, 6, begin=2) for m in (diffusers, accelerated))
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_piflow_refusals_are_stocks_and_a_wrong_weight_fails(monkeypatch):
+    """An output not n_grid times wider and an index for a timestep: diffusers'
+    ValueError; a perturbed rollout weight is seen."""
+    for module in (diffusers, accelerated):
+        scheduler = module.PiflowScheduler()
+        scheduler.set_timesteps(4, device=DEVICE)
+        x = torch.randn(2, 16, 8, device=DEVICE)
+        with pytest.raises(ValueError, match="not divisible by n_grid"):
+            scheduler.step(x, scheduler.timesteps[0], x)
+        with pytest.raises(ValueError, match="integer indices"):
+            scheduler.step(x.repeat(1, 1, 10), 1, x)
+    real = accelerated.PiflowScheduler._rollout_weights
+    monkeypatch.setattr(accelerated.PiflowScheduler, "_rollout_weights", lambda s, i: [w * 1.001 for w in real(s, i)])
+    assert _relative_error(_piflow_loop(accelerated, {}, 4), _piflow_loop(diffusers, {}, 4)) > 1e-4

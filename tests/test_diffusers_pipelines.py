@@ -108,6 +108,7 @@ DIT_SCHEDULERS = sorted(
         "LTXEulerAncestralRFScheduler",
         "MiniMaxH3Scheduler",
         "RePaintScheduler",  # (its step takes the known image and mask: its own pipeline's loop)
+        "PiflowScheduler",  # (its step takes a widened output)
         "DDPMWuerstchenScheduler",  # (DiT hands a 0-d timestep, which Wuerstchen's step does not take)
         "SCMScheduler",
     }

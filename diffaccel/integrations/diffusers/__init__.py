@@ -22,7 +22,7 @@ The package is split by scheduler family; every class is importable from here:
   PNDM, score SDE VE;
 - ``euler``: Euler, Euler ancestral, EDM Euler, Heun, LMS, DPM++ SDE, KDPM2 pair;
 - ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF,
-  FlowMap Euler, MiniMax-H3;
+  FlowMap Euler, MiniMax-H3, pi-Flow;
 - ``ipndm``: IPNDM;
 - ``parallel``: ParaDiGMS's DDIM and DDPM parallel schedulers;
 - ``repaint``: RePaint (inpainting by resampling);
@@ -82,6 +82,7 @@ from diffaccel.integrations.diffusers.flow_matching import (
     FlowMatchLCMScheduler,
     LTXEulerAncestralRFScheduler,
     MiniMaxH3Scheduler,
+    PiflowScheduler,
 )
 from diffaccel.integrations.diffusers.graphed import GraphedPipeline, graph_pipeline
 from diffaccel.integrations.diffusers.ipndm import IPNDMScheduler
@@ -115,6 +116,7 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler",
     "FlowMapEulerDiscreteScheduler",
     "MiniMaxH3Scheduler",
+    "PiflowScheduler",
     "RePaintScheduler",
     "IPNDMScheduler",
     "DDIMParallelScheduler",

@@ -159,7 +159,7 @@ def _with_stock_signature(name: str, fused, stock):
     source = (
         f"def {name}(self, {signature}):\n"
         f"    if not self._fused_ready or not (isinstance({model_output}, _Tensor) and isinstance({sample}, _Tensor)\n"
-        f"            and {model_output}.shape == {sample}.shape\n"
+        f"            and ({model_output}.shape == {sample}.shape or self._OWN_SHAPE_CHECK)\n"
         f"            and {model_output}.dtype.is_floating_point and {sample}.dtype.is_floating_point\n"
         f"            ) or (self._step_index is not None\n"
         f"                  and self._step_index + self._END_OFFSET >= self.timesteps.shape[0]):\n"
@@ -215,6 +215,9 @@ class _FusedStep:
 
     # Why a CUDA graph cannot hold this scheduler's loop (None: it can).
     NOT_CAPTURABLE: Optional[str] = None
+    # Whether the step checks the model output's shape itself (a widened output,
+    # pi-Flow's), instead of handing diffusers every output shaped unlike the sample.
+    _OWN_SHAPE_CHECK = False
 
     def __init_subclass__(cls, **kwargs):
         """Every public method the class overrides gets stock's signature (a

@@ -1,6 +1,7 @@
 """Flow-matching schedulers (SD3, Flux, Wan, LTX-Video): FlowMatch Euler,
 LCM and Heun, LTX's rectified-flow Euler ancestral step, the flow-map
-Euler step (any-step sampling) and MiniMax-H3's data-ward Euler step."""
+Euler step (any-step sampling), MiniMax-H3's data-ward Euler step and
+pi-Flow's policy rollout."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from diffusers.schedulers.scheduling_flow_match_heun_discrete import FlowMatchHe
 from diffusers.schedulers.scheduling_flow_match_lcm import FlowMatchLCMSchedulerOutput
 from diffusers.schedulers.scheduling_ltx_euler_ancestral_rf import LTXEulerAncestralRFSchedulerOutput
 from diffusers.schedulers.scheduling_minimax_h3 import MiniMaxH3SchedulerOutput
+from diffusers.schedulers.scheduling_piflow import PiflowSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffaccel.integrations.diffusers.common import _an_index, _cast, _combine, _ei_step, _FusedStep, _position_in
@@ -346,3 +348,104 @@ class MiniMaxH3Scheduler(_FusedStep, _diffusers.MiniMaxH3Scheduler):
         if not return_dict:
             return (prev_sample,)
         return MiniMaxH3SchedulerOutput(prev_sample=prev_sample)
+
+
+class PiflowScheduler(_FusedStep, _diffusers.PiflowScheduler):
+    """diffusers' PiflowScheduler (pi-Flow: a few-step student whose widened
+    output holds ``n_grid`` velocity predictions, integrated by a network-free
+    policy) with a fused ``step()``. diffusers rolls the policy out in up to
+    ``num_policy_substeps`` Euler substeps per unit of time, each about ten
+    tensor ops, after reading the substep count on the host. Every substep is
+    linear in the sample and the ``n_grid`` parts of the output, with
+    coefficients that depend only on the schedule, so the rollout is traced on
+    the host in float64 on those coefficients instead (once per schedule), and
+    the step is one multistep_combine of the sample and the parts (two beyond 7
+    parts). diffusers rounds to float32 at every substep; the fused step once."""
+
+    def set_timesteps(self, *args, **kwargs):
+        super().set_timesteps(*args, **kwargs)
+        self._host_raw = self._piflow_raw_timesteps.tolist()
+        self._host_sigmas = self.sigmas.tolist()
+        self._host_timesteps = self.timesteps.tolist()
+        self._keep_step_values_while(self._host_sigmas)
+
+    def _rollout_weights(self, i: int) -> List[float]:
+        """[a, b_0 .. b_{n-1}] with diffusers' rollout of step i equal to
+        a x + sum_g b_g output_g: its substeps applied to coefficient vectors."""
+        shift, eps, grid = float(self.config.shift), self.eps, self.n_grid
+
+        def warp(raw):  # shift_timesteps
+            return shift * raw / (1 + (shift - 1) * raw)
+
+        def unwarp(sigma):  # DXPolicy._unwarp_t
+            return sigma / (shift + (1 - shift) * sigma)
+
+        raw_src = self._host_raw[i]
+        raw_dst = self._host_raw[i + 1] if i + 1 < len(self._host_raw) else eps
+        sigma_src = self._host_sigmas[i]
+        # The policy (DXPolicy, grid mode): x0 interpolated between the grid's
+        # data predictions x0_g = x - sigma_src output_g over its segment.
+        policy_src = unwarp(sigma_src)
+        policy_dst = max(policy_src - (raw_src - raw_dst), 0.0)
+        segment = max(policy_src - policy_dst, eps)
+        data = [[1.0] + [-sigma_src if h == g else 0.0 for h in range(grid)] for g in range(grid)]
+        # The rollout (policy_rollout_fm): Euler substeps in raw time.
+        substeps = max(round((raw_src - raw_dst) * self.num_policy_substeps), 1)
+        size = (raw_src - raw_dst) / substeps
+        state = [1.0] + [0.0] * grid
+        raw, sigma = raw_src, sigma_src
+        for _ in range(substeps):
+            t = min(max((unwarp(sigma) - policy_dst) / segment, 0.0), 1.0) * (grid - 1)
+            t0 = min(max(math.floor(t), 0), grid - 2)
+            x0 = [(t0 + 1 - t) * a + (t - t0) * b for a, b in zip(data[t0], data[t0 + 1])]
+            raw_next = max(raw - size, 0.0)
+            sigma_next = warp(raw_next)
+            scale = (sigma_next - sigma) / max(sigma, eps)
+            state = [s + (s - x) * scale for s, x in zip(state, x0)]
+            raw, sigma = raw_next, sigma_next
+        return state
+
+    def _host_index(self, timestep) -> Optional[int]:
+        """diffusers' index of the first step's timestep (the second match of
+        several), found on the host; None where only the device knows it."""
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            return _position_in(self.timesteps, timestep)
+        value = np.float32(float(timestep))  # diffusers compares in the schedule's float32
+        matches = [k for k, t in enumerate(self._host_timesteps) if np.float32(t) == value]
+        if not matches:
+            return None
+        return matches[1] if len(matches) > 1 else matches[0]
+
+    _OWN_SHAPE_CHECK = True  # the output is n_grid times wider than the sample in its last dimension
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        widened = (
+            model_output.dim() == sample.dim()
+            and model_output.shape[:-1] == sample.shape[:-1]
+            and model_output.shape[-1] == sample.shape[-1] * self.n_grid
+        )
+        stock = not widened or _an_index(timestep) or torch.compiler.is_compiling()
+        if not stock and self._step_index is None and self._begin_index is None:
+            index = self._host_index(timestep)
+            stock = index is None
+            if not stock:
+                self._step_index = index
+        if not stock and self._step_index is None:
+            self._step_index = self._begin_index
+        if stock or self._step_index >= self.num_inference_steps:
+            # diffusers' refusals and errors, a timestep only the device knows, a graph input under torch.compile
+            return super().step(model_output, timestep, sample, return_dict=return_dict)
+        i = self._step_index
+        weights = self._step_value(i, lambda: self._rollout_weights(i))
+        parts = list(model_output.unflatten(-1, (self.n_grid, -1)).unbind(-2))
+        tensors = [_cast(sample, torch.float32), *parts]
+        # multistep_combine takes up to 8 tensors: beyond, the first combination is the next one's first term.
+        updated = _combine(tensors[:8], self._coefficients(weights[:8], sample.device))
+        for start in range(8, len(tensors), 7):
+            rest = tensors[start : start + 7]
+            updated = _combine([updated, *rest], self._coefficients([1.0, *weights[start : start + 7]], sample.device))
+        updated = _cast(updated, sample.dtype)
+        self._step_index += 1
+        if return_dict:
+            return PiflowSchedulerOutput(prev_sample=updated)
+        return (updated,)
