@@ -212,6 +212,27 @@ class LTXEulerAncestralRFScheduler(_EulerBase, _diffusers.LTXEulerAncestralRFSch
         return LTXEulerAncestralRFSchedulerOutput(prev_sample=prev_sample)
 
 
+def _host_value(scheduler, timestep) -> Optional[float]:
+    """A timestep's value without a device read: a number, a one-element CPU
+    tensor, or an element of ``scheduler.timesteps`` (read by its position from
+    ``scheduler._host_timesteps``); None where only the device knows it."""
+    if not isinstance(timestep, torch.Tensor):
+        return float(timestep)
+    if timestep.numel() != 1:
+        return None
+    if timestep.device.type == "cpu":
+        return float(timestep.reshape(()))
+    position = _position_in(scheduler.timesteps, timestep)
+    return None if position is None else scheduler._host_timesteps[position]
+
+
+def _float32_matches(host_timesteps: List[float], value: float) -> List[int]:
+    """The positions where the schedule equals ``value``, both in float32, as
+    diffusers compares its float32 schedule with a timestep (nonzero on the device)."""
+    exact = np.float32(value)
+    return [i for i, t in enumerate(host_timesteps) if np.float32(t) == exact]
+
+
 class FlowMapEulerDiscreteScheduler(_FusedStep, _diffusers.FlowMapEulerDiscreteScheduler):
     """diffusers' FlowMapEulerDiscreteScheduler (flow-map models: one call may
     step from t to any r) with a fused ``step()``: one multistep_combine,
@@ -228,17 +249,6 @@ class FlowMapEulerDiscreteScheduler(_FusedStep, _diffusers.FlowMapEulerDiscreteS
         self._host_timesteps = self.timesteps.tolist()
         self._host_timesteps32 = np.asarray(self._host_timesteps, dtype=np.float32)
 
-    def _host_value(self, timestep) -> Optional[float]:
-        """The timestep's value, where the host knows it without a device read."""
-        if not isinstance(timestep, torch.Tensor):
-            return float(timestep)
-        if timestep.numel() != 1:
-            return None
-        if timestep.device.type == "cpu":
-            return float(timestep.flatten()[0])
-        position = _position_in(self.timesteps, timestep)
-        return None if position is None else self._host_timesteps[position]
-
     def _host_index(self, value: float) -> Optional[int]:
         """diffusers' index_for_timestep on the host copy: the nearest timestep
         in float32, None beyond 1e-3."""
@@ -252,7 +262,7 @@ class FlowMapEulerDiscreteScheduler(_FusedStep, _diffusers.FlowMapEulerDiscreteS
         return index, sigma
 
     def _init_step_index(self, timestep) -> None:
-        value = self._host_value(timestep)
+        value = _host_value(self, timestep)
         if value is None or self._begin_index is not None:
             return super()._init_step_index(timestep)
         index = self._host_index(value)
@@ -266,8 +276,8 @@ class FlowMapEulerDiscreteScheduler(_FusedStep, _diffusers.FlowMapEulerDiscreteS
         r_timestep=None,
         return_dict: bool = True,
     ):
-        t_value = self._host_value(timestep)
-        r_value = None if r_timestep is None else self._host_value(r_timestep)
+        t_value = _host_value(self, timestep)
+        r_value = None if r_timestep is None else _host_value(self, r_timestep)
         if t_value is None or (r_timestep is not None and r_value is None):
             return super().step(model_output, timestep, sample, r_timestep=r_timestep, return_dict=return_dict)
         t_index, sigma_t = self._sigma_of(t_value)
@@ -304,16 +314,6 @@ class MiniMaxH3Scheduler(_FusedStep, _diffusers.MiniMaxH3Scheduler):
         self._host_timesteps = self.timesteps.tolist()
         self._keep_step_values_while(self._host_sigmas)
 
-    def _host_value(self, timestep) -> Optional[float]:
-        if not isinstance(timestep, torch.Tensor):
-            return float(timestep)
-        if timestep.dim() != 0:
-            return None
-        if timestep.device.type == "cpu":
-            return float(timestep)
-        position = _position_in(self.timesteps, timestep)
-        return None if position is None else self._host_timesteps[position]
-
     def _coefficient_values(self, i: int, t: float, dtype: torch.dtype) -> List[float]:
         """[1, (1 - r) s] in the precisions diffusers computes them: s = 1 - t in
         the sample's dtype, r in float32 for half-precision samples."""
@@ -326,15 +326,14 @@ class MiniMaxH3Scheduler(_FusedStep, _diffusers.MiniMaxH3Scheduler):
         # diffusers' refusal of an index; a timestep only the device knows; under
         # torch.compile, a timestep that is a graph input (stock's step compiles)
         compiling = torch.compiler.is_compiling()
-        value = None if _an_index(timestep) or compiling else self._host_value(timestep)
+        value = None if _an_index(timestep) or compiling else _host_value(self, timestep)
         if value is None:
             return super().step(model_output, timestep, sample, return_dict=return_dict)
         if self._step_index is None:
             if self._begin_index is not None:
                 self._step_index = self._begin_index
             else:
-                exact = np.float32(value)  # diffusers compares in the schedule's float32
-                matches = [i for i, t in enumerate(self._host_timesteps) if np.float32(t) == exact]
+                matches = _float32_matches(self._host_timesteps, value)
                 if not matches:
                     return super().step(model_output, timestep, sample, return_dict=return_dict)
                 self._step_index = matches[0]
@@ -408,10 +407,8 @@ class PiflowScheduler(_FusedStep, _diffusers.PiflowScheduler):
     def _host_index(self, timestep) -> Optional[int]:
         """diffusers' index of the first step's timestep (the second match of
         several), found on the host; None where only the device knows it."""
-        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
-            return _position_in(self.timesteps, timestep)
-        value = np.float32(float(timestep))  # diffusers compares in the schedule's float32
-        matches = [k for k, t in enumerate(self._host_timesteps) if np.float32(t) == value]
+        value = _host_value(self, timestep)
+        matches = [] if value is None else _float32_matches(self._host_timesteps, value)
         if not matches:
             return None
         return matches[1] if len(matches) > 1 else matches[0]
@@ -424,18 +421,14 @@ class PiflowScheduler(_FusedStep, _diffusers.PiflowScheduler):
             and model_output.shape[:-1] == sample.shape[:-1]
             and model_output.shape[-1] == sample.shape[-1] * self.n_grid
         )
-        stock = not widened or _an_index(timestep) or torch.compiler.is_compiling()
-        if not stock and self._step_index is None and self._begin_index is None:
-            index = self._host_index(timestep)
-            stock = index is None
-            if not stock:
-                self._step_index = index
-        if not stock and self._step_index is None:
-            self._step_index = self._begin_index
-        if stock or self._step_index >= self.num_inference_steps:
+        i = None
+        if widened and not _an_index(timestep) and not torch.compiler.is_compiling():
+            i = self._step_index
+            if i is None:
+                i = self._begin_index if self._begin_index is not None else self._host_index(timestep)
+        if i is None or i >= self.num_inference_steps:
             # diffusers' refusals and errors, a timestep only the device knows, a graph input under torch.compile
             return super().step(model_output, timestep, sample, return_dict=return_dict)
-        i = self._step_index
         weights = self._step_value(i, lambda: self._rollout_weights(i))
         parts = list(model_output.unflatten(-1, (self.n_grid, -1)).unbind(-2))
         tensors = [_cast(sample, torch.float32), *parts]
@@ -445,7 +438,7 @@ class PiflowScheduler(_FusedStep, _diffusers.PiflowScheduler):
             rest = tensors[start : start + 7]
             updated = _combine([updated, *rest], self._coefficients([1.0, *weights[start : start + 7]], sample.device))
         updated = _cast(updated, sample.dtype)
-        self._step_index += 1
+        self._step_index = i + 1
         if return_dict:
             return PiflowSchedulerOutput(prev_sample=updated)
         return (updated,)
