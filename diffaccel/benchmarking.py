@@ -224,6 +224,22 @@ SCHEDULER_CASES = {
 }
 
 
+# What a drop-in class needs beyond its defaults: for two runs to draw the same
+# noise (DPM-Solver SDE's Brownian tree), or because its __init__ has no
+# defaults (RFD4-Proteína: its backbone scheduler's config, the tail shortened
+# so that 4 steps or more are a schedule).
+BASE_CONFIG = {
+    "DPMSolverSDEScheduler": {"noise_sampler_seed": 0},
+    "RFD4ProteinaScheduler": {
+        "schedule_mode": "log",
+        "noise_mode": "1/t",
+        "tsr_k": 1.0,
+        "tsr_sigma": 1.0,
+        "tail_steps": 2,
+    },
+}
+
+
 def host_time_cases() -> Dict[str, Tuple[str, dict]]:
     """Every drop-in class whose step() has diffusers' usual signature, at its
     default config, as scheduler cases named step_host_<class>: timed at a
@@ -234,7 +250,7 @@ def host_time_cases() -> Dict[str, Tuple[str, dict]]:
 
     own_signature = {"ScoreSdeVeScheduler", "CogVideoXDPMScheduler"}  # step_pred / step_correct; the pipeline's state
     return {
-        f"step_host_{name}": (name, {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {})
+        f"step_host_{name}": (name, dict(BASE_CONFIG.get(name, {})))
         for name in sorted(accelerated.ACCELERATED)
         if name not in own_signature
     }
@@ -255,8 +271,24 @@ def pipeline_set_timesteps(scheduler, steps: int, device) -> None:
 
     if isinstance(scheduler, diffusers.SCMScheduler) and steps != 2:
         scheduler.set_timesteps(steps, device=device, intermediate_timesteps=None)
+    elif isinstance(scheduler, (diffusers.HeliosScheduler, diffusers.HeliosDMDScheduler)):
+        # (a staged schedule: the first stage's, as the pyramid pipeline sets it; one stage: HeliosPipeline's call)
+        scheduler.set_timesteps(steps, 0 if scheduler.config.stages > 1 else None, device=device)
     else:
         scheduler.set_timesteps(steps, device=device)
+
+
+def helios_dmd_inputs(scheduler, step: int, start: torch.Tensor) -> dict:
+    """The keyword arguments the Helios pyramid pipeline hands
+    HeliosDMDScheduler.step at step ``step`` of a stage that started from
+    ``start``: the scheduler's own sigmas and timesteps as its tables."""
+    return {
+        "cur_sampling_step": step,
+        "dmd_noisy_tensor": start,
+        "dmd_sigmas": scheduler.sigmas,
+        "dmd_timesteps": scheduler.timesteps,
+        "all_timesteps": scheduler.timesteps,
+    }
 
 
 def pipeline_timesteps(scheduler) -> torch.Tensor:
@@ -298,19 +330,28 @@ def scheduler_loop(case: str, impl: str, device, shape, steps: int = 25):
     eps = standard_normal(shape, generator=torch.Generator().manual_seed(1), device=device)
     # RePaint's step also takes the known image and its mask (every other column
     # known); pi-Flow's takes n_grid predictions side by side in the last dimension.
-    extra = ()
+    # Helios DMD's its step number, tables and start point, the sample as
+    # video latents of one frame; RFD4-Proteína's an emit mask (all tokens),
+    # the sample as (batch, tokens, width).
+    extra, dmd = (), isinstance(scheduler, diffusers.HeliosDMDScheduler)
+    if isinstance(scheduler, diffusers.RFD4ProteinaScheduler):
+        x0, eps = x0.flatten(1, -2), eps.flatten(1, -2)
+        extra = (torch.ones(x0.shape[:-1], dtype=torch.bool, device=device),)
     if isinstance(scheduler, diffusers.PiflowScheduler):
         eps = eps.repeat(*([1] * (eps.dim() - 1)), scheduler.n_grid)
     if isinstance(scheduler, diffusers.RePaintScheduler):
         columns = torch.arange(shape[-1], device=device) % 2 == 0
         extra = (torch.full_like(x0, 0.25), columns.to(x0.dtype).expand_as(x0).contiguous())
+    if dmd:
+        x0, eps = x0.unsqueeze(2), eps.unsqueeze(2)
 
     def loop():
         x = x0
-        for t in loop.timesteps:
-            x = scheduler.step(eps, t, x, *extra).prev_sample
+        for i, t in enumerate(loop.timesteps):
+            options = helios_dmd_inputs(scheduler, i, x0) if dmd else {}
+            x = scheduler.step(eps, t, x, *extra, **options).prev_sample
         _sync(device)
-        return x
+        return x.view(shape)  # (the shape asked for, where the step took another view)
 
     def reset() -> None:
         pipeline_set_timesteps(scheduler, steps, device)

@@ -31,6 +31,12 @@ COGVIDEOX_5B = {
 }
 
 
+def base_config(name, **config):
+    """The config a generic test makes class ``name`` from: what it needs
+    beyond its defaults (benchmarking.BASE_CONFIG) and ``config``."""
+    return {**benchmarking.BASE_CONFIG.get(name, {}), **config}
+
+
 def model(x, t):
     """A deterministic, non-linear stand-in for a network (depends on t)."""
     return torch.tanh(x) * 0.5 + 0.1 * torch.sin(x * (1 + float(t) / 1000))
@@ -43,11 +49,34 @@ def _step(scheduler, model_output, t, x, previous, **step_options):
     Wuerstchen's the timestep as a (batch,) tensor, ``t.expand(batch)``, as the
     Wuerstchen and Stable Cascade pipelines hand it; the others take diffusers'
     usual step(model_output, timestep, sample); RePaint's the known image and
-    mask besides (_repaint_inputs), pi-Flow's a widened output (_widened)."""
+    mask besides (_repaint_inputs), pi-Flow's a widened output (_widened),
+    Helios DMD's its step number, tables and start point as the Helios pyramid
+    pipeline hands them (``previous``: the step number and the loop's first
+    sample), the sample as video latents of one frame; RFD4-Proteína's an emit
+    mask, the sample as (batch, tokens, width)."""
     if isinstance(scheduler, diffusers.CogVideoXDPMScheduler):
         t_back, old = previous or (None, None)
         x, old = scheduler.step(model_output, old, t, t_back, x, **step_options)
         return x, (t, old)
+    if isinstance(scheduler, diffusers.RFD4ProteinaScheduler):
+        # (batch, tokens, 3)-like states: the sample's rows as tokens, every third token of the last design masked;
+        # one generator per design (``previous``), the loop's and generators seeded after it
+        mask = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device).flatten(1)
+        mask[-1, ::3] = False
+        tokens = (len(x), -1, x.shape[-1])
+        generator = step_options.get("generator")
+        if previous is None and isinstance(generator, torch.Generator):
+            seed = generator.initial_seed()
+            previous = [generator] + [torch.Generator(generator.device).manual_seed(seed + k) for k in range(1, len(x))]
+        if previous is not None:
+            step_options = {**step_options, "generator": previous}
+        out = scheduler.step(model_output.reshape(tokens), t, x.reshape(tokens), mask, **step_options)
+        return out.prev_sample.reshape(x.shape), previous
+    if isinstance(scheduler, diffusers.HeliosDMDScheduler):
+        i, start = previous or (0, x)
+        tables = benchmarking.helios_dmd_inputs(scheduler, i, start.unsqueeze(2))
+        x = scheduler.step(model_output.unsqueeze(2), t, x.unsqueeze(2), **tables, **step_options).prev_sample
+        return x.squeeze(2), (i + 1, start)
     t = benchmarking.pipeline_timestep(scheduler, t, len(x))
     if isinstance(scheduler, diffusers.PiflowScheduler):  # a widened output: n_grid predictions per channel
         model_output = _widened(model_output, scheduler.n_grid)

@@ -17,19 +17,12 @@ from diffaccel import benchmarking  # noqa: E402
 from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 
 from conftest import DEVICE  # noqa: E402
-from diffusers_helpers import MARKS, _float64_tables, _loop, _relative_error, model  # noqa: E402
+from diffusers_helpers import MARKS, _float64_tables, _loop, _relative_error, base_config, model  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore")] + MARKS  # diffusers' notices about odd configurations
 
 NAMES = sorted(accelerated.ACCELERATED)
 STEPPING = sorted(set(NAMES) - {"ScoreSdeVeScheduler"})  # (ScoreSdeVe has step_pred / step_correct, no step)
-
-# What a class needs beyond its defaults for two runs to draw the same noise.
-BASE_CONFIG = {"DPMSolverSDEScheduler": {"noise_sampler_seed": 0}}
-
-
-def _base(name):
-    return dict(BASE_CONFIG.get(name, {}))
 
 
 def _outcome(action):
@@ -80,8 +73,8 @@ def assert_same_outcome(stock, ours, tolerance=1e-5):
 
 def side_by_side(name, action, make=None, tolerance=1e-5):
     """``action(scheduler)`` on stock ``name`` and on the drop-in, each made by
-    ``make(cls)`` (default: the class with _base's config), compared."""
-    make = make or (lambda cls: cls(**_base(name)))
+    ``make(cls)`` (default: the class with base_config's config), compared."""
+    make = make or (lambda cls: cls(**base_config(name)))
     outcomes = []
     for module in (diffusers, accelerated):
         cls = getattr(module, name)
@@ -171,8 +164,8 @@ def test_save_config_from_pretrained_round_trip(name, tmp_path):
     """A drop-in saved with save_config and loaded with from_pretrained is the
     same class with the same config, and steps identically."""
     cls = getattr(accelerated, name)
-    original = cls(**_base(name), steps_offset=1) if "steps_offset" in inspect.signature(cls).parameters else None
-    original = original or cls(**_base(name))
+    original = cls(**base_config(name), steps_offset=1) if "steps_offset" in inspect.signature(cls).parameters else None
+    original = original or cls(**base_config(name))
     original.save_config(tmp_path)
     loaded = cls.from_pretrained(tmp_path)
     assert type(loaded) is cls and _public(loaded.config) == _public(original.config)
@@ -184,7 +177,7 @@ def test_save_config_from_pretrained_round_trip(name, tmp_path):
 def _default_config(module, name):
     """A default ``name``'s config, as a pipeline's scheduler has it (made
     once: KDPM2's __init__ takes 0.2 s, and the pairs ask for each class's often)."""
-    return getattr(module, name)(**_base(name)).config
+    return getattr(module, name)(**base_config(name)).config
 
 
 COMPATIBLE_PAIRS = sorted(
@@ -205,8 +198,8 @@ def test_from_config_of_a_compatible_class(name, other):
     ``name`` does."""
     config = _default_config(diffusers, other)
     assert _public(_default_config(accelerated, other)) == _public(config)
-    want = _loop(getattr(diffusers, name).from_config(config, **_base(name)), steps=5, shape=(1, 4, 8, 8))
-    got = _loop(getattr(accelerated, name).from_config(config, **_base(name)), steps=5, shape=(1, 4, 8, 8))
+    want = _loop(getattr(diffusers, name).from_config(config, **base_config(name)), steps=5, shape=(1, 4, 8, 8))
+    got = _loop(getattr(accelerated, name).from_config(config, **base_config(name)), steps=5, shape=(1, 4, 8, 8))
     assert _relative_error(got, want) <= 1e-5
 
 
@@ -289,7 +282,7 @@ def test_every_config_option_over_its_range(name, config, steps):
 
     def make(module, dtype=torch.float32):
         def loop():  # (building the scheduler is part of the outcome: stock refuses some configs)
-            scheduler = getattr(module, name)(**_base(name), **config)
+            scheduler = getattr(module, name)(**base_config(name), **config)
             scheduler = _float64_tables(scheduler) if dtype == torch.float64 else scheduler
             torch.manual_seed(0)  # (noise a step draws without a generator comes from the global one)
             return _loop(scheduler, steps=steps, shape=(2, 4, 8, 8), dtype=dtype)
@@ -336,7 +329,7 @@ def _filled_history(scheduler, x):
     scheduler.lower_order_nums = len(scheduler.model_outputs)
 
 
-MULTISTEP = [n for n in STEPPING if hasattr(getattr(diffusers, n)(**_base(n)), "model_outputs")]
+MULTISTEP = [n for n in STEPPING if hasattr(getattr(diffusers, n)(**base_config(n)), "model_outputs")]
 
 
 @pytest.mark.parametrize("name", MULTISTEP)
@@ -414,7 +407,7 @@ def test_half_bfloat16_and_double_samples(name, dtype):
 
     def loop(module, dtype, tables64=False):
         def run():
-            scheduler = getattr(module, name)(**_base(name))
+            scheduler = getattr(module, name)(**base_config(name))
             scheduler = _float64_tables(scheduler) if tables64 else scheduler
             torch.manual_seed(0)
             return _loop(scheduler, steps=6, shape=(2, 4, 8, 8), dtype=dtype)
@@ -479,10 +472,10 @@ def test_torch_compile_fullgraph_wherever_stocks_compiles(name, form, backend):
     torch._dynamo.reset()
     action = _compiled_steps(name, form, backend)
     torch.manual_seed(0)
-    stock = _outcome(lambda: action(getattr(diffusers, name)(**_base(name))))
+    stock = _outcome(lambda: action(getattr(diffusers, name)(**base_config(name))))
     if stock[0] == "raised":
         pytest.skip(f"stock's step does not compile: {str(stock[1]).splitlines()[0]}")
     torch._dynamo.reset()
     torch.manual_seed(0)
-    ours = _outcome(lambda: action(getattr(accelerated, name)(**_base(name))))
+    ours = _outcome(lambda: action(getattr(accelerated, name)(**base_config(name))))
     assert_same_outcome(stock, ours)

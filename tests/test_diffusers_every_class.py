@@ -2,7 +2,9 @@
 class shares (dtypes, no host reads, reuse, random configurations)."""
 
 import inspect
+import pathlib
 import random
+import re
 
 import pytest
 import torch
@@ -14,7 +16,16 @@ from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 from diffaccel.integrations.diffusers import common  # noqa: E402
 
 from conftest import DEVICE, RANDOM_SEEDS  # noqa: E402
-from diffusers_helpers import MARKS, COGVIDEOX_5B, _float64_tables, _loop, _relative_error, _step, model  # noqa: E402
+from diffusers_helpers import (  # noqa: E402
+    MARKS,
+    COGVIDEOX_5B,
+    _float64_tables,
+    _loop,
+    _relative_error,
+    _step,
+    base_config,
+    model,
+)
 
 pytestmark = MARKS
 
@@ -64,7 +75,7 @@ def test_mixed_dtypes_step_in_diffusers_dtype(name, dtypes):
     dtype (their promotion: DPM-Solver++ with float32 latents and a bf16 model
     returned bf16 before, diffusers float32), and a sample close to diffusers'
     or, where diffusers computes in bf16 (the DPM-Solver inverse), to the float32 loop."""
-    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    config = base_config(name)
 
     def run(module, sample_dtype, model_dtype):
         return _loop(
@@ -92,7 +103,7 @@ def test_float64_inputs_step_as_diffusers(name, dtypes):
     (measured on the dev VM: within 2.3e-6), the Brownian-tree and renoising
     noise drawn in diffusers' dtype. (Before 2026-11-28 nearly every drop-in
     raised TypeError here, and four drew other noise.)"""
-    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    config = base_config(name)
     stock, got = (
         _loop(getattr(module, name)(**config), steps=10, shape=(2, 4, 8, 8), dtype=dtypes[0], model_dtype=dtypes[1])
         for module in (diffusers, accelerated)
@@ -101,15 +112,19 @@ def test_float64_inputs_step_as_diffusers(name, dtypes):
     assert _relative_error(got, stock) < 1e-5
 
 
+# (Helios DMD's step is the data prediction renoised: stock rounds twice a step in
+# float64, the fused step once, and is closer step by step, but a loop's end
+# is as much the toy model's response to each step's rounding: checked step
+# by step in tests/test_diffusers_helios.py.)
 @pytest.mark.filterwarnings("ignore:Should have:UserWarning")
-@pytest.mark.parametrize("name", sorted(set(accelerated.ACCELERATED) - {"ScoreSdeVeScheduler"}))
+@pytest.mark.parametrize("name", sorted(set(accelerated.ACCELERATED) - {"ScoreSdeVeScheduler", "HeliosDMDScheduler"}))
 def test_bf16_loops_are_as_close_to_float32_as_stock(name):
     """A bf16 sample and bf16 model output (a GPU pipeline in bf16): diffusers'
     result dtype, and a sample at least as close to the float32 loop as stock's
     bf16 loop (within 25%). Measured on the dev VM, 10 steps: the drop-in
     0.73e-3 to 1.3e-2 from float32, stock 1.5e-3 to 8.5e-2, never closer than
     the drop-in (the fused step rounds to bf16 once, stock at each tensor op)."""
-    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    config = base_config(name)
 
     def run(module, dtype):
         return _loop(getattr(module, name)(**config), steps=10, shape=(2, 4, 8, 8), dtype=dtype, model_dtype=dtype)
@@ -144,7 +159,7 @@ def test_steps_do_not_synchronize(name):
     (whose coefficients come from the scheduler's ConstantCache). set_timesteps,
     diffusers' own and once per loop, runs outside: it moves its schedule to the
     host itself."""
-    scheduler = getattr(accelerated, name)()
+    scheduler = getattr(accelerated, name)(**base_config(name))
     x = torch.randn(2, 4, 16, 16, device="cuda")
     out = model(x, 0)
     for _run in range(2):
@@ -160,15 +175,19 @@ def test_steps_do_not_synchronize(name):
     assert torch.isfinite(x).all()
 
 
+# (RFD4-Proteína starts part way through set_timesteps(start_time=...) and
+# refuses any other first timestep: tests/test_diffusers_proteina.py.)
 @pytest.mark.parametrize("start", [1, 4])
-@pytest.mark.parametrize("name", sorted(set(accelerated.ACCELERATED) - {"ScoreSdeVeScheduler"}))
+@pytest.mark.parametrize(
+    "name", sorted(set(accelerated.ACCELERATED) - {"ScoreSdeVeScheduler", "RFD4ProteinaScheduler"})
+)
 def test_a_loop_that_starts_part_way_matches_diffusers(name, start):
     """img2img's loop: set_timesteps, set_begin_index where the scheduler has it,
     then scheduler.timesteps[start * order:] only. (The LMS drop-in failed this:
     diffusers pairs its order-4 weights with the fewer derivatives it has at first.
     On a GPU, DIFFACCEL_TEST_DEVICE=cuda, the timesteps are device views whose
     value the DDIM-family steps take from their position.)"""
-    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    config = base_config(name)
     want, got = (
         _loop(getattr(module, name)(**config), steps=10, shape=(2, 4, 8, 8), start=start)
         for module in (diffusers, accelerated)
@@ -200,7 +219,7 @@ def test_options_the_scheduler_does_not_take_change_nothing(name, foreign):
     """A config loaded from another scheduler's (a DDPM config into DPM-Solver,
     as ``Scheduler.from_config(pipe.scheduler.config)`` does) keeps the keys
     its class does not take; diffusers' step ignores them, so must the fused one."""
-    config = dict(foreign, noise_sampler_seed=0) if name == "DPMSolverSDEScheduler" else foreign
+    config = base_config(name, **foreign)
     want, got = (
         _loop(getattr(module, name).from_config(config), steps=10, shape=(2, 4, 8, 8))
         for module in (diffusers, accelerated)
@@ -384,6 +403,8 @@ def test_a_repeated_schedule_copies_no_coefficients(name, monkeypatch):
 # What diffusers' set_timesteps(device=...) leaves on the device; every other
 # schedule tensor it keeps on the host (`self.sigmas.to("cpu")`).
 ON_DEVICE = {
+    "HeliosScheduler": ("timesteps", "sigmas"),
+    "HeliosDMDScheduler": ("timesteps", "sigmas"),
     "FlowMatchEulerDiscreteScheduler": ("timesteps", "sigmas"),
     "FlowMatchLCMScheduler": ("timesteps", "sigmas"),
     "FlowMatchHeunDiscreteScheduler": ("timesteps", "sigmas"),
@@ -399,6 +420,8 @@ NO_READ_CASES = [(name, {}) for name in sorted(accelerated.ACCELERATED)] + [
     ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "solver_type": "heun"}),
     ("DDIMScheduler", {"thresholding": True}),
     ("UniPCMultistepScheduler", {"solver_order": 3}),
+    ("HeliosScheduler", {"solver_order": 3}),
+    ("HeliosScheduler", {"scheduler_type": "euler"}),
 ]
 
 
@@ -406,7 +429,7 @@ def _steps_on_meta(cls, config, steps=10):
     """A whole loop of ``cls`` whose device is the meta device: set_timesteps
     on the host, then the tensors diffusers would put on the device moved to
     meta, the sample and model output on meta too."""
-    scheduler = cls(**config)
+    scheduler = cls(**base_config(cls.__name__, **config))
     benchmarking.pipeline_set_timesteps(scheduler, steps, "cpu")
     if cls.__name__ == "ScoreSdeVeScheduler":
         scheduler.set_sigmas(steps)
@@ -443,7 +466,9 @@ def test_steps_never_read_the_device(name, config):
     assert x.device.type == "meta" and x.shape == (2, 4, 16, 16)
 
 
-@pytest.mark.parametrize("name", sorted(accelerated.ACCELERATED))
+# (Stock Helios reads its device sigmas through torch.tensor(list of 0-d
+# tensors), which on the meta device makes a meta tensor without reading.)
+@pytest.mark.parametrize("name", sorted(set(accelerated.ACCELERATED) - {"HeliosScheduler"}))
 def test_stock_steps_read_the_device(name):
     """The check above can fail: each stock scheduler reads the device (the
     first step's nonzero / .item() index lookup, or its step's own reads)."""
@@ -518,7 +543,7 @@ def test_gradients_through_steps_equal_stocks(name):
     """Stock diffusers' step() is differentiable, and so is the drop-in's: the
     same sample and the same gradients (to float32 rounding), where before the
     fused ops had no backward and gradients silently vanished."""
-    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    config = base_config(name)
     stock_x, stock_grads = _gradients(getattr(diffusers, name)(**config))
     x, grads = _gradients(getattr(accelerated, name)(**config))
     assert _relative_error(x, stock_x) < 1e-5
@@ -528,8 +553,25 @@ def test_gradients_through_steps_equal_stocks(name):
 
 
 def test_every_accelerated_class_subclasses_the_diffusers_class_of_its_name():
-    """ACCELERATED (found in the family modules) holds the 40 classes, each
+    """ACCELERATED (found in the family modules) holds the 43 classes, each
     importable from diffaccel.diffusers and a subclass of its diffusers class."""
-    assert len(accelerated.ACCELERATED) == 40
+    assert len(accelerated.ACCELERATED) == 43
     for name, cls in accelerated.ACCELERATED.items():
         assert issubclass(cls, getattr(diffusers, name)) and getattr(accelerated, name) is cls
+
+
+def test_the_docs_give_every_diffusers_scheduler_a_status():
+    """docs/diffusers.md has a row in its classes table for every accelerated
+    class, and names every other diffusers scheduler in its Limits with why
+    not (a new diffusers release's new schedulers show up here)."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "diffusers.md").read_text()
+    table = text[text.index("## The classes") : text.index("## Numerics")]
+    limits = text[text.index("## Limits") : text.index("## Where the code is")]
+    rows = {name for line in table.splitlines() if line.startswith("| `") for name in re.findall(r"`(\w+)`", line)}
+    schedulers = {
+        name
+        for name in dir(diffusers)
+        if name.endswith("Scheduler") and isinstance(getattr(diffusers, name, None), type)
+    }
+    assert set(accelerated.ACCELERATED) <= rows
+    assert {name for name in schedulers - set(accelerated.ACCELERATED) if f"`{name}`" not in limits} == set()

@@ -10,7 +10,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed 
 from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 
 from conftest import DEVICE  # noqa: E402
-from diffusers_helpers import MARKS, _small_unet  # noqa: E402
+from diffusers_helpers import MARKS, _small_unet, base_config  # noqa: E402
 
 pytestmark = MARKS
 
@@ -107,6 +107,9 @@ DIT_SCHEDULERS = sorted(
         "FlowMatchLCMScheduler",
         "LTXEulerAncestralRFScheduler",
         "MiniMaxH3Scheduler",
+        "HeliosScheduler",  # (staged flow schedules: set_timesteps wants a stage)
+        "HeliosDMDScheduler",
+        "RFD4ProteinaScheduler",  # (protein coordinates: its step takes an emit mask)
         "RePaintScheduler",  # (its step takes the known image and mask: its own pipeline's loop)
         "PiflowScheduler",  # (its step takes a widened output)
         "DDPMWuerstchenScheduler",  # (DiT hands a 0-d timestep, which Wuerstchen's step does not take)
@@ -124,7 +127,7 @@ def test_dit_pipeline_gives_the_same_images(name, dit_pipeline_parts):
     non-contiguous view, timesteps handed out by the pipeline) with the stock
     scheduler, then after ``accelerate(pipe)``: the same images."""
     transformer, vae = dit_pipeline_parts
-    config = {"noise_sampler_seed": 0} if name == "DPMSolverSDEScheduler" else {}
+    config = base_config(name)
     pipe = diffusers.DiTPipeline(
         transformer=transformer,
         vae=vae,

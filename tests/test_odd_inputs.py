@@ -18,7 +18,7 @@ from diffaccel import benchmarking  # noqa: E402
 from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 from diffaccel.integrations import k_diffusion as ours  # noqa: E402
 
-from diffusers_helpers import MARKS, _step, model  # noqa: E402
+from diffusers_helpers import MARKS, _step, base_config, model  # noqa: E402
 from test_k_diffusion import FIXED_STEP_SAMPLERS  # noqa: E402
 
 pytestmark = MARKS
@@ -40,7 +40,7 @@ def _odd(output, case, i):
 
 
 def _diffusers_loop(cls, case, steps=6):
-    scheduler = cls(noise_sampler_seed=0) if cls.__name__ == "DPMSolverSDEScheduler" else cls()
+    scheduler = cls(**base_config(cls.__name__))
     benchmarking.pipeline_set_timesteps(scheduler, steps, "cpu")
     x = torch.randn((1 if case == "batch-up" else 2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
     if case == "int-sample":

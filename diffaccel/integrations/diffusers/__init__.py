@@ -23,10 +23,12 @@ The package is split by scheduler family; every class is importable from here:
 - ``euler``: Euler, Euler ancestral, EDM Euler, Heun, LMS, DPM++ SDE, KDPM2 pair;
 - ``flow_matching``: FlowMatch Euler, LCM and Heun, LTX's Euler ancestral RF,
   FlowMap Euler, MiniMax-H3, pi-Flow;
+- ``helios``: Helios (UniPC or Euler on pyramid stages) and Helios DMD;
 - ``ipndm``: IPNDM;
 - ``parallel``: ParaDiGMS's DDIM and DDPM parallel schedulers;
 - ``repaint``: RePaint (inpainting by resampling);
 - ``predictor_corrector``: UniPC, SA-Solver;
+- ``proteina``: RFD4-Proteína (protein backbones and local latents);
 - ``consistency``: LCM, TCD, consistency models, SCM (Sana Sprint);
 - ``pipelines``: ``ACCELERATED``, ``accelerate(pipe)``;
 - ``graphed``: ``graph_pipeline`` (a pipeline's loop as one CUDA graph), over
@@ -85,10 +87,12 @@ from diffaccel.integrations.diffusers.flow_matching import (
     PiflowScheduler,
 )
 from diffaccel.integrations.diffusers.graphed import GraphedPipeline, graph_pipeline
+from diffaccel.integrations.diffusers.helios import HeliosDMDScheduler, HeliosScheduler
 from diffaccel.integrations.diffusers.ipndm import IPNDMScheduler
 from diffaccel.integrations.diffusers.parallel import DDIMParallelScheduler, DDPMParallelScheduler
 from diffaccel.integrations.diffusers.pipelines import ACCELERATED, accelerate
 from diffaccel.integrations.diffusers.predictor_corrector import SASolverScheduler, UniPCMultistepScheduler
+from diffaccel.integrations.diffusers.proteina import RFD4ProteinaScheduler
 from diffaccel.integrations.diffusers.repaint import RePaintScheduler
 
 __all__ = [
@@ -123,6 +127,8 @@ __all__ = [
     "DDPMParallelScheduler",
     "FlowMatchHeunDiscreteScheduler",
     "FlowMatchLCMScheduler",
+    "HeliosDMDScheduler",
+    "HeliosScheduler",
     "HeunDiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
     "KDPM2DiscreteScheduler",
@@ -130,6 +136,7 @@ __all__ = [
     "LMSDiscreteScheduler",
     "LTXEulerAncestralRFScheduler",
     "PNDMScheduler",
+    "RFD4ProteinaScheduler",
     "SASolverScheduler",
     "SCMScheduler",
     "ScoreSdeVeScheduler",

@@ -40,7 +40,7 @@ def _conversion(
     sigmas are not flow sigmas."""
     if to_data:
         table = {
-            "epsilon": (1.0 / alpha, -sigma / alpha),
+            "epsilon": (_ratio(1.0, alpha), _ratio(-sigma, alpha)),  # (alpha is 0 at a flow sigma of 1)
             "sample": (0.0, 1.0),
             "v_prediction": (alpha, -sigma),
             "flow_prediction": (1.0, -schedule_sigma),
@@ -110,8 +110,9 @@ def _combine(tensors: List[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
 
 
 def _lambda(alpha: float, sigma: float) -> float:
-    """Half log-SNR; +inf at sigma = 0 (the final step to the data)."""
-    return math.log(alpha) - math.log(sigma) if sigma > 0 else math.inf
+    """Half log-SNR; +inf at sigma = 0 (the final step to the data), -inf at
+    alpha = 0 (a flow sigma of 1: pure noise), as torch.log gives them."""
+    return _log(alpha) - _log(sigma) if sigma > 0 else math.inf
 
 
 def _position_in(schedule: torch.Tensor, timestep: torch.Tensor) -> Optional[int]:

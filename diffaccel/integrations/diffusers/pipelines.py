@@ -18,9 +18,11 @@ _FAMILY_MODULES = (
     "ddim_ddpm",
     "euler",
     "flow_matching",
+    "helios",
     "ipndm",
     "parallel",
     "predictor_corrector",
+    "proteina",
     "repaint",
     "consistency",
 )

@@ -42,22 +42,13 @@ class _PredictorCorrectorSteps(_StepIndexWithoutSync):
         return _lambda(*self._alpha_sigma_at(index))
 
 
-class UniPCMultistepScheduler(_PredictorCorrectorSteps, _diffusers.UniPCMultistepScheduler):
-    """diffusers' UniPCMultistepScheduler with fused steps: the model output's
-    conversion and the UniC corrector in one ei_step (writing the corrected
-    sample diffusers keeps as last_sample), then the UniP predictor in another;
-    one ei_step in all where the corrector is off. The rho weights are solved on
-    the host in float64 (numpy), where diffusers solves them on the device."""
-
-    def unsupported_options(self) -> List[str]:
-        bad = []
-        if self.solver_p is not None:
-            bad.append("solver_p")
-        if self.config.thresholding and not self.predict_x0:
-            bad.append("thresholding (with predict_x0=False)")
-        if self.config.solver_order > 3:
-            bad.append(f"solver_order={self.config.solver_order} (more earlier outputs than ei_step combines)")
-        return bad
+class _UniPCSteps(_PredictorCorrectorSteps):
+    """UniPC's fused step (_unipc_step): the model output's conversion and the
+    UniC corrector in one ei_step (writing the corrected sample diffusers keeps
+    as last_sample), then the UniP predictor in another; one ei_step in all
+    where the corrector is off. The rho weights are solved on the host in
+    float64, where diffusers solves them on the device. Shared by
+    UniPCMultistepScheduler and Helios' copy of it (helios.py)."""
 
     def _bh(self, h: float, order: int, rks: List[float], corrector: bool):
         """(h_phi_1, B_h, rhos) of diffusers' multistep_uni_{p,c}_bh_update."""
@@ -112,16 +103,9 @@ class UniPCMultistepScheduler(_PredictorCorrectorSteps, _diffusers.UniPCMultiste
             m0 += scale * b_h * rhos[-1]
         return base, m0, older_w[: len(older)], model_t
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep,
-        sample: torch.Tensor,
-        return_dict: bool = True,
-        generator: Optional[torch.Generator] = None,
-    ):
-        if self.step_index is None:
-            self._init_step_index(timestep)
+    def _unipc_step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """diffusers' UniPC step from step_index on (corrector, history shift,
+        predictor, counters), returning the sample it steps to."""
         c = self.config
         i = self.step_index
         use_corrector = i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None
@@ -180,6 +164,34 @@ class UniPCMultistepScheduler(_PredictorCorrectorSteps, _diffusers.UniPCMultiste
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
+        return prev_sample
+
+
+class UniPCMultistepScheduler(_UniPCSteps, _diffusers.UniPCMultistepScheduler):
+    """diffusers' UniPCMultistepScheduler with fused steps (_UniPCSteps): two
+    ei_steps a step, one where the corrector is off."""
+
+    def unsupported_options(self) -> List[str]:
+        bad = []
+        if self.solver_p is not None:
+            bad.append("solver_p")
+        if self.config.thresholding and not self.predict_x0:
+            bad.append("thresholding (with predict_x0=False)")
+        if self.config.solver_order > 3:
+            bad.append(f"solver_order={self.config.solver_order} (more earlier outputs than ei_step combines)")
+        return bad
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ):
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        prev_sample = self._unipc_step(model_output, timestep, sample)
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample=prev_sample)
