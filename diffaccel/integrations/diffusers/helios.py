@@ -101,7 +101,8 @@ class HeliosDMDScheduler(_FusedStep, _diffusers.HeliosDMDScheduler):
         super().set_timesteps(*args, **kwargs)
         self._host_sigmas = self.sigmas.cpu()
         self._host_schedule = self.timesteps.cpu()
-        self._keep_step_values_while(self._host_sigmas.tolist() + self._host_schedule.tolist())
+        self._host_timesteps = self._host_schedule.tolist()  # (floats: a step reads them without tensor indexing)
+        self._keep_step_values_while(self._host_sigmas.tolist() + self._host_timesteps)
 
     def _host_value(self, timestep) -> Optional[float]:
         """The timestep's value, known without reading the device, or None."""
@@ -112,7 +113,7 @@ class HeliosDMDScheduler(_FusedStep, _diffusers.HeliosDMDScheduler):
         if timestep.device.type == "cpu":
             return float(timestep) if timestep.numel() == 1 else None
         position = _position_in(self.timesteps, timestep)
-        return None if position is None else float(self._host_schedule[position])
+        return None if position is None else self._host_timesteps[position]
 
     def _sigma_of(self, timestep: float) -> float:
         """diffusers' sigmas[argmin |timesteps - long(timestep)|], on the host copies."""
@@ -155,7 +156,7 @@ class HeliosDMDScheduler(_FusedStep, _diffusers.HeliosDMDScheduler):
                 dmd_timesteps,
                 all_timesteps,
             )
-        following = None if last else float(self._host_schedule[cur_sampling_step + 1])
+        following = None if last else self._host_timesteps[cur_sampling_step + 1]
         sigma, sigma_next = self._step_value(
             (now, following),
             lambda: (self._sigma_of(now), 0.0 if following is None else self._sigma_of(following)),
