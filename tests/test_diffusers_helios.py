@@ -2,6 +2,8 @@
 schedulers (HeliosScheduler's UniPC and Euler on pyramid stages, Helios DMD),
 stepped as the Helios pipelines step them, on video latents."""
 
+import random
+
 import pytest
 import torch
 
@@ -239,3 +241,85 @@ def test_helios_dmd_dtypes_are_stocks():
         assert steps[1].prev_sample.dtype == steps[0].prev_sample.dtype == torch.bfloat16
         errors = [_relative_error(step.prev_sample, exact.prev_sample) for step in steps]
         assert errors[1] <= errors[0] * 1.0001, (i, errors)
+
+
+HELIOS_OPTIONS = {
+    "stages": [1, 2, 3],
+    "shift": [1.0, 3.0, 0.5],
+    "gamma": [1 / 3, 0.5, 1.0],
+    "scheduler_type": ["unipc", "euler"],
+    "solver_type": ["bh1", "bh2"],
+    "predict_x0": [True, False],
+    "use_flow_sigmas": [True, False],
+    "prediction_type": ["flow_prediction", "epsilon", "v_prediction", "sample"],
+    "solver_order": [1, 2, 3],
+    "lower_order_final": [True, False],
+    "disable_corrector": [[], [0], [1, 3]],
+    "use_dynamic_shifting": [False, True],
+    "time_shift_type": ["exponential", "linear"],
+}
+DMD_OPTIONS = ("stages", "shift", "gamma", "use_dynamic_shifting", "time_shift_type")
+
+
+def _random_helios_runs(count, seed):
+    """(class name, config, steps, stage, mu, amplify) drawn from every option's values."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        dmd = rng.random() < 0.25
+        keys = DMD_OPTIONS if dmd else tuple(HELIOS_OPTIONS)
+        config = {key: rng.choice(HELIOS_OPTIONS[key]) for key in keys if rng.random() < 0.5}
+        if config.get("use_dynamic_shifting"):
+            config["shift"] = 1.0  # (diffusers asserts it)
+        mu = rng.choice([0.5, 1.2]) if config.get("use_dynamic_shifting") else None
+        name = "HeliosDMDScheduler" if dmd else "HeliosScheduler"
+        yield name, config, rng.choice([1, 2, 3, 5, 8, 13]), rng.choice([0, 1, 2]), mu, dmd and rng.random() < 0.5
+
+
+def _random_run(cls, config, steps, stage, mu, amplify, float64=False):
+    """("ran", sample) or ("raised", error) of a loop; float64: stock's reference, tables and sample in float64."""
+    try:
+        scheduler = cls(**config)
+        options = {} if mu is None else {"mu": mu}
+        if "DMD" in cls.__name__:
+            options["is_amplify_first_chunk"] = amplify
+        _set_timesteps(scheduler, steps, stage, **options)
+        if float64:
+            scheduler.sigmas, scheduler.timesteps = scheduler.sigmas.double(), scheduler.timesteps.double()
+        x = start = _start(torch.float64 if float64 else torch.float32)
+        for i, t in enumerate(scheduler.timesteps):
+            extra = benchmarking.helios_dmd_inputs(scheduler, i, start) if "DMD" in cls.__name__ else {}
+            x = scheduler.step(model(x, t), t, x, **extra).prev_sample
+        return "ran", x
+    except Exception as error:  # noqa: BLE001  (its type is compared)
+        return "raised", error
+
+
+def test_random_helios_configurations_are_stocks():
+    """200 random configurations of both Helios classes (every option's
+    values, any stage, 1-13 steps, dynamic shifting, the amplified first
+    chunk): the drop-in raises exactly where diffusers raises, with its
+    exception type (its singular UniPC matrices included), is finite where
+    diffusers is, and within 1e-5 of it, or, where the last step's weights
+    are large (Helios clamps the final flow sigma at 1e-8, so with
+    lower_order_final=False or a noise prediction its last step combines
+    outputs with weights of 1e2-1e8) within 2.5x of stock's own distance from
+    the float64 loop: float32 cancellation in the fused combination, where
+    diffusers forms the differences first (on 2026-12-02 such cases were
+    1.3-2.5x, both sides 1-4e-5 from float64)."""
+    compared = 0
+    for name, config, steps, stage, mu, amplify in _random_helios_runs(200, seed=0):
+        stock = _random_run(getattr(diffusers, name), config, steps, stage, mu, amplify)
+        ours = _random_run(getattr(accelerated, name), config, steps, stage, mu, amplify)
+        case = (name, config, steps, stage)
+        if stock[0] == "raised":
+            assert ours[0] == "raised" and type(ours[1]) is type(stock[1]), (case, stock[1], ours[1])
+            continue
+        assert ours[0] == "ran", (case, ours[1])
+        if not torch.isfinite(stock[1]).all():
+            continue
+        assert torch.isfinite(ours[1]).all(), case
+        compared += 1
+        if _relative_error(ours[1], stock[1]) > 1e-5:
+            exact = _random_run(getattr(diffusers, name), config, steps, stage, mu, amplify, float64=True)[1]
+            assert _relative_error(ours[1], exact) <= 2.5 * _relative_error(stock[1], exact), case
+    assert compared >= 120

@@ -1,6 +1,7 @@
 """diffaccel.integrations.diffusers against stock diffusers: the predictor-correctors (UniPC, SA-Solver)."""
 
 import pytest
+import torch
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (make test installs it)")
 
@@ -33,6 +34,25 @@ def test_unipc_matches_diffusers(config):
     want = _loop(diffusers.UniPCMultistepScheduler(**config))
     got = _loop(accelerated.UniPCMultistepScheduler(**config))
     assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"solver_order": 3, "lower_order_final": False},
+        {"solver_order": 3, "lower_order_final": False, "solver_type": "bh1"},
+        {"solver_order": 3, "lower_order_final": False, "use_flow_sigmas": True, "prediction_type": "flow_prediction"},
+    ],
+    ids=["bh2", "bh1", "flow"],
+)
+def test_unipc_singular_weights_raise_as_stocks(config):
+    """Order 3 on the last step to a zero sigma (lower_order_final=False):
+    the log-SNR ratios make the rho matrix singular, and diffusers'
+    torch.linalg.solve raises; so does the drop-in's solve (it gave NaN
+    until 2026-12-02)."""
+    for module in (diffusers, accelerated):
+        with pytest.raises(torch.linalg.LinAlgError):
+            _loop(module.UniPCMultistepScheduler(**config), steps=8)
 
 
 def _tau_zero(t):  # an ODE sampler (no noise)

@@ -75,8 +75,8 @@ class _UniPCSteps(_PredictorCorrectorSteps):
         alpha_t, sigma_t = self._alpha_sigma_at(t_index)
         alpha_s0, sigma_s0 = self._alpha_sigma_at(s0_index)
         if self.predict_x0:
-            return sigma_t / sigma_s0, alpha_t
-        return alpha_t / alpha_s0, sigma_t
+            return _ratio(sigma_t, sigma_s0), alpha_t
+        return _ratio(alpha_t, alpha_s0), sigma_t  # (alpha_s0 is 0 at a flow sigma of 1: inf, as torch divides)
 
     def _combination(self, t_index: int, s0_index: int, order: int, older: List[int], corrector: bool):
         """(base, weight of m0, weights of the older outputs, weight of model_t) of
@@ -200,12 +200,19 @@ class UniPCMultistepScheduler(_UniPCSteps, _diffusers.UniPCMultistepScheduler):
 def _solve(rows: List[List[float]], b: List[float]) -> List[float]:
     """x with rows x = b (at most 3 x 3 here), by Gaussian elimination with
     partial pivoting in float64, as LAPACK's solve does; plain Python floats
-    (no numpy), so torch.compile can trace a step (IEEE inf / nan where a
-    pivot is 0, as the tensor arithmetic of diffusers' torch.linalg.solve)."""
+    (no numpy), so torch.compile can trace a step. A pivot of exactly 0 (a
+    singular matrix: UniPC's weights at a step whose log-SNR is infinite with
+    order 3) raises torch.linalg.LinAlgError, as diffusers' torch.linalg.solve
+    does; inf or NaN entries give NaN, as there."""
     a = [list(row) + [v] for row, v in zip(rows, b)]
     n = len(a)
     for k in range(n):
         pivot = max(range(k, n), key=lambda i: abs(a[i][k]))
+        if a[pivot][k] == 0.0:
+            raise torch.linalg.LinAlgError(
+                "UniPC's weights: the solve failed because the matrix of the log-SNR ratios is singular "
+                "(diffusers' torch.linalg.solve raises this too)"
+            )
         a[k], a[pivot] = a[pivot], a[k]
         for i in range(k + 1, n):
             factor = _ratio(a[i][k], a[k][k])
