@@ -476,6 +476,51 @@ def kandinsky_2_2():
     return pipe, dict(images, height=16, width=16, guidance_scale=4.0)
 
 
+def _helios_parts(scheduler):
+    """A tiny Helios transformer and Wan VAE (the pipelines decode their
+    history chunks, so the VAE is not left out)."""
+    torch.manual_seed(0)
+    transformer = diffusers.HeliosTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=1,
+        rope_dim=(4, 4, 4),
+    )
+    vae = diffusers.AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    return dict(transformer=transformer, vae=vae, scheduler=scheduler)
+
+
+def helios(scheduler_type="unipc"):
+    """HeliosPipeline (autoregressive chunks, one stage of flow sigmas)."""
+    scheduler = diffusers.HeliosScheduler(
+        stage_range=[0, 1], stages=1, use_dynamic_shifting=True, scheduler_type=scheduler_type
+    )
+    pipe = _assemble(diffusers.HeliosPipeline, **_helios_parts(scheduler))
+    return pipe, dict(_text(), height=16, width=16, num_frames=9, guidance_scale=3.0, max_sequence_length=8)
+
+
+def helios_pyramid(scheduler_type="unipc", distilled=False):
+    """HeliosPyramidPipeline (three stages at rising resolution, renoised in
+    between), its distilled form with HeliosDMDScheduler. (gamma 0.2: at
+    diffusers' default 1/3 its block-noise covariance for 2x2 patches is
+    singular and the pipeline's Cholesky fails, stock or not.)"""
+    if distilled:
+        scheduler = diffusers.HeliosDMDScheduler(use_dynamic_shifting=True, gamma=0.2)
+    else:
+        scheduler = diffusers.HeliosScheduler(use_dynamic_shifting=True, gamma=0.2, scheduler_type=scheduler_type)
+    pipe = _assemble(diffusers.HeliosPyramidPipeline, **_helios_parts(scheduler), is_distilled=distilled)
+    kw = dict(_text(), height=64, width=64, num_frames=9, max_sequence_length=8)
+    return pipe, dict(kw, guidance_scale=1.0 if distilled else 3.0, pyramid_num_inference_steps_list=[2, 3, 4])
+
+
 FAMILIES = {
     f.__name__: f
     for f in (

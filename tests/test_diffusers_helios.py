@@ -14,6 +14,7 @@ from diffaccel.integrations import diffusers as accelerated  # noqa: E402
 
 from conftest import DEVICE  # noqa: E402
 from diffusers_helpers import MARKS, _relative_error, model  # noqa: E402
+from pipeline_builders import helios, helios_pyramid  # noqa: E402
 
 pytestmark = MARKS
 
@@ -323,3 +324,37 @@ def test_random_helios_configurations_are_stocks():
             exact = _random_run(getattr(diffusers, name), config, steps, stage, mu, amplify, float64=True)[1]
             assert _relative_error(ours[1], exact) <= 2.5 * _relative_error(stock[1], exact), case
     assert compared >= 120
+
+
+@pytest.mark.filterwarnings("ignore")  # diffusers' notices about unused components
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: helios(),
+        lambda: helios("euler"),
+        lambda: helios_pyramid(),
+        lambda: helios_pyramid("euler"),
+        lambda: helios_pyramid(distilled=True),
+    ],
+    ids=["helios-unipc", "helios-euler", "pyramid-unipc", "pyramid-euler", "pyramid-distilled-dmd"],
+)
+def test_helios_pipelines_give_stocks_latents(build):
+    """diffusers' HeliosPipeline (chunks with history latents, classifier-free
+    guidance) and HeliosPyramidPipeline (three stages, block noise between
+    them; distilled: the DMD scheduler with the stage's start points), tiny
+    random transformer and VAE, the stock scheduler then accelerate(pipe):
+    the same latents."""
+
+    def latents(pipe, kw):
+        pipe.set_progress_bar_config(disable=True)
+        torch.manual_seed(1)
+        steps = {} if "pyramid_num_inference_steps_list" in kw else {"num_inference_steps": 3}
+        return pipe(**kw, **steps, output_type="latent", generator=torch.Generator().manual_seed(2)).frames
+
+    pipe, kw = build()
+    stock = latents(pipe, kw)
+    pipe, changes = accelerated.accelerate(pipe)
+    assert len(changes) == 1
+    ours = latents(pipe, kw)
+    assert ours.shape == stock.shape and torch.isfinite(stock).all()
+    assert _relative_error(ours, stock) < 1e-5

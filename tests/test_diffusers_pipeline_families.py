@@ -97,6 +97,8 @@ def test_accelerated_pipeline_gives_stocks_latents(family, name):
 # The pipelines whose loop runs under accelerate(pipe) in these tests (with
 # tests/test_diffusers_pipelines.py's).
 TESTED = set(FAMILY_CLASSES.values()) | {
+    "HeliosPipeline",  # (tests/test_diffusers_helios.py: only the Helios schedulers fit them)
+    "HeliosPyramidPipeline",
     "DDIMPipeline",
     "DDPMPipeline",
     "PNDMPipeline",
