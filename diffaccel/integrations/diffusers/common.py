@@ -304,6 +304,11 @@ class _FusedStep:
             value = self._step_values[key] = compute()
         return value
 
+    def _velocity_step(self, sample: torch.Tensor, model_output: torch.Tensor, dt: float) -> torch.Tensor:
+        """A flow-matching Euler step, x + dt v: one multistep_combine, returned
+        in the model output's dtype as the flow schedulers of diffusers return it."""
+        return _cast(_combine([sample, model_output], self._coefficients([1.0, dt], sample.device)), model_output.dtype)
+
     def _coefficients(self, values, device) -> torch.Tensor:
         cache = vars(self).get("_coefficient_cache")
         if cache is None:

@@ -59,12 +59,13 @@ class FlowMatchEulerDiscreteScheduler(_EulerBase, _diffusers.FlowMatchEulerDiscr
         self._start(timestep, "FlowMatchEulerDiscreteScheduler")
         sample = _cast(sample, torch.float32)
         if self.config.stochastic_sampling:
-            prev_sample = self._renoised_flow_step(sample, model_output, generator, sample.dtype)
+            prev_sample = _cast(
+                self._renoised_flow_step(sample, model_output, generator, sample.dtype), model_output.dtype
+            )
         else:
             sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
-            prev_sample = _combine([sample, model_output], self._coefficients([1.0, sigma_next - sigma], sample.device))
+            prev_sample = self._velocity_step(sample, model_output, sigma_next - sigma)
         self._step_index += 1
-        prev_sample = _cast(prev_sample, model_output.dtype)
         if not return_dict:
             return (prev_sample,)
         return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
@@ -289,8 +290,7 @@ class FlowMapEulerDiscreteScheduler(_FusedStep, _diffusers.FlowMapEulerDiscreteS
             sigma_r = self._sigma_of(r_value)[1]
         if self._step_index is None:
             self._init_step_index(timestep)
-        prev_sample = _combine([sample, model_output], self._coefficients([1.0, sigma_r - sigma_t], sample.device))
-        prev_sample = _cast(prev_sample, model_output.dtype)
+        prev_sample = self._velocity_step(sample, model_output, sigma_r - sigma_t)
         self._step_index += 1
         if not return_dict:
             return (prev_sample,)

@@ -17,7 +17,6 @@ from diffaccel.integrations.diffusers.common import (
     _alpha_sigma,
     _an_index,
     _cast,
-    _combine,
     _ei_step,
     _FusedStep,
     _position_in,
@@ -65,9 +64,7 @@ class HeliosScheduler(_UniPCSteps, _diffusers.HeliosScheduler):
             if self.step_index is None:
                 self._step_index = 0
             sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
-            sample = _cast(sample, torch.float32)
-            prev_sample = _combine([sample, model_output], self._coefficients([1.0, sigma_next - sigma], sample.device))
-            prev_sample = _cast(prev_sample, model_output.dtype)
+            prev_sample = self._velocity_step(_cast(sample, torch.float32), model_output, sigma_next - sigma)
             self._step_index += 1
             if not return_dict:
                 return (prev_sample,)
