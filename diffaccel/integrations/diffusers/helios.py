@@ -58,19 +58,18 @@ class HeliosScheduler(_UniPCSteps, _diffusers.HeliosScheduler):
         generator: Optional[torch.Generator] = None,
         return_dict: bool = True,
     ):
-        if self.config.scheduler_type == "euler":
-            if _an_index(timestep):  # diffusers' refusal of an index for a timestep
-                return super().step(model_output, timestep, sample, generator, return_dict)
-            if self.step_index is None:
-                self._step_index = 0
+        euler = self.config.scheduler_type == "euler"
+        if euler and _an_index(timestep):  # diffusers' refusal of an index for a timestep
+            return super().step(model_output, timestep, sample, generator, return_dict)
+        if self.step_index is None:  # (Helios starts at 0 whatever the timestep, begin index or not)
+            self._step_index = 0
+        if euler:
             sigma, sigma_next = self._host_sigmas[self.step_index], self._host_sigmas[self.step_index + 1]
             prev_sample = self._velocity_step(_cast(sample, torch.float32), model_output, sigma_next - sigma)
             self._step_index += 1
             if not return_dict:
                 return (prev_sample,)
             return HeliosSchedulerOutput(prev_sample=prev_sample)
-        if self.step_index is None:
-            self._step_index = 0
         prev_sample = self._unipc_step(model_output, timestep, sample)
         if not return_dict:
             return (prev_sample, None, self.last_sample, self.this_order)
