@@ -100,12 +100,11 @@ def stable_diffusion_3():
     return pipe, dict(_text(pooled=32), height=64, width=64, guidance_scale=5.0)
 
 
-def flux():
-    """Flux: the guidance embedding, dynamic shifting by image size (the
-    pipeline passes custom sigmas and mu to set_timesteps), packed latents."""
-    transformer = diffusers.FluxTransformer2DModel(
+def _flux_transformer(**channels):
+    """A tiny Flux transformer (guidance embedding), 16 latent channels unless ``channels`` say otherwise."""
+    return diffusers.FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16,
+        **{"in_channels": 16, **channels},
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,
@@ -115,6 +114,12 @@ def flux():
         guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     )
+
+
+def flux():
+    """Flux: the guidance embedding, dynamic shifting by image size (the
+    pipeline passes custom sigmas and mu to set_timesteps), packed latents."""
+    transformer = _flux_transformer()
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
     )
@@ -164,19 +169,7 @@ def flux_kontext():
 def flux_fill():
     """Flux Fill (inpainting): masked-image latents and the packed mask as extra channels."""
     pipe, kw = flux()
-    transformer = diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=48,  # latents, masked-image latents and the mask, 16 each
-        out_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),
-    )
+    transformer = _flux_transformer(in_channels=48, out_channels=16)  # latents, masked-image latents, mask
     pipe = _assemble(diffusers.FluxFillPipeline, scheduler=pipe.scheduler, transformer=transformer, vae=_tiny_vae())
     mask = (torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(6)) > 0.5).float()
     return pipe, dict(kw, image=_image(), mask_image=mask)
