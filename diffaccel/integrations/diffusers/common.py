@@ -349,9 +349,29 @@ class _StepIndexWithoutSync(_FusedStep):
 
 # Why the schedulers with diffusers' Brownian-tree noise sampler cannot be captured.
 _TORCHSDE_NOISE = (
-    "its Brownian-tree noise comes from torchsde, which builds it on the host at each step "
-    "with generators of its own: a graph would replay the same noise"
+    "its Brownian-tree noise is built on the host at each step with generators of its own "
+    "(torchsde's tree, or diffaccel's exact twin of it): a graph would replay the same noise"
 )
+
+
+def brownian_tree_noise_sampler(x: torch.Tensor, sigma_min, sigma_max, seed=None):
+    """diffusers' BrownianTreeNoiseSampler, built as diffusers builds it (the seed
+    drawn from the global generator when None), with its torchsde trees replaced
+    by diffaccel's BrownianTree on the same times, seeds, shape, dtype and device:
+    the same noise bit for bit, with a third of torchsde's normal draws."""
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    from diffaccel.brownian import BrownianTree
+
+    sampler = BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed)
+    # The times as diffusers' BatchedBrownianTree hands them to torchsde: transformed, sorted.
+    t0, t1 = sampler.transform(torch.as_tensor(sigma_min)), sampler.transform(torch.as_tensor(sigma_max))
+    t0, t1 = (t0, t1) if t0 < t1 else (t1, t0)
+    sampler.tree.trees = [
+        BrownianTree(t0, torch.zeros(tree.shape, dtype=tree.dtype, device=tree.device), t1, entropy=tree.entropy)
+        for tree in sampler.tree.trees
+    ]
+    return sampler
 
 
 def _promoted(sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,13 @@ from typing import List, Optional, Tuple
 
 import diffusers as _diffusers
 import torch
-from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler as _BrownianTreeNoiseSampler
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffaccel import ops
 from diffaccel.integrations.diffusers.common import (
     _TORCHSDE_NOISE,
+    brownian_tree_noise_sampler,
     _alpha_sigma,
     _cast,
     _conversion,
@@ -314,7 +314,7 @@ class CosineDPMSolverMultistepScheduler(_MultistepSteps, _diffusers.CosineDPMSol
                 )
             # diffusers builds the tree from the converted output, whose dtype is the
             # promotion of the sample's and the model output's (the tree's noise is in it).
-            self.noise_sampler = _BrownianTreeNoiseSampler(
+            self.noise_sampler = brownian_tree_noise_sampler(
                 _promoted(model_output, sample),
                 sigma_min=self.config.sigma_min,
                 sigma_max=self.config.sigma_max,

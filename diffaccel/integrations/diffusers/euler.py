@@ -11,7 +11,6 @@ from typing import Optional, Tuple
 
 import diffusers as _diffusers
 import torch
-from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler as _BrownianTreeNoiseSampler
 from diffusers.schedulers.scheduling_dpmsolver_sde import DPMSolverSDESchedulerOutput
 from diffusers.schedulers.scheduling_edm_euler import EDMEulerSchedulerOutput
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
@@ -25,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffaccel.integrations.diffusers.common import (
     _TORCHSDE_NOISE,
+    brownian_tree_noise_sampler,
     _an_index,
     _cast,
     _combine,
@@ -323,7 +323,7 @@ class DPMSolverSDEScheduler(_StepIndexWithoutSync, _diffusers.DPMSolverSDESchedu
             self._init_step_index(timestep)
         if self.noise_sampler is None:  # from the sample as given (its dtype is the tree's), as diffusers builds it
             host = [float(v) for v in self.sigmas.tolist()]  # CPU sigmas: no device read
-            self.noise_sampler = _BrownianTreeNoiseSampler(
+            self.noise_sampler = brownian_tree_noise_sampler(
                 sample, min(v for v in host if v > 0), max(host), self.noise_sampler_seed
             )
         sample = _promoted(sample, model_output)
