@@ -118,6 +118,7 @@ def main(*args):
         if key[0] not in ("copy", "triad")
         and key[0] not in calls
         and not key[0].startswith("comfyui_")
+        and key[0] != "brownian_tree"
         and any(i in t for i in fused_impls)
     ]
     # Columns of the compiled reference only where it was timed.
@@ -133,7 +134,7 @@ def main(*args):
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
     for (case, shape, dtype), t in sorted(median.items()):
-        if case in ("copy", "triad") or case in calls or case.startswith("comfyui_"):
+        if case in ("copy", "triad") or case in calls or case.startswith("comfyui_") or case == "brownian_tree":
             continue
         if not any(i in t for i in fused_impls):
             continue
@@ -250,6 +251,7 @@ def main(*args):
         for case, t in host:
             print(f"| {case} | " + " | ".join(_us(v) for i, v in t.items() if i.endswith("_host_loop")) + " |")
     _comfyui_table(data["benchmarks"], median)
+    _brownian_table(median)
     quantile = [(shape, dtype, t) for (case, shape, dtype), t in sorted(median.items()) if "torch_quantile" in t]
     if quantile:
         print("\nDynamic threshold against torch.quantile (diffusers' formulation):\n")
@@ -288,6 +290,21 @@ def _families_table(benchmarks, median, calls):
             f"| {case[len('family_') :]} | {shape[len('latents ') :]} | {schedulers.get(case, '-')} | {n} | "
             f"{stock:.1f} | {ours:.1f} | {stock / ours:.1f}x |"
         )
+
+
+def _brownian_table(median):
+    """torchsde's BrownianTree against diffaccel's twin (bench/test_bench_brownian.py): ms per step."""
+    rows = [(shape, t) for (case, shape, _), t in median.items() if case == "brownian_tree" and "fused" in t]
+    if not rows:
+        return
+    print(
+        "\nBrownian-tree noise (the SDE samplers' noise in k-diffusion, ComfyUI and diffusers), a 10-step loop's "
+        "queries, fp32, ms per step; the same bits from both:\n"
+    )
+    print("| shape | torchsde.BrownianTree ms | diffaccel BrownianTree ms | speedup |")
+    print("|---|---:|---:|---:|")
+    for shape, t in sorted(rows, key=lambda row: ["tiny", "latent", "latent16"].index(row[0])):
+        print(f"| {shape} | {t['torchsde'] * 1e3:.2f} | {t['fused'] * 1e3:.2f} | {t['torchsde'] / t['fused']:.1f}x |")
 
 
 def _comfyui_table(benchmarks, median):

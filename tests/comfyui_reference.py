@@ -59,10 +59,23 @@ def _default_noise(x, extra_args, noise_sampler):
     return seeded_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
 
 
+class TorchsdeBrownianTreeNoiseSampler(BrownianTreeNoiseSampler):
+    """ComfyUI's Brownian-tree noise as ComfyUI computes it: torchsde's trees (the
+    drop-ins use diffaccel's exact twin of them, so the twins test that too)."""
+
+    @property
+    def tree_class(self):
+        import torchsde
+
+        return torchsde.BrownianTree
+
+
 def _brownian(x, sigmas, extra_args, noise_sampler, cpu):
     if noise_sampler is not None:
         return noise_sampler
-    return BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=extra_args.get("seed"), cpu=cpu)
+    return TorchsdeBrownianTreeNoiseSampler(
+        x, sigmas[sigmas > 0].min(), sigmas.max(), seed=extra_args.get("seed"), cpu=cpu
+    )
 
 
 def _report(callback, x, i, sigma, sigma_hat, denoised):

@@ -93,6 +93,9 @@ class BrownianTreeNoiseSampler:
     gives torchsde.BrownianTree's numbers bit for bit with a third of its normal
     draws (diffaccel/brownian.py)."""
 
+    # The tree class; tests/comfyui_reference.py's twin of ComfyUI puts torchsde's back.
+    tree_class = BrownianTree
+
     def __init__(self, x, sigma_min, sigma_max, seed=None, transform=lambda v: v):
         self.transform = transform
         t0, t1 = transform(torch.as_tensor(sigma_min)), transform(torch.as_tensor(sigma_max))
@@ -107,7 +110,7 @@ class BrownianTreeNoiseSampler:
             w0 = w0[0]
         seeds = list(seed) if self.batched else [seed]
         t0, w0, t1 = self._tree_inputs(t0, w0, t1)
-        self.trees = [BrownianTree(t0, w0, t1, entropy=s) for s in seeds]
+        self.trees = [self.tree_class(t0, w0, t1, entropy=s) for s in seeds]
 
     def _tree_inputs(self, t0, w0, t1):
         """Where the trees are built (ComfyUI's variant moves them to the CPU)."""

@@ -1,0 +1,37 @@
+"""torchsde's BrownianTree against diffaccel.brownian.BrownianTree (its exact
+twin): the queries of a 10-step SDE loop (dpmpp_2m_sde's, in sigma space, a
+Karras schedule), float32, per step. This is the noise of every Brownian-tree
+SDE sampler of k-diffusion, ComfyUI and diffusers; both give the same bits."""
+
+import pytest
+import torch
+
+from diffaccel.brownian import BrownianTree
+
+torchsde = pytest.importorskip("torchsde")
+
+STEPS = 10
+SHAPES = {"tiny": (1, 4, 8, 8), "latent": (1, 4, 128, 128), "latent16": (1, 16, 128, 128)}
+TREES = {"torchsde": lambda *args, **kw: torchsde.BrownianTree(*args, **kw), "fused": BrownianTree}
+
+
+def _queries():
+    ramp = torch.linspace(0, 1, STEPS + 1)
+    low, high = 0.0292 ** (1 / 7), 14.6146 ** (1 / 7)
+    sigmas = ((high + ramp * (low - high)) ** 7).tolist()
+    return sigmas[-1], sigmas[0], [(b, a) for a, b in zip(sigmas[:-1], sigmas[1:])]
+
+
+@pytest.mark.parametrize("impl", list(TREES))
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_brownian_tree(benchmark, shape_name, impl):
+    t0, t1, queries = _queries()
+    w0 = torch.zeros(SHAPES[shape_name])
+    benchmark.group = f"brownian_tree {shape_name}"
+    benchmark.extra_info.update(case="brownian_tree", shape=shape_name, impl=impl, bytes=0, reps=STEPS)
+
+    def run():  # a new tree per loop, as each sampling run makes one
+        tree = TREES[impl](t0, w0, t1, entropy=5)
+        return [tree(a, b) for a, b in queries]
+
+    benchmark(run)
