@@ -23,20 +23,25 @@ LINT_STAMP := $(VENV)/.diffaccel-lint-tools
 LINT_TOOLS := ruff==0.17.6 clang-format==23.1.5
 CSRC_FILES = $(shell git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh' 2>/dev/null || find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: demo test lint format sanitize bench install cuda-compile-check cmake-check clean
+.PHONY: demo test suite lint format sanitize sanitize-build bench install cuda-compile-check cmake-check clean
 
 demo: $(STAMP)
 	$(PY) -m diffaccel info
 	$(PY) -m diffaccel demo --out demo-out
 	$(BENCH_ENV) $(PY) -m diffaccel bench
 
-# lint first (seconds, before the build); TRITON_INTERPRET=1: the Triton kernels run on CPU
-# tensors (tests/test_triton.py); then a pass without it compiles every Triton kernel for
-# sm_90 (tests/test_triton_compile.py).
-test: lint $(STAMP) cuda-compile-check
+# lint first (seconds, before the build); then the suite, and beside it, on the other core
+# (the suite is one Python process), the CUDA compile check and the sanitizer build, each
+# target's output printed when it ends; then the sanitizer job's tests.
+test: lint $(STAMP)
+	$(MAKE) --no-print-directory --jobs=2 --output-sync=target suite cuda-compile-check sanitize-build MAX_JOBS=1
+	$(MAKE) --no-print-directory sanitize
+
+# TRITON_INTERPRET=1: the Triton kernels run on CPU tensors (tests/test_triton.py); then a
+# pass without it compiles every Triton kernel for sm_90 (tests/test_triton_compile.py).
+suite: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest tests
 	$(PY) -m pytest tests/test_triton_compile.py
-	$(MAKE) sanitize
 
 # The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (one
 # baseline clone, -O1) into build/sanitize, beside the normal build, and the op
@@ -45,12 +50,15 @@ SANITIZE_DIR := build/sanitize
 SANITIZE_TESTS := tests/test_ei_step.py tests/test_multistep_combine.py tests/test_threshold.py \
 	tests/test_langevin_correct.py tests/test_error_norm.py tests/test_errors.py tests/test_fuzz.py
 SANITIZE_RUNTIME = $(shell g++ -print-file-name=libasan.so) $(shell g++ -print-file-name=libubsan.so)
-sanitize: $(STAMP)
+# (MAX_JOBS: how many compiles at once, torch's extension builder's setting; unset, all cores.)
+sanitize-build: $(STAMP)
 	DIFFACCEL_SANITIZE=1 DIFFACCEL_CPU_CLONES=0 DIFFACCEL_NO_CUDA=1 $(PY) setup.py -q build_ext \
 		--build-lib $(SANITIZE_DIR)/lib --build-temp $(SANITIZE_DIR)/temp
 	@rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
 	@cp -r diffaccel $(SANITIZE_DIR)/pkg/ && rm -f $(SANITIZE_DIR)/pkg/diffaccel/_C*.so
 	@cp $(SANITIZE_DIR)/lib/diffaccel/_C*.so $(SANITIZE_DIR)/pkg/diffaccel/
+
+sanitize: sanitize-build
 	@# Python and torch are not instrumented: their leaks and allocator are not ours to report.
 	@# (python -P: the checkout is not put first on sys.path, so the sanitized copy is imported.)
 	@# Reports go to files (pytest captures stderr, and an abort loses it); printed on failure.
