@@ -31,11 +31,13 @@ from typing import Optional
 
 import torch
 
-# Cached increments, counted in tensors of the latent's size (two per entry: a
-# node's children). A sampler's query touches the nodes on the paths to its two
-# ends, about 24 levels each, and the next query shares one end: this keeps
-# them, as torchsde's 45-entry cache is meant to.
+# Cached increments, in entries of a node's two children. A sampler's query
+# touches the nodes on the paths to its two ends, about 24 levels each, and the
+# next query shares one end: 64 entries keep them all. For large latents the
+# cache is held to _CACHE_BYTES, but never below torchsde's own 45 tensors.
 _CACHED_PAIRS = 64
+_CACHE_BYTES = 256 << 20
+_TORCHSDE_CACHED_PAIRS = 23
 
 # Splits toward one time before giving up (torchsde: Python's recursion limit);
 # a halfway tree reaches 1e-6 of a unit interval in 20.
@@ -100,6 +102,8 @@ class BrownianTree:
         else:
             self._root_increment = w1 - w0
         self._cache: "OrderedDict[_Node, tuple]" = OrderedDict()
+        pair_bytes = 2 * math.prod(self._size) * self._root_increment.element_size()
+        self._cache_pairs = max(_TORCHSDE_CACHED_PAIRS, min(_CACHED_PAIRS, _CACHE_BYTES // max(pair_bytes, 1)))
 
     @property
     def shape(self):
@@ -232,7 +236,7 @@ class BrownianTree:
         for child in reversed(chain):  # w is the increment over child.parent
             pair = self._bridge(child.parent, w)
             self._cache[child.parent] = pair
-            if len(self._cache) > _CACHED_PAIRS:
+            if len(self._cache) > self._cache_pairs:
                 self._cache.popitem(last=False)
             w = pair[0 if child.is_left else 1]
         return w

@@ -192,9 +192,24 @@ def test_a_third_of_torchsdes_draws_on_a_sampling_loop(monkeypatch):
 def test_a_small_cache_still_gives_the_same_numbers(monkeypatch):
     """Nodes evicted and computed again from their ancestors' seeds."""
     monkeypatch.setattr(brownian, "_CACHED_PAIRS", 2)
+    monkeypatch.setattr(brownian, "_TORCHSDE_CACHED_PAIRS", 2)
     queries = _sampler_queries(_karras(21).tolist()) + [(0.0292, 14.6146), (1.0, 2.0)]
     want, got = _both(0.0292, torch.zeros(5), 14.6146, entropy=9)
     _assert_same(_answers(want, queries), _answers(got, queries))
+
+
+def test_the_cache_is_held_to_its_byte_budget_for_large_latents(monkeypatch):
+    """A latent whose 64 pairs would pass the budget keeps fewer (never fewer than
+    torchsde's 45 tensors' worth), and gives the same numbers."""
+    monkeypatch.setattr(brownian, "_CACHE_BYTES", 30 * 2 * 4 * 1000)  # 30 pairs of 1000 float32
+    counts = _count_draws(monkeypatch)
+    queries = _sampler_queries(_karras(31).tolist())
+    want, got = _both(0.0292, torch.zeros(1000), 14.6146, entropy=2)
+    _assert_same(_answers(want, queries), _answers(got, queries))
+    assert got._cache_pairs == 30 and len(got._cache) <= 30
+    assert counts["diffaccel"] < counts["torchsde"]
+    monkeypatch.setattr(brownian, "_CACHE_BYTES", 1)
+    assert BrownianTree(0.0, torch.zeros(1000), 1.0, entropy=2)._cache_pairs == brownian._TORCHSDE_CACHED_PAIRS
 
 
 @pytest.mark.filterwarnings("ignore:Should have:UserWarning")
