@@ -251,7 +251,7 @@ def main(*args):
         for case, t in host:
             print(f"| {case} | " + " | ".join(_us(v) for i, v in t.items() if i.endswith("_host_loop")) + " |")
     _comfyui_table(data["benchmarks"], median)
-    _brownian_table(median)
+    _brownian_table(data["benchmarks"], median)
     quantile = [(shape, dtype, t) for (case, shape, dtype), t in sorted(median.items()) if "torch_quantile" in t]
     if quantile:
         print("\nDynamic threshold against torch.quantile (diffusers' formulation):\n")
@@ -292,14 +292,17 @@ def _families_table(benchmarks, median, calls):
         )
 
 
-def _brownian_table(median):
+def _brownian_table(benchmarks, median):
     """torchsde's BrownianTree against diffaccel's twin (bench/test_bench_brownian.py): ms per step."""
     rows = [(shape, t) for (case, shape, _), t in median.items() if case == "brownian_tree" and "fused" in t]
     if not rows:
         return
+    device = next(
+        b["extra_info"].get("device", "cpu") for b in benchmarks if b["extra_info"]["case"] == "brownian_tree"
+    )
     print(
         "\nBrownian-tree noise (the SDE samplers' noise in k-diffusion, ComfyUI and diffusers), a 10-step loop's "
-        "queries, fp32, ms per step; the same bits from both:\n"
+        f"queries, fp32, trees on the {device}, ms per step; the same bits from both:\n"
     )
     print("| shape | torchsde.BrownianTree ms | diffaccel BrownianTree ms | speedup |")
     print("|---|---:|---:|---:|")

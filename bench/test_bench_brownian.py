@@ -1,7 +1,12 @@
 """torchsde's BrownianTree against diffaccel.brownian.BrownianTree (its exact
 twin): the queries of a 10-step SDE loop (dpmpp_2m_sde's, in sigma space, a
 Karras schedule), float32, per step. This is the noise of every Brownian-tree
-SDE sampler of k-diffusion, ComfyUI and diffusers; both give the same bits."""
+SDE sampler of k-diffusion, ComfyUI and diffusers; both give the same bits.
+On the CPU by default; DIFFACCEL_BENCH_DEVICE=cuda (the GPU check) puts the
+trees on the GPU, as ComfyUI's *_gpu samplers do; each timed loop then ends
+with a synchronization."""
+
+import os
 
 import pytest
 import torch
@@ -12,6 +17,7 @@ torchsde = pytest.importorskip("torchsde")
 
 STEPS = 10
 SHAPES = {"tiny": (1, 4, 8, 8), "latent": (1, 4, 128, 128), "latent16": (1, 16, 128, 128)}
+DEVICE = os.environ.get("DIFFACCEL_BENCH_DEVICE", "cpu")
 TREES = {"torchsde": lambda *args, **kw: torchsde.BrownianTree(*args, **kw), "fused": BrownianTree}
 
 
@@ -25,13 +31,18 @@ def _queries():
 @pytest.mark.parametrize("impl", list(TREES))
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 def test_brownian_tree(benchmark, shape_name, impl):
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("DIFFACCEL_BENCH_DEVICE=cuda without a GPU")
     t0, t1, queries = _queries()
-    w0 = torch.zeros(SHAPES[shape_name])
+    w0 = torch.zeros(SHAPES[shape_name], device=DEVICE)
     benchmark.group = f"brownian_tree {shape_name}"
-    benchmark.extra_info.update(case="brownian_tree", shape=shape_name, impl=impl, bytes=0, reps=STEPS)
+    benchmark.extra_info.update(case="brownian_tree", shape=shape_name, impl=impl, bytes=0, reps=STEPS, device=DEVICE)
 
     def run():  # a new tree per loop, as each sampling run makes one
         tree = TREES[impl](t0, w0, t1, entropy=5)
-        return [tree(a, b) for a, b in queries]
+        increments = [tree(a, b) for a, b in queries]
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return increments
 
     benchmark(run)
