@@ -117,10 +117,6 @@ class BrownianTree:
     def device(self):
         return self._device
 
-    @property
-    def entropy(self):
-        return self._entropy
-
     def __call__(self, t, tb=None, return_U: bool = False, return_A: bool = False) -> torch.Tensor:
         if return_U or return_A:
             raise ValueError(

@@ -140,6 +140,16 @@ def test_times_the_tolerance_cannot_tell_apart_as_torchsde():
     assert answers[2][0][0] is RecursionError and isinstance(answers[0][0], torch.Tensor)
 
 
+def test_a_nan_time_raises_instead_of_hanging():
+    """torchsde's tree hangs on a NaN query (k-diffusion's SDE samplers with a NaN
+    sigma); this one gives up after a bounded descent."""
+    tree = BrownianTree(0.0, torch.zeros(3), 1.0, entropy=1)
+    for query in ((float("nan"), 0.5), (0.25, float("nan"))):
+        with pytest.raises(RecursionError, match="does not resolve"):
+            tree(*query)
+    assert torch.isfinite(tree(0.25, 0.5)).all()  # and the tree still answers
+
+
 def test_point_queries_end_values_and_default_times():
     w0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
     w1 = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
