@@ -119,6 +119,7 @@ def main(*args):
         and key[0] not in calls
         and not key[0].startswith("comfyui_")
         and key[0] != "brownian_tree"
+        and not key[0].startswith("kd_")
         and any(i in t for i in fused_impls)
     ]
     # Columns of the compiled reference only where it was timed.
@@ -134,7 +135,12 @@ def main(*args):
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
     for (case, shape, dtype), t in sorted(median.items()):
-        if case in ("copy", "triad") or case in calls or case.startswith("comfyui_") or case == "brownian_tree":
+        if (
+            case in ("copy", "triad")
+            or case in calls
+            or case.startswith(("comfyui_", "kd_"))
+            or case == "brownian_tree"
+        ):
             continue
         if not any(i in t for i in fused_impls):
             continue
@@ -308,6 +314,17 @@ def _brownian_table(benchmarks, median):
     print("|---|---:|---:|---:|")
     for shape, t in sorted(rows, key=lambda row: ["tiny", "latent", "latent16"].index(row[0])):
         print(f"| {shape} | {t['torchsde'] * 1e3:.2f} | {t['fused'] * 1e3:.2f} | {t['torchsde'] / t['fused']:.1f}x |")
+    samplers = [(c, s, t) for (c, s, _), t in sorted(median.items()) if c.startswith("kd_") and "fused" in t]
+    if samplers:
+        print(
+            "\nk-diffusion's SDE samplers (torchsde's tree) against diffaccel's drop-ins (its twin), 25 Karras steps, "
+            "zero-cost denoiser, fp32, ms per step; tiny = (1,4,8,8), medium = (4,4,128,128):\n"
+        )
+        print("| sampler | shape | k-diffusion ms | diffaccel ms | speedup |")
+        print("|---|---|---:|---:|---:|")
+        for case, shape, t in samplers:
+            kd, ours = t["k_diffusion"] * 1e3, t["fused"] * 1e3
+            print(f"| {case[len('kd_') :]} | {shape} | {kd:.2f} | {ours:.2f} | {kd / ours:.1f}x |")
 
 
 def _comfyui_table(benchmarks, median):

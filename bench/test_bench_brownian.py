@@ -46,3 +46,39 @@ def test_brownian_tree(benchmark, shape_name, impl):
         return increments
 
     benchmark(run)
+
+
+def _k_diffusion():
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from k_diffusion_loader import load_k_diffusion_sampling
+
+    return load_k_diffusion_sampling()
+
+
+@pytest.mark.parametrize("impl", ["k_diffusion", "fused"])
+@pytest.mark.parametrize("shape_name", ["tiny", "medium"])
+@pytest.mark.parametrize("sampler", ["sample_dpmpp_2m_sde", "sample_dpmpp_sde"])
+def test_k_diffusion_sde_sampler(benchmark, sampler, shape_name, impl):
+    """k-diffusion's SDE sampler (torchsde's tree) against diffaccel's drop-in (its
+    twin): 25 Karras steps, a zero-cost denoiser, the seed drawn from the global
+    generator as k-diffusion draws it (reset before every loop: the same noise)."""
+    from diffaccel.integrations import k_diffusion as ours
+
+    if DEVICE != "cpu":
+        pytest.skip("the CPU comparison (the GPU check times the tree itself)")
+    shape = {"tiny": (1, 4, 8, 8), "medium": (4, 4, 128, 128)}[shape_name]
+    module = _k_diffusion() if impl == "k_diffusion" else ours
+    steps = 25
+    sigmas = ours.get_sigmas_karras(steps, 0.0292, 14.6146)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 14.6146
+    denoised = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 0.5
+    benchmark.group = f"k_diffusion_sde {sampler} {shape_name}"
+    benchmark.extra_info.update(case=f"kd_{sampler}", shape=shape_name, impl=impl, bytes=0, reps=steps)
+
+    def run():
+        torch.manual_seed(0)
+        return getattr(module, sampler)(lambda x, s, **kw: denoised, x, sigmas, disable=True)
+
+    benchmark(run)

@@ -226,7 +226,9 @@ def test_the_cache_is_held_to_its_byte_budget_for_large_latents(monkeypatch):
 @pytest.mark.parametrize("seed", [3, [3, 4, 5]])
 @pytest.mark.parametrize("transform", [None, "log"])
 def test_k_diffusion_noise_sampler_equals_k_diffusions(seed, transform):
-    from test_k_diffusion import K as k_sampling  # k-diffusion's sampling module, loaded without its package
+    from k_diffusion_loader import load_k_diffusion_sampling
+
+    k_sampling = load_k_diffusion_sampling()
 
     from diffaccel.integrations.k_diffusion import BrownianTreeNoiseSampler
 

@@ -1,20 +1,12 @@
 """diffaccel.integrations.k_diffusion against the real k-diffusion package on
 the same denoiser, sigmas and noise.
 
-k_diffusion's package __init__ imports torchvision (for its training
-utilities), which these machines do not need; the sampling module itself needs
-only scipy, torchdiffeq, torchsde, tqdm and one helper of k_diffusion.utils
-(append_dims). So the tests load k_diffusion/sampling.py from the installed
-package under a stand-in ``k_diffusion`` package whose ``utils`` holds that
-one helper, and never import k_diffusion's __init__.
+k-diffusion's sampling module is loaded without its package's __init__
+(tests/k_diffusion_loader.py).
 """
 
-import importlib.util
 import inspect
-import os
 import random
-import sys
-import types
 
 import pytest
 import torch
@@ -22,40 +14,10 @@ import torch
 from diffaccel.integrations import k_diffusion as ours
 
 from conftest import DEVICE, RANDOM_SEEDS
+from k_diffusion_loader import load_k_diffusion_sampling
 
 
-def _load_k_diffusion_sampling():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None:
-        pytest.skip("k-diffusion is not installed (make test installs it)")
-    package_dir = spec.submodule_search_locations[0]
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = [package_dir]
-    utils = types.ModuleType("k_diffusion.utils")
-
-    def append_dims(x, target_dims):
-        return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-    utils.append_dims = append_dims
-    package.utils = utils
-    saved = {name: sys.modules.get(name) for name in ("k_diffusion", "k_diffusion.utils")}
-    sys.modules["k_diffusion"], sys.modules["k_diffusion.utils"] = package, utils
-    try:
-        sampling_spec = importlib.util.spec_from_file_location(
-            "k_diffusion.sampling", os.path.join(package_dir, "sampling.py")
-        )
-        sampling = importlib.util.module_from_spec(sampling_spec)
-        sampling_spec.loader.exec_module(sampling)
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-    return sampling
-
-
-K = _load_k_diffusion_sampling()
+K = load_k_diffusion_sampling()
 
 # torchsde warns when a query falls a rounding error outside the tree's interval; k-diffusion does the same.
 pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")
