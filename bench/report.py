@@ -26,6 +26,11 @@ from diffaccel.benchmarking import CASES
 FUSED = ("fused", "cuda", "triton")
 
 
+# Cases with a table of their own (not op x shape x dtype rows): ComfyUI's samplers,
+# the Brownian tree, k-diffusion's SDE samplers.
+_OWN_TABLE_CASES = ("comfyui_", "brownian_tree", "kd_")
+
+
 def _us(seconds):
     return f"{seconds * 1e6:.1f}" if seconds == seconds else "-"
 
@@ -117,9 +122,7 @@ def main(*args):
         for key, t in median.items()
         if key[0] not in ("copy", "triad")
         and key[0] not in calls
-        and not key[0].startswith("comfyui_")
-        and key[0] != "brownian_tree"
-        and not key[0].startswith("kd_")
+        and not key[0].startswith(_OWN_TABLE_CASES)
         and any(i in t for i in fused_impls)
     ]
     # Columns of the compiled reference only where it was timed.
@@ -135,12 +138,7 @@ def main(*args):
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
     for (case, shape, dtype), t in sorted(median.items()):
-        if (
-            case in ("copy", "triad")
-            or case in calls
-            or case.startswith(("comfyui_", "kd_"))
-            or case == "brownian_tree"
-        ):
+        if case in ("copy", "triad") or case in calls or case.startswith(_OWN_TABLE_CASES):
             continue
         if not any(i in t for i in fused_impls):
             continue
@@ -258,6 +256,7 @@ def main(*args):
             print(f"| {case} | " + " | ".join(_us(v) for i, v in t.items() if i.endswith("_host_loop")) + " |")
     _comfyui_table(data["benchmarks"], median)
     _brownian_table(data["benchmarks"], median)
+    _k_diffusion_sde_table(median)
     quantile = [(shape, dtype, t) for (case, shape, dtype), t in sorted(median.items()) if "torch_quantile" in t]
     if quantile:
         print("\nDynamic threshold against torch.quantile (diffusers' formulation):\n")
@@ -314,17 +313,22 @@ def _brownian_table(benchmarks, median):
     print("|---|---:|---:|---:|")
     for shape, t in sorted(rows, key=lambda row: ["tiny", "latent", "latent16"].index(row[0])):
         print(f"| {shape} | {t['torchsde'] * 1e3:.2f} | {t['fused'] * 1e3:.2f} | {t['torchsde'] / t['fused']:.1f}x |")
+
+
+def _k_diffusion_sde_table(median):
+    """k-diffusion's SDE samplers against the drop-ins (bench/test_bench_brownian.py): ms per step."""
     samplers = [(c, s, t) for (c, s, _), t in sorted(median.items()) if c.startswith("kd_") and "fused" in t]
-    if samplers:
-        print(
-            "\nk-diffusion's SDE samplers (torchsde's tree) against diffaccel's drop-ins (its twin), 25 Karras steps, "
-            "zero-cost denoiser, fp32, ms per step; tiny = (1,4,8,8), medium = (4,4,128,128):\n"
-        )
-        print("| sampler | shape | k-diffusion ms | diffaccel ms | speedup |")
-        print("|---|---|---:|---:|---:|")
-        for case, shape, t in samplers:
-            kd, ours = t["k_diffusion"] * 1e3, t["fused"] * 1e3
-            print(f"| {case[len('kd_') :]} | {shape} | {kd:.2f} | {ours:.2f} | {kd / ours:.1f}x |")
+    if not samplers:
+        return
+    print(
+        "\nk-diffusion's SDE samplers (torchsde's tree) against diffaccel's drop-ins (its twin), 25 Karras steps, "
+        "zero-cost denoiser, fp32, ms per step; tiny = (1,4,8,8), medium = (4,4,128,128):\n"
+    )
+    print("| sampler | shape | k-diffusion ms | diffaccel ms | speedup |")
+    print("|---|---|---:|---:|---:|")
+    for case, shape, t in samplers:
+        kd, ours = t["k_diffusion"] * 1e3, t["fused"] * 1e3
+        print(f"| {case[len('kd_') :]} | {shape} | {kd:.2f} | {ours:.2f} | {kd / ours:.1f}x |")
 
 
 def _comfyui_table(benchmarks, median):
