@@ -157,8 +157,8 @@ if [[ " $PHASES " == *" bench "* ]]; then
     -k "not compiled_reference" --benchmark-json="$RAW/bench-gpu.json")" >> "$report"
   # Whole loops with a network: stock diffusers, eager, one CUDA graph (diffaccel.graph).
   # And the Brownian tree on the GPU (ComfyUI's *_gpu samplers' noise): torchsde's against diffaccel's.
-  echo "- graphed loops, Brownian tree: $(DIFFACCEL_BENCH_DEVICE=cuda timed ${GRAPH_BENCH_SECONDS:-75} "$RAW/bench.log" \
-    $PY -m pytest bench/test_bench_graph.py bench/test_bench_brownian.py -q -p no:cacheprovider --benchmark-only \
+  echo "- graphed loops, Brownian tree, gradients: $(DIFFACCEL_BENCH_DEVICE=cuda timed ${GRAPH_BENCH_SECONDS:-90} "$RAW/bench.log" \
+    $PY -m pytest bench/test_bench_graph.py bench/test_bench_brownian.py bench/test_bench_autograd.py -q -p no:cacheprovider --benchmark-only \
     --benchmark-json="$RAW/bench-gpu-graph.json")" >> "$report"
 fi
 

@@ -27,8 +27,8 @@ FUSED = ("fused", "cuda", "triton")
 
 
 # Cases with a table of their own (not op x shape x dtype rows): ComfyUI's samplers,
-# the Brownian tree, k-diffusion's SDE samplers.
-_OWN_TABLE_CASES = ("comfyui_", "brownian_tree", "kd_")
+# the Brownian tree, k-diffusion's SDE samplers, gradients through the ops.
+_OWN_TABLE_CASES = ("comfyui_", "brownian_tree", "kd_", "gradient_")
 
 
 def _us(seconds):
@@ -257,6 +257,7 @@ def main(*args):
     _comfyui_table(data["benchmarks"], median)
     _brownian_table(data["benchmarks"], median)
     _k_diffusion_sde_table(median)
+    _gradient_table(median, before)
     quantile = [(shape, dtype, t) for (case, shape, dtype), t in sorted(median.items()) if "torch_quantile" in t]
     if quantile:
         print("\nDynamic threshold against torch.quantile (diffusers' formulation):\n")
@@ -329,6 +330,30 @@ def _k_diffusion_sde_table(median):
     for case, shape, t in samplers:
         kd, ours = t["k_diffusion"] * 1e3, t["fused"] * 1e3
         print(f"| {case[len('kd_') :]} | {shape} | {kd:.2f} | {ours:.2f} | {kd / ours:.1f}x |")
+
+
+def _gradient_table(median, before):
+    """Forward + backward through the ops (bench/test_bench_autograd.py): ms per call."""
+    rows = [(c, s, t) for (c, s, _), t in sorted(median.items()) if c.startswith("gradient_") and "fused" in t]
+    if not rows:
+        return
+    old = before[0] if before else {}
+    print(
+        "\nGradients: one forward and backward pass, the data tensors requiring grad, fp32, ms per call: the fused ops "
+        "with their registered backward, autograd through the reference twin, and the fused forward alone"
+        + (" (before: the same benchmark at the commit compared against)" if old else "")
+        + ":\n"
+    )
+    before_column = " before ms |" if old else ""
+    print(f"| op | shape | fused fwd+bwd ms |{before_column} reference fwd+bwd ms | vs reference | fused forward ms |")
+    print("|---|---|---:|" + ("---:|" if old else "") + "---:|---:|---:|")
+    for case, shape, t in rows:
+        was = old.get((case, shape, "fp32"), {}).get("fused")
+        was_cell = (f" {was * 1e3:.2f} |" if was else " - |") if old else ""
+        print(
+            f"| {case[len('gradient_') :]} | {shape} | {t['fused'] * 1e3:.2f} |{was_cell} {t['reference'] * 1e3:.2f} "
+            f"| {t['reference'] / t['fused']:.1f}x | {t['fused_forward'] * 1e3:.3f} |"
+        )
 
 
 def _comfyui_table(benchmarks, median):

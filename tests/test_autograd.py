@@ -234,3 +234,165 @@ def test_no_grad_sampling_is_unchanged(gen):
     noise = torch.randn(2, 4, 4, generator=gen, device=DEVICE)
     out = diffaccel.sample(lambda x, t: 0.1 * x, noise, sampler="dpmpp_2m", steps=5)
     assert out.grad_fn is None and backends.current() == "auto"
+
+
+# --- the closed-form backward passes against the reference's autograd ---------
+# (dynamic thresholding, langevin_correct and error_norm depend on their data
+# through per-sample numbers; their gradients are written out in
+# diffaccel.ops.autograd, and must give what autograd through the reference
+# twin gives, non-finite pattern included.)
+
+
+def _gradients_by_backend(fn, inputs, weights):
+    """{backend: gradients of sum_k <fn(*inputs)_k, weights_k> to every input}."""
+    found = {}
+    for backend in TEST_BACKENDS:
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        with ops.backend(backend):
+            outputs = fn(*leaves)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        loss = sum((o.float() * w).sum() for o, w in zip(outputs, weights))
+        found[backend] = torch.autograd.grad(loss, leaves)
+    return found
+
+
+def _assert_gradients_match(found, tolerance):
+    for backend, got in found.items():
+        for g, expected in zip(got, found["reference"]):
+            assert g.dtype == expected.dtype and g.shape == expected.shape, backend
+            assert torch.equal(g.isnan(), expected.isnan()), (backend, "NaN pattern")
+            assert torch.equal(g.isinf(), expected.isinf()), (backend, "Inf pattern")
+            torch.testing.assert_close(g, expected, rtol=tolerance, atol=tolerance, equal_nan=True)
+
+
+def _make(shape, gen, dtype, layout, scale=1.0):
+    """A random input of shape (its last two dims transposed for "transposed")."""
+    if layout == "transposed":
+        t = torch.randn(*shape[:-2], shape[-1], shape[-2], generator=gen, device=DEVICE) * scale
+        return t.transpose(-1, -2).to(dtype)
+    return (torch.randn(shape, generator=gen, device=DEVICE) * scale).to(dtype)
+
+
+_TOLERANCE = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 2e-2}
+DYNAMIC = [
+    dict(ratio=0.995, max_value=10.0),  # the quantile is the scale: its gradient reaches two elements
+    dict(ratio=0.9, max_value=1.5),  # the scale is the bound: no gradient through the quantile
+    dict(ratio=0.5, max_value=10.0),
+    dict(ratio=1.0, max_value=10.0),
+    dict(ratio=0.7, max_value=0.5, style="dpm-solver"),
+    dict(ratio=0.7, max_value=50.0, style="dpm-solver"),
+]
+
+
+@pytest.mark.parametrize("options", DYNAMIC, ids=lambda o: "-".join(str(v) for v in o.values()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("special", ["finite", "nan", "inf"])
+def test_dynamic_threshold_backward_equals_the_references(options, dtype, layout, special, gen):
+    x = _make((3, 4, 16, 12), gen, dtype, layout, scale=2.0)
+    if special != "finite":
+        x = x.clone()
+        x[1, 2, 3, 4] = float(special)
+    weights = [torch.randn(3, 4, 16, 12, generator=gen, device=DEVICE)]
+    found = _gradients_by_backend(lambda v: ops.threshold(v, kind="dynamic", **options), [x], weights)
+    if dtype != torch.bfloat16:
+        _assert_gradients_match(found, _TOLERANCE[dtype])
+    else:  # bfloat16 has few values: ties at the order statistics are the rule
+        _assert_gradients_match_but_at_ties(found, x, options["ratio"], _TOLERANCE[dtype])
+
+
+def _assert_gradients_match_but_at_ties(found, x, ratio, tolerance):
+    """As _assert_gradients_match, except that the elements whose magnitude
+    equals one of the quantile's two order statistics only agree in their
+    per-sample total with respect to |x| (which of a tie gets the gradient is
+    the selection's pick)."""
+    flat = x.float().reshape(x.shape[0], -1).abs()
+    values = flat.sort(dim=1).values
+    below, above, _ = ops.reference.quantile_rank(flat.shape[1], ratio, torch.float32)
+    at_stat = (flat == values[:, below : below + 1]) | (flat == values[:, above : above + 1])
+    for backend, (got,) in found.items():
+        (expected,) = found["reference"]
+        got, expected = got.reshape(at_stat.shape), expected.reshape(at_stat.shape)
+        assert torch.equal(got.isnan(), expected.isnan()), backend
+        torch.testing.assert_close(got[~at_stat], expected[~at_stat], rtol=tolerance, atol=tolerance, equal_nan=True)
+        signs = x.reshape(at_stat.shape).sgn().to(got.dtype)  # (a tie in |x| may pair x with -x)
+        totals = [torch.where(at_stat, g * signs, 0).sum(dim=1) for g in (got, expected)]
+        torch.testing.assert_close(*totals, rtol=tolerance, atol=tolerance, equal_nan=True)
+
+
+def test_dynamic_threshold_backward_at_ties(gen):
+    """Integers: many magnitudes equal the order statistics. The quantile's
+    gradient goes to one element of each tie (topk's pick, where the reference
+    follows its stable sort); everywhere else, and in total, they agree."""
+    x = torch.randint(-4, 5, (2, 3, 8, 8), generator=gen, device=DEVICE).to(torch.float64)
+    weights = [torch.randn(2, 3, 8, 8, generator=gen, device=DEVICE, dtype=torch.float64)]
+    options = dict(kind="dynamic", ratio=0.9, max_value=10.0)
+    found = _gradients_by_backend(lambda v: ops.threshold(v, **options), [x], weights)
+    assert (found["auto"][0] != found["reference"][0]).any()  # (the picks differ: the check below is needed)
+    _assert_gradients_match_but_at_ties(found, x, 0.9, 1e-10)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0), (1,), (5, 1)], ids=str)
+def test_dynamic_threshold_backward_of_degenerate_shapes(shape, gen):
+    x = torch.randn(shape, generator=gen, device=DEVICE) * 3
+    weights = [torch.randn(shape, generator=gen, device=DEVICE)]
+    found = _gradients_by_backend(lambda v: ops.threshold(v, kind="dynamic", ratio=0.8, max_value=5.0), [x], weights)
+    _assert_gradients_match(found, 1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("alpha", ["number", "per-sample"])
+@pytest.mark.parametrize("special", ["finite", "zero-score"])
+def test_langevin_correct_backward_equals_the_references(reduction, dtype, layout, alpha, special, gen):
+    x, score, z = (_make((3, 4, 8, 6), gen, dtype, layout) for _ in range(3))
+    if special == "zero-score":  # a zero norm: torch.linalg.vector_norm's backward takes it as inf
+        score = score.clone()
+        score[1] = 0
+    alpha_value = 0.7 if alpha == "number" else torch.rand(3, generator=gen, device=DEVICE, dtype=torch.float64)
+    weights = [torch.randn(3, 4, 8, 6, generator=gen, device=DEVICE) for _ in range(2)]
+
+    def corrector(x, score, z):
+        return ops.langevin_correct(x, score, 0.16, alpha=alpha_value, noise=z, reduction=reduction)
+
+    found = _gradients_by_backend(corrector, [x, score, z], weights)
+    _assert_gradients_match(found, _TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+def test_langevin_correct_backward_of_one_output(reduction, gen):
+    """Only x_new or only x_mean used: the other output's gradient is None."""
+    x, score, z = (torch.randn(2, 3, 5, generator=gen, device=DEVICE) for _ in range(3))
+    w = torch.randn(2, 3, 5, generator=gen, device=DEVICE)
+    for which in (0, 1):
+        found = _gradients_by_backend(
+            lambda x, s, z: ops.langevin_correct(x, s, 0.3, noise=z, reduction=reduction)[which], [x, score, z], [w]
+        )
+        _assert_gradients_match(found, 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("special", ["finite", "ties", "inf-low", "nan-prev", "zero-error", "all-atol"])
+def test_error_norm_backward_equals_the_references(dtype, layout, special, gen):
+    high, low, prev = (_make((3, 4, 8, 6), gen, dtype, layout) for _ in range(3))
+    atol, rtol = 0.05, 0.1
+    if special == "ties":  # |low| == |prev|: torch.maximum splits the gradient in half
+        prev = torch.where(torch.rand(low.shape, generator=gen, device=DEVICE) < 0.5, -low, low)
+    elif special == "inf-low":
+        low = low.clone()
+        low[0, 1, 2, 3] = float("inf")
+    elif special == "nan-prev":
+        prev = prev.clone()
+        prev[2, 0, 0, 0] = float("nan")
+    elif special == "zero-error":  # E = 0: sqrt's gradient is inf, and 0 * inf = NaN
+        high = high.clone()
+        high[1] = low[1]
+    elif special == "all-atol":  # the clamp at atol everywhere: no gradient through delta
+        atol = 100.0
+    weights = [torch.randn(3, generator=gen, device=DEVICE)]
+    found = _gradients_by_backend(
+        lambda h, lo, p: ops.error_norm(h, lo, p, atol=atol, rtol=rtol), [high, low, prev], weights
+    )
+    _assert_gradients_match(found, _TOLERANCE[dtype])

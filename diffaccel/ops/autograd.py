@@ -1,16 +1,33 @@
 """Gradients of the fused ops (``torch.library.register_autograd``), for the
 compiled ops (torch.ops.diffaccel) and the Triton ones (torch.ops.diffaccel_triton).
 
-The updates are linear in their tensor inputs, so their backward passes are
-fused ops themselves: ``multistep_combine`` with the transposed coefficients
-(``ei_step``: dL/dx = a gx + c_x g, dL/dm = c_m g, dL/dh_j = b_j gx,
-dL/dz = s gx, with g = b_0 gx + gd the gradient of the data term). Clipping
-passes the gradient where ``-max_value <= d <= max_value``, as
-``torch.clamp``'s does. Where the forward depends on the data beyond that
-(dynamic thresholding's quantile, ``langevin_correct``'s norms,
-``error_norm``), the backward recomputes the reference twin under autograd,
-so the gradient is exactly the one ``torch.quantile`` / ``torch.linalg``
-would give. Gradients of the coefficient rows are reductions over the data.
+Every backward pass is closed-form: nothing recomputes the forward under
+autograd. The updates are linear in their tensor inputs, so their backward
+passes are fused ops themselves: ``multistep_combine`` with the transposed
+coefficients (``ei_step``: dL/dx = a gx + c_x g, dL/dm = c_m g, dL/dh_j = b_j
+gx, dL/dz = s gx, with g = b_0 gx + gd the gradient of the data term).
+Where the forward depends on the data through per-sample numbers (dynamic
+thresholding's quantile, ``langevin_correct``'s norms, ``error_norm``'s RMS),
+those numbers' gradients are per-sample sums, and the input gradients
+elementwise terms with per-sample factors (``multistep_combine`` where they are
+linear, a short chain of torch elementwise ops where they are not):
+
+- clipping passes the gradient where ``-max_value <= d <= max_value``, as
+  ``torch.clamp``'s does;
+- dynamic thresholding ``y = clamp(v, -s, s) / s``: dL/dv = g / s where
+  ``|v| <= s``, and dL/ds = -<that, v> / s flows through the style's bound
+  (``torch.clamp`` / ``torch.maximum``'s masks) and ``torch.lerp`` to the two
+  order statistics of ``|v|`` the quantile interpolates (found by ``torch.topk``,
+  not a sort; at ties the gradient goes to the element topk picks, where
+  ``torch.quantile``'s goes to the one its stable sort puts there);
+- ``langevin_correct``: the step and noise scale's gradients are <g, score>
+  and <g_new, z>; through the norms they add multiples of score and z;
+- ``error_norm``: k = grad / (N E) per sample, then the three inputs'
+  gradients with the masks of ``torch.maximum`` (ties split in half) and
+  ``torch.clamp``.
+
+Each matches the reference's autograd (``tests/test_autograd.py``), including
+its NaN pattern. Gradients of the coefficient rows are reductions over the data.
 
 The ``*_out`` forms write into caller buffers and are not differentiable: the
 fronts refuse ``out=`` when an input requires grad (as torch's ``out=`` does).
@@ -18,6 +35,7 @@ fronts refuse ``out=`` when an input requires grad (as torch's ``out=`` does).
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -50,18 +68,18 @@ def _per_sample_sum(product: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor
     return flat if coeffs.dim() == 2 else flat.sum()
 
 
-def _vjp(fn, inputs, grads):
-    """The reference twin's gradient: fn recomputed under autograd from detached inputs."""
-    leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None for t in inputs]
-    with torch.enable_grad():
-        outputs = fn(*leaves)
-    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
-    wanted = [t for t in leaves if t is not None and t.requires_grad]
-    if not pairs:
-        return [None for _ in leaves]
-    found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
-    return [next(found) if t is not None and t.requires_grad else None for t in leaves]
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """<a_b, b_b> per sample, [B], in the dtype of a * b."""
+    return torch.linalg.vecdot(_flat(a), _flat(b), dim=1)
+
+
+def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample [B] vector shaped to broadcast over like ([B, ...])."""
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 # --- ei_step ------------------------------------------------------------------
@@ -87,9 +105,9 @@ def _ei_step_backward(ctx, grad_x_next, grad_d):
         acc = reference.compute_dtype(x.dtype)
         pre = _combine([(x.to(acc), c_x.to(acc)), (model_out.to(acc), c_m.to(acc))])
         if kind == "clip":
-            g = g * ((pre >= -max_value) & (pre <= max_value)).to(g.dtype)
+            g = _clip_backward(g, pre, max_value)
         else:
-            (g,) = _vjp(lambda v: reference._threshold_compute(v, kind, ratio, max_value, style), [pre], [g])
+            g = _dynamic_threshold_backward(g.to(acc), pre, ratio, max_value, style)
     grad_x = _combine([(grad_x_next, a), (g, c_x)])
     grad_m = _combine([(g, c_m)])
     grad_h = [_like(_combine([(grad_x_next, col(3 + j))]), h) for j, h in enumerate(history, start=1)]
@@ -141,11 +159,77 @@ def _threshold_backward(ctx, grad):
     (x,) = ctx.saved_tensors
     kind, ratio, max_value, style = ctx.options
     if kind == "clip":
-        return _like(grad * ((x >= -max_value) & (x <= max_value)).to(grad.dtype), x), None, None, None, None
-    (grad_x,) = _vjp(
-        lambda v: reference.threshold(v, kind=kind, ratio=ratio, max_value=max_value, style=style), [x], [grad]
-    )
-    return grad_x, None, None, None, None
+        return _like(_clip_backward(grad, x, max_value), x), None, None, None, None
+    acc = reference.compute_dtype(x.dtype)
+    grad_x = _dynamic_threshold_backward(grad.to(acc), x.to(acc), ratio, max_value, style)
+    return _like(grad_x, x), None, None, None, None
+
+
+def _clip_backward(grad: torch.Tensor, v: torch.Tensor, max_value: float) -> torch.Tensor:
+    """torch.clamp(v, -max_value, max_value)'s gradient: grad where v is in the range (bounds included)."""
+    return grad * ((v >= -max_value) & (v <= max_value)).to(grad.dtype)
+
+
+def _order_statistics(magnitudes: torch.Tensor, below: int, above: int):
+    """Per row of magnitudes ([B, n], no NaN looked at): the values and
+    positions of the below-th and above-th smallest entries (above is below
+    or below + 1), by torch.topk on the shorter side of the rank."""
+    n = magnitudes.shape[1]
+    span = above - below + 1
+    if n - below <= above + 1:  # the upper tail is the shorter: the n - below largest
+        values, positions = torch.topk(magnitudes, n - below, dim=1, largest=True, sorted=False)
+        ends = torch.topk(values, span, dim=1, largest=False, sorted=True)
+        lo, hi = 0, span - 1
+    else:  # the above + 1 smallest
+        values, positions = torch.topk(magnitudes, above + 1, dim=1, largest=False, sorted=False)
+        ends = torch.topk(values, span, dim=1, largest=True, sorted=True)
+        lo, hi = span - 1, 0
+    where = positions.gather(1, ends.indices)
+    return ends.values[:, lo], where[:, lo], ends.values[:, hi], where[:, hi]
+
+
+def _dynamic_threshold_backward(grad, v, ratio: float, max_value: float, style: str) -> torch.Tensor:
+    """The gradient of y = clamp(v, -s, s) / s (dynamic thresholding, s from
+    the ratio-quantile of |v_b|) with respect to v, from grad = dL/dy; v and
+    grad in the compute dtype, [B, ...]. The same chain as the reference's
+    autograd (quantile via sort and torch.lerp, the style's bound, clamp, the
+    division), in closed form:
+    dL/dv = g / s on |v| <= s (clamp passes it), 0 beyond, plus dL/dq times
+    lerp's weights at the two order statistics of |v| (times their signs)."""
+    flat_v = _flat(v)
+    n = flat_v.shape[1]
+    if n == 0:
+        return torch.zeros_like(grad)
+    magnitudes = flat_v.abs()
+    below, above, weight = reference.quantile_rank(n, ratio, v.dtype)
+    weight = weight.to(v.device)
+    lo, lo_at, hi, hi_at = _order_statistics(magnitudes, below, above)
+    nan_rows = magnitudes.isnan()
+    has_nan = nan_rows.any(dim=1)
+    q = torch.where(has_nan, torch.full_like(lo, float("nan")), torch.lerp(lo, hi, weight))
+    s = reference.dynamic_threshold_scale(q, max_value, style)
+    # Through clamp(v, -s, s) / s: g / s where the clamp passes v (a NaN s or v passes nothing).
+    s_col = _column(s, v)
+    inside = magnitudes.reshape(v.shape) <= s_col
+    zero = torch.zeros((), dtype=v.dtype, device=v.device)
+    passed = torch.where(inside, grad / s_col, zero)
+    # dL/ds: -sum g v / s^2 over the passed elements (the clamped ones' two terms
+    # cancel; an infinite v among them must not make 0 * inf).
+    grad_s = -_dot(passed, torch.where(inside, v, zero)) / s
+    if style == "diffusers":  # torch.clamp(q, 1, max_value): passes where 1 <= q <= max_value
+        grad_q = torch.where((q >= 1.0) & (q <= max_value), grad_s, torch.zeros_like(grad_s))
+    else:  # torch.maximum(q, max_value): all of it to the larger, half each at a tie
+        grad_q = torch.where(q == max_value, grad_s / 2, grad_s).masked_fill(q < max_value, 0.0)
+    # torch.lerp(lo, hi, w): (1 - w) to lo, w to hi; a row holding NaN sends both to
+    # its last NaN (the quantile's where picks the last sorted value, and the stable
+    # sort keeps NaNs in order).
+    if style != "diffusers":
+        last_nan = n - 1 - nan_rows.flip(1).to(torch.uint8).argmax(dim=1)
+        lo_at = torch.where(has_nan, last_nan, lo_at)
+        hi_at = torch.where(has_nan, last_nan, hi_at)
+    signs = torch.sgn(flat_v.gather(1, torch.stack([lo_at, hi_at], dim=1)))
+    ends = torch.stack([grad_q * (1 - weight), grad_q * weight], dim=1) * signs
+    return _flat(passed).scatter_add(1, torch.stack([lo_at, hi_at], dim=1), ends).reshape(v.shape)
 
 
 # --- langevin_correct ---------------------------------------------------------
@@ -179,14 +263,50 @@ def _noise_of(w, score, snr, alpha, reduction) -> torch.Tensor:
 
 
 def _langevin_backward(ctx, grad_new, grad_mean):
+    """x_mean = x + step * score, x_new = x_mean + scale * z, with step =
+    2 alpha r^2, scale = sqrt(2 step), r = snr n / g (g, n: the norms of score
+    and z, or their batch means). The gradient of x_mean is gm = grad_new +
+    grad_mean; dL/dstep = <gm, score> + <grad_new, z> / scale per sample, and
+    through r and the norms (d||t||/dt = t / ||t||, as torch.linalg.vector_norm's)
+    dL/dscore = step gm + c_g score and dL/dz = scale grad_new + c_n z: one
+    multistep_combine each."""
     x, score, alpha, noise = ctx.saved_tensors
     snr, reduction = ctx.options
-
-    def forward(x, score, alpha, noise):
-        return reference.langevin_correct(x, score, snr, alpha=alpha, noise=noise, reduction=reduction)
-
-    grad_x, grad_score, grad_alpha, grad_noise = _vjp(forward, [x, score, alpha, noise], [grad_new, grad_mean])
-    return grad_x, grad_score, None, grad_alpha, grad_noise if ctx.has_noise else None, None, None
+    batch = x.shape[0]
+    f64 = torch.float64
+    if grad_new is None or grad_mean is None:
+        grad_state = grad_mean if grad_new is None else grad_new
+    else:
+        one = torch.ones((), dtype=f64, device=x.device)
+        grad_state = _combine([(grad_new, one), (grad_mean, one)])
+    score_norms = torch.linalg.vector_norm(_flat(score), dim=1).to(f64)
+    noise_norms = torch.linalg.vector_norm(_flat(noise), dim=1).to(f64)
+    g, n = score_norms, noise_norms
+    if reduction == "batch":
+        g, n = g.mean().expand(batch), n.mean().expand(batch)
+    alpha_b = alpha.to(f64).expand(batch)
+    r = snr * n / g
+    step = 2.0 * alpha_b * r * r
+    scale = torch.sqrt(2.0 * step)
+    grad_step = _dot(grad_state, score).to(f64)
+    if grad_new is not None:
+        grad_step = grad_step + _dot(grad_new, noise).to(f64) / scale
+    grad_r = grad_step * 4.0 * alpha_b * r
+    grad_n = grad_r * snr / g
+    grad_g = -grad_r * snr * n / (g * g)
+    if reduction == "batch":  # mean().expand(): each sample gets the sum over the batch / B
+        grad_g, grad_n = (grad_g.sum() / batch).expand(batch), (grad_n.sum() / batch).expand(batch)
+    # vector_norm's backward divides by the norm taken as inf where it is 0
+    # (0 for a finite gradient, NaN for a non-finite one).
+    c_g = grad_g / score_norms.masked_fill(score_norms == 0, math.inf)
+    c_n = grad_n / noise_norms.masked_fill(noise_norms == 0, math.inf)
+    grad_score = _combine([(grad_state, step), (score, c_g)])
+    grad_noise = _combine([(grad_new, scale), (noise, c_n)]) if ctx.has_noise else None
+    grad_alpha = None
+    if ctx.needs_input_grad[3]:
+        grad_alpha = grad_step * 2.0 * r * r
+        grad_alpha = (grad_alpha.sum() if alpha.dim() == 0 else grad_alpha).to(alpha.dtype)
+    return (_like(grad_state, x), _like(grad_score, score), None, grad_alpha, _like(grad_noise, noise), None, None)
 
 
 # --- error_norm ---------------------------------------------------------------
@@ -195,16 +315,35 @@ def _langevin_backward(ctx, grad_new, grad_mean):
 def _error_norm_setup(ctx, inputs, output):
     x_high, x_low, x_prev, atol, rtol = inputs
     ctx.tolerances = (atol, rtol)
-    ctx.save_for_backward(x_high, x_low, x_prev)
+    ctx.save_for_backward(x_high, x_low, x_prev, output)
 
 
 def _error_norm_backward(ctx, grad):
+    """E = sqrt(mean_i e_i^2), e = (high - low) / delta, delta = clamp(rtol
+    max(|low|, |prev|), min=atol): dL/de = k e with k = grad / (N E) per
+    sample; dL/dhigh = k e / delta = u, dL/ddelta = -u e, which reaches low
+    and prev through clamp (passes where rtol max >= atol), torch.maximum
+    (the larger gets it, half each at a tie) and abs (the sign)."""
+    high, low, prev, error = ctx.saved_tensors
     atol, rtol = ctx.tolerances
-
-    def forward(high, low, prev):
-        return reference.error_norm(high, low, prev, atol=atol, rtol=rtol)
-
-    return (*_vjp(forward, list(ctx.saved_tensors), [grad]), None, None)
+    acc = reference.compute_dtype(high.dtype)
+    h, lo, p = high.to(acc), low.to(acc), prev.to(acc)
+    count = math.prod(high.shape[1:])
+    k = _column((grad.to(torch.float64) / (count * error.to(torch.float64))).to(acc), h)
+    a, b = lo.abs(), p.abs()
+    scaled = rtol * torch.maximum(a, b)
+    delta = torch.clamp(scaled, min=atol)
+    e = (h - lo) / delta
+    grad_high = k * e / delta
+    # dL/ddelta times rtol where the clamp passes it, 0 elsewhere.
+    zero = torch.zeros((), dtype=acc, device=h.device)
+    through = torch.where(scaled >= atol, grad_high * e * -rtol, zero)
+    # torch.maximum's backward: all to the larger, half each at a tie (both get
+    # all of it beside a NaN), exactly 0 to the smaller.
+    shared = torch.where(a == b, through / 2, through)
+    to_low = torch.where(a < b, zero, shared) * torch.sgn(lo)
+    to_prev = torch.where(b < a, zero, shared) * torch.sgn(p)
+    return _like(grad_high, high), _like(to_low - grad_high, low), _like(to_prev, prev), None, None
 
 
 _FORMULAS = {

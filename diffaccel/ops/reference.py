@@ -35,6 +35,23 @@ def _coeff_column(coeffs: torch.Tensor, j: int, like: torch.Tensor, acc: torch.d
     return _per_sample(rows[:, j], like)
 
 
+def quantile_rank(n: int, ratio: float, dtype: torch.dtype) -> Tuple[int, int, torch.Tensor]:
+    """(below, above, weight): the positions of the two order statistics the
+    ratio-quantile of n values interpolates between, and the weight of the
+    upper one (a 0-d tensor of dtype), as torch.quantile computes them."""
+    if n <= TORCH_QUANTILE_MAX_SIZE:
+        rank = torch.scalar_tensor(ratio, dtype=dtype) * (n - 1)
+        below = int(rank)
+        weight = rank - below
+        above = math.ceil(rank.item())
+    else:
+        rank = ratio * (n - 1)
+        below = int(rank)
+        weight = torch.scalar_tensor(rank - below, dtype=dtype)
+        above = math.ceil(rank)
+    return below, min(above, n - 1), weight
+
+
 def quantile_of_magnitudes(flat: torch.Tensor, ratio: float) -> torch.Tensor:
     """Per-row linear-interpolation quantile of |flat| ([B, n], compute dtype),
     with torch.quantile's semantics (a row holding NaN gives NaN) at any n."""
@@ -42,21 +59,18 @@ def quantile_of_magnitudes(flat: torch.Tensor, ratio: float) -> torch.Tensor:
     if n == 0:
         return torch.full((batch,), float("nan"), dtype=flat.dtype, device=flat.device)
     values = flat.abs().sort(dim=1).values  # NaN sorts last
-    if n <= TORCH_QUANTILE_MAX_SIZE:
-        rank = torch.scalar_tensor(ratio, dtype=flat.dtype) * (n - 1)
-        below = int(rank)
-        weight = rank - below
-        above = math.ceil(rank.item())
-    else:
-        rank = ratio * (n - 1)
-        below = int(rank)
-        weight = torch.scalar_tensor(rank - below, dtype=flat.dtype)
-        above = math.ceil(rank)
-    above = min(above, n - 1)
+    below, above, weight = quantile_rank(n, ratio, flat.dtype)
     has_nan = values[:, -1].isnan()
     lo = torch.where(has_nan, values[:, -1], values[:, below])
     hi = torch.where(has_nan, values[:, -1], values[:, above])
     return torch.lerp(lo, hi, weight.to(flat.device))
+
+
+def dynamic_threshold_scale(q: torch.Tensor, max_value: float, style: str) -> torch.Tensor:
+    """The scale s of clamp(v, -s, s) / s from the quantile q, per style."""
+    if style == "diffusers":
+        return torch.clamp(q, min=1.0, max=max_value)
+    return torch.maximum(q, torch.full_like(q, max_value))
 
 
 def _threshold_compute(v: torch.Tensor, kind: str, ratio: float, max_value: float, style: str) -> torch.Tensor:
@@ -64,11 +78,7 @@ def _threshold_compute(v: torch.Tensor, kind: str, ratio: float, max_value: floa
     if kind == "clip":
         return torch.clamp(v, -max_value, max_value)
     q = quantile_of_magnitudes(v.reshape(v.shape[0], math.prod(v.shape[1:])), ratio)
-    if style == "diffusers":
-        s = torch.clamp(q, min=1.0, max=max_value)
-    else:
-        s = torch.maximum(q, torch.full_like(q, max_value))
-    s = _per_sample(s, v)
+    s = _per_sample(dynamic_threshold_scale(q, max_value, style), v)
     return torch.clamp(v, -s, s) / s
 
 
