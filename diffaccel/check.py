@@ -17,7 +17,7 @@ import torch
 
 from diffaccel import ops
 from diffaccel.noise import standard_normal
-from diffaccel.ops import backends, reference
+from diffaccel.ops import autograd, backends, reference
 from diffaccel.ops import triton as triton_backend
 
 # Tolerances of a kernel against the reference on identical inputs (shared with
@@ -43,7 +43,16 @@ def tolerance(dtype: torch.dtype, triton_on_cuda: bool = False) -> dict:
     return TRITON_CUDA_FLOAT32 if triton_on_cuda and dtype == torch.float32 else TOLERANCES[dtype]
 
 
-OPS = ("ei_step", "multistep_combine", "threshold", "langevin_correct", "error_norm")
+# The five ops, and the two ops of their backward passes (diffaccel.ops.autograd).
+OPS = (
+    "ei_step",
+    "multistep_combine",
+    "threshold",
+    "langevin_correct",
+    "error_norm",
+    "error_norm_backward",
+    "threshold_backward",
+)
 
 
 def live_backends(device: str) -> List[str]:
@@ -131,6 +140,26 @@ def _cases(device: str, gen: torch.Generator) -> Dict[str, List[Tuple[Callable, 
                     acc,
                 )
             )
+            grad, error = randn((shape[0],), acc), reference.error_norm(x, low, prev, atol=0.0078, rtol=0.05)
+            cases["error_norm_backward"].append(
+                (
+                    lambda g=grad, e=error, x=x, lo=low, p=prev: autograd.error_norm_backward(
+                        g, e, x, lo, p, atol=0.0078, rtol=0.05
+                    ),
+                    lambda g=grad, e=error, x=x, lo=low, p=prev: reference.error_norm_backward(
+                        g, e, x, lo, p, atol=0.0078, rtol=0.05
+                    ),
+                    dtype,
+                )
+            )
+            scale = randn((shape[0],), acc).abs() + 1
+            cases["threshold_backward"].append(
+                (
+                    lambda g=m, x=x, s=scale: autograd.threshold_backward(g, x, s),
+                    lambda g=m, x=x, s=scale: reference.threshold_backward(g, x, s),
+                    acc,
+                )
+            )
     # A bf16 model output with a float32 state, as mixed-precision pipelines run.
     x32, m16 = randn((2, 4, 32, 32), torch.float32), randn((2, 4, 32, 32), torch.bfloat16)
     c = coeffs(2, 5)
@@ -165,7 +194,7 @@ def run(device: str = "cpu", backend_names=None, seed: int = None, out=print) ->
         out("no kernel backend is live on this device: nothing to check (see `diffaccel info`)")
         return 0
     failures = 0
-    out(f"{'op':<18} {'backend':<8} {'cases':>5}  result")
+    out(f"{'op':<20} {'backend':<8} {'cases':>5}  result")
     for name in names:
         gen = torch.Generator().manual_seed(seed)
         cases = _cases(device, gen)
@@ -184,7 +213,7 @@ def run(device: str = "cpu", backend_names=None, seed: int = None, out=print) ->
                 torch.cuda.synchronize()
             result = "pass" if not bad else f"FAIL ({bad} of {len(cases[op])})"
             detail = f"  worst error / tolerance {worst:.2f}" + (f"; {error}" if error else "")
-            out(f"{op:<18} {name:<8} {len(cases[op]):>5}  {result}{detail}")
+            out(f"{op:<20} {name:<8} {len(cases[op]):>5}  {result}{detail}")
             failures += bool(bad)
     out("all passed" if not failures else f"{failures} op/backend pair(s) FAILED")
     return failures

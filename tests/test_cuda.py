@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffaccel import _extension, ops
-from diffaccel.ops import backends, reference
+from diffaccel.ops import autograd, backends, reference
 from diffaccel.ops import triton as triton_backend
 
 from conftest import assert_close
@@ -118,6 +118,31 @@ def test_no_host_synchronization(case, gpu_backend, gen):
         with no_host_sync():
             got = fused()
     for g, w in zip(_as_tuple(got), _as_tuple(ref())):
+        assert_close(g, w)
+
+
+def test_threshold_backward_without_host_synchronization(gpu_backend, gen):
+    x, grad = (_randn(2, 4, 32, 32, gen=gen) for _ in range(2))
+    scale = _randn(2, gen=gen).abs() + 1
+    with ops.backend(gpu_backend):
+        autograd.threshold_backward(grad, x, scale)
+        with no_host_sync():
+            passed, dot = autograd.threshold_backward(grad, x, scale)
+    want = reference.threshold_backward(grad, x, scale)
+    assert_close(passed, want[0])
+    torch.testing.assert_close(dot, want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_error_norm_backward_without_host_synchronization(gpu_backend, gen):
+    """error_norm's gradient op: its per-sample factor is computed on the device."""
+    x, m, h = (_randn(2, 4, 32, 32, gen=gen) for _ in range(3))
+    error = reference.error_norm(x, m, h, atol=0.0078, rtol=0.05)
+    grad = _randn(2, gen=gen)
+    with ops.backend(gpu_backend):
+        autograd.error_norm_backward(grad, error, x, m, h, atol=0.0078, rtol=0.05)
+        with no_host_sync():
+            got = autograd.error_norm_backward(grad, error, x, m, h, atol=0.0078, rtol=0.05)
+    for g, w in zip(got, reference.error_norm_backward(grad, error, x, m, h, atol=0.0078, rtol=0.05)):
         assert_close(g, w)
 
 

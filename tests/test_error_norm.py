@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffaccel import ops
-from diffaccel.ops import reference
+from diffaccel.ops import autograd, reference
 
 from conftest import DTYPES, LAYOUTS, SHAPES, assert_close, make
 
@@ -87,3 +87,66 @@ def test_bad_input(backend):
             ops.error_norm(x, x, torch.randn(2, 4), atol=0.1, rtol=0.1)
         with pytest.raises(TypeError, match="'x_low'.*float64 cannot be mixed"):
             ops.error_norm(x, x.double(), x, atol=0.1, rtol=0.1)
+
+
+# --- error_norm_backward: the op of error_norm's gradient ------------------------
+
+
+def _backward_case(shape, dtype, layout, gen, special):
+    x_high, x_low, x_prev = _trial(shape, dtype, layout, gen)
+    atol, rtol = 0.0078, 0.05
+    if special == "ties":  # |x_low| == |x_prev|: torch.maximum's gradient is split in half
+        x_prev = torch.where(torch.rand(shape, generator=gen) < 0.5, -x_low, x_low)
+    elif special == "nan-inf" and x_high.numel() > 2:
+        x_low, x_prev = x_low.clone(), x_prev.clone()
+        x_low[(0,) * x_low.dim()] = float("nan")
+        x_prev[(-1,) * x_prev.dim()] = float("inf")
+    elif special == "zero-error" and x_high.shape[0] > 0:  # E = 0: k = inf, and 0 * inf = NaN
+        x_high = x_high.clone()
+        x_high[0] = x_low[0]
+    elif special == "all-atol":
+        atol = 100.0
+    error = reference.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
+    grad = torch.randn(error.shape, generator=gen)
+    return (grad, error, x_high, x_low, x_prev), dict(atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(3, 40000)], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("special", ["finite", "ties", "nan-inf", "zero-error", "all-atol"])
+def test_backward_matches_reference(dtype, shape, layout, special, gen):
+    """The op computes the reference's terms in the same order: on the CPU
+    (built with -ffp-contract=off) the same bits, NaN and Inf pattern included."""
+    args, tolerances = _backward_case(shape, dtype, layout, gen, special)
+    got = autograd.error_norm_backward(*args, **tolerances)
+    want = reference.error_norm_backward(*args, **tolerances)
+    for g, w, x in zip(got, want, args[2:]):
+        assert g.dtype == x.dtype and g.shape == x.shape
+        assert torch.equal(g.isnan(), w.isnan())
+        exact = g.device.type == "cpu"
+        torch.testing.assert_close(g, w, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6, equal_nan=True)
+
+
+def test_backward_mixed_dtypes(gen):
+    """Each gradient comes back in its own input's dtype."""
+    x_high, x_low, x_prev = _trial((2, 3, 8, 8), torch.float32, "contiguous", gen)
+    args = (torch.ones(2), torch.full((2,), 0.5), x_high, x_low.to(torch.bfloat16), x_prev.to(torch.float16))
+    got = autograd.error_norm_backward(*args, atol=0.01, rtol=0.05)
+    want = reference.error_norm_backward(*args, atol=0.01, rtol=0.05)
+    assert [g.dtype for g in got] == [torch.float32, torch.bfloat16, torch.float16]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_backward_bad_input(backend, gen):
+    x = torch.randn(3, 4, generator=gen)
+    good = dict(grad=torch.ones(3), error=torch.ones(3))
+    with ops.backend(backend):
+        with pytest.raises(ValueError, match=r"error_norm_backward: argument 'grad' must have shape \[3\]"):
+            autograd.error_norm_backward(torch.ones(2), good["error"], x, x, x, atol=0.1, rtol=0.1)
+        with pytest.raises(TypeError, match="error_norm_backward: argument 'error' must be a floating tensor"):
+            autograd.error_norm_backward(good["grad"], torch.ones(3, dtype=torch.int64), x, x, x, atol=0.1, rtol=0.1)
+        with pytest.raises(ValueError, match="error_norm_backward: argument 'atol' must be > 0"):
+            autograd.error_norm_backward(good["grad"], good["error"], x, x, x, atol=0.0, rtol=0.1)

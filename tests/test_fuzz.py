@@ -1,4 +1,5 @@
-"""A seeded differential fuzzer of all five ops against the reference.
+"""A seeded differential fuzzer of all five ops, and the two ops of their
+backward passes (error_norm_backward, threshold_backward), against the reference.
 
 Each case draws an op and its arguments at random: shapes with odd, tiny and
 empty dimensions; contiguous, sliced, transposed, expanded (stride 0) and
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 from diffaccel import check, ops
+from diffaccel.ops import autograd
 
 from conftest import DEVICE, TEST_BACKENDS
 
@@ -106,7 +108,17 @@ class Case:
 
     def build(self):
         """(op name, call(fn module), inputs to clone)."""
-        op = self.rng.choice(["ei_step", "multistep_combine", "threshold", "langevin_correct", "error_norm"])
+        op = self.rng.choice(
+            [
+                "ei_step",
+                "multistep_combine",
+                "threshold",
+                "langevin_correct",
+                "error_norm",
+                "error_norm_backward",
+                "threshold_backward",
+            ]
+        )
         self.note(op)
         shape = self.shape()
         state = self.rng.choice([torch.float32, torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -179,7 +191,7 @@ class Case:
             def call(fn, x, score, noise):
                 return fn.langevin_correct(x, score, snr, alpha=alpha, noise=noise, reduction=reduction)
 
-        else:
+        elif op == "error_norm":
             tensors = [self.tensor(n, shape, state) for n in ("x_high", "x_low", "x_prev")]
             atol, rtol = self.rng.choice([1e-4, 0.0078, 1.0]), self.rng.choice([0.0, 0.05, 1.0])
             self.note(f"atol={atol} rtol={rtol}")
@@ -187,6 +199,31 @@ class Case:
 
             def call(fn, high, low, prev):
                 return fn.error_norm(high, low, prev, atol=atol, rtol=rtol)
+
+        elif op == "error_norm_backward":
+            tensors = [self.tensor(n, shape, self.dtype(state)) for n in ("x_high", "x_low", "x_prev")]
+            atol, rtol = self.rng.choice([1e-4, 0.0078, 1.0]), self.rng.choice([0.0, 0.05, 1.0])
+            grad = torch.randn(batch, generator=self.gen).to(DEVICE)
+            error = self.rng.choice([lambda: torch.rand(batch, generator=self.gen) + 0.1, lambda: torch.zeros(batch)])()
+            self.note(f"atol={atol} rtol={rtol} error={'zero' if not error.any() else 'positive'}")
+            inputs = [grad, error.to(DEVICE), *tensors]
+
+            def call(fn, grad, error, high, low, prev):
+                implementation = ops.reference if fn is ops.reference else autograd
+                return implementation.error_norm_backward(grad, error, high, low, prev, atol=atol, rtol=rtol)
+
+        else:
+            x = self.tensor("x", shape, state)
+            grad = self.tensor("grad", shape, self.dtype(state))
+            scale = (torch.rand(batch, generator=self.gen) * 3).to(self.rng.choice([torch.float32, torch.float64]))
+            if batch and self.rng.random() < 0.1:
+                scale[0] = float("nan")
+                self.note("scale[0]=nan")
+            inputs = [grad, x, scale.to(DEVICE)]
+
+            def call(fn, grad, x, scale):
+                implementation = ops.reference if fn is ops.reference else autograd
+                return implementation.threshold_backward(grad, x, scale)
 
         return op, call, inputs
 

@@ -42,6 +42,11 @@ def _opcheck_cases(gen, namespace):
         "threshold": (lib.threshold.default, (x * 3, "dynamic", 0.995, 1.0, "diffusers")),
         "threshold_out": (lib.threshold_out.default, (x * 3, "clip", 0.995, 1.0, "diffusers", torch.empty_like(x))),
         "error_norm": (lib.error_norm.default, (x, m, h, 0.0078, 0.05)),
+        "error_norm_backward": (
+            lib.error_norm_backward.default,
+            (torch.randn(2, generator=gen), torch.rand(2, generator=gen) + 0.5, x, bf, h, 0.0078, 0.05),
+        ),
+        "threshold_backward": (lib.threshold_backward.default, (bf, x * 3, torch.rand(2, generator=gen) + 1)),
         "langevin_correct": (lib.langevin_correct.default, (x, m, 0.16, torch.ones(()), z, no_generator, "batch")),
         "langevin_correct_out": (
             lib.langevin_correct_out.default,
@@ -63,6 +68,8 @@ def _opcheck_cases(gen, namespace):
         "langevin_correct",
         "langevin_correct_out",
         "error_norm",
+        "error_norm_backward",
+        "threshold_backward",
     ],
 )
 @pytest.mark.parametrize("namespace", NAMESPACES)

@@ -6,7 +6,7 @@ import torch
 
 from diffaccel import ops
 from diffaccel.benchmarking import quantile_threshold
-from diffaccel.ops import reference
+from diffaccel.ops import autograd, reference
 
 from conftest import DEVICE, DTYPES, LAYOUTS, SHAPES, assert_close, make
 
@@ -291,3 +291,47 @@ def test_every_version_of_the_selection_tally_agrees(dtype):
                 assert torch.equal(stored, inside[:capacity]), (level, block, capacity)
     native = _extension._C.cpu_isa_level()
     assert "portable" in ran and (native.startswith("baseline") or native in ran)
+
+
+# --- threshold_backward: the op of dynamic thresholding's gradient ---------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(3, 40000)], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("special", ["finite", "nan-inf", "nan-scale", "at-the-bounds"])
+def test_backward_matches_reference(dtype, shape, layout, special, gen):
+    """passed = grad / s where |x| <= s, else 0, and per sample <passed, x>
+    over those elements: the same bits as the reference's passed on the CPU,
+    its float64 sums to rounding."""
+    x = make(shape, dtype, layout, gen, scale=2.0)
+    grad = make(shape, dtype, layout, gen)
+    scale = torch.rand(shape[:1], generator=gen) * 2 + 0.5
+    if special == "nan-inf" and x.numel() > 2:
+        x[(0,) * x.dim()] = float("nan")
+        x[(-1,) * x.dim()] = float("inf")
+        grad[(1,) + (0,) * (x.dim() - 1)] = float("inf")
+    elif special == "nan-scale" and shape[0] > 0:
+        scale[0] = float("nan")
+    elif special == "at-the-bounds" and x.numel() > 2:  # |x| == s: torch.clamp passes it
+        x[(0,) * x.dim()] = scale[0].to(dtype)
+        x[(-1,) * x.dim()] = -scale[-1].to(dtype)
+    passed, dot = autograd.threshold_backward(grad, x, scale)
+    want_passed, want_dot = reference.threshold_backward(grad, x, scale)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert passed.dtype == acc and dot.dtype == acc and passed.shape == x.shape and dot.shape == shape[:1]
+    exact = DEVICE == "cpu"
+    torch.testing.assert_close(passed, want_passed, rtol=0 if exact else 1e-6, atol=0, equal_nan=True)
+    torch.testing.assert_close(dot, want_dot, rtol=1e-6 if acc == torch.float32 else 1e-12, atol=1e-30, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_backward_bad_input(backend, gen):
+    x = torch.randn(3, 4, generator=gen)
+    with ops.backend(backend):
+        with pytest.raises(ValueError, match=r"threshold_backward: argument 'scale' must have shape \[3\]"):
+            autograd.threshold_backward(x, x, torch.ones(4))
+        with pytest.raises(ValueError, match="threshold_backward: argument 'grad' must have shape"):
+            autograd.threshold_backward(x[:2], x, torch.ones(3))
+        with pytest.raises(TypeError, match="threshold_backward: argument 'scale' must be a floating tensor"):
+            autograd.threshold_backward(x, x, torch.ones(3, dtype=torch.int64))

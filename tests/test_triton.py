@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffaccel import ops
-from diffaccel.ops import reference
+from diffaccel.ops import autograd, reference
 from diffaccel.ops import triton as triton_backend
 
 from conftest import DEVICE, DTYPES, LAYOUTS, assert_close, make, random_coeffs
@@ -125,6 +125,41 @@ def test_error_norm(dtype, shape, gen):
         got = ops.error_norm(x_high, x_low, x_prev, atol=0.0078, rtol=0.05)
     want = reference.error_norm(x_high, x_low, x_prev, atol=0.0078, rtol=0.05)
     torch.testing.assert_close(got, want, rtol=1e-6 if dtype != torch.float64 else 1e-12, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1,), (3, 5, 7, 11), (0, 3, 4), (2, 0), (2, 17000)], ids=str)
+def test_error_norm_backward(dtype, shape, gen):
+    x_high, x_low, x_prev = (make(shape, dtype, "sliced", gen) for _ in range(3))
+    if x_low.numel() > 2:  # a tie |x_low| == |x_prev|, a NaN and an infinity
+        first, last = (0,) * x_low.dim(), (-1,) * x_low.dim()
+        x_prev[first] = -x_low[first]
+        x_low[(0,) * (x_low.dim() - 1) + (1,)] = float("nan")
+        x_prev[last] = float("inf")
+    error = reference.error_norm(x_high, x_low, x_prev, atol=0.0078, rtol=0.05)
+    args = (torch.randn(error.shape, generator=gen), error, x_high, x_low, x_prev)
+    with ops.backend("triton"):
+        got = autograd.error_norm_backward(*args, atol=0.0078, rtol=0.05)
+    want = reference.error_norm_backward(*args, atol=0.0078, rtol=0.05)
+    for g, w in zip(got, want):
+        assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1,), (3, 5, 7, 11), (0, 3, 4), (2, 0), (2, 17000)], ids=str)
+def test_threshold_backward(dtype, shape, gen):
+    x = make(shape, dtype, "sliced", gen, scale=2.0)
+    grad = make(shape, dtype, "sliced", gen)
+    scale = torch.rand(shape[:1], generator=gen) + 0.8
+    if x.numel() > 2:  # a NaN, an infinity, an element at the bound
+        x[(0,) * x.dim()] = float("nan")
+        x[(-1,) * x.dim()] = float("inf")
+        x[(shape[0] - 1,) + (0,) * (x.dim() - 1)] = scale[-1].to(dtype)
+    with ops.backend("triton"):
+        got = autograd.threshold_backward(grad, x, scale)
+    want = reference.threshold_backward(grad, x, scale)
+    assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-30, equal_nan=True)
 
 
 def test_langevin_correct_draws_standard_normal_noise(gen):

@@ -145,6 +145,47 @@ def test_error_norm_kernels(data):
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
+def test_threshold_backward_kernel(data):
+    acc = "*fp64" if data == tl.float64 else "*fp32"
+    _compile(
+        kernels.threshold_backward_partials_kernel,
+        dict(
+            grad_ptr=POINTER[data],
+            x_ptr=POINTER[data],
+            scale_ptr=acc,
+            passed_ptr=acc,
+            partial_ptr="*fp64",
+            per_sample="i64",
+            chunks="i64",
+        ),
+        dict(ACC=ACC[data], CHUNK=kernels.NORM_CHUNK, BLOCK=kernels.BLOCK),
+    )
+
+
+@pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
+def test_error_norm_backward_kernel(data):
+    _compile(
+        kernels.error_norm_backward_kernel,
+        dict(
+            high_ptr=POINTER[data],
+            low_ptr=POINTER[data],
+            prev_ptr=POINTER[data],
+            k_ptr="*fp64" if data == tl.float64 else "*fp32",
+            grad_high_ptr=POINTER[data],
+            grad_low_ptr=POINTER[data],
+            grad_prev_ptr=POINTER[data],
+            n="i64",
+            per_sample="i64",
+            atol_hi="fp32",
+            atol_lo="fp32",
+            rtol_hi="fp32",
+            rtol_lo="fp32",
+        ),
+        dict(ACC=ACC[data], BLOCK=kernels.BLOCK),
+    )
+
+
+@pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
 @pytest.mark.parametrize("has_noise", [False, True])
 def test_langevin_kernels(data, has_noise):
     acc = ACC[data]

@@ -213,21 +213,24 @@ DA_INLINE void for_each_block(int64_t first, int64_t count, Body&& body) {
 // vectorize without -ffast-math and the result does not depend on the ISA.
 constexpr int kSumLanes = 32;
 
-// lanes[l] += double(value(i))^2 for i in [0, n), element i into lane i % 32
+// lanes[l] += term(i) (a double) for i in [0, n), element i into lane i % 32
 // (n is a multiple of 32 but for a chunk's last block).
-template <typename Value>
-DA_INLINE void add_squares(double* lanes, int64_t n, Value&& value) {
+template <typename Term>
+DA_INLINE void add_terms(double* lanes, int64_t n, Term&& term) {
   int64_t i = 0;
   for (; i + kSumLanes <= n; i += kSumLanes) {
-    for (int l = 0; l < kSumLanes; ++l) {
-      const double e = double(value(i + l));
-      lanes[l] += e * e;
-    }
+    for (int l = 0; l < kSumLanes; ++l) lanes[l] += term(i + l);
   }
-  for (int l = 0; i < n; ++i, ++l) {
+  for (int l = 0; i < n; ++i, ++l) lanes[l] += term(i);
+}
+
+// lanes[l] += double(value(i))^2, as add_terms.
+template <typename Value>
+DA_INLINE void add_squares(double* lanes, int64_t n, Value&& value) {
+  add_terms(lanes, n, [&](int64_t i) DA_LAMBDA_INLINE {
     const double e = double(value(i));
-    lanes[l] += e * e;
-  }
+    return e * e;
+  });
 }
 
 DA_INLINE double combine_lanes(const double* lanes) {

@@ -122,6 +122,35 @@ void error_sum_squares_chunks(const ErrorNormArgs<float>& args, double* partial,
 void error_sum_squares_chunks(const ErrorNormArgs<double>& args, double* partial, int64_t chunk_begin,
                               int64_t chunk_end);
 
+// error_norm's backward (scaled_error_backward, elementwise.h) over the flat
+// range [begin, end): k[b] = dL/dE_b / (N E_b) per sample.
+template <typename acc_t>
+struct ErrorNormBackwardArgs {
+  int64_t per_sample = 0;
+  In high, low, prev;
+  const acc_t* k = nullptr;
+  acc_t atol = 0, rtol = 0;
+  Out grad_high, grad_low, grad_prev;
+};
+void error_norm_backward_range(const ErrorNormBackwardArgs<float>& args, int64_t begin, int64_t end);
+void error_norm_backward_range(const ErrorNormBackwardArgs<double>& args, int64_t begin, int64_t end);
+
+// Dynamic thresholding's backward with the scales held fixed
+// (threshold_backward_element, elementwise.h), per chunk as sum_squares_chunks:
+// passed = g / s where |x| <= s, else 0, written in acc_t, and partial[c] = the
+// chunk's sum of passed * x over those elements, in double.
+template <typename acc_t>
+struct ThresholdBackwardArgs {
+  int64_t per_sample = 0;
+  In grad, x;
+  const acc_t* scale = nullptr;  // per sample
+  acc_t* passed = nullptr;       // contiguous [batch, per_sample]
+};
+void threshold_backward_chunks(const ThresholdBackwardArgs<float>& args, double* partial, int64_t chunk_begin,
+                               int64_t chunk_end);
+void threshold_backward_chunks(const ThresholdBackwardArgs<double>& args, double* partial, int64_t chunk_begin,
+                               int64_t chunk_end);
+
 // The ISA level the multiversioned kernels run at on this CPU:
 // "avx512f", "avx2" or "baseline".
 const char* cpu_isa_level();

@@ -1,6 +1,8 @@
-// CPU kernel of diffaccel::threshold: clip, or Imagen's dynamic thresholding
+// CPU kernels of diffaccel::threshold: clip, or Imagen's dynamic thresholding
 // (per-sample quantile of |x| by sampled selection, selection.h, then clamp
-// and rescale, while the sample is still in cache).
+// and rescale, while the sample is still in cache); and of
+// diffaccel::threshold_backward (the gradient with the scales held fixed, and
+// its per-sample sums, in one pass).
 #include <cmath>
 
 #include "blocks.h"
@@ -39,7 +41,31 @@ DA_INLINE void threshold_dynamic_samples_impl(const ThresholdArgs<acc_t>& a, con
   }
 }
 
+template <typename acc_t>
+DA_INLINE void threshold_backward_chunks_impl(const ThresholdBackwardArgs<acc_t>& a, double* partial,
+                                              int64_t chunk_begin, int64_t chunk_end) {
+  for_each_norm_chunk(
+      a.per_sample, partial, chunk_begin, chunk_end, [&](double* lanes, int64_t offset, int64_t n) DA_LAMBDA_INLINE {
+        const acc_t s = a.scale[offset / a.per_sample];
+        acc_t g_buf[kBlock], x_buf[kBlock], kept[kBlock];
+        const acc_t* g = load_block(a.grad, offset, n, g_buf);
+        const acc_t* x = load_block(a.x, offset, n, x_buf);
+        acc_t* passed = a.passed + offset;
+        DA_IVDEP for (int64_t i = 0; i < n; ++i) passed[i] = threshold_backward_element(g[i], x[i], s, kept[i]);
+        add_terms(lanes, n, [&](int64_t i) DA_LAMBDA_INLINE { return double(passed[i]) * double(kept[i]); });
+      });
+}
+
 }  // namespace
+
+DA_CPU_MULTIVERSION void threshold_backward_chunks(const ThresholdBackwardArgs<float>& a, double* partial,
+                                                   int64_t chunk_begin, int64_t chunk_end) {
+  threshold_backward_chunks_impl(a, partial, chunk_begin, chunk_end);
+}
+DA_CPU_MULTIVERSION void threshold_backward_chunks(const ThresholdBackwardArgs<double>& a, double* partial,
+                                                   int64_t chunk_begin, int64_t chunk_end) {
+  threshold_backward_chunks_impl(a, partial, chunk_begin, chunk_end);
+}
 
 DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<float>& a, int64_t begin, int64_t end) {
   threshold_range_impl(a, begin, end);

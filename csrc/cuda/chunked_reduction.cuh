@@ -2,7 +2,7 @@
 // sample) sums its kNormChunk elements in double with a fixed-shape tree, and
 // the last block to finish (a counter the launcher zeroes) adds each sample's
 // chunks in order. No atomics touch the sums, so the result is the same bits
-// every run. Used by langevin_correct (norms) and error_norm.
+// every run. Used by langevin_correct (norms), error_norm and threshold_backward.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +15,24 @@ constexpr int64_t kNormChunk = 16384;  // elements of one sample per block
 
 inline int64_t chunks_of(int64_t per_sample) { return (per_sample + kNormChunk - 1) / kNormChunk; }
 inline int64_t round16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// The chunks of a one-sum-per-sample reduction: at least one per sample, so
+// an empty sample's block writes a zero sum.
+inline int64_t reduction_chunks(int64_t per_sample) { return per_sample > 0 ? chunks_of(per_sample) : 1; }
+
+// The scratch of a one-sum-per-sample reduction: the finishing counter, then
+// the [batch][chunks] partial sums.
+struct ReductionScratch {
+  unsigned int* counter;
+  double* partial;
+};
+inline ReductionScratch reduction_scratch(void* base) {
+  char* p = static_cast<char*>(base);
+  return {reinterpret_cast<unsigned int*>(p), reinterpret_cast<double*>(p + 16)};
+}
+inline int64_t reduction_scratch_bytes(int64_t batch, int64_t per_sample) {
+  return 16 + round16(batch * reduction_chunks(per_sample) * int64_t(sizeof(double)));
+}
 
 // The chunk of this block (grid: chunks x batch): its slot among the
 // [batch][chunks] partial sums and its elements [begin, end), flat.

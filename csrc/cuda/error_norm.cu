@@ -3,7 +3,7 @@
 // packs where every pointer is aligned and samples hold whole packs (the H200
 // run of 2026-11-27 measured the one-element-at-a-time loop at 51% of the copy
 // bandwidth fp32, 16% bf16); the last block to finish adds each sample's chunks
-// in order and writes the RMS.
+// in order and writes the RMS. Its backward pass: one elementwise launch.
 #include <cmath>
 
 #include "chunked_reduction.cuh"
@@ -14,20 +14,10 @@
 namespace diffaccel::cuda {
 namespace {
 
-struct Scratch {
-  unsigned int* counter;
-  double* partial;  // [batch][chunks]
-};
-
-Scratch scratch_layout(void* base) {
-  char* p = static_cast<char*>(base);
-  return {reinterpret_cast<unsigned int*>(p), reinterpret_cast<double*>(p + 16)};
-}
-
 static_assert(kNormChunk % kPack == 0, "the packs must not straddle two chunks");
 
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads) error_norm_kernel(ErrorNormParams p, Scratch s, bool vectorized) {
+__global__ void __launch_bounds__(kThreads) error_norm_kernel(ErrorNormParams p, ReductionScratch s, bool vectorized) {
   __shared__ double buffer[kThreads];
   const BlockChunk chunk(p.per_sample);
   const acc_t atol = acc_t(p.atol), rtol = acc_t(p.rtol);
@@ -61,29 +51,61 @@ __global__ void __launch_bounds__(kThreads) error_norm_kernel(ErrorNormParams p,
   }
 }
 
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) error_norm_backward_kernel(ErrorNormBackwardParams p, bool vectorized) {
+  const acc_t atol = acc_t(p.atol), rtol = acc_t(p.rtol);
+  const acc_t* k = static_cast<const acc_t*>(p.k);
+  for_each_element(p.batch * p.per_sample, vectorized, [&](auto width, int64_t i) {
+    constexpr int W = decltype(width)::value;
+    const acc_t factor = k[i / p.per_sample];
+    acc_t high[W], low[W], prev[W], grad_high[W], grad_low[W], grad_prev[W];
+    load_elements<W>(p.high, i, high);
+    load_elements<W>(p.low, i, low);
+    load_elements<W>(p.prev, i, prev);
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      scaled_error_backward(factor, high[e], low[e], prev[e], atol, rtol, grad_high[e], grad_low[e], grad_prev[e]);
+    }
+    store_elements<W>(p.grad_high, i, grad_high);
+    store_elements<W>(p.grad_low, i, grad_low);
+    store_elements<W>(p.grad_prev, i, grad_prev);
+  });
+}
+
 }  // namespace
 
-// At least one chunk per sample: an empty sample's block writes a zero sum and
-// its RMS is 0 / 0 = NaN, as torch's mean of nothing.
-int64_t error_norm_chunks(int64_t per_sample) { return per_sample > 0 ? chunks_of(per_sample) : 1; }
-
+// An empty sample's block writes a zero sum: its RMS is 0 / 0 = NaN, as
+// torch's mean of nothing.
 int64_t error_norm_scratch_bytes(int64_t batch, int64_t per_sample) {
-  return 16 + round16(batch * error_norm_chunks(per_sample) * int64_t(sizeof(double)));
+  return reduction_scratch_bytes(batch, per_sample);
 }
 
 template <typename acc_t>
 cudaError_t launch_error_norm(const ErrorNormParams& p, void* scratch, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
-  const Scratch s = scratch_layout(scratch);
+  const ReductionScratch s = reduction_scratch(scratch);
   cudaError_t status = cudaMemsetAsync(s.counter, 0, sizeof(unsigned int), stream);
   if (status != cudaSuccess) return status;
-  const dim3 grid(static_cast<unsigned int>(error_norm_chunks(p.per_sample)), static_cast<unsigned int>(p.batch));
+  const dim3 grid(static_cast<unsigned int>(reduction_chunks(p.per_sample)), static_cast<unsigned int>(p.batch));
   const bool vectorized = can_vectorize({p.high.data, p.low.data, p.prev.data}, true, p.per_sample);
   error_norm_kernel<acc_t><<<grid, kThreads, 0, stream>>>(p, s, vectorized);
   return cudaGetLastError();
 }
 
+template <typename acc_t>
+cudaError_t launch_error_norm_backward(const ErrorNormBackwardParams& p, cudaStream_t stream) {
+  const int64_t n = p.batch * p.per_sample;
+  if (n == 0) return cudaSuccess;
+  const bool vectorized = can_vectorize(
+      {p.high.data, p.low.data, p.prev.data, p.grad_high.data, p.grad_low.data, p.grad_prev.data}, true, p.per_sample);
+  error_norm_backward_kernel<acc_t>
+      <<<grid_size(vectorized ? (n + kPack - 1) / kPack : n), kThreads, 0, stream>>>(p, vectorized);
+  return cudaGetLastError();
+}
+
 template cudaError_t launch_error_norm<float>(const ErrorNormParams&, void*, cudaStream_t);
 template cudaError_t launch_error_norm<double>(const ErrorNormParams&, void*, cudaStream_t);
+template cudaError_t launch_error_norm_backward<float>(const ErrorNormBackwardParams&, cudaStream_t);
+template cudaError_t launch_error_norm_backward<double>(const ErrorNormBackwardParams&, cudaStream_t);
 
 }  // namespace diffaccel::cuda

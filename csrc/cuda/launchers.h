@@ -102,12 +102,34 @@ struct ErrorNormParams {
   Out out;
 };
 
+// error_norm's backward: scaled_error_backward (elementwise.h) per element,
+// with k[b] = dL/dE_b / (N E_b) in acc_t; each gradient in its input's dtype.
+struct ErrorNormBackwardParams {
+  int64_t batch = 0, per_sample = 0;
+  In high, low, prev;
+  const void* k = nullptr;  // acc_t per sample
+  double atol = 0, rtol = 0;
+  Out grad_high, grad_low, grad_prev;
+};
+
+// Dynamic thresholding's backward with the scales held fixed
+// (threshold_backward_element, elementwise.h): passed (acc_t, contiguous) and
+// dot[b] = sum of passed * x over the passed elements (acc_t), one launch.
+struct ThresholdBackwardParams {
+  int64_t batch = 0, per_sample = 0;
+  In grad, x;
+  const void* scale = nullptr;  // acc_t per sample
+  void* passed = nullptr;
+  void* dot = nullptr;
+};
+
 // Scratch sizes the caller allocates on the device (bytes).
 // Dynamic thresholding's selection: the per-sample scales, then (for large
 // samples) histograms and pass state; double_acc when acc_t is double.
 int64_t select_scratch_bytes(int64_t batch, int64_t per_sample, bool double_acc);
 int64_t langevin_scratch_bytes(int64_t batch, int64_t per_sample);
 int64_t error_norm_scratch_bytes(int64_t batch, int64_t per_sample);
+int64_t threshold_backward_scratch_bytes(int64_t batch, int64_t per_sample);
 
 // acc_t is float, or double when every tensor is float64. Each returns the
 // CUDA error of its launches (cudaSuccess when all went in).
@@ -127,5 +149,10 @@ template <typename acc_t>
 cudaError_t launch_langevin_correct(const LangevinParams& p, void* scratch, cudaStream_t stream);
 template <typename acc_t>
 cudaError_t launch_error_norm(const ErrorNormParams& p, void* scratch, cudaStream_t stream);
+template <typename acc_t>
+cudaError_t launch_error_norm_backward(const ErrorNormBackwardParams& p, cudaStream_t stream);
+// scratch: threshold_backward_scratch_bytes(...) bytes (a counter the launcher zeroes, chunk sums).
+template <typename acc_t>
+cudaError_t launch_threshold_backward(const ThresholdBackwardParams& p, void* scratch, cudaStream_t stream);
 
 }  // namespace diffaccel::cuda

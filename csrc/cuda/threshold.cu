@@ -1,5 +1,8 @@
 // diffaccel::threshold on CUDA: clip as one elementwise pass; dynamic as the
-// selection pass (radix_select.cuh) then the same elementwise pass.
+// selection pass (radix_select.cuh) then the same elementwise pass. And
+// diffaccel::threshold_backward: one chunked-reduction launch
+// (chunked_reduction.cuh) that writes the passed gradient as it sums.
+#include "chunked_reduction.cuh"
 #include "diffaccel/elementwise.h"
 #include "launchers.h"
 #include "memory_access.cuh"
@@ -34,7 +37,47 @@ __global__ void __launch_bounds__(kThreads) threshold_kernel(ThresholdParams p, 
   });
 }
 
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) threshold_backward_kernel(ThresholdBackwardParams p, ReductionScratch s) {
+  __shared__ double buffer[kThreads];
+  const BlockChunk chunk(p.per_sample);
+  const acc_t scale = static_cast<const acc_t*>(p.scale)[blockIdx.y];
+  acc_t* passed = static_cast<acc_t*>(p.passed);
+  double sum = 0;
+  for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += kThreads) {
+    acc_t kept;
+    const acc_t g = threshold_backward_element(load_one<acc_t>(p.grad.data, p.grad.dtype, i),
+                                               load_one<acc_t>(p.x.data, p.x.dtype, i), scale, kept);
+    passed[i] = g;
+    sum += double(g) * double(kept);
+  }
+  sum = block_sum(sum, buffer);
+  if (threadIdx.x == 0) s.partial[chunk.slot] = sum;
+  if (!finished_last(s.counter, gridDim.x * gridDim.y)) return;
+  acc_t* dot = static_cast<acc_t*>(p.dot);
+  for (int64_t j = threadIdx.x; j < p.batch; j += kThreads)
+    dot[j] = acc_t(sample_total(s.partial, j, chunk.chunks, 1, 0));
+}
+
 }  // namespace
+
+int64_t threshold_backward_scratch_bytes(int64_t batch, int64_t per_sample) {
+  return reduction_scratch_bytes(batch, per_sample);
+}
+
+template <typename acc_t>
+cudaError_t launch_threshold_backward(const ThresholdBackwardParams& p, void* scratch, cudaStream_t stream) {
+  if (p.batch == 0) return cudaSuccess;
+  const ReductionScratch s = reduction_scratch(scratch);
+  const cudaError_t status = cudaMemsetAsync(s.counter, 0, sizeof(unsigned int), stream);
+  if (status != cudaSuccess) return status;
+  const dim3 grid(static_cast<unsigned int>(reduction_chunks(p.per_sample)), static_cast<unsigned int>(p.batch));
+  threshold_backward_kernel<acc_t><<<grid, kThreads, 0, stream>>>(p, s);
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_threshold_backward<float>(const ThresholdBackwardParams&, void*, cudaStream_t);
+template cudaError_t launch_threshold_backward<double>(const ThresholdBackwardParams&, void*, cudaStream_t);
 
 template <typename acc_t>
 cudaError_t launch_threshold(const ThresholdParams& params, const ThresholdSelect* select, void* select_scratch,

@@ -1,7 +1,10 @@
 // diffaccel::error_norm on CPU and CUDA: per sample, the RMS of the scaled
 // error of adaptive step-size control,
 //   sqrt(mean_i(((x_high - x_low) / max(atol, rtol * max(|x_low|, |x_prev|)))^2)),
-// in one pass over the three tensors (sums of squares in double).
+// in one pass over the three tensors (sums of squares in double); and
+// diffaccel::error_norm_backward, its gradient in one elementwise pass.
+#include <tuple>
+
 #include <cmath>
 
 #include <torch/library.h>
@@ -13,18 +16,48 @@ namespace diffaccel {
 namespace {
 
 constexpr const char* kOp = "diffaccel.error_norm";
+constexpr const char* kBackwardOp = "diffaccel.error_norm_backward";
 
 void check_error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev, double atol,
-                      double rtol) {
-  TORCH_CHECK_VALUE(x_high.dim() >= 1, kOp, ": argument 'x_high' must have a batch dimension, got shape ",
+                      double rtol, const char* op = kOp) {
+  TORCH_CHECK_VALUE(x_high.dim() >= 1, op, ": argument 'x_high' must have a batch dimension, got shape ",
                     shape_str(x_high));
-  check_float_dtype(kOp, "x_high", x_high, x_high.scalar_type());
-  check_like(kOp, "x_low", x_low, x_high, "x_high");
-  check_float_dtype(kOp, "x_low", x_low, x_high.scalar_type());
-  check_like(kOp, "x_prev", x_prev, x_high, "x_high");
-  check_float_dtype(kOp, "x_prev", x_prev, x_high.scalar_type());
-  TORCH_CHECK_VALUE(atol > 0.0, kOp, ": argument 'atol' must be > 0, got ", atol);
-  TORCH_CHECK_VALUE(rtol >= 0.0, kOp, ": argument 'rtol' must be >= 0, got ", rtol);
+  check_float_dtype(op, "x_high", x_high, x_high.scalar_type());
+  check_like(op, "x_low", x_low, x_high, "x_high");
+  check_float_dtype(op, "x_low", x_low, x_high.scalar_type());
+  check_like(op, "x_prev", x_prev, x_high, "x_high");
+  check_float_dtype(op, "x_prev", x_prev, x_high.scalar_type());
+  TORCH_CHECK_VALUE(atol > 0.0, op, ": argument 'atol' must be > 0, got ", atol);
+  TORCH_CHECK_VALUE(rtol >= 0.0, op, ": argument 'rtol' must be >= 0, got ", rtol);
+}
+
+// grad (dL/dE) and error (the forward's E): floating [batch] tensors on the data's device.
+void check_error_norm_backward(const at::Tensor& grad, const at::Tensor& error, const at::Tensor& x_high,
+                               const at::Tensor& x_low, const at::Tensor& x_prev, double atol, double rtol) {
+  check_error_norm(x_high, x_low, x_prev, atol, rtol, kBackwardOp);
+  const int64_t batch = batch_of(x_high);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"grad", &grad}, {"error", &error}}) {
+    TORCH_CHECK_VALUE(t->device() == x_high.device(), kBackwardOp, ": argument '", name, "' is on ", t->device(),
+                      " but 'x_high' is on ", x_high.device());
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == batch, kBackwardOp, ": argument '", name, "' must have shape [",
+                      batch, "], got ", shape_str(*t));
+    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), kBackwardOp, ": argument '", name,
+                     "' must be a floating tensor, got ", dtype_name(t->scalar_type()));
+  }
+}
+
+// k_b = grad_b / (N E_b) per sample, in double, then in the compute type: the
+// factor of the scaled error in dL/de (sqrt's, mean's and the square's
+// gradients together). Tensor ops, so nothing is read back on CUDA.
+at::Tensor backward_factors(const at::Tensor& grad, const at::Tensor& error, int64_t per_sample, at::ScalarType acc) {
+  return (grad.to(at::kDouble) / (error.to(at::kDouble) * double(per_sample))).to(acc).contiguous();
+}
+
+// The gradients, each contiguous in its input's dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(const at::Tensor& x_high, const at::Tensor& x_low,
+                                                                const at::Tensor& x_prev) {
+  return {at::empty(x_high.sizes(), x_high.options()), at::empty(x_low.sizes(), x_low.options()),
+          at::empty(x_prev.sizes(), x_prev.options())};
 }
 
 at::Tensor error_norm_cpu(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev, double atol,
@@ -52,6 +85,36 @@ at::Tensor error_norm_cpu(const at::Tensor& x_high, const at::Tensor& x_low, con
     for (int64_t b = 0; b < batch; ++b) result[b] = scalar_t(std::sqrt(totals[b] / double(per_sample)));
   });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> error_norm_backward_cpu(const at::Tensor& grad, const at::Tensor& error,
+                                                                       const at::Tensor& x_high,
+                                                                       const at::Tensor& x_low,
+                                                                       const at::Tensor& x_prev, double atol,
+                                                                       double rtol) {
+  check_error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol);
+  const int64_t per_sample = per_sample_of(x_high);
+  const at::ScalarType acc = acc_type_of(x_high);
+  const at::Tensor k = backward_factors(grad, error, per_sample, acc);
+  const at::Tensor hc = contiguous_input(x_high), lc = contiguous_input(x_low), pc = contiguous_input(x_prev);
+  auto [grad_high, grad_low, grad_prev] = backward_outputs(x_high, x_low, x_prev);
+  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_error_norm_backward_cpu", [&] {
+    cpu::ErrorNormBackwardArgs<scalar_t> args;
+    args.per_sample = per_sample;
+    args.high = kernel_in(hc);
+    args.low = kernel_in(lc);
+    args.prev = kernel_in(pc);
+    args.k = k.data_ptr<scalar_t>();
+    args.atol = scalar_t(atol);
+    args.rtol = scalar_t(rtol);
+    const bool streaming = exceeds_last_level_cache(total_bytes({&hc, &lc, &pc, &grad_high, &grad_low, &grad_prev}));
+    args.grad_high = {grad_high.data_ptr(), kernel_dtype(grad_high.scalar_type()), streaming};
+    args.grad_low = {grad_low.data_ptr(), kernel_dtype(grad_low.scalar_type()), streaming};
+    args.grad_prev = {grad_prev.data_ptr(), kernel_dtype(grad_prev.scalar_type()), streaming};
+    parallel_elements(x_high.numel(),
+                      [&](int64_t begin, int64_t end) { cpu::error_norm_backward_range(args, begin, end); });
+  });
+  return {grad_high, grad_low, grad_prev};
 }
 
 #ifdef DIFFACCEL_WITH_CUDA
@@ -82,14 +145,52 @@ at::Tensor error_norm_cuda(const at::Tensor& x_high, const at::Tensor& x_low, co
   });
   return out;
 }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> error_norm_backward_cuda(const at::Tensor& grad, const at::Tensor& error,
+                                                                        const at::Tensor& x_high,
+                                                                        const at::Tensor& x_low,
+                                                                        const at::Tensor& x_prev, double atol,
+                                                                        double rtol) {
+  check_error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol);
+  const c10::cuda::CUDAGuard guard(x_high.device());
+  const int64_t batch = batch_of(x_high);
+  const int64_t per_sample = per_sample_of(x_high);
+  check_cuda_sizes(kBackwardOp, batch, per_sample);
+  const at::ScalarType acc = acc_type_of(x_high);
+  const at::Tensor k = backward_factors(grad, error, per_sample, acc);
+  const at::Tensor hc = contiguous_input(x_high), lc = contiguous_input(x_low), pc = contiguous_input(x_prev);
+  auto [grad_high, grad_low, grad_prev] = backward_outputs(x_high, x_low, x_prev);
+  cuda::ErrorNormBackwardParams p;
+  p.batch = batch;
+  p.per_sample = per_sample;
+  p.high = kernel_in(hc);
+  p.low = kernel_in(lc);
+  p.prev = kernel_in(pc);
+  p.k = k.data_ptr();
+  p.atol = atol;
+  p.rtol = rtol;
+  p.grad_high = cuda_out(grad_high);
+  p.grad_low = cuda_out(grad_low);
+  p.grad_prev = cuda_out(grad_prev);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_error_norm_backward_cuda",
+                             [&] { check_launch(kBackwardOp, cuda::launch_error_norm_backward<scalar_t>(p, stream)); });
+  return {grad_high, grad_low, grad_prev};
+}
 #endif
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(diffaccel, CPU, m) { m.impl("error_norm", &error_norm_cpu); }
+TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
+  m.impl("error_norm", &error_norm_cpu);
+  m.impl("error_norm_backward", &error_norm_backward_cpu);
+}
 
 #ifdef DIFFACCEL_WITH_CUDA
-TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) { m.impl("error_norm", &error_norm_cuda); }
+TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
+  m.impl("error_norm", &error_norm_cuda);
+  m.impl("error_norm_backward", &error_norm_backward_cuda);
+}
 #endif
 
 }  // namespace diffaccel

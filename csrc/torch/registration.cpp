@@ -26,4 +26,13 @@ TORCH_LIBRARY(diffaccel, m) {
       "langevin_correct_out(Tensor x, Tensor score, float snr, Tensor alpha, Tensor? noise, "
       "Generator? generator, str reduction, Tensor(a!) x_new_out, Tensor(b!) x_mean_out) -> ()");
   m.def("error_norm(Tensor x_high, Tensor x_low, Tensor x_prev, float atol, float rtol) -> Tensor");
+  // error_norm's backward pass (diffaccel/ops/autograd.py calls it): the
+  // gradients of x_high, x_low and x_prev from grad = dL/dE and the forward's E.
+  m.def(
+      "error_norm_backward(Tensor grad, Tensor error, Tensor x_high, Tensor x_low, Tensor x_prev, float atol, "
+      "float rtol) -> (Tensor, Tensor, Tensor)");
+  // dynamic thresholding's backward pass with the per-sample scales held fixed
+  // (diffaccel/ops/autograd.py adds the scales' own gradient): the gradient
+  // through clamp(x, -s, s) / s, and per sample its dot product with x.
+  m.def("threshold_backward(Tensor grad, Tensor x, Tensor scale) -> (Tensor, Tensor)");
 }

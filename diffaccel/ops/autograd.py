@@ -10,12 +10,14 @@ Where the forward depends on the data through per-sample numbers (dynamic
 thresholding's quantile, ``langevin_correct``'s norms, ``error_norm``'s RMS),
 those numbers' gradients are per-sample sums, and the input gradients
 elementwise terms with per-sample factors (``multistep_combine`` where they are
-linear, a short chain of torch elementwise ops where they are not):
+linear, an op of their own where they are not):
 
 - clipping passes the gradient where ``-max_value <= d <= max_value``, as
   ``torch.clamp``'s does;
 - dynamic thresholding ``y = clamp(v, -s, s) / s``: dL/dv = g / s where
-  ``|v| <= s``, and dL/ds = -<that, v> / s flows through the style's bound
+  ``|v| <= s``, and dL/ds = -<that, v> / s (both in one pass: the op
+  ``threshold_backward``, a kernel on every backend; its reference twin is
+  ``reference.threshold_backward``) flows through the style's bound
   (``torch.clamp`` / ``torch.maximum``'s masks) and ``torch.lerp`` to the two
   order statistics of ``|v|`` the quantile interpolates (found by ``torch.topk``,
   not a sort; at ties the gradient goes to the element topk picks, where
@@ -24,7 +26,8 @@ linear, a short chain of torch elementwise ops where they are not):
   and <g_new, z>; through the norms they add multiples of score and z;
 - ``error_norm``: k = grad / (N E) per sample, then the three inputs'
   gradients with the masks of ``torch.maximum`` (ties split in half) and
-  ``torch.clamp``.
+  ``torch.clamp``, in one pass: the op ``error_norm_backward`` (a kernel on
+  every backend; its reference twin is ``reference.error_norm_backward``).
 
 Each matches the reference's autograd (``tests/test_autograd.py``), including
 its NaN pattern. Gradients of the coefficient rows are reductions over the data.
@@ -40,7 +43,7 @@ from typing import Optional
 
 import torch
 
-from diffaccel.ops import reference
+from diffaccel.ops import reference, validation
 
 
 def _combine(pairs) -> Optional[torch.Tensor]:
@@ -107,7 +110,7 @@ def _ei_step_backward(ctx, grad_x_next, grad_d):
         if kind == "clip":
             g = _clip_backward(g, pre, max_value)
         else:
-            g = _dynamic_threshold_backward(g.to(acc), pre, ratio, max_value, style)
+            g = _dynamic_threshold_backward(g, pre, ratio, max_value, style)
     grad_x = _combine([(grad_x_next, a), (g, c_x)])
     grad_m = _combine([(g, c_m)])
     grad_h = [_like(_combine([(grad_x_next, col(3 + j))]), h) for j, h in enumerate(history, start=1)]
@@ -161,7 +164,7 @@ def _threshold_backward(ctx, grad):
     if kind == "clip":
         return _like(_clip_backward(grad, x, max_value), x), None, None, None, None
     acc = reference.compute_dtype(x.dtype)
-    grad_x = _dynamic_threshold_backward(grad.to(acc), x.to(acc), ratio, max_value, style)
+    grad_x = _dynamic_threshold_backward(grad, x.to(acc), ratio, max_value, style)
     return _like(grad_x, x), None, None, None, None
 
 
@@ -171,65 +174,79 @@ def _clip_backward(grad: torch.Tensor, v: torch.Tensor, max_value: float) -> tor
 
 
 def _order_statistics(magnitudes: torch.Tensor, below: int, above: int):
-    """Per row of magnitudes ([B, n], no NaN looked at): the values and
-    positions of the below-th and above-th smallest entries (above is below
-    or below + 1), by torch.topk on the shorter side of the rank."""
+    """Per row of magnitudes ([B, n]): the values and positions of the
+    below-th and above-th smallest entries (above is below or below + 1), by
+    torch.topk on the shorter side of the rank, and whether the row holds a
+    NaN (topk ranks NaN above everything, so the upper tail shows it)."""
     n = magnitudes.shape[1]
     span = above - below + 1
     if n - below <= above + 1:  # the upper tail is the shorter: the n - below largest
         values, positions = torch.topk(magnitudes, n - below, dim=1, largest=True, sorted=False)
         ends = torch.topk(values, span, dim=1, largest=False, sorted=True)
         lo, hi = 0, span - 1
+        has_nan = values.isnan().any(dim=1)
     else:  # the above + 1 smallest
         values, positions = torch.topk(magnitudes, above + 1, dim=1, largest=False, sorted=False)
         ends = torch.topk(values, span, dim=1, largest=True, sorted=True)
         lo, hi = span - 1, 0
+        has_nan = magnitudes.isnan().any(dim=1)
     where = positions.gather(1, ends.indices)
-    return ends.values[:, lo], where[:, lo], ends.values[:, hi], where[:, hi]
+    return ends.values[:, lo], where[:, lo], ends.values[:, hi], where[:, hi], has_nan
 
 
 def _dynamic_threshold_backward(grad, v, ratio: float, max_value: float, style: str) -> torch.Tensor:
     """The gradient of y = clamp(v, -s, s) / s (dynamic thresholding, s from
-    the ratio-quantile of |v_b|) with respect to v, from grad = dL/dy; v and
-    grad in the compute dtype, [B, ...]. The same chain as the reference's
-    autograd (quantile via sort and torch.lerp, the style's bound, clamp, the
-    division), in closed form:
-    dL/dv = g / s on |v| <= s (clamp passes it), 0 beyond, plus dL/dq times
-    lerp's weights at the two order statistics of |v| (times their signs)."""
+    the ratio-quantile of |v_b|) with respect to v, from grad = dL/dy ([B, ...];
+    v in the compute dtype), in the compute dtype. The same chain as the
+    reference's autograd (quantile via sort and torch.lerp, the style's bound,
+    clamp, the division), in closed form: dL/dv = g / s on |v| <= s (clamp
+    passes it), 0 beyond, and dL/ds = -<that, v> / s (one pass: the op
+    threshold_backward), plus dL/dq times lerp's weights at the two order
+    statistics of |v| (times their signs)."""
     flat_v = _flat(v)
     n = flat_v.shape[1]
     if n == 0:
-        return torch.zeros_like(grad)
+        return torch.zeros(v.shape, dtype=v.dtype, device=v.device)
     magnitudes = flat_v.abs()
     below, above, weight = reference.quantile_rank(n, ratio, v.dtype)
     weight = weight.to(v.device)
-    lo, lo_at, hi, hi_at = _order_statistics(magnitudes, below, above)
-    nan_rows = magnitudes.isnan()
-    has_nan = nan_rows.any(dim=1)
+    lo, lo_at, hi, hi_at, has_nan = _order_statistics(magnitudes, below, above)
     q = torch.where(has_nan, torch.full_like(lo, float("nan")), torch.lerp(lo, hi, weight))
     s = reference.dynamic_threshold_scale(q, max_value, style)
-    # Through clamp(v, -s, s) / s: g / s where the clamp passes v (a NaN s or v passes nothing).
-    s_col = _column(s, v)
-    inside = magnitudes.reshape(v.shape) <= s_col
-    zero = torch.zeros((), dtype=v.dtype, device=v.device)
-    passed = torch.where(inside, grad / s_col, zero)
-    # dL/ds: -sum g v / s^2 over the passed elements (the clamped ones' two terms
-    # cancel; an infinite v among them must not make 0 * inf).
-    grad_s = -_dot(passed, torch.where(inside, v, zero)) / s
+    # dL/dv through clamp(v, -s, s) / s with s fixed, and dL/ds: -sum g v / s^2
+    # over the passed elements (the clamped ones' two terms cancel).
+    passed, dot = threshold_backward(grad, v, s)
+    grad_s = -dot / s
     if style == "diffusers":  # torch.clamp(q, 1, max_value): passes where 1 <= q <= max_value
         grad_q = torch.where((q >= 1.0) & (q <= max_value), grad_s, torch.zeros_like(grad_s))
     else:  # torch.maximum(q, max_value): all of it to the larger, half each at a tie
         grad_q = torch.where(q == max_value, grad_s / 2, grad_s).masked_fill(q < max_value, 0.0)
     # torch.lerp(lo, hi, w): (1 - w) to lo, w to hi; a row holding NaN sends both to
     # its last NaN (the quantile's where picks the last sorted value, and the stable
-    # sort keeps NaNs in order).
+    # sort keeps NaNs in order). (With diffusers' bound such a row's grad_q is 0.)
     if style != "diffusers":
-        last_nan = n - 1 - nan_rows.flip(1).to(torch.uint8).argmax(dim=1)
+        last_nan = n - 1 - magnitudes.isnan().flip(1).to(torch.uint8).argmax(dim=1)
         lo_at = torch.where(has_nan, last_nan, lo_at)
         hi_at = torch.where(has_nan, last_nan, hi_at)
-    signs = torch.sgn(flat_v.gather(1, torch.stack([lo_at, hi_at], dim=1)))
-    ends = torch.stack([grad_q * (1 - weight), grad_q * weight], dim=1) * signs
-    return _flat(passed).scatter_add(1, torch.stack([lo_at, hi_at], dim=1), ends).reshape(v.shape)
+    at = torch.stack([lo_at, hi_at], dim=1)
+    ends = torch.stack([grad_q * (1 - weight), grad_q * weight], dim=1) * torch.sgn(flat_v.gather(1, at))
+    _flat(passed).scatter_add_(1, at, ends)
+    return passed
+
+
+def threshold_backward(grad, x, scale):
+    """(passed, dot): dynamic thresholding's gradient through clamp(x, -s, s)
+    / s with the scales s ([B]) held fixed, and per sample <passed, x> over
+    the passed elements, by the op threshold_backward of the backend that runs
+    threshold on this device (its reference twin on the reference one)."""
+    from diffaccel.ops import backends  # (not at import: backends imports the Triton backend, which imports this)
+
+    impl = backends.resolve("threshold", x.device.type)
+    if impl == "reference":
+        validation.threshold_backward(grad, x, scale)
+        return reference.threshold_backward(grad, x, scale)
+    namespace = torch.ops.diffaccel_triton if impl == "triton" else torch.ops.diffaccel
+    return namespace.threshold_backward(grad, x, scale)
 
 
 # --- langevin_correct ---------------------------------------------------------
@@ -319,31 +336,23 @@ def _error_norm_setup(ctx, inputs, output):
 
 
 def _error_norm_backward(ctx, grad):
-    """E = sqrt(mean_i e_i^2), e = (high - low) / delta, delta = clamp(rtol
-    max(|low|, |prev|), min=atol): dL/de = k e with k = grad / (N E) per
-    sample; dL/dhigh = k e / delta = u, dL/ddelta = -u e, which reaches low
-    and prev through clamp (passes where rtol max >= atol), torch.maximum
-    (the larger gets it, half each at a tie) and abs (the sign)."""
     high, low, prev, error = ctx.saved_tensors
     atol, rtol = ctx.tolerances
-    acc = reference.compute_dtype(high.dtype)
-    h, lo, p = high.to(acc), low.to(acc), prev.to(acc)
-    count = math.prod(high.shape[1:])
-    k = _column((grad.to(torch.float64) / (count * error.to(torch.float64))).to(acc), h)
-    a, b = lo.abs(), p.abs()
-    scaled = rtol * torch.maximum(a, b)
-    delta = torch.clamp(scaled, min=atol)
-    e = (h - lo) / delta
-    grad_high = k * e / delta
-    # dL/ddelta times rtol where the clamp passes it, 0 elsewhere.
-    zero = torch.zeros((), dtype=acc, device=h.device)
-    through = torch.where(scaled >= atol, grad_high * e * -rtol, zero)
-    # torch.maximum's backward: all to the larger, half each at a tie (both get
-    # all of it beside a NaN), exactly 0 to the smaller.
-    shared = torch.where(a == b, through / 2, through)
-    to_low = torch.where(a < b, zero, shared) * torch.sgn(lo)
-    to_prev = torch.where(b < a, zero, shared) * torch.sgn(p)
-    return _like(grad_high, high), _like(to_low - grad_high, low), _like(to_prev, prev), None, None
+    return (*error_norm_backward(grad, error, high, low, prev, atol=atol, rtol=rtol), None, None)
+
+
+def error_norm_backward(grad, error, x_high, x_low, x_prev, *, atol: float, rtol: float):
+    """The gradients (x_high, x_low, x_prev) of error_norm from grad = dL/dE
+    and the forward's E, by the op error_norm_backward of the backend that
+    runs error_norm on this device (its reference twin on the reference one)."""
+    from diffaccel.ops import backends  # (not at import: backends imports the Triton backend, which imports this)
+
+    impl = backends.resolve("error_norm", x_high.device.type)
+    if impl == "reference":
+        validation.error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol)
+        return reference.error_norm_backward(grad, error, x_high, x_low, x_prev, atol=atol, rtol=rtol)
+    namespace = torch.ops.diffaccel_triton if impl == "triton" else torch.ops.diffaccel
+    return namespace.error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol)
 
 
 _FORMULAS = {

@@ -75,6 +75,17 @@ def _error_norm(x_high, x_low, x_prev, atol, rtol):
     return torch.empty(x_high.shape[0], dtype=acc, device=x_high.device)
 
 
+def _error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol):
+    validation.error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol)
+    return _empty_like_contiguous(x_high), _empty_like_contiguous(x_low), _empty_like_contiguous(x_prev)
+
+
+def _threshold_backward(grad, x, scale):
+    validation.threshold_backward(grad, x, scale)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return _empty_like_contiguous(x, acc), torch.empty(x.shape[0], dtype=acc, device=x.device)
+
+
 FAKES = {
     "ei_step": _ei_step,
     "ei_step_out": _ei_step_out,
@@ -85,6 +96,8 @@ FAKES = {
     "langevin_correct": _langevin_correct,
     "langevin_correct_out": _langevin_correct_out,
     "error_norm": _error_norm,
+    "error_norm_backward": _error_norm_backward,
+    "threshold_backward": _threshold_backward,
 }
 
 

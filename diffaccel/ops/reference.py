@@ -188,3 +188,60 @@ def error_norm(
     delta = torch.clamp(rtol * torch.maximum(low.abs(), x_prev.to(acc).abs()), min=atol)
     e = ((x_high.to(acc) - low) / delta).reshape(x_high.shape[0], math.prod(x_high.shape[1:]))
     return e.to(torch.float64).pow(2).mean(dim=1).sqrt().to(acc)
+
+
+def error_norm_backward(
+    grad: torch.Tensor,
+    error: torch.Tensor,
+    x_high: torch.Tensor,
+    x_low: torch.Tensor,
+    x_prev: torch.Tensor,
+    *,
+    atol: float,
+    rtol: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference of the op ``error_norm_backward``: the gradients of
+    :func:`error_norm`'s three inputs from ``grad`` (dL/dE, [B]) and the
+    forward's ``error`` (E, [B]), written out as autograd through
+    :func:`error_norm` computes them, term for term as
+    csrc/include/diffaccel/elementwise.h's scaled_error_backward:
+    dL/de = k e with k = grad / (N E); dL/dhigh = k e / delta; dL/ddelta =
+    -(dL/dhigh) e through torch.clamp's mask at atol, torch.maximum's
+    backward (all to the larger, half each at a tie, all to both beside a
+    NaN, 0 to the smaller) and abs's sign."""
+    acc = compute_dtype(x_high.dtype)
+    h, lo, p = x_high.to(acc), x_low.to(acc), x_prev.to(acc)
+    count = math.prod(x_high.shape[1:])
+    k = _per_sample((grad.to(torch.float64) / (count * error.to(torch.float64))).to(acc), h)
+    a, b = lo.abs(), p.abs()
+    scaled = rtol * torch.maximum(a, b)
+    delta = torch.clamp(scaled, min=atol)
+    e = (h - lo) / delta
+    grad_high = k * e / delta
+    zero = torch.zeros((), dtype=acc, device=h.device)
+    through = torch.where(scaled >= atol, grad_high * e * -rtol, zero)
+    shared = torch.where(a == b, through / 2, through)
+    to_low = torch.where(a < b, zero, shared) * torch.sgn(lo)
+    to_prev = torch.where(b < a, zero, shared) * torch.sgn(p)
+    return grad_high.to(x_high.dtype), (to_low - grad_high).to(x_low.dtype), to_prev.to(x_prev.dtype)
+
+
+def threshold_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference of the op ``threshold_backward``: dynamic thresholding's
+    gradient through ``clamp(x, -s, s) / s`` with the per-sample scale ``s``
+    ([B]) held fixed, and what the scale's own gradient needs, as
+    csrc/include/diffaccel/elementwise.h's threshold_backward_element:
+    ``passed = grad / s`` where ``|x| <= s`` (torch.clamp passes the bounds),
+    0 elsewhere (a NaN x or s passes nothing); ``dot[b] = sum(passed * x)``
+    over those elements (in float64). dL/ds is then ``-dot / s``. Both in the
+    compute dtype."""
+    acc = compute_dtype(x.dtype)
+    v, g = x.to(acc), grad.to(acc)
+    s = _per_sample(scale.to(acc), v)
+    inside = v.abs() <= s
+    zero = torch.zeros((), dtype=acc, device=x.device)
+    passed = torch.where(inside, g / s, zero)
+    flat = (x.shape[0], math.prod(x.shape[1:]))
+    kept = torch.where(inside, v, zero)
+    dot = (passed.reshape(flat).double() * kept.reshape(flat).double()).sum(dim=1)
+    return passed, dot.to(acc)

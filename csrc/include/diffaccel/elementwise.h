@@ -77,4 +77,47 @@ DA_HOST_DEVICE DA_INLINE acc_t scaled_error(acc_t high, acc_t low, acc_t prev, a
   return (high - low) / delta;
 }
 
+// Dynamic thresholding's gradient through clamp(v, -s, s) / s with the scale
+// s held fixed (the reference's threshold_backward): g / s where |v| <= s
+// (torch.clamp passes its bounds), else 0 (a NaN v or s passes nothing).
+// kept_v is v where it passed, else 0: the scale's gradient needs the sum of
+// passed * v over those elements.
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE acc_t threshold_backward_element(acc_t g, acc_t v, acc_t s, acc_t& kept_v) {
+  const acc_t magnitude = v < acc_t(0) ? -v : v;
+  const bool inside = magnitude <= s;
+  kept_v = inside ? v : acc_t(0);
+  return inside ? g / s : acc_t(0);
+}
+
+// torch.sgn of a real number, (0 < v) - (v < 0): -1, 0 or 1, and 0 for NaN
+// (abs's gradient).
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE acc_t sign_of(acc_t v) {
+  return acc_t(acc_t(0) < v) - acc_t(v < acc_t(0));
+}
+
+// error_norm's gradient, the closed form of autograd through its reference
+// (diffaccel/ops/reference.py, error_norm_backward, has the same terms in the
+// same order). k = dL/dE / (N E) for the element's sample; with e the scaled
+// error, dL/dhigh = k e / delta, and dL/ddelta = -(dL/dhigh) e reaches low and
+// prev through the clamp at atol (where rtol * max(|low|, |prev|) >= atol),
+// torch.maximum's backward (all to the larger, half each at a tie, all to both
+// beside a NaN, exactly 0 to the smaller) and abs's (the sign).
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE void scaled_error_backward(acc_t k, acc_t high, acc_t low, acc_t prev, acc_t atol, acc_t rtol,
+                                                    acc_t& grad_high, acc_t& grad_low, acc_t& grad_prev) {
+  const acc_t a = low < acc_t(0) ? -low : low;
+  const acc_t b = prev < acc_t(0) ? -prev : prev;
+  const acc_t larger = (a != a || a > b) ? a : b;
+  const acc_t scaled = rtol * larger;
+  const acc_t delta = scaled < atol ? atol : scaled;
+  const acc_t e = (high - low) / delta;
+  grad_high = k * e / delta;
+  const acc_t through = scaled >= atol ? grad_high * e * -rtol : acc_t(0);
+  const acc_t shared = a == b ? through / acc_t(2) : through;
+  grad_low = (a < b ? acc_t(0) : shared) * sign_of(low) - grad_high;
+  grad_prev = (b < a ? acc_t(0) : shared) * sign_of(prev);
+}
+
 }  // namespace diffaccel

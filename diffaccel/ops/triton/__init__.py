@@ -163,6 +163,22 @@ if unavailable_reason is None:
         launch.error_norm(x_high, x_low, x_prev, atol, rtol, out)
         return out
 
+    def error_norm_backward(
+        grad: Tensor, error: Tensor, x_high: Tensor, x_low: Tensor, x_prev: Tensor, atol: float, rtol: float
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        validation.error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol)
+        grads = tuple(_contiguous_like(t) for t in (x_high, x_low, x_prev))
+        launch.error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol, *grads)
+        return grads
+
+    def threshold_backward(grad: Tensor, x: Tensor, scale: Tensor) -> Tuple[Tensor, Tensor]:
+        validation.threshold_backward(grad, x, scale)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        passed = torch.empty(x.shape, dtype=acc, device=x.device)
+        dot = torch.empty(x.shape[0], dtype=acc, device=x.device)
+        launch.threshold_backward(grad, x, scale, passed, dot)
+        return passed, dot
+
     def _fake(name):
         """The fake of an op under the interpreter (diffaccel.ops.fake; langevin
         takes philox words where the C++ op takes a generator)."""
@@ -184,6 +200,8 @@ if unavailable_reason is None:
         langevin_correct,
         langevin_correct_out,
         error_norm,
+        error_norm_backward,
+        threshold_backward,
     ):
         _name = _fn.__name__
         _mutates = _MUTATES.get(_name, ())

@@ -505,3 +505,85 @@ def error_norm_finish_kernel(partial_ptr, out_ptr, batch, chunks, per_sample, BA
         c += 1
     rms = _sqrt(total / per_sample, tl.float64)
     tl.store(out_ptr + samples, rms.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _sign_of(v):
+    # elementwise.h's sign_of: torch.sgn of a real number, (0 < v) - (v < 0) (0 for NaN).
+    return (v > 0).to(v.dtype) - (v < 0).to(v.dtype)
+
+
+@triton.jit
+def error_norm_backward_kernel(
+    high_ptr,
+    low_ptr,
+    prev_ptr,
+    k_ptr,
+    grad_high_ptr,
+    grad_low_ptr,
+    grad_prev_ptr,
+    n,
+    per_sample,
+    atol_hi,
+    atol_lo,
+    rtol_hi,
+    rtol_lo,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """elementwise.h's scaled_error_backward, with k = dL/dE / (N E) per sample."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    atol = _scalar(atol_hi, atol_lo, ACC)
+    rtol = _scalar(rtol_hi, rtol_lo, ACC)
+    high = tl.load(high_ptr + offs, mask=mask, other=0).to(ACC)
+    low = tl.load(low_ptr + offs, mask=mask, other=0).to(ACC)
+    prev = tl.load(prev_ptr + offs, mask=mask, other=0).to(ACC)
+    k = tl.load(k_ptr + offs // per_sample, mask=mask, other=0).to(ACC)
+    a = tl.abs(low)
+    b = tl.abs(prev)
+    larger = tl.where((a != a) | (a > b), a, b)
+    scaled = rtol * larger
+    delta = tl.where(scaled < atol, atol, scaled)
+    e = (high - low) / delta
+    grad_high = k * e / delta
+    through = tl.where(scaled >= atol, grad_high * e * -rtol, 0.0).to(ACC)
+    shared = tl.where(a == b, through / 2, through)
+    grad_low = tl.where(a < b, 0.0, shared).to(ACC) * _sign_of(low) - grad_high
+    grad_prev = tl.where(b < a, 0.0, shared).to(ACC) * _sign_of(prev)
+    tl.store(grad_high_ptr + offs, grad_high.to(grad_high_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_low_ptr + offs, grad_low.to(grad_low_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_prev_ptr + offs, grad_prev.to(grad_prev_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def threshold_backward_partials_kernel(
+    grad_ptr,
+    x_ptr,
+    scale_ptr,
+    passed_ptr,
+    partial_ptr,
+    per_sample,
+    chunks,
+    ACC: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Program (chunk, sample): elementwise.h's threshold_backward_element over
+    the chunk (passed = g / s where |x| <= s, else 0, written), and the chunk's
+    sum of passed * x over those elements, in float64."""
+    c = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    s = tl.load(scale_ptr + b + tl.arange(0, 1)).to(ACC)
+    total = tl.zeros([BLOCK], tl.float64)
+    for start in range(0, CHUNK, BLOCK):
+        offs = c * CHUNK + start + tl.arange(0, BLOCK)
+        mask = offs < per_sample
+        i = b * per_sample + offs
+        g = tl.load(grad_ptr + i, mask=mask, other=0).to(ACC)
+        x = tl.load(x_ptr + i, mask=mask, other=0).to(ACC)
+        inside = (tl.abs(x) <= s) & mask
+        passed = tl.where(inside, g / s, 0.0).to(ACC)
+        tl.store(passed_ptr + i, passed.to(passed_ptr.dtype.element_ty), mask=mask)
+        total += passed.to(tl.float64) * tl.where(inside, x, 0.0).to(tl.float64)
+    tl.store(partial_ptr + b * chunks + c + tl.arange(0, 1), tl.sum(total, 0) + tl.zeros([1], tl.float64))

@@ -340,3 +340,58 @@ def error_norm(x_high, x_low, x_prev, atol, rtol, out):
         BATCH_BLOCK=max(16, triton.next_power_of_2(batch)),
         num_warps=NUM_WARPS,
     )
+
+
+def error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol, grad_high, grad_low, grad_prev):
+    """One elementwise launch; k = grad / (N E) per sample first (torch ops, as the C++ op)."""
+    n, per_sample = x_high.numel(), _per_sample(x_high)
+    if n == 0:
+        return
+    k = (grad.to(torch.float64) / (error.to(torch.float64) * per_sample)).to(_acc_torch(x_high)).contiguous()
+    atol_hi, atol_lo = _split(atol)
+    rtol_hi, rtol_lo = _split(rtol)
+    _kernel(kernels.error_norm_backward_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
+        x_high.contiguous(),
+        x_low.contiguous(),
+        x_prev.contiguous(),
+        k,
+        grad_high,
+        grad_low,
+        grad_prev,
+        n,
+        per_sample,
+        atol_hi,
+        atol_lo,
+        rtol_hi,
+        rtol_lo,
+        ACC=_acc(x_high),
+        BLOCK=kernels.BLOCK,
+        num_warps=NUM_WARPS,
+    )
+
+
+def threshold_backward(grad, x, scale, passed, dot):
+    """Per (chunk, sample) programs: the passed gradient and the chunk sums of
+    passed * x; each sample's chunks then added by torch (on the device)."""
+    batch, per_sample = _batch(x), _per_sample(x)
+    if batch == 0:
+        return
+    if per_sample == 0:
+        dot.zero_()
+        return
+    chunks = -(-per_sample // kernels.NORM_CHUNK)
+    partial = torch.empty(batch * chunks, dtype=torch.float64, device=x.device)
+    _kernel(kernels.threshold_backward_partials_kernel)[(chunks, batch)](
+        grad.contiguous(),
+        x.contiguous(),
+        scale.to(_acc_torch(x)).contiguous(),
+        passed,
+        partial,
+        per_sample,
+        chunks,
+        ACC=_acc(x),
+        CHUNK=kernels.NORM_CHUNK,
+        BLOCK=kernels.BLOCK,
+        num_warps=NUM_WARPS,
+    )
+    dot.copy_(partial.view(batch, chunks).sum(dim=1))
