@@ -108,17 +108,7 @@ class Case:
 
     def build(self):
         """(op name, call(fn module), inputs to clone)."""
-        op = self.rng.choice(
-            [
-                "ei_step",
-                "multistep_combine",
-                "threshold",
-                "langevin_correct",
-                "error_norm",
-                "error_norm_backward",
-                "threshold_backward",
-            ]
-        )
+        op = self.rng.choice(check.OPS)
         self.note(op)
         shape = self.shape()
         state = self.rng.choice([torch.float32, torch.float32, torch.float16, torch.bfloat16, torch.float64])

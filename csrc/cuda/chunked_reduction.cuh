@@ -34,6 +34,13 @@ inline int64_t reduction_scratch_bytes(int64_t batch, int64_t per_sample) {
   return 16 + round16(batch * reduction_chunks(per_sample) * int64_t(sizeof(double)));
 }
 
+// Before a reduction's launch: its (chunks x batch) grid, and the counter zeroed.
+inline cudaError_t start_reduction(const ReductionScratch& s, int64_t batch, int64_t per_sample, cudaStream_t stream,
+                                   dim3* grid) {
+  *grid = dim3(static_cast<unsigned int>(reduction_chunks(per_sample)), static_cast<unsigned int>(batch));
+  return cudaMemsetAsync(s.counter, 0, sizeof(unsigned int), stream);
+}
+
 // The chunk of this block (grid: chunks x batch): its slot among the
 // [batch][chunks] partial sums and its elements [begin, end), flat.
 struct BlockChunk {

@@ -84,9 +84,9 @@ template <typename acc_t>
 cudaError_t launch_error_norm(const ErrorNormParams& p, void* scratch, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   const ReductionScratch s = reduction_scratch(scratch);
-  cudaError_t status = cudaMemsetAsync(s.counter, 0, sizeof(unsigned int), stream);
+  dim3 grid;
+  const cudaError_t status = start_reduction(s, p.batch, p.per_sample, stream, &grid);
   if (status != cudaSuccess) return status;
-  const dim3 grid(static_cast<unsigned int>(reduction_chunks(p.per_sample)), static_cast<unsigned int>(p.batch));
   const bool vectorized = can_vectorize({p.high.data, p.low.data, p.prev.data}, true, p.per_sample);
   error_norm_kernel<acc_t><<<grid, kThreads, 0, stream>>>(p, s, vectorized);
   return cudaGetLastError();

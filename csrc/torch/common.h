@@ -157,6 +157,17 @@ inline int64_t per_sample_of(const at::Tensor& x) {
   return b == 0 ? 0 : x.numel() / b;
 }
 
+// A floating [batch] tensor (per-sample values) on x's device.
+inline void check_per_sample_vector(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
+                                    const char* x_name) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": argument '", name, "' is on ", t.device(), " but '", x_name,
+                    "' is on ", x.device());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch_of(x), op, ": argument '", name, "' must have shape [",
+                    batch_of(x), "], got ", shape_str(t));
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": argument '", name, "' must be a floating tensor, got ",
+                   dtype_name(t.scalar_type()));
+}
+
 // Coefficients read on the host into the compute type (a few dozen values, so
 // no tensor is allocated for them), with the row stride the kernels take (0
 // when one row is shared by the batch). CPU tensors only.

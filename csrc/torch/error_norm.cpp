@@ -35,30 +35,36 @@ void check_error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const a
 void check_error_norm_backward(const at::Tensor& grad, const at::Tensor& error, const at::Tensor& x_high,
                                const at::Tensor& x_low, const at::Tensor& x_prev, double atol, double rtol) {
   check_error_norm(x_high, x_low, x_prev, atol, rtol, kBackwardOp);
-  const int64_t batch = batch_of(x_high);
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"grad", &grad}, {"error", &error}}) {
-    TORCH_CHECK_VALUE(t->device() == x_high.device(), kBackwardOp, ": argument '", name, "' is on ", t->device(),
-                      " but 'x_high' is on ", x_high.device());
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == batch, kBackwardOp, ": argument '", name, "' must have shape [",
-                      batch, "], got ", shape_str(*t));
-    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), kBackwardOp, ": argument '", name,
-                     "' must be a floating tensor, got ", dtype_name(t->scalar_type()));
+  check_per_sample_vector(kBackwardOp, "grad", grad, x_high, "x_high");
+  check_per_sample_vector(kBackwardOp, "error", error, x_high, "x_high");
+}
+
+// One error_norm_backward call, checked: the inputs made contiguous, the
+// per-sample factors k_b = grad_b / (N E_b) of the scaled error in dL/de
+// (sqrt's, mean's and the square's gradients together; in double, then in the
+// compute type, by tensor ops, so nothing is read back on CUDA), and the
+// gradients, each contiguous in its input's dtype.
+struct ErrorNormBackwardCall {
+  int64_t batch, per_sample;
+  at::ScalarType acc;
+  at::Tensor high, low, prev, k, grad_high, grad_low, grad_prev;
+
+  ErrorNormBackwardCall(const at::Tensor& grad, const at::Tensor& error, const at::Tensor& x_high,
+                        const at::Tensor& x_low, const at::Tensor& x_prev, double atol, double rtol) {
+    check_error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol);
+    batch = batch_of(x_high);
+    per_sample = per_sample_of(x_high);
+    acc = acc_type_of(x_high);
+    high = contiguous_input(x_high);
+    low = contiguous_input(x_low);
+    prev = contiguous_input(x_prev);
+    k = (grad.to(at::kDouble) / (error.to(at::kDouble) * double(per_sample))).to(acc).contiguous();
+    grad_high = at::empty(x_high.sizes(), x_high.options());
+    grad_low = at::empty(x_low.sizes(), x_low.options());
+    grad_prev = at::empty(x_prev.sizes(), x_prev.options());
   }
-}
-
-// k_b = grad_b / (N E_b) per sample, in double, then in the compute type: the
-// factor of the scaled error in dL/de (sqrt's, mean's and the square's
-// gradients together). Tensor ops, so nothing is read back on CUDA.
-at::Tensor backward_factors(const at::Tensor& grad, const at::Tensor& error, int64_t per_sample, at::ScalarType acc) {
-  return (grad.to(at::kDouble) / (error.to(at::kDouble) * double(per_sample))).to(acc).contiguous();
-}
-
-// The gradients, each contiguous in its input's dtype.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(const at::Tensor& x_high, const at::Tensor& x_low,
-                                                                const at::Tensor& x_prev) {
-  return {at::empty(x_high.sizes(), x_high.options()), at::empty(x_low.sizes(), x_low.options()),
-          at::empty(x_prev.sizes(), x_prev.options())};
-}
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> gradients() const { return {grad_high, grad_low, grad_prev}; }
+};
 
 at::Tensor error_norm_cpu(const at::Tensor& x_high, const at::Tensor& x_low, const at::Tensor& x_prev, double atol,
                           double rtol) {
@@ -92,29 +98,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> error_norm_backward_cpu(const at:
                                                                        const at::Tensor& x_low,
                                                                        const at::Tensor& x_prev, double atol,
                                                                        double rtol) {
-  check_error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol);
-  const int64_t per_sample = per_sample_of(x_high);
-  const at::ScalarType acc = acc_type_of(x_high);
-  const at::Tensor k = backward_factors(grad, error, per_sample, acc);
-  const at::Tensor hc = contiguous_input(x_high), lc = contiguous_input(x_low), pc = contiguous_input(x_prev);
-  auto [grad_high, grad_low, grad_prev] = backward_outputs(x_high, x_low, x_prev);
-  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_error_norm_backward_cpu", [&] {
+  const ErrorNormBackwardCall c(grad, error, x_high, x_low, x_prev, atol, rtol);
+  AT_DISPATCH_FLOATING_TYPES(c.acc, "diffaccel_error_norm_backward_cpu", [&] {
     cpu::ErrorNormBackwardArgs<scalar_t> args;
-    args.per_sample = per_sample;
-    args.high = kernel_in(hc);
-    args.low = kernel_in(lc);
-    args.prev = kernel_in(pc);
-    args.k = k.data_ptr<scalar_t>();
+    args.per_sample = c.per_sample;
+    args.high = kernel_in(c.high);
+    args.low = kernel_in(c.low);
+    args.prev = kernel_in(c.prev);
+    args.k = c.k.data_ptr<scalar_t>();
     args.atol = scalar_t(atol);
     args.rtol = scalar_t(rtol);
-    const bool streaming = exceeds_last_level_cache(total_bytes({&hc, &lc, &pc, &grad_high, &grad_low, &grad_prev}));
-    args.grad_high = {grad_high.data_ptr(), kernel_dtype(grad_high.scalar_type()), streaming};
-    args.grad_low = {grad_low.data_ptr(), kernel_dtype(grad_low.scalar_type()), streaming};
-    args.grad_prev = {grad_prev.data_ptr(), kernel_dtype(grad_prev.scalar_type()), streaming};
-    parallel_elements(x_high.numel(),
+    const bool streaming =
+        exceeds_last_level_cache(total_bytes({&c.high, &c.low, &c.prev, &c.grad_high, &c.grad_low, &c.grad_prev}));
+    args.grad_high = {c.grad_high.data_ptr(), kernel_dtype(c.grad_high.scalar_type()), streaming};
+    args.grad_low = {c.grad_low.data_ptr(), kernel_dtype(c.grad_low.scalar_type()), streaming};
+    args.grad_prev = {c.grad_prev.data_ptr(), kernel_dtype(c.grad_prev.scalar_type()), streaming};
+    parallel_elements(c.high.numel(),
                       [&](int64_t begin, int64_t end) { cpu::error_norm_backward_range(args, begin, end); });
   });
-  return {grad_high, grad_low, grad_prev};
+  return c.gradients();
 }
 
 #ifdef DIFFACCEL_WITH_CUDA
@@ -151,31 +153,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> error_norm_backward_cuda(const at
                                                                         const at::Tensor& x_low,
                                                                         const at::Tensor& x_prev, double atol,
                                                                         double rtol) {
-  check_error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol);
   const c10::cuda::CUDAGuard guard(x_high.device());
-  const int64_t batch = batch_of(x_high);
-  const int64_t per_sample = per_sample_of(x_high);
-  check_cuda_sizes(kBackwardOp, batch, per_sample);
-  const at::ScalarType acc = acc_type_of(x_high);
-  const at::Tensor k = backward_factors(grad, error, per_sample, acc);
-  const at::Tensor hc = contiguous_input(x_high), lc = contiguous_input(x_low), pc = contiguous_input(x_prev);
-  auto [grad_high, grad_low, grad_prev] = backward_outputs(x_high, x_low, x_prev);
+  const ErrorNormBackwardCall c(grad, error, x_high, x_low, x_prev, atol, rtol);
+  check_cuda_sizes(kBackwardOp, c.batch, c.per_sample);
   cuda::ErrorNormBackwardParams p;
-  p.batch = batch;
-  p.per_sample = per_sample;
-  p.high = kernel_in(hc);
-  p.low = kernel_in(lc);
-  p.prev = kernel_in(pc);
-  p.k = k.data_ptr();
+  p.batch = c.batch;
+  p.per_sample = c.per_sample;
+  p.high = kernel_in(c.high);
+  p.low = kernel_in(c.low);
+  p.prev = kernel_in(c.prev);
+  p.k = c.k.data_ptr();
   p.atol = atol;
   p.rtol = rtol;
-  p.grad_high = cuda_out(grad_high);
-  p.grad_low = cuda_out(grad_low);
-  p.grad_prev = cuda_out(grad_prev);
+  p.grad_high = cuda_out(c.grad_high);
+  p.grad_low = cuda_out(c.grad_low);
+  p.grad_prev = cuda_out(c.grad_prev);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_error_norm_backward_cuda",
+  AT_DISPATCH_FLOATING_TYPES(c.acc, "diffaccel_error_norm_backward_cuda",
                              [&] { check_launch(kBackwardOp, cuda::launch_error_norm_backward<scalar_t>(p, stream)); });
-  return {grad_high, grad_low, grad_prev};
+  return c.gradients();
 }
 #endif
 

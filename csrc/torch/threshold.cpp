@@ -22,12 +22,7 @@ void check_threshold_backward(const at::Tensor& grad, const at::Tensor& x, const
   check_float_dtype(kBackwardOp, "x", x, x.scalar_type());
   check_like(kBackwardOp, "grad", grad, x, "x");
   check_float_dtype(kBackwardOp, "grad", grad, x.scalar_type());
-  TORCH_CHECK_VALUE(scale.device() == x.device(), kBackwardOp, ": argument 'scale' is on ", scale.device(),
-                    " but 'x' is on ", x.device());
-  TORCH_CHECK_VALUE(scale.dim() == 1 && scale.size(0) == batch_of(x), kBackwardOp,
-                    ": argument 'scale' must have shape [", batch_of(x), "], got ", shape_str(scale));
-  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), kBackwardOp,
-                   ": argument 'scale' must be a floating tensor, got ", dtype_name(scale.scalar_type()));
+  check_per_sample_vector(kBackwardOp, "scale", scale, x, "x");
 }
 
 // (passed, dot): contiguous, in the compute type.

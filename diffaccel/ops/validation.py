@@ -227,18 +227,23 @@ def error_norm(x_high, x_low, x_prev, atol, rtol, op: str = "diffaccel.error_nor
         raise ValueError(f"{op}: argument 'rtol' must be >= 0, got {float(rtol)}")
 
 
+def check_per_sample_vector(op: str, name: str, t, x: torch.Tensor, x_name: str) -> None:
+    """A floating [B] tensor on x's device (B = x's batch)."""
+    check_tensor(op, name, t)
+    if t.device != x.device:
+        raise ValueError(f"{op}: argument '{name}' is on {t.device} but '{x_name}' is on {x.device}")
+    if t.shape != x.shape[:1]:
+        raise ValueError(f"{op}: argument '{name}' must have shape [{x.shape[0]}], got {_shape(t)}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{op}: argument '{name}' must be a floating tensor, got {t.dtype}")
+
+
 def error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol) -> None:
     """grad (dL/dE) and error (the forward's E): floating [B] tensors on the data's device."""
     op = "diffaccel.error_norm_backward"
     error_norm(x_high, x_low, x_prev, atol, rtol, op)
-    for name, t in (("grad", grad), ("error", error)):
-        check_tensor(op, name, t)
-        if t.device != x_high.device:
-            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'x_high' is on {x_high.device}")
-        if t.shape != x_high.shape[:1]:
-            raise ValueError(f"{op}: argument '{name}' must have shape [{x_high.shape[0]}], got {_shape(t)}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{op}: argument '{name}' must be a floating tensor, got {t.dtype}")
+    check_per_sample_vector(op, "grad", grad, x_high, "x_high")
+    check_per_sample_vector(op, "error", error, x_high, "x_high")
 
 
 def threshold_backward(grad, x, scale) -> None:
@@ -248,13 +253,7 @@ def threshold_backward(grad, x, scale) -> None:
     check_float_dtype(op, "x", x, x.dtype)
     check_like(op, "grad", grad, x, "x")
     check_float_dtype(op, "grad", grad, x.dtype)
-    check_tensor(op, "scale", scale)
-    if scale.device != x.device:
-        raise ValueError(f"{op}: argument 'scale' is on {scale.device} but 'x' is on {x.device}")
-    if scale.shape != x.shape[:1]:
-        raise ValueError(f"{op}: argument 'scale' must have shape [{x.shape[0]}], got {_shape(scale)}")
-    if not scale.dtype.is_floating_point:
-        raise TypeError(f"{op}: argument 'scale' must be a floating tensor, got {scale.dtype}")
+    check_per_sample_vector(op, "scale", scale, x, "x")
 
 
 def check_no_partial_overlap(op: str, outputs: dict, inputs: dict) -> None:
