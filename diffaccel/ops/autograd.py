@@ -237,16 +237,26 @@ def _dynamic_threshold_backward(grad, v, ratio: float, max_value: float, style: 
 def threshold_backward(grad, x, scale):
     """(passed, dot): dynamic thresholding's gradient through clamp(x, -s, s)
     / s with the scales s ([B]) held fixed, and per sample <passed, x> over
-    the passed elements, by the op threshold_backward of the backend that runs
-    threshold on this device (its reference twin on the reference one)."""
+    the passed elements: the op threshold_backward."""
+    return _backward_op("threshold_backward", "threshold", x)(grad, x, scale)
+
+
+def _backward_op(name: str, forward: str, x: torch.Tensor):
+    """The op `name` (called with its schema's arguments) of the backend that
+    runs the op `forward` on x's device: the compiled or the Triton op, or on
+    the reference backend the reference twin after the argument checks."""
     from diffaccel.ops import backends  # (not at import: backends imports the Triton backend, which imports this)
 
-    impl = backends.resolve("threshold", x.device.type)
+    impl = backends.resolve(forward, x.device.type)
     if impl == "reference":
-        validation.threshold_backward(grad, x, scale)
-        return reference.threshold_backward(grad, x, scale)
-    namespace = torch.ops.diffaccel_triton if impl == "triton" else torch.ops.diffaccel
-    return namespace.threshold_backward(grad, x, scale)
+        check, twin = getattr(validation, name), getattr(reference, name)
+
+        def checked(*args):
+            check(*args)
+            return twin(*args)
+
+        return checked
+    return getattr(torch.ops.diffaccel_triton if impl == "triton" else torch.ops.diffaccel, name)
 
 
 # --- langevin_correct ---------------------------------------------------------
@@ -343,16 +353,8 @@ def _error_norm_backward(ctx, grad):
 
 def error_norm_backward(grad, error, x_high, x_low, x_prev, *, atol: float, rtol: float):
     """The gradients (x_high, x_low, x_prev) of error_norm from grad = dL/dE
-    and the forward's E, by the op error_norm_backward of the backend that
-    runs error_norm on this device (its reference twin on the reference one)."""
-    from diffaccel.ops import backends  # (not at import: backends imports the Triton backend, which imports this)
-
-    impl = backends.resolve("error_norm", x_high.device.type)
-    if impl == "reference":
-        validation.error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol)
-        return reference.error_norm_backward(grad, error, x_high, x_low, x_prev, atol=atol, rtol=rtol)
-    namespace = torch.ops.diffaccel_triton if impl == "triton" else torch.ops.diffaccel
-    return namespace.error_norm_backward(grad, error, x_high, x_low, x_prev, atol, rtol)
+    and the forward's E: the op error_norm_backward."""
+    return _backward_op("error_norm_backward", "error_norm", x_high)(grad, error, x_high, x_low, x_prev, atol, rtol)
 
 
 _FORMULAS = {

@@ -196,11 +196,10 @@ def error_norm_backward(
     x_high: torch.Tensor,
     x_low: torch.Tensor,
     x_prev: torch.Tensor,
-    *,
     atol: float,
     rtol: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference of the op ``error_norm_backward``: the gradients of
+    """Reference of the op ``error_norm_backward`` (its schema's arguments): the gradients of
     :func:`error_norm`'s three inputs from ``grad`` (dL/dE, [B]) and the
     forward's ``error`` (E, [B]), written out as autograd through
     :func:`error_norm` computes them, term for term as
