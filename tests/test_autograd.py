@@ -12,7 +12,7 @@ import diffaccel
 from diffaccel import ops
 from diffaccel.ops import backends
 
-from conftest import DEVICE, TEST_BACKENDS
+from conftest import DEVICE, TEST_BACKENDS, make
 
 F64 = dict(dtype=torch.float64, device=DEVICE)
 THRESHOLDS = [
@@ -265,14 +265,6 @@ def _assert_gradients_match(found, tolerance):
             torch.testing.assert_close(g, expected, rtol=tolerance, atol=tolerance, equal_nan=True)
 
 
-def _make(shape, gen, dtype, layout, scale=1.0):
-    """A random input of shape (its last two dims transposed for "transposed")."""
-    if layout == "transposed":
-        t = torch.randn(*shape[:-2], shape[-1], shape[-2], generator=gen, device=DEVICE) * scale
-        return t.transpose(-1, -2).to(dtype)
-    return (torch.randn(shape, generator=gen, device=DEVICE) * scale).to(dtype)
-
-
 _TOLERANCE = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 2e-2}
 DYNAMIC = [
     dict(ratio=0.995, max_value=10.0),  # the quantile is the scale: its gradient reaches two elements
@@ -289,7 +281,7 @@ DYNAMIC = [
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("special", ["finite", "nan", "inf"])
 def test_dynamic_threshold_backward_equals_the_references(options, dtype, layout, special, gen):
-    x = _make((3, 4, 16, 12), gen, dtype, layout, scale=2.0)
+    x = make((3, 4, 16, 12), dtype, layout, gen, scale=2.0)
     if special != "finite":
         x = x.clone()
         x[1, 2, 3, 4] = float(special)
@@ -346,7 +338,7 @@ def test_dynamic_threshold_backward_of_degenerate_shapes(shape, gen):
 @pytest.mark.parametrize("alpha", ["number", "per-sample"])
 @pytest.mark.parametrize("special", ["finite", "zero-score"])
 def test_langevin_correct_backward_equals_the_references(reduction, dtype, layout, alpha, special, gen):
-    x, score, z = (_make((3, 4, 8, 6), gen, dtype, layout) for _ in range(3))
+    x, score, z = (make((3, 4, 8, 6), dtype, layout, gen) for _ in range(3))
     if special == "zero-score":  # a zero norm: torch.linalg.vector_norm's backward takes it as inf
         score = score.clone()
         score[1] = 0
@@ -376,7 +368,7 @@ def test_langevin_correct_backward_of_one_output(reduction, gen):
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("special", ["finite", "ties", "inf-low", "nan-prev", "zero-error", "all-atol"])
 def test_error_norm_backward_equals_the_references(dtype, layout, special, gen):
-    high, low, prev = (_make((3, 4, 8, 6), gen, dtype, layout) for _ in range(3))
+    high, low, prev = (make((3, 4, 8, 6), dtype, layout, gen) for _ in range(3))
     atol, rtol = 0.05, 0.1
     if special == "ties":  # |low| == |prev|: torch.maximum splits the gradient in half
         prev = torch.where(torch.rand(low.shape, generator=gen, device=DEVICE) < 0.5, -low, low)

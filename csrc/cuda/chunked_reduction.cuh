@@ -30,9 +30,7 @@ inline ReductionScratch reduction_scratch(void* base) {
   char* p = static_cast<char*>(base);
   return {reinterpret_cast<unsigned int*>(p), reinterpret_cast<double*>(p + 16)};
 }
-inline int64_t reduction_scratch_bytes(int64_t batch, int64_t per_sample) {
-  return 16 + round16(batch * reduction_chunks(per_sample) * int64_t(sizeof(double)));
-}
+// (The scratch's size: reduction_scratch_bytes, launchers.h.)
 
 // Before a reduction's launch: its (chunks x batch) grid, and the counter zeroed.
 inline cudaError_t start_reduction(const ReductionScratch& s, int64_t batch, int64_t per_sample, cudaStream_t stream,

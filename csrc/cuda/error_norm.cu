@@ -74,11 +74,8 @@ __global__ void __launch_bounds__(kThreads) error_norm_backward_kernel(ErrorNorm
 
 }  // namespace
 
-// An empty sample's block writes a zero sum: its RMS is 0 / 0 = NaN, as
-// torch's mean of nothing.
-int64_t error_norm_scratch_bytes(int64_t batch, int64_t per_sample) {
-  return reduction_scratch_bytes(batch, per_sample);
-}
+// (An empty sample's block writes a zero sum: its RMS is 0 / 0 = NaN, as
+// torch's mean of nothing.)
 
 template <typename acc_t>
 cudaError_t launch_error_norm(const ErrorNormParams& p, void* scratch, cudaStream_t stream) {

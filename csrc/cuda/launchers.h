@@ -128,8 +128,8 @@ struct ThresholdBackwardParams {
 // samples) histograms and pass state; double_acc when acc_t is double.
 int64_t select_scratch_bytes(int64_t batch, int64_t per_sample, bool double_acc);
 int64_t langevin_scratch_bytes(int64_t batch, int64_t per_sample);
-int64_t error_norm_scratch_bytes(int64_t batch, int64_t per_sample);
-int64_t threshold_backward_scratch_bytes(int64_t batch, int64_t per_sample);
+// error_norm and threshold_backward: a counter and one double per (sample, chunk).
+int64_t reduction_scratch_bytes(int64_t batch, int64_t per_sample);
 
 // acc_t is float, or double when every tensor is float64. Each returns the
 // CUDA error of its launches (cudaSuccess when all went in).
@@ -151,7 +151,7 @@ template <typename acc_t>
 cudaError_t launch_error_norm(const ErrorNormParams& p, void* scratch, cudaStream_t stream);
 template <typename acc_t>
 cudaError_t launch_error_norm_backward(const ErrorNormBackwardParams& p, cudaStream_t stream);
-// scratch: threshold_backward_scratch_bytes(...) bytes (a counter the launcher zeroes, chunk sums).
+// scratch: reduction_scratch_bytes(...) bytes (a counter the launcher zeroes, chunk sums).
 template <typename acc_t>
 cudaError_t launch_threshold_backward(const ThresholdBackwardParams& p, void* scratch, cudaStream_t stream);
 

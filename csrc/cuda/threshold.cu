@@ -61,10 +61,6 @@ __global__ void __launch_bounds__(kThreads) threshold_backward_kernel(ThresholdB
 
 }  // namespace
 
-int64_t threshold_backward_scratch_bytes(int64_t batch, int64_t per_sample) {
-  return reduction_scratch_bytes(batch, per_sample);
-}
-
 template <typename acc_t>
 cudaError_t launch_threshold_backward(const ThresholdBackwardParams& p, void* scratch, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;

@@ -140,7 +140,7 @@ at::Tensor error_norm_cuda(const at::Tensor& x_high, const at::Tensor& x_low, co
   p.rtol = rtol;
   p.out = cuda_out(out);
   const at::Tensor scratch =
-      at::empty({cuda::error_norm_scratch_bytes(batch, per_sample)}, x_high.options().dtype(at::kByte));
+      at::empty({cuda::reduction_scratch_bytes(batch, per_sample)}, x_high.options().dtype(at::kByte));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_error_norm_cuda", [&] {
     check_launch(kOp, cuda::launch_error_norm<scalar_t>(p, scratch.data_ptr(), stream));

@@ -118,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor> threshold_backward_cuda(const at::Tensor& gra
   p.passed = passed.data_ptr();
   p.dot = dot.data_ptr();
   const at::Tensor scratch =
-      at::empty({cuda::threshold_backward_scratch_bytes(batch, per_sample)}, x.options().dtype(at::kByte));
+      at::empty({cuda::reduction_scratch_bytes(batch, per_sample)}, x.options().dtype(at::kByte));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_threshold_backward_cuda", [&] {
     check_launch(kBackwardOp, cuda::launch_threshold_backward<scalar_t>(p, scratch.data_ptr(), stream));

@@ -179,13 +179,21 @@ def langevin_correct(
     return results if out is None else _write(out, results)
 
 
+def _error_tolerance(low: torch.Tensor, prev: torch.Tensor, atol: float, rtol: float):
+    """(|low|, |prev|, scaled, delta): error_norm's tolerance, delta =
+    clamp(scaled, min=atol) with scaled = rtol * max(|low|, |prev|)."""
+    a, b = low.abs(), prev.abs()
+    scaled = rtol * torch.maximum(a, b)
+    return a, b, scaled, torch.clamp(scaled, min=atol)
+
+
 def error_norm(
     x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor, *, atol: float, rtol: float
 ) -> torch.Tensor:
     """Reference of :func:`diffaccel.ops.error_norm`."""
     acc = compute_dtype(x_high.dtype)
     low = x_low.to(acc)
-    delta = torch.clamp(rtol * torch.maximum(low.abs(), x_prev.to(acc).abs()), min=atol)
+    delta = _error_tolerance(low, x_prev.to(acc), atol, rtol)[3]
     e = ((x_high.to(acc) - low) / delta).reshape(x_high.shape[0], math.prod(x_high.shape[1:]))
     return e.to(torch.float64).pow(2).mean(dim=1).sqrt().to(acc)
 
@@ -212,9 +220,7 @@ def error_norm_backward(
     h, lo, p = x_high.to(acc), x_low.to(acc), x_prev.to(acc)
     count = math.prod(x_high.shape[1:])
     k = _per_sample((grad.to(torch.float64) / (count * error.to(torch.float64))).to(acc), h)
-    a, b = lo.abs(), p.abs()
-    scaled = rtol * torch.maximum(a, b)
-    delta = torch.clamp(scaled, min=atol)
+    a, b, scaled, delta = _error_tolerance(lo, p, atol, rtol)
     e = (h - lo) / delta
     grad_high = k * e / delta
     zero = torch.zeros((), dtype=acc, device=h.device)

@@ -63,18 +63,29 @@ DA_HOST_DEVICE DA_INLINE void langevin_element(acc_t x, acc_t score, acc_t z, ac
   x_new = x_mean + noise_scale * z;
 }
 
+// error_norm's tolerance of an element: |low|, |prev|, scaled = rtol *
+// max(|low|, |prev|) and delta = max(atol, scaled). NaN propagates as through
+// torch.maximum and torch.clamp.
+template <typename acc_t>
+struct ErrorTolerance {
+  acc_t a, b, scaled, delta;
+};
+template <typename acc_t>
+DA_HOST_DEVICE DA_INLINE ErrorTolerance<acc_t> error_tolerance(acc_t low, acc_t prev, acc_t atol, acc_t rtol) {
+  ErrorTolerance<acc_t> t;
+  t.a = low < acc_t(0) ? -low : low;
+  t.b = prev < acc_t(0) ? -prev : prev;
+  t.scaled = rtol * ((t.a != t.a || t.a > t.b) ? t.a : t.b);
+  t.delta = t.scaled < atol ? atol : t.scaled;
+  return t;
+}
+
 // error_norm: the scaled difference of adaptive step-size control (the
 // official DPM-Solver's dpm_solver_adaptive, k-diffusion's DPM-Solver-12/23):
-// (high - low) / max(atol, rtol * max(|low|, |prev|)). NaN propagates as
-// through torch.maximum and torch.clamp.
+// (high - low) / max(atol, rtol * max(|low|, |prev|)).
 template <typename acc_t>
 DA_HOST_DEVICE DA_INLINE acc_t scaled_error(acc_t high, acc_t low, acc_t prev, acc_t atol, acc_t rtol) {
-  const acc_t a = low < acc_t(0) ? -low : low;
-  const acc_t b = prev < acc_t(0) ? -prev : prev;
-  const acc_t larger = (a != a || a > b) ? a : b;
-  const acc_t scaled = rtol * larger;
-  const acc_t delta = scaled < atol ? atol : scaled;
-  return (high - low) / delta;
+  return (high - low) / error_tolerance(low, prev, atol, rtol).delta;
 }
 
 // Dynamic thresholding's gradient through clamp(v, -s, s) / s with the scale
@@ -107,17 +118,13 @@ DA_HOST_DEVICE DA_INLINE acc_t sign_of(acc_t v) {
 template <typename acc_t>
 DA_HOST_DEVICE DA_INLINE void scaled_error_backward(acc_t k, acc_t high, acc_t low, acc_t prev, acc_t atol, acc_t rtol,
                                                     acc_t& grad_high, acc_t& grad_low, acc_t& grad_prev) {
-  const acc_t a = low < acc_t(0) ? -low : low;
-  const acc_t b = prev < acc_t(0) ? -prev : prev;
-  const acc_t larger = (a != a || a > b) ? a : b;
-  const acc_t scaled = rtol * larger;
-  const acc_t delta = scaled < atol ? atol : scaled;
-  const acc_t e = (high - low) / delta;
-  grad_high = k * e / delta;
-  const acc_t through = scaled >= atol ? grad_high * e * -rtol : acc_t(0);
-  const acc_t shared = a == b ? through / acc_t(2) : through;
-  grad_low = (a < b ? acc_t(0) : shared) * sign_of(low) - grad_high;
-  grad_prev = (b < a ? acc_t(0) : shared) * sign_of(prev);
+  const ErrorTolerance<acc_t> t = error_tolerance(low, prev, atol, rtol);
+  const acc_t e = (high - low) / t.delta;
+  grad_high = k * e / t.delta;
+  const acc_t through = t.scaled >= atol ? grad_high * e * -rtol : acc_t(0);
+  const acc_t shared = t.a == t.b ? through / acc_t(2) : through;
+  grad_low = (t.a < t.b ? acc_t(0) : shared) * sign_of(low) - grad_high;
+  grad_prev = (t.b < t.a ? acc_t(0) : shared) * sign_of(prev);
 }
 
 }  // namespace diffaccel

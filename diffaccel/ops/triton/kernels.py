@@ -449,13 +449,19 @@ def langevin_update_kernel(
 
 
 @triton.jit
-def _scaled_error(high, low, prev, atol, rtol):
-    # elementwise.h's scaled_error: NaN propagates as through torch.maximum / clamp.
+def _error_tolerance(low, prev, atol, rtol):
+    # elementwise.h's error_tolerance: (|low|, |prev|, scaled, delta); NaN propagates
+    # as through torch.maximum / clamp.
     a = tl.abs(low)
     b = tl.abs(prev)
-    larger = tl.where((a != a) | (a > b), a, b)
-    scaled = rtol * larger
-    delta = tl.where(scaled < atol, atol, scaled)
+    scaled = rtol * tl.where((a != a) | (a > b), a, b)
+    return a, b, scaled, tl.where(scaled < atol, atol, scaled)
+
+
+@triton.jit
+def _scaled_error(high, low, prev, atol, rtol):
+    # elementwise.h's scaled_error.
+    _, _, _, delta = _error_tolerance(low, prev, atol, rtol)
     return (high - low) / delta
 
 
@@ -540,11 +546,7 @@ def error_norm_backward_kernel(
     low = tl.load(low_ptr + offs, mask=mask, other=0).to(ACC)
     prev = tl.load(prev_ptr + offs, mask=mask, other=0).to(ACC)
     k = tl.load(k_ptr + offs // per_sample, mask=mask, other=0).to(ACC)
-    a = tl.abs(low)
-    b = tl.abs(prev)
-    larger = tl.where((a != a) | (a > b), a, b)
-    scaled = rtol * larger
-    delta = tl.where(scaled < atol, atol, scaled)
+    a, b, scaled, delta = _error_tolerance(low, prev, atol, rtol)
     e = (high - low) / delta
     grad_high = k * e / delta
     through = tl.where(scaled >= atol, grad_high * e * -rtol, 0.0).to(ACC)
