@@ -46,6 +46,17 @@ def _copy_from_pinned(values: Sequence[float], device, dtype: torch.dtype) -> to
     return torch.tensor(values, dtype=dtype, device="cpu").pin_memory().to(device, non_blocking=True)
 
 
+# device -> whether it is a CUDA device (torch.device.type costs 0.3 us a read).
+_CUDA_DEVICES = {}
+
+
+def _is_cuda(device: torch.device) -> bool:
+    cuda = _CUDA_DEVICES.get(device)
+    if cuda is None:
+        cuda = _CUDA_DEVICES[device] = device.type == "cuda"
+    return cuda
+
+
 class ConstantCache:
     """Coefficient tensors kept on the device and handed out again for equal
     values: a scheduler that runs the same schedule again (a pipeline called
@@ -65,23 +76,41 @@ class ConstantCache:
         self._capacity = capacity
         self._tensors = {}
 
+    def clear(self) -> None:
+        self._tensors.clear()
+
     def get(self, values: Sequence[float], device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return self._cached(values, device, dtype, None)
+
+    def rows(self, rows: Sequence[Sequence[float]], device, dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor]:
+        """The coefficient rows of a whole loop (rows of one length) as a tuple of tensors,
+        views of one table made by one copy: for a loop whose host knows every step's
+        coefficients before the first. A step then spends nothing on them, and a run of
+        the same schedule again nothing at all."""
+        return self._cached([v for row in rows for v in row], device, dtype, len(rows[0]))
+
+    def _cached(self, values, device, dtype, width: Optional[int]):
+        """values as a tensor (width None), or as the rows of a table ``width`` wide."""
         # (Called once per sampler step: each check below is kept to its cheapest form.)
         if torch.compiler.is_compiling():
-            return torch.tensor(values, dtype=dtype, device=device)
+            return _shaped(torch.tensor(values, dtype=dtype, device=device), width)
         if not isinstance(device, torch.device):
             device = torch.device(device)
-        cuda = device.type == "cuda"
+        cuda = _is_cuda(device)
         if _active is not None or (cuda and torch.cuda.is_current_stream_capturing()):
-            return to_device(values, device, dtype)
+            return _shaped(to_device(values, device, dtype), width)
         stream = torch.cuda.current_stream(device).cuda_stream if cuda else None
-        key = (array("d", values).tobytes(), device, dtype, stream)
+        key = (array("d", values).tobytes(), device, dtype, stream, width)
         tensor = self._tensors.get(key)
         if tensor is None:
             if len(self._tensors) >= self._capacity:  # many schedules seen: start over rather than grow
                 self._tensors.clear()
-            tensor = self._tensors[key] = to_device(values, device, dtype)
+            tensor = self._tensors[key] = _shaped(to_device(values, device, dtype), width)
         return tensor
+
+
+def _shaped(tensor: torch.Tensor, width: Optional[int]):
+    return tensor if width is None else tensor.view(-1, width).unbind(0)
 
 
 class DeviceConstants:

@@ -199,6 +199,37 @@ def test_every_compiled_op_has_an_entry_below_autograd():
     assert {str(op).removeprefix("diffaccel.") for op in _BELOW_AUTOGRAD} == forms
 
 
+def test_a_loop_gets_the_entry_below_autograd_only_where_nothing_sits_between():
+    """ops.loop_entry: the kernel's entry for a sampler loop under no_grad with the
+    compiled backend, and None wherever the dispatcher has work to do for the
+    loop (grad mode, a dispatch mode, a tensor subclass, another backend or a
+    device without a compiled kernel)."""
+    from diffaccel import _extension
+    from diffaccel.ops import _BELOW_AUTOGRAD
+
+    x = torch.randn(2, 3, device=DEVICE)
+    assert ops.loop_entry("ei_step", x) is None  # grad mode on
+    with torch.no_grad():
+        compiled = _extension.available() and backends.resolve("ei_step", x.device.type) == "compiled"
+        entry = ops.loop_entry("ei_step", x)
+        assert (entry is _BELOW_AUTOGRAD[torch.ops.diffaccel.ei_step]) if compiled else entry is None
+        assert ops.loop_entry("ei_step", torch.empty(2, 3, device="meta")) is None
+        with ops.backend("reference"):
+            assert ops.loop_entry("ei_step", x) is None
+
+        class Subclass(torch.Tensor):
+            pass
+
+        assert ops.loop_entry("ei_step", x.as_subclass(Subclass)) is None
+
+        class Mode(torch.utils._python_dispatch.TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                return func(*args, **(kwargs or {}))
+
+        with Mode():
+            assert ops.loop_entry("ei_step", x) is None
+
+
 def _mlp(gen):
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.SiLU(), torch.nn.Linear(32, 16)).to(DEVICE)

@@ -228,6 +228,43 @@ def test_the_same_sigmas_again_copy_no_coefficients(name, monkeypatch):
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("name", ["sample_euler", "sample_heun", "sample_dpm_2", "sample_lms", "sample_dpmpp_2m"])
+def test_the_step_below_autograd_gives_the_fronts_bits(name, monkeypatch):
+    """Each fused step of a loop goes straight to the kernel (ops.loop_entry) where
+    the compiled backend runs: the same sample bit for bit as through the op's
+    front, which the loop takes where there is no entry."""
+    from diffaccel import ops
+    from diffaccel.integrations.k_diffusion import common
+
+    sigmas, x = SCHEDULES["karras"](8), _x()
+    run = lambda: getattr(ours, name)(denoiser, x, sigmas, disable=True)  # noqa: E731
+    taken = []
+    entry = ops.loop_entry
+    monkeypatch.setattr(common.ops, "loop_entry", lambda *args: taken.append(entry(*args)) or taken[-1])
+    direct = run()
+    with torch.no_grad():
+        compiled = ops.loop_entry("ei_step", x) is not None
+    assert taken and all((t is not None) == compiled for t in taken)
+    monkeypatch.setattr(common.ops, "loop_entry", lambda *args: None)
+    assert torch.equal(direct, run())
+
+
+def test_a_model_that_writes_to_its_sigma_gets_new_sigmas_next_run():
+    """The model's sigma tensors of a schedule are kept for its next run: a model
+    that changes its sigma in place (k-diffusion hands it a new tensor every step)
+    must not see the changed values in a later run."""
+
+    def writing_denoiser(x, sigma):
+        out = denoiser(x, sigma)
+        sigma.mul_(0.5)
+        return out
+
+    sigmas, x = SCHEDULES["karras"](6), _x()
+    want = K.sample_euler(writing_denoiser, x, sigmas, disable=True)
+    for _ in range(2):
+        assert _relative_error(ours.sample_euler(writing_denoiser, x, sigmas, disable=True), want) < 1e-5
+
+
 @pytest.mark.parametrize(
     "name, n",
     [

@@ -32,6 +32,21 @@ def test_values_are_compared_bit_for_bit():
     assert cache.get([1.0], DEVICE, torch.float32) is single
 
 
+def test_rows_are_views_of_one_cached_table():
+    """rows(): a loop's coefficient rows from one copy, handed out again for the same
+    rows; the width is part of the key (the same numbers in rows of 2 are not rows of 3)."""
+    cache = ConstantCache()
+    rows = cache.rows([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], DEVICE)
+    assert [r.tolist() for r in rows] == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert rows[0]._base is rows[1]._base is not None and rows[0].dtype == torch.float64
+    assert cache.rows([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], DEVICE) is rows
+    narrow = cache.rows([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], DEVICE)
+    assert len(narrow) == 3 and narrow[2].tolist() == [5.0, 6.0]
+    assert cache.get([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], DEVICE).shape == (6,)
+    cache.clear()
+    assert cache.rows([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], DEVICE) is not rows
+
+
 def test_a_full_cache_starts_over():
     cache = ConstantCache(capacity=3)
     kept = [cache.get([float(i)], DEVICE) for i in range(3)]

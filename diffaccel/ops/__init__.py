@@ -101,6 +101,32 @@ def _call(op, args, tensors, explain, outs=()):
         raise
 
 
+def loop_entry(op_name: str, x: torch.Tensor):
+    """For a sampler loop that calls the op ``op_name`` once a step, under
+    no_grad, on tensors like ``x``: the C++ kernel's entry below autograd
+    (``diffaccel._C.below_autograd.<op_name>``, the ``torch.ops.diffaccel``
+    schema's arguments in order), where the checks :func:`_call` makes every
+    call hold for the whole loop: grad mode off, the compiled backend chosen
+    for x's device, no torch.compile, functorch transform or dispatch mode.
+    None where they do not: the loop then calls the op's front as usual.
+
+    It skips the front's per-call work (a few us of an eager step's host
+    time); the caller keeps the rest of :func:`_call`'s contract: it passes
+    only plain ``torch.Tensor`` arguments (a model's output may be a
+    subclass: test ``t.__class__ is torch.Tensor``) and nothing the schema
+    refuses. The kernel still checks every argument and names it."""
+    if (
+        x.__class__ is not torch.Tensor
+        or torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._len_torch_dispatch_stack()
+        or resolve(op_name, _device_type(x)) != "compiled"
+    ):
+        return None
+    return _BELOW_AUTOGRAD.get(getattr(torch.ops.diffaccel, op_name))
+
+
 @dataclass(frozen=True)
 class Threshold:
     """Thresholding of a data prediction, as diffusers' ``thresholding`` /

@@ -85,7 +85,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.denoise_at(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
-        loop.report(x, i, loop.at[i], denoised)
+        loop.report(x, i, denoised)
         uncond_1 = uncond.latest
         if sigma_down == 0:
             # denoised + sigma_down (x - uncond) / sigma, noise drawn after.

@@ -68,7 +68,7 @@ def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, weights: 
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.denoise_at(x, i)
         # ComfyUI reports the x it was given at every step, not the current one.
-        loop.report(x_initial, i, loop.at[i], denoised)
+        loop.report(x_initial, i, denoised)
         order = min(max_order, i + 1)
         # One op: d = (x - denoised) / sigma, x_next = x + (sigma_next - sigma) sum_j w_j d_j
         # (an order ComfyUI has no formula for leaves x where it is; onto sigma = 0 the
@@ -77,7 +77,7 @@ def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, weights: 
         w = [(sigma_next - sigma) * c for c in weights(loop.values, i, order)] if usable else [0.0]
         history = list(reversed(derivatives[len(derivatives) - (len(w) - 1) :])) if len(w) > 1 else []
         coeffs = k_common._COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
-        x_next, d = _step(x, denoised, history, coeffs)
+        x_next, d = _step(x, denoised, history, coeffs, direct=loop.direct)
         if sigma_next == 0:
             x_next = denoised
         if max_order == 1:
@@ -121,7 +121,7 @@ def _res_multistep(model, x, sigmas, extra_args, callback, disable, s_noise, noi
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.denoise_at(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta=eta)
-        loop.report(x, i, loop.at[i], denoised)
+        loop.report(x, i, denoised)
         # ComfyUI draws the step's noise whenever sigma_next > 0, also when it adds none (eta = 0).
         noise = noise_sampler(loop.at[i], loop.at[i + 1]) if sigma_next > 0 else None
         s = s_noise * sigma_up if noise is not None else 0.0
@@ -209,7 +209,7 @@ def sample_gradient_estimation(
         else:  # x + dt d (+ extra (d - old_d))
             source, a, b0 = denoised, 1.0, dt + extra
         coeffs = k_common._COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, a, b0, *b, 0.0], x.device)
-        x_next, d = _step(x, source, history, coeffs, sigma_dtype=loop.sigmas.dtype)
+        x_next, d = _step(x, source, history, coeffs, sigma_dtype=loop.sigmas.dtype, direct=loop.direct)
         x = denoised if sigma_next == 0 else x_next
         old_d = d
     return x
@@ -329,7 +329,7 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.denoise_at(x, i)
-        loop.report(x_initial, i, loop.at[i], denoised)  # ComfyUI reports the x it was given
+        loop.report(x_initial, i, denoised)  # ComfyUI reports the x it was given
         order = min(max_order, i + 1)
         if sigma_next <= 0:
             order = 1
@@ -343,7 +343,7 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             w = [0.0]  # an order ComfyUI has no formula for leaves x where it is
         history = list(reversed(derivatives[len(derivatives) - (len(w) - 1) :])) if len(w) > 1 else []
         coeffs = k_common._COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
-        x, d = _step(x, denoised, history, coeffs)
+        x, d = _step(x, denoised, history, coeffs, direct=loop.direct)
         if max_order == 1:
             raise IndexError("list assignment index out of range")  # ComfyUI's buffer of max_order - 1 = 0 entries
         derivatives = (derivatives + [d])[-3:]
@@ -433,7 +433,7 @@ def _sa_solver(
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.denoise_at(x_pred, i)
-        loop.report(x_pred, i, loop.at[i], denoised)
+        loop.report(x_pred, i, denoised)
         predictions = (predictions + [denoised])[-keep:]
         p_order = min(predictor_order, len(predictions))
         c_order = 0 if i == 0 or (sigma_next == 0 and not use_pece) else min(corrector_order, len(predictions))

@@ -27,7 +27,9 @@ from diffaccel.solvers.lms import lagrange_weights
 
 def _comfyui_churn(s_churn, s_tmin, s_tmax, s_noise):
     """ComfyUI's churn in euler, heun and dpm_2: a positive s_churn only, noise drawn
-    only on a step that adds it (k-diffusion's draws every step)."""
+    only on a step that adds it (k-diffusion's draws every step); None without churn."""
+    if not s_churn > 0:
+        return None
     return lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise, every_step=False)
 
 
@@ -312,7 +314,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
         coeffs = k_common._COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
         history = list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else []
-        x, d = _step(x, denoised, history, coeffs, sigma_dtype=loop.sigmas.dtype)
+        x, d = _step(x, denoised, history, coeffs, sigma_dtype=loop.sigmas.dtype, direct=loop.direct)
         ds = (ds + [d])[-4:]
     return x
 

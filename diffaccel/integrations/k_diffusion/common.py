@@ -18,20 +18,33 @@ from diffaccel.integrations import float64_if_any
 from diffaccel.transfer import ConstantCache, to_device
 
 # The samplers' coefficient tensors, handed out again when a sampler runs the same
-# sigmas again (read-only; see ConstantCache). A sigma given to the model is not
-# one of them: the model gets a tensor of its own (_Loop.sigma_tensor).
+# sigmas again (read-only; see ConstantCache).
 _COEFFICIENTS = ConstantCache()
+# The model's sigma tensors of a loop's steps, handed out again likewise while no one
+# has written to them (_Loop._model_sigma_rows); one a sampler makes in a step of its
+# own (a midpoint, a raised sigma) is new every time.
+_MODEL_SIGMAS = ConstantCache(capacity=64)
 
 
-def _step(x, denoised, history, coeffs, noise=None, sigma_dtype: Optional[torch.dtype] = None):
+# ei_step's threshold arguments for no threshold (the schema's order; see ops.loop_entry).
+_NO_THRESHOLD_ARGS = (None, ops.Threshold.ratio, ops.Threshold.max_value, ops.Threshold.style)
+
+
+def _step(x, denoised, history, coeffs, noise=None, sigma_dtype: Optional[torch.dtype] = None, direct=None):
     """ops.ei_step with the result dtype k-diffusion's tensor arithmetic gives the
     same update: the promotion of every tensor in it (x, the denoiser outputs,
     earlier terms, noise), and of the sigmas where k-diffusion divides by
     ``append_dims(sigma)`` (to_d: pass their dtype), which has x's rank and so
     promotes, where its 0-d sigma and t tensors do not. So bf16 latents become
     float32 after an Euler step with float32 sigmas, as in k-diffusion, and the
-    model sees what it would see there."""
+    model sees what it would see there.
+
+    direct: the loop's ops.loop_entry("ei_step"), taken where every tensor is a
+    plain tensor of x's dtype and the sigmas do not promote it (the common case:
+    nothing to convert), which saves the op front's per-call checks."""
     dtype = x.dtype
+    if direct is not None and _all_plain(dtype, denoised, noise, history) and _keeps(dtype, sigma_dtype):
+        return direct(x, denoised, history, coeffs, noise, *_NO_THRESHOLD_ARGS)
     for t in (denoised, noise, *history):
         if t is not None and t.dtype != dtype:
             dtype = torch.promote_types(dtype, t.dtype)
@@ -42,6 +55,24 @@ def _step(x, denoised, history, coeffs, noise=None, sigma_dtype: Optional[torch.
     elif x.dtype != dtype:
         x = x.to(dtype)
     return ops.ei_step(x, denoised, history, coeffs, noise=noise)
+
+
+def _all_plain(dtype: torch.dtype, denoised, noise, history) -> bool:
+    """Whether the step's tensors are all plain torch.Tensors of ``dtype`` (noise may be None)."""
+    if denoised.__class__ is not torch.Tensor or denoised.dtype != dtype:
+        return False
+    if noise is not None and (noise.__class__ is not torch.Tensor or noise.dtype != dtype):
+        return False
+    for h in history:
+        if h.__class__ is not torch.Tensor or h.dtype != dtype:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _keeps(dtype: torch.dtype, sigma_dtype: Optional[torch.dtype]) -> bool:
+    """Whether a step in ``dtype`` that divides by sigmas of ``sigma_dtype`` keeps ``dtype``."""
+    return sigma_dtype is None or torch.promote_types(dtype, sigma_dtype) == dtype
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -137,8 +168,14 @@ def _sampler(fn):
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with torch.no_grad(), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return fn(*args, **kwargs)
+        # Grad mode switched by hand: torch.no_grad() costs 1.5 us more a sampler call.
+        grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                return fn(*args, **kwargs)
+        finally:
+            torch.set_grad_enabled(grad)
 
     return run
 
@@ -174,7 +211,8 @@ class _Loop:
     def __init__(self, model, x, sigmas, extra_args, callback, disable):
         self.model, self.callback = model, callback
         self.extra_args = {} if extra_args is None else extra_args
-        self.s_in = x.new_ones([x.shape[0]])
+        self.x_like = x
+        self._s_in = None
         self.device = x.device
         self.use_sigmas(sigmas)
         # The one host read of the sigmas, as numpy float64 scalars: the samplers'
@@ -187,15 +225,31 @@ class _Loop:
         if bad is not None:
             raise ValueError(f"argument 'sigmas' must be finite, got sigmas[{bad}] = {self.values[bad]}")
         self.disable = disable
+        # The fused step's entry below autograd, where the whole loop may take it.
+        self.direct = ops.loop_entry("ei_step", x)
 
     def use_sigmas(self, sigmas: torch.Tensor) -> None:
-        """The sigmas tensor the loop indexes (again where a sampler changes it): ``at[i]``
-        is sigmas[i] as a view, made once (indexing a tensor costs a microsecond or two a
-        call), and the model's sigma tensors, sigmas[i] * s_in, are made in one op on
-        first use."""
+        """The sigmas tensor the loop indexes (again where a sampler changes it). Its
+        views ``at`` and the model's sigma tensors are made on first use (a sampler
+        without a callback or noise may need neither: each costs microseconds)."""
         self.sigmas = sigmas
-        self.at = sigmas.unbind(0)
+        self._at = None
         self._model_sigmas = None
+
+    @property
+    def at(self):
+        """``at[i]`` is sigmas[i] as a view, all made in one op (indexing a tensor costs
+        a microsecond or two a call)."""
+        if self._at is None:
+            self._at = self.sigmas.unbind(0)
+        return self._at
+
+    @property
+    def s_in(self) -> torch.Tensor:
+        """k-diffusion's ``x.new_ones([x.shape[0]])``, which the model's sigmas are multiplied by."""
+        if self._s_in is None:
+            self._s_in = self.x_like.new_ones([self.x_like.shape[0]])
+        return self._s_in
 
     def steps(self):
         n = len(self.values) - 1
@@ -213,13 +267,28 @@ class _Loop:
 
     def denoise_at(self, x, i):
         """The model at sigmas[i]; its sigma tensor (sigmas[i] * s_in, the same values and
-        dtype as k-diffusion's) comes from one op made for all the steps."""
+        dtype as k-diffusion's) is a row of one table made for all the steps."""
         if self._model_sigmas is None:
-            # The dtype a 0-d sigma times s_in has (bf16 for bf16 latents, float for integer ones).
-            dtype = torch.result_type(self.at[i], self.s_in)
-            table = self.sigmas.to(device=self.device, dtype=dtype)
-            self._model_sigmas = (table[:, None] * self.s_in).unbind(0)
+            self._model_sigmas = self._model_sigma_rows()
         return self._call_model(x, self._model_sigmas[i])
+
+    def _model_sigma_rows(self):
+        """sigmas[i] * s_in for every i, as rows of one table, kept for a run of the same
+        schedule again (~10 us a sampler call: a view costs 0.5 us to make). The sigmas'
+        host values give the same numbers (they are the sigmas' own values; times one is
+        exact). A table someone wrote to (a model that changed its sigma in place: the
+        version counter moved) is made again."""
+        # The dtype a 0-d sigma times s_in has: x's for floating latents (bf16 for bf16
+        # ones), and the promotion's for others (float for integer ones).
+        dtype = self.x_like.dtype
+        if not self.x_like.is_floating_point():
+            dtype = torch.result_type(self.sigmas[0], self.s_in)
+        rows = [[v] * self.x_like.shape[0] for v in self.values]
+        table = _MODEL_SIGMAS.rows(rows, self.device, dtype)
+        if table[0].is_inference() or table[0]._version:
+            _MODEL_SIGMAS.clear()
+            table = _MODEL_SIGMAS.rows(rows, self.device, dtype)
+        return table
 
     def _call_model(self, x, sigma):
         denoised = self.model_output = self.model(x, sigma, **self.extra_args)
@@ -234,19 +303,22 @@ class _Loop:
     def evaluate(self, x, i):
         """The model at sigma_i, reported to the callback as k-diffusion reports it."""
         denoised = self.denoise_at(x, i)
-        self.report(x, i, self.at[i], denoised)
+        self.report(x, i, denoised)
         return denoised
 
     def evaluate_churned(self, x, i, sigma_hat):
-        """The model at a step's sigma_hat (``at[i]`` itself where no churn raised it),
+        """The model at a step's sigma_hat (None: sigma_i, where no churn raised it),
         reported with it."""
-        denoised = self.denoise_at(x, i) if sigma_hat is self.at[i] else self.denoise(x, sigma_hat)
-        self.report(x, i, sigma_hat, denoised)
+        denoised = self.denoise_at(x, i) if sigma_hat is None else self.denoise(x, sigma_hat)
+        self.report(x, i, denoised, sigma_hat)
         return denoised
 
-    def report(self, x, i, sigma_hat, denoised):
+    def report(self, x, i, denoised, sigma_hat=None):
+        """The callback's dict for step i; sigma_hat: the step's raised sigma, where churn raised it."""
         if self.callback is not None:
-            self.callback({"x": x, "i": i, "sigma": self.at[i], "sigma_hat": sigma_hat, "denoised": denoised})
+            sigma = self.at[i]
+            sigma_hat = sigma if sigma_hat is None else sigma_hat
+            self.callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
 
     def positive_range(self):
         """The smallest positive and the largest sigma, as elements of the sigmas tensor."""
@@ -255,17 +327,31 @@ class _Loop:
         high = max(range(len(self.values)), key=lambda j: self.values[j])
         return self.at[low], self.at[high]
 
+    def steps_from_rows(self, x, rows, to_d=False):
+        """The whole loop of a sampler whose step i is one model call at sigma_i, reported,
+        and one fused step ``rows[i][0] x + rows[i][1] denoised`` (no history, no noise),
+        with every row known before the first step: the rows are one cached table, so a
+        step's host time is the model call and the kernel's (Euler's loop)."""
+        table = _COEFFICIENTS.rows([[0.0, 1.0, a, b, 0.0] for a, b in rows], self.device)
+        sigma_dtype = self.sigmas.dtype if to_d else None
+        for i in self.steps():
+            denoised = self.denoise_at(x, i)
+            if self.callback is not None:
+                self.report(x, i, denoised)
+            x = _step(x, denoised, (), table[i], None, sigma_dtype, self.direct)[0]
+        return x
+
     def step(self, x, denoised, history, a, b, noise=None, s=0.0, to_d=False):
         """x_next = a x + b[0] denoised + sum_j b[j+1] history[j] (+ s noise): one ei_step
         whose data term is the denoiser output itself (c_x = 0, c_m = 1). to_d: the
         step k-diffusion computes with to_d (its result dtype promotes with the sigmas')."""
         coeffs = _COEFFICIENTS.get([0.0, 1.0, a, *b, s], self.device)
-        return _step(x, denoised, history, coeffs, noise, self.sigmas.dtype if to_d else None)
+        return _step(x, denoised, history, coeffs, noise, self.sigmas.dtype if to_d else None, self.direct)
 
 
 def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise, every_step: bool = True):
     """Karras et al.'s stochastic churn: (x, sigma_hat tensor, sigma_hat value); the tensor
-    is ``loop.at[i]`` itself where gamma is 0 (the same value k-diffusion's product has).
+    is None where gamma is 0 (sigma_hat is sigma_i, the value k-diffusion's product has).
     every_step: the noise is drawn every step, as k-diffusion draws it, even when unused;
     without it (ComfyUI's euler, heun and dpm_2) only on a step that adds it, and only a
     positive s_churn churns."""
@@ -274,7 +360,7 @@ def _churn(loop: _Loop, x, i, s_churn, s_tmin, s_tmax, s_noise, every_step: bool
     if every_step or s_churn > 0:
         gamma = min(s_churn / (len(loop.values) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
     eps = torch.randn_like(x) if every_step or gamma > 0 else None
-    sigma_hat = loop.at[i] * (gamma + 1) if gamma > 0 else loop.at[i]
+    sigma_hat = loop.at[i] * (gamma + 1) if gamma > 0 else None
     if gamma > 0:
         scale = s_noise * ((sigma * (gamma + 1)) ** 2 - sigma**2) ** 0.5
         x = ops.multistep_combine([x, eps], _COEFFICIENTS.get([1.0, scale], x.device))

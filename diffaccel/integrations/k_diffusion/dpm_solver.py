@@ -31,6 +31,7 @@ class _EpsSolver:
         self.model, self.extra_args, self.on_eval = model, ({} if extra_args is None else extra_args), on_eval
         self.ones = x.new_ones([x.shape[0]])
         self.device = x.device
+        self.direct = ops.loop_entry("ei_step", x)
 
     @staticmethod
     def t(sigma):
@@ -60,7 +61,7 @@ class _EpsSolver:
         (a x + b eps + sum_j b_hist[j] history[j], eps)."""
         inv = 1.0 / float(self.sigma(t))
         coeffs = common._COEFFICIENTS.get([inv, -inv, a, b, *b_hist, 0.0], self.device)
-        return _step(x, denoised, list(history), coeffs)
+        return _step(x, denoised, list(history), coeffs, direct=self.direct)
 
     def start(self, x, t, t_next, r1):
         """The model at x, then (u1, eps, denoised, s1) with u1 = x - sigma(s1) expm1(r1 h) eps,

@@ -39,9 +39,13 @@ def sample_euler(
     return euler_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
 
 
-def euler_steps(loop: _Loop, x, churn: Callable):
+def euler_steps(loop: _Loop, x, churn: Optional[Callable]):
     """The Euler loop of sample_euler (k-diffusion's, and ComfyUI's with its churn):
-    churn(loop, x, i) -> (x, sigma_hat tensor, sigma_hat value)."""
+    churn(loop, x, i) -> (x, sigma_hat tensor, sigma_hat value); None where no step
+    churns or draws noise (ComfyUI's default): the loop of rows known up front."""
+    if churn is None:
+        ratios = [loop.values[i + 1] / loop.values[i] for i in range(len(loop.values) - 1)]
+        return loop.steps_from_rows(x, [(r, 1.0 - r) for r in ratios], to_d=True)
     for i in loop.steps():
         x, sigma_hat, sh = churn(loop, x, i)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
@@ -93,8 +97,14 @@ def sample_heun(
     return heun_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
 
 
-def heun_steps(loop: _Loop, x, churn: Callable):
+def _no_churn(loop: _Loop, x, i):
+    """The churn function of a sampler that does not churn: x and sigma_i as they are."""
+    return x, None, loop.values[i]
+
+
+def heun_steps(loop: _Loop, x, churn: Optional[Callable]):
     """The Heun loop of sample_heun; churn as in euler_steps."""
+    churn = churn or _no_churn
     for i in loop.steps():
         x, sigma_hat, sh = churn(loop, x, i)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
@@ -154,11 +164,13 @@ def sample_dpm_2(
     return dpm_2_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
 
 
-def dpm_2_steps(loop: _Loop, x, churn: Callable):
+def dpm_2_steps(loop: _Loop, x, churn: Optional[Callable]):
     """The loop of sample_dpm_2; churn as in euler_steps."""
+    churn = churn or _no_churn
     for i in loop.steps():
         x, sigma_hat, sh = churn(loop, x, i)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
+        sigma_hat = loop.at[i] if sigma_hat is None else sigma_hat
         x = _dpm_2_step(loop, x, denoised, sh, sigma_hat, loop.values[i + 1], sigma_to_t=loop.at[i + 1])
     return x
 
@@ -244,6 +256,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
             list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else [],
             coeffs,
             sigma_dtype=loop.sigmas.dtype,
+            direct=loop.direct,
         )
         ds = (ds + [d])[-(order - 1) :] if order > 1 else []
     return x
