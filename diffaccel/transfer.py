@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from array import array
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -89,6 +89,19 @@ class ConstantCache:
         the same schedule again nothing at all."""
         return self._cached([v for row in rows for v in row], device, dtype, len(rows[0]))
 
+    def kept(self, values: Sequence[float], device, tag, make: Callable):
+        """make()'s result, kept per (values, device, tag): for tensors a loop makes from
+        its schedule with device ops (equal values in give equal bits out), such as the
+        model's sigma tensors. Made anew under torch.compile and inside a capture."""
+        if torch.compiler.is_compiling():
+            return make()
+        if not isinstance(device, torch.device):
+            device = torch.device(device)
+        cuda = _is_cuda(device)
+        if cuda and torch.cuda.is_current_stream_capturing():
+            return make()
+        return self._lookup((array("d", values).tobytes(), device, tag, _stream(device, cuda)), make)
+
     def _cached(self, values, device, dtype, width: Optional[int]):
         """values as a tensor (width None), or as the rows of a table ``width`` wide."""
         # (Called once per sampler step: each check below is kept to its cheapest form.)
@@ -99,14 +112,22 @@ class ConstantCache:
         cuda = _is_cuda(device)
         if _active is not None or (cuda and torch.cuda.is_current_stream_capturing()):
             return _shaped(to_device(values, device, dtype), width)
-        stream = torch.cuda.current_stream(device).cuda_stream if cuda else None
-        key = (array("d", values).tobytes(), device, dtype, stream, width)
-        tensor = self._tensors.get(key)
-        if tensor is None:
+        key = (array("d", values).tobytes(), device, dtype, _stream(device, cuda), width)
+        return self._lookup(key, lambda: _shaped(to_device(values, device, dtype), width))
+
+    def _lookup(self, key, make):
+        value = self._tensors.get(key)
+        if value is None:
             if len(self._tensors) >= self._capacity:  # many schedules seen: start over rather than grow
                 self._tensors.clear()
-            tensor = self._tensors[key] = _shaped(to_device(values, device, dtype), width)
-        return tensor
+            value = self._tensors[key] = make()
+        return value
+
+
+def _stream(device: torch.device, cuda: bool):
+    """The current stream of a CUDA device (a tensor made on one stream is not handed to
+    another: it could be read before it is written); None elsewhere."""
+    return torch.cuda.current_stream(device).cuda_stream if cuda else None
 
 
 def _shaped(tensor: torch.Tensor, width: Optional[int]):

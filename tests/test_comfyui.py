@@ -82,6 +82,37 @@ def _run(function, kind, x, sigmas, noise=None, **options):
     return out, calls, model.inner_model.calls
 
 
+class SigmaWriter:
+    """A model wrapper whose model halves its sigma tensor in place after each call."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, x, sigma, **kwargs):
+        out = self.model(x, sigma, **kwargs)
+        sigma.mul_(0.5)
+        return out
+
+
+@pytest.mark.parametrize("name", ["euler", "dpm_2", "heun", "ipndm"])
+def test_a_model_that_writes_to_its_sigma_gets_new_sigmas_next_run(name):
+    """The model's sigma tensors of a schedule (the steps', dpm_2's midpoints) are kept
+    for its next run: a model that changes its sigma in place (ComfyUI hands it a new
+    tensor every call) must not see the changed values in a later run."""
+    x, sigmas = _start("EPS")
+
+    def run(function):
+        model = SigmaWriter(model_for("EPS", SHAPE))
+        return function(model, x, sigmas.clone(), extra_args={"model_options": {}, "seed": 5}, disable=True)
+
+    want = run(reference.TWINS[name])
+    for _ in range(2):
+        assert _relative(run(ours.sampler_function(name)), want) <= 1e-5
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_equal_to_the_reference_twin(name, kind):

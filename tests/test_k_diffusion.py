@@ -265,6 +265,17 @@ def test_a_model_that_writes_to_its_sigma_gets_new_sigmas_next_run():
         assert _relative_error(ours.sample_euler(writing_denoiser, x, sigmas, disable=True), want) < 1e-5
 
 
+def test_runs_under_inference_mode_equal_the_others():
+    """Under torch.inference_mode the kept tensors are inference tensors (no version
+    counter): runs in and out of it, in any order, give the same sample."""
+    sigmas, x = SCHEDULES["karras"](6), _x()
+    want = ours.sample_heun(denoiser, x, sigmas, disable=True)
+    with torch.inference_mode():
+        runs = [ours.sample_heun(denoiser, x, sigmas, disable=True) for _ in range(2)]
+    runs.append(ours.sample_heun(denoiser, x, sigmas, disable=True))
+    assert all(torch.equal(run, want) for run in runs)
+
+
 @pytest.mark.parametrize(
     "name, n",
     [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -20,9 +20,9 @@ from diffaccel.transfer import ConstantCache, to_device
 # The samplers' coefficient tensors, handed out again when a sampler runs the same
 # sigmas again (read-only; see ConstantCache).
 _COEFFICIENTS = ConstantCache()
-# The model's sigma tensors of a loop's steps, handed out again likewise while no one
-# has written to them (_Loop._model_sigma_rows); one a sampler makes in a step of its
-# own (a midpoint, a raised sigma) is new every time.
+# The model's sigma tensors of a schedule (its steps', a sampler's midpoints), handed
+# out again likewise while no one has written to them (_Loop.kept_model_sigmas); one
+# a sampler makes within a step (a raised sigma, an adaptive step's) is new every time.
 _MODEL_SIGMAS = ConstantCache(capacity=64)
 
 
@@ -235,6 +235,7 @@ class _Loop:
         self.sigmas = sigmas
         self._at = None
         self._model_sigmas = None
+        self._versioned = False
 
     @property
     def at(self):
@@ -263,34 +264,48 @@ class _Loop:
 
     def denoise(self, x, sigma):
         """The model at a sigma (a 0-d tensor, or a host number): given sigma * s_in, as k-diffusion gives it."""
-        return self._call_model(x, sigma * self.s_in)
+        return self.call_model(x, sigma * self.s_in)
 
     def denoise_at(self, x, i):
         """The model at sigmas[i]; its sigma tensor (sigmas[i] * s_in, the same values and
-        dtype as k-diffusion's) is a row of one table made for all the steps."""
-        if self._model_sigmas is None:
-            self._model_sigmas = self._model_sigma_rows()
-        return self._call_model(x, self._model_sigmas[i])
+        dtype as k-diffusion's) is a row of one table made for all the steps. A sampler
+        may ask for a row twice (Heun's second evaluation is at the next step's sigma):
+        a row someone wrote to is not handed out again (the table is made again)."""
+        table = self._model_sigmas
+        if table is None or (self._versioned and table[i]._version):
+            table = self._model_sigmas = self.kept_model_sigmas("steps", lambda sigmas: sigmas)
+            # (Inference tensors, made under torch.inference_mode, have no version counter.)
+            self._versioned = not table[0].is_inference()
+        return self.call_model(x, table[i])
 
-    def _model_sigma_rows(self):
-        """sigmas[i] * s_in for every i, as rows of one table, kept for a run of the same
-        schedule again (~10 us a sampler call: a view costs 0.5 us to make). The sigmas'
-        host values give the same numbers (they are the sigmas' own values; times one is
-        exact). A table someone wrote to (a model that changed its sigma in place: the
-        version counter moved) is made again."""
-        # The dtype a 0-d sigma times s_in has: x's for floating latents (bf16 for bf16
-        # ones), and the promotion's for others (float for integer ones).
-        dtype = self.x_like.dtype
-        if not self.x_like.is_floating_point():
-            dtype = torch.result_type(self.sigmas[0], self.s_in)
-        rows = [[v] * self.x_like.shape[0] for v in self.values]
-        table = _MODEL_SIGMAS.rows(rows, self.device, dtype)
+    def kept_model_sigmas(self, tag: str, sigmas_of: Callable):
+        """model_sigmas(sigmas_of(the sigmas tensor)), kept for a run of the same schedule
+        again (~10-20 us a sampler call: every view costs 0.5 us to make, every op more).
+        tag names sigmas_of, a chain of elementwise tensor ops: the same sigmas in give
+        the same bits out. A table someone wrote to (a model that changed its sigma in
+        place: the version counter moved) is made again."""
+        key = (tag, self.sigmas.dtype, self._model_sigma_dtype(), self.x_like.shape[0])
+        make = lambda: self.model_sigmas(sigmas_of(self.sigmas))  # noqa: E731
+        table = _MODEL_SIGMAS.kept(self.values, self.device, key, make)
         if table[0].is_inference() or table[0]._version:
             _MODEL_SIGMAS.clear()
-            table = _MODEL_SIGMAS.rows(rows, self.device, dtype)
+            table = _MODEL_SIGMAS.kept(self.values, self.device, key, make)
         return table
 
-    def _call_model(self, x, sigma):
+    def model_sigmas(self, sigmas: torch.Tensor):
+        """sigmas[j] * s_in for every j of a 1-d tensor of sigmas (the steps', or a sampler's
+        own such as its midpoints), each a view of one table made by one op: as the model
+        would get them step by step (the same values and dtype)."""
+        return (sigmas.to(device=self.device, dtype=self._model_sigma_dtype())[:, None] * self.s_in).unbind(0)
+
+    def _model_sigma_dtype(self) -> torch.dtype:
+        """The dtype a 0-d sigma times s_in has: x's for floating latents (bf16 for bf16
+        ones), and the promotion's for others (float for integer ones)."""
+        if self.x_like.is_floating_point():
+            return self.x_like.dtype
+        return torch.result_type(self.sigmas[0], self.s_in)
+
+    def call_model(self, x, sigma):
         denoised = self.model_output = self.model(x, sigma, **self.extra_args)
         if isinstance(denoised, torch.Tensor) and (denoised.shape != x.shape or not denoised.is_floating_point()):
             denoised = _as_k_diffusion_computes(denoised, x)
@@ -333,13 +348,16 @@ class _Loop:
         with every row known before the first step: the rows are one cached table, so a
         step's host time is the model call and the kernel's (Euler's loop)."""
         table = _COEFFICIENTS.rows([[0.0, 1.0, a, b, 0.0] for a, b in rows], self.device)
-        sigma_dtype = self.sigmas.dtype if to_d else None
         for i in self.steps():
             denoised = self.denoise_at(x, i)
-            if self.callback is not None:
-                self.report(x, i, denoised)
-            x = _step(x, denoised, (), table[i], None, sigma_dtype, self.direct)[0]
+            self.report(x, i, denoised)
+            x = self.step_from_row(x, denoised, (), table[i], to_d)
         return x
+
+    def step_from_row(self, x, denoised, history, row, to_d=True):
+        """The state of one fused step from a coefficient row of the cache (rows of
+        [c_x, c_m, a, b_0, .., b_k, s], no noise); to_d as in step()."""
+        return _step(x, denoised, history, row, None, self.sigmas.dtype if to_d else None, self.direct)[0]
 
     def step(self, x, denoised, history, a, b, noise=None, s=0.0, to_d=False):
         """x_next = a x + b[0] denoised + sum_j b[j+1] history[j] (+ s noise): one ei_step

@@ -123,6 +123,14 @@ def heun_steps(loop: _Loop, x, churn: Optional[Callable]):
     return x
 
 
+def _dpm_2_ratios(sigma_from, sigma_to):
+    """(r_mid, k) of a DPM-2 step onto sigma_to > 0: x_2 = r_mid x + (1 - r_mid) denoised
+    at the midpoint sigma_mid (the geometric mean of the sigmas), then
+    x + k (x_2 - denoised_2) with k = (sigma_to - sigma_from) / sigma_mid."""
+    sigma_mid = np.exp(0.5 * (np.log(sigma_from) + np.log(sigma_to)))
+    return sigma_mid / sigma_from, (sigma_to - sigma_from) / sigma_mid
+
+
 def _dpm_2_step(
     loop: _Loop, x, denoised, sigma_from, sigma_from_t, sigma_to, draw_noise=None, s=0.0, scale=1.0, sigma_to_t=None
 ):
@@ -134,16 +142,50 @@ def _dpm_2_step(
     r = sigma_to / sigma_from
     if sigma_to == 0:
         return loop.step(x, denoised, [], r, [1.0 - r], to_d=True)[0]
-    sigma_mid = np.exp(0.5 * (np.log(sigma_from) + np.log(sigma_to)))
-    r_mid = sigma_mid / sigma_from
+    r_mid, k = _dpm_2_ratios(sigma_from, sigma_to)
     x_2, _ = loop.step(x, denoised, [], r_mid, [1.0 - r_mid], to_d=True)
     sigma_to_t = loop.sigma_tensor(sigma_to) if sigma_to_t is None else sigma_to_t
-    mid_t = sigma_from_t.log().lerp(sigma_to_t.log(), 0.5).exp()
-    denoised_2 = loop.denoise(x_2, mid_t)
+    denoised_2 = loop.denoise(x_2, _geometric_mean(sigma_from_t, sigma_to_t))
     noise = draw_noise() if draw_noise is not None else None
     # x + (sigma_to - sigma_from) (x_2 - denoised_2) / sigma_mid (+ s noise)
-    k = (sigma_to - sigma_from) / sigma_mid
     return loop.step(x_2, denoised_2, [x], scale * k, [-scale * k, scale], noise=noise, s=s, to_d=True)[0]
+
+
+def _geometric_mean(sigma, sigma_next):
+    """The midpoint sigma of a DPM-2 step as k-diffusion computes it (tensor ops: the
+    model sees its bits). Elementwise: on the sigmas of a whole loop at once it
+    gives each step's."""
+    return sigma.log().lerp(sigma_next.log(), 0.5).exp()
+
+
+def _dpm_2_steps_without_churn(loop: _Loop, x):
+    """sample_dpm_2's loop where no step churns (ComfyUI's default): every step's
+    coefficient rows and midpoint sigmas are made before the first step (the
+    midpoints in one chain of ops, as the steps' sigmas are), then each step is
+    two model calls and two fused steps straight to the kernel."""
+    values = loop.values
+    firsts, seconds = [], []
+    for i in range(len(values) - 1):
+        if values[i + 1] == 0:  # an Euler step, as _dpm_2_step takes it
+            r = values[i + 1] / values[i]
+            firsts.append([0.0, 1.0, r, 1.0 - r, 0.0])
+            seconds.append(None)
+        else:
+            r_mid, k = _dpm_2_ratios(values[i], values[i + 1])
+            firsts.append([0.0, 1.0, r_mid, 1.0 - r_mid, 0.0])
+            seconds.append([0.0, 1.0, k, -k, 1.0, 0.0])
+    first = common._COEFFICIENTS.rows(firsts, loop.device)
+    second = common._COEFFICIENTS.rows([row or [0.0] * 6 for row in seconds], loop.device)
+    mids = loop.kept_model_sigmas("dpm_2 midpoints", lambda sigmas: _geometric_mean(sigmas[:-1], sigmas[1:]))
+    for i in loop.steps():
+        denoised = loop.denoise_at(x, i)
+        loop.report(x, i, denoised)
+        x_2 = loop.step_from_row(x, denoised, (), first[i])
+        if seconds[i] is None:
+            x = x_2
+            continue
+        x = loop.step_from_row(x_2, loop.call_model(x_2, mids[i]), (x,), second[i])
+    return x
 
 
 @_sampler
@@ -164,9 +206,17 @@ def sample_dpm_2(
     return dpm_2_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
 
 
+def _geometric_mean(sigma, sigma_next):
+    """The midpoint sigma of a DPM-2 step as k-diffusion computes it (tensor ops: the
+    model sees its bits). Elementwise: on the sigmas of a whole loop at once it
+    gives each step's."""
+    return sigma.log().lerp(sigma_next.log(), 0.5).exp()
+
+
 def dpm_2_steps(loop: _Loop, x, churn: Optional[Callable]):
     """The loop of sample_dpm_2; churn as in euler_steps."""
-    churn = churn or _no_churn
+    if churn is None:
+        return _dpm_2_steps_without_churn(loop, x)
     for i in loop.steps():
         x, sigma_hat, sh = churn(loop, x, i)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
