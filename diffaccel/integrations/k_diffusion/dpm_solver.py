@@ -118,6 +118,10 @@ class _PIDStepSizeController:
 
 
 def _progress(total, disable):
+    """k-diffusion's progress bar; None where it would be disabled (tqdm's set-up alone
+    costs tens of us a sampler call)."""
+    if disable:
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
