@@ -40,7 +40,7 @@ test: lint $(STAMP)
 # TRITON_INTERPRET=1: the Triton kernels run on CPU tensors (tests/test_triton.py); then a
 # pass without it compiles every Triton kernel for sm_90 (tests/test_triton_compile.py).
 suite: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest tests
+	TRITON_INTERPRET=1 $(PY) -m pytest tests --durations=25
 	$(PY) -m pytest tests/test_triton_compile.py
 
 # The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (one
