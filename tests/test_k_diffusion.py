@@ -143,6 +143,38 @@ def test_dpm_fast_matches_k_diffusion(n, eta):
     assert _relative_error(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 100, 301])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dpm_fast_gives_the_model_k_diffusions_sigmas(n, x_dtype):
+    """dpm_fast without noise makes every step's times at once (vectors, where
+    k-diffusion computes them step by step as 0-d tensors): the model and the
+    callback get the same sigmas bit for bit, at schedules long enough for the
+    vectorized kernels, and a bf16 latent's sigma in bf16."""
+    seen = {"ours": [], "theirs": []}
+
+    def recording(tag):
+        def model(x, sigma):
+            seen[tag].append(sigma.clone())
+            return denoiser(x, sigma)
+
+        return model
+
+    x = _x((1, 2, 4, 4)).to(x_dtype)
+    calls = {"ours": [], "theirs": []}
+    ours.sample_dpm_fast(recording("ours"), x, 0.03, 14.6, n, disable=True, callback=calls["ours"].append)
+    K.sample_dpm_fast(recording("theirs"), x, 0.03, 14.6, n, disable=True, callback=calls["theirs"].append)
+    assert len(seen["ours"]) == len(seen["theirs"]) == n
+    for a, b in zip(seen["ours"], seen["theirs"]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    for a, b in zip(calls["ours"], calls["theirs"]):
+        assert all(torch.equal(a[key], b[key]) for key in ("sigma", "sigma_hat", "t", "t_up"))
+
+
+def test_dpm_fast_refuses_no_evaluations():
+    with pytest.raises(ValueError, match="argument 'n' must be at least 1, got 0"):
+        ours.sample_dpm_fast(denoiser, _x(), 0.03, 14.6, 0, disable=True)
+
+
 @pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_dpm_adaptive_matches_k_diffusion(order, eta):
@@ -249,10 +281,11 @@ def test_the_step_below_autograd_gives_the_fronts_bits(name, monkeypatch):
     assert torch.equal(direct, run())
 
 
-def test_a_model_that_writes_to_its_sigma_gets_new_sigmas_next_run():
-    """The model's sigma tensors of a schedule are kept for its next run: a model
-    that changes its sigma in place (k-diffusion hands it a new tensor every step)
-    must not see the changed values in a later run."""
+@pytest.mark.parametrize("name", ["sample_euler", "sample_dpm_fast"])
+def test_a_model_that_writes_to_its_sigma_gets_new_sigmas_next_run(name):
+    """The model's sigma tensors of a schedule (dpm_fast's: of its times) are kept
+    for its next run: a model that changes its sigma in place (k-diffusion hands
+    it a new tensor every call) must not see the changed values in a later run."""
 
     def writing_denoiser(x, sigma):
         out = denoiser(x, sigma)
@@ -260,9 +293,10 @@ def test_a_model_that_writes_to_its_sigma_gets_new_sigmas_next_run():
         return out
 
     sigmas, x = SCHEDULES["karras"](6), _x()
-    want = K.sample_euler(writing_denoiser, x, sigmas, disable=True)
+    args = (0.03, 14.6, 6) if name == "sample_dpm_fast" else (sigmas,)
+    want = getattr(K, name)(writing_denoiser, x, *args, disable=True)
     for _ in range(2):
-        assert _relative_error(ours.sample_euler(writing_denoiser, x, sigmas, disable=True), want) < 1e-5
+        assert _relative_error(getattr(ours, name)(writing_denoiser, x, *args, disable=True), want) < 1e-5
 
 
 def test_runs_under_inference_mode_equal_the_others():

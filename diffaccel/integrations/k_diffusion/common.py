@@ -26,6 +26,19 @@ _COEFFICIENTS = ConstantCache()
 _MODEL_SIGMAS = ConstantCache(capacity=64)
 
 
+def kept_unwritten(values, device, key, make: Callable, tensors_of: Callable = lambda made: made):
+    """make()'s result, kept in _MODEL_SIGMAS per (values, device, key) and handed out
+    again while no one has written to the tensors ``tensors_of(result)`` (views of one
+    table: their shared version counter has not moved); made again otherwise, and
+    for inference tensors, which have no version counter."""
+    made = _MODEL_SIGMAS.kept(values, device, key, make)
+    first = tensors_of(made)[0]
+    if first.is_inference() or first._version:
+        _MODEL_SIGMAS.clear()
+        made = _MODEL_SIGMAS.kept(values, device, key, make)
+    return made
+
+
 # ei_step's threshold arguments for no threshold (the schema's order; see ops.loop_entry).
 _NO_THRESHOLD_ARGS = (None, ops.Threshold.ratio, ops.Threshold.max_value, ops.Threshold.style)
 
@@ -285,12 +298,7 @@ class _Loop:
         the same bits out. A table someone wrote to (a model that changed its sigma in
         place: the version counter moved) is made again."""
         key = (tag, self.sigmas.dtype, self._model_sigma_dtype(), self.x_like.shape[0])
-        make = lambda: self.model_sigmas(sigmas_of(self.sigmas))  # noqa: E731
-        table = _MODEL_SIGMAS.kept(self.values, self.device, key, make)
-        if table[0].is_inference() or table[0]._version:
-            _MODEL_SIGMAS.clear()
-            table = _MODEL_SIGMAS.kept(self.values, self.device, key, make)
-        return table
+        return kept_unwritten(self.values, self.device, key, lambda: self.model_sigmas(sigmas_of(self.sigmas)))
 
     def model_sigmas(self, sigmas: torch.Tensor):
         """sigmas[j] * s_in for every j of a 1-d tensor of sigmas (the steps', or a sampler's

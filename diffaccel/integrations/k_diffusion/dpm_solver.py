@@ -19,6 +19,12 @@ from diffaccel.integrations.k_diffusion.common import (
 )
 
 
+def _as_tensor(sigma) -> torch.Tensor:
+    """k-diffusion's torch.tensor(sigma): a copy of a tensor (without torch.tensor's
+    warning about copying one), or a number as a tensor of the default dtype."""
+    return sigma.detach().clone() if isinstance(sigma, torch.Tensor) else torch.tensor(sigma)
+
+
 class _EpsSolver:
     """k-diffusion's DPMSolver (noise prediction in t = -log sigma) on the fused
     ops: each ei_step turns one model evaluation into its eps = (x - denoised) /
@@ -51,45 +57,126 @@ class _EpsSolver:
         t_down = torch.minimum(t_end, self.t(sigma_down))
         return t_down, float((self.sigma(t_next) ** 2 - self.sigma(t_down) ** 2) ** 0.5)
 
-    def denoise(self, x, t):
-        denoised = self.model(x, self.sigma(t) * self.ones, **self.extra_args)
+    def denoise(self, x, model_sigma):
+        denoised = self.model(x, model_sigma, **self.extra_args)
         self.on_eval()
         return denoised
 
-    def stage(self, x, denoised, t, a, b, history=(), b_hist=()):
-        """One ei_step with data term eps = (x - denoised) / sigma(t):
+    def stage(self, x, denoised, sigma: float, a, b, history=(), b_hist=()):
+        """One ei_step with data term eps = (x - denoised) / sigma:
         (a x + b eps + sum_j b_hist[j] history[j], eps)."""
-        inv = 1.0 / float(self.sigma(t))
+        inv = 1.0 / sigma
         coeffs = common._COEFFICIENTS.get([inv, -inv, a, b, *b_hist, 0.0], self.device)
         return _step(x, denoised, list(history), coeffs, direct=self.direct)
 
-    def start(self, x, t, t_next, r1):
-        """The model at x, then (u1, eps, denoised, s1) with u1 = x - sigma(s1) expm1(r1 h) eps,
+    def start(self, x, times):
+        """The model at x, then (u1, eps, denoised) with u1 = x - sigma(s1) expm1(r1 h) eps,
         the first intermediate state of dpm_solver_{2,3}_step (r1 = 1: dpm_solver_1_step's result)."""
-        denoised = self.denoise(x, t)
-        s1 = t + r1 * (t_next - t)
-        u1, eps = self.stage(x, denoised, t, 1.0, -float(self.sigma(s1)) * math.expm1(r1 * float(t_next - t)))
-        return u1, eps, denoised, s1
+        denoised = self.denoise(x, times.model_sigma("t"))
+        u1, eps = self.stage(x, denoised, times.sigma("t"), 1.0, -times.sigma("s1") * math.expm1(times.r1 * times.h))
+        return u1, eps, denoised
 
-    def second(self, x, eps, u1, s1, t, t_next, r1):
+    def second(self, x, eps, u1, times):
         """dpm_solver_2_step's result, and eps_r1."""
-        sn, e = float(self.sigma(t_next)), math.expm1(float(t_next - t))
-        w_r1 = -sn / (2 * r1) * e
-        return self.stage(u1, self.denoise(u1, s1), s1, 0.0, w_r1, [x, eps], [1.0, -sn * e - w_r1])
+        sn, e = times.sigma("next"), math.expm1(times.h)
+        w_r1 = -sn / (2 * times.r1) * e
+        denoised = self.denoise(u1, times.model_sigma("s1"))
+        return self.stage(u1, denoised, times.sigma("s1"), 0.0, w_r1, [x, eps], [1.0, -sn * e - w_r1])
 
-    def third(self, x, eps, u1, s1, t, t_next, r1=1 / 3, r2=2 / 3):
+    def third(self, x, eps, u1, times):
         """dpm_solver_3_step's result, and (eps_r1, eps_r2)."""
-        h = float(t_next - t)
-        s2 = t + r2 * (t_next - t)
-        sigma_s2 = float(self.sigma(s2))
+        h, r1, r2 = times.h, times.r1, times.r2
+        sigma_s2 = times.sigma("s2")
         c2 = sigma_s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
         u2, eps_r1 = self.stage(
-            u1, self.denoise(u1, s1), s1, 0.0, -c2, [x, eps], [1.0, -sigma_s2 * math.expm1(r2 * h) + c2]
+            u1,
+            self.denoise(u1, times.model_sigma("s1")),
+            times.sigma("s1"),
+            0.0,
+            -c2,
+            [x, eps],
+            [1.0, -sigma_s2 * math.expm1(r2 * h) + c2],
         )
-        sn = float(self.sigma(t_next))
+        sn = times.sigma("next")
         c3 = sn / r2 * (math.expm1(h) / h - 1)
-        x_3, eps_r2 = self.stage(u2, self.denoise(u2, s2), s2, 0.0, -c3, [x, eps], [1.0, -sn * math.expm1(h) + c3])
+        denoised = self.denoise(u2, times.model_sigma("s2"))
+        x_3, eps_r2 = self.stage(u2, denoised, sigma_s2, 0.0, -c3, [x, eps], [1.0, -sn * math.expm1(h) + c3])
         return x_3, eps_r1, eps_r2
+
+
+# A DPM-Solver step from t to t_next has the intermediate times s1 = t + r1 h and
+# s2 = t + r2 h (h = t_next - t); its stages read their sigmas exp(-time) as host
+# floats (the coefficients) and hand the model sigma * ones. Two sources of them:
+# _TensorTimes (one step, from 0-d tensors: the adaptive and the noisy steps) and
+# _ScheduleTimes (every step of a fixed schedule at once).
+_R2 = 2 / 3
+
+
+class _TensorTimes:
+    """One step's times as k-diffusion computes them: 0-d tensors in the times' dtype,
+    each intermediate time and each sigma computed once."""
+
+    def __init__(self, solver: _EpsSolver, t, t_next, r1: float):
+        self.solver, self.r1, self.r2 = solver, r1, _R2
+        self.times = {"t": t, "next": t_next}
+        self.sigmas = {}
+        self.h = float(t_next - t)
+
+    def sigma_tensor(self, name: str):
+        sigma = self.sigmas.get(name)
+        if sigma is None:
+            time = self.times.get(name)
+            if time is None:  # s1 or s2
+                t, t_next = self.times["t"], self.times["next"]
+                time = t + (self.r1 if name == "s1" else self.r2) * (t_next - t)
+            sigma = self.sigmas[name] = self.solver.sigma(time)
+        return sigma
+
+    def sigma(self, name: str) -> float:
+        return float(self.sigma_tensor(name))
+
+    def model_sigma(self, name: str):
+        return self.sigma_tensor(name) * self.solver.ones
+
+
+class _ScheduleTimes:
+    """The times of every step of a fixed schedule (dpm_fast without noise) at once:
+    the ops of _TensorTimes on vectors of the steps' times (elementwise, so the same
+    values; tests/test_k_diffusion.py checks it), read to the host once, and the
+    model's sigma tensors made by one op. step(i) is step i's times."""
+
+    def __init__(self, solver: _EpsSolver, ts, r1s):
+        t, t_next = ts[:-1], ts[1:]
+        h = t_next - t
+        r1 = torch.tensor(r1s, dtype=ts.dtype)
+        sigmas = [solver.sigma(v) for v in (t, t_next, t + r1 * h, t + _R2 * h)]
+        self.k = len(r1s)
+        self.r1s = r1s
+        self.h = h.tolist()
+        self.sigmas = dict(zip(("t", "next", "s1", "s2"), torch.cat(sigmas).view(4, -1).tolist()))
+        # sigma * ones of each model time (t, s1, s2), in the dtype the 0-d product has.
+        dtype = torch.result_type(t[0], solver.ones)
+        model = torch.cat([sigmas[0], sigmas[2], sigmas[3]]).to(device=solver.ones.device, dtype=dtype)
+        self.model_sigmas = (model[:, None] * solver.ones).unbind(0)
+
+    def step(self, i: int) -> "_ScheduleStep":
+        return _ScheduleStep(self, i)
+
+
+class _ScheduleStep:
+    """Step i's times of a _ScheduleTimes, read like a _TensorTimes."""
+
+    _MODEL_ROW = {"t": 0, "s1": 1, "s2": 2}
+
+    def __init__(self, schedule: _ScheduleTimes, i: int):
+        self.schedule, self.i = schedule, i
+        self.r1, self.r2, self.h = schedule.r1s[i], _R2, schedule.h[i]
+
+    def sigma(self, name: str) -> float:
+        return self.schedule.sigmas[name][self.i]
+
+    def model_sigma(self, name: str):
+        return self.schedule.model_sigmas[self._MODEL_ROW[name] * self.schedule.k + self.i]
 
 
 class _PIDStepSizeController:
@@ -145,37 +232,51 @@ def sample_dpm_fast(
 ):
     """DPM-Solver-Fast (fixed steps in log sigma, orders 3, ..., 3, then 2 and 1 to spend n evaluations)."""
     _check_sigma_range(sigma_min, sigma_max)
+    if n < 1:  # (k-diffusion runs one step, then fails indexing its times)
+        raise ValueError(f"sample_dpm_fast: argument 'n' must be at least 1, got {n}")
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     bar = _progress(n, disable)
     solver = _EpsSolver(model, x, extra_args, (lambda: bar.update()) if bar is not None else (lambda: None))
-    t_start, t_end = solver.t(torch.tensor(sigma_max)), solver.t(torch.tensor(sigma_min))
+    t_start, t_end = solver.t(_as_tensor(sigma_max)), solver.t(_as_tensor(sigma_min))
     m = math.floor(n / 3) + 1
     ts = torch.linspace(t_start, t_end, m + 1)  # on the host: the coefficients read them
     orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
+    r1s = [{1: 1.0, 2: 1 / 2, 3: 1 / 3}[order] for order in orders]
+    # Without noise every step's times are known before the first: made at once, and
+    # kept for a run of the same times again (the model's sigma tensors among them).
+    schedule = None
+    if not eta:
+        key = ("dpm_fast", n, ts.dtype, solver.ones.dtype, x.shape[0])
+        make = lambda: _ScheduleTimes(solver, ts, r1s)  # noqa: E731
+        schedule = common.kept_unwritten(ts.tolist(), x.device, key, make, lambda made: made.model_sigmas)
+    at = ts.unbind(0) if eta or callback is not None else None
     for i, order in enumerate(orders):
-        t, t_next = ts[i], ts[i + 1]
-        t_next_, su = solver.ancestral_split(t, t_next, t_end, eta)
-        u1, eps, denoised, s1 = solver.start(x, t, t_next_, {1: 1.0, 2: 1 / 2, 3: 1 / 3}[order])
+        if schedule is not None:
+            times, su = schedule.step(i), 0.0
+        else:
+            t_next_, su = solver.ancestral_split(at[i], at[i + 1], t_end, eta)
+            times = _TensorTimes(solver, at[i], t_next_, r1s[i])
+        u1, eps, denoised = solver.start(x, times)
         if callback is not None:
             callback(
                 {
-                    "sigma": solver.sigma(ts[i]),
-                    "sigma_hat": solver.sigma(t),
+                    "sigma": solver.sigma(at[i]),
+                    "sigma_hat": solver.sigma(at[i]),
                     "x": x,
                     "i": i,
-                    "t": ts[i],
-                    "t_up": t,
+                    "t": at[i],
+                    "t_up": at[i],
                     "denoised": denoised,
                 }
             )
         if order == 1:
             x = u1
         elif order == 2:
-            x, _ = solver.second(x, eps, u1, s1, t, t_next_, 1 / 2)
+            x, _ = solver.second(x, eps, u1, times)
         else:
-            x, _, _ = solver.third(x, eps, u1, s1, t, t_next_)
+            x, _, _ = solver.third(x, eps, u1, times)
         if su:
-            noise = noise_sampler(solver.sigma(t), solver.sigma(t_next))
+            noise = noise_sampler(solver.sigma(at[i]), solver.sigma(at[i + 1]))
             x = ops.multistep_combine([x, noise], common._COEFFICIENTS.get([1.0, su * s_noise], x.device))
     if bar is not None:
         bar.close()
@@ -213,7 +314,7 @@ def sample_dpm_adaptive(
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     bar = _progress(None, disable)
     solver = _EpsSolver(model, x, extra_args, (lambda: bar.update()) if bar is not None else (lambda: None))
-    t_start, t_end = solver.t(torch.tensor(sigma_max)), solver.t(torch.tensor(sigma_min))
+    t_start, t_end = solver.t(_as_tensor(sigma_max)), solver.t(_as_tensor(sigma_min))
     forward = bool(t_end > t_start)
     if not forward and eta:
         raise ValueError("eta must be 0 for reverse sampling")
@@ -224,16 +325,17 @@ def sample_dpm_adaptive(
     while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
         t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
         t_, su = solver.ancestral_split(s, t, t_end, eta)
-        u1, eps, denoised, s1 = solver.start(x, s, t_, 1 / 2 if order == 2 else 1 / 3)
+        times = _TensorTimes(solver, s, t_, 1 / 2 if order == 2 else 1 / 3)
+        u1, eps, denoised = solver.start(x, times)
         if order == 2:
             x_low = ops.multistep_combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
                 [x, eps],
-                common._COEFFICIENTS.get([1.0, -float(solver.sigma(t_)) * math.expm1(float(t_ - s))], x.device),
+                common._COEFFICIENTS.get([1.0, -times.sigma("next") * math.expm1(times.h)], x.device),
             )
-            x_high, _ = solver.second(x, eps, u1, s1, s, t_, 1 / 2)
+            x_high, _ = solver.second(x, eps, u1, times)
         else:
-            x_high, eps_r1, _ = solver.third(x, eps, u1, s1, s, t_)
-            sn, e = float(solver.sigma(t_)), math.expm1(float(t_ - s))
+            x_high, eps_r1, _ = solver.third(x, eps, u1, times)
+            sn, e = times.sigma("next"), math.expm1(times.h)
             w_r1 = -sn / (2 * (1 / 3)) * e  # dpm_solver_2_step with r1 = 1/3, from the same evaluations
             x_low = ops.multistep_combine(
                 [x, eps, eps_r1], common._COEFFICIENTS.get([1.0, -sn * e - w_r1, w_r1], x.device)
