@@ -350,7 +350,7 @@ class _Loop:
         high = max(range(len(self.values)), key=lambda j: self.values[j])
         return self.at[low], self.at[high]
 
-    def steps_from_rows(self, x, rows, to_d=False):
+    def steps_from_rows(self, x, rows, to_d: bool):
         """The whole loop of a sampler whose step i is one model call at sigma_i, reported,
         and one fused step ``rows[i][0] x + rows[i][1] denoised`` (no history, no noise),
         with every row known before the first step: the rows are one cached table, so a
@@ -359,10 +359,10 @@ class _Loop:
         for i in self.steps():
             denoised = self.denoise_at(x, i)
             self.report(x, i, denoised)
-            x = self.step_from_row(x, denoised, (), table[i], to_d)
+            x = self.step_from_row(x, denoised, (), table[i], to_d=to_d)
         return x
 
-    def step_from_row(self, x, denoised, history, row, to_d=True):
+    def step_from_row(self, x, denoised, history, row, to_d: bool):
         """The state of one fused step from a coefficient row of the cache (rows of
         [c_x, c_m, a, b_0, .., b_k, s], no noise); to_d as in step()."""
         return _step(x, denoised, history, row, None, self.sigmas.dtype if to_d else None, self.direct)[0]

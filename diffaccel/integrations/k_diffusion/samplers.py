@@ -180,11 +180,11 @@ def _dpm_2_steps_without_churn(loop: _Loop, x):
     for i in loop.steps():
         denoised = loop.denoise_at(x, i)
         loop.report(x, i, denoised)
-        x_2 = loop.step_from_row(x, denoised, (), first[i])
+        x_2 = loop.step_from_row(x, denoised, (), first[i], to_d=True)
         if seconds[i] is None:
             x = x_2
             continue
-        x = loop.step_from_row(x_2, loop.call_model(x_2, mids[i]), (x,), second[i])
+        x = loop.step_from_row(x_2, loop.call_model(x_2, mids[i]), (x,), second[i], to_d=True)
     return x
 
 
