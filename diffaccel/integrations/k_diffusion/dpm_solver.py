@@ -114,26 +114,31 @@ _R2 = 2 / 3
 
 class _TensorTimes:
     """One step's times as k-diffusion computes them: 0-d tensors in the times' dtype,
-    each intermediate time and each sigma computed once."""
+    each intermediate time and each sigma computed (and read) once. sigma_t: sigma(t)
+    where the caller has it already (an adaptive step starts where the last ended)."""
 
-    def __init__(self, solver: _EpsSolver, t, t_next, r1: float):
+    def __init__(self, solver: _EpsSolver, t, t_next, r1: float, sigma_t=None):
         self.solver, self.r1, self.r2 = solver, r1, _R2
         self.times = {"t": t, "next": t_next}
-        self.sigmas = {}
-        self.h = float(t_next - t)
+        self.sigmas = {} if sigma_t is None else {"t": sigma_t}
+        self.values = {}
+        self.step = t_next - t
+        self.h = float(self.step)
 
     def sigma_tensor(self, name: str):
         sigma = self.sigmas.get(name)
         if sigma is None:
             time = self.times.get(name)
             if time is None:  # s1 or s2
-                t, t_next = self.times["t"], self.times["next"]
-                time = t + (self.r1 if name == "s1" else self.r2) * (t_next - t)
+                time = self.times["t"] + (self.r1 if name == "s1" else self.r2) * self.step
             sigma = self.sigmas[name] = self.solver.sigma(time)
         return sigma
 
     def sigma(self, name: str) -> float:
-        return float(self.sigma_tensor(name))
+        value = self.values.get(name)
+        if value is None:
+            value = self.values[name] = float(self.sigma_tensor(name))
+        return value
 
     def model_sigma(self, name: str):
         return self.sigma_tensor(name) * self.solver.ones
@@ -322,10 +327,12 @@ def sample_dpm_adaptive(
     s, x_prev = t_start, x
     pid = _PIDStepSizeController(h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
     info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
-    while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
+    stop = t_end - 1e-5 if forward else t_end + 1e-5
+    sigma_s = None  # sigma(s), where the last trial computed it
+    while (s < stop) if forward else (s > stop):
         t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
         t_, su = solver.ancestral_split(s, t, t_end, eta)
-        times = _TensorTimes(solver, s, t_, 1 / 2 if order == 2 else 1 / 3)
+        times = _TensorTimes(solver, s, t_, 1 / 2 if order == 2 else 1 / 3, sigma_s)
         u1, eps, denoised = solver.start(x, times)
         if order == 2:
             x_low = ops.multistep_combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
@@ -340,9 +347,10 @@ def sample_dpm_adaptive(
             x_low = ops.multistep_combine(
                 [x, eps, eps_r1], common._COEFFICIENTS.get([1.0, -sn * e - w_r1, w_r1], x.device)
             )
-        # k-diffusion's error is the RMS over the whole batch: the mean of the per-sample squares.
-        per_sample = ops.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
-        error = float(per_sample.double().pow(2).mean().sqrt())
+        # k-diffusion's error is the RMS over the whole batch: the mean of the per-sample
+        # squares, on the host in float64 (one read; fsum: correctly rounded in any order).
+        squares = [v * v for v in ops.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol).tolist()]
+        error = math.sqrt(math.fsum(squares) / len(squares))
         accept = pid.propose_step(error)
         if accept:
             x_prev = x_low
@@ -351,8 +359,10 @@ def sample_dpm_adaptive(
                 noise = noise_sampler(solver.sigma(s), solver.sigma(t))
                 x = ops.multistep_combine([x, noise], common._COEFFICIENTS.get([1.0, su * s_noise], x.device))
             s = t
+            sigma_s = times.sigma_tensor("next") if t_ is t else None
             info["n_accept"] += 1
         else:
+            sigma_s = times.sigma_tensor("t")
             info["n_reject"] += 1
         info["nfe"] += order
         info["steps"] += 1
