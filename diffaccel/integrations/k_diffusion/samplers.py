@@ -206,13 +206,6 @@ def sample_dpm_2(
     return dpm_2_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
 
 
-def _geometric_mean(sigma, sigma_next):
-    """The midpoint sigma of a DPM-2 step as k-diffusion computes it (tensor ops: the
-    model sees its bits). Elementwise: on the sigmas of a whole loop at once it
-    gives each step's."""
-    return sigma.log().lerp(sigma_next.log(), 0.5).exp()
-
-
 def dpm_2_steps(loop: _Loop, x, churn: Optional[Callable]):
     """The loop of sample_dpm_2; churn as in euler_steps."""
     if churn is None:
