@@ -194,12 +194,15 @@ def test_selection_when_the_sample_misses(hidden, ratio, gen):
     _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
 
 
-@pytest.mark.parametrize("values", ["normal", "constant", "two", "heavy"])
+@pytest.mark.parametrize("values", ["normal", "constant", "two", "heavy", "ulps", "tiny"])
 @pytest.mark.parametrize("ratio", [0.0, 1e-3, 0.5, 0.9, 0.995, 1.0])
 def test_sampled_selection_is_exact(values, ratio, gen):
     """Samples large enough to be selected by sampling, on data that sampling
     finds easy (normal), that fills the bracket past its capacity (constant, two
-    values) and with a heavy tail, at many ranks: the same bits as the reference."""
+    values), with a heavy tail, a few ulps apart with many ties (ulps: the
+    ranks' bins hold many values, so the pick among the candidates bins them
+    again) and zeros, subnormals and normals mixed (tiny), at many ranks: the
+    same bits as the reference."""
     n = SAMPLED_SELECTION_MIN + 4099
     x = torch.randn((3, n), generator=gen, device=DEVICE)
     if values == "constant":
@@ -208,6 +211,11 @@ def test_sampled_selection_is_exact(values, ratio, gen):
         x = torch.where(x > 1.5, 7.0, -0.25)
     elif values == "heavy":
         x = x / torch.rand((3, n), generator=gen, device=DEVICE).clamp_min(1e-3)
+    elif values == "ulps":
+        steps = torch.randint(-300, 300, (3, n), generator=gen, device=DEVICE).float()
+        x = (1.0 + steps * 2.0**-23) * torch.where(x > 0, 1.0, -1.0)
+    elif values == "tiny":
+        x = x * torch.where(x.abs() > 1.0, 1.0, 1e-40) * (torch.rand((3, n), generator=gen, device=DEVICE) > 0.1)
     options = dict(SELECTION, ratio=ratio)
     _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
 
@@ -266,12 +274,13 @@ def test_every_version_of_the_selection_tally_agrees(dtype):
     """The selection's count-and-collect pass (csrc/cpu/tally.cpp) has a version
     per ISA level; the other tests run the CPU's own level, so here every
     version this CPU has runs on the same values against a plain count: blocks
-    of awkward sizes, NaN, infinities, -0.0, candidates kept in order and cut
-    at the capacity."""
+    of awkward sizes up to the whole array, NaN, infinities, -0.0, candidates
+    kept in order and cut at the capacity (reached at the start, in the middle
+    and not at all)."""
     from diffaccel import _extension
 
     g = torch.Generator().manual_seed(7)
-    v = torch.randn(1000, generator=g, dtype=dtype) * 3
+    v = torch.randn(3000, generator=g, dtype=dtype) * 3
     v[::97] = float("nan")
     v[5], v[6], v[7], v[8] = float("inf"), -float("inf"), -0.0, -1.0
     lo, hi = 1.0, 2.5
@@ -280,8 +289,8 @@ def test_every_version_of_the_selection_tally_agrees(dtype):
     below = int((magnitudes < lo).sum())
     ran = set()
     for level in ("avx512f", "avx2", "portable"):
-        for block in (1, 7, 8, 16, 100, 256):
-            for capacity in (1000, len(inside) // 2):
+        for block in (1, 7, 8, 16, 100, 256, 1000, 3000):  # (3000: the whole sample in one call)
+            for capacity in (3000, len(inside) // 2, len(inside) // 5):
                 result = _extension._C.tally(level, v, lo, hi, capacity, block)
                 if result is None:  # no such version on this CPU or build
                     continue

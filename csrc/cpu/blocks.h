@@ -214,14 +214,19 @@ DA_INLINE void for_each_block(int64_t first, int64_t count, Body&& body) {
 constexpr int kSumLanes = 32;
 
 // lanes[l] += term(i) (a double) for i in [0, n), element i into lane i % 32
-// (n is a multiple of 32 but for a chunk's last block).
+// (n is a multiple of 32 but for a chunk's last block). The sums run in a
+// local copy, which the compiler keeps in registers (lanes itself could alias
+// a float64 input, so every add would be stored back).
 template <typename Term>
 DA_INLINE void add_terms(double* lanes, int64_t n, Term&& term) {
+  double sums[kSumLanes];
+  for (int l = 0; l < kSumLanes; ++l) sums[l] = lanes[l];
   int64_t i = 0;
   for (; i + kSumLanes <= n; i += kSumLanes) {
-    for (int l = 0; l < kSumLanes; ++l) lanes[l] += term(i + l);
+    for (int l = 0; l < kSumLanes; ++l) sums[l] += term(i + l);
   }
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += term(i);
+  for (int l = 0; i < n; ++i, ++l) sums[l] += term(i);
+  for (int l = 0; l < kSumLanes; ++l) lanes[l] = sums[l];
 }
 
 // lanes[l] += double(value(i))^2, as add_terms.

@@ -87,7 +87,7 @@ DA_INLINE void ei_step_dynamic_samples_impl(const EiStepArgs<acc_t>& a, const Dy
       DA_IVDEP for (int64_t i = 0; i < n; ++i) buf[i] = ei_data_term(row, x[i], m[i]);
       return static_cast<const acc_t*>(buf);
     };
-    const acc_t q = select_quantile<acc_t>(a.per_sample, t.ratio, values, scratch);
+    const acc_t q = select_quantile<acc_t>(a.per_sample, t.ratio, nullptr, values, scratch);
     scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
     if (apply) ei_step_range_impl(a, first, first + a.per_sample);
   }

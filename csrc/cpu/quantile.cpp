@@ -1,11 +1,11 @@
 // Selection of the linear-interpolation quantile (torch.quantile's semantics)
 // without sorting: the out-of-line parts of the sampled selection of
 // selection.h (the bracket from the sample, the pick among the candidates), and
-// the exact selection it falls back on. That one uses that the values are
+// the exact selection it falls back on. Both use that the values are
 // magnitudes (>= 0), whose IEEE bit patterns order like the values: a histogram
 // of the top bits (exponent and a few mantissa bits) finds the bins holding the
 // two order statistics in one pass; only the elements of those bins (a small
-// fraction for real data) are then partially ordered with nth_element.
+// fraction for real data) are then selected among (select_rank).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -36,15 +36,68 @@ struct MagnitudeBins<double> {
 };
 
 template <typename acc_t>
-DA_INLINE int magnitude_bin(acc_t v) {
+DA_INLINE typename MagnitudeBins<acc_t>::bits_t bits_of(acc_t v) {
   typename MagnitudeBins<acc_t>::bits_t bits;
   std::memcpy(&bits, &v, sizeof bits);
-  return int(bits >> MagnitudeBins<acc_t>::kShift);
+  return bits;
+}
+
+template <typename acc_t>
+DA_INLINE int magnitude_bin(acc_t v) {
+  return int(bits_of(v) >> MagnitudeBins<acc_t>::kShift);
 }
 
 // Interleaved sub-histograms, so that runs of equal bins (common: real data
 // sits in a few octaves) do not serialize on one counter.
 constexpr int kHistogramLanes = 4;
+
+// The k-th smallest (0-based) of count >= 1 magnitudes (>= 0, no NaN), and
+// with next the (k + 1)-th (k + 1 < count), without reordering them. Where
+// std::nth_element mispredicts a branch on about every other element (some
+// 10 ns each on fresh data: most of the selection's time), this bins the
+// values by their bit patterns (which order like the values) over the range
+// they span, counts the bins in one pass, and goes on with only the bins that
+// hold the two ranks: again the same way while that narrows the values down,
+// by nth_element once they are few (or all alike). The same values as
+// nth_element, whatever the data.
+constexpr int64_t kRankBins = 1024;
+constexpr int64_t kRankFew = 48;
+template <typename acc_t>
+acc_t select_rank(const acc_t* v, int64_t count, int64_t k, acc_t* next) {
+  using bits_t = typename MagnitudeBins<acc_t>::bits_t;
+  bits_t least = bits_of(v[0]), most = least;
+  for (int64_t i = 1; i < count; ++i) {
+    const bits_t b = bits_of(v[i]);
+    least = b < least ? b : least;
+    most = b > most ? b : most;
+  }
+  int64_t bins = kRankBins;
+  while (bins > 16 && bins / 2 >= count) bins /= 2;
+  int shift = 0;
+  while (((most - least) >> shift) >= bits_t(bins)) ++shift;
+  bins = int64_t((most - least) >> shift) + 1;
+  int64_t histogram[kRankBins];
+  std::fill(histogram, histogram + bins, 0);
+  for (int64_t i = 0; i < count; ++i) ++histogram[(bits_of(v[i]) - least) >> shift];
+  int64_t first = 0, before = 0;  // the bin of rank k, with `before` values in the bins below it
+  while (before + histogram[first] <= k) before += histogram[first++];
+  int64_t last = first;  // the bin of rank k + 1
+  if (next != nullptr && k + 1 >= before + histogram[first]) {
+    ++last;
+    while (histogram[last] == 0) ++last;
+  }
+  std::vector<acc_t> held;
+  held.reserve(size_t(histogram[first] + (last == first ? 0 : histogram[last])));
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t bin = int64_t((bits_of(v[i]) - least) >> shift);
+    if (bin >= first && bin <= last) held.push_back(v[i]);
+  }
+  const int64_t at = k - before, kept = int64_t(held.size());
+  if (kept > kRankFew && kept < count) return select_rank(held.data(), kept, at, next);
+  std::nth_element(held.begin(), held.begin() + at, held.end());
+  if (next != nullptr) *next = *std::min_element(held.begin() + at + 1, held.end());
+  return held[size_t(at)];
+}
 
 }  // namespace
 
@@ -83,35 +136,26 @@ acc_t quantile_of_magnitudes(const acc_t* values, int64_t n, double ratio) {
     const int b = magnitude_bin(values[j]);
     if (b >= bin_below && b <= bin_above) candidates.push_back(values[j]);
   }
-  const int64_t k = rank.below - before_below;
-  std::nth_element(candidates.begin(), candidates.begin() + k, candidates.end());
-  const acc_t lo = candidates[k];
-  acc_t hi = lo;
-  if (rank.above > rank.below) hi = *std::min_element(candidates.begin() + k + 1, candidates.end());
-  return lerp_like_torch(lo, hi, rank.weight);
+  acc_t hi;
+  const bool interpolated = rank.above > rank.below;
+  const acc_t lo = select_rank(candidates.data(), int64_t(candidates.size()), rank.below - before_below,
+                               interpolated ? &hi : nullptr);
+  return lerp_like_torch(lo, interpolated ? hi : lo, rank.weight);
 }
 
 // The ranks' position in the sample is binomially spread around
 // rank / n * kSelectionSample; lo and hi sit 3 standard deviations (plus 2
 // elements) to either side, so a miss (and the exact fallback) is rare.
 template <typename acc_t>
-Bracket<acc_t> bracket_from_sample(acc_t* sample, int64_t n, const QuantileRank<acc_t>& rank) {
+Bracket<acc_t> bracket_from_sample(const acc_t* sample, int64_t n, const QuantileRank<acc_t>& rank) {
   const int64_t s = kSelectionSample;
   const double p_below = double(rank.below) / double(n), p_above = double(rank.above + 1) / double(n);
   const double spread = 3.0 * std::sqrt(double(s) * std::max(p_below * (1 - p_below), p_above * (1 - p_above))) + 2;
   const int64_t k_lo = int64_t(std::floor(p_below * double(s) - spread));
   const int64_t k_hi = int64_t(std::ceil(p_above * double(s) + spread));
   Bracket<acc_t> b;
-  b.hi = std::numeric_limits<acc_t>::infinity();
-  if (k_hi < s) {
-    std::nth_element(sample, sample + k_hi, sample + s);
-    b.hi = sample[k_hi];
-  }
-  b.lo = acc_t(0);
-  if (k_lo > 0) {
-    std::nth_element(sample, sample + k_lo, sample + std::min(k_hi, s));
-    b.lo = sample[k_lo];
-  }
+  b.hi = k_hi < s ? select_rank(sample, s, k_hi, static_cast<acc_t*>(nullptr)) : std::numeric_limits<acc_t>::infinity();
+  b.lo = k_lo > 0 ? select_rank(sample, s, k_lo, static_cast<acc_t*>(nullptr)) : acc_t(0);
   // Room for four times the expected number of candidates.
   const int64_t expected = (std::min(k_hi, s) - std::max<int64_t>(k_lo, 0) + 1) * (n / s + 1);
   b.capacity = std::min(n, 4 * expected + 64);
@@ -119,23 +163,21 @@ Bracket<acc_t> bracket_from_sample(acc_t* sample, int64_t n, const QuantileRank<
 }
 
 template <typename acc_t>
-bool quantile_from_candidates(acc_t* candidates, int64_t count, int64_t below, const QuantileRank<acc_t>& rank,
+bool quantile_from_candidates(const acc_t* candidates, int64_t count, int64_t below, const QuantileRank<acc_t>& rank,
                               acc_t* quantile) {
   if (rank.below < below || rank.above >= below + count) return false;
-  const int64_t k = rank.below - below;
-  std::nth_element(candidates, candidates + k, candidates + count);
-  const acc_t lo = candidates[k];
-  acc_t hi = lo;
-  if (rank.above > rank.below) hi = *std::min_element(candidates + k + 1, candidates + count);
-  *quantile = lerp_like_torch(lo, hi, rank.weight);
+  acc_t hi;
+  const bool interpolated = rank.above > rank.below;
+  const acc_t lo = select_rank(candidates, count, rank.below - below, interpolated ? &hi : nullptr);
+  *quantile = lerp_like_torch(lo, interpolated ? hi : lo, rank.weight);
   return true;
 }
 
 template float quantile_of_magnitudes<float>(const float*, int64_t, double);
 template double quantile_of_magnitudes<double>(const double*, int64_t, double);
-template Bracket<float> bracket_from_sample<float>(float*, int64_t, const QuantileRank<float>&);
-template Bracket<double> bracket_from_sample<double>(double*, int64_t, const QuantileRank<double>&);
-template bool quantile_from_candidates<float>(float*, int64_t, int64_t, const QuantileRank<float>&, float*);
-template bool quantile_from_candidates<double>(double*, int64_t, int64_t, const QuantileRank<double>&, double*);
+template Bracket<float> bracket_from_sample<float>(const float*, int64_t, const QuantileRank<float>&);
+template Bracket<double> bracket_from_sample<double>(const double*, int64_t, const QuantileRank<double>&);
+template bool quantile_from_candidates<float>(const float*, int64_t, int64_t, const QuantileRank<float>&, float*);
+template bool quantile_from_candidates<double>(const double*, int64_t, int64_t, const QuantileRank<double>&, double*);
 
 }  // namespace diffaccel::cpu

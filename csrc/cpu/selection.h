@@ -7,7 +7,8 @@
 //   2. one pass counts the magnitudes below lo and collects those in [lo, hi]
 //      (about 2% of them for ratio 0.995), with vector compares and counts
 //      (tally.cpp);
-//   3. the order statistics are selected among the candidates (nth_element).
+//   3. the order statistics are selected among the candidates (by bins of
+//      their bit patterns: quantile.cpp's select_rank).
 //
 // When the bracket misses (the ranks fall outside the candidates) or holds too
 // many values (say, constant data), the exact histogram selection of
@@ -49,15 +50,15 @@ struct Bracket {
   int64_t capacity;  // more candidates than this: fall back to exact selection
 };
 
-// Where to look, from the sample's magnitudes (reordered in place); the sample
-// holds no NaN. Defined in quantile.cpp.
+// Where to look, from the sample's magnitudes; the sample holds no NaN.
+// Defined in quantile.cpp.
 template <typename acc_t>
-Bracket<acc_t> bracket_from_sample(acc_t* sample, int64_t n, const QuantileRank<acc_t>& rank);
+Bracket<acc_t> bracket_from_sample(const acc_t* sample, int64_t n, const QuantileRank<acc_t>& rank);
 
-// The quantile from the candidates (reordered in place), given how many values
-// lie below them; false when the ranks fall outside the candidates.
+// The quantile from the candidates, given how many values lie below them;
+// false when the ranks fall outside the candidates.
 template <typename acc_t>
-bool quantile_from_candidates(acc_t* candidates, int64_t count, int64_t below, const QuantileRank<acc_t>& rank,
+bool quantile_from_candidates(const acc_t* candidates, int64_t count, int64_t below, const QuantileRank<acc_t>& rank,
                               acc_t* quantile);
 
 // Scratch memory of one thread's selections, reused across its samples;
@@ -106,28 +107,45 @@ bool tally_block_by(std::string_view level, const double* v, int64_t n, const Br
 // The ratio-quantile of |v| over the n values v that values(offset, len, buf)
 // yields (a pointer to len values for elements [offset, offset + len), either
 // into the data or into buf, which holds kBlock values), as torch.quantile
-// finds it; NaN when any is NaN.
+// finds it; NaN when any is NaN. direct, when not null, holds the n values in
+// memory: the tally then runs over all of them in one call.
 template <typename acc_t, typename Values>
-DA_INLINE acc_t select_quantile(int64_t n, double ratio, Values&& values, SelectionScratch<acc_t>& scratch) {
+DA_INLINE acc_t select_quantile(int64_t n, double ratio, const acc_t* direct, Values&& values,
+                                SelectionScratch<acc_t>& scratch) {
   const QuantileRank<acc_t> rank = quantile_rank<acc_t>(ratio, n);
   if (n >= kSampledSelectionMin) {
     acc_t* sample = scratch.sample.get(kSelectionSample);
     bool nan = false;
-    for (int64_t i = 0; i < kSelectionSample; ++i) {
-      acc_t buf[1];
-      const acc_t v = std::abs(*values(sample_position(i, n), 1, buf));
-      sample[i] = v;
-      nan |= v != v;
+    if (direct != nullptr) {
+      // The sample's cache lines are fetched all at once (each is a miss when
+      // the data is not in cache) before they are read.
+      for (int64_t i = 0; i < kSelectionSample; ++i) __builtin_prefetch(direct + sample_position(i, n));
+      for (int64_t i = 0; i < kSelectionSample; ++i) {
+        const acc_t v = std::abs(direct[sample_position(i, n)]);
+        sample[i] = v;
+        nan |= v != v;
+      }
+    } else {
+      for (int64_t i = 0; i < kSelectionSample; ++i) {
+        acc_t buf[1];
+        const acc_t v = std::abs(*values(sample_position(i, n), 1, buf));
+        sample[i] = v;
+        nan |= v != v;
+      }
     }
     if (nan) return std::numeric_limits<acc_t>::quiet_NaN();
     const Bracket<acc_t> bracket = bracket_from_sample(sample, n, rank);
     Tally<acc_t> tally;
     tally.candidates = scratch.candidates.get(bracket.capacity + kTallySlack);
     tally.capacity = bracket.capacity;
-    for_each_block(0, n, [&](int64_t offset, int64_t len) DA_LAMBDA_INLINE {
-      acc_t buf[kBlock];
-      tally_block(values(offset, len, buf), len, bracket, tally);
-    });
+    if (direct != nullptr) {
+      tally_block(direct, n, bracket, tally);
+    } else {
+      for_each_block(0, n, [&](int64_t offset, int64_t len) DA_LAMBDA_INLINE {
+        acc_t buf[kBlock];
+        tally_block(values(offset, len, buf), len, bracket, tally);
+      });
+    }
     if (tally.nan) return std::numeric_limits<acc_t>::quiet_NaN();
     acc_t q;
     if (tally.count <= tally.capacity &&

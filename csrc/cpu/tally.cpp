@@ -35,43 +35,69 @@ void tally_portable(const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<ac
 }
 
 #if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
-// Branch-free (a quarter of the vectors hold a candidate, too unpredictable
-// a branch): the candidate lanes are compressed to the front of a register
-// that is stored whole at the end of the candidates, the rest of it spilling
-// into the kTallySlack slots or being overwritten by the next store. A block
-// is taken this way only when its candidates cannot outgrow the capacity.
-#define DA_TALLY_AVX512(acc_t, lanes, vec, load, abs, set1, cmp_mask, mask_cmp_mask, compress, store) \
-  int64_t i = 0;                                                                                      \
-  if (t.count + n <= t.capacity) {                                                                    \
-    const vec lo = set1(b.lo), hi = set1(b.hi);                                                       \
-    acc_t* candidates = t.candidates + t.count;                                                       \
-    int64_t not_below = 0;                                                                            \
-    unsigned unordered = 0;                                                                           \
-    for (; i + lanes <= n; i += lanes) {                                                              \
-      const vec x = abs(load(v + i));                                                                 \
-      const auto at_least_lo = cmp_mask(x, lo, _CMP_GE_OQ);                                           \
-      const auto nan = cmp_mask(x, x, _CMP_UNORD_Q);                                                  \
-      const auto inside = mask_cmp_mask(at_least_lo, x, hi, _CMP_LE_OQ);                              \
-      store(candidates, compress(inside, x));                                                         \
-      candidates += __builtin_popcount(unsigned(inside));                                             \
-      not_below += __builtin_popcount(unsigned(at_least_lo | nan));                                   \
-      unordered |= nan;                                                                               \
-    }                                                                                                 \
-    t.count = candidates - t.candidates;                                                              \
-    t.below += i - not_below;                                                                         \
-    t.nan |= unordered != 0;                                                                          \
-  }                                                                                                   \
+// Stretches of kTallyStretch elements, two vectors a step, each stretch taken
+// this way only while its candidates cannot outgrow the capacity (the rest
+// goes to the portable loop). The count below lo goes into vectors of
+// per-lane counters (a masked add: no popcount on the common path; no
+// overflow below 2^36 elements a call), and a pair of vectors with no lane
+// >= lo (or NaN) skips the rest. Otherwise the candidate lanes are compressed
+// to the front of a register that is stored whole at the end of the
+// candidates, the rest of it spilling into the kTallySlack slots or being
+// overwritten by the next store. ("Below" is x < lo, false for NaN, so NaN
+// lanes are "not below", where the unordered test finds them and the inside
+// test drops them.)
+constexpr int64_t kTallyStretch = 256;
+// The sum of the lane counters (gcc 12's _mm512_reduce_add_* draw a false
+// -Wuninitialized warning).
+template <typename lane_t>
+__attribute__((target("avx512f"))) DA_INLINE int64_t sum_of_lanes(__m512i counters) {
+  lane_t lanes[64 / sizeof(lane_t)];
+  _mm512_storeu_si512(lanes, counters);
+  int64_t sum = 0;
+  for (lane_t lane : lanes) sum += lane;
+  return sum;
+}
+#define DA_TALLY_AVX512(acc_t, lanes, vec, ivec, load, abs, set1, cmp_mask, mask_cmp_mask, compress, store, iset1,  \
+                        izero, imask_add, iadd, ireduce, full)                                                      \
+  const vec lo = set1(b.lo), hi = set1(b.hi);                                                                       \
+  const ivec one = iset1(1);                                                                                        \
+  ivec below0 = izero(), below1 = izero();                                                                          \
+  acc_t* candidates = t.candidates + t.count;                                                                       \
+  unsigned unordered = 0;                                                                                           \
+  int64_t i = 0;                                                                                                    \
+  for (; i + kTallyStretch <= n && (candidates - t.candidates) + kTallyStretch <= t.capacity; i += kTallyStretch) { \
+    for (int64_t j = i; j < i + kTallyStretch; j += 2 * lanes) {                                                    \
+      const vec x0 = abs(load(v + j)), x1 = abs(load(v + j + lanes));                                               \
+      const auto below_0 = cmp_mask(x0, lo, _CMP_LT_OQ), below_1 = cmp_mask(x1, lo, _CMP_LT_OQ);                    \
+      below0 = imask_add(below0, below_0, below0, one);                                                             \
+      below1 = imask_add(below1, below_1, below1, one);                                                             \
+      if (unsigned(below_0 & below_1) != full) {                                                                    \
+        const auto inside0 = mask_cmp_mask(~below_0, x0, hi, _CMP_LE_OQ);                                           \
+        const auto inside1 = mask_cmp_mask(~below_1, x1, hi, _CMP_LE_OQ);                                           \
+        unordered |= mask_cmp_mask(~below_0, x0, x0, _CMP_UNORD_Q) | mask_cmp_mask(~below_1, x1, x1, _CMP_UNORD_Q); \
+        store(candidates, compress(inside0, x0));                                                                   \
+        candidates += __builtin_popcount(unsigned(inside0));                                                        \
+        store(candidates, compress(inside1, x1));                                                                   \
+        candidates += __builtin_popcount(unsigned(inside1));                                                        \
+      }                                                                                                             \
+    }                                                                                                               \
+  }                                                                                                                 \
+  t.count = candidates - t.candidates;                                                                              \
+  t.below += ireduce(iadd(below0, below1));                                                                         \
+  t.nan |= unordered != 0;                                                                                          \
   tally_portable<acc_t>(v + i, n - i, b, t);
 
 __attribute__((target("avx512f,popcnt"))) void tally_avx512(const float* v, int64_t n, const Bracket<float>& b,
                                                             Tally<float>& t) {
-  DA_TALLY_AVX512(float, 16, __m512, _mm512_loadu_ps, _mm512_abs_ps, _mm512_set1_ps, _mm512_cmp_ps_mask,
-                  _mm512_mask_cmp_ps_mask, _mm512_maskz_compress_ps, _mm512_storeu_ps)
+  DA_TALLY_AVX512(float, 16, __m512, __m512i, _mm512_loadu_ps, _mm512_abs_ps, _mm512_set1_ps, _mm512_cmp_ps_mask,
+                  _mm512_mask_cmp_ps_mask, _mm512_maskz_compress_ps, _mm512_storeu_ps, _mm512_set1_epi32,
+                  _mm512_setzero_si512, _mm512_mask_add_epi32, _mm512_add_epi32, sum_of_lanes<int32_t>, 0xFFFFu)
 }
 __attribute__((target("avx512f,popcnt"))) void tally_avx512(const double* v, int64_t n, const Bracket<double>& b,
                                                             Tally<double>& t){
-    DA_TALLY_AVX512(double, 8, __m512d, _mm512_loadu_pd, _mm512_abs_pd, _mm512_set1_pd, _mm512_cmp_pd_mask,
-                    _mm512_mask_cmp_pd_mask, _mm512_maskz_compress_pd, _mm512_storeu_pd)}
+    DA_TALLY_AVX512(double, 8, __m512d, __m512i, _mm512_loadu_pd, _mm512_abs_pd, _mm512_set1_pd, _mm512_cmp_pd_mask,
+                    _mm512_mask_cmp_pd_mask, _mm512_maskz_compress_pd, _mm512_storeu_pd, _mm512_set1_epi64,
+                    _mm512_setzero_si512, _mm512_mask_add_epi64, _mm512_add_epi64, sum_of_lanes<int64_t>, 0xFFu)}
 #undef DA_TALLY_AVX512
 
 // AVX2 has no compress: the few candidate lanes are appended one by one.

@@ -35,7 +35,8 @@ DA_INLINE void threshold_dynamic_samples_impl(const ThresholdArgs<acc_t>& a, con
     const int64_t first = b * a.per_sample;
     auto values = [&](int64_t offset, int64_t n, acc_t* buf)
                       DA_LAMBDA_INLINE { return load_block(a.x, first + offset, n, buf); };
-    const acc_t q = select_quantile<acc_t>(a.per_sample, t.ratio, values, scratch);
+    const acc_t* direct = a.x.dtype == dtype_of<acc_t>() ? static_cast<const acc_t*>(a.x.data) + first : nullptr;
+    const acc_t q = select_quantile<acc_t>(a.per_sample, t.ratio, direct, values, scratch);
     scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
     if (apply) threshold_range_impl(a, first, first + a.per_sample);
   }

@@ -159,8 +159,7 @@ py::object tally(const std::string& level, const at::Tensor& values, double lo, 
                  int64_t block) {
   TORCH_CHECK_VALUE(values.dim() == 1 && values.is_contiguous() && values.device().is_cpu(),
                     "tally: argument 'values' must be a contiguous 1-d CPU tensor");
-  TORCH_CHECK_VALUE(block >= 1 && block <= diffaccel::cpu::kBlock && capacity >= 0,
-                    "tally: argument 'block' must be in [1, 256] and 'capacity' >= 0");
+  TORCH_CHECK_VALUE(block >= 1 && capacity >= 0, "tally: argument 'block' must be >= 1 and 'capacity' >= 0");
   py::object result = py::none();
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "tally", [&] {
     const scalar_t* v = values.data_ptr<scalar_t>();

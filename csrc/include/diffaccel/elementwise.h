@@ -8,9 +8,17 @@
 // ISA levels.
 #pragma once
 
+#include <math.h>
+
 #include "diffaccel/config.h"
 
 namespace diffaccel {
+
+// |v|, one and-not on the sign bit (-0.0 gives +0.0: every use below only
+// compares magnitudes or scales them into a clamp at atol > 0, where the sign
+// of a zero does not matter).
+DA_HOST_DEVICE DA_INLINE float magnitude(float v) { return ::fabsf(v); }
+DA_HOST_DEVICE DA_INLINE double magnitude(double v) { return ::fabs(v); }
 
 // clamp(v, lo, hi) that keeps a NaN v, like torch.clamp.
 template <typename acc_t>
@@ -73,8 +81,8 @@ struct ErrorTolerance {
 template <typename acc_t>
 DA_HOST_DEVICE DA_INLINE ErrorTolerance<acc_t> error_tolerance(acc_t low, acc_t prev, acc_t atol, acc_t rtol) {
   ErrorTolerance<acc_t> t;
-  t.a = low < acc_t(0) ? -low : low;
-  t.b = prev < acc_t(0) ? -prev : prev;
+  t.a = magnitude(low);
+  t.b = magnitude(prev);
   t.scaled = rtol * ((t.a != t.a || t.a > t.b) ? t.a : t.b);
   t.delta = t.scaled < atol ? atol : t.scaled;
   return t;
@@ -95,8 +103,7 @@ DA_HOST_DEVICE DA_INLINE acc_t scaled_error(acc_t high, acc_t low, acc_t prev, a
 // passed * v over those elements.
 template <typename acc_t>
 DA_HOST_DEVICE DA_INLINE acc_t threshold_backward_element(acc_t g, acc_t v, acc_t s, acc_t& kept_v) {
-  const acc_t magnitude = v < acc_t(0) ? -v : v;
-  const bool inside = magnitude <= s;
+  const bool inside = magnitude(v) <= s;
   kept_v = inside ? v : acc_t(0);
   return inside ? g / s : acc_t(0);
 }
