@@ -98,3 +98,53 @@ def test_every_host_time_case_runs():
             loop, reset = scheduler_loop(case, impl, DEVICE, (1, 4, 4, 4), steps=25)
             reset()
             assert loop().shape == (1, 4, 4, 4), case
+
+
+def _benchmark_json(path, rows):
+    """A pytest-benchmark JSON of (case, impl, median seconds) rows at one shape."""
+    benchmarks = [
+        {
+            "fullname": f"{case}-{impl}",
+            "stats": {"median": seconds},
+            "extra_info": {"case": case, "shape": "medium", "impl": impl, "bytes": 8 << 20},
+        }
+        for case, impl, seconds in rows
+    ]
+    data = {
+        "machine_info": {"python_version": "3.11", "cpu": {"brand_raw": "test CPU", "count": 2}},
+        "commit_info": {"id": "0123456789abcdef"},
+        "datetime": "2026-12-03T00:00:00",
+        "benchmarks": benchmarks,
+    }
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_report_columns_follow_what_was_timed(tmp_path, capsys):
+    """bench/report.py: a run of the fused ops and the floors alone (what
+    bench/compare.sh times) gets no reference columns rather than NaN ones; a
+    run with the references gets them; --before adds the earlier build's time."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_report", pathlib.Path(__file__).parent.parent / "bench" / "report.py"
+    )
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    floors = [("copy", "copy", 1e-4), ("triad", "triad", 1e-4)]
+    fused_only = _benchmark_json(tmp_path / "fused.json", floors + [("error_norm", "fused", 2e-4)])
+    before = _benchmark_json(tmp_path / "before.json", floors + [("error_norm", "fused", 4e-4)])
+    report.main(fused_only, "--before", before)
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("| case"))
+    assert "eager ref" not in header and "before us" in header
+    row = next(line for line in text.splitlines() if line.startswith("| error_norm"))
+    assert "nan" not in row and "| 200.0 |" in row and "| 400.0 |" in row
+    with_reference = _benchmark_json(
+        tmp_path / "full.json", floors + [("error_norm", "fused", 2e-4), ("error_norm", "eager_reference", 1e-3)]
+    )
+    report.main(with_reference)
+    text = capsys.readouterr().out
+    assert "| eager ref us | best vs eager |" in text
+    assert "| 1000.0 | 5.00x |" in next(line for line in text.splitlines() if line.startswith("| error_norm"))
