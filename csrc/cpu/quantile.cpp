@@ -99,6 +99,16 @@ acc_t select_rank(const acc_t* v, int64_t count, int64_t k, acc_t* next) {
   return held[size_t(at)];
 }
 
+// The quantile of the given rank from count magnitudes that hold both its
+// order statistics, below of the values lying below them.
+template <typename acc_t>
+acc_t quantile_among(const acc_t* v, int64_t count, int64_t below, const QuantileRank<acc_t>& rank) {
+  acc_t hi;
+  const bool interpolated = rank.above > rank.below;
+  const acc_t lo = select_rank(v, count, rank.below - below, interpolated ? &hi : nullptr);
+  return lerp_like_torch(lo, interpolated ? hi : lo, rank.weight);
+}
+
 }  // namespace
 
 template <typename acc_t>
@@ -136,11 +146,7 @@ acc_t quantile_of_magnitudes(const acc_t* values, int64_t n, double ratio) {
     const int b = magnitude_bin(values[j]);
     if (b >= bin_below && b <= bin_above) candidates.push_back(values[j]);
   }
-  acc_t hi;
-  const bool interpolated = rank.above > rank.below;
-  const acc_t lo = select_rank(candidates.data(), int64_t(candidates.size()), rank.below - before_below,
-                               interpolated ? &hi : nullptr);
-  return lerp_like_torch(lo, interpolated ? hi : lo, rank.weight);
+  return quantile_among(candidates.data(), int64_t(candidates.size()), before_below, rank);
 }
 
 // The ranks' position in the sample is binomially spread around
@@ -166,10 +172,7 @@ template <typename acc_t>
 bool quantile_from_candidates(const acc_t* candidates, int64_t count, int64_t below, const QuantileRank<acc_t>& rank,
                               acc_t* quantile) {
   if (rank.below < below || rank.above >= below + count) return false;
-  acc_t hi;
-  const bool interpolated = rank.above > rank.below;
-  const acc_t lo = select_rank(candidates, count, rank.below - below, interpolated ? &hi : nullptr);
-  *quantile = lerp_like_torch(lo, interpolated ? hi : lo, rank.weight);
+  *quantile = quantile_among(candidates, count, below, rank);
   return true;
 }
 

@@ -120,18 +120,13 @@ DA_INLINE acc_t select_quantile(int64_t n, double ratio, const acc_t* direct, Va
       // The sample's cache lines are fetched all at once (each is a miss when
       // the data is not in cache) before they are read.
       for (int64_t i = 0; i < kSelectionSample; ++i) __builtin_prefetch(direct + sample_position(i, n));
-      for (int64_t i = 0; i < kSelectionSample; ++i) {
-        const acc_t v = std::abs(direct[sample_position(i, n)]);
-        sample[i] = v;
-        nan |= v != v;
-      }
-    } else {
-      for (int64_t i = 0; i < kSelectionSample; ++i) {
-        acc_t buf[1];
-        const acc_t v = std::abs(*values(sample_position(i, n), 1, buf));
-        sample[i] = v;
-        nan |= v != v;
-      }
+    }
+    for (int64_t i = 0; i < kSelectionSample; ++i) {
+      const int64_t at = sample_position(i, n);
+      acc_t buf[1];
+      const acc_t v = std::abs(direct != nullptr ? direct[at] : *values(at, 1, buf));
+      sample[i] = v;
+      nan |= v != v;
     }
     if (nan) return std::numeric_limits<acc_t>::quiet_NaN();
     const Bracket<acc_t> bracket = bracket_from_sample(sample, n, rank);
