@@ -208,6 +208,21 @@ def test_options(name, options, kind):
     assert _relative(out, expected) <= 1e-5
 
 
+@pytest.mark.parametrize("orders", [(6, 6), (6, 2), (2, 6)], ids=str)
+@pytest.mark.parametrize("kind", ["EPS", "CONST"])
+def test_sa_solver_high_orders(kind, orders):
+    """Orders up to 6 over 16 steps: where the folded prediction would sum more than
+    the 8 tensors a fused combine takes, the corrected state is made first."""
+    x, sigmas = _start(kind, steps=16)
+    options = {"predictor_order": orders[0], "corrector_order": orders[1]}
+    with _FusedOpCount() as ops_run:
+        out, _, calls = _run(ours.sampler_function("sa_solver"), kind, x, sigmas, FixedNoise(), **options)
+    expected, _, _ = _run(reference.TWINS["sa_solver"], kind, x.double(), sigmas.double(), FixedNoise(), **options)
+    assert _relative(out, expected) <= 1e-5
+    # (6, 6) and (6, 2) reach 9 terms (x_pred, 7 predictions, the noise) on some steps
+    assert (ops_run.count > calls) == (orders[0] == 6) and ops_run.count <= 2 * calls
+
+
 @pytest.mark.parametrize("kind", ["EPS", "CONST"])
 def test_deis_rhoab(kind):
     """rhoab on a schedule short enough for ComfyUI's table (steps <= max_order)."""
@@ -275,6 +290,43 @@ def test_no_host_read_of_the_state(name, kind):
     else:
         out = function(model, x, sigmas, extra_args={"model_options": {}}, disable=True, **options)
     assert out.device.type == "meta" and out.shape == x.shape
+
+
+class _FusedOpCount(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the diffaccel ops that run (a dispatch mode keeps the loops on the ops'
+    fronts, so every fused pass is seen here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.namespace == "diffaccel"
+        return func(*args, **(kwargs or {}))
+
+
+# Samplers that make more than one fused pass per model call, and why (docs/comfyui.md).
+TWO_PASSES = {
+    "uni_pc": "the predictor writes the model's input, the corrector the state the callback reports",
+    "uni_pc_bh2": "as uni_pc",
+    "dpm_adaptive": "each trial adds the lower-order solution (kept as the next x_prev) and its error norm",
+}
+
+
+@pytest.mark.parametrize("kind", ["EPS", "CONST"])
+@pytest.mark.parametrize("name", NAMES)
+def test_one_fused_op_per_model_call(name, kind):
+    """As KSampler runs them (with a callback), every sampler makes one fused pass per
+    model call at most, except the TWO_PASSES ones (two at most)."""
+    x, sigmas = _start(kind)
+    model = model_for(kind, SHAPE)
+    options = {"noise_sampler": FixedNoise()} if _takes(ours.sampler_function(name), "noise_sampler") else {}
+    with _FusedOpCount() as ops_run:
+        ours.ksampler_function(name)(
+            model, x, sigmas.clone(), extra_args={"model_options": {}}, callback=lambda d: None, disable=True, **options
+        )
+    calls = model.inner_model.calls
+    assert 1 <= ops_run.count <= (2 if name in TWO_PASSES else 1) * calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

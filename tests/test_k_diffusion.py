@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from diffaccel.integrations import k_diffusion as ours
+from diffaccel.integrations.k_diffusion import dpm_solver
 
 from conftest import DEVICE, RANDOM_SEEDS
 from k_diffusion_loader import load_k_diffusion_sampling
@@ -168,6 +169,75 @@ def test_dpm_fast_gives_the_model_k_diffusions_sigmas(n, x_dtype):
         assert a.dtype == b.dtype and torch.equal(a, b)
     for a, b in zip(calls["ours"], calls["theirs"]):
         assert all(torch.equal(a[key], b[key]) for key in ("sigma", "sigma_hat", "t", "t_up"))
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize(
+    "x_dtype, times_dtype, sigma_range",
+    [
+        (torch.float32, None, (0.03, 14.6)),  # numbers: times in the default dtype
+        (torch.bfloat16, None, (0.03, 14.6)),
+        (torch.float32, torch.float64, (0.03, 14.6)),
+        (torch.float32, torch.float32, (0.0292, 1.0)),  # tensors, as ComfyUI's KSampler passes them
+        (torch.float32, None, (14.6, 0.03)),  # reverse
+    ],
+    ids=str,
+)
+def test_dpm_adaptive_times_on_the_host_equal_the_0d_tensor_ops(monkeypatch, order, x_dtype, times_dtype, sigma_range):
+    """Without noise dpm_adaptive does k-diffusion's 0-d time arithmetic on host
+    scalars and a step's exps in one op; with the host path switched off it runs the
+    0-d tensor ops k-diffusion runs. Both give the model and the callback the same
+    sigmas and times bit for bit, take the same steps and return the same bits.
+    (Against k-diffusion itself the times agree until the first error estimate, which
+    diffaccel sums in float64: test_dpm_adaptive_matches_k_diffusion.)"""
+    x = _x((1, 2, 8, 8), sigma_max=max(sigma_range)).to(x_dtype)
+    sigma_min, sigma_max = (torch.tensor(v, dtype=times_dtype) if times_dtype else v for v in sigma_range)
+    runs = []
+    for host in (True, False):
+        if not host:
+            monkeypatch.setattr(dpm_solver, "_HOST_SCALARS", {})
+        seen, calls = [], []
+
+        def model(x, sigma):
+            seen.append(sigma.clone())
+            return denoiser(x, sigma)
+
+        out = ours.sample_dpm_adaptive(model, x, sigma_min, sigma_max, order=order, disable=True, callback=calls.append)
+        runs.append((out, seen, calls))
+    (out, seen, calls), (want, want_seen, want_calls) = runs
+    assert len(seen) == len(want_seen) > 3 * order
+    for a, b in zip(seen, want_seen):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert len(calls) == len(want_calls)
+    for a, b in zip(calls, want_calls):
+        assert all(torch.equal(a[key], b[key]) for key in ("sigma", "sigma_hat", "t", "t_up"))
+        assert (a["h"], a["error"], a["n_accept"]) == (b["h"], b["error"], b["n_accept"])
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_host_times_equal_tensor_times(dtype, x_dtype, batch):
+    """A step's times from host scalars (_HostTimes) against k-diffusion's 0-d tensor
+    ops (_TensorTimes) on 500 random steps: every sigma and model sigma bit for bit."""
+    g = torch.Generator().manual_seed(5)
+    t = (torch.rand(500, generator=g, dtype=torch.float64) * 8 - 3).to(dtype)
+    t_next = t + (torch.rand(500, generator=g, dtype=torch.float64) * 0.9 + 1e-4).to(dtype)
+    x = torch.zeros(batch, 2).to(x_dtype)
+    solver = dpm_solver._EpsSolver(denoiser, x, None, lambda: None)
+    scalar = dpm_solver._HOST_SCALARS[dtype]
+    for i in range(500):
+        r1 = (1 / 2, 1 / 3)[i % 2]
+        model_dtype = torch.result_type(t[i], solver.ones)
+        host = dpm_solver._HostTimes(solver, scalar(float(t[i])), scalar(float(t_next[i])), r1, t.device, model_dtype)
+        tensors = dpm_solver._TensorTimes(solver, t[i], t_next[i], r1)
+        assert host.h == tensors.h
+        for name in ("t", "next", "s1", "s2"):
+            assert host.sigma(name) == tensors.sigma(name), (i, name)
+        for name in ("t", "s1", "s2"):
+            got, want = host.model_sigma(name), tensors.model_sigma(name)
+            assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
 
 
 def test_dpm_fast_refuses_no_evaluations():

@@ -23,6 +23,7 @@ from diffaccel.integrations.comfyui.common import (
 )
 from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion.common import _sampler, _step, get_ancestral_step
+from diffaccel.ops.validation import MAX_COMBINE
 
 # Adams-Bashforth weights of ipndm, newest derivative first, by order.
 _ADAMS_BASHFORTH = {
@@ -61,25 +62,41 @@ def _variable_step_weights(t: List[float], i: int, order: int) -> List[float]:
     ]
 
 
-def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, weights: Callable):
+def _ipndm_rows(sigmas: List[float], max_order: int, weights: Callable) -> List[List[float]]:
+    """Each step's ei_step coefficients: d = (x - denoised) / sigma, x_next = x +
+    (sigma_next - sigma) sum_j w_j d_j over the newest derivatives (an order ComfyUI
+    has no formula for leaves x where it is; onto sigma = 0 the loop returns the
+    denoised sample)."""
+    rows = []
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        order = min(max_order, i + 1)
+        usable = 1 <= order <= 4 and sigma_next != 0
+        w = [(sigma_next - sigma) * c for c in weights(sigmas, i, order)] if usable else [0.0]
+        rows.append([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0])
+    return rows
+
+
+def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, weights: Callable, tag: str):
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
+
+    def make():  # every step's row as views of one tensor, kept per schedule
+        rows = _ipndm_rows(loop.values, max_order, weights)
+        flat = k_common._COEFFICIENTS.get([v for row in rows for v in row], x.device)
+        return flat.split([len(row) for row in rows])
+
+    table = k_common._COEFFICIENTS.kept(loop.values, x.device, (tag, max_order), make)
     x_initial = x
     derivatives = []  # the last three (x - denoised) / sigma, newest last
     for i in loop.steps():
-        sigma, sigma_next = loop.values[i], loop.values[i + 1]
         denoised = loop.denoise_at(x, i)
         # ComfyUI reports the x it was given at every step, not the current one.
         loop.report(x_initial, i, denoised)
-        order = min(max_order, i + 1)
-        # One op: d = (x - denoised) / sigma, x_next = x + (sigma_next - sigma) sum_j w_j d_j
-        # (an order ComfyUI has no formula for leaves x where it is; onto sigma = 0 the
-        # result is the denoised sample).
-        usable = 1 <= order <= 4 and sigma_next != 0
-        w = [(sigma_next - sigma) * c for c in weights(loop.values, i, order)] if usable else [0.0]
-        history = list(reversed(derivatives[len(derivatives) - (len(w) - 1) :])) if len(w) > 1 else []
-        coeffs = k_common._COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
+        coeffs = table[i]
+        k = len(coeffs) - 5  # the derivatives this step's sum reads besides its own
+        history = list(reversed(derivatives[len(derivatives) - k :])) if k else []
         x_next, d = _step(x, denoised, history, coeffs, direct=loop.direct)
-        if sigma_next == 0:
+        if loop.values[i + 1] == 0:
             x_next = denoised
         if max_order == 1:
             raise IndexError("list assignment index out of range")  # ComfyUI's buffer of max_order - 1 = 0 entries
@@ -92,14 +109,14 @@ def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, weights: 
 def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
     """iPNDM: Adams-Bashforth steps in sigma on the last max_order derivatives."""
     return _ipndm(
-        model, x, sigmas, extra_args, callback, disable, max_order, lambda t, i, order: _ADAMS_BASHFORTH[order]
+        model, x, sigmas, extra_args, callback, disable, max_order, lambda t, i, order: _ADAMS_BASHFORTH[order], "ipndm"
     )
 
 
 @_sampler
 def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
     """iPNDM with variable step sizes: the multistep weights follow the spacing of the sigmas."""
-    return _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, _variable_step_weights)
+    return _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, _variable_step_weights, "ipndm_v")
 
 
 def _nan_to_num(value: float, dtype: torch.dtype) -> float:
@@ -431,7 +448,14 @@ def _sa_solver(
     keep = max(predictor_order, corrector_order)
     n = len(loop.values)
     lower_order_to_end = loop.values[-1] == 0
-    x_pred, h, tau, noise, noise_scale = x, 0.0, 0.0, None, 0.0
+    # The corrected state x_c is kept as terms [(tensor, weight)], made only where it is
+    # needed itself (PECE's model input, the result). The corrector and the predictor
+    # that made x_pred add the same noise to the same w * x_c_prev, so x_c = x_pred -
+    # (the predictor's prediction terms) + (the corrector's): a sum over x_pred and the
+    # predictions, which the next predictor folds into its one combine.
+    x_pred, h, tau = x, 0.0, 0.0
+    corrected = [(x, 1.0)]
+    predicted = []  # the prediction terms the last predictor added to w * x_c_prev
     predictions = []
     for i in loop.steps():
         sigma, sigma_next = loop.values[i], loop.values[i + 1]
@@ -444,34 +468,58 @@ def _sa_solver(
             p_order = min(p_order, n - 2 - i)
             c_order = min(c_order, n - 1 - i)
         if c_order == 0:
-            x = x_pred
+            corrected = [(x_pred, 1.0)]
         else:
             b = _stochastic_adams_weights(
                 sigma, lambdas[i - c_order + 1 : i + 1], lambdas[i - 1], lambdas[i], tau, simple_order_2, True
             )
-            tensors = [x, *predictions[-c_order:]]
-            weights = [sigma / loop.values[i - 1] * np.exp(-(tau**2) * h), *b]
-            if tau > 0 and s_noise > 0:  # the predictor's noise, added again to the corrected state
-                tensors, weights = tensors + [noise], weights + [noise_scale]
-            x = _combine(tensors, weights)
+            corrected = [(x_pred, 1.0), *((t, -w) for t, w in predicted), *zip(predictions[-c_order:], b)]
             if use_pece:
-                denoised = predictions[-1] = loop.denoise_at(x, i)
+                x_corrected = _combine_terms(corrected)
+                corrected = [(x_corrected, 1.0)]
+                denoised = predictions[-1] = loop.denoise_at(x_corrected, i)
         if sigma_next == 0:
-            x = denoised
+            corrected = [(denoised, 1.0)]
             continue
         tau = tau_at(i + 1)
         b = _stochastic_adams_weights(
             sigma_next, lambdas[i - p_order + 1 : i + 1], lambdas[i], lambdas[i + 1], tau, simple_order_2, False
         )
         h = lambdas[i + 1] - lambdas[i]
-        tensors = [x, *predictions[-p_order:]]
-        weights = [sigma_next / sigma * np.exp(-(tau**2) * h), *b]
+        predicted = list(zip(predictions[-p_order:], b))
+        noise = []
         if tau > 0 and s_noise > 0:
-            noise = noise_sampler(loop.at[i], loop.at[i + 1])
-            noise_scale = sigma_next * np.sqrt(-np.expm1(-2 * tau**2 * h)) * s_noise
-            tensors, weights = tensors + [noise], weights + [noise_scale]
-        x_pred = _combine(tensors, weights)
-    return x
+            scale = sigma_next * np.sqrt(-np.expm1(-2 * tau**2 * h)) * s_noise
+            noise = [(noise_sampler(loop.at[i], loop.at[i + 1]), scale)]
+        if i < n - 2:  # ComfyUI's last prediction is never used (its noise is drawn all the same)
+            state = sigma_next / sigma * np.exp(-(tau**2) * h)
+            terms = [(t, state * w) for t, w in corrected] + predicted + noise
+            if len(_merged(terms)[0]) > MAX_COMBINE:
+                terms = [(_combine_terms(corrected), state)] + predicted + noise
+            x_pred = _combine_terms(terms)
+    return _combine_terms(corrected)
+
+
+def _merged(terms):
+    """(tensors, weights) of sum_j w_j t_j with each tensor once (its weights added)."""
+    tensors, weights = [], []
+    for tensor, weight in terms:
+        for k, seen in enumerate(tensors):
+            if seen is tensor:
+                weights[k] += weight
+                break
+        else:
+            tensors.append(tensor)
+            weights.append(weight)
+    return tensors, weights
+
+
+def _combine_terms(terms):
+    """sum_j w_j t_j in one fused pass (a lone tensor of weight 1 is itself)."""
+    tensors, weights = _merged(terms)
+    if len(tensors) == 1 and weights[0] == 1.0:
+        return tensors[0]
+    return _combine(tensors, weights)
 
 
 def _combine(tensors, weights):
@@ -496,8 +544,8 @@ def sample_sa_solver(
     simple_order_2=False,
 ):
     """SA-Solver (Xue et al. 2023): stochastic Adams predictor-corrector in the half
-    log-SNR, two fused combines per model call (the corrected state and the next
-    prediction are both kept)."""
+    log-SNR, one fused combine per model call (the corrected state folded into the
+    next prediction)."""
     if len(sigmas) <= 1:
         return x
     return _sa_solver(

@@ -350,16 +350,30 @@ class _Loop:
         high = max(range(len(self.values)), key=lambda j: self.values[j])
         return self.at[low], self.at[high]
 
-    def steps_from_rows(self, x, rows, to_d: bool):
+    def steps_from_rows(self, x, rows_of: Callable, tag, to_d: bool):
         """The whole loop of a sampler whose step i is one model call at sigma_i, reported,
         and one fused step ``rows[i][0] x + rows[i][1] denoised`` (no history, no noise),
-        with every row known before the first step: the rows are one cached table, so a
-        step's host time is the model call and the kernel's (Euler's loop)."""
-        table = _COEFFICIENTS.rows([[0.0, 1.0, a, b, 0.0] for a, b in rows], self.device)
+        with every row known before the first step: rows = rows_of(the host sigmas), made
+        into one table kept per schedule (tag names rows_of), so a step's host time is
+        the model call and the kernel's (Euler's loop)."""
+
+        def make():
+            return _COEFFICIENTS.rows([[0.0, 1.0, a, b, 0.0] for a, b in rows_of(self.values)], self.device)
+
+        table = _COEFFICIENTS.kept(self.values, self.device, ("rows", tag), make)
+        # The kernel's entry is called here itself while the state keeps its dtype and
+        # the denoiser returns plain tensors of it (what _step checks, a microsecond a step).
+        direct = (
+            self.direct if self.direct is not None and _keeps(x.dtype, self.sigmas.dtype if to_d else None) else None
+        )
         for i in self.steps():
             denoised = self.denoise_at(x, i)
-            self.report(x, i, denoised)
-            x = self.step_from_row(x, denoised, (), table[i], to_d=to_d)
+            if self.callback is not None:
+                self.report(x, i, denoised)
+            if direct is not None and denoised.__class__ is torch.Tensor and denoised.dtype == x.dtype:
+                x = direct(x, denoised, (), table[i], None, *_NO_THRESHOLD_ARGS)[0]
+            else:
+                x = self.step_from_row(x, denoised, (), table[i], to_d=to_d)
         return x
 
     def step_from_row(self, x, denoised, history, row, to_d: bool):

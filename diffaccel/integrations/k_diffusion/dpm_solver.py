@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from diffaccel import ops
+from diffaccel.ops import validation
 from diffaccel.integrations.k_diffusion import common
 from diffaccel.integrations.k_diffusion.common import (
     _check_sigma_range,
@@ -114,13 +116,12 @@ _R2 = 2 / 3
 
 class _TensorTimes:
     """One step's times as k-diffusion computes them: 0-d tensors in the times' dtype,
-    each intermediate time and each sigma computed (and read) once. sigma_t: sigma(t)
-    where the caller has it already (an adaptive step starts where the last ended)."""
+    each intermediate time and each sigma computed (and read) once."""
 
-    def __init__(self, solver: _EpsSolver, t, t_next, r1: float, sigma_t=None):
+    def __init__(self, solver: _EpsSolver, t, t_next, r1: float):
         self.solver, self.r1, self.r2 = solver, r1, _R2
         self.times = {"t": t, "next": t_next}
-        self.sigmas = {} if sigma_t is None else {"t": sigma_t}
+        self.sigmas = {}
         self.values = {}
         self.step = t_next - t
         self.h = float(self.step)
@@ -142,6 +143,38 @@ class _TensorTimes:
 
     def model_sigma(self, name: str):
         return self.sigma_tensor(name) * self.solver.ones
+
+
+# numpy's scalar type for the times' dtype, where the host can do their arithmetic.
+_HOST_SCALARS = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+class _HostTimes:
+    """One step's times with k-diffusion's 0-d arithmetic done on the host: t_next - t,
+    t + r h and the like in numpy scalars of the times' dtype (single IEEE operations,
+    so the bits the 0-d tensor ops give on any device), and the sigmas exp(-time) of
+    the step by one elementwise op on the times' device (the exp of k-diffusion's 0-d
+    ones, value for value), read once. The model's sigma tensors (sigma * ones, in
+    model_dtype: the dtype of that 0-d product) are rows of that op's result."""
+
+    def __init__(self, solver: _EpsSolver, t, t_next, r1: float, device: torch.device, model_dtype: torch.dtype):
+        scalar = type(t)
+        self.r1, self.r2 = r1, _R2
+        step = t_next - t
+        self.h = float(step)
+        minus_times = np.array([-t, -(t + scalar(r1) * step), -(t + scalar(_R2) * step), -t_next])
+        sigmas = torch.from_numpy(minus_times).to(device).exp()  # t, s1, s2, next
+        self.sigmas = dict(zip(("t", "s1", "s2", "next"), sigmas.tolist()))
+        model = sigmas[:3, None].to(device=solver.ones.device, dtype=model_dtype)
+        if solver.ones.shape[0] != 1:  # (times one is the same value: a batch of one keeps the rows)
+            model = model * solver.ones
+        self.model_sigmas = dict(zip(("t", "s1", "s2"), model.unbind(0)))
+
+    def sigma(self, name: str) -> float:
+        return self.sigmas[name]
+
+    def model_sigma(self, name: str):
+        return self.model_sigmas[name]
 
 
 class _ScheduleTimes:
@@ -324,18 +357,44 @@ def sample_dpm_adaptive(
     if not forward and eta:
         raise ValueError("eta must be 0 for reverse sampling")
     h_init = abs(h_init) * (1 if forward else -1)
-    s, x_prev = t_start, x
+    x_prev = x
     pid = _PIDStepSizeController(h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
     info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
-    stop = t_end - 1e-5 if forward else t_end + 1e-5
-    sigma_s = None  # sigma(s), where the last trial computed it
+    r1 = 1 / 2 if order == 2 else 1 / 3
+    # x_low's combine and the error norm straight to their kernels where the loop allows
+    # (ops.loop_entry; every tensor given them is x or a fused op's output).
+    combine = ops.loop_entry("multistep_combine", x) or ops.multistep_combine
+    norm = ops.loop_entry("error_norm", x)
+    if norm is None:
+        norm = lambda high, low, prev, atol, rtol: ops.error_norm(high, low, prev, atol=atol, rtol=rtol)  # noqa: E731
+    atol = validation.real_scalar("diffaccel.error_norm", "atol", atol)
+    rtol = validation.real_scalar("diffaccel.error_norm", "rtol", rtol)
+    scalar = None if eta else _HOST_SCALARS.get(t_end.dtype)
+    if scalar is None:  # noise (k-diffusion's ancestral split), or times numpy has no type for
+        s, end, clamp, cast = t_start, t_end, (torch.minimum if forward else torch.maximum), float
+        time_tensor = lambda time: time  # noqa: E731
+    else:  # the times as host scalars of their dtype: no 0-d op and no read per trial
+        s, end, clamp, cast = (
+            scalar(float(t_start)),
+            scalar(float(t_end)),
+            (np.minimum if forward else np.maximum),
+            scalar,
+        )
+        time_tensor = lambda time: torch.tensor(time, dtype=t_end.dtype, device=t_end.device)  # noqa: E731
+        model_dtype = torch.result_type(t_end, solver.ones)
+    # (a 0-d tensor plus a Python float rounds the float to the tensor's dtype first: cast does)
+    stop = end - cast(1e-5) if forward else end + cast(1e-5)
     while (s < stop) if forward else (s > stop):
-        t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
-        t_, su = solver.ancestral_split(s, t, t_end, eta)
-        times = _TensorTimes(solver, s, t_, 1 / 2 if order == 2 else 1 / 3, sigma_s)
+        t = clamp(end, s + cast(pid.h))
+        if scalar is None:
+            t_, su = solver.ancestral_split(s, t, t_end, eta)
+            times = _TensorTimes(solver, s, t_, r1)
+        else:
+            t_, su = t, 0.0
+            times = _HostTimes(solver, s, t, r1, t_end.device, model_dtype)
         u1, eps, denoised = solver.start(x, times)
         if order == 2:
-            x_low = ops.multistep_combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
+            x_low = combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
                 [x, eps],
                 common._COEFFICIENTS.get([1.0, -times.sigma("next") * math.expm1(times.h)], x.device),
             )
@@ -344,12 +403,10 @@ def sample_dpm_adaptive(
             x_high, eps_r1, _ = solver.third(x, eps, u1, times)
             sn, e = times.sigma("next"), math.expm1(times.h)
             w_r1 = -sn / (2 * (1 / 3)) * e  # dpm_solver_2_step with r1 = 1/3, from the same evaluations
-            x_low = ops.multistep_combine(
-                [x, eps, eps_r1], common._COEFFICIENTS.get([1.0, -sn * e - w_r1, w_r1], x.device)
-            )
+            x_low = combine([x, eps, eps_r1], common._COEFFICIENTS.get([1.0, -sn * e - w_r1, w_r1], x.device))
         # k-diffusion's error is the RMS over the whole batch: the mean of the per-sample
         # squares, on the host in float64 (one read; fsum: correctly rounded in any order).
-        squares = [v * v for v in ops.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol).tolist()]
+        squares = [v * v for v in norm(x_high, x_low, x_prev, atol, rtol).tolist()]
         error = math.sqrt(math.fsum(squares) / len(squares))
         accept = pid.propose_step(error)
         if accept:
@@ -359,22 +416,21 @@ def sample_dpm_adaptive(
                 noise = noise_sampler(solver.sigma(s), solver.sigma(t))
                 x = ops.multistep_combine([x, noise], common._COEFFICIENTS.get([1.0, su * s_noise], x.device))
             s = t
-            sigma_s = times.sigma_tensor("next") if t_ is t else None
             info["n_accept"] += 1
         else:
-            sigma_s = times.sigma_tensor("t")
             info["n_reject"] += 1
         info["nfe"] += order
         info["steps"] += 1
         if callback is not None:
+            s_tensor = time_tensor(s)
             callback(
                 {
-                    "sigma": solver.sigma(s),
-                    "sigma_hat": solver.sigma(s),
+                    "sigma": solver.sigma(s_tensor),
+                    "sigma_hat": solver.sigma(s_tensor),
                     "x": x,
                     "i": info["steps"] - 1,
-                    "t": s,
-                    "t_up": s,
+                    "t": s_tensor,
+                    "t_up": s_tensor,
                     "denoised": denoised,
                     "error": error,
                     "h": pid.h,

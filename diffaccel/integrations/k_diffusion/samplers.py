@@ -39,13 +39,18 @@ def sample_euler(
     return euler_steps(loop, x, lambda loop, x, i: _churn(loop, x, i, s_churn, s_tmin, s_tmax, s_noise))
 
 
+def _euler_rows(sigmas):
+    """(a, b) of each Euler step without churn: x_next = r x + (1 - r) denoised, r = sigma_{i+1} / sigma_i."""
+    ratios = [sigmas[i + 1] / sigmas[i] for i in range(len(sigmas) - 1)]
+    return [(r, 1.0 - r) for r in ratios]
+
+
 def euler_steps(loop: _Loop, x, churn: Optional[Callable]):
     """The Euler loop of sample_euler (k-diffusion's, and ComfyUI's with its churn):
     churn(loop, x, i) -> (x, sigma_hat tensor, sigma_hat value); None where no step
     churns or draws noise (ComfyUI's default): the loop of rows known up front."""
     if churn is None:
-        ratios = [loop.values[i + 1] / loop.values[i] for i in range(len(loop.values) - 1)]
-        return loop.steps_from_rows(x, [(r, 1.0 - r) for r in ratios], to_d=True)
+        return loop.steps_from_rows(x, _euler_rows, "euler", to_d=True)
     for i in loop.steps():
         x, sigma_hat, sh = churn(loop, x, i)
         denoised = loop.evaluate_churned(x, i, sigma_hat)
