@@ -15,6 +15,7 @@ from diffaccel.ops import validation
 from diffaccel.integrations.k_diffusion import common
 from diffaccel.integrations.k_diffusion.common import (
     _check_sigma_range,
+    _sampler,
     _step,
     default_noise_sampler,
     get_ancestral_step,
@@ -321,7 +322,7 @@ def sample_dpm_fast(
     return x
 
 
-@torch.no_grad()
+@_sampler  # (no autograd; its host time arithmetic on numpy scalars under IEEE rules, no warnings)
 def sample_dpm_adaptive(
     model,
     x,
