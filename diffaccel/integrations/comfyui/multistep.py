@@ -79,13 +79,7 @@ def _ipndm_rows(sigmas: List[float], max_order: int, weights: Callable) -> List[
 
 def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, weights: Callable, tag: str):
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
-
-    def make():  # every step's row as views of one tensor, kept per schedule
-        rows = _ipndm_rows(loop.values, max_order, weights)
-        flat = k_common._COEFFICIENTS.get([v for row in rows for v in row], x.device)
-        return flat.split([len(row) for row in rows])
-
-    table = k_common._COEFFICIENTS.kept(loop.values, x.device, (tag, max_order), make)
+    table = loop.kept_rows((tag, max_order), lambda sigmas: _ipndm_rows(sigmas, max_order, weights))
     x_initial = x
     derivatives = []  # the last three (x - denoised) / sigma, newest last
     for i in loop.steps():

@@ -353,14 +353,10 @@ class _Loop:
     def steps_from_rows(self, x, rows_of: Callable, tag, to_d: bool):
         """The whole loop of a sampler whose step i is one model call at sigma_i, reported,
         and one fused step ``rows[i][0] x + rows[i][1] denoised`` (no history, no noise),
-        with every row known before the first step: rows = rows_of(the host sigmas), made
-        into one table kept per schedule (tag names rows_of), so a step's host time is
-        the model call and the kernel's (Euler's loop)."""
-
-        def make():
-            return _COEFFICIENTS.rows([[0.0, 1.0, a, b, 0.0] for a, b in rows_of(self.values)], self.device)
-
-        table = _COEFFICIENTS.kept(self.values, self.device, ("rows", tag), make)
+        with every row known before the first step: (a, b) = rows_of(the host sigmas),
+        kept per schedule (kept_rows; tag names rows_of), so a step's host time is the
+        model call and the kernel's (Euler's loop)."""
+        table = self.kept_rows(tag, lambda sigmas: [[0.0, 1.0, a, b, 0.0] for a, b in rows_of(sigmas)])
         # The kernel's entry is called here itself while the state keeps its dtype and
         # the denoiser returns plain tensors of it (what _step checks, a microsecond a step).
         direct = (
@@ -375,6 +371,19 @@ class _Loop:
             else:
                 x = self.step_from_row(x, denoised, (), table[i], to_d=to_d)
         return x
+
+    def kept_rows(self, tag, rows_of: Callable):
+        """Every step's coefficient row, rows_of(the host sigmas) (rows may differ in
+        length), as views of one tensor kept per schedule (tag names rows_of): a step
+        then spends nothing on its coefficients, and a run of the same schedule again
+        nothing on them at all."""
+
+        def make():
+            rows = rows_of(self.values)
+            flat = _COEFFICIENTS.get([v for row in rows for v in row], self.device)
+            return flat.split([len(row) for row in rows])
+
+        return _COEFFICIENTS.kept(self.values, self.device, ("rows", tag), make)
 
     def step_from_row(self, x, denoised, history, row, to_d: bool):
         """The state of one fused step from a coefficient row of the cache (rows of
