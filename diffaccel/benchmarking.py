@@ -71,6 +71,17 @@ def _make_combine3(shape, dtype, device, g):
     return (tensors, torch.tensor([1.5, -0.75, 0.25], dtype=torch.float64, device=device)), {}
 
 
+def _make_combine_pair3(shape, dtype, device, g):
+    tensors = [_randn(shape, dtype, device, g) for _ in range(3)]
+    rows = [[1.5, -0.75, 0.25], [0.6, 0.3, -0.2]]
+    return (tensors, torch.tensor(rows, dtype=torch.float64, device=device)), {}
+
+
+def _two_combines(tensors, coeffs):
+    """multistep_combine_pair's two sums as two multistep_combine passes (what it replaces)."""
+    return ops.multistep_combine(tensors, coeffs[0]), ops.multistep_combine(tensors, coeffs[1])
+
+
 def _make_threshold(shape, dtype, device, g):
     return (_randn(shape, dtype, device, g) * 2,), {"kind": "dynamic", "ratio": 0.995, "max_value": 1.5}
 
@@ -114,6 +125,22 @@ CASES: Dict[str, Case] = {
             ops.reference.multistep_combine,
             _make_combine3,
             4,
+        ),
+        Case(
+            "multistep_combine_pair3",
+            "multistep_combine_pair, 3 tensors in, 2 out",
+            ops.multistep_combine_pair,
+            ops.reference.multistep_combine_pair,
+            _make_combine_pair3,
+            5,
+        ),
+        Case(
+            "multistep_combine_pair3_as_two",
+            "the same two sums as two multistep_combine calls (bytes counted as for the pair: the time it replaces)",
+            _two_combines,
+            ops.reference.multistep_combine_pair,
+            _make_combine_pair3,
+            5,
         ),
         Case(
             "threshold_dynamic",

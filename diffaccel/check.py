@@ -43,10 +43,11 @@ def tolerance(dtype: torch.dtype, triton_on_cuda: bool = False) -> dict:
     return TRITON_CUDA_FLOAT32 if triton_on_cuda and dtype == torch.float32 else TOLERANCES[dtype]
 
 
-# The five ops, and the two ops of their backward passes (diffaccel.ops.autograd).
+# The six ops, and the two ops of their backward passes (diffaccel.ops.autograd).
 OPS = (
     "ei_step",
     "multistep_combine",
+    "multistep_combine_pair",
     "threshold",
     "langevin_correct",
     "error_norm",
@@ -108,6 +109,16 @@ def _cases(device: str, gen: torch.Generator) -> Dict[str, List[Tuple[Callable, 
                     (
                         lambda ts=tensors, c=c: ops.multistep_combine(ts, c),
                         lambda ts=tensors, c=c: reference.multistep_combine(ts, c),
+                        dtype,
+                    )
+                )
+            for n, rows in ((2, 0), (5, b)):
+                tensors = ([x, m] + hist)[:n]
+                c = torch.stack([coeffs(rows, n), coeffs(rows, n)], dim=-2)  # [2, n] / [B, 2, n]
+                cases["multistep_combine_pair"].append(
+                    (
+                        lambda ts=tensors, c=c: ops.multistep_combine_pair(ts, c),
+                        lambda ts=tensors, c=c: reference.multistep_combine_pair(ts, c),
                         dtype,
                     )
                 )

@@ -87,7 +87,12 @@ class ConstantCache:
         views of one table made by one copy: for a loop whose host knows every step's
         coefficients before the first. A step then spends nothing on them, and a run of
         the same schedule again nothing at all."""
-        return self._cached([v for row in rows for v in row], device, dtype, len(rows[0]))
+        return self._cached([v for row in rows for v in row], device, dtype, ("rows", len(rows[0])))
+
+    def table(self, rows: Sequence[Sequence[float]], device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Rows of one length as one [len(rows), width] tensor: the two coefficient
+        rows of an ops.multistep_combine_pair call."""
+        return self._cached([v for row in rows for v in row], device, dtype, ("table", len(rows[0])))
 
     def kept(self, values: Sequence[float], device, tag, make: Callable):
         """make()'s result, kept per (values, device, tag): for tensors a loop makes from
@@ -102,18 +107,19 @@ class ConstantCache:
             return make()
         return self._lookup((array("d", values).tobytes(), device, tag, _stream(device, cuda)), make)
 
-    def _cached(self, values, device, dtype, width: Optional[int]):
-        """values as a tensor (width None), or as the rows of a table ``width`` wide."""
+    def _cached(self, values, device, dtype, layout: Optional[Tuple[str, int]]):
+        """values as a tensor (layout None), or as a table ``width`` wide (layout
+        ("table", width)) or its rows (("rows", width))."""
         # (Called once per sampler step: each check below is kept to its cheapest form.)
         if torch.compiler.is_compiling():
-            return _shaped(torch.tensor(values, dtype=dtype, device=device), width)
+            return _shaped(torch.tensor(values, dtype=dtype, device=device), layout)
         if not isinstance(device, torch.device):
             device = torch.device(device)
         cuda = _is_cuda(device)
         if _active is not None or (cuda and torch.cuda.is_current_stream_capturing()):
-            return _shaped(to_device(values, device, dtype), width)
-        key = (array("d", values).tobytes(), device, dtype, _stream(device, cuda), width)
-        return self._lookup(key, lambda: _shaped(to_device(values, device, dtype), width))
+            return _shaped(to_device(values, device, dtype), layout)
+        key = (array("d", values).tobytes(), device, dtype, _stream(device, cuda), layout)
+        return self._lookup(key, lambda: _shaped(to_device(values, device, dtype), layout))
 
     def _lookup(self, key, make):
         value = self._tensors.get(key)
@@ -130,8 +136,12 @@ def _stream(device: torch.device, cuda: bool):
     return torch.cuda.current_stream(device).cuda_stream if cuda else None
 
 
-def _shaped(tensor: torch.Tensor, width: Optional[int]):
-    return tensor if width is None else tensor.view(-1, width).unbind(0)
+def _shaped(tensor: torch.Tensor, layout: Optional[Tuple[str, int]]):
+    if layout is None:
+        return tensor
+    kind, width = layout
+    table = tensor.view(-1, width)
+    return table.unbind(0) if kind == "rows" else table
 
 
 class DeviceConstants:

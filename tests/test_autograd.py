@@ -60,6 +60,30 @@ def test_multistep_combine_gradcheck(backend, per_sample, gen):
 
 
 @pytest.mark.parametrize("backend", TEST_BACKENDS)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared-row", "row-per-sample"])
+def test_multistep_combine_pair_gradcheck(backend, per_sample, gen):
+    tensors = [_leaf((2, 3, 5), gen) for _ in range(3)]
+    coeffs = _leaf((2, 2, 3) if per_sample else (2, 3), gen)
+    assert _gradcheck(lambda c, *t: ops.multistep_combine_pair(list(t), c), (coeffs, *tensors), backend)
+
+
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
+@pytest.mark.parametrize("used", [0, 1])
+def test_multistep_combine_pair_one_output_used(backend, used, gen):
+    """Where the loss uses one output, the other's gradient is None: the
+    backward pass takes the used one alone (coefficient rows of the other get 0)."""
+    tensors = [_leaf((2, 3, 5), gen) for _ in range(2)]
+    coeffs = _leaf((2, 2), gen)
+    with ops.backend(backend):
+        y = ops.multistep_combine_pair(tensors, coeffs)[used]
+        got = torch.autograd.grad(y.sum(), [coeffs, *tensors])
+    y = sum(coeffs[used, j] * t for j, t in enumerate(tensors))
+    want = torch.autograd.grad(y.sum(), [coeffs, *tensors])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
 @pytest.mark.parametrize(
     "options",
     [
@@ -138,6 +162,8 @@ def test_out_is_refused_where_autograd_would_record(gen):
         ops.ei_step(x, m, [], c, out=buffers)
     with pytest.raises(RuntimeError, match="multistep_combine: out="):
         ops.multistep_combine([x, m], c[:2], out=buffers[0])
+    with pytest.raises(RuntimeError, match="multistep_combine_pair: out="):
+        ops.multistep_combine_pair([x, m], torch.ones(2, 2, device=DEVICE), out=buffers)
     with pytest.raises(RuntimeError, match="threshold: out="):
         ops.threshold(x, out=buffers[0])
     with torch.no_grad():  # nothing is recorded: out= works as always
@@ -157,6 +183,7 @@ def test_out_bumps_version_counters(backend, gen):
     calls = {
         "ei_step": lambda: ops.ei_step(x, m, [], c, out=tuple(buffers)),
         "multistep_combine": lambda: ops.multistep_combine([x, m], c[:2], out=buffers[0]),
+        "multistep_combine_pair": lambda: ops.multistep_combine_pair([x, m], c[:4].reshape(2, 2), out=tuple(buffers)),
         "threshold": lambda: ops.threshold(x, out=buffers[0]),
         "langevin_correct": lambda: ops.langevin_correct(x, m, 0.16, noise=z, out=tuple(buffers)),
     }
@@ -166,7 +193,7 @@ def test_out_bumps_version_counters(backend, gen):
             with torch.no_grad():
                 call()
             assert buffers[0]._version > before[0], name
-            if name in ("ei_step", "langevin_correct"):
+            if name in ("ei_step", "multistep_combine_pair", "langevin_correct"):
                 assert buffers[1]._version > before[1], name
 
         w = torch.randn(2, 3, 4, generator=gen, device=DEVICE).requires_grad_()

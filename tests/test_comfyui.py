@@ -133,6 +133,36 @@ def test_equal_to_the_reference_twin(name, kind):
             assert _relative(got[key], want[key]) <= 1e-5, key
 
 
+@pytest.mark.parametrize("callback", [True, False], ids=["callback", "no-callback"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("name", ["uni_pc", "uni_pc_bh2"])
+def test_uni_pc_short_schedules(name, steps, callback):
+    """UniPC's orders ramp up at the start and down at the end (1 step: no update, 2
+    steps: first order throughout), and its last step is the predictor alone, whose
+    result is reported before ComfyUI divides it by alpha: the twin's result, callbacks
+    and model calls at every length, with and without a callback."""
+    x, sigmas = _start("EPS", steps=steps)
+    results = []
+    for function, dtype in ((ours.sampler_function(name), torch.float32), (reference.TWINS[name], torch.float64)):
+        model, calls = model_for("EPS", SHAPE), []
+        out = function(
+            model,
+            x.to(dtype),
+            sigmas.clone().to(dtype),
+            extra_args={"model_options": {}},
+            callback=calls.append if callback else None,
+            disable=True,
+        )
+        results.append((out, calls, model.inner_model.calls))
+    (out, calls, n_calls), (expected, expected_calls, expected_n) = results
+    assert _relative(out, expected) <= 1e-5
+    assert n_calls == expected_n == steps
+    assert [c["i"] for c in calls] == [c["i"] for c in expected_calls]
+    for got, want in zip(calls, expected_calls):
+        for key in ("x", "denoised"):
+            assert _relative(got[key], want[key]) <= 1e-5, key
+
+
 STOCHASTIC = [name for name in NAMES if _takes(ours.sampler_function(name), "noise_sampler")]
 
 
@@ -307,8 +337,6 @@ class _FusedOpCount(torch.utils._python_dispatch.TorchDispatchMode):
 
 # Samplers that make more than one fused pass per model call, and why (docs/comfyui.md).
 TWO_PASSES = {
-    "uni_pc": "the predictor writes the model's input, the corrector the state the callback reports",
-    "uni_pc_bh2": "as uni_pc",
     "dpm_adaptive": "each trial adds the lower-order solution (kept as the next x_prev) and its error norm",
 }
 

@@ -56,6 +56,7 @@ def _cases(gen):
     coeffs = torch.randn(2, 7, generator=gen, device="cuda", dtype=torch.float64)
     # Contiguous: a sliced coefficient table costs one extra (tiny) copy kernel.
     combine_coeffs = coeffs[:, :3].contiguous()
+    pair_coeffs = torch.randn(2, 2, 4, generator=gen, device="cuda", dtype=torch.float64)
     t = ops.Threshold("dynamic", 0.995, 1.5)
     clip = ops.Threshold("clip", max_value=0.5)
     return {
@@ -74,6 +75,10 @@ def _cases(gen):
         "multistep_combine": (
             lambda: ops.multistep_combine([x, m, h0], combine_coeffs),
             lambda: reference.multistep_combine([x, m, h0], combine_coeffs),
+        ),
+        "multistep_combine_pair": (
+            lambda: ops.multistep_combine_pair([x, bf, h0, h1], pair_coeffs),
+            lambda: reference.multistep_combine_pair([x, bf, h0, h1], pair_coeffs),
         ),
         "threshold_dynamic": (
             lambda: ops.threshold(x * 3, ratio=0.9, max_value=2.0),
@@ -99,6 +104,7 @@ CASES = [
     "ei_step_bf16_dynamic",
     "ei_step_clip",
     "multistep_combine",
+    "multistep_combine_pair",
     "threshold_dynamic",
     "threshold_clip",
     "langevin_correct",
@@ -155,6 +161,7 @@ def test_cuda_graph_capture_and_replay(case, gpu_backend, gen):
     t = ops.Threshold("dynamic", 0.95, 1.5) if "dynamic" in case else None
     run = {
         "multistep_combine": lambda lib: lib.multistep_combine([x, m, h], coeffs[:, :3]),
+        "multistep_combine_pair": lambda lib: lib.multistep_combine_pair([x, m, h], coeffs.reshape(2, 2, 3)),
         "threshold_dynamic": lambda lib: lib.threshold(x * 3, ratio=0.9, max_value=2.0),
         "threshold_clip": lambda lib: lib.threshold(x, kind="clip", max_value=0.3),
         "langevin_correct": lambda lib: lib.langevin_correct(x, m, 0.16, noise=h),
@@ -196,6 +203,7 @@ def _kernel_launches(fn):
         ("ei_step", 1),
         ("ei_step_bf16_dynamic", 2),
         ("multistep_combine", 1),
+        ("multistep_combine_pair", 1),
         ("threshold_clip", 1),
         ("threshold_dynamic", 2),
     ],

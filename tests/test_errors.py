@@ -56,6 +56,12 @@ class TestFrontErrors:
             ops.ei_step(X(), X(), [X()], COEFFS(0))
         with ops.backend(backend), _expect(ValueError, "'coeffs'", r"\[2\] or \[2, 2\]", r"\[3, 2\]"):
             ops.multistep_combine([X(), X()], torch.randn(3, 2))
+        with ops.backend(backend), _expect(ValueError, "'coeffs'", r"\[2, 2\] or \[2, 2, 2\]", r"got \[2\]"):
+            ops.multistep_combine_pair([X(), X()], torch.randn(2))
+        with ops.backend(backend), _expect(ValueError, "'coeffs'", r"\[2, 3\] or \[2, 2, 3\]", r"\[3, 2, 3\]"):
+            ops.multistep_combine_pair([X(), X(), X()], torch.randn(3, 2, 3))
+        with ops.backend(backend), _expect(TypeError, "'coeffs'", "floating"):
+            ops.multistep_combine_pair([X()], torch.ones(2, 1, dtype=torch.int64))
 
     def test_history_length(self, backend):
         with ops.backend(backend), _expect(ValueError, "'history'", "holds 5", "at most 4"):
@@ -107,6 +113,14 @@ class TestFrontErrors:
             ops.threshold(x, out=torch.empty(4, 3, 2))
         with ops.backend(backend), _expect(TypeError, "'out'", "float32"):
             ops.multistep_combine([x], torch.ones(1), out=torch.empty(2, 3, 4).half())
+        with ops.backend(backend), _expect(TypeError, r"'out\[1\] \(y1\)'", "float32"):
+            ops.multistep_combine_pair([x], torch.ones(2, 1), out=(torch.empty(2, 3, 4), torch.empty(2, 3, 4).half()))
+        with ops.backend(backend), _expect(ValueError, r"'out\[0\] \(y0\)'", "shape"):
+            ops.multistep_combine_pair([x], torch.ones(2, 1), out=(torch.empty(2, 3), torch.empty(2, 3, 4)))
+        with ops.backend(backend), _expect(ValueError, "must not share memory"):
+            ops.multistep_combine_pair([x], torch.ones(2, 1), out=(x, x))
+        with ops.backend(backend), _expect(TypeError, "'out' must be a pair of tensors"):
+            ops.multistep_combine_pair([x], torch.ones(2, 1), out=x)
         with ops.backend(backend), _expect(ValueError, r"'out\[1\] \(x_mean\)'", "shape"):
             ops.langevin_correct(x, X(), 0.1, out=(torch.empty(2, 3, 4), torch.empty(1)))
         big = torch.randn(3, 3, 4)
@@ -134,6 +148,11 @@ class TestDirectOpErrors:
             torch.ops.diffaccel.langevin_correct(X(), X(), -1.0, torch.ones(()), None, None, "batch")
         with _expect(ValueError, "'tensors'", "1 to 8"):
             torch.ops.diffaccel.multistep_combine([X()] * 9, torch.ones(9))
+        with _expect(ValueError, "'coeffs'", r"\[2, 1\] or \[2, 2, 1\]"):
+            torch.ops.diffaccel.multistep_combine_pair([X()], torch.ones(1))
+        with _expect(ValueError, "must not share memory"):
+            x = X()
+            torch.ops.diffaccel.multistep_combine_pair_out([X()], torch.ones(2, 1), x, x[:])
         x = X()
         with _expect(ValueError, "must not share memory"):
             torch.ops.diffaccel.ei_step_out(x, X(), [], COEFFS(0), None, None, 0.995, 1.0, "diffusers", x, x)
@@ -185,6 +204,8 @@ def test_containers_get_diffaccels_message_on_every_backend(backend):
             ops.multistep_combine([x, None], torch.ones(2))
         with _expect(TypeError, "'coeffs' must be a torch.Tensor, got list"):
             ops.multistep_combine([x, x], [1.0, 2.0])
+        with _expect(TypeError, r"'tensors\[0\]' must be a torch.Tensor, got float"):
+            ops.multistep_combine_pair([1.0], torch.ones(2, 1))
         with _expect(TypeError, "'ratio' must be a real number", r"shape \[1\]"):
             ops.threshold(x, ratio=torch.tensor([0.9]))
         with _expect(TypeError, "'snr' must be a real number", "str"):

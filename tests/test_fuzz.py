@@ -86,11 +86,12 @@ class Case:
     def dtype(self, state):
         return torch.float64 if state == torch.float64 else self.rng.choice(LOW_PRECISION)
 
-    def coeffs(self, batch, n):
+    def coeffs(self, batch, n, rows=()):
+        """A coefficient table: [n] or [batch, n]; rows=(2,): [2, n] or [batch, 2, n]."""
         per_sample = self.rng.random() < 0.4
         dtype = self.rng.choice([torch.float32, torch.float64])
         self.note(f"coeffs={'per-sample' if per_sample else 'shared'}:{str(dtype)[6:]}")
-        shape = (batch, n) if per_sample else (n,)
+        shape = (batch, *rows, n) if per_sample else (*rows, n)
         return torch.randn(shape, generator=self.gen, dtype=torch.float64).to(dtype).to(DEVICE)
 
     def threshold(self):
@@ -149,6 +150,25 @@ class Case:
 
             def call(fn, coeffs, *tensors):
                 return fn.multistep_combine(list(tensors), coeffs, out=None if alias is None else tensors[alias])
+
+        elif op == "multistep_combine_pair":
+            dtypes = [self.dtype(state) for _ in range(self.rng.randint(1, 8))]
+            tensors = [self.tensor(f"t{j}", shape, d) for j, d in enumerate(dtypes)]
+            coeffs = self.coeffs(batch, len(tensors), rows=(2,))
+            result = tensors[0].dtype
+            for t in tensors:
+                result = torch.promote_types(result, t.dtype)
+            # In place, as UniPC's step runs: out=(a tensor of the result dtype, a new buffer).
+            alias = next((j for j, t in enumerate(tensors) if t.dtype == result and t.is_contiguous()), None)
+            alias = alias if self.rng.random() < 0.25 else None
+            if alias is not None:
+                tensors[alias] = tensors[alias].clone()
+                self.note(f"out=(tensors[{alias}], new)")
+            inputs = [coeffs, *tensors]
+
+            def call(fn, coeffs, *tensors):
+                out = None if alias is None else (tensors[alias], torch.empty_like(tensors[alias]))
+                return fn.multistep_combine_pair(list(tensors), coeffs, out=out)
 
         elif op == "threshold":
             x = self.tensor("x", shape, state)

@@ -65,3 +65,68 @@ def test_large_data_streaming_stores(gen):
     tensors = [make((2, 2_000_003), torch.float32, generator=gen) for _ in range(3)]
     coeffs = torch.randn(2, 3, generator=gen)
     assert_close(ops.multistep_combine(tensors, coeffs), reference.multistep_combine(tensors, coeffs))
+
+
+# --- multistep_combine_pair: two sums of the same tensors in one pass ---------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pair_matches_reference(dtype, shape, layout, per_sample, n, gen):
+    tensors = [make(shape, dtype, layout, gen) for _ in range(n)]
+    coeffs = torch.randn((shape[0], 2, n) if per_sample else (2, n), generator=gen, dtype=torch.float64)
+    got = ops.multistep_combine_pair(tensors, coeffs)
+    want = reference.multistep_combine_pair(tensors, coeffs)
+    for g, w in zip(got, want):
+        assert_close(g, w)
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
+def test_pair_equals_two_single_combines_bit_for_bit(per_sample, gen):
+    """Each output is the single-output op with its row: the same kernel, the
+    same order of the sum."""
+    shape = (3, 4, 37)
+    tensors = [make(shape, d, generator=gen) for d in (torch.float32, torch.bfloat16, torch.float32, torch.float16)]
+    coeffs = torch.randn((3, 2, 4) if per_sample else (2, 4), generator=gen, dtype=torch.float64)
+    y0, y1 = ops.multistep_combine_pair(tensors, coeffs)
+    assert y0.dtype == y1.dtype == torch.float32
+    assert torch.equal(y0, ops.multistep_combine(tensors, coeffs[..., 0, :]))
+    assert torch.equal(y1, ops.multistep_combine(tensors, coeffs[..., 1, :]))
+
+
+@pytest.mark.parametrize("aliases", [(0, None), (None, 2), (1, 0), (2, 1)], ids=str)
+def test_pair_outputs_may_be_inputs(aliases, gen):
+    tensors = [make((3, 4, 31), torch.float32, generator=gen) for _ in range(3)]
+    coeffs = torch.randn(2, 3, generator=gen)
+    want = reference.multistep_combine_pair(tensors, coeffs)
+    out = tuple(torch.empty_like(tensors[0]) if a is None else tensors[a] for a in aliases)
+    got = ops.multistep_combine_pair(tensors, coeffs, out=out)
+    assert got[0] is out[0] and got[1] is out[1]
+    assert_close(out[0], want[0])
+    assert_close(out[1], want[1])
+
+
+def test_pair_non_contiguous_outputs(gen):
+    tensors = [make((2, 5, 9), torch.bfloat16, generator=gen) for _ in range(2)]
+    coeffs = torch.randn(2, 2, 2, generator=gen)
+    out = tuple(torch.empty(2, 9, 5, dtype=torch.bfloat16).transpose(1, 2) for _ in range(2))
+    ops.multistep_combine_pair(tensors, coeffs, out=out)
+    for got, want in zip(out, reference.multistep_combine_pair(tensors, coeffs)):
+        assert_close(got, want)
+
+
+def test_pair_large_data_streaming_stores(gen):
+    tensors = [make((2, 2_000_003), torch.float32, generator=gen) for _ in range(3)]
+    coeffs = torch.randn(2, 2, 3, generator=gen)
+    for got, want in zip(
+        ops.multistep_combine_pair(tensors, coeffs), reference.multistep_combine_pair(tensors, coeffs)
+    ):
+        assert_close(got, want)
+
+
+def test_pair_empty_batch():
+    y0, y1 = ops.multistep_combine_pair([torch.empty(0, 3)], torch.ones(0, 2, 1))
+    assert y0.shape == y1.shape == (0, 3)

@@ -39,6 +39,11 @@ def _opcheck_cases(gen, namespace):
             lib.multistep_combine_out.default,
             ([x, m], torch.randn(2, 2, generator=gen), torch.empty_like(x)),
         ),
+        "multistep_combine_pair": (lib.multistep_combine_pair.default, ([x, bf, h], torch.randn(2, 3, generator=gen))),
+        "multistep_combine_pair_out": (
+            lib.multistep_combine_pair_out.default,
+            ([x, m], torch.randn(2, 2, 2, generator=gen), torch.empty_like(x), torch.empty_like(x)),
+        ),
         "threshold": (lib.threshold.default, (x * 3, "dynamic", 0.995, 1.0, "diffusers")),
         "threshold_out": (lib.threshold_out.default, (x * 3, "clip", 0.995, 1.0, "diffusers", torch.empty_like(x))),
         "error_norm": (lib.error_norm.default, (x, m, h, 0.0078, 0.05)),
@@ -63,6 +68,8 @@ def _opcheck_cases(gen, namespace):
         "ei_step_out",
         "multistep_combine",
         "multistep_combine_out",
+        "multistep_combine_pair",
+        "multistep_combine_pair_out",
         "threshold",
         "threshold_out",
         "langevin_correct",
@@ -91,6 +98,10 @@ def _fronts(gen):
             lambda: ops.multistep_combine([x, m, h], c[:3]),
             lambda: reference.multistep_combine([x, m, h], c[:3]),
         ),
+        "multistep_combine_pair": (
+            lambda: ops.multistep_combine_pair([x, m, h], c.reshape(2, 3)),
+            lambda: reference.multistep_combine_pair([x, m, h], c.reshape(2, 3)),
+        ),
         "threshold": (lambda: ops.threshold(x * 3), lambda: reference.threshold(x * 3)),
         "langevin_correct": (
             lambda: ops.langevin_correct(x, m, 0.16, noise=z),
@@ -103,7 +114,9 @@ def _fronts(gen):
     }
 
 
-@pytest.mark.parametrize("name", ["ei_step", "multistep_combine", "threshold", "langevin_correct", "error_norm"])
+@pytest.mark.parametrize(
+    "name", ["ei_step", "multistep_combine", "multistep_combine_pair", "threshold", "langevin_correct", "error_norm"]
+)
 def test_compile_fullgraph(name, gen):
     fused, ref = _fronts(gen)[name]
     torch._dynamo.reset()

@@ -71,6 +71,29 @@ def test_multistep_combine(dtype, n, per_sample, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
+def test_multistep_combine_pair(dtype, n, per_sample, gen):
+    tensors = [make((3, 5, 7, 11), dtype, layout, gen) for layout in (LAYOUTS * 3)[:n]]
+    coeffs = torch.stack([random_coeffs(3, n, per_sample, gen) for _ in range(2)], dim=-2)
+    with ops.backend("triton"):
+        got = ops.multistep_combine_pair(tensors, coeffs)
+    for g, w in zip(got, reference.multistep_combine_pair(tensors, coeffs)):
+        assert_close(g, w)
+
+
+def test_multistep_combine_pair_in_place(gen):
+    tensors = [make((3, 5, 7), torch.float32, generator=gen) for _ in range(3)]
+    coeffs = torch.randn(2, 3, generator=gen)
+    want = reference.multistep_combine_pair(tensors, coeffs)
+    with ops.backend("triton"):
+        got = ops.multistep_combine_pair(tensors, coeffs, out=(tensors[2], tensors[0]))
+    assert got[0] is tensors[2] and got[1] is tensors[0]
+    assert_close(tensors[2], want[0])
+    assert_close(tensors[0], want[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES + [(7, 1)], ids=str)
 @pytest.mark.parametrize(
     "options",

@@ -55,10 +55,15 @@ def test_ei_step_kernel(data, k, threshold):
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16], ids=str)
-def test_multistep_combine_kernel(data):
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_multistep_combine_kernel(data, outputs):
     types = {f"t{j}": POINTER[data] for j in range(8)}
-    types.update(c_ptr="*fp32", c_stride="i64", y_ptr=POINTER[data], n="i64", per_sample="i64")
-    _compile(kernels.multistep_combine_kernel, types, dict(N=8, PER_SAMPLE=True, ACC=tl.float32, BLOCK=kernels.BLOCK))
+    types.update(c_ptr="*fp32", c_stride="i64", y0_ptr=POINTER[data], y1_ptr=POINTER[data], n="i64", per_sample="i64")
+    _compile(
+        kernels.multistep_combine_kernel,
+        types,
+        dict(N=8, M=outputs, PER_SAMPLE=True, ACC=tl.float32, BLOCK=kernels.BLOCK),
+    )
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.float16, tl.float64], ids=str)

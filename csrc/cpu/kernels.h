@@ -44,14 +44,18 @@ struct EiStepArgs {
   Out x_next, d;
 };
 
+// y[m] = sum_j c[m][j] * tensors[j] for m < num_outputs; sample b's
+// coefficients start at coeffs + b * coeff_stride, output m's row num_tensors
+// entries after output m - 1's.
 template <typename acc_t>
 struct CombineArgs {
   int64_t per_sample = 0;
   In tensors[kMaxCombine];
   int num_tensors = 0;
+  int num_outputs = 1;
   const acc_t* coeffs = nullptr;
   int64_t coeff_stride = 0;
-  Out y;
+  Out y[kMaxCombineOutputs];
 };
 
 template <typename acc_t>

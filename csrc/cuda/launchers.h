@@ -52,13 +52,16 @@ struct EiStepParams {
   Out x_next, d;
 };
 
+// As cpu::CombineArgs: y[m] = sum_j c[m][j] * tensors[j], output m's
+// coefficients num_tensors entries after output m - 1's in a sample's row.
 struct CombineParams {
   int64_t batch = 0, per_sample = 0;
   In tensors[kMaxCombine];
   int num_tensors = 0;
+  int num_outputs = 1;
   In coeffs;
   int64_t coeff_stride = 0;
-  Out y;
+  Out y[kMaxCombineOutputs];
 };
 
 struct ThresholdParams {

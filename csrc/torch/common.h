@@ -168,6 +168,15 @@ inline void check_per_sample_vector(const char* op, const char* name, const at::
                    dtype_name(t.scalar_type()));
 }
 
+// The distance between samples' coefficient rows in a contiguous table whose
+// row has row_dims dimensions: 0 when the table is one row shared by the batch.
+inline int64_t coeff_row_stride(const at::Tensor& coeffs, int64_t row_dims) {
+  if (coeffs.dim() <= row_dims) return 0;
+  int64_t stride = 1;
+  for (int64_t d = 1; d < coeffs.dim(); ++d) stride *= coeffs.size(d);
+  return stride;
+}
+
 // Coefficients read on the host into the compute type (a few dozen values, so
 // no tensor is allocated for them), with the row stride the kernels take (0
 // when one row is shared by the batch). CPU tensors only.
@@ -175,8 +184,9 @@ template <typename acc_t>
 struct CoeffTable {
   std::vector<acc_t> values;
   int64_t stride;
-  explicit CoeffTable(const at::Tensor& coeffs)
-      : values(coeffs.numel()), stride(coeffs.dim() == 2 ? coeffs.size(1) : 0) {
+  // row_dims: the dimensions of one row (1 for [n] / [B, n], 2 for [2, n] / [B, 2, n]).
+  explicit CoeffTable(const at::Tensor& coeffs, int64_t row_dims = 1)
+      : values(coeffs.numel()), stride(coeff_row_stride(coeffs, row_dims)) {
     const at::Tensor dense = coeffs.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dense.scalar_type(), "diffaccel_coeffs", [&] {
       const scalar_t* p = dense.data_ptr<scalar_t>();

@@ -109,6 +109,20 @@ void multistep_combine_out(const Tensors& tensors, const at::Tensor& coeffs, con
   bump_versions(out);
 }
 
+std::tuple<at::Tensor, at::Tensor> multistep_combine_pair(const Tensors& tensors, const at::Tensor& coeffs) {
+  using Sig = std::tuple<at::Tensor, at::Tensor>(at::TensorList, const at::Tensor&);
+  static const auto op = find_op<Sig>("diffaccel::multistep_combine_pair");
+  return below_autograd(op, tensors.at(0), tensors, coeffs);
+}
+
+void multistep_combine_pair_out(const Tensors& tensors, const at::Tensor& coeffs, const at::Tensor& y0_out,
+                                const at::Tensor& y1_out) {
+  using Sig = void(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+  static const auto op = find_op<Sig>("diffaccel::multistep_combine_pair_out");
+  below_autograd(op, tensors.at(0), tensors, coeffs, y0_out, y1_out);
+  bump_versions(y0_out, y1_out);
+}
+
 at::Tensor threshold(const at::Tensor& x, std::string_view kind, double ratio, double max_value,
                      std::string_view style) {
   using Sig = at::Tensor(const at::Tensor&, std::string_view, double, double, std::string_view);
@@ -197,6 +211,8 @@ PYBIND11_MODULE(_C, m) {
   below.def("ei_step_out", &ei_step_out);
   below.def("multistep_combine", &multistep_combine);
   below.def("multistep_combine_out", &multistep_combine_out);
+  below.def("multistep_combine_pair", &multistep_combine_pair);
+  below.def("multistep_combine_pair_out", &multistep_combine_pair_out);
   below.def("threshold", &threshold);
   below.def("threshold_out", &threshold_out);
   below.def("langevin_correct", &langevin_correct);

@@ -15,6 +15,8 @@ TORCH_LIBRARY(diffaccel, m) {
       "str threshold_style, Tensor(a!) x_next_out, Tensor(b!) d_out) -> ()");
   m.def("multistep_combine(Tensor[] tensors, Tensor coeffs) -> Tensor");
   m.def("multistep_combine_out(Tensor[] tensors, Tensor coeffs, Tensor(a!) out) -> ()");
+  m.def("multistep_combine_pair(Tensor[] tensors, Tensor coeffs) -> (Tensor, Tensor)");
+  m.def("multistep_combine_pair_out(Tensor[] tensors, Tensor coeffs, Tensor(a!) y0_out, Tensor(b!) y1_out) -> ()");
   m.def("threshold(Tensor x, str kind, float ratio, float max_value, str style) -> Tensor");
   m.def(
       "threshold_out(Tensor x, str kind, float ratio, float max_value, str style, "

@@ -31,6 +31,7 @@ __all__ = [
     "error_norm",
     "langevin_correct",
     "multistep_combine",
+    "multistep_combine_pair",
     "reference",
     "threshold",
 ]
@@ -252,36 +253,73 @@ def multistep_combine(
     Returns:
         ``y`` with the promoted dtype of ``tensors`` (``torch.promote_types``).
     """
+    result = _combine("multistep_combine", tensors, coeffs, None if out is None else {"out": out})
+    return result if out is None else out
+
+
+def multistep_combine_pair(
+    tensors: Sequence[torch.Tensor],
+    coeffs: torch.Tensor,
+    *,
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Two sums of the same tensors in one pass, each read once::
+
+        y0 = sum_j coeffs[..., 0, j] * tensors[j]
+        y1 = sum_j coeffs[..., 1, j] * tensors[j]
+
+    Each output equals :func:`multistep_combine` with its row, bit for bit.
+    A step that makes two states from the same inputs takes one pass instead
+    of two: UniPC's corrected state and the next step's prediction (the
+    model's next input), an embedded pair's two solutions.
+
+    Args:
+        tensors: 1 to 8 tensors of one shape ``[B, ...]``; dtypes may differ.
+        coeffs: ``[2, n]`` shared by the batch or ``[B, 2, n]`` per sample.
+        out: ``(y0_buf, y1_buf)`` to write in place; each may be one of
+            ``tensors``, not both the same memory.
+
+    Returns:
+        ``(y0, y1)`` with the promoted dtype of ``tensors``.
+    """
+    validation.check_pair("diffaccel.multistep_combine_pair", ("y0", "y1"), out)
+    outs = None if out is None else {"out[0] (y0)": out[0], "out[1] (y1)": out[1]}
+    result = _combine("multistep_combine_pair", tensors, coeffs, outs)
+    return result if out is None else (out[0], out[1])
+
+
+def _combine(name: str, tensors, coeffs, outs: Optional[dict]):
+    """The front of multistep_combine (outs: {"out": buffer}) and
+    multistep_combine_pair (two named buffers): the functional op's result,
+    or None after the _out op wrote outs."""
+    op_name = f"diffaccel.{name}"
+    check = getattr(validation, name)
     if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(tensors[0], torch.Tensor):
-        validation.multistep_combine(tensors, coeffs)  # raises the error that names the problem
-    if out is not None:
-        autograd.check_out_allowed("multistep_combine", out, (*tensors, coeffs))
-    impl = resolve("multistep_combine", _device_type(tensors[0]))
+        check(tensors, coeffs)  # raises the error that names the problem
+    buffers = () if outs is None else tuple(outs.values())
+    if outs is not None:
+        autograd.check_out_allowed(name, buffers, (*tensors, coeffs))
+    impl = resolve(name, _device_type(tensors[0]))
     if impl != "compiled":
-        result_dtype = validation.multistep_combine(tensors, coeffs)
-        if out is not None:
-            validation.check_out("diffaccel.multistep_combine", "out", out, tensors[0], dtype=result_dtype)
-            validation.check_no_partial_overlap(
-                "diffaccel.multistep_combine", {"out": out}, {f"tensors[{j}]": t for j, t in enumerate(tensors)}
-            )
+        result_dtype = check(tensors, coeffs)
+        if outs is not None:
+            if len(buffers) == 1:
+                validation.check_out(op_name, "out", buffers[0], tensors[0], dtype=result_dtype)
+            else:
+                validation.check_out_pair(op_name, ("y0", "y1"), buffers, tensors[0], result_dtype)
+            validation.check_no_partial_overlap(op_name, outs, {f"tensors[{j}]": t for j, t in enumerate(tensors)})
     if impl == "reference":
-        return reference.multistep_combine(tensors, coeffs, out=out)
+        out = None if outs is None else (buffers[0] if len(buffers) == 1 else buffers)
+        result = getattr(reference, name)(tensors, coeffs, out=out)
+        return None if outs is not None else result
     ops = _namespace(impl)
-    if out is None:
-        return _call(
-            ops.multistep_combine,
-            (list(tensors), coeffs),
-            (*tensors, coeffs),
-            lambda: validation.multistep_combine(tensors, coeffs),
-        )
+    explain = lambda: check(tensors, coeffs)  # noqa: E731
+    if outs is None:
+        return _call(getattr(ops, name), (list(tensors), coeffs), (*tensors, coeffs), explain)
     _call(
-        ops.multistep_combine_out,
-        (list(tensors), coeffs, out),
-        (*tensors, coeffs, out),
-        lambda: validation.multistep_combine(tensors, coeffs),
-        (out,),
+        getattr(ops, f"{name}_out"), (list(tensors), coeffs, *buffers), (*tensors, coeffs, *buffers), explain, buffers
     )
-    return out
+    return None
 
 
 def threshold(

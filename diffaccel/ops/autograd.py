@@ -4,8 +4,9 @@ compiled ops (torch.ops.diffaccel) and the Triton ones (torch.ops.diffaccel_trit
 Every backward pass is closed-form: nothing recomputes the forward under
 autograd. The updates are linear in their tensor inputs, so their backward
 passes are fused ops themselves: ``multistep_combine`` with the transposed
-coefficients (``ei_step``: dL/dx = a gx + c_x g, dL/dm = c_m g, dL/dh_j = b_j
-gx, dL/dz = s gx, with g = b_0 gx + gd the gradient of the data term).
+coefficients (``multistep_combine_pair``: dL/dt_j = c_0j g_0 + c_1j g_1;
+``ei_step``: dL/dx = a gx + c_x g, dL/dm = c_m g, dL/dh_j = b_j gx, dL/dz = s
+gx, with g = b_0 gx + gd the gradient of the data term).
 Where the forward depends on the data through per-sample numbers (dynamic
 thresholding's quantile, ``langevin_correct``'s norms, ``error_norm``'s RMS),
 those numbers' gradients are per-sample sums, and the input gradients
@@ -138,14 +139,34 @@ def _combine_setup(ctx, inputs, output):
     ctx.save_for_backward(coeffs, *tensors)
 
 
+def _row_grad(grad: Optional[torch.Tensor], tensors, row: torch.Tensor) -> torch.Tensor:
+    """The gradient of a coefficient row ([n], or [B, n] per sample) of a sum
+    whose gradient is grad: per column, the sum of grad * tensor."""
+    if grad is None:
+        return torch.zeros_like(row)
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    return torch.stack([_per_sample_sum(grad.to(acc) * t.to(acc), row) for t in tensors], dim=-1).to(row.dtype)
+
+
 def _combine_backward(ctx, grad):
     coeffs, *tensors = ctx.saved_tensors
     grads = [_like(_combine([(grad, coeffs[..., j])]), t) for j, t in enumerate(tensors)]
+    grad_coeffs = _row_grad(grad, tensors, coeffs) if ctx.needs_input_grad[1] else None
+    return grads, grad_coeffs
+
+
+# --- multistep_combine_pair ------------------------------------------------------
+
+
+def _combine_pair_backward(ctx, grad_y0, grad_y1):
+    coeffs, *tensors = ctx.saved_tensors
+    grads = [
+        _like(_combine([(grad_y0, coeffs[..., 0, j]), (grad_y1, coeffs[..., 1, j])]), t) for j, t in enumerate(tensors)
+    ]
     grad_coeffs = None
     if ctx.needs_input_grad[1]:
-        acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
-        columns = [_per_sample_sum(grad.to(acc) * t.to(acc), coeffs) for t in tensors]
-        grad_coeffs = torch.stack(columns, dim=-1).to(coeffs.dtype)
+        rows = [_row_grad(g, tensors, coeffs[..., m, :]) for m, g in enumerate((grad_y0, grad_y1))]
+        grad_coeffs = torch.stack(rows, dim=-2)
     return grads, grad_coeffs
 
 
@@ -360,6 +381,7 @@ def error_norm_backward(grad, error, x_high, x_low, x_prev, *, atol: float, rtol
 _FORMULAS = {
     "ei_step": (_ei_step_backward, _ei_step_setup),
     "multistep_combine": (_combine_backward, _combine_setup),
+    "multistep_combine_pair": (_combine_pair_backward, _combine_setup),
     "threshold": (_threshold_backward, _threshold_setup),
     "langevin_correct": (_langevin_backward, _langevin_setup),
     "error_norm": (_error_norm_backward, _error_norm_setup),

@@ -27,13 +27,15 @@ from diffaccel import _extension
 from diffaccel.ops import triton as triton_backend
 
 BACKENDS = ("auto", "cuda", "triton", "reference")
-OPS = ("ei_step", "multistep_combine", "threshold", "langevin_correct", "error_norm")
+OPS = ("ei_step", "multistep_combine", "multistep_combine_pair", "threshold", "langevin_correct", "error_norm")
 
 # What `auto` runs on CUDA tensors, per op: the faster backend in the GPU
 # check's side-by-side benchmark (bench/results/2026-11-27-h200.md), large sizes.
 AUTO_CUDA_CHOICE = {
     "ei_step": "cuda",
     "multistep_combine": "cuda",
+    # Not yet timed on a GPU; multistep_combine's kernel with a second output.
+    "multistep_combine_pair": "cuda",
     "threshold": "cuda",
     "langevin_correct": "cuda",
     # Not yet timed on a GPU; the CUDA kernel, like the other ops' (one launch).

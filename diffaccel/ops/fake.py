@@ -49,6 +49,16 @@ def _multistep_combine_out(tensors, coeffs, out):
     validation.check_out("diffaccel.multistep_combine", "out", out, tensors[0], dtype=dtype)
 
 
+def _multistep_combine_pair(tensors, coeffs):
+    dtype = validation.multistep_combine_pair(tensors, coeffs)
+    return _empty_like_contiguous(tensors[0], dtype), _empty_like_contiguous(tensors[0], dtype)
+
+
+def _multistep_combine_pair_out(tensors, coeffs, y0_out, y1_out):
+    dtype = validation.multistep_combine_pair(tensors, coeffs)
+    validation.check_out_pair("diffaccel.multistep_combine_pair", ("y0", "y1"), (y0_out, y1_out), tensors[0], dtype)
+
+
 def _threshold(x, kind, ratio, max_value, style):
     validation.threshold(x, kind, ratio, max_value, style)
     return _empty_like_contiguous(x)
@@ -91,6 +101,8 @@ FAKES = {
     "ei_step_out": _ei_step_out,
     "multistep_combine": _multistep_combine,
     "multistep_combine_out": _multistep_combine_out,
+    "multistep_combine_pair": _multistep_combine_pair,
+    "multistep_combine_pair_out": _multistep_combine_pair_out,
     "threshold": _threshold,
     "threshold_out": _threshold_out,
     "langevin_correct": _langevin_correct,

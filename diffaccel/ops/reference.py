@@ -129,6 +129,19 @@ def multistep_combine(
     return y if out is None else _write((out,), (y,))[0]
 
 
+def multistep_combine_pair(
+    tensors: Sequence[torch.Tensor],
+    coeffs: torch.Tensor,
+    *,
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`diffaccel.ops.multistep_combine_pair`: two
+    multistep_combine of the same tensors, with rows coeffs[..., 0, :] and
+    coeffs[..., 1, :]."""
+    results = tuple(multistep_combine(tensors, coeffs[..., m, :]) for m in range(2))
+    return results if out is None else _write(out, results)
+
+
 def threshold(
     x: torch.Tensor,
     *,

@@ -116,10 +116,10 @@ def check_pair(op: str, names: tuple, out) -> None:
         raise TypeError(f"{op}: argument 'out' must be a pair of tensors ({names[0]}, {names[1]})")
 
 
-def check_out_pair(op: str, names: tuple, out, x: torch.Tensor) -> None:
+def check_out_pair(op: str, names: tuple, out, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> None:
     check_pair(op, names, out)
-    check_out(op, f"out[0] ({names[0]})", out[0], x)
-    check_out(op, f"out[1] ({names[1]})", out[1], x)
+    check_out(op, f"out[0] ({names[0]})", out[0], x, dtype)
+    check_out(op, f"out[1] ({names[1]})", out[1], x, dtype)
     if out[0] is out[1]:
         raise ValueError(f"{op}: the two outputs ({names[0]}, {names[1]}) must not share memory")
 
@@ -168,8 +168,9 @@ def combine_result_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     return dtype
 
 
-def multistep_combine(tensors: Sequence, coeffs) -> torch.dtype:
-    op = "diffaccel.multistep_combine"
+def multistep_combine(tensors: Sequence, coeffs, op: str = "diffaccel.multistep_combine") -> torch.dtype:
+    """The checks of multistep_combine, and of multistep_combine_pair but its
+    coefficients' shape (:func:`multistep_combine_pair`); returns the result dtype."""
     check_tensor_list(op, "tensors", tensors)
     if not 1 <= len(tensors) <= MAX_COMBINE:
         raise ValueError(f"{op}: argument 'tensors' must hold 1 to {MAX_COMBINE} tensors, got {len(tensors)}")
@@ -179,7 +180,27 @@ def multistep_combine(tensors: Sequence, coeffs) -> torch.dtype:
     for t in tensors:
         check_like(op, "tensors", t, first, "tensors[0]")
         check_float_dtype(op, "tensors", t, result)
-    check_coeffs(op, coeffs, first, len(tensors), "one coefficient per tensor")
+    if op == "diffaccel.multistep_combine":
+        check_coeffs(op, coeffs, first, len(tensors), "one coefficient per tensor")
+    return result
+
+
+def multistep_combine_pair(tensors: Sequence, coeffs) -> torch.dtype:
+    op = "diffaccel.multistep_combine_pair"
+    result = multistep_combine(tensors, coeffs, op)
+    first, n = tensors[0], len(tensors)
+    check_tensor(op, "coeffs", coeffs)
+    if coeffs.device != first.device:
+        raise ValueError(f"{op}: argument 'coeffs' is on {coeffs.device} but the data is on {first.device}")
+    if not coeffs.dtype.is_floating_point:
+        raise TypeError(f"{op}: argument 'coeffs' must be a floating tensor, got {coeffs.dtype}")
+    shared = coeffs.dim() == 2 and tuple(coeffs.shape) == (2, n)
+    per_sample = coeffs.dim() == 3 and tuple(coeffs.shape) == (first.shape[0], 2, n)
+    if not (shared or per_sample):
+        raise ValueError(
+            f"{op}: argument 'coeffs' must have shape [2, {n}] or [{first.shape[0]}, 2, {n}] (a row of one "
+            f"coefficient per tensor for each output), got {_shape(coeffs)}"
+        )
     return result
 
 

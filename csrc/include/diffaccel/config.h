@@ -21,6 +21,9 @@ namespace diffaccel {
 constexpr int kMaxHistory = 4;
 // multistep_combine takes between 1 and this many tensors.
 constexpr int kMaxCombine = 8;
+// multistep_combine writes one output; multistep_combine_pair two sums of the
+// same tensors in the same pass.
+constexpr int kMaxCombineOutputs = 2;
 // Leading entries of an ei_step coefficient row: c_x, c_m, a, b_0; the row
 // then holds b_1..b_k and ends with s, so its length is kEiFixedCoeffs + 1 + k.
 constexpr int kEiFixedCoeffs = 4;

@@ -51,6 +51,7 @@ if unavailable_reason is None:
     _MUTATES = {
         "ei_step_out": ("x_next_out", "d_out"),
         "multistep_combine_out": ("out",),
+        "multistep_combine_pair_out": ("y0_out", "y1_out"),
         "threshold_out": ("out",),
         "langevin_correct_out": ("x_new_out", "x_mean_out"),
     }
@@ -126,6 +127,16 @@ if unavailable_reason is None:
     def multistep_combine_out(tensors: List[Tensor], coeffs: Tensor, out: Tensor) -> None:
         launch.multistep_combine(tensors, coeffs, out)
 
+    def multistep_combine_pair(tensors: List[Tensor], coeffs: Tensor) -> Tuple[Tensor, Tensor]:
+        dtype = validation.multistep_combine_pair(tensors, coeffs)
+        y0 = torch.empty(tensors[0].shape, dtype=dtype, device=tensors[0].device)
+        y1 = torch.empty_like(y0)
+        launch.multistep_combine_pair(tensors, coeffs, y0, y1)
+        return y0, y1
+
+    def multistep_combine_pair_out(tensors: List[Tensor], coeffs: Tensor, y0_out: Tensor, y1_out: Tensor) -> None:
+        launch.multistep_combine_pair(tensors, coeffs, y0_out, y1_out)
+
     def threshold(x: Tensor, kind: str, ratio: float, max_value: float, style: str) -> Tensor:
         validation.threshold(x, kind, ratio, max_value, style)
         y = _contiguous_like(x)
@@ -195,6 +206,8 @@ if unavailable_reason is None:
         ei_step_out,
         multistep_combine,
         multistep_combine_out,
+        multistep_combine_pair,
+        multistep_combine_pair_out,
         threshold,
         threshold_out,
         langevin_correct,

@@ -146,6 +146,29 @@ def ei_step_kernel(
 
 
 @triton.jit
+def _combine_row(
+    row, v0, v1, v2, v3, v4, v5, v6, v7, mask, N: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr
+):
+    # sum_j row[j] * v_j over the first N values, left to right.
+    y = _coeff(row, 0, mask, PER_SAMPLE, ACC) * v0
+    if N > 1:
+        y = y + _coeff(row, 1, mask, PER_SAMPLE, ACC) * v1
+    if N > 2:
+        y = y + _coeff(row, 2, mask, PER_SAMPLE, ACC) * v2
+    if N > 3:
+        y = y + _coeff(row, 3, mask, PER_SAMPLE, ACC) * v3
+    if N > 4:
+        y = y + _coeff(row, 4, mask, PER_SAMPLE, ACC) * v4
+    if N > 5:
+        y = y + _coeff(row, 5, mask, PER_SAMPLE, ACC) * v5
+    if N > 6:
+        y = y + _coeff(row, 6, mask, PER_SAMPLE, ACC) * v6
+    if N > 7:
+        y = y + _coeff(row, 7, mask, PER_SAMPLE, ACC) * v7
+    return y
+
+
+@triton.jit
 def multistep_combine_kernel(
     t0,
     t1,
@@ -157,36 +180,52 @@ def multistep_combine_kernel(
     t7,
     c_ptr,
     c_stride,
-    y_ptr,
+    y0_ptr,
+    y1_ptr,
     n,
     per_sample,
     N: tl.constexpr,
+    M: tl.constexpr,
     PER_SAMPLE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    # M = 1: multistep_combine; M = 2: multistep_combine_pair, output 1's
+    # coefficients N entries after output 0's in a row.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     if PER_SAMPLE:
         row = c_ptr + (offs // per_sample) * c_stride
     else:
         row = c_ptr
-    y = _coeff(row, 0, mask, PER_SAMPLE, ACC) * tl.load(t0 + offs, mask=mask, other=0).to(ACC)
+    v0 = tl.load(t0 + offs, mask=mask, other=0).to(ACC)
+    v1 = v0
     if N > 1:
-        y = y + _coeff(row, 1, mask, PER_SAMPLE, ACC) * tl.load(t1 + offs, mask=mask, other=0).to(ACC)
+        v1 = tl.load(t1 + offs, mask=mask, other=0).to(ACC)
+    v2 = v0
     if N > 2:
-        y = y + _coeff(row, 2, mask, PER_SAMPLE, ACC) * tl.load(t2 + offs, mask=mask, other=0).to(ACC)
+        v2 = tl.load(t2 + offs, mask=mask, other=0).to(ACC)
+    v3 = v0
     if N > 3:
-        y = y + _coeff(row, 3, mask, PER_SAMPLE, ACC) * tl.load(t3 + offs, mask=mask, other=0).to(ACC)
+        v3 = tl.load(t3 + offs, mask=mask, other=0).to(ACC)
+    v4 = v0
     if N > 4:
-        y = y + _coeff(row, 4, mask, PER_SAMPLE, ACC) * tl.load(t4 + offs, mask=mask, other=0).to(ACC)
+        v4 = tl.load(t4 + offs, mask=mask, other=0).to(ACC)
+    v5 = v0
     if N > 5:
-        y = y + _coeff(row, 5, mask, PER_SAMPLE, ACC) * tl.load(t5 + offs, mask=mask, other=0).to(ACC)
+        v5 = tl.load(t5 + offs, mask=mask, other=0).to(ACC)
+    v6 = v0
     if N > 6:
-        y = y + _coeff(row, 6, mask, PER_SAMPLE, ACC) * tl.load(t6 + offs, mask=mask, other=0).to(ACC)
+        v6 = tl.load(t6 + offs, mask=mask, other=0).to(ACC)
+    v7 = v0
     if N > 7:
-        y = y + _coeff(row, 7, mask, PER_SAMPLE, ACC) * tl.load(t7 + offs, mask=mask, other=0).to(ACC)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        v7 = tl.load(t7 + offs, mask=mask, other=0).to(ACC)
+    y0 = _combine_row(row, v0, v1, v2, v3, v4, v5, v6, v7, mask, N, PER_SAMPLE, ACC)
+    # All loads above come before the stores: an output may be one of the tensors.
+    if M > 1:
+        y1 = _combine_row(row + N, v0, v1, v2, v3, v4, v5, v6, v7, mask, N, PER_SAMPLE, ACC)
+        tl.store(y1_ptr + offs, y1.to(y1_ptr.dtype.element_ty), mask=mask)
+    tl.store(y0_ptr + offs, y0.to(y0_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

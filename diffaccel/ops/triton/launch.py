@@ -167,28 +167,44 @@ def ei_step(x, model_out, history, coeffs, noise, threshold_kind, ratio, max_val
 def multistep_combine(tensors, coeffs, out):
     dtype = validation.multistep_combine(tensors, coeffs)
     validation.check_out("diffaccel.multistep_combine", "out", out, tensors[0], dtype=dtype)
+    _combine(tensors, coeffs, (out,), dtype)
+
+
+def multistep_combine_pair(tensors, coeffs, y0_out, y1_out):
+    dtype = validation.multistep_combine_pair(tensors, coeffs)
+    validation.check_out_pair("diffaccel.multistep_combine_pair", ("y0", "y1"), (y0_out, y1_out), tensors[0], dtype)
+    _combine(tensors, coeffs, (y0_out, y1_out), dtype)
+
+
+def _combine(tensors, coeffs, outs, dtype):
+    """One pass writing outs[m] = sum_j coeffs[..., m, j] * tensors[j] (one
+    output: coeffs [n] / [B, n]; two: [2, n] / [B, 2, n])."""
     first = tensors[0]
     n = first.numel()
     if n == 0:
         return
     tc = [t.contiguous() for t in tensors]
     cc = coeffs.contiguous()
-    y = _Output(out)
+    per_sample = cc.dim() == len(outs) + 1
+    ys = [_Output(out) for out in outs]
     slots = tc + [tc[0]] * (8 - len(tc))
     _kernel(kernels.multistep_combine_kernel)[(triton.cdiv(n, kernels.BLOCK),)](
         *slots,
         cc,
-        cc.shape[1] if cc.dim() == 2 else 0,
-        y.buffer,
+        cc[0].numel() if per_sample else 0,
+        ys[0].buffer,
+        ys[-1].buffer,
         n,
         _per_sample(first),
         N=len(tc),
-        PER_SAMPLE=cc.dim() == 2,
+        M=len(ys),
+        PER_SAMPLE=per_sample,
         ACC=tl.float64 if dtype == torch.float64 else tl.float32,
         BLOCK=kernels.BLOCK,
         num_warps=NUM_WARPS,
     )
-    y.finish()
+    for y in ys:
+        y.finish()
 
 
 def threshold(x, kind, ratio, max_value, style, out):
