@@ -163,6 +163,42 @@ def test_uni_pc_short_schedules(name, steps, callback):
             assert _relative(got[key], want[key]) <= 1e-5, key
 
 
+class _Marked(torch.Tensor):
+    """A tensor subclass: the loops hand it to the ops' fronts, not to the kernels' entries."""
+
+
+class SubclassOutput(SigmaWriter):
+    """A model wrapper whose model returns its output as a tensor subclass."""
+
+    def __call__(self, x, sigma, **kwargs):
+        return self.model(x, sigma, **kwargs).as_subclass(_Marked)
+
+
+@pytest.mark.parametrize("kind", ["EPS", "CONST"])
+@pytest.mark.parametrize("name", ["euler", "ddim", "ipndm", "uni_pc"])
+def test_kernel_entries_equal_the_fronts(name, kind):
+    """Where a loop calls a kernel's entry itself (plain tensors of the state's dtype)
+    and where it takes the op's front (a model returning a tensor subclass): the
+    same bits, and the same states reported."""
+    x, sigmas = _start(kind)
+    runs = []
+    for wrap in (lambda model: model, SubclassOutput):
+        calls = []
+        out = ours.ksampler_function(name)(
+            wrap(model_for(kind, SHAPE)),
+            x,
+            sigmas.clone(),
+            extra_args={"model_options": {}},
+            callback=calls.append,
+            disable=True,
+        )
+        runs.append((out.as_subclass(torch.Tensor), [c["x"].as_subclass(torch.Tensor) for c in calls]))
+    (plain, plain_calls), (marked, marked_calls) = runs
+    assert torch.equal(plain, marked)
+    assert len(plain_calls) == len(marked_calls) > 0
+    assert all(torch.equal(a, b) for a, b in zip(plain_calls, marked_calls))
+
+
 STOCHASTIC = [name for name in NAMES if _takes(ours.sampler_function(name), "noise_sampler")]
 
 

@@ -253,7 +253,7 @@ def multistep_combine(
     Returns:
         ``y`` with the promoted dtype of ``tensors`` (``torch.promote_types``).
     """
-    result = _combine("multistep_combine", tensors, coeffs, None if out is None else {"out": out})
+    result = _combine("multistep_combine", tensors, coeffs, None if out is None else (out,))
     return result if out is None else out
 
 
@@ -283,38 +283,55 @@ def multistep_combine_pair(
         ``(y0, y1)`` with the promoted dtype of ``tensors``.
     """
     validation.check_pair("diffaccel.multistep_combine_pair", ("y0", "y1"), out)
-    outs = None if out is None else {"out[0] (y0)": out[0], "out[1] (y1)": out[1]}
-    result = _combine("multistep_combine_pair", tensors, coeffs, outs)
+    result = _combine("multistep_combine_pair", tensors, coeffs, None if out is None else tuple(out))
     return result if out is None else (out[0], out[1])
 
 
-def _combine(name: str, tensors, coeffs, outs: Optional[dict]):
-    """The front of multistep_combine (outs: {"out": buffer}) and
-    multistep_combine_pair (two named buffers): the functional op's result,
-    or None after the _out op wrote outs."""
-    op_name = f"diffaccel.{name}"
-    check = getattr(validation, name)
+# The combine ops' front: op -> (its name in errors, checks, reference twin, names of out= buffers).
+_COMBINES = {
+    "multistep_combine": (
+        "diffaccel.multistep_combine",
+        validation.multistep_combine,
+        reference.multistep_combine,
+        ("out",),
+    ),
+    "multistep_combine_pair": (
+        "diffaccel.multistep_combine_pair",
+        validation.multistep_combine_pair,
+        reference.multistep_combine_pair,
+        ("out[0] (y0)", "out[1] (y1)"),
+    ),
+}
+
+
+def _combine(name: str, tensors, coeffs, buffers: Optional[tuple]):
+    """The front of multistep_combine (buffers: (out,)) and multistep_combine_pair
+    (buffers: (y0, y1)): the functional op's result, or None after the _out op
+    wrote the buffers."""
+    op_name, check, twin, buffer_names = _COMBINES[name]
     if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(tensors[0], torch.Tensor):
         check(tensors, coeffs)  # raises the error that names the problem
-    buffers = () if outs is None else tuple(outs.values())
-    if outs is not None:
+    if buffers is not None:
         autograd.check_out_allowed(name, buffers, (*tensors, coeffs))
     impl = resolve(name, _device_type(tensors[0]))
     if impl != "compiled":
         result_dtype = check(tensors, coeffs)
-        if outs is not None:
+        if buffers is not None:
             if len(buffers) == 1:
                 validation.check_out(op_name, "out", buffers[0], tensors[0], dtype=result_dtype)
             else:
                 validation.check_out_pair(op_name, ("y0", "y1"), buffers, tensors[0], result_dtype)
-            validation.check_no_partial_overlap(op_name, outs, {f"tensors[{j}]": t for j, t in enumerate(tensors)})
+            validation.check_no_partial_overlap(
+                op_name, dict(zip(buffer_names, buffers)), {f"tensors[{j}]": t for j, t in enumerate(tensors)}
+            )
     if impl == "reference":
-        out = None if outs is None else (buffers[0] if len(buffers) == 1 else buffers)
-        result = getattr(reference, name)(tensors, coeffs, out=out)
-        return None if outs is not None else result
+        if buffers is None:
+            return twin(tensors, coeffs)
+        twin(tensors, coeffs, out=buffers[0] if len(buffers) == 1 else buffers)
+        return None
     ops = _namespace(impl)
     explain = lambda: check(tensors, coeffs)  # noqa: E731
-    if outs is None:
+    if buffers is None:
         return _call(getattr(ops, name), (list(tensors), coeffs), (*tensors, coeffs), explain)
     _call(
         getattr(ops, f"{name}_out"), (list(tensors), coeffs, *buffers), (*tensors, coeffs, *buffers), explain, buffers

@@ -356,20 +356,24 @@ class _Loop:
         with every row known before the first step: (a, b) = rows_of(the host sigmas),
         kept per schedule (kept_rows; tag names rows_of), so a step's host time is the
         model call and the kernel's (Euler's loop)."""
-        table = self.kept_rows(tag, lambda sigmas: [[0.0, 1.0, a, b, 0.0] for a, b in rows_of(sigmas)])
-        # The kernel's entry is called here itself while the state keeps its dtype and
-        # the denoiser returns plain tensors of it (what _step checks, a microsecond a step).
-        direct = (
-            self.direct if self.direct is not None and _keeps(x.dtype, self.sigmas.dtype if to_d else None) else None
-        )
+        # While the state keeps its dtype and the denoiser returns plain tensors of it, a
+        # step is multistep_combine's kernel entry on [x, denoised], called here: the same
+        # sum as ei_step's with the data term the denoiser output, without ei_step's
+        # second output to allocate (about a microsecond of a step's host time).
+        sigma_dtype = self.sigmas.dtype if to_d else None
+        direct = ops.loop_entry("multistep_combine", x) if _keeps(x.dtype, sigma_dtype) else None
+        pairs = self.kept_rows(tag, rows_of) if direct is not None else None
+        rows = None  # ei_step's rows, for a step that takes the front
         for i in self.steps():
             denoised = self.denoise_at(x, i)
             if self.callback is not None:
                 self.report(x, i, denoised)
             if direct is not None and denoised.__class__ is torch.Tensor and denoised.dtype == x.dtype:
-                x = direct(x, denoised, (), table[i], None, *_NO_THRESHOLD_ARGS)[0]
+                x = direct([x, denoised], pairs[i])
             else:
-                x = self.step_from_row(x, denoised, (), table[i], to_d=to_d)
+                if rows is None:
+                    rows = self.kept_rows((tag, "ei_step"), lambda s: [[0.0, 1.0, a, b, 0.0] for a, b in rows_of(s)])
+                x = self.step_from_row(x, denoised, (), rows[i], to_d=to_d)
         return x
 
     def kept_rows(self, tag, rows_of: Callable):
