@@ -97,10 +97,7 @@ def _corrected_and_predicted(corrected, predicted, direct):
             tensors.append(tensor)
             rows[0].append(0.0)
             rows[1].append(weight)
-    coeffs = k_common._COEFFICIENTS.table(rows, tensors[0].device)
-    if direct is not None and k_common._all_plain(tensors[0].dtype, tensors[0], None, tensors[1:]):
-        return direct(tensors, coeffs)
-    return ops.multistep_combine_pair(float64_if_any(tensors), coeffs)
+    return k_common.combine_pair(tensors, rows, direct)
 
 
 @_sampler

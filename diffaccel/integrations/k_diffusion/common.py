@@ -70,6 +70,17 @@ def _step(x, denoised, history, coeffs, noise=None, sigma_dtype: Optional[torch.
     return ops.ei_step(x, denoised, history, coeffs, noise=noise)
 
 
+def combine_pair(tensors, rows, direct=None):
+    """ops.multistep_combine_pair of tensors with two rows of host coefficients (kept on
+    the device per values): two states from the same reads. direct: the loop's
+    ops.loop_entry("multistep_combine_pair"), taken where every tensor is a plain
+    tensor of one dtype; otherwise the front, float64 for all where any is."""
+    coeffs = _COEFFICIENTS.table(rows, tensors[0].device)
+    if direct is not None and _all_plain(tensors[0].dtype, tensors[0], None, tensors[1:]):
+        return direct(tensors, coeffs)
+    return ops.multistep_combine_pair(float64_if_any(tensors), coeffs)
+
+
 def _all_plain(dtype: torch.dtype, denoised, noise, history) -> bool:
     """Whether the step's tensors are all plain torch.Tensors of ``dtype`` (noise may be None)."""
     if denoised.__class__ is not torch.Tensor or denoised.dtype != dtype:

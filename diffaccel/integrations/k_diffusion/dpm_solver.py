@@ -79,32 +79,41 @@ class _EpsSolver:
         u1, eps = self.stage(x, denoised, times.sigma("t"), 1.0, -times.sigma("s1") * math.expm1(times.r1 * times.h))
         return u1, eps, denoised
 
-    def second(self, x, eps, u1, times):
-        """dpm_solver_2_step's result, and eps_r1."""
+    @staticmethod
+    def two_step_weights(times):
+        """dpm_solver_2_step's x_next = x + w_eps eps + w_r1 eps_r1: (w_r1, w_eps)."""
         sn, e = times.sigma("next"), math.expm1(times.h)
         w_r1 = -sn / (2 * times.r1) * e
-        denoised = self.denoise(u1, times.model_sigma("s1"))
-        return self.stage(u1, denoised, times.sigma("s1"), 0.0, w_r1, [x, eps], [1.0, -sn * e - w_r1])
+        return w_r1, -sn * e - w_r1
 
-    def third(self, x, eps, u1, times):
-        """dpm_solver_3_step's result, and (eps_r1, eps_r2)."""
+    @staticmethod
+    def u2_weights(times):
+        """dpm_solver_3_step's second intermediate state u2 = x + w_eps eps + w_r1 eps_r1: (w_r1, w_eps)."""
         h, r1, r2 = times.h, times.r1, times.r2
         sigma_s2 = times.sigma("s2")
         c2 = sigma_s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
-        u2, eps_r1 = self.stage(
-            u1,
-            self.denoise(u1, times.model_sigma("s1")),
-            times.sigma("s1"),
-            0.0,
-            -c2,
-            [x, eps],
-            [1.0, -sigma_s2 * math.expm1(r2 * h) + c2],
-        )
-        sn = times.sigma("next")
-        c3 = sn / r2 * (math.expm1(h) / h - 1)
-        denoised = self.denoise(u2, times.model_sigma("s2"))
-        x_3, eps_r2 = self.stage(u2, denoised, sigma_s2, 0.0, -c3, [x, eps], [1.0, -sn * math.expm1(h) + c3])
+        return -c2, -sigma_s2 * math.expm1(r2 * h) + c2
+
+    def second(self, x, eps, u1, times):
+        """dpm_solver_2_step's result, and eps_r1."""
+        w_r1, w_eps = self.two_step_weights(times)
+        denoised = self.denoise(u1, times.model_sigma("s1"))
+        return self.stage(u1, denoised, times.sigma("s1"), 0.0, w_r1, [x, eps], [1.0, w_eps])
+
+    def third(self, x, eps, u1, times):
+        """dpm_solver_3_step's result, and (eps_r1, eps_r2)."""
+        w_r1, w_eps = self.u2_weights(times)
+        denoised = self.denoise(u1, times.model_sigma("s1"))
+        u2, eps_r1 = self.stage(u1, denoised, times.sigma("s1"), 0.0, w_r1, [x, eps], [1.0, w_eps])
+        x_3, eps_r2 = self.third_stage(x, eps, u2, times)
         return x_3, eps_r1, eps_r2
+
+    def third_stage(self, x, eps, u2, times):
+        """The model at u2, then dpm_solver_3_step's result and eps_r2."""
+        h, sn = times.h, times.sigma("next")
+        c3 = sn / times.r2 * (math.expm1(h) / h - 1)
+        denoised = self.denoise(u2, times.model_sigma("s2"))
+        return self.stage(u2, denoised, times.sigma("s2"), 0.0, -c3, [x, eps], [1.0, -sn * math.expm1(h) + c3])
 
 
 # A DPM-Solver step from t to t_next has the intermediate times s1 = t + r1 h and
@@ -362,9 +371,9 @@ def sample_dpm_adaptive(
     pid = _PIDStepSizeController(h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
     info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
     r1 = 1 / 2 if order == 2 else 1 / 3
-    # x_low's combine and the error norm straight to their kernels where the loop allows
-    # (ops.loop_entry; every tensor given them is x or a fused op's output).
-    combine = ops.loop_entry("multistep_combine", x) or ops.multistep_combine
+    # The second stage's pair and the error norm straight to their kernels where the loop
+    # allows (ops.loop_entry; the norm's tensors are fused ops' outputs).
+    pair = ops.loop_entry("multistep_combine_pair", x)
     norm = ops.loop_entry("error_norm", x)
     if norm is None:
         norm = lambda high, low, prev, atol, rtol: ops.error_norm(high, low, prev, atol=atol, rtol=rtol)  # noqa: E731
@@ -394,17 +403,21 @@ def sample_dpm_adaptive(
             t_, su = t, 0.0
             times = _HostTimes(solver, s, t, r1, t_end.device, model_dtype)
         u1, eps, denoised = solver.start(x, times)
-        if order == 2:
-            x_low = combine(  # dpm_solver_1_step: x - sigma(t_) expm1(h) eps
-                [x, eps],
-                common._COEFFICIENTS.get([1.0, -times.sigma("next") * math.expm1(times.h)], x.device),
-            )
-            x_high, _ = solver.second(x, eps, u1, times)
-        else:
-            x_high, eps_r1, _ = solver.third(x, eps, u1, times)
-            sn, e = times.sigma("next"), math.expm1(times.h)
-            w_r1 = -sn / (2 * (1 / 3)) * e  # dpm_solver_2_step with r1 = 1/3, from the same evaluations
-            x_low = combine([x, eps, eps_r1], common._COEFFICIENTS.get([1.0, -sn * e - w_r1, w_r1], x.device))
+        # The model at u1, then one pass over [u1, its denoised, x, eps] that writes two
+        # states (eps_r1 = (u1 - denoised_1) / sigma(s1) folded into their weights):
+        # order 2: x_high (dpm_solver_2_step) and x_low (dpm_solver_1_step); order 3: u2
+        # (the third stage's input) and x_low (dpm_solver_2_step with r1 = 1/3).
+        sigma_s1 = times.sigma("s1")
+        w_r1, w_eps = solver.two_step_weights(times)  # dpm_solver_2_step with this r1
+        two_step = [w_r1 / sigma_s1, -w_r1 / sigma_s1, 1.0, w_eps]
+        if order == 2:  # x_high = dpm_solver_2_step, x_low = dpm_solver_1_step
+            rows = [two_step, [0.0, 0.0, 1.0, -times.sigma("next") * math.expm1(times.h)]]
+        else:  # u2 (the third stage's input), x_low = dpm_solver_2_step with r1 = 1/3
+            w_r1, w_eps = solver.u2_weights(times)
+            rows = [[w_r1 / sigma_s1, -w_r1 / sigma_s1, 1.0, w_eps], two_step]
+        denoised_1 = solver.denoise(u1, times.model_sigma("s1"))
+        second, x_low = common.combine_pair([u1, denoised_1, x, eps], rows, pair)
+        x_high = second if order == 2 else solver.third_stage(x, eps, second, times)[0]
         # k-diffusion's error is the RMS over the whole batch: the mean of the per-sample
         # squares, on the host in float64 (one read; fsum: correctly rounded in any order).
         squares = [v * v for v in norm(x_high, x_low, x_prev, atol, rtol).tolist()]
