@@ -134,13 +134,16 @@ class Case:
                 out = (x, history[-1]) if alias else None
                 return fn.ei_step(x, m, list(history), coeffs, threshold=threshold, noise=noise, out=out)
 
-        elif op == "multistep_combine":
+        elif op in ("multistep_combine", "multistep_combine_pair"):
+            pair = op == "multistep_combine_pair"
             dtypes = [self.dtype(state) for _ in range(self.rng.randint(1, 8))]
             tensors = [self.tensor(f"t{j}", shape, d) for j, d in enumerate(dtypes)]
-            coeffs = self.coeffs(batch, len(tensors))
+            coeffs = self.coeffs(batch, len(tensors), rows=(2,) if pair else ())
             result = tensors[0].dtype
             for t in tensors:
                 result = torch.promote_types(result, t.dtype)
+            # In place, as a multistep loop runs: out= a tensor of the result dtype (the
+            # pair's second output a new buffer).
             alias = next((j for j, t in enumerate(tensors) if t.dtype == result and t.is_contiguous()), None)
             alias = alias if self.rng.random() < 0.25 else None
             if alias is not None:
@@ -149,24 +152,8 @@ class Case:
             inputs = [coeffs, *tensors]
 
             def call(fn, coeffs, *tensors):
-                return fn.multistep_combine(list(tensors), coeffs, out=None if alias is None else tensors[alias])
-
-        elif op == "multistep_combine_pair":
-            dtypes = [self.dtype(state) for _ in range(self.rng.randint(1, 8))]
-            tensors = [self.tensor(f"t{j}", shape, d) for j, d in enumerate(dtypes)]
-            coeffs = self.coeffs(batch, len(tensors), rows=(2,))
-            result = tensors[0].dtype
-            for t in tensors:
-                result = torch.promote_types(result, t.dtype)
-            # In place, as UniPC's step runs: out=(a tensor of the result dtype, a new buffer).
-            alias = next((j for j, t in enumerate(tensors) if t.dtype == result and t.is_contiguous()), None)
-            alias = alias if self.rng.random() < 0.25 else None
-            if alias is not None:
-                tensors[alias] = tensors[alias].clone()
-                self.note(f"out=(tensors[{alias}], new)")
-            inputs = [coeffs, *tensors]
-
-            def call(fn, coeffs, *tensors):
+                if not pair:
+                    return fn.multistep_combine(list(tensors), coeffs, out=None if alias is None else tensors[alias])
                 out = None if alias is None else (tensors[alias], torch.empty_like(tensors[alias]))
                 return fn.multistep_combine_pair(list(tensors), coeffs, out=out)
 
