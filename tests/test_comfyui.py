@@ -376,14 +376,14 @@ class _FusedOpCount(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.parametrize("kind", ["EPS", "CONST"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + ["dpm_fast", "dpm_adaptive"])
 def test_one_fused_op_per_model_call(name, kind):
     """As KSampler runs them (with a callback), every sampler makes one fused pass per
     model call at most; dpm_adaptive one per model call and, per trial step (three
     model calls at its default order), the error norm its step-size control reads."""
     x, sigmas = _start(kind)
     model = model_for(kind, SHAPE)
-    options = {"noise_sampler": FixedNoise()} if _takes(ours.sampler_function(name), "noise_sampler") else {}
+    options = {"noise_sampler": FixedNoise()} if _takes(ours.ksampler_function(name), "noise_sampler") else {}
     with _FusedOpCount() as ops_run:
         ours.ksampler_function(name)(
             model, x, sigmas.clone(), extra_args={"model_options": {}}, callback=lambda d: None, disable=True, **options
