@@ -21,6 +21,7 @@ import torch
 from diffaccel import ops
 from diffaccel.integrations import float64_if_any
 from diffaccel.integrations.comfyui.common import ComfyLoop
+from diffaccel.integrations.comfyui.multistep import _combine, _merged
 from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion.common import _sampler
 
@@ -71,33 +72,18 @@ def _weights(lam_prev: Tuple[float, ...], lam_t: float, order: int, variant: str
 _STATE = object()
 
 
-def _combine(terms):
-    """sum_j w_j t_j over (tensor, weight) terms in one fused pass."""
-    tensors = float64_if_any([t for t, _ in terms])
-    coeffs = k_common._COEFFICIENTS.get([float(w) for _, w in terms], tensors[0].device)
-    return ops.multistep_combine(tensors, coeffs)
-
-
 def _corrected_and_predicted(corrected, predicted, direct):
     """(x_c, x_t) in one fused pass: x_c = sum of the corrected terms, x_t = the
     predicted terms with _STATE standing for x_c (its terms substituted).
     direct: the loop's ops.loop_entry("multistep_combine_pair"), taken where
     every tensor is a plain tensor of one dtype."""
-    tensors = [t for t, _ in corrected]
     folded = []
     for tensor, weight in predicted:
         folded += [(t, weight * w) for t, w in corrected] if tensor is _STATE else [(tensor, weight)]
-    rows = [[w for _, w in corrected], [0.0] * len(tensors)]
-    for tensor, weight in folded:
-        for j, seen in enumerate(tensors):
-            if seen is tensor:
-                rows[1][j] += weight
-                break
-        else:
-            tensors.append(tensor)
-            rows[0].append(0.0)
-            rows[1].append(weight)
-    return k_common.combine_pair(tensors, rows, direct)
+    # Both rows over the same tensors, in the same order: each list names every tensor once.
+    tensors, row0 = _merged(corrected + [(t, 0.0) for t, _ in folded])
+    _, row1 = _merged([(t, 0.0) for t, _ in corrected] + folded)
+    return k_common.combine_pair(tensors, [row0, row1], direct)
 
 
 @_sampler
@@ -169,7 +155,8 @@ def sample_unipc(model, noise, sigmas, extra_args=None, callback=None, disable=F
             *((h, -e * alpha_t) for h, e in zip(older, extra)),
         ]
 
-    x_t = _combine(predicted(x, models, indices, 1))
+    first = predicted(x, models, indices, 1)
+    x_t = _combine(float64_if_any([t for t, _ in first]), [w for _, w in first])
     pair = ops.loop_entry("multistep_combine_pair", x_t)
     # Each step: the model at the prediction, then one pass that makes the corrected state
     # (what the callback sees and the next step starts from) and the next prediction.
