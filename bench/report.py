@@ -8,7 +8,9 @@ copy and triad bandwidth at the same size.
 
 --before: the op benchmarks of an earlier build (bench/compare.sh makes one),
 shown beside this run's as "before us" and "before % copy" (each against the
-copy of its own run).
+copy of its own run). Runs of the two builds alternated on a noisy machine:
+give every run (several JSONs, and --before once per earlier run); a case
+timed in several runs gets the median of its runs' medians.
 
 CPU runs time the compiled kernel as impl "fused"; GPU runs time the "cuda"
 and "triton" backends (each timed call there runs the op `reps` times).
@@ -16,6 +18,7 @@ and "triton" backends (each timed call there runs the op `reps` times).
 
 import json
 import platform
+import statistics
 import sys
 from collections import defaultdict
 
@@ -36,13 +39,19 @@ def _us(seconds):
 
 
 def _medians(benchmarks):
-    """(case, shape, dtype) -> impl -> median seconds per op call, and the bytes of each key."""
-    median, nbytes = defaultdict(dict), {}
+    """(case, shape, dtype) -> impl -> median seconds per op call (the median of
+    the runs' medians where a benchmark was run more than once), and the bytes
+    of each key."""
+    runs, nbytes = defaultdict(lambda: defaultdict(list)), {}
     for b in benchmarks:
         info = b["extra_info"]
         key = (info["case"], info["shape"], info.get("dtype", "fp32"))
-        median[key][info["impl"]] = b["stats"]["median"] / info.get("reps", 1)
+        runs[key][info["impl"]].append(b["stats"]["median"] / info.get("reps", 1))
         nbytes[key] = info["bytes"]
+    median = defaultdict(dict)
+    for key, impls in runs.items():
+        for impl, times in impls.items():
+            median[key][impl] = statistics.median(times)
     return median, nbytes
 
 
@@ -54,14 +63,17 @@ def _floor_gbs(median, nbytes, name):
 def main(*args):
     paths = list(args)
     before = before_commit = None
-    if "--before" in paths:
+    before_benchmarks = []
+    while "--before" in paths:
         at = paths.index("--before")
         before_data = json.load(open(paths[at + 1]))
-        before = _medians(before_data["benchmarks"])
+        before_benchmarks += before_data["benchmarks"]
         before_commit = before_data.get("commit_info", {}).get("id", "unknown")[:10]
         del paths[at : at + 2]
+    if before_benchmarks:
+        before = _medians(before_benchmarks)
     data = json.load(open(paths[0]))
-    for extra in paths[1:]:  # further runs of the same suite (the GPU check splits it)
+    for extra in paths[1:]:  # further runs of the suite (the GPU check splits it; alternated runs repeat it)
         data["benchmarks"] += json.load(open(extra))["benchmarks"]
     median, nbytes = _medians(data["benchmarks"])
     calls = {}

@@ -61,9 +61,17 @@ def _make_ei_sde(shape, dtype, device, g):
     return (x, m, hist, coeffs), {"noise": _randn(shape, dtype, device, g)}
 
 
-def _make_ei_dynamic(shape, dtype, device, g):
+# Dynamic thresholding's scale is clamp(q, 1, max_value): with q beyond
+# max_value (as here: d is standard normal, q about 2.8) a counting pass
+# proves the clamp holds and the selection is skipped; with 1 < q < max_value
+# (the "_selected" cases) the selection runs.
+def _make_ei_dynamic(shape, dtype, device, g, max_value=1.5):
     args, _ = _make_ei_2m(shape, dtype, device, g)
-    return args, {"threshold": ops.Threshold("dynamic", 0.995, 1.5)}
+    return args, {"threshold": ops.Threshold("dynamic", 0.995, max_value)}
+
+
+def _make_ei_dynamic_selected(shape, dtype, device, g):
+    return _make_ei_dynamic(shape, dtype, device, g, max_value=4.0)
 
 
 def _make_combine3(shape, dtype, device, g):
@@ -82,8 +90,13 @@ def _two_combines(tensors, coeffs):
     return ops.multistep_combine(tensors, coeffs[0]), ops.multistep_combine(tensors, coeffs[1])
 
 
-def _make_threshold(shape, dtype, device, g):
-    return (_randn(shape, dtype, device, g) * 2,), {"kind": "dynamic", "ratio": 0.995, "max_value": 1.5}
+def _make_threshold(shape, dtype, device, g, max_value=1.5):
+    # q is about 5.6: beyond max_value 1.5, within max_value 8.
+    return (_randn(shape, dtype, device, g) * 2,), {"kind": "dynamic", "ratio": 0.995, "max_value": max_value}
+
+
+def _make_threshold_selected(shape, dtype, device, g):
+    return _make_threshold(shape, dtype, device, g, max_value=8.0)
 
 
 def _make_langevin(shape, dtype, device, g):
@@ -112,10 +125,18 @@ CASES: Dict[str, Case] = {
         ),
         Case(
             "ei_step_dynamic",
-            "ei_step, 2M row + dynamic threshold",
+            "ei_step, 2M row + dynamic threshold, the scale clamped at max_value (counted, not selected)",
             ops.ei_step,
             ops.reference.ei_step,
             _make_ei_dynamic,
+            5,
+        ),
+        Case(
+            "ei_step_dynamic_selected",
+            "ei_step, 2M row + dynamic threshold, the scale the quantile itself (selected)",
+            ops.ei_step,
+            ops.reference.ei_step,
+            _make_ei_dynamic_selected,
             5,
         ),
         Case(
@@ -144,10 +165,18 @@ CASES: Dict[str, Case] = {
         ),
         Case(
             "threshold_dynamic",
-            "threshold, dynamic (quantile 0.995)",
+            "threshold, dynamic (quantile 0.995), the scale clamped at max_value (counted, not selected)",
             ops.threshold,
             ops.reference.threshold,
             _make_threshold,
+            2,
+        ),
+        Case(
+            "threshold_dynamic_selected",
+            "threshold, dynamic (quantile 0.995), the scale the quantile itself (selected)",
+            ops.threshold,
+            ops.reference.threshold,
+            _make_threshold_selected,
             2,
         ),
         Case(

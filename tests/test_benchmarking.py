@@ -148,3 +148,15 @@ def test_report_columns_follow_what_was_timed(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| eager ref us | best vs eager |" in text
     assert "| 1000.0 | 5.00x |" in next(line for line in text.splitlines() if line.startswith("| error_norm"))
+    # Alternated runs: each build's time is the median of its runs' medians.
+    runs = [
+        _benchmark_json(tmp_path / f"run{i}.json", floors + [("error_norm", "fused", t)])
+        for i, t in enumerate((2e-4, 9e-4, 3e-4))
+    ]
+    earlier = [
+        _benchmark_json(tmp_path / f"before{i}.json", floors + [("error_norm", "fused", t)])
+        for i, t in enumerate((5e-4, 4e-4, 1e-3))
+    ]
+    report.main(*runs, "--before", earlier[0], "--before", earlier[1], "--before", earlier[2])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| error_norm"))
+    assert "| 300.0 |" in row and "| 500.0 |" in row

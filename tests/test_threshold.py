@@ -227,13 +227,119 @@ def test_sampled_selection_of_other_dtypes(dtype, gen):
     assert_close(ops.threshold(x, **options), reference.threshold(x, **options))
 
 
+# The pins of csrc/include/diffaccel/quantile.h (scale_pins): where the style's
+# clamp holds the scale at a bound, whatever the quantile's exact value,
+# decided by counting the magnitudes against the bound's edge. name ->
+# (options, edge, side): side "above" holds for q >= edge, "below" for q <= edge.
+PINS = {
+    "diffusers-max": (dict(style="diffusers", max_value=1.5), 1.5, "above"),
+    "diffusers-one": (dict(style="diffusers", max_value=1.5), 1.0, "below"),
+    "dpm-solver-max": (dict(style="dpm-solver", max_value=1.25), 1.25, "below"),
+    # max_value <= 1: clamp(q, 1, max_value) = max_value for every q (the edge 0).
+    "diffusers-any": (dict(style="diffusers", max_value=1.0), 0.0, "above"),
+}
+
+
+def _quantile_ranks(ratio, n, dtype):
+    """quantile_rank of diffaccel/quantile.h: the two order statistics' indices."""
+    rank = torch.tensor(ratio, dtype=dtype) * torch.tensor(n - 1, dtype=dtype)
+    return int(rank.floor()), min(int(rank.ceil()), n - 1)
+
+
+def _pinned_sample(n, edge, side, off_side, dtype, gen):
+    """n magnitudes, off_side of them strictly on the far side of edge, one of the
+    rest exactly at it, the others well within; random signs and order."""
+    far, within = (edge * 0.5, edge * 2) if side == "above" else (edge * 2, edge * 0.5)
+    values = torch.full((n,), within, dtype=torch.float64)
+    values[:off_side] = far
+    values[off_side:][:1] = edge
+    signs = torch.where(torch.rand(n, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0)
+    order = torch.randperm(n, generator=gen)
+    return (values * signs)[order].to(dtype)
+
+
+@pytest.mark.parametrize("n", [1001, SAMPLED_SELECTION_MIN + 1001], ids=["exact", "sampled"])
+@pytest.mark.parametrize("ratio", [0.5, 0.995, 1.0])
+@pytest.mark.parametrize("pin", list(PINS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_pinned_scale_at_the_count_that_decides_it(n, ratio, pin, dtype, gen):
+    """A sample whose scale a pin is expected to hold (its bracket says so, or the
+    sample before it was pinned) is thresholded at once with the pinned scale
+    while its magnitudes are counted against the edge, and selected only when
+    the count disproves the pin. Each sample here is pinned by the smallest
+    margin there is (exactly as many magnitudes off side as the pin allows, one
+    at the edge) or misses it by one, after a sample the pin clearly holds for;
+    a NaN disproves the pin too, and so does an infinity (torch's quantile is
+    NaN where it interpolates between infinities, as at ratio 1 here). The same
+    bits as the reference, in one thread (each sample expecting what the one
+    before it was) and in several."""
+    options, edge, side = PINS[pin]
+    below, above = _quantile_ranks(ratio, n, dtype)
+    allowed = below if side == "above" else n - 1 - above
+    clear = 0 if side == "above" else max(allowed // 2, 0)
+    off_side = [clear, allowed, clear, allowed + 1, allowed + 1, clear, clear, clear, clear]
+    x = torch.stack([_pinned_sample(n, edge, side, k, dtype, gen) for k in off_side]).to(DEVICE)
+    # A NaN and an infinity (where the sampled selection's sample does not look)
+    # in samples the pin would otherwise hold for, each after one it held for.
+    unsampled = next(p for p in range(n // 3, n) if p not in set(_sampled_positions(n).tolist()))
+    x[6, unsampled] = float("nan")
+    x[8, unsampled] = -float("inf")
+    options = dict(options, kind="dynamic", ratio=ratio)
+    want = reference.threshold(x, **options)
+    assert want[6].isnan().all() and not want[:6].isnan().any() and want[8].isnan().all() == (ratio == 1.0)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            _exactly_equal(ops.threshold(x, **options), want)
+            coeffs = torch.tensor([0.0, 1.0, 0.5, 0.25, 0.0], dtype=torch.float64, device=DEVICE)
+            threshold = ops.Threshold(**options)
+            got = ops.ei_step(x.flip(1), x, [], coeffs, threshold=threshold)
+            for g, w in zip(got, reference.ei_step(x.flip(1), x, [], coeffs, threshold=threshold)):
+                _exactly_equal(g, w)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("style", ["diffusers", "dpm-solver"])
+def test_pinned_scale_when_the_bracket_misleads(style, gen):
+    """The bracket of a thread's first sample predicts a pin (every sampled
+    position holds a value on the pin's side) that the rest of the sample
+    disproves: the pinned pass is thrown away and the sample selected."""
+    n = 3 * SAMPLED_SELECTION_MIN + 17
+    sampled = _sampled_positions(n).to(DEVICE)
+    if style == "diffusers":  # the sample says q >= max_value = 1.5; q is about 0.9
+        x = torch.rand((2, n), generator=gen, device=DEVICE)
+        x[:, sampled] = 100.0
+    else:  # the sample says q <= max_value = 5; q is about 10.9
+        x = torch.rand((2, n), generator=gen, device=DEVICE) + 10
+        x[:, sampled] = 1.0
+    options = dict(kind="dynamic", ratio=0.9, max_value=1.5 if style == "diffusers" else 5.0, style=style)
+    want = reference.threshold(x, **options)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _exactly_equal(ops.threshold(x, **options), want)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# Per-sample work is split by elements only for samples of at least this many
+# elements (csrc/torch/common.h: kSplitSampleMin).
+SPLIT_SAMPLE_MIN = 32768
+
+
 @pytest.mark.parametrize("batch", [1, 2, 3, 8])
-def test_selection_does_not_depend_on_the_thread_count(batch, gen):
-    """With a sample per thread each thread selects and thresholds its samples in
-    one go; with fewer samples than threads the selections run first and the
-    elementwise pass is split by elements. Both give the same bits, with any
-    number of threads, in place or not."""
-    x = make((batch, 3, 70, 80), torch.float32, generator=gen, scale=2.0)
+@pytest.mark.parametrize("sample_shape", [(3, 70, 80), (4, 96, 100)], ids=["unsplit", "split"])
+def test_selection_does_not_depend_on_the_thread_count(batch, sample_shape, gen):
+    """With a sample per thread (or samples too small to split) each thread
+    selects and thresholds its samples in one go; with fewer, larger samples
+    than threads the selections run first and the elementwise pass is split by
+    elements. Both give the same bits, with any number of threads, in place or
+    not."""
+    per_sample = sample_shape[0] * sample_shape[1] * sample_shape[2]
+    assert (per_sample < SPLIT_SAMPLE_MIN) == (sample_shape == (3, 70, 80))
+    x = make((batch,) + sample_shape, torch.float32, generator=gen, scale=2.0)
     want = reference.threshold(x, ratio=0.99, max_value=1.5)
     threads = torch.get_num_threads()
     try:
@@ -248,11 +354,12 @@ def test_selection_does_not_depend_on_the_thread_count(batch, gen):
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_ei_step_dynamic_threshold_in_place_per_sample(batch, gen):
+@pytest.mark.parametrize("sample_shape", [(4, 60, 70), (4, 96, 100)], ids=["unsplit", "split"])
+def test_ei_step_dynamic_threshold_in_place_per_sample(batch, sample_shape, gen):
     """ei_step's selection and update per sample, while the sample is in cache,
     with x_next written over x and d over a history tensor: each sample's
     selection reads its own x before its update overwrites it."""
-    shape = (batch, 4, 60, 70)
+    shape = (batch,) + sample_shape
     x, m, h0, h1, z = (make(shape, torch.float32, generator=gen) for _ in range(5))
     coeffs = torch.tensor([0.3, 1.7, 0.9, 0.4, -0.2, 0.1, 0.05], dtype=torch.float64, device=DEVICE)
     threshold = ops.Threshold("dynamic", 0.995, 1.2)
@@ -276,7 +383,8 @@ def test_every_version_of_the_selection_tally_agrees(dtype):
     version this CPU has runs on the same values against a plain count: blocks
     of awkward sizes up to the whole array, NaN, infinities, -0.0, candidates
     kept in order and cut at the capacity (reached at the start, in the middle
-    and not at all)."""
+    and not at all: once it is outgrown the tally stops, saying so by a count
+    past the capacity, as the exact fallback takes over)."""
     from diffaccel import _extension
 
     g = torch.Generator().manual_seed(7)
@@ -296,7 +404,10 @@ def test_every_version_of_the_selection_tally_agrees(dtype):
                     continue
                 ran.add(level)
                 got_below, count, nan, stored = result
-                assert (got_below, count, nan) == (below, len(inside), True), (level, block, capacity)
+                if capacity >= len(inside):
+                    assert (got_below, count, nan) == (below, len(inside), True), (level, block, capacity)
+                else:
+                    assert count > capacity, (level, block, capacity)
                 assert torch.equal(stored, inside[:capacity]), (level, block, capacity)
     native = _extension._C.cpu_isa_level()
     assert "portable" in ran and (native.startswith("baseline") or native in ran)

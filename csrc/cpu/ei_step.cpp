@@ -10,8 +10,11 @@
 namespace diffaccel::cpu {
 namespace {
 
-template <typename acc_t, int K, bool kNoise, bool kThreshold>
-DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t first, int64_t count) {
+// kCount: a pinned pass of dynamic thresholding (kernels.h: PinCounting),
+// counting |d| before it is thresholded.
+template <typename acc_t, int K, bool kNoise, bool kThreshold, bool kCount>
+DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, const PinCounter<acc_t>& counter, int64_t sample, int64_t first,
+                            int64_t count) {
   const acc_t* row = a.coeffs + sample * a.coeff_stride;
   acc_t limit = 0, divisor = 1;
   if (kThreshold) {
@@ -28,35 +31,41 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, int64_t sample, int64_t 
     for (int j = 0; j < K; ++j) h[j] = load_block(a.history[j], offset, n, h_buf[j]);
     acc_t* x_next = output_block(a.x_next, offset, x_next_buf);
     acc_t* d_out = output_block(a.d, offset, d_buf);
+    typename PinCounter<acc_t>::Block counted;
     DA_IVDEP for (int64_t i = 0; i < n; ++i) {
       acc_t d = ei_data_term(row, x[i], m[i]);
+      if (kCount) counted.add(counter, d);
       if (kThreshold) d = threshold_element(d, limit, divisor);
       acc_t hv[K > 0 ? K : 1];
       for (int j = 0; j < K; ++j) hv[j] = h[j][i];
       x_next[i] = ei_combine<acc_t, K, kNoise>(row, x[i], d, hv, z[i]);
       d_out[i] = d;
     }
+    if (kCount) counter.finish(counted);
     commit_block(a.x_next, offset, n, x_next_buf, x_next);
     commit_block(a.d, offset, n, d_buf, d_out);
   });
 }
 
-template <typename acc_t, int K, bool kNoise, bool kThreshold>
+template <typename acc_t, int K, bool kNoise, bool kThreshold, bool kCount>
 DA_INLINE void ei_step_spans(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const PinCounter<acc_t> counter(a.counting);
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t n) DA_LAMBDA_INLINE {
-    ei_step_span<acc_t, K, kNoise, kThreshold>(a, sample, first, n);
+    ei_step_span<acc_t, K, kNoise, kThreshold, kCount>(a, counter, sample, first, n);
   });
+}
+
+template <typename acc_t, int K, bool kNoise>
+DA_INLINE void ei_step_dispatch_threshold(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
+  if (!a.has_threshold) ei_step_spans<acc_t, K, kNoise, false, false>(a, begin, end);
+  else if (a.counting.pin_count == nullptr) ei_step_spans<acc_t, K, kNoise, true, false>(a, begin, end);
+  else ei_step_spans<acc_t, K, kNoise, true, true>(a, begin, end);
 }
 
 template <typename acc_t, int K>
 DA_INLINE void ei_step_dispatch_flags(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
-  if (a.has_noise) {
-    if (a.has_threshold) ei_step_spans<acc_t, K, true, true>(a, begin, end);
-    else ei_step_spans<acc_t, K, true, false>(a, begin, end);
-  } else {
-    if (a.has_threshold) ei_step_spans<acc_t, K, false, true>(a, begin, end);
-    else ei_step_spans<acc_t, K, false, false>(a, begin, end);
-  }
+  if (a.has_noise) ei_step_dispatch_threshold<acc_t, K, true>(a, begin, end);
+  else ei_step_dispatch_threshold<acc_t, K, false>(a, begin, end);
 }
 
 template <typename acc_t>
@@ -74,26 +83,34 @@ DA_INLINE void ei_step_range_impl(const EiStepArgs<acc_t>& a, int64_t begin, int
 // the selection (d is not written twice); with apply, the sample's update
 // follows at once, while its x and m are still in cache. (The update is a call
 // of ei_step_range, not its body inlined again: each of this function's clones
-// would otherwise compile all twenty of the update's variants a second time, and
+// would otherwise compile all thirty of the update's variants a second time, and
 // this file was the build's critical path: 8 of its 9 minutes on 2 cores.)
 template <typename acc_t>
 DA_INLINE void ei_step_dynamic_samples_impl(const EiStepArgs<acc_t>& a, const DynamicThreshold& t, acc_t* scale,
                                             int64_t sample_begin, int64_t sample_end, bool apply) {
   SelectionScratch<acc_t> scratch;
-  for (int64_t b = sample_begin; b < sample_end; ++b) {
+  const int64_t n = a.per_sample;
+  auto selection = [&](int64_t b, auto&& use) DA_LAMBDA_INLINE {
     const acc_t* row = a.coeffs + b * a.coeff_stride;
-    const int64_t first = b * a.per_sample;
-    auto values = [&](int64_t offset, int64_t n, acc_t* buf) DA_LAMBDA_INLINE {
+    auto values = [&](int64_t offset, int64_t len, acc_t* buf) DA_LAMBDA_INLINE {
       acc_t x_buf[kBlock], m_buf[kBlock];
-      const acc_t* x = load_block(a.x, first + offset, n, x_buf);
-      const acc_t* m = load_block(a.model_out, first + offset, n, m_buf);
-      DA_IVDEP for (int64_t i = 0; i < n; ++i) buf[i] = ei_data_term(row, x[i], m[i]);
+      const acc_t* x = load_block(a.x, b * n + offset, len, x_buf);
+      const acc_t* m = load_block(a.model_out, b * n + offset, len, m_buf);
+      DA_IVDEP for (int64_t i = 0; i < len; ++i) buf[i] = ei_data_term(row, x[i], m[i]);
       return static_cast<const acc_t*>(buf);
     };
-    const acc_t q = select_quantile<acc_t>(a.per_sample, t.ratio, nullptr, values, scratch);
-    scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
-    if (apply) ei_step_range(a, first, first + a.per_sample);
-  }
+    SampledSelection<acc_t, decltype(values)> selected(n, t.ratio, nullptr, values, scratch);
+    use(selected);
+  };
+  auto pass = [&](int64_t b) DA_LAMBDA_INLINE { ei_step_range(a, b * n, (b + 1) * n); };
+  auto pinned_pass = [&](int64_t b, const ScalePin<acc_t>& pin, PinCount& count) DA_LAMBDA_INLINE {
+    EiStepArgs<acc_t> pinned = a;
+    pinned.limit = pinned.divisor = &pin.scale;
+    pinned.threshold_stride = 0;
+    pinned.counting = {&pin, &count};
+    ei_step_range(pinned, b * n, (b + 1) * n);
+  };
+  dynamic_threshold_samples<acc_t>(t, n, scale, sample_begin, sample_end, apply, selection, pass, pinned_pass);
 }
 
 }  // namespace

@@ -26,6 +26,25 @@ struct Out {
   bool streaming = false;
 };
 
+// What a pinned pass of dynamic thresholding (ScalePin, diffaccel/quantile.h;
+// selection.h: dynamic_threshold_samples) counts while it thresholds with the
+// pin's scale: the magnitudes off the pin's side, and whether any is NaN or
+// infinite (which disproves every pin).
+struct PinCount {
+  int64_t off_side = 0, nonfinite = 0;
+  template <typename acc_t>
+  bool confirms(const ScalePin<acc_t>& pin, const QuantileRank<acc_t>& rank, int64_t n) const {
+    return nonfinite == 0 && off_side <= pin.allowed_off_side(rank, n);
+  }
+};
+// A pass counts for a pin when pin_count is set (limit and divisor then point
+// at pin->scale, threshold_stride 0).
+template <typename acc_t>
+struct PinCounting {
+  const ScalePin<acc_t>* pin = nullptr;
+  PinCount* pin_count = nullptr;
+};
+
 // acc_t is float when every tensor is 16- or 32-bit, double when all are float64.
 template <typename acc_t>
 struct EiStepArgs {
@@ -41,6 +60,7 @@ struct EiStepArgs {
   const acc_t* limit = nullptr;
   const acc_t* divisor = nullptr;
   int64_t threshold_stride = 0;  // 0 for clip (one limit), 1 for per-sample scales
+  PinCounting<acc_t> counting;   // counts |d| before thresholding
   Out x_next, d;
 };
 
@@ -65,6 +85,7 @@ struct ThresholdArgs {
   const acc_t* limit = nullptr;
   const acc_t* divisor = nullptr;
   int64_t threshold_stride = 0;
+  PinCounting<acc_t> counting;
   Out y;
 };
 
@@ -92,10 +113,14 @@ void langevin_range(const LangevinArgs<double>& args, int64_t begin, int64_t end
 // (threshold_range / ei_step_range) follows its selection at once, while the
 // sample is still in cache. ei_step thresholds d = c_x * x + c_m * m, so its
 // scales come from d.
+// speculate: no output shares memory with an input, so a sample's pass may run
+// with a pinned scale before its quantile is known, and run again should the
+// pin not hold (selection.h: dynamic_threshold_samples).
 struct DynamicThreshold {
   double ratio;
   ThresholdStyle style;
   double max_value;
+  bool speculate = false;
 };
 void ei_step_dynamic_samples(const EiStepArgs<float>& args, const DynamicThreshold& t, float* scale,
                              int64_t sample_begin, int64_t sample_end, bool apply);

@@ -71,6 +71,10 @@ acc_t select_rank(const acc_t* v, int64_t count, int64_t k, acc_t* next) {
     least = b < least ? b : least;
     most = b > most ? b : most;
   }
+  if (least == most) {  // all alike (ties at the ranks: clipped data)
+    if (next != nullptr) *next = v[0];
+    return v[0];
+  }
   int64_t bins = kRankBins;
   while (bins > 16 && bins / 2 >= count) bins /= 2;
   int shift = 0;

@@ -20,9 +20,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string_view>
+#include <type_traits>
 
 #include "blocks.h"
 
@@ -85,9 +87,11 @@ struct SelectionScratch {
 
 // The tally of step 2 (tally.cpp) over the magnitudes |v| of a block of
 // values: below counts those < lo, nan notes a NaN, and those in [lo, hi] are
-// appended to candidates in order, counted
-// past the capacity but stored only within it (plus kTallySlack slots, which a
-// vector store may spill into).
+// appended to candidates in order, stored only within the capacity (plus
+// kTallySlack slots, which a vector store may spill into). Once more than the
+// capacity are found the tally stops (later blocks too): the exact fallback,
+// which reads the whole sample again, is then taken, and what the rest would
+// add is not needed (below and nan cover only what was read).
 constexpr int64_t kTallySlack = 16;
 template <typename acc_t>
 struct Tally {
@@ -95,6 +99,7 @@ struct Tally {
   bool nan = false;
   acc_t* candidates = nullptr;
   int64_t capacity = 0;
+  bool overflowed() const { return count > capacity; }
 };
 void tally_block(const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t);
 void tally_block(const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t);
@@ -108,53 +113,190 @@ bool tally_block_by(std::string_view level, const double* v, int64_t n, const Br
 // yields (a pointer to len values for elements [offset, offset + len), either
 // into the data or into buf, which holds kBlock values), as torch.quantile
 // finds it; NaN when any is NaN. direct, when not null, holds the n values in
-// memory: the tally then runs over all of them in one call.
+// memory: the tally then runs over all of them in one call. In two steps, so
+// that a caller can look at the bracket before the tally: draw() takes the
+// sample (once), quantile() the rest. (Inlined, like everything the kernels'
+// ISA clones call: a call out of a clone runs the baseline build.)
 template <typename acc_t, typename Values>
-DA_INLINE acc_t select_quantile(int64_t n, double ratio, const acc_t* direct, Values&& values,
-                                SelectionScratch<acc_t>& scratch) {
-  const QuantileRank<acc_t> rank = quantile_rank<acc_t>(ratio, n);
-  if (n >= kSampledSelectionMin) {
-    acc_t* sample = scratch.sample.get(kSelectionSample);
-    bool nan = false;
-    if (direct != nullptr) {
+class SampledSelection {
+ public:
+  SampledSelection(int64_t n, double ratio, const acc_t* direct, Values& values, SelectionScratch<acc_t>& scratch)
+      : n_(n),
+        ratio_(ratio),
+        rank_(quantile_rank<acc_t>(ratio, n)),
+        direct_(direct),
+        values_(values),
+        scratch_(scratch) {}
+
+  // The bracket from the sample, or null when n is too small to sample (or the
+  // sample holds a NaN).
+  DA_INLINE const Bracket<acc_t>* draw() {
+    if (drawn_) return sampled_ ? &bracket_ : nullptr;
+    drawn_ = true;
+    if (n_ < kSampledSelectionMin) return nullptr;
+    acc_t* sample = scratch_.sample.get(kSelectionSample);
+    if (direct_ != nullptr) {
       // The sample's cache lines are fetched all at once (each is a miss when
       // the data is not in cache) before they are read.
-      for (int64_t i = 0; i < kSelectionSample; ++i) __builtin_prefetch(direct + sample_position(i, n));
+      for (int64_t i = 0; i < kSelectionSample; ++i) __builtin_prefetch(direct_ + sample_position(i, n_));
     }
     for (int64_t i = 0; i < kSelectionSample; ++i) {
-      const int64_t at = sample_position(i, n);
+      const int64_t at = sample_position(i, n_);
       acc_t buf[1];
-      const acc_t v = std::abs(direct != nullptr ? direct[at] : *values(at, 1, buf));
+      const acc_t v = std::abs(direct_ != nullptr ? direct_[at] : *values_(at, 1, buf));
       sample[i] = v;
-      nan |= v != v;
+      nan_ |= v != v;
+      sample_max_ = v > sample_max_ ? v : sample_max_;
     }
-    if (nan) return std::numeric_limits<acc_t>::quiet_NaN();
-    const Bracket<acc_t> bracket = bracket_from_sample(sample, n, rank);
-    Tally<acc_t> tally;
-    tally.candidates = scratch.candidates.get(bracket.capacity + kTallySlack);
-    tally.capacity = bracket.capacity;
-    if (direct != nullptr) {
-      tally_block(direct, n, bracket, tally);
-    } else {
-      for_each_block(0, n, [&](int64_t offset, int64_t len) DA_LAMBDA_INLINE {
-        acc_t buf[kBlock];
-        tally_block(values(offset, len, buf), len, bracket, tally);
-      });
-    }
-    if (tally.nan) return std::numeric_limits<acc_t>::quiet_NaN();
-    acc_t q;
-    if (tally.count <= tally.capacity &&
-        quantile_from_candidates(tally.candidates, tally.count, tally.below, rank, &q)) {
-      return q;
-    }
+    if (nan_) return nullptr;
+    bracket_ = bracket_from_sample(sample, n_, rank_);
+    sampled_ = true;
+    return &bracket_;
   }
-  acc_t* all = scratch.all.get(n);
-  for_each_block(0, n, [&](int64_t offset, int64_t len) DA_LAMBDA_INLINE {
-    acc_t buf[kBlock];
-    const acc_t* v = values(offset, len, buf);
-    DA_IVDEP for (int64_t i = 0; i < len; ++i) all[offset + i] = std::abs(v[i]);
-  });
-  return quantile_of_magnitudes(all, n, ratio);
+
+  // The sample's largest magnitude (after a draw that gave a bracket): where
+  // the bracket reaches past the sample (hi infinite, as for ratios near 1), a
+  // prediction that the quantile stays below a value looks at this instead.
+  acc_t sample_max() const { return sample_max_; }
+
+  DA_INLINE acc_t quantile() {
+    draw();
+    if (nan_) return std::numeric_limits<acc_t>::quiet_NaN();
+    if (sampled_) {
+      Tally<acc_t> tally;
+      tally.candidates = scratch_.candidates.get(bracket_.capacity + kTallySlack);
+      tally.capacity = bracket_.capacity;
+      if (direct_ != nullptr) {
+        tally_block(direct_, n_, bracket_, tally);
+      } else {
+        for_each_block(0, n_, [&](int64_t offset, int64_t len) DA_LAMBDA_INLINE {
+          acc_t buf[kBlock];
+          if (!tally.overflowed()) tally_block(values_(offset, len, buf), len, bracket_, tally);
+        });
+      }
+      if (tally.nan) return std::numeric_limits<acc_t>::quiet_NaN();
+      acc_t q;
+      if (!tally.overflowed() && quantile_from_candidates(tally.candidates, tally.count, tally.below, rank_, &q)) {
+        return q;
+      }
+    }
+    acc_t* all = scratch_.all.get(n_);
+    for_each_block(0, n_, [&](int64_t offset, int64_t len) DA_LAMBDA_INLINE {
+      acc_t buf[kBlock];
+      const acc_t* v = values_(offset, len, buf);
+      DA_IVDEP for (int64_t i = 0; i < len; ++i) all[offset + i] = std::abs(v[i]);
+    });
+    return quantile_of_magnitudes(all, n_, ratio_);
+  }
+
+ private:
+  int64_t n_;
+  double ratio_;
+  QuantileRank<acc_t> rank_;
+  const acc_t* direct_;
+  Values& values_;
+  SelectionScratch<acc_t>& scratch_;
+  bool drawn_ = false, sampled_ = false, nan_ = false;
+  acc_t sample_max_ = 0;
+  Bracket<acc_t> bracket_{};
+};
+
+// A pinned pass's count (PinCount), kept in the pass's own loop over a
+// block: the magnitudes are compared as bit patterns (which order like the
+// values; a NaN's lies above infinity's), so that the count is integer adds
+// and one max a vector, which vectorize beside the pass's float math:
+//   PinCounter<acc_t>::Block block;                       // before the loop
+//   block.add(counter, v);                                // each value
+//   counter.finish(block);                                // after it
+template <typename acc_t>
+class PinCounter {
+ public:
+  using bits_t = std::conditional_t<sizeof(acc_t) == 4, uint32_t, uint64_t>;
+  struct Block {
+    bits_t off_side = 0, most = 0;  // most: the largest magnitude's bits
+    DA_INLINE void add(const PinCounter& c, acc_t v) {
+      const bits_t m = bits_of(v) & kMagnitudeMask;
+      off_side += ((m - c.edge_) ^ c.flip_) >> kSignShift;
+      most = m > most ? m : most;
+    }
+  };
+  DA_INLINE explicit PinCounter(const PinCounting<acc_t>& counting) : count_(counting.pin_count) {
+    if (counting.pin == nullptr) return;
+    // Off side: m < edge (from above), or m >= edge + 1, i.e. m > edge (from
+    // below): the sign of m - edge, flipped for the latter. (+ 0 makes a -0
+    // edge +0; edges are >= 0.)
+    const ScalePin<acc_t>& pin = *counting.pin;
+    edge_ = bits_of(pin.edge + acc_t(0)) + (pin.from_above ? 0 : 1);
+    flip_ = pin.from_above ? bits_t(0) : ~bits_t(0);
+  }
+  DA_INLINE void finish(const Block& block) const {
+    count_->off_side += int64_t(block.off_side);
+    count_->nonfinite += block.most >= bits_of(std::numeric_limits<acc_t>::infinity());
+  }
+
+ private:
+  static constexpr int kSignShift = 8 * sizeof(bits_t) - 1;
+  static constexpr bits_t kMagnitudeMask = ~bits_t(0) >> 1;
+  static DA_INLINE bits_t bits_of(acc_t v) {
+    bits_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return b;
+  }
+  PinCount* count_;
+  bits_t edge_ = 0, flip_ = 0;
+};
+
+// Dynamic thresholding's per-sample loop over samples [begin, end) of n
+// values each, shared by threshold and ei_step:
+//   selection(b, use) calls use(s) with sample b's SampledSelection s;
+//   pass(b) runs sample b's elementwise pass with scale[b];
+//   pinned_pass(b, pin, count) runs it with pin.scale, adding to count.
+// With speculate (set when no output shares memory with an input, so that a
+// pass can be run again), a sample whose scale a pin is expected to hold runs
+// its pass pinned at once, and falls back on the selection and a second pass
+// only when the count disproves the pin. Expected: a pin that holds for every
+// quantile, from the start; else the previous sample's outcome; for a
+// thread's first sample, a pin whose side the sampled selection's bracket
+// (or its sample's largest value) lies on. The scales are the selection's
+// whichever way a sample goes.
+template <typename acc_t, typename Selection, typename Pass, typename PinnedPass>
+DA_INLINE void dynamic_threshold_samples(const DynamicThreshold& t, int64_t n, acc_t* scale, int64_t begin, int64_t end,
+                                         bool apply, Selection&& selection, Pass&& pass, PinnedPass&& pinned_pass) {
+  const QuantileRank<acc_t> rank = quantile_rank<acc_t>(t.ratio, n);
+  const ScalePins<acc_t> pins = scale_pins<acc_t>(t.style, acc_t(t.max_value));
+  const bool speculate = apply && t.speculate;
+  constexpr int kUnknown = -2;
+  int expected = pins.unconditional();  // the pin expected to hold (-1: none)
+  if (expected < 0) expected = kUnknown;
+  for (int64_t b = begin; b < end; ++b) {
+    selection(b, [&](auto& selected) DA_LAMBDA_INLINE {
+      int pin = -1;
+      if (speculate && expected == kUnknown) {
+        if (const Bracket<acc_t>* bracket = selected.draw()) {
+          for (int i = 0; i < pins.count && pin < 0; ++i) {
+            const ScalePin<acc_t>& p = pins.pin[i];
+            const acc_t top = bracket->hi < selected.sample_max() ? bracket->hi : selected.sample_max();
+            if (p.from_above ? bracket->lo >= p.edge : top <= p.edge) pin = i;
+          }
+        }
+      } else if (speculate) {
+        pin = expected;
+      }
+      if (pin >= 0) {
+        scale[b] = pins.pin[pin].scale;
+        PinCount count;
+        pinned_pass(b, pins.pin[pin], count);
+        if (count.confirms(pins.pin[pin], rank, n)) {
+          expected = pin;
+          return;
+        }
+      }
+      const acc_t q = selected.quantile();
+      scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
+      expected = pins.holding(q);
+      if (apply) pass(b);
+    });
+  }
 }
 
 }  // namespace diffaccel::cpu

@@ -26,11 +26,17 @@ DA_INLINE void append(Tally<acc_t>& t, acc_t v) {
 
 template <typename acc_t>
 void tally_portable(const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+  if (t.overflowed()) return;
   for (int64_t i = 0; i < n; ++i) {
     const acc_t a = std::abs(v[i]);
-    if (a != a) t.nan = true;
-    else if (a < b.lo) ++t.below;
-    else if (a <= b.hi) append(t, a);
+    if (a != a) {
+      t.nan = true;
+    } else if (a < b.lo) {
+      ++t.below;
+    } else if (a <= b.hi) {
+      append(t, a);
+      if (t.overflowed()) return;
+    }
   }
 }
 
@@ -62,6 +68,7 @@ __attribute__((target("avx512f"))) DA_INLINE int64_t sum_of_lanes(__m512i counte
   const vec lo = set1(b.lo), hi = set1(b.hi);                                                                       \
   const ivec one = iset1(1);                                                                                        \
   ivec below0 = izero(), below1 = izero();                                                                          \
+  if (t.overflowed()) return;                                                                                       \
   acc_t* candidates = t.candidates + t.count;                                                                       \
   unsigned unordered = 0;                                                                                           \
   int64_t i = 0;                                                                                                    \
@@ -102,10 +109,11 @@ __attribute__((target("avx512f,popcnt"))) void tally_avx512(const double* v, int
 
 // AVX2 has no compress: the few candidate lanes are appended one by one.
 #define DA_TALLY_AVX2(acc_t, lanes, vec, load, andnot, set1, cmp, movemask)                   \
+  if (t.overflowed()) return;                                                                 \
   const vec lo = set1(b.lo), hi = set1(b.hi), sign = set1(acc_t(-0.0));                       \
   int64_t i = 0, not_below = 0;                                                               \
   unsigned unordered = 0;                                                                     \
-  for (; i + lanes <= n; i += lanes) {                                                        \
+  while (i + lanes <= n && !t.overflowed()) {                                                 \
     const vec x = andnot(sign, load(v + i));                                                  \
     const unsigned at_least_lo = movemask(cmp(x, lo, _CMP_GE_OQ));                            \
     const unsigned nan = movemask(cmp(x, x, _CMP_UNORD_Q));                                   \
@@ -115,6 +123,7 @@ __attribute__((target("avx512f,popcnt"))) void tally_avx512(const double* v, int
       unsigned inside = at_least_lo & unsigned(movemask(cmp(x, hi, _CMP_LE_OQ)));             \
       for (; inside; inside &= inside - 1) append(t, std::abs(v[i + __builtin_ctz(inside)])); \
     }                                                                                         \
+    i += lanes;                                                                               \
   }                                                                                           \
   t.below += i - not_below;                                                                   \
   t.nan |= unordered != 0;                                                                    \

@@ -12,8 +12,9 @@
 namespace diffaccel::cpu {
 namespace {
 
-template <typename acc_t>
+template <typename acc_t, bool kCount>
 DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const PinCounter<acc_t> counter(a.counting);
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
     const acc_t limit = a.limit[sample * a.threshold_stride];
     const acc_t divisor = a.divisor[sample * a.threshold_stride];
@@ -21,7 +22,12 @@ DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin
       acc_t x_buf[kBlock], y_buf[kBlock];
       const acc_t* x = load_block(a.x, offset, n, x_buf);
       acc_t* y = output_block(a.y, offset, y_buf);
-      DA_IVDEP for (int64_t i = 0; i < n; ++i) y[i] = threshold_element(x[i], limit, divisor);
+      typename PinCounter<acc_t>::Block counted;
+      DA_IVDEP for (int64_t i = 0; i < n; ++i) {
+        if (kCount) counted.add(counter, x[i]);
+        y[i] = threshold_element(x[i], limit, divisor);
+      }
+      if (kCount) counter.finish(counted);
       commit_block(a.y, offset, n, y_buf, y);
     });
   });
@@ -31,15 +37,23 @@ template <typename acc_t>
 DA_INLINE void threshold_dynamic_samples_impl(const ThresholdArgs<acc_t>& a, const DynamicThreshold& t, acc_t* scale,
                                               int64_t sample_begin, int64_t sample_end, bool apply) {
   SelectionScratch<acc_t> scratch;
-  for (int64_t b = sample_begin; b < sample_end; ++b) {
-    const int64_t first = b * a.per_sample;
-    auto values = [&](int64_t offset, int64_t n, acc_t* buf)
-                      DA_LAMBDA_INLINE { return load_block(a.x, first + offset, n, buf); };
-    const acc_t* direct = a.x.dtype == dtype_of<acc_t>() ? static_cast<const acc_t*>(a.x.data) + first : nullptr;
-    const acc_t q = select_quantile<acc_t>(a.per_sample, t.ratio, direct, values, scratch);
-    scale[b] = dynamic_threshold_scale(q, t.style, acc_t(t.max_value));
-    if (apply) threshold_range_impl(a, first, first + a.per_sample);
-  }
+  const int64_t n = a.per_sample;
+  auto selection = [&](int64_t b, auto&& use) DA_LAMBDA_INLINE {
+    auto values = [&](int64_t offset, int64_t len, acc_t* buf)
+                      DA_LAMBDA_INLINE { return load_block(a.x, b * n + offset, len, buf); };
+    const acc_t* direct = a.x.dtype == dtype_of<acc_t>() ? static_cast<const acc_t*>(a.x.data) + b * n : nullptr;
+    SampledSelection<acc_t, decltype(values)> selected(n, t.ratio, direct, values, scratch);
+    use(selected);
+  };
+  auto pass = [&](int64_t b) DA_LAMBDA_INLINE { threshold_range_impl<acc_t, false>(a, b * n, (b + 1) * n); };
+  auto pinned_pass = [&](int64_t b, const ScalePin<acc_t>& pin, PinCount& count) DA_LAMBDA_INLINE {
+    ThresholdArgs<acc_t> pinned = a;
+    pinned.limit = pinned.divisor = &pin.scale;
+    pinned.threshold_stride = 0;
+    pinned.counting = {&pin, &count};
+    threshold_range_impl<acc_t, true>(pinned, b * n, (b + 1) * n);
+  };
+  dynamic_threshold_samples<acc_t>(t, n, scale, sample_begin, sample_end, apply, selection, pass, pinned_pass);
 }
 
 template <typename acc_t>
@@ -69,11 +83,11 @@ DA_CPU_MULTIVERSION void threshold_backward_chunks(const ThresholdBackwardArgs<d
 }
 
 DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<float>& a, int64_t begin, int64_t end) {
-  threshold_range_impl(a, begin, end);
+  threshold_range_impl<float, false>(a, begin, end);
   streaming_store_fence();
 }
 DA_CPU_MULTIVERSION void threshold_range(const ThresholdArgs<double>& a, int64_t begin, int64_t end) {
-  threshold_range_impl(a, begin, end);
+  threshold_range_impl<double, false>(a, begin, end);
   streaming_store_fence();
 }
 

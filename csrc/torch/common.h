@@ -88,6 +88,18 @@ inline bool outputs_overlap(const at::Tensor& a, const at::Tensor& b) {
   return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
 }
 
+// Whether none of the outputs shares memory with any of the inputs (so that a
+// kernel may write an output and later write it again from the same inputs).
+inline bool outputs_apart_from_inputs(const std::vector<const at::Tensor*>& outputs,
+                                      const std::vector<const at::Tensor*>& inputs) {
+  for (const at::Tensor* out : outputs) {
+    for (const at::Tensor* in : inputs) {
+      if (at::get_overlap_status(*out, *in) != at::MemOverlapStatus::No) return false;
+    }
+  }
+  return true;
+}
+
 // Coefficients: shape [n] (shared by the batch) or [batch, n], on x's device.
 inline void check_coeffs(const char* op, const at::Tensor& coeffs, const at::Tensor& x, int64_t n, const char* layout) {
   TORCH_CHECK_VALUE(coeffs.device() == x.device(), op, ": argument 'coeffs' is on ", coeffs.device(),
@@ -211,10 +223,16 @@ inline void parallel_samples(int64_t batch, Fn&& fn) {
 }
 
 // Whether per-sample work (a selection, then that sample's elementwise pass)
-// has a sample for every thread; else the selections run per sample and the
-// elementwise pass is split by elements. (The results are the same bits
-// either way.)
-inline bool samples_keep_threads_busy(int64_t batch) { return batch >= at::get_num_threads(); }
+// runs sample by sample: when there is a sample for every thread, or when the
+// samples are too small for splitting their elementwise pass across threads
+// to pay for waking them (a pass over 32768 float32 elements takes a few
+// microseconds, about what a parallel region costs); else the selections run
+// per sample and the elementwise pass is split by elements. (The results are
+// the same bits either way.)
+constexpr int64_t kSplitSampleMin = 32768;
+inline bool samples_keep_threads_busy(int64_t batch, int64_t per_sample) {
+  return batch >= at::get_num_threads() || per_sample < kSplitSampleMin;
+}
 
 // Per-sample totals of reductions over cpu::kNormChunk-element chunks:
 // chunks(r, partial, chunk_begin, chunk_end) fills partial[c] of reduction r

@@ -108,9 +108,13 @@ void ei_step_out_cpu(const at::Tensor& x, const at::Tensor& model_out, at::Tenso
       args.divisor = thresholds->divisor();
       args.threshold_stride = thresholds->stride();
       if (thresholds->dynamic && args.per_sample > 0) {
-        const cpu::DynamicThreshold dyn{threshold->ratio, threshold->style, threshold->max_value};
+        std::vector<const at::Tensor*> inputs{&xc, &mc};
+        for (const at::Tensor& h : hc) inputs.push_back(&h);
+        if (zc) inputs.push_back(&*zc);
+        const cpu::DynamicThreshold dyn{threshold->ratio, threshold->style, threshold->max_value,
+                                        outputs_apart_from_inputs({&x_next.buffer, &d.buffer}, inputs)};
         scalar_t* scale = thresholds->scales();
-        const bool by_sample = samples_keep_threads_busy(batch);
+        const bool by_sample = samples_keep_threads_busy(batch, args.per_sample);
         parallel_samples(
             batch, [&](int64_t b0, int64_t b1) { cpu::ei_step_dynamic_samples(args, dyn, scale, b0, b1, by_sample); });
         if (by_sample) return;

@@ -59,9 +59,10 @@ void threshold_out_cpu(const at::Tensor& x, std::string_view kind, double ratio,
     args.threshold_stride = table.stride();
     args.y = y.view(exceeds_last_level_cache(total_bytes({&xc, &out})));
     if (table.dynamic && args.per_sample > 0) {
-      const cpu::DynamicThreshold dyn{options.ratio, options.style, options.max_value};
+      const cpu::DynamicThreshold dyn{options.ratio, options.style, options.max_value,
+                                      outputs_apart_from_inputs({&y.buffer}, {&xc})};
       scalar_t* scale = table.scales();
-      const bool by_sample = samples_keep_threads_busy(batch);
+      const bool by_sample = samples_keep_threads_busy(batch, args.per_sample);
       parallel_samples(
           batch, [&](int64_t b0, int64_t b1) { cpu::threshold_dynamic_samples(args, dyn, scale, b0, b1, by_sample); });
       if (by_sample) return;

@@ -20,10 +20,14 @@ namespace diffaccel {
 DA_HOST_DEVICE DA_INLINE float magnitude(float v) { return ::fabsf(v); }
 DA_HOST_DEVICE DA_INLINE double magnitude(double v) { return ::fabs(v); }
 
-// clamp(v, lo, hi) that keeps a NaN v, like torch.clamp.
+// clamp(v, lo, hi) that keeps a NaN v, like torch.clamp (min first, then
+// max). Two selects of this form are one max and one min instruction each on
+// x86 (whose max / min return the second operand when either is NaN), where
+// a nested select compiles to compares and blends.
 template <typename acc_t>
 DA_HOST_DEVICE DA_INLINE acc_t clamp_keep_nan(acc_t v, acc_t lo, acc_t hi) {
-  return v < lo ? lo : (v > hi ? hi : v);
+  const acc_t at_least_lo = v < lo ? lo : v;
+  return at_least_lo > hi ? hi : at_least_lo;
 }
 
 // Thresholding of a data prediction: clamp(d, -limit, limit) / divisor.

@@ -74,7 +74,9 @@ def _sqrt(v, ACC: tl.constexpr):
 
 @triton.jit
 def _clamp_keep_nan(v, lo, hi):
-    return tl.where(v < lo, lo, tl.where(v > hi, hi, v))
+    # torch.clamp's order (min first, then max), as the C++ clamp_keep_nan.
+    at_least_lo = tl.where(v < lo, lo, v)
+    return tl.where(at_least_lo > hi, hi, at_least_lo)
 
 
 @triton.jit
