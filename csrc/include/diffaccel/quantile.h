@@ -79,10 +79,9 @@ struct ScalePin {
   acc_t edge;   // it holds for q >= edge (from_above), else for q <= edge
   bool from_above;
   DA_HOST_DEVICE bool holds_for(acc_t q) const { return from_above ? q >= edge : q <= edge; }
-  // Whether a magnitude lies strictly on the far side of the edge (NaN: no;
-  // NaNs and infinities are noted apart, and disprove every pin).
-  DA_HOST_DEVICE bool off_side(acc_t magnitude) const { return from_above ? magnitude < edge : magnitude > edge; }
-  // How many of n magnitudes may lie off side with the pin still holding.
+  // How many of n magnitudes may lie off side (strictly below the edge from
+  // above, strictly above it from below) with the pin still holding. (The CPU
+  // counts them on bit patterns: csrc/cpu/selection.h, PinCounter.)
   DA_HOST_DEVICE int64_t allowed_off_side(const QuantileRank<acc_t>& rank, int64_t n) const {
     return from_above ? rank.below : n - 1 - rank.above;
   }
