@@ -24,7 +24,7 @@ mkdir -p "$RAW"
 PY=${PYTHON:-python3}
 # "check" (diffaccel check --device cuda, 65 s on the H200) is left out by
 # default: tests/test_check.py runs it inside the suite.
-PHASES=${PHASES:-"build tests bench"}
+PHASES=${PHASES:-"build tests sanitize bench"}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # -gencode=arch=compute_90,code=sm_90
 # Wheels carried to the machine (no network there): diffusers and k-diffusion
@@ -132,23 +132,69 @@ if [[ " $PHASES " == *" check "* ]]; then
 fi
 
 # test_run BACKEND CAP: the whole suite on CUDA with one GPU backend.
+# The suite's files in the order they run (a pytest run cut by its limit has
+# then run the ops' and the graphs' tests first); the rest of tests/ after them.
+PRIORITY_TESTS="tests/test_cuda.py tests/test_ei_step.py tests/test_threshold.py tests/test_multistep_combine.py
+  tests/test_langevin_correct.py tests/test_error_norm.py tests/test_errors.py tests/test_fuzz.py tests/test_transfer.py
+  tests/test_graph.py tests/test_graph_pipelines.py tests/test_opcheck_and_compile.py tests/test_autograd.py
+  tests/test_diffusers_dpm_solver.py tests/test_diffusers_ddim_ddpm.py tests/test_diffusers_pipelines.py
+  tests/test_comfyui.py tests/test_k_diffusion.py tests/test_solvers.py"
+# test_run BACKEND CAP: the whole suite on CUDA with one GPU backend. Each
+# result is logged as it comes (-v), so a run cut by its limit still names its
+# failures; the report lists them, the slowest tests and the last line.
 test_run() {
   section "Tests on CUDA, DIFFACCEL_BACKEND=$1"
   local log="$RAW/tests-$1.log"
   DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=$1 timed "$2" "$log" \
-    $PY -m pytest tests -q -n 14 -p no:cacheprovider -rfE --durations=8 --timeout=90 >> "$report"
+    $PY -m pytest ${TEST_ARGS:-$PRIORITY_TESTS tests} -v -n 14 -p no:cacheprovider -rfE --durations=8 --timeout=90 >> "$report"
   echo '```' >> "$report"
-  grep -E "^(FAILED|ERROR) " "$log" | cut -c1-300 | head -60 >> "$report"
+  grep -oE "(FAILED|ERROR) tests/[^ ]+" "$log" | sort -u | cut -c1-300 | head -80 >> "$report"
+  echo "$(grep -cE "(PASSED|XFAIL|XPASS) tests/" "$log") passed, $(grep -oE "(FAILED|ERROR) tests/[^ ]+" "$log" | sort -u | wc -l) failed or errors, $(grep -cE "SKIPPED" "$log") skipped (counted from the progress lines)" >> "$report"
   # The slowest tests, to size the next run's time limit.
   grep -E "^[0-9.]+s (call|setup|teardown) " "$log" | head -8 >> "$report"
   tail -n 1 "$log" >> "$report"
   echo '```' >> "$report"
 }
 
+# compute-sanitizer over the op tests of the CUDA backend (the C++ kernels;
+# the Triton ones ride along where a test runs every backend): memcheck on the
+# fuzzer's cases (odd shapes, layouts, aliasing, NaN) and the multi-block
+# selection's large samples, with the caching allocator off so that a read or
+# write past a tensor's end leaves its allocation; racecheck (shared memory) on
+# the selection and the reductions. A subset sized to fit: each kernel
+# launch runs tens of times slower under the tools.
+sanitize() {
+  local cs
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
+  section "compute-sanitizer, DIFFACCEL_BACKEND=cuda"
+  if [ -z "$cs" ]; then echo "compute-sanitizer not found" >> "$report"; return; fi
+  local large="selection_of_large_samples and float32 and (65536 or 100003) or ei_step_dynamic_threshold_on_large"
+  local tool files k
+  for tool in memcheck racecheck; do
+    if [ $tool = memcheck ]; then
+      files="tests/test_fuzz.py tests/test_threshold.py"; k="not triton and (not test_threshold.py or $large)"
+    else
+      files="tests/test_threshold.py tests/test_error_norm.py tests/test_langevin_correct.py"
+      k="not triton and (($large) or (test_error_norm.py or test_langevin_correct.py) and float32 and not grad)"
+    fi
+    local log="$RAW/sanitize-$tool.log"
+    echo "- $tool: $(PYTORCH_NO_CUDA_MEMORY_CACHING=1 DIFFACCEL_FUZZ_CASES=${SANITIZE_FUZZ_CASES:-150} \
+      DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=cuda timed ${SANITIZE_SECONDS:-75} "$log" \
+      "$cs" --tool $tool --error-exitcode 9 --print-limit 10 $PY -m pytest -q -p no:cacheprovider $files -k "$k")" >> "$report"
+    echo '```' >> "$report"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race reported|Error:|passed|failed" "$log" | head -20 >> "$report"
+    echo '```' >> "$report"
+  done
+}
+
 # Most valuable first, so that a run cut by TOTAL_SECONDS loses the least:
-# the CUDA backend's tests, the kernels' and the graphed loops' numbers, the
-# Triton backend's tests, the torch.compile baseline, then the drop-ins' numbers.
-[[ " $PHASES " == *" tests "* ]] && test_run cuda ${TEST_SECONDS:-130}
+# the CUDA backend's tests, compute-sanitizer, the kernels' and the graphed
+# loops' numbers, the Triton backend's tests, the torch.compile baseline, then
+# the drop-ins' numbers. TEST_BACKENDS picks the suite's backends, TEST_ARGS
+# what it runs (a second run can take the first one's failures only).
+run_tests() { [[ " $PHASES " == *" tests "* && " ${TEST_BACKENDS:-cuda triton} " == *" $1 "* ]]; }
+run_tests cuda && test_run cuda ${TEST_SECONDS:-130}
+[[ " $PHASES " == *" sanitize "* ]] && sanitize
 
 if [[ " $PHASES " == *" bench "* ]]; then
   section "Benchmarks"
@@ -162,7 +208,7 @@ if [[ " $PHASES " == *" bench "* ]]; then
     --benchmark-json="$RAW/bench-gpu-graph.json")" >> "$report"
 fi
 
-[[ " $PHASES " == *" tests "* ]] && test_run triton ${TEST_SECONDS:-130}
+run_tests triton && test_run triton ${TEST_SECONDS:-130}
 
 if [[ " $PHASES " == *" bench "* ]]; then
   # torch.compile of the reference at the largest size, fp32: one compilation
