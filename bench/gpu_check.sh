@@ -145,8 +145,8 @@ PRIORITY_TESTS="tests/test_cuda.py tests/test_ei_step.py tests/test_threshold.py
 test_run() {
   section "Tests on CUDA, DIFFACCEL_BACKEND=$1"
   local log="$RAW/tests-$1.log"
-  DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=$1 timed "$2" "$log" \
-    $PY -m pytest ${TEST_ARGS:-$PRIORITY_TESTS tests} -v -n 14 -p no:cacheprovider -rfE --durations=8 --timeout=90 >> "$report"
+  DIFFACCEL_FAILURE_LOG="$RAW/failures-$1.log" DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=$1 timed "$2" "$log" \
+    $PY -m pytest $(eval echo "\${TEST_ARGS_$1:-\${TEST_ARGS:-\$PRIORITY_TESTS tests}}") -v -n 14 -p no:cacheprovider -rfE --durations=8 --timeout=90 >> "$report"
   echo '```' >> "$report"
   grep -oE "(FAILED|ERROR) tests/[^ ]+" "$log" | sort -u | cut -c1-300 | head -80 >> "$report"
   echo "$(grep -cE "(PASSED|XFAIL|XPASS) tests/" "$log") passed, $(grep -oE "(FAILED|ERROR) tests/[^ ]+" "$log" | sort -u | wc -l) failed or errors, $(grep -cE "SKIPPED" "$log") skipped (counted from the progress lines)" >> "$report"
@@ -170,7 +170,7 @@ sanitize() {
   if [ -z "$cs" ]; then echo "compute-sanitizer not found" >> "$report"; return; fi
   local large="selection_of_large_samples and float32 and (65536 or 100003) or ei_step_dynamic_threshold_on_large"
   local tool files k
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     if [ $tool = memcheck ]; then
       files="tests/test_fuzz.py tests/test_threshold.py"; k="not triton and (not test_threshold.py or $large)"
     else
@@ -191,7 +191,9 @@ sanitize() {
 # the CUDA backend's tests, compute-sanitizer, the kernels' and the graphed
 # loops' numbers, the Triton backend's tests, the torch.compile baseline, then
 # the drop-ins' numbers. TEST_BACKENDS picks the suite's backends, TEST_ARGS
-# what it runs (a second run can take the first one's failures only).
+# what it runs (a second run can take the first one's failures only), and
+# TEST_ARGS_cuda / TEST_ARGS_triton that for one backend; BENCH_K selects the
+# kernel benchmarks (pytest -k), and a phase's *_SECONDS=0 skips it.
 run_tests() { [[ " $PHASES " == *" tests "* && " ${TEST_BACKENDS:-cuda triton} " == *" $1 "* ]]; }
 run_tests cuda && test_run cuda ${TEST_SECONDS:-130}
 [[ " $PHASES " == *" sanitize "* ]] && sanitize
@@ -200,7 +202,7 @@ if [[ " $PHASES " == *" bench "* ]]; then
   section "Benchmarks"
   echo "- kernels, eager, copy, torch.quantile: $(timed ${BENCH_SECONDS:-90} "$RAW/bench.log" \
     $PY -m pytest bench/test_bench_gpu.py -q -p no:cacheprovider --benchmark-only \
-    -k "not compiled_reference" --benchmark-json="$RAW/bench-gpu.json")" >> "$report"
+    -k "${BENCH_K:-not compiled_reference}" --benchmark-json="$RAW/bench-gpu.json")" >> "$report"
   # Whole loops with a network: stock diffusers, eager, one CUDA graph (diffaccel.graph).
   # And the Brownian tree on the GPU (ComfyUI's *_gpu samplers' noise): torchsde's against diffaccel's.
   echo "- graphed loops, Brownian tree, gradients: $(DIFFACCEL_BENCH_DEVICE=cuda timed ${GRAPH_BENCH_SECONDS:-90} "$RAW/bench.log" \

@@ -126,3 +126,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "cpu_only" in item.keywords and DEVICE != "cpu":
             item.add_marker(pytest.mark.skip(reason="checks a CPU-only contract"))
+
+
+# DIFFACCEL_FAILURE_LOG=<path>: each failure's traceback appended to <path> as it
+# happens (bench/gpu_check.sh: a run its time limit cuts prints no summary, and
+# the GPU's minutes are too few to rerun it for the messages). Written by the
+# process that reports (under xdist the controller, so once per failure).
+_FAILURE_LOG = os.environ.get("DIFFACCEL_FAILURE_LOG")
+
+
+def pytest_runtest_logreport(report):
+    if _FAILURE_LOG and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(_FAILURE_LOG, "a") as log:
+            log.write(f"\n===== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n")

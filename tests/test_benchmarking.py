@@ -84,7 +84,7 @@ def test_page_faults_are_counted():
     assert page_faults_per_call(touch_kept_pages) < 8
 
 
-def test_every_host_time_case_runs():
+def test_every_host_time_case_runs(host_default_device):
     """bench/test_bench_diffusers.py's host-time loop of every drop-in class
     (stock and accelerated) runs: a class whose step takes more (RePaint's
     known image and mask) gets it from scheduler_loop."""

@@ -151,8 +151,8 @@ def test_a_nan_time_raises_instead_of_hanging():
 
 
 def test_point_queries_end_values_and_default_times():
-    w0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
-    w1 = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    w0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), device="cpu")
+    w1 = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), device="cpu")
     for kwargs in ({"t1": 2.5, "w1": w1}, {"t1": None}):
         want, got = _both(0.5, w0, entropy=11, **kwargs)
         queries = [(1.0,), (0.7, 1.2), (1.5,), (0.5, 1.5)]

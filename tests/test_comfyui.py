@@ -18,6 +18,7 @@ import torch
 
 import comfyui_reference as reference
 from comfyui_standins import CONST, EPS, DiscreteEPS, OwnScaling, model_for, sigmas_for
+from conftest import DEVICE
 from diffaccel import comfyui as ours
 from diffaccel.integrations.comfyui import install as install_module
 from diffaccel.integrations.comfyui.common import seeded_noise_sampler
@@ -41,12 +42,12 @@ class FixedNoise:
         self.dtype = dtype
 
     def __call__(self, sigma, sigma_next):
-        return torch.randn(SHAPE, generator=self.generator).to(self.dtype)
+        return torch.randn(SHAPE, generator=self.generator, device="cpu").to(DEVICE, self.dtype)
 
 
 def _start(kind, steps=8, dtype=torch.float32):
     sigmas = sigmas_for(kind, steps)
-    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(11))
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(11), device="cpu").to(DEVICE)
     x = noise * sigmas[0] if kind != "CONST" else noise * sigmas[0]
     return x.to(dtype), sigmas
 

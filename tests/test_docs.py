@@ -123,7 +123,10 @@ def _run(page: pathlib.Path, kind: str) -> int:
     namespace = {"__name__": f"docs_example_{page.stem}"}
     for code, line in blocks:
         try:
-            exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
+            # As a user runs them: the host as the default device (the suite's GPU
+            # run makes CUDA the default, under which stock diffusers cannot run).
+            with torch.device("cpu"):
+                exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
         except ModuleNotFoundError as error:
             if error.name and error.name.split(".")[0] in OPTIONAL:
                 pytest.skip(f"{page.name}'s examples need {error.name}, not installed here")

@@ -47,6 +47,14 @@ class Case:
     def note(self, text):
         self.notes.append(text)
 
+    def randn(self, *shape, dtype=None):
+        """A draw from the case's (host) generator, on DEVICE: the layouts are made
+        there, since moving a sliced or expanded tensor to a GPU makes it contiguous."""
+        return torch.randn(*shape, generator=self.gen, dtype=dtype, device="cpu").to(DEVICE)
+
+    def rand(self, *shape):
+        return torch.rand(*shape, generator=self.gen, device="cpu").to(DEVICE)
+
     def shape(self):
         dims = self.rng.choice([1, 2, 3, 4, 4])
         sizes = [self.rng.choice([1, 2, 3, 5, 7, 16, 17]) for _ in range(dims)]
@@ -64,15 +72,15 @@ class Case:
             dim = self.rng.randrange(len(shape))
             small = list(shape)
             small[dim] = 1
-            t = (torch.randn(small, generator=self.gen) * scale).to(dtype).expand(shape)
+            t = (self.randn(small) * scale).to(dtype).expand(shape)
         elif layout == "sliced":
-            wide = (torch.randn(*shape[:-1], 2 * shape[-1] + 1, generator=self.gen) * scale).to(dtype)
+            wide = (self.randn(*shape[:-1], 2 * shape[-1] + 1) * scale).to(dtype)
             t = wide[..., 1::2]
         elif layout == "transposed":
-            t = (torch.randn(tuple(reversed(shape)), generator=self.gen) * scale).to(dtype)
+            t = (self.randn(tuple(reversed(shape))) * scale).to(dtype)
             t = t.permute(*reversed(range(len(shape))))
         else:
-            t = (torch.randn(shape, generator=self.gen) * scale).to(dtype)
+            t = (self.randn(shape) * scale).to(dtype)
             if layout == "channels_last":
                 t = t.contiguous(memory_format=torch.channels_last)
         if layout != "expanded" and t.numel() and self.rng.random() < 0.08:
@@ -81,7 +89,7 @@ class Case:
                 flat[self.rng.randrange(t.numel())] = self.rng.choice([float("nan"), float("inf"), -float("inf")])
                 layout += "+nonfinite"
         self.note(f"{name}={list(shape)}:{str(dtype)[6:]}:{layout}")
-        return t.to(DEVICE)
+        return t
 
     def dtype(self, state):
         return torch.float64 if state == torch.float64 else self.rng.choice(LOW_PRECISION)
@@ -92,7 +100,7 @@ class Case:
         dtype = self.rng.choice([torch.float32, torch.float64])
         self.note(f"coeffs={'per-sample' if per_sample else 'shared'}:{str(dtype)[6:]}")
         shape = (batch, *rows, n) if per_sample else (*rows, n)
-        return torch.randn(shape, generator=self.gen, dtype=torch.float64).to(dtype).to(DEVICE)
+        return self.randn(shape, dtype=torch.float64).to(dtype)
 
     def threshold(self):
         kind = self.rng.choice([None, None, "clip", "dynamic"])
@@ -124,7 +132,7 @@ class Case:
             alias = self.rng.random() < 0.25
             if alias:  # in place, as a multistep loop runs: out=(x, the history slot of x's dtype)
                 x = x.contiguous().clone()
-                slot = torch.randn(shape, generator=self.gen).to(state).to(DEVICE)
+                slot = self.randn(shape).to(state)
                 history.append(slot) if len(history) < 4 else history.__setitem__(-1, slot)
                 coeffs = self.coeffs(batch, 5 + len(history))
                 self.note("out=(x, history[-1])")
@@ -179,7 +187,7 @@ class Case:
             alpha = {
                 "number": 0.7,
                 "0-d": torch.tensor(0.3, device=DEVICE),
-                "per-sample": torch.rand(batch, generator=self.gen).to(DEVICE),
+                "per-sample": self.rand(batch),
             }[alpha]
             reduction = self.rng.choice(["batch", "sample"])
             self.note(f"snr={snr} reduction={reduction}")
@@ -200,8 +208,8 @@ class Case:
         elif op == "error_norm_backward":
             tensors = [self.tensor(n, shape, self.dtype(state)) for n in ("x_high", "x_low", "x_prev")]
             atol, rtol = self.rng.choice([1e-4, 0.0078, 1.0]), self.rng.choice([0.0, 0.05, 1.0])
-            grad = torch.randn(batch, generator=self.gen).to(DEVICE)
-            error = self.rng.choice([lambda: torch.rand(batch, generator=self.gen) + 0.1, lambda: torch.zeros(batch)])()
+            grad = self.randn(batch)
+            error = self.rng.choice([lambda: self.rand(batch) + 0.1, lambda: torch.zeros(batch, device=DEVICE)])()
             self.note(f"atol={atol} rtol={rtol} error={'zero' if not error.any() else 'positive'}")
             inputs = [grad, error.to(DEVICE), *tensors]
 
@@ -212,7 +220,7 @@ class Case:
         else:
             x = self.tensor("x", shape, state)
             grad = self.tensor("grad", shape, self.dtype(state))
-            scale = (torch.rand(batch, generator=self.gen) * 3).to(self.rng.choice([torch.float32, torch.float64]))
+            scale = (self.rand(batch) * 3).to(self.rng.choice([torch.float32, torch.float64]))
             if batch and self.rng.random() < 0.1:
                 scale[0] = float("nan")
                 self.note("scale[0]=nan")

@@ -388,7 +388,7 @@ def test_every_version_of_the_selection_tally_agrees(dtype):
     from diffaccel import _extension
 
     g = torch.Generator().manual_seed(7)
-    v = torch.randn(3000, generator=g, dtype=dtype) * 3
+    v = torch.randn(3000, generator=g, dtype=dtype, device="cpu") * 3  # (CPU kernels, whatever DEVICE is)
     v[::97] = float("nan")
     v[5], v[6], v[7], v[8] = float("inf"), -float("inf"), -0.0, -1.0
     lo, hi = 1.0, 2.5

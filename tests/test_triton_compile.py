@@ -83,38 +83,39 @@ def test_threshold_kernel(data, dynamic):
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
 @pytest.mark.parametrize("from_ei", [False, True])
-def test_select_scales_kernel(data, from_ei):
+@pytest.mark.parametrize("size", ["i32", "i64"])  # how Triton types the sizes and ranks: by their values
+def test_selection_kernels(data, from_ei, size):
     float64 = data == tl.float64
-    types = dict(
-        x_ptr=POINTER[data],
-        m_ptr=POINTER[data],
-        c_ptr="*fp64",
-        c_stride="i64",
-        scale_ptr="*fp64" if float64 else "*fp32",
-        per_sample="i64",
-        below="i64",
-        above="i64",
-        w_hi="fp32",
-        w_lo="fp32",
-        mv_hi="fp32",
-        mv_lo="fp32",
-    )
     key_bits = 63 if float64 else 31
+    key = dict(KEY=tl.int64 if float64 else tl.int32, KEY_BITS=key_bits, DIGIT_BITS=kernels.DIGIT_BITS)
+    inputs = dict(x_ptr=POINTER[data], m_ptr=POINTER[data], c_ptr="*fp64", c_stride="i64")
+    sizes = dict(per_sample=size, chunk=size, below=size, above=size, batch="i32", pass_index="i32", passes="i32")
+    options = dict(FROM_EI=from_ei, ACC=ACC[data], BLOCK=kernels.SELECT_BLOCK, **key)
     _compile(
-        kernels.select_scales_kernel,
-        types,
+        kernels.select_histogram_kernel,
+        dict(inputs, hist_ptr="*i32", nan_ptr="*i32", **sizes),
+        dict(options, INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000),
+    )
+    above_ptr = "*i64" if float64 else "*i32"
+    _compile(
+        kernels.select_above_kernel,
+        dict(inputs, hist_ptr="*i32", above_ptr=above_ptr, **sizes),
+        dict(options, MAX_KEY=(1 << key_bits) - 1),
+    )
+    _compile(
+        kernels.select_scale_kernel,
         dict(
-            FROM_EI=from_ei,
-            DPM_SOLVER_STYLE=from_ei,
-            ACC=ACC[data],
-            KEY=tl.uint64 if float64 else tl.uint32,
-            KEY_BITS=key_bits,
-            INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000,
-            MAX_KEY=(1 << 64) - 1 if float64 else (1 << 32) - 1,
-            PASSES=-(-key_bits // kernels.DIGIT_BITS),
-            BLOCK=2048,
-            DIGIT_BITS=kernels.DIGIT_BITS,
+            hist_ptr="*i32",
+            nan_ptr="*i32",
+            above_ptr=above_ptr,
+            scale_ptr="*fp64" if float64 else "*fp32",
+            w_hi="fp32",
+            w_lo="fp32",
+            mv_hi="fp32",
+            mv_lo="fp32",
+            **sizes,
         ),
+        dict(DPM_SOLVER_STYLE=from_ei, ACC=ACC[data], **key),
     )
 
 

@@ -47,9 +47,11 @@ def _sin(v):
 # Elements per program of the elementwise kernels, and per loop step of the
 # selection and norm kernels.
 BLOCK = 1024
-# Radix select: bits of the key resolved per pass.
-DIGIT_BITS = 11
-DIGIT_BINS = 1 << DIGIT_BITS
+# Radix select: bits of the key resolved per pass (fewer bins make tl.histogram
+# cheaper: its warp-level algorithm's work grows with the bins per thread), and
+# elements per loop step of a selection program.
+DIGIT_BITS = 8
+SELECT_BLOCK = 2048
 # Elements of one sample per norms program of langevin_correct.
 NORM_CHUNK = 16384
 
@@ -263,86 +265,174 @@ def _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI: tl.constexpr
     return tl.abs(v).to(KEY, bitcast=True)
 
 
-@triton.jit(do_not_specialize=["per_sample", "below", "above"])
-def select_scales_kernel(
-    x_ptr,
-    m_ptr,
-    c_ptr,
-    c_stride,
-    scale_ptr,
-    per_sample,
-    below,
-    above,
-    w_hi,
-    w_lo,
-    mv_hi,
-    mv_lo,
-    FROM_EI: tl.constexpr,
-    DPM_SOLVER_STYLE: tl.constexpr,
-    ACC: tl.constexpr,
-    KEY: tl.constexpr,
-    KEY_BITS: tl.constexpr,
-    INF_KEY: tl.constexpr,
-    MAX_KEY: tl.constexpr,
-    PASSES: tl.constexpr,
-    BLOCK: tl.constexpr,
-    DIGIT_BITS: tl.constexpr,
-):
-    """One program per sample: the ratio-quantile of |v| by radix select on the
-    bits of the magnitudes (see csrc/cuda/radix_select.cuh), then the scale."""
-    BINS: tl.constexpr = 1 << DIGIT_BITS
-    b = tl.program_id(0).to(tl.int64)
-    base = b * per_sample
+@triton.jit
+def _ei_coefficients(c_ptr, c_stride, b, FROM_EI: tl.constexpr, ACC: tl.constexpr):
+    # (c_x, c_m) of sample b: the selection of ei_step runs over c_x x + c_m m.
     cx = 0.0
     cm = 0.0
     if FROM_EI:
         cx = tl.load(c_ptr + b * c_stride).to(ACC)
         cm = tl.load(c_ptr + b * c_stride + 1).to(ACC)
+    return cx, cm
+
+
+@triton.jit
+def _resolved_prefix(
+    hist_ptr, b, batch, below, passes, KEY: tl.constexpr, KEY_BITS: tl.constexpr, DIGIT_BITS: tl.constexpr
+):
+    """What the first `passes` digit passes resolved for sample b, read off their
+    histograms (each program of a pass recomputes it: a few cumulative sums of
+    BINS counts): the key prefix of the order statistic of rank `below`, its rank
+    among the keys with that prefix, and how many keys have the prefix."""
+    BINS: tl.constexpr = 1 << DIGIT_BITS
     bins = tl.arange(0, BINS)
     prefix = tl.zeros([1], KEY)
     remaining = below
-    equal_count = 0
-    nans = 0
-    # Each pass resolves the digit of bits [shift, fixed) of the key; bits at and
-    # above `fixed` are those of prefix. (Runtime values, not constexpr: a
-    # constexpr cannot change between the passes.)
-    shift = tl.zeros([1], tl.int32) + (KEY_BITS - DIGIT_BITS)
-    fixed = tl.zeros([1], tl.int32) + KEY_BITS
-    for _ in range(PASSES):
-        shift_k = shift.to(KEY)
-        fixed_k = fixed.to(KEY)
-        hist = tl.zeros([BINS], tl.int32)
-        start = 0
-        while start < per_sample:  # (a while loop: the interpreter cannot range() over an argument)
-            offs = start + tl.arange(0, BLOCK)
-            start += BLOCK
-            mask = offs < per_sample
-            key = _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY)
-            nans += tl.sum((mask & (key > INF_KEY)).to(tl.int32))
-            match = mask & ((key >> fixed_k) == (prefix >> fixed_k))
-            digit = ((key >> shift_k) & (BINS - 1)).to(tl.int32)
-            hist += tl.histogram(digit, BINS, mask=match)
+    group = 0
+    p = 0
+    while p < passes:  # (a while loop: the interpreter cannot range() over an argument)
+        shift = tl.maximum(tl.zeros([1], tl.int32) + (KEY_BITS - DIGIT_BITS * (p + 1)), 0).to(KEY)
+        hist = tl.load(hist_ptr + (p * batch + b) * BINS + bins)
         cumulative = tl.cumsum(hist, 0)
         digit = tl.sum((cumulative <= remaining).to(tl.int32))
-        before = tl.sum(tl.where(bins < digit, hist, 0))
-        equal_count = tl.sum(tl.where(bins == digit, hist, 0))
-        prefix = prefix | (digit.to(KEY) << shift_k)
-        remaining = remaining - before
-        fixed = shift
-        shift = tl.maximum(shift - DIGIT_BITS, 0)
-    at_most_below = below - remaining + equal_count
-    above_key = prefix
-    if (above != below) & (at_most_below <= above):
+        remaining = remaining - tl.sum(tl.where(bins < digit, hist, 0))
+        group = tl.sum(tl.where(bins == digit, hist, 0))
+        prefix = prefix | (digit.to(KEY) << shift)
+        p += 1
+    return prefix, remaining, group
+
+
+@triton.jit(do_not_specialize=["per_sample", "chunk", "below", "batch", "pass_index"])
+def select_histogram_kernel(
+    x_ptr,
+    m_ptr,
+    c_ptr,
+    c_stride,
+    hist_ptr,
+    nan_ptr,
+    per_sample,
+    chunk,
+    below,
+    batch,
+    pass_index,
+    FROM_EI: tl.constexpr,
+    ACC: tl.constexpr,
+    KEY: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    INF_KEY: tl.constexpr,
+    BLOCK: tl.constexpr,
+    DIGIT_BITS: tl.constexpr,
+):
+    """Program (sample, chunk) of digit pass `pass_index` of the radix select of
+    the ratio-quantile of |v| (v = x, or c_x x + c_m m for ei_step), on the bit
+    patterns of the magnitudes (csrc/cuda/radix_select.cuh): the histogram of the
+    next digit of the keys that match the prefix the earlier passes resolved,
+    over its chunk, added to the sample's histogram of this pass; the first pass
+    also counts the NaNs. Many programs per sample, so that one sample fills the
+    GPU."""
+    BINS: tl.constexpr = 1 << DIGIT_BITS
+    b = tl.program_id(0).to(tl.int64)
+    base = b * per_sample
+    cx, cm = _ei_coefficients(c_ptr, c_stride, b, FROM_EI, ACC)
+    prefix, remaining, group = _resolved_prefix(hist_ptr, b, batch, below, pass_index, KEY, KEY_BITS, DIGIT_BITS)
+    shift = tl.maximum(tl.zeros([1], tl.int32) + (KEY_BITS - DIGIT_BITS * (pass_index + 1)), 0).to(KEY)
+    fixed = (tl.zeros([1], tl.int32) + (KEY_BITS - DIGIT_BITS * pass_index)).to(KEY)  # bits from here up: the prefix's
+    hist = tl.zeros([BINS], tl.int32)
+    nans = 0
+    start = tl.program_id(1).to(tl.int64) * chunk
+    stop = tl.minimum(start + chunk, per_sample)
+    while start < stop:
+        offs = start + tl.arange(0, BLOCK)
+        start += BLOCK
+        mask = offs < stop
+        key = _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY)
+        nans += tl.sum((mask & (key > INF_KEY)).to(tl.int32))
+        match = mask & ((key >> fixed) == (prefix >> fixed))
+        digit = ((key >> shift) & (BINS - 1)).to(tl.int32)
+        hist += tl.histogram(digit, BINS, mask=match)
+    tl.atomic_add(hist_ptr + (pass_index * batch + b) * BINS + tl.arange(0, BINS), hist)
+    if pass_index == 0:
+        tl.atomic_add(nan_ptr + b, nans)
+
+
+@triton.jit
+def _above_needed(below, above, remaining, group):
+    # The order statistic of rank `above` lies past the keys equal to the prefix
+    # (those of ranks below - remaining .. below - remaining + group - 1).
+    return (above != below) & (below - remaining + group <= above)
+
+
+@triton.jit(do_not_specialize=["per_sample", "chunk", "below", "above", "batch", "passes"])
+def select_above_kernel(
+    x_ptr,
+    m_ptr,
+    c_ptr,
+    c_stride,
+    hist_ptr,
+    above_ptr,
+    per_sample,
+    chunk,
+    below,
+    above,
+    batch,
+    passes,
+    FROM_EI: tl.constexpr,
+    ACC: tl.constexpr,
+    KEY: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    MAX_KEY: tl.constexpr,
+    BLOCK: tl.constexpr,
+    DIGIT_BITS: tl.constexpr,
+):
+    """Program (sample, chunk): where the quantile interpolates towards a larger
+    key than the selected one, the smallest key above it over the chunk, folded
+    into the sample's by an atomic minimum (the keys are non-negative integers)."""
+    b = tl.program_id(0).to(tl.int64)
+    prefix, remaining, group = _resolved_prefix(hist_ptr, b, batch, below, passes, KEY, KEY_BITS, DIGIT_BITS)
+    if _above_needed(below, above, remaining, group):
+        base = b * per_sample
+        cx, cm = _ei_coefficients(c_ptr, c_stride, b, FROM_EI, ACC)
         smallest = tl.full([1], MAX_KEY, KEY)
-        start = 0
-        while start < per_sample:
+        start = tl.program_id(1).to(tl.int64) * chunk
+        stop = tl.minimum(start + chunk, per_sample)
+        while start < stop:
             offs = start + tl.arange(0, BLOCK)
             start += BLOCK
-            mask = offs < per_sample
+            mask = offs < stop
             key = _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY)
             candidate = tl.where(mask & (key > prefix), key, tl.full([BLOCK], MAX_KEY, KEY))
             smallest = tl.minimum(smallest, tl.min(candidate, 0))
-        above_key = smallest
+        tl.atomic_min(above_ptr + b + tl.arange(0, 1), smallest)
+
+
+@triton.jit(do_not_specialize=["below", "above", "batch", "passes"])
+def select_scale_kernel(
+    hist_ptr,
+    nan_ptr,
+    above_ptr,
+    scale_ptr,
+    below,
+    above,
+    batch,
+    passes,
+    w_hi,
+    w_lo,
+    mv_hi,
+    mv_lo,
+    DPM_SOLVER_STYLE: tl.constexpr,
+    ACC: tl.constexpr,
+    KEY: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    DIGIT_BITS: tl.constexpr,
+):
+    """Program per sample: the quantile between the two order statistics
+    (torch.quantile's interpolation), then the style's scale; NaN where the
+    sample holds a NaN."""
+    b = tl.program_id(0).to(tl.int64)
+    prefix, remaining, group = _resolved_prefix(hist_ptr, b, batch, below, passes, KEY, KEY_BITS, DIGIT_BITS)
+    above_key = prefix
+    if _above_needed(below, above, remaining, group):
+        above_key = tl.load(above_ptr + b + tl.arange(0, 1))
     lo = prefix.to(ACC, bitcast=True)
     hi = above_key.to(ACC, bitcast=True)
     w = _scalar(w_hi, w_lo, ACC)
@@ -355,7 +445,7 @@ def select_scales_kernel(
         s = tl.where(q < 1, 1, q)
         s = tl.where(s > mv, mv, s)
     s = tl.where(q != q, q, s)
-    s = tl.where(nans > 0, float("nan"), s)
+    s = tl.where(tl.load(nan_ptr + b) > 0, float("nan"), s)
     tl.store(scale_ptr + b + tl.arange(0, 1), s.to(scale_ptr.dtype.element_ty))
 
 

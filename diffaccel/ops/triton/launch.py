@@ -80,40 +80,49 @@ def quantile_rank(ratio: float, n: int, float64: bool):
     return below, min(above, n - 1), weight
 
 
+# Programs of one selection pass, all samples together: about four per
+# multiprocessor of an H100 / H200, so that a batch of one fills the GPU.
+SELECT_PROGRAMS = 512
+
+
 def _select_scales(x, m, coeffs, per_sample, ratio, max_value, style, from_ei):
-    """Launches the selection kernel: one dynamic-threshold scale per sample."""
+    """One dynamic-threshold scale per sample: the radix select's digit passes
+    (many programs per sample, their histograms added up atomically), the pass
+    for the interpolation's second order statistic where it is another key, and
+    the scale. A few small launches; each pass reads the samples once."""
     batch = _batch(x)
     float64 = x.dtype == torch.float64
     scales = torch.empty(batch, dtype=_acc_torch(x), device=x.device)
     below, above, weight = quantile_rank(ratio, per_sample, float64)
     w_hi, w_lo = _split(weight)
     mv_hi, mv_lo = _split(max_value)
-    key_bits = 63 if float64 else 31
-    _kernel(kernels.select_scales_kernel)[(batch,)](
-        x,
-        m,
-        coeffs,
-        coeffs.shape[1] if coeffs.dim() == 2 else 0,
-        scales,
-        per_sample,
-        below,
-        above,
-        w_hi,
-        w_lo,
-        mv_hi,
-        mv_lo,
-        FROM_EI=from_ei,
-        DPM_SOLVER_STYLE=style == "dpm-solver",
-        ACC=_acc(x),
-        KEY=tl.uint64 if float64 else tl.uint32,
-        KEY_BITS=key_bits,
-        INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000,
-        MAX_KEY=(1 << 64) - 1 if float64 else (1 << 32) - 1,
-        PASSES=-(-key_bits // kernels.DIGIT_BITS),
-        BLOCK=2048,
-        DIGIT_BITS=kernels.DIGIT_BITS,
-        num_warps=8,
-    )
+    key_bits, key = (63, tl.int64) if float64 else (31, tl.int32)
+    max_key = (1 << key_bits) - 1  # the keys are bit patterns of magnitudes: the sign bit is 0
+    passes = -(-key_bits // kernels.DIGIT_BITS)
+    block = kernels.SELECT_BLOCK
+    chunks = max(1, min(triton.cdiv(SELECT_PROGRAMS, batch), triton.cdiv(per_sample, block)))
+    chunk = triton.cdiv(triton.cdiv(per_sample, chunks), block) * block
+    chunks = triton.cdiv(per_sample, chunk)
+    bins = 1 << kernels.DIGIT_BITS
+    counts = torch.zeros(passes * batch * bins + batch, dtype=torch.int32, device=x.device)
+    hist, nans = counts[: passes * batch * bins], counts[passes * batch * bins :]
+    above_keys = torch.full((batch,), max_key, dtype=torch.int64 if float64 else torch.int32, device=x.device)
+    c_stride = coeffs.shape[1] if coeffs.dim() == 2 else 0
+    common = dict(FROM_EI=from_ei, ACC=_acc(x), KEY=key, KEY_BITS=key_bits, BLOCK=block, DIGIT_BITS=kernels.DIGIT_BITS)
+    for pass_index in range(passes):
+        _kernel(kernels.select_histogram_kernel)[(batch, chunks)](
+            x, m, coeffs, c_stride, hist, nans, per_sample, chunk, below, batch, pass_index,
+            INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000, num_warps=8, **common,
+        )  # fmt: skip
+    _kernel(kernels.select_above_kernel)[(batch, chunks)](
+        x, m, coeffs, c_stride, hist, above_keys, per_sample, chunk, below, above, batch, passes,
+        MAX_KEY=max_key, num_warps=8, **common,
+    )  # fmt: skip
+    _kernel(kernels.select_scale_kernel)[(batch,)](
+        hist, nans, above_keys, scales, below, above, batch, passes, w_hi, w_lo, mv_hi, mv_lo,
+        DPM_SOLVER_STYLE=style == "dpm-solver", ACC=_acc(x), KEY=key, KEY_BITS=key_bits,
+        DIGIT_BITS=kernels.DIGIT_BITS, num_warps=1,
+    )  # fmt: skip
     return scales
 
 
