@@ -3,7 +3,8 @@
 # with torch and triton): builds the extension with CUDA for sm_90, runs the
 # whole test suite on CUDA once per GPU backend (tests/test_cuda.py checks every
 # op under torch.cuda.set_sync_debug_mode("error"), CUDA-graph capture and the
-# launch counts; tests/test_graph.py the whole-loop graphs), then benchmarks
+# launch counts; tests/test_graph.py the whole-loop graphs), compute-sanitizer
+# (memcheck, racecheck) over the CUDA backend's op tests, then benchmarks
 # every op x backend against the eager and torch.compile'd reference and the
 # device copy bandwidth, the drop-ins against stock diffusers, and whole
 # 20-step loops eager against graphed (bench/test_bench_graph.py). It writes one
@@ -13,7 +14,7 @@
 # report is written whatever fails. The logs and benchmark JSON go into one
 # archive, raw.tar.gz, beside the report (the device tool brings back 8 files).
 #
-#   bash bench/gpu_check.sh            # build, tests, benchmarks
+#   bash bench/gpu_check.sh            # build, tests, compute-sanitizer, benchmarks
 #   PHASES="build check tests bench" TOTAL_SECONDS=540 bash bench/gpu_check.sh   # and diffaccel check
 #   PHASES="build bench" bash bench/gpu_check.sh
 set -u
@@ -178,7 +179,7 @@ sanitize() {
       k="not triton and (($large) or (test_error_norm.py or test_langevin_correct.py) and float32 and not grad)"
     fi
     local log="$RAW/sanitize-$tool.log"
-    echo "- $tool: $(PYTORCH_NO_CUDA_MEMORY_CACHING=1 DIFFACCEL_FUZZ_CASES=${SANITIZE_FUZZ_CASES:-150} \
+    echo "- $tool: $(PYTORCH_NO_CUDA_MEMORY_CACHING=1 DIFFACCEL_FUZZ_CASES=${SANITIZE_FUZZ_CASES:-40} \
       DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=cuda timed ${SANITIZE_SECONDS:-75} "$log" \
       "$cs" --tool $tool --error-exitcode 9 --print-limit 10 $PY -m pytest -q -p no:cacheprovider $files -k "$k")" >> "$report"
     echo '```' >> "$report"

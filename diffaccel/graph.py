@@ -88,7 +88,9 @@ class CapturedLoop:
     device run() calls body() eagerly. ``generator`` (a CUDA generator the body
     draws noise from) is registered with the graph, so replays advance it.
     ``constants``, if given, hands the capture the coefficient tensors its
-    warm-up computed on the host (diffaccel.transfer.DeviceConstants)."""
+    warm-up computed on the host (diffaccel.transfer.DeviceConstants).
+    ``compiles``: the body's first run compiles (torch.compile'd modules) and
+    may synchronize while it does, so it runs once before the checked warm-ups."""
 
     def __init__(
         self,
@@ -101,6 +103,7 @@ class CapturedLoop:
         progress: Progress,
         constants: Optional[DeviceConstants] = None,
         what: str = "the model",
+        compiles: bool = False,
     ):
         self.body, self.device, self.progress, self.what = body, device, progress, what
         self.graph: Optional[torch.cuda.CUDAGraph] = None
@@ -112,6 +115,8 @@ class CapturedLoop:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
+            if compiles:  # (inductor synchronized with the host while compiling on the H200, 2026-12-04)
+                self._guarded("compilation", body, constants, sync_errors=False)
             for _ in range(warmup):
                 self._guarded("warm-up", body, constants, sync_errors=True)
         torch.cuda.current_stream(device).wait_stream(side)

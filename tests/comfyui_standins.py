@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from conftest import DEVICE
+
 
 class EPS:
     sigma_min, sigma_max = 0.0292, 14.6146
@@ -71,8 +73,8 @@ class Guider:
         self.flow = isinstance(model_sampling, CONST)
         self.cfg, self.std = cfg, std
         generator = torch.Generator().manual_seed(seed)
-        self.mean_cond = torch.randn(shape[1:], generator=generator, device="cpu") * 0.5
-        self.mean_uncond = torch.randn(shape[1:], generator=generator, device="cpu") * 0.5
+        self.mean_cond = torch.randn(shape[1:], generator=generator, device="cpu").to(DEVICE) * 0.5
+        self.mean_uncond = torch.randn(shape[1:], generator=generator, device="cpu").to(DEVICE) * 0.5
         self.calls = 0
 
     def denoise(self, x, sigma, mean):

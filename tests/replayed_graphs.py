@@ -62,11 +62,23 @@ class _Recorder(TorchDispatchMode):
 class ReplayedLoop:
     """CapturedLoop's interface (graph, pool, run) over a recording of the body."""
 
-    def __init__(self, body, device, *, warmup, pool=None, generator=None, progress, constants=None, what="the model"):
+    def __init__(
+        self,
+        body,
+        device,
+        *,
+        warmup,
+        pool=None,
+        generator=None,
+        progress,
+        constants=None,
+        what="the model",
+        compiles=False,
+    ):
         if not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an int >= 1 (eager runs before the capture), got {warmup!r}")
         with torch.no_grad():
-            for _ in range(warmup):
+            for _ in range(warmup + compiles):  # (a compiling body runs once more first, as CapturedLoop's)
                 body()
             recorder = _Recorder()
             with recorder:

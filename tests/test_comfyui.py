@@ -347,7 +347,7 @@ def test_dpm_solver_is_k_diffusions_with_comfyuis_seeded_noise(name):
 def test_no_host_read_of_the_state(name, kind):
     """The sigmas are read once; the state, the model's outputs and the noise never:
     with them on the meta device (no data), any .item(), bool() or .cpu() would raise."""
-    sigmas = sigmas_for(kind, 6)
+    sigmas = sigmas_for(kind, 6).cpu()  # (host sigmas work with any state's device; DEVICE's not with meta)
     x = torch.empty(SHAPE, device="meta")
     model = model_for(kind, SHAPE)
     noise = lambda sigma, sigma_next: torch.empty(SHAPE, device="meta")  # noqa: E731
@@ -650,7 +650,7 @@ def test_schedules_shape(scheduler, steps):
 
 def test_schedules_values():
     model_sampling = DiscreteEPS()
-    table = model_sampling.sigmas
+    table = model_sampling.sigmas.cpu()  # (the schedules are made on the host, wherever the model is)
     assert torch.equal(ours.calculate_sigmas(model_sampling, "simple", 4)[:-1], table[[999, 749, 499, 249]])
     assert torch.equal(
         ours.calculate_sigmas(model_sampling, "karras", 7),

@@ -30,6 +30,7 @@ def _compile(kernel, types, constexprs):
     signature = {n: ("constexpr" if n in constexprs else types[n]) for n in names}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=HOPPER)
     assert compiled.asm["cubin"]
+    return compiled.asm["ptx"]
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
@@ -47,11 +48,13 @@ def test_ei_step_kernel(data, k, threshold):
         n="i64",
         per_sample="i64",
     )
-    _compile(
+    ptx = _compile(
         kernels.ei_step_kernel,
         types,
         dict(K=k, NOISE=k == 0, THRESHOLD=threshold, PER_SAMPLE=threshold == 2, ACC=ACC[data], BLOCK=kernels.BLOCK),
     )
+    assert "mul.rn" in ptx  # d's products, as the selection's keys round them (kernels._product)
+    assert "div.full" not in ptx
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16], ids=str)
@@ -78,7 +81,8 @@ def test_threshold_kernel(data, dynamic):
         n="i64",
         per_sample="i64",
     )
-    _compile(kernels.threshold_kernel, types, dict(DYNAMIC=dynamic, ACC=ACC[data], BLOCK=kernels.BLOCK))
+    ptx = _compile(kernels.threshold_kernel, types, dict(DYNAMIC=dynamic, ACC=ACC[data], BLOCK=kernels.BLOCK))
+    assert "div.full" not in ptx  # correctly rounded, as the reference divides (kernels._quotient)
 
 
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
@@ -91,17 +95,20 @@ def test_selection_kernels(data, from_ei, size):
     inputs = dict(x_ptr=POINTER[data], m_ptr=POINTER[data], c_ptr="*fp64", c_stride="i64")
     sizes = dict(per_sample=size, chunk=size, below=size, above=size, batch="i32", pass_index="i32", passes="i32")
     options = dict(FROM_EI=from_ei, ACC=ACC[data], BLOCK=kernels.SELECT_BLOCK, **key)
-    _compile(
+    histogram = _compile(
         kernels.select_histogram_kernel,
         dict(inputs, hist_ptr="*i32", nan_ptr="*i32", **sizes),
         dict(options, INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000),
     )
     above_ptr = "*i64" if float64 else "*i32"
-    _compile(
+    above = _compile(
         kernels.select_above_kernel,
         dict(inputs, hist_ptr="*i32", above_ptr=above_ptr, **sizes),
         dict(options, MAX_KEY=(1 << key_bits) - 1),
     )
+    if from_ei:  # the keys of c_x x + c_m m: products rounded alone in both kernels, never fused
+        for ptx in (histogram, above):
+            assert "mul.rn" in ptx and "fma." not in ptx
     _compile(
         kernels.select_scale_kernel,
         dict(

@@ -198,19 +198,19 @@ def _order_statistics(magnitudes: torch.Tensor, below: int, above: int):
     """Per row of magnitudes ([B, n]): the values and positions of the
     below-th and above-th smallest entries (above is below or below + 1), by
     torch.topk on the shorter side of the rank, and whether the row holds a
-    NaN (topk ranks NaN above everything, so the upper tail shows it)."""
+    NaN (looked for, not inferred from where the sort put it: see
+    reference.quantile_of_magnitudes)."""
     n = magnitudes.shape[1]
     span = above - below + 1
     if n - below <= above + 1:  # the upper tail is the shorter: the n - below largest
         values, positions = torch.topk(magnitudes, n - below, dim=1, largest=True, sorted=False)
         ends = torch.topk(values, span, dim=1, largest=False, sorted=True)
         lo, hi = 0, span - 1
-        has_nan = values.isnan().any(dim=1)
     else:  # the above + 1 smallest
         values, positions = torch.topk(magnitudes, above + 1, dim=1, largest=False, sorted=False)
         ends = torch.topk(values, span, dim=1, largest=True, sorted=True)
         lo, hi = span - 1, 0
-        has_nan = magnitudes.isnan().any(dim=1)
+    has_nan = magnitudes.isnan().any(dim=1)
     where = positions.gather(1, ends.indices)
     return ends.values[:, lo], where[:, lo], ends.values[:, hi], where[:, hi], has_nan
 

@@ -58,11 +58,18 @@ def quantile_of_magnitudes(flat: torch.Tensor, ratio: float) -> torch.Tensor:
     batch, n = flat.shape
     if n == 0:
         return torch.full((batch,), float("nan"), dtype=flat.dtype, device=flat.device)
-    values = flat.abs().sort(dim=1).values  # NaN sorts last
+    magnitudes = flat.abs()
+    values = magnitudes.sort(dim=1).values
     below, above, weight = quantile_rank(n, ratio, flat.dtype)
-    has_nan = values[:, -1].isnan()
-    lo = torch.where(has_nan, values[:, -1], values[:, below])
-    hi = torch.where(has_nan, values[:, -1], values[:, above])
+    # A row holding NaN gives its last NaN (as a stable sort that puts NaN last
+    # would, and so autograd sends that element the gradient), looked for rather
+    # than read off the sort's end: on the H200 (2026-12-04) a float64 row whose
+    # NaN came from 0 * -inf did not sort it last, and got a finite quantile.
+    nans = magnitudes.isnan()
+    has_nan = nans.any(dim=1)
+    last_nan = magnitudes.gather(1, n - 1 - nans.flip(1).to(torch.uint8).argmax(dim=1, keepdim=True))[:, 0]
+    lo = torch.where(has_nan, last_nan, values[:, below])
+    hi = torch.where(has_nan, last_nan, values[:, above])
     return torch.lerp(lo, hi, weight.to(flat.device))
 
 

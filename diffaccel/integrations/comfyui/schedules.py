@@ -105,7 +105,7 @@ def kl_optimal(model_sampling, steps: int) -> torch.Tensor:
     """tan of evenly spaced points between atan(sigma_max) and atan(sigma_min), then 0
     (AUTOMATIC1111's KL-optimal schedule)."""
     sigma_min, sigma_max = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
-    fractions = torch.arange(steps, dtype=torch.float).div_(steps - 1)
+    fractions = torch.arange(steps, dtype=torch.float, device="cpu").div_(steps - 1)
     sigmas = fractions.new_zeros(steps + 1)
     sigmas[:-1] = (fractions * math.atan(sigma_min) + (1 - fractions) * math.atan(sigma_max)).tan_()
     return sigmas

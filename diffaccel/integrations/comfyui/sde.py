@@ -273,7 +273,7 @@ def sample_er_sde(
     er = [np.exp(-snr.of(v)) for v in loop.values]
 
     def scale(values):
-        return np.asarray(scaler(torch.as_tensor(values, dtype=torch.float64)), dtype=np.float64)
+        return np.asarray(scaler(torch.as_tensor(values, dtype=torch.float64, device="cpu")), dtype=np.float64)
 
     points = np.arange(_ER_SDE_POINTS, dtype=np.float64)
     old = older = None  # the two latest denoised samples before this step

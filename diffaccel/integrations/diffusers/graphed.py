@@ -78,6 +78,7 @@ class GraphedPipeline(Replayable):
             progress=self._progress,
             constants=self._constants,
             what=f"the {family.denoiser_name}",
+            compiles=compile not in (False, None),
         )
 
     @staticmethod

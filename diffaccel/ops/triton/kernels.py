@@ -44,6 +44,32 @@ def _sin(v):
         return libdevice.sin(v)
 
 
+@triton.jit
+def _product(a, b):
+    # a * b rounded by itself (mul.rn, which is never fused): the GPU compiler
+    # otherwise fuses a product into the add after it, and not alike in every
+    # kernel, so the dynamic threshold's keys of d = c_x x + c_m m in one
+    # selection kernel and another, and d in the step, could differ in the last
+    # bit (the selection then found an order statistic next to the one it had
+    # counted: scales 1e-3 - 1e-2 off on the H200, 2026-12-04). Rounded alike,
+    # they are the reference's d bit for bit.
+    if _INTERPRET:
+        return a * b
+    else:
+        return libdevice.mul_rn(a, b)
+
+
+@triton.jit
+def _quotient(a, b):
+    # a / b correctly rounded, as in C++: Triton's float32 division is div.full
+    # (within 2 ulp), which put the dynamic threshold's per-sample sums in its
+    # gradient 2-5e-6 off the reference's (H200, 2026-12-04).
+    if _INTERPRET:
+        return a / b
+    else:
+        return libdevice.div_rn(a, b)
+
+
 # Elements per program of the elementwise kernels, and per loop step of the
 # selection and norm kernels.
 BLOCK = 1024
@@ -126,13 +152,13 @@ def ei_step_kernel(
         row = c_ptr
     x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     m = tl.load(m_ptr + offs, mask=mask, other=0).to(ACC)
-    d = _coeff(row, 0, mask, PER_SAMPLE, ACC) * x + _coeff(row, 1, mask, PER_SAMPLE, ACC) * m
+    d = _product(_coeff(row, 0, mask, PER_SAMPLE, ACC), x) + _product(_coeff(row, 1, mask, PER_SAMPLE, ACC), m)
     if THRESHOLD == 1:
         clip_max = _scalar(clip_hi, clip_lo, ACC)
         d = _clamp_keep_nan(d, -clip_max, clip_max)
     if THRESHOLD == 2:
         s = tl.load(scale_ptr + b, mask=mask, other=1).to(ACC)
-        d = _clamp_keep_nan(d, -s, s) / s
+        d = _quotient(_clamp_keep_nan(d, -s, s), s)
     y = _coeff(row, 2, mask, PER_SAMPLE, ACC) * x + _coeff(row, 3, mask, PER_SAMPLE, ACC) * d
     if K > 0:
         y = y + _coeff(row, 4, mask, PER_SAMPLE, ACC) * tl.load(h0_ptr + offs, mask=mask, other=0).to(ACC)
@@ -250,7 +276,7 @@ def threshold_kernel(
     x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     if DYNAMIC:
         s = tl.load(scale_ptr + offs // per_sample, mask=mask, other=1).to(ACC)
-        y = _clamp_keep_nan(x, -s, s) / s
+        y = _quotient(_clamp_keep_nan(x, -s, s), s)
     else:
         clip_max = _scalar(clip_hi, clip_lo, ACC)
         y = _clamp_keep_nan(x, -clip_max, clip_max)
@@ -261,7 +287,7 @@ def threshold_kernel(
 def _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI: tl.constexpr, ACC: tl.constexpr, KEY: tl.constexpr):
     v = tl.load(x_ptr + base + offs, mask=mask, other=0).to(ACC)
     if FROM_EI:
-        v = cx * v + cm * tl.load(m_ptr + base + offs, mask=mask, other=0).to(ACC)
+        v = _product(cx, v) + _product(cm, tl.load(m_ptr + base + offs, mask=mask, other=0).to(ACC))
     return tl.abs(v).to(KEY, bitcast=True)
 
 
@@ -716,7 +742,7 @@ def threshold_backward_partials_kernel(
         g = tl.load(grad_ptr + i, mask=mask, other=0).to(ACC)
         x = tl.load(x_ptr + i, mask=mask, other=0).to(ACC)
         inside = (tl.abs(x) <= s) & mask
-        passed = tl.where(inside, g / s, 0.0).to(ACC)
+        passed = tl.where(inside, _quotient(g, s), 0.0).to(ACC)
         tl.store(passed_ptr + i, passed.to(passed_ptr.dtype.element_ty), mask=mask)
         total += passed.to(tl.float64) * tl.where(inside, x, 0.0).to(tl.float64)
     tl.store(partial_ptr + b * chunks + c + tl.arange(0, 1), tl.sum(total, 0) + tl.zeros([1], tl.float64))
