@@ -648,6 +648,19 @@ def test_schedules_shape(scheduler, steps):
     assert float(sigmas[0]) <= float(model_sampling.sigma_max) * (1 + 1e-6)
 
 
+def test_host_made_values_ignore_the_default_device():
+    """What is made on the host stays there under another default device (the GPU
+    run sets CUDA's; meta stands in for it here, and numpy cannot read it): the
+    kl_optimal schedule and er_sde's noise-scaler integrals, which both followed
+    the default device on the H200 (2026-12-04)."""
+    x, sigmas = _start("EPS", steps=6)
+    model, model_sampling = model_for("EPS", SHAPE), DiscreteEPS()
+    with torch.device("meta"):
+        schedule = ours.calculate_sigmas(model_sampling, "kl_optimal", 10)
+        out = ours.sampler_function("er_sde")(model, x, sigmas, disable=True, noise_sampler=FixedNoise())
+    assert schedule.device.type == "cpu" and out.device == x.device and torch.isfinite(out).all()
+
+
 def test_schedules_values():
     model_sampling = DiscreteEPS()
     table = model_sampling.sigmas.cpu()  # (the schedules are made on the host, wherever the model is)
