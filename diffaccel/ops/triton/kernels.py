@@ -328,6 +328,33 @@ def _resolved_prefix(
     return prefix, remaining, group
 
 
+@triton.jit
+def _chunk_span(chunk, per_sample):
+    # [start, stop) of this program's chunk of its sample.
+    start = tl.program_id(1).to(tl.int64) * chunk
+    return start, tl.minimum(start + chunk, per_sample)
+
+
+@triton.jit
+def _block_keys(
+    x_ptr,
+    m_ptr,
+    cx,
+    cm,
+    base,
+    start,
+    stop,
+    FROM_EI: tl.constexpr,
+    ACC: tl.constexpr,
+    KEY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # The keys of the chunk's block from `start`, and which of them are in the chunk.
+    offs = start + tl.arange(0, BLOCK)
+    mask = offs < stop
+    return _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY), mask
+
+
 @triton.jit(do_not_specialize=["per_sample", "chunk", "below", "batch", "pass_index"])
 def select_histogram_kernel(
     x_ptr,
@@ -365,13 +392,10 @@ def select_histogram_kernel(
     fixed = (tl.zeros([1], tl.int32) + (KEY_BITS - DIGIT_BITS * pass_index)).to(KEY)  # bits from here up: the prefix's
     hist = tl.zeros([BINS], tl.int32)
     nans = 0
-    start = tl.program_id(1).to(tl.int64) * chunk
-    stop = tl.minimum(start + chunk, per_sample)
+    start, stop = _chunk_span(chunk, per_sample)
     while start < stop:
-        offs = start + tl.arange(0, BLOCK)
+        key, mask = _block_keys(x_ptr, m_ptr, cx, cm, base, start, stop, FROM_EI, ACC, KEY, BLOCK)
         start += BLOCK
-        mask = offs < stop
-        key = _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY)
         nans += tl.sum((mask & (key > INF_KEY)).to(tl.int32))
         match = mask & ((key >> fixed) == (prefix >> fixed))
         digit = ((key >> shift) & (BINS - 1)).to(tl.int32)
@@ -419,13 +443,10 @@ def select_above_kernel(
         base = b * per_sample
         cx, cm = _ei_coefficients(c_ptr, c_stride, b, FROM_EI, ACC)
         smallest = tl.full([1], MAX_KEY, KEY)
-        start = tl.program_id(1).to(tl.int64) * chunk
-        stop = tl.minimum(start + chunk, per_sample)
+        start, stop = _chunk_span(chunk, per_sample)
         while start < stop:
-            offs = start + tl.arange(0, BLOCK)
+            key, mask = _block_keys(x_ptr, m_ptr, cx, cm, base, start, stop, FROM_EI, ACC, KEY, BLOCK)
             start += BLOCK
-            mask = offs < stop
-            key = _magnitude_key(x_ptr, m_ptr, cx, cm, base, offs, mask, FROM_EI, ACC, KEY)
             candidate = tl.where(mask & (key > prefix), key, tl.full([BLOCK], MAX_KEY, KEY))
             smallest = tl.minimum(smallest, tl.min(candidate, 0))
         tl.atomic_min(above_ptr + b + tl.arange(0, 1), smallest)
