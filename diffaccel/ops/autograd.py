@@ -246,7 +246,7 @@ def _dynamic_threshold_backward(grad, v, ratio: float, max_value: float, style: 
     # its last NaN (the quantile's where picks the last sorted value, and the stable
     # sort keeps NaNs in order). (With diffusers' bound such a row's grad_q is 0.)
     if style != "diffusers":
-        last_nan = n - 1 - magnitudes.isnan().flip(1).to(torch.uint8).argmax(dim=1)
+        last_nan = reference.last_nan_positions(magnitudes)
         lo_at = torch.where(has_nan, last_nan, lo_at)
         hi_at = torch.where(has_nan, last_nan, hi_at)
     at = torch.stack([lo_at, hi_at], dim=1)

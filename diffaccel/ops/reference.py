@@ -52,6 +52,12 @@ def quantile_rank(n: int, ratio: float, dtype: torch.dtype) -> Tuple[int, int, t
     return below, min(above, n - 1), weight
 
 
+def last_nan_positions(magnitudes: torch.Tensor) -> torch.Tensor:
+    """Per row of magnitudes ([B, n]), the position of its last NaN (n - 1 where
+    it holds none): the element a row's quantile is taken from when it holds NaN."""
+    return magnitudes.shape[1] - 1 - magnitudes.isnan().flip(1).to(torch.uint8).argmax(dim=1)
+
+
 def quantile_of_magnitudes(flat: torch.Tensor, ratio: float) -> torch.Tensor:
     """Per-row linear-interpolation quantile of |flat| ([B, n], compute dtype),
     with torch.quantile's semantics (a row holding NaN gives NaN) at any n."""
@@ -65,9 +71,8 @@ def quantile_of_magnitudes(flat: torch.Tensor, ratio: float) -> torch.Tensor:
     # would, and so autograd sends that element the gradient), looked for rather
     # than read off the sort's end: on the H200 (2026-12-04) a float64 row whose
     # NaN came from 0 * -inf did not sort it last, and got a finite quantile.
-    nans = magnitudes.isnan()
-    has_nan = nans.any(dim=1)
-    last_nan = magnitudes.gather(1, n - 1 - nans.flip(1).to(torch.uint8).argmax(dim=1, keepdim=True))[:, 0]
+    has_nan = magnitudes.isnan().any(dim=1)
+    last_nan = magnitudes.gather(1, last_nan_positions(magnitudes)[:, None])[:, 0]
     lo = torch.where(has_nan, last_nan, values[:, below])
     hi = torch.where(has_nan, last_nan, values[:, above])
     return torch.lerp(lo, hi, weight.to(flat.device))
