@@ -145,9 +145,10 @@ PRIORITY_TESTS="tests/test_cuda.py tests/test_ei_step.py tests/test_threshold.py
 # failures; the report lists them, the slowest tests and the last line.
 test_run() {
   section "Tests on CUDA, DIFFACCEL_BACKEND=$1"
-  local log="$RAW/tests-$1.log"
+  local log="$RAW/tests-$1.log" backend_args="TEST_ARGS_$1"
+  local args=${!backend_args:-${TEST_ARGS:-$PRIORITY_TESTS tests}}
   DIFFACCEL_FAILURE_LOG="$RAW/failures-$1.log" DIFFACCEL_TEST_DEVICE=cuda DIFFACCEL_BACKEND=$1 timed "$2" "$log" \
-    $PY -m pytest $(eval echo "\${TEST_ARGS_$1:-\${TEST_ARGS:-\$PRIORITY_TESTS tests}}") -v -n 14 -p no:cacheprovider -rfE --durations=8 --timeout=90 >> "$report"
+    $PY -m pytest $args -v -n 14 -p no:cacheprovider -rfE --durations=8 --timeout=90 >> "$report"
   echo '```' >> "$report"
   grep -oE "(FAILED|ERROR) tests/[^ ]+" "$log" | sort -u | cut -c1-300 | head -80 >> "$report"
   echo "$(grep -cE "(PASSED|XFAIL|XPASS) tests/" "$log") passed, $(grep -oE "(FAILED|ERROR) tests/[^ ]+" "$log" | sort -u | wc -l) failed or errors, $(grep -cE "SKIPPED" "$log") skipped (counted from the progress lines)" >> "$report"
