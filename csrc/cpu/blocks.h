@@ -216,7 +216,11 @@ constexpr int kSumLanes = 32;
 // lanes[l] += term(i) (a double) for i in [0, n), element i into lane i % 32
 // (n is a multiple of 32 but for a chunk's last block). The sums run in a
 // local copy, which the compiler keeps in registers (lanes itself could alias
-// a float64 input, so every add would be stored back).
+// a float64 input, so every add would be stored back). Every add into sums
+// has a constant lane, the partial tail's too (its missing terms are +0,
+// which leaves a sum's bits as they are: a sum that starts at +0 is never
+// -0): a lane picked at run time would put sums in memory, and every step
+// would store them.
 template <typename Term>
 DA_INLINE void add_terms(double* lanes, int64_t n, Term&& term) {
   double sums[kSumLanes];
@@ -225,7 +229,11 @@ DA_INLINE void add_terms(double* lanes, int64_t n, Term&& term) {
   for (; i + kSumLanes <= n; i += kSumLanes) {
     for (int l = 0; l < kSumLanes; ++l) sums[l] += term(i + l);
   }
-  for (int l = 0; i < n; ++i, ++l) sums[l] += term(i);
+  if (i < n) {
+    double tail[kSumLanes] = {};
+    for (int l = 0; i + l < n; ++l) tail[l] = term(i + l);
+    for (int l = 0; l < kSumLanes; ++l) sums[l] += tail[l];
+  }
   for (int l = 0; l < kSumLanes; ++l) lanes[l] = sums[l];
 }
 

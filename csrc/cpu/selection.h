@@ -140,14 +140,21 @@ class SampledSelection {
       // the data is not in cache) before they are read.
       for (int64_t i = 0; i < kSelectionSample; ++i) __builtin_prefetch(direct_ + sample_position(i, n_));
     }
+    // The running maximum and NaN flag in locals: as members they would be
+    // stored and reloaded around every store into sample (which could alias
+    // them), a chain through memory the length of the sample.
+    bool nan = false;
+    acc_t most = 0;
     for (int64_t i = 0; i < kSelectionSample; ++i) {
       const int64_t at = sample_position(i, n_);
       acc_t buf[1];
       const acc_t v = std::abs(direct_ != nullptr ? direct_[at] : *values_(at, 1, buf));
       sample[i] = v;
-      nan_ |= v != v;
-      sample_max_ = v > sample_max_ ? v : sample_max_;
+      nan |= v != v;
+      most = v > most ? v : most;
     }
+    nan_ = nan;
+    sample_max_ = most;
     if (nan_) return nullptr;
     bracket_ = bracket_from_sample(sample, n_, rank_);
     sampled_ = true;

@@ -78,8 +78,11 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
   const std::vector<double> norms = score_and_noise_norms(sc, z);
   const double* grad_norm = norms.data();
   const double* noise_norm = norms.data() + batch;
-  const at::Tensor alpha_values = alpha.to(at::kDouble).contiguous().expand({batch}).contiguous();
-  const double* alpha_b = alpha_values.data_ptr<double>();
+  // alpha read in place (a 0-d tensor, or [B] at any stride): converting and
+  // expanding it would be a few ATen calls, each as long as a small step.
+  const at::Tensor alpha_values = alpha.scalar_type() == at::kDouble ? alpha : alpha.to(at::kDouble);
+  const double* alpha_data = alpha_values.const_data_ptr<double>();
+  const int64_t alpha_stride = alpha_values.dim() == 0 ? 0 : alpha_values.stride(0);
   double grad_mean = 0, noise_mean = 0;
   for (int64_t b = 0; b < batch; ++b) {
     grad_mean += grad_norm[b];
@@ -89,16 +92,15 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
   noise_mean /= double(batch);
 
   const at::ScalarType acc = acc_type_of(x);
-  at::Tensor step = at::empty({batch}, at::TensorOptions().dtype(acc));
-  at::Tensor noise_scale = at::empty({batch}, at::TensorOptions().dtype(acc));
   KernelOut x_new(x_new_out), x_mean(x_mean_out);
   AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_langevin_correct_cpu", [&] {
-    scalar_t* step_b = step.data_ptr<scalar_t>();
-    scalar_t* scale_b = noise_scale.data_ptr<scalar_t>();
+    std::vector<scalar_t> step(static_cast<size_t>(batch)), noise_scale(static_cast<size_t>(batch));
+    scalar_t* step_b = step.data();
+    scalar_t* scale_b = noise_scale.data();
     const bool per_sample = reduction == "sample";
     for (int64_t b = 0; b < batch; ++b) {
       const double r = snr * (per_sample ? noise_norm[b] : noise_mean) / (per_sample ? grad_norm[b] : grad_mean);
-      const double s = 2.0 * alpha_b[b] * r * r;
+      const double s = 2.0 * alpha_data[b * alpha_stride] * r * r;
       step_b[b] = scalar_t(s);
       scale_b[b] = scalar_t(std::sqrt(2.0 * s));
     }
