@@ -146,19 +146,22 @@ def test_ei_step_dynamic_threshold_on_large_samples(gen):
         assert_close(a, b)
 
 
-# The CPU selection samples SELECTION_SAMPLE magnitudes of each sample (csrc/cpu/selection.h)
-# when it holds at least SAMPLED_SELECTION_MIN elements; below that it selects exactly.
+# The CPU selection samples 256 magnitudes of a sample of fewer than 32768
+# elements and 512 from there (csrc/cpu/selection.h: selection_sample_log2)
+# when it holds at least SAMPLED_SELECTION_MIN elements; below that it selects
+# exactly. SAMPLED_SIZES has one size for each sample size.
 SAMPLED_SELECTION_MIN = 8192
-SELECTION_SAMPLE = 512
+SAMPLED_SIZES = [3 * SAMPLED_SELECTION_MIN + 17, 5 * SAMPLED_SELECTION_MIN + 17]
 
 
 def _sampled_positions(n):
     """The positions csrc/cpu/selection.h samples in a sample of n elements (its
     sample_position), so that a test can put values where the sample cannot see them."""
-    i = torch.arange(SELECTION_SAMPLE, dtype=torch.int64)
-    begin = i * n // SELECTION_SAMPLE
-    window = (i + 1) * n // SELECTION_SAMPLE - begin
-    hashed = [(((k + 1) * 0x9E3779B97F4A7C15) % (1 << 64)) >> 32 for k in range(SELECTION_SAMPLE)]
+    log2 = 8 if n < 4 * SAMPLED_SELECTION_MIN else 9
+    i = torch.arange(1 << log2, dtype=torch.int64)
+    begin = (i * n) >> log2
+    window = (((i + 1) * n) >> log2) - begin
+    hashed = [(((k + 1) * 0x9E3779B97F4A7C15) % (1 << 64)) >> 32 for k in range(1 << log2)]
     return begin + (torch.tensor(hashed, dtype=torch.int64) * window) // (1 << 32)
 
 
@@ -172,15 +175,15 @@ def _exactly_equal(actual, expected):
         assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("n", SAMPLED_SIZES)
 @pytest.mark.parametrize("hidden", ["large", "small", "nan"])
 @pytest.mark.parametrize("ratio", [0.5, 0.995, 1.0])
-def test_selection_when_the_sample_misses(hidden, ratio, gen):
+def test_selection_when_the_sample_misses(hidden, ratio, n, gen):
     """The sampled selection is exact even when the sample is as misleading as it
     can be: every sampled position holds a small (or a large) value and the rest
     the opposite, so the bracket the sample gives misses the quantile and the
     selection must fall back; a NaN where the sample does not look still poisons
     the sample. (On a GPU, which does not sample, an exactness test like others.)"""
-    n = 3 * SAMPLED_SELECTION_MIN + 17
     x = torch.rand((2, n), generator=gen, device=DEVICE) + 10
     sampled = _sampled_positions(n).to(DEVICE)
     if hidden == "large":
@@ -301,12 +304,12 @@ def test_pinned_scale_at_the_count_that_decides_it(n, ratio, pin, dtype, gen):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("n", SAMPLED_SIZES)
 @pytest.mark.parametrize("style", ["diffusers", "dpm-solver"])
-def test_pinned_scale_when_the_bracket_misleads(style, gen):
+def test_pinned_scale_when_the_bracket_misleads(style, n, gen):
     """The bracket of a thread's first sample predicts a pin (every sampled
     position holds a value on the pin's side) that the rest of the sample
     disproves: the pinned pass is thrown away and the sample selected."""
-    n = 3 * SAMPLED_SELECTION_MIN + 17
     sampled = _sampled_positions(n).to(DEVICE)
     if style == "diffusers":  # the sample says q >= max_value = 1.5; q is about 0.9
         x = torch.rand((2, n), generator=gen, device=DEVICE)

@@ -154,11 +154,11 @@ acc_t quantile_of_magnitudes(const acc_t* values, int64_t n, double ratio) {
 }
 
 // The ranks' position in the sample is binomially spread around
-// rank / n * kSelectionSample; lo and hi sit 3 standard deviations (plus 2
+// rank / n * size (the sample's size); lo and hi sit 3 standard deviations (plus 2
 // elements) to either side, so a miss (and the exact fallback) is rare.
 template <typename acc_t>
-Bracket<acc_t> bracket_from_sample(const acc_t* sample, int64_t n, const QuantileRank<acc_t>& rank) {
-  const int64_t s = kSelectionSample;
+Bracket<acc_t> bracket_from_sample(const acc_t* sample, int64_t size, int64_t n, const QuantileRank<acc_t>& rank) {
+  const int64_t s = size;
   const double p_below = double(rank.below) / double(n), p_above = double(rank.above + 1) / double(n);
   const double spread = 3.0 * std::sqrt(double(s) * std::max(p_below * (1 - p_below), p_above * (1 - p_above))) + 2;
   const int64_t k_lo = int64_t(std::floor(p_below * double(s) - spread));
@@ -182,8 +182,8 @@ bool quantile_from_candidates(const acc_t* candidates, int64_t count, int64_t be
 
 template float quantile_of_magnitudes<float>(const float*, int64_t, double);
 template double quantile_of_magnitudes<double>(const double*, int64_t, double);
-template Bracket<float> bracket_from_sample<float>(const float*, int64_t, const QuantileRank<float>&);
-template Bracket<double> bracket_from_sample<double>(const double*, int64_t, const QuantileRank<double>&);
+template Bracket<float> bracket_from_sample<float>(const float*, int64_t, int64_t, const QuantileRank<float>&);
+template Bracket<double> bracket_from_sample<double>(const double*, int64_t, int64_t, const QuantileRank<double>&);
 template bool quantile_from_candidates<float>(const float*, int64_t, int64_t, const QuantileRank<float>&, float*);
 template bool quantile_from_candidates<double>(const double*, int64_t, int64_t, const QuantileRank<double>&, double*);
 

@@ -1,7 +1,7 @@
 // The per-sample quantile of dynamic thresholding by sampled selection, in
 // about one vectorized read of the sample (Floyd and Rivest's idea):
 //
-//   1. a fixed, spread-out sample of kSelectionSample magnitudes gives two
+//   1. a fixed, spread-out sample of 256 or 512 magnitudes gives two
 //      values lo <= hi that bracket the wanted order statistics with high
 //      probability (quantile.cpp: bracket_from_sample);
 //   2. one pass counts the magnitudes below lo and collects those in [lo, hi]
@@ -33,15 +33,21 @@ namespace diffaccel::cpu {
 // Samples below this size are selected exactly: the sampling would cost as
 // much as it saves.
 constexpr int64_t kSampledSelectionMin = 8192;
-constexpr int64_t kSelectionSample = 512;
+// The sample holds 2^log2 magnitudes: 256 below 32768 values, 512 from there.
+// Each element of it is a random read (some 8 ns apiece on the 2-core VM
+// where it was measured, the data in cache); a larger sample narrows the
+// bracket (fewer candidates to tally and select among) but costs more than
+// that saves on the benchmark's sizes: 2^9 at 16384 values was 15% slower
+// than 2^8, 2^10 slower at 65536 and 262144.
+DA_INLINE int selection_sample_log2(int64_t n) { return n < 4 * kSampledSelectionMin ? 8 : 9; }
 
-// Element i of the sample (0 <= i < kSelectionSample) out of n: one element
-// from each of kSelectionSample equal windows, at a position within its window
-// that a hash of i picks, so that the sample does not line up with the rows or
-// channels of an image.
-DA_INLINE int64_t sample_position(int64_t i, int64_t n) {
-  const int64_t window_begin = i * n / kSelectionSample;
-  const int64_t window = (i + 1) * n / kSelectionSample - window_begin;
+// Element i of the sample (0 <= i < 2^log2) out of n: one element from each
+// of 2^log2 equal windows, at a position within its window that a hash of i
+// picks, so that the sample does not line up with the rows or channels of an
+// image.
+DA_INLINE int64_t sample_position(int64_t i, int64_t n, int log2) {
+  const int64_t window_begin = (i * n) >> log2;
+  const int64_t window = (((i + 1) * n) >> log2) - window_begin;
   const uint64_t hash = ((uint64_t(i) + 1) * 0x9E3779B97F4A7C15ull) >> 32;
   return window_begin + int64_t((hash * uint64_t(window)) >> 32);  // (hash / 2^32 of the window: no division)
 }
@@ -55,7 +61,7 @@ struct Bracket {
 // Where to look, from the sample's magnitudes; the sample holds no NaN.
 // Defined in quantile.cpp.
 template <typename acc_t>
-Bracket<acc_t> bracket_from_sample(const acc_t* sample, int64_t n, const QuantileRank<acc_t>& rank);
+Bracket<acc_t> bracket_from_sample(const acc_t* sample, int64_t size, int64_t n, const QuantileRank<acc_t>& rank);
 
 // The quantile from the candidates, given how many values lie below them;
 // false when the ranks fall outside the candidates.
@@ -134,19 +140,21 @@ class SampledSelection {
     if (drawn_) return sampled_ ? &bracket_ : nullptr;
     drawn_ = true;
     if (n_ < kSampledSelectionMin) return nullptr;
-    acc_t* sample = scratch_.sample.get(kSelectionSample);
+    const int log2 = selection_sample_log2(n_);
+    const int64_t size = int64_t(1) << log2;
+    acc_t* sample = scratch_.sample.get(size);
     if (direct_ != nullptr) {
       // The sample's cache lines are fetched all at once (each is a miss when
       // the data is not in cache) before they are read.
-      for (int64_t i = 0; i < kSelectionSample; ++i) __builtin_prefetch(direct_ + sample_position(i, n_));
+      for (int64_t i = 0; i < size; ++i) __builtin_prefetch(direct_ + sample_position(i, n_, log2));
     }
     // The running maximum and NaN flag in locals: as members they would be
     // stored and reloaded around every store into sample (which could alias
     // them), a chain through memory the length of the sample.
     bool nan = false;
     acc_t most = 0;
-    for (int64_t i = 0; i < kSelectionSample; ++i) {
-      const int64_t at = sample_position(i, n_);
+    for (int64_t i = 0; i < size; ++i) {
+      const int64_t at = sample_position(i, n_, log2);
       acc_t buf[1];
       const acc_t v = std::abs(direct_ != nullptr ? direct_[at] : *values_(at, 1, buf));
       sample[i] = v;
@@ -156,7 +164,7 @@ class SampledSelection {
     nan_ = nan;
     sample_max_ = most;
     if (nan_) return nullptr;
-    bracket_ = bracket_from_sample(sample, n_, rank_);
+    bracket_ = bracket_from_sample(sample, size, n_, rank_);
     sampled_ = true;
     return &bracket_;
   }
