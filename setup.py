@@ -38,6 +38,9 @@ def extension():
         "-fopenmp",  # at::parallel_for's OpenMP backend is inlined from the torch headers
         "-ffp-contract=off",  # no FMA contraction: the same bits at every ISA level
         "-fvisibility=hidden",
+        # Every loop head on a 64-byte line: with the default 16, an unrelated
+        # change moved ei_step's 2M loop and cost it 13% in cache (2026-12-04).
+        "-falign-loops=64",
     ]
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # DIFFACCEL_CPU_CLONES=0: the CPU kernels in one baseline clone instead of

@@ -60,21 +60,42 @@ def _floor_gbs(median, nbytes, name):
     return {(s, d): nbytes[(c, s, d)] / t[name] / 1e9 for (c, s, d), t in median.items() if c == name}
 
 
+def _copy_shares(runs):
+    """(case, shape, dtype) -> the median over runs of the fused op's share of
+    the copy bandwidth measured in the same run (a run: one JSON's
+    benchmarks). On a shared VM a process's memory can be fast or slow as a
+    whole (on 2026-12-04 the copy beyond the cache took 230-270 us in some
+    runs and 420-730 us in others): a median of times over runs mixes that
+    in, a share within each run does not."""
+    shares = defaultdict(list)
+    for benchmarks in runs:
+        median, nbytes = _medians(benchmarks)
+        copy_gbs = _floor_gbs(median, nbytes, "copy")
+        for (case, shape, dtype), t in median.items():
+            if "fused" in t and (shape, dtype) in copy_gbs:
+                gbs = nbytes[(case, shape, dtype)] / t["fused"] / 1e9
+                shares[(case, shape, dtype)].append(gbs / copy_gbs[(shape, dtype)])
+    return {key: statistics.median(v) for key, v in shares.items()}
+
+
 def main(*args):
     paths = list(args)
     before = before_commit = None
-    before_benchmarks = []
+    before_benchmarks, before_runs = [], []
     while "--before" in paths:
         at = paths.index("--before")
         before_data = json.load(open(paths[at + 1]))
         before_benchmarks += before_data["benchmarks"]
+        before_runs.append(before_data["benchmarks"])
         before_commit = before_data.get("commit_info", {}).get("id", "unknown")[:10]
         del paths[at : at + 2]
     if before_benchmarks:
         before = _medians(before_benchmarks)
     data = json.load(open(paths[0]))
+    runs = [list(data["benchmarks"])]
     for extra in paths[1:]:  # further runs of the suite (the GPU check splits it; alternated runs repeat it)
-        data["benchmarks"] += json.load(open(extra))["benchmarks"]
+        runs.append(json.load(open(extra))["benchmarks"])
+        data["benchmarks"] += runs[-1]
     median, nbytes = _medians(data["benchmarks"])
     calls = {}
     faults = defaultdict(dict)  # case -> impl -> minor page faults per step (CPU scheduler loops)
@@ -178,6 +199,20 @@ def main(*args):
             was_gbs = nbytes[(case, shape, dtype)] / was / 1e9
             cells += [_us(was), f"{100 * was_gbs / before_copy_gbs.get((shape, dtype), float('nan')):.0f}%"]
         print("| " + " | ".join(cells) + " |")
+    if len(runs) > 1 and copy_gbs and not gpu:
+        shares, before_shares = _copy_shares(runs), _copy_shares(before_runs) if len(before_runs) > 1 else {}
+        print(
+            f"\n% of copy within each run, the median over the {len(runs)} runs"
+            + (f" (and over the {len(before_runs)} runs before)" if before_shares else "")
+            + ":\n"
+        )
+        print("| case | shape | dtype | % copy | " + ("before % copy |" if before_shares else ""))
+        print("|---|---|---|---:|" + ("---:|" if before_shares else ""))
+        for key in sorted(shares):
+            cells = list(key) + [f"{100 * shares[key]:.0f}%"]
+            if before_shares:
+                cells.append(f"{100 * before_shares[key]:.0f}%" if key in before_shares else "-")
+            print("| " + " | ".join(cells) + " |")
     stock = [
         (case, t)
         for (case, _, _), t in sorted(median.items())

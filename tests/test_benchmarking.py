@@ -160,3 +160,20 @@ def test_report_columns_follow_what_was_timed(tmp_path, capsys):
     report.main(*runs, "--before", earlier[0], "--before", earlier[1], "--before", earlier[2])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| error_norm"))
     assert "| 300.0 |" in row and "| 500.0 |" in row
+    # ... and a second table gives each run's share of its own copy, medianed:
+    # a run whose memory is slow as a whole (copy and op both 2x) counts as it
+    # is, where the first table's median of times mixes the runs.
+    runs = [
+        _benchmark_json(tmp_path / f"share{i}.json", [("copy", "copy", c), ("error_norm", "fused", t)])
+        for i, (c, t) in enumerate(((1e-4, 2e-4), (2e-4, 4e-4), (1e-4, 3e-4)))
+    ]
+    earlier = [
+        _benchmark_json(tmp_path / f"share_before{i}.json", [("copy", "copy", c), ("error_norm", "fused", t)])
+        for i, (c, t) in enumerate(((1e-4, 4e-4), (2e-4, 8e-4)))
+    ]
+    report.main(*runs, "--before", earlier[0], "--before", earlier[1])
+    text = capsys.readouterr().out
+    assert "the median over the 3 runs (and over the 2 runs before)" in text
+    first, second = [line for line in text.splitlines() if line.startswith("| error_norm")]
+    assert "| 33% |" in first  # 300 us against a 100 us copy
+    assert second == "| error_norm | medium | fp32 | 50% | 25% |"
