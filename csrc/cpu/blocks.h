@@ -226,6 +226,8 @@ DA_INLINE void add_terms(double* lanes, int64_t n, Term&& term) {
   double sums[kSumLanes];
   for (int l = 0; l < kSumLanes; ++l) sums[l] = lanes[l];
   int64_t i = 0;
+  // Not unrolled: a block has at most 8 steps, which gcc peels whole, with
+  // an exit after each step that stores the sums for the code after the loop.
 #pragma GCC unroll 1
   for (; i + kSumLanes <= n; i += kSumLanes) {
     for (int l = 0; l < kSumLanes; ++l) sums[l] += term(i + l);
