@@ -51,52 +51,94 @@ DA_INLINE int magnitude_bin(acc_t v) {
 // sits in a few octaves) do not serialize on one counter.
 constexpr int kHistogramLanes = 4;
 
+// A histogram of n >= 1 magnitudes (>= 0, no NaN) by their bit patterns
+// (which order like the values), over the range of patterns they span, in
+// about as many bins as values (16 to 1024) of 2^shift patterns each.
+constexpr int64_t kRankBins = 1024;
+template <typename acc_t>
+struct RankBins {
+  using bits_t = typename MagnitudeBins<acc_t>::bits_t;
+  int64_t n;
+  bits_t least, most;
+  int shift = 0;
+  int64_t bins;
+  int64_t count[kRankBins];
+
+  RankBins(const acc_t* v, int64_t n_values) : n(n_values) {
+    least = most = bits_of(v[0]);
+    for (int64_t i = 1; i < n; ++i) {
+      const bits_t b = bits_of(v[i]);
+      least = b < least ? b : least;
+      most = b > most ? b : most;
+    }
+    int64_t max_bins = kRankBins;
+    while (max_bins > 16 && max_bins / 2 >= n) max_bins /= 2;
+    while (((most - least) >> shift) >= bits_t(max_bins)) ++shift;
+    bins = int64_t((most - least) >> shift) + 1;
+    std::fill(count, count + bins, 0);
+    for (int64_t i = 0; i < n; ++i) ++count[bin_of(v[i])];
+  }
+  int64_t bin_of(acc_t v) const { return int64_t((bits_of(v) - least) >> shift); }
+  // The bin that holds rank k (0 <= k < n), and how many values lie in the
+  // bins below it; counted from the nearer end (a quantile near 1 is the
+  // common case).
+  int64_t bin_of_rank(int64_t k, int64_t* before) const {
+    int64_t bin, below;
+    if (2 * k < n) {
+      for (bin = 0, below = 0; below + count[bin] <= k; ++bin) below += count[bin];
+    } else {
+      for (bin = bins - 1, below = n - count[bin]; below > k;) below -= count[--bin];
+    }
+    *before = below;
+    return bin;
+  }
+  // The least and the largest value a bin can hold (the largest no more than
+  // the largest value: a finite value or infinity, never a NaN pattern).
+  acc_t lower_edge(int64_t bin) const { return value_of(least + (bits_t(bin) << shift)); }
+  acc_t upper_edge(int64_t bin) const {
+    const bits_t top = least + ((bits_t(bin + 1) << shift) - 1);
+    return value_of(top < most ? top : most);
+  }
+  static acc_t value_of(bits_t bits) {
+    acc_t v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+  }
+};
+
 // The k-th smallest (0-based) of count >= 1 magnitudes (>= 0, no NaN), and
 // with next the (k + 1)-th (k + 1 < count), without reordering them. Where
 // std::nth_element mispredicts a branch on about every other element (some
 // 10 ns each on fresh data: most of the selection's time), this bins the
-// values by their bit patterns (which order like the values) over the range
-// they span, counts the bins in one pass, and goes on with only the bins that
-// hold the two ranks: again the same way while that narrows the values down,
-// by nth_element once they are few (or all alike). The same values as
-// nth_element, whatever the data.
-constexpr int64_t kRankBins = 1024;
+// values (RankBins), and goes on with only the bins that hold the two ranks:
+// again the same way while that narrows the values down, by nth_element once
+// they are few (or all alike). The same values as nth_element, whatever the
+// data.
 constexpr int64_t kRankFew = 48;
 template <typename acc_t>
 acc_t select_rank(const acc_t* v, int64_t count, int64_t k, acc_t* next) {
-  using bits_t = typename MagnitudeBins<acc_t>::bits_t;
-  bits_t least = bits_of(v[0]), most = least;
-  for (int64_t i = 1; i < count; ++i) {
-    const bits_t b = bits_of(v[i]);
-    least = b < least ? b : least;
-    most = b > most ? b : most;
-  }
-  if (least == most) {  // all alike (ties at the ranks: clipped data)
+  const RankBins<acc_t> histogram(v, count);
+  if (histogram.bins == 1) {  // all alike (ties at the ranks: clipped data)
     if (next != nullptr) *next = v[0];
     return v[0];
   }
-  int64_t bins = kRankBins;
-  while (bins > 16 && bins / 2 >= count) bins /= 2;
-  int shift = 0;
-  while (((most - least) >> shift) >= bits_t(bins)) ++shift;
-  bins = int64_t((most - least) >> shift) + 1;
-  int64_t histogram[kRankBins];
-  std::fill(histogram, histogram + bins, 0);
-  for (int64_t i = 0; i < count; ++i) ++histogram[(bits_of(v[i]) - least) >> shift];
-  int64_t first = 0, before = 0;  // the bin of rank k, with `before` values in the bins below it
-  while (before + histogram[first] <= k) before += histogram[first++];
+  int64_t before;  // the values in the bins below the first
+  const int64_t first = histogram.bin_of_rank(k, &before);
   int64_t last = first;  // the bin of rank k + 1
-  if (next != nullptr && k + 1 >= before + histogram[first]) {
+  if (next != nullptr && k + 1 >= before + histogram.count[first]) {
     ++last;
-    while (histogram[last] == 0) ++last;
+    while (histogram.count[last] == 0) ++last;
   }
-  std::vector<acc_t> held;
-  held.reserve(size_t(histogram[first] + (last == first ? 0 : histogram[last])));
+  // The bins in between are empty. Every value is stored and kept or not by
+  // its bin (no branch to mispredict), so held has one slot to spare.
+  std::vector<acc_t> held(size_t(histogram.count[first] + (last == first ? 0 : histogram.count[last]) + 1));
+  int64_t kept = 0;
   for (int64_t i = 0; i < count; ++i) {
-    const int64_t bin = int64_t((bits_of(v[i]) - least) >> shift);
-    if (bin >= first && bin <= last) held.push_back(v[i]);
+    held[size_t(kept)] = v[i];
+    kept += uint64_t(histogram.bin_of(v[i]) - first) <= uint64_t(last - first);
   }
-  const int64_t at = k - before, kept = int64_t(held.size());
+  held.pop_back();
+  const int64_t at = k - before;
   if (kept > kRankFew && kept < count) return select_rank(held.data(), kept, at, next);
   std::nth_element(held.begin(), held.begin() + at, held.end());
   if (next != nullptr) *next = *std::min_element(held.begin() + at + 1, held.end());
@@ -154,20 +196,25 @@ acc_t quantile_of_magnitudes(const acc_t* values, int64_t n, double ratio) {
 }
 
 // The ranks' position in the sample is binomially spread around
-// rank / n * size (the sample's size); lo and hi sit 3 standard deviations (plus 2
-// elements) to either side, so a miss (and the exact fallback) is rare.
+// rank / n * size (the sample's size); lo and hi sit 3 standard deviations
+// (plus 2 elements) to either side, so a miss (and the exact fallback) is
+// rare: at the outer edges of the bins of one histogram of the sample that
+// hold those positions' values (one pass; the exact values would take two
+// selections, and a bin is a small fraction of the bracket).
 template <typename acc_t>
 Bracket<acc_t> bracket_from_sample(const acc_t* sample, int64_t size, int64_t n, const QuantileRank<acc_t>& rank) {
-  const int64_t s = size;
   const double p_below = double(rank.below) / double(n), p_above = double(rank.above + 1) / double(n);
-  const double spread = 3.0 * std::sqrt(double(s) * std::max(p_below * (1 - p_below), p_above * (1 - p_above))) + 2;
-  const int64_t k_lo = int64_t(std::floor(p_below * double(s) - spread));
-  const int64_t k_hi = int64_t(std::ceil(p_above * double(s) + spread));
+  const double spread = 3.0 * std::sqrt(double(size) * std::max(p_below * (1 - p_below), p_above * (1 - p_above))) + 2;
+  const int64_t k_lo = int64_t(std::floor(p_below * double(size) - spread));
+  const int64_t k_hi = int64_t(std::ceil(p_above * double(size) + spread));
+  const RankBins<acc_t> histogram(sample, size);
+  int64_t before;
   Bracket<acc_t> b;
-  b.hi = k_hi < s ? select_rank(sample, s, k_hi, static_cast<acc_t*>(nullptr)) : std::numeric_limits<acc_t>::infinity();
-  b.lo = k_lo > 0 ? select_rank(sample, s, k_lo, static_cast<acc_t*>(nullptr)) : acc_t(0);
+  b.lo = k_lo > 0 ? histogram.lower_edge(histogram.bin_of_rank(k_lo, &before)) : acc_t(0);
+  b.hi =
+      k_hi < size ? histogram.upper_edge(histogram.bin_of_rank(k_hi, &before)) : std::numeric_limits<acc_t>::infinity();
   // Room for four times the expected number of candidates.
-  const int64_t expected = (std::min(k_hi, s) - std::max<int64_t>(k_lo, 0) + 1) * (n / s + 1);
+  const int64_t expected = (std::min(k_hi, size) - std::max<int64_t>(k_lo, 0) + 1) * (n / size + 1);
   b.capacity = std::min(n, 4 * expected + 64);
   return b;
 }
