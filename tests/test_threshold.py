@@ -1,6 +1,8 @@
 """diffaccel.ops.threshold against its reference, and the reference's quantile
 against torch.quantile (the semantics both follow)."""
 
+import math
+
 import pytest
 import torch
 
@@ -193,6 +195,48 @@ def test_selection_when_the_sample_misses(hidden, ratio, n, gen):
     else:
         unsampled = next(p for p in range(n // 3, n) if p not in set(sampled.tolist()))
         x[1, unsampled] = float("nan")
+    options = dict(SELECTION, ratio=ratio)
+    _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
+
+
+def _sample_rank_below(n, ratio, margin_sds, margin_values):
+    """The sample rank at the low end of a bracket of csrc/cpu/quantile.cpp
+    (brackets_from_sample) for the lower order statistic of ratio."""
+    size = len(_sampled_positions(n))
+    below = int(torch.tensor(ratio, dtype=torch.float32) * (n - 1))  # torch.quantile's rank, in float32
+    p_below, p_above = below / n, (below + 2) / n
+    sd = math.sqrt(size * max(p_below * (1 - p_below), p_above * (1 - p_above)))
+    return math.floor(p_below * size - (margin_sds * sd + margin_values)), n - 1 - below
+
+
+@pytest.mark.parametrize("n", SAMPLED_SIZES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_selection_when_only_the_narrow_bracket_misses(n, dtype, gen):
+    """The sample gives a narrow bracket, tried first, and a wide one, tried
+    when it misses (csrc/cpu/selection.h: kNarrowMargin, kWideMargin, mirrored
+    here). The sample's values are set so that the narrow bracket's low end
+    lies above the quantile and the wide one's below it: the top sampled
+    values (from the narrow end's rank up) are 10-15, the rest from the wide
+    end's rank are in [1, 2), and elsewhere a group in [2, 4) holds the
+    quantile over zeros. The narrow bracket then holds only the top sampled
+    values and misses; the wide one holds the group and a few more, well
+    within its capacity, and hits. (bfloat16: the tally runs block by block on
+    converted values instead of over the input at once.)"""
+    ratio = 0.995
+    narrow, from_top = _sample_rank_below(n, ratio, 0.5, 1.0)
+    wide, _ = _sample_rank_below(n, ratio, 3.0, 2.0)
+    sampled = _sampled_positions(n)
+    size = len(sampled)
+    assert 0 < wide < narrow < size and size - narrow <= from_top
+    x = torch.zeros((2, n))
+    order = torch.randperm(size, generator=gen)  # which sampled position gets which sample rank
+    x[:, sampled[order[narrow:]]] = 10 + 5 * torch.rand((2, size - narrow), generator=gen)
+    x[:, sampled[order[wide:narrow]]] = 1 + 0.9 * torch.rand((2, narrow - wide), generator=gen)
+    unsampled = torch.ones(n, dtype=torch.bool)
+    unsampled[sampled] = False
+    group = unsampled.nonzero().flatten()[torch.randperm(int(unsampled.sum()), generator=gen)[: 2 * from_top]]
+    x[:, group] = 2 + 2 * torch.rand((2, len(group)), generator=gen)
+    x = (x * torch.where(torch.rand((2, n), generator=gen) < 0.5, -1.0, 1.0)).to(dtype).to(DEVICE)
     options = dict(SELECTION, ratio=ratio)
     _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
 

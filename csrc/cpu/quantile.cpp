@@ -196,27 +196,32 @@ acc_t quantile_of_magnitudes(const acc_t* values, int64_t n, double ratio) {
 }
 
 // The ranks' position in the sample is binomially spread around
-// rank / n * size (the sample's size); lo and hi sit 3 standard deviations
-// (plus 2 elements) to either side, so a miss (and the exact fallback) is
-// rare: at the outer edges of the bins of one histogram of the sample that
-// hold those positions' values (one pass; the exact values would take two
-// selections, and a bin is a small fraction of the bracket).
+// rank / n * size (the sample's size), with standard deviation sd; each
+// bracket reaches its margin (kNarrowMargin or kWideMargin) to either side, out
+// to the outer edges of the bins of one histogram of the sample that hold the
+// values there (one pass for both brackets; the exact values would take a
+// selection apiece, and a bin is a small part of a bracket).
 template <typename acc_t>
-Bracket<acc_t> bracket_from_sample(const acc_t* sample, int64_t size, int64_t n, const QuantileRank<acc_t>& rank) {
+SampleBrackets<acc_t> brackets_from_sample(const acc_t* sample, int64_t size, int64_t n,
+                                           const QuantileRank<acc_t>& rank) {
   const double p_below = double(rank.below) / double(n), p_above = double(rank.above + 1) / double(n);
-  const double spread = 3.0 * std::sqrt(double(size) * std::max(p_below * (1 - p_below), p_above * (1 - p_above))) + 2;
-  const int64_t k_lo = int64_t(std::floor(p_below * double(size) - spread));
-  const int64_t k_hi = int64_t(std::ceil(p_above * double(size) + spread));
+  const double sd = std::sqrt(double(size) * std::max(p_below * (1 - p_below), p_above * (1 - p_above)));
   const RankBins<acc_t> histogram(sample, size);
-  int64_t before;
-  Bracket<acc_t> b;
-  b.lo = k_lo > 0 ? histogram.lower_edge(histogram.bin_of_rank(k_lo, &before)) : acc_t(0);
-  b.hi =
-      k_hi < size ? histogram.upper_edge(histogram.bin_of_rank(k_hi, &before)) : std::numeric_limits<acc_t>::infinity();
-  // Room for four times the expected number of candidates.
-  const int64_t expected = (std::min(k_hi, size) - std::max<int64_t>(k_lo, 0) + 1) * (n / size + 1);
-  b.capacity = std::min(n, 4 * expected + 64);
-  return b;
+  auto bracket = [&](const BracketMargin& margin) {
+    const double spread = margin.sds * sd + margin.values;
+    const int64_t k_lo = int64_t(std::floor(p_below * double(size) - spread));
+    const int64_t k_hi = int64_t(std::ceil(p_above * double(size) + spread));
+    int64_t before;
+    Bracket<acc_t> b;
+    b.lo = k_lo > 0 ? histogram.lower_edge(histogram.bin_of_rank(k_lo, &before)) : acc_t(0);
+    b.hi = k_hi < size ? histogram.upper_edge(histogram.bin_of_rank(k_hi, &before))
+                       : std::numeric_limits<acc_t>::infinity();
+    // Room for four times the expected number of candidates.
+    const int64_t expected = (std::min(k_hi, size) - std::max<int64_t>(k_lo, 0) + 1) * (n / size + 1);
+    b.capacity = std::min(n, 4 * expected + 64);
+    return b;
+  };
+  return {bracket(kNarrowMargin), bracket(kWideMargin)};
 }
 
 template <typename acc_t>
@@ -229,8 +234,9 @@ bool quantile_from_candidates(const acc_t* candidates, int64_t count, int64_t be
 
 template float quantile_of_magnitudes<float>(const float*, int64_t, double);
 template double quantile_of_magnitudes<double>(const double*, int64_t, double);
-template Bracket<float> bracket_from_sample<float>(const float*, int64_t, int64_t, const QuantileRank<float>&);
-template Bracket<double> bracket_from_sample<double>(const double*, int64_t, int64_t, const QuantileRank<double>&);
+template SampleBrackets<float> brackets_from_sample<float>(const float*, int64_t, int64_t, const QuantileRank<float>&);
+template SampleBrackets<double> brackets_from_sample<double>(const double*, int64_t, int64_t,
+                                                             const QuantileRank<double>&);
 template bool quantile_from_candidates<float>(const float*, int64_t, int64_t, const QuantileRank<float>&, float*);
 template bool quantile_from_candidates<double>(const double*, int64_t, int64_t, const QuantileRank<double>&, double*);
 
