@@ -67,11 +67,12 @@ struct Bracket {
 // 400 normal samples of 16384 values, 12% of 200 of 65536), which then costs
 // a second tally, with the wide one, over data the first brought into cache;
 // the wide one misses about one in 4000 or fewer, for the exact selection.
-// Measured on the 2-core VM (threshold over 16 x 16384 float32, one thread,
-// 64 different samples): the narrow one first took 12% less time than the
-// wide one alone, for it collects and picks among about half the candidates;
-// with no margin at all it missed half the time and was no faster than the
-// wide one alone.
+// Measured on the 2-core VM (a C++ loop over this kernel on 16 x 16384
+// float32, one thread, 64 different samples): the narrow one first took 12%
+// less time than the wide one alone, for it collects and picks among about
+// half the candidates; with no margin at all it missed half the time and was
+// no faster than the wide one alone. In the op benchmark:
+// bench/results/2026-12-04-cpu-2.md.
 struct BracketMargin {
   double sds, values;
 };
