@@ -58,7 +58,7 @@ DA_INLINE int64_t sample_position(int64_t i, int64_t n, int log2) {
 template <typename acc_t>
 struct Bracket {
   acc_t lo, hi;      // the candidates are the values in [lo, hi]
-  int64_t capacity;  // more candidates than this: fall back to exact selection
+  int64_t capacity;  // more candidates than this: the bracket fails (as when it misses)
 };
 
 // How far a bracket reaches beyond the ranks' expected position in the
@@ -120,9 +120,9 @@ struct SelectionScratch {
 // values: below counts those < lo, nan notes a NaN, and those in [lo, hi] are
 // appended to candidates in order, stored only within the capacity (plus
 // kTallySlack slots, which a vector store may spill into). Once more than the
-// capacity are found the tally stops (later blocks too): the exact fallback,
-// which reads the whole sample again, is then taken, and what the rest would
-// add is not needed (below and nan cover only what was read).
+// capacity are found the tally stops (later blocks too): the next bracket or
+// the exact fallback, which read the whole sample again, take over, and what
+// the rest would add is not needed (below and nan cover only what was read).
 constexpr int64_t kTallySlack = 16;
 template <typename acc_t>
 struct Tally {
