@@ -67,7 +67,8 @@ DA_INLINE void threshold_backward_chunks_impl(const ThresholdBackwardArgs<acc_t>
         const acc_t* x = load_block(a.x, offset, n, x_buf);
         acc_t* passed = a.passed + offset;
         DA_IVDEP for (int64_t i = 0; i < n; ++i) passed[i] = threshold_backward_element(g[i], x[i], s, kept[i]);
-        add_terms(lanes, n, [&](int64_t i) DA_LAMBDA_INLINE { return double(passed[i]) * double(kept[i]); });
+        add_products(lanes, n, sizeof(acc_t) == 4,
+                     [&](int64_t i) DA_LAMBDA_INLINE { return Factors{double(passed[i]), double(kept[i])}; });
       });
 }
 
