@@ -43,13 +43,21 @@ def test_reference_is_the_official_formula(gen):
     torch.testing.assert_close(reference.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol), official)
 
 
-def test_nan_propagates_to_its_sample_only(gen):
-    x_high, x_low, x_prev = _trial((3, 50), torch.float32, "contiguous", gen)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_propagates_to_its_sample_only(dtype, gen):
+    """A NaN in x_low, or in x_prev alone (then only the NaN of max(|x_low|, |x_prev|) makes the
+    element's error NaN), of either sign, makes its own sample's error NaN and no other."""
+    x_high, x_low, x_prev = _trial((5, 50), dtype, "contiguous", gen)
     x_low[1, 7] = float("nan")
     x_prev[2, 3] = float("inf")  # delta = inf there: that element's error is 0
+    x_prev[3, 9] = float("nan")
+    x_prev[4, 2] = float("nan")
+    bits = x_prev.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x_prev.element_size()])
+    bits[4, 2] |= torch.iinfo(bits.dtype).min  # the sign bit (torch's conversions can drop a NaN's sign)
+    assert torch.signbit(x_prev[4, 2]) and not torch.signbit(x_prev[3, 9])
     got = ops.error_norm(x_high, x_low, x_prev, atol=0.01, rtol=0.05)
     want = reference.error_norm(x_high, x_low, x_prev, atol=0.01, rtol=0.05)
-    assert got[1].isnan() and not got[0].isnan() and not got[2].isnan()
+    assert got.isnan().tolist() == [False, True, False, True, True]
     assert_close(got, want)
 
 

@@ -9,7 +9,7 @@ namespace {
 template <typename acc_t>
 DA_INLINE void sum_squares_chunks_impl(In t, int64_t per_sample, double* partial, int64_t chunk_begin,
                                        int64_t chunk_end) {
-  for_each_norm_chunk(per_sample, partial, chunk_begin, chunk_end,
+  for_each_norm_chunk(per_sample, partial, chunk_begin, chunk_end, is_direct<acc_t>(t),
                       [&](double* lanes, int64_t offset, int64_t n) DA_LAMBDA_INLINE {
                         acc_t buf[kBlock];
                         const acc_t* v = load_block(t, offset, n, buf);

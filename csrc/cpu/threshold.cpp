@@ -59,8 +59,10 @@ DA_INLINE void threshold_dynamic_samples_impl(const ThresholdArgs<acc_t>& a, con
 template <typename acc_t>
 DA_INLINE void threshold_backward_chunks_impl(const ThresholdBackwardArgs<acc_t>& a, double* partial,
                                               int64_t chunk_begin, int64_t chunk_end) {
+  // Not whole chunks: the kept values are buffered block by block.
   for_each_norm_chunk(
-      a.per_sample, partial, chunk_begin, chunk_end, [&](double* lanes, int64_t offset, int64_t n) DA_LAMBDA_INLINE {
+      a.per_sample, partial, chunk_begin, chunk_end, false,
+      [&](double* lanes, int64_t offset, int64_t n) DA_LAMBDA_INLINE {
         const acc_t s = a.scale[offset / a.per_sample];
         acc_t g_buf[kBlock], x_buf[kBlock], kept[kBlock];
         const acc_t* g = load_block(a.grad, offset, n, g_buf);
