@@ -32,6 +32,8 @@ FUSED = ("fused", "cuda", "triton")
 # Cases with a table of their own (not op x shape x dtype rows): ComfyUI's samplers,
 # the Brownian tree, k-diffusion's SDE samplers, gradients through the ops.
 _OWN_TABLE_CASES = ("comfyui_", "brownian_tree", "kd_", "gradient_")
+# Case name of test_copy_same_bytes, followed by the number of tensors.
+_SAME_BYTES_COPY = "copy_same_bytes_"
 
 
 def _us(seconds):
@@ -53,6 +55,22 @@ def _medians(benchmarks):
         for impl, times in impls.items():
             median[key][impl] = statistics.median(times)
     return median, nbytes
+
+
+def _is_floor(case):
+    """The floors' own benchmarks: copy, triad and the copies of an op's bytes."""
+    return case in ("copy", "triad") or case.startswith(_SAME_BYTES_COPY)
+
+
+def _same_bytes_gbs(median, nbytes):
+    """(tensors moved, shape, dtype) -> GB/s of the copy that moves as many bytes
+    as an op reading and writing that many tensors of the shape (bench/test_bench_ops.py
+    test_copy_same_bytes; two tensors: the copy itself)."""
+    gbs = {(2, s, d): v for (s, d), v in _floor_gbs(median, nbytes, "copy").items()}
+    for (c, s, d), t in median.items():
+        if c.startswith(_SAME_BYTES_COPY):
+            gbs[(int(c[len(_SAME_BYTES_COPY) :]), s, d)] = nbytes[(c, s, d)] / t["copy"] / 1e9
+    return gbs
 
 
 def _floor_gbs(median, nbytes, name):
@@ -107,6 +125,9 @@ def main(*args):
             calls[info["case"]] = info["model_calls"]
     copy_gbs = _floor_gbs(median, nbytes, "copy")
     triad_gbs = _floor_gbs(median, nbytes, "triad")
+    same_bytes_gbs = (
+        _same_bytes_gbs(median, nbytes) if any(c.startswith(_SAME_BYTES_COPY) for c, _, _ in median) else {}
+    )
     before_copy_gbs = _floor_gbs(*before, "copy") if before else {}
     fused_impls = [i for i in FUSED if any(i in t for t in median.values())]
     gpu = any("device" in b["extra_info"] for b in data["benchmarks"])
@@ -144,6 +165,12 @@ def main(*args):
         "(read + write); % copy = achieved GB/s / copy GB/s; triad = STREAM's a = b + s * c at the same size "
         "(torch.add with alpha and out=: two reads, one write), % triad likewise"
     )
+    if same_bytes_gbs:
+        print(
+            "- same-bytes copy = dst.copy_(src) moving as many bytes as the op (src holds half the tensors "
+            "the op reads and writes), so its working set sits where the op's does (in the cache or beyond "
+            "it); % same-bytes copy likewise"
+        )
     if before:
         print(
             f"- before: the same op benchmarks on commit {before_commit}, run just before this one on the "
@@ -153,7 +180,7 @@ def main(*args):
     op_keys = [
         key
         for key, t in median.items()
-        if key[0] not in ("copy", "triad")
+        if not _is_floor(key[0])
         and key[0] not in calls
         and not key[0].startswith(_OWN_TABLE_CASES)
         and any(i in t for i in fused_impls)
@@ -170,13 +197,15 @@ def main(*args):
     head += [f"{i} GB/s" for i in fused_impls] + ["copy GB/s"] + [f"{i} % copy" for i in fused_impls]
     if triad_gbs:
         head += ["triad GB/s"] + [f"{i} % triad" for i in fused_impls]
+    if same_bytes_gbs:
+        head += ["same-bytes copy GB/s"] + [f"{i} % same-bytes copy" for i in fused_impls]
     if before:
         head += ["before us", "before % copy"]
     if op_keys:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
     for (case, shape, dtype), t in sorted(median.items()):
-        if case in ("copy", "triad") or case in calls or case.startswith(_OWN_TABLE_CASES):
+        if _is_floor(case) or case in calls or case.startswith(_OWN_TABLE_CASES):
             continue
         if not any(i in t for i in fused_impls):
             continue
@@ -194,6 +223,10 @@ def main(*args):
         if triad_gbs:
             triad = triad_gbs.get((shape, dtype), float("nan"))
             cells += [f"{triad:.0f}"] + [f"{100 * gbs[i] / triad:.0f}%" if i in gbs else "-" for i in fused_impls]
+        if same_bytes_gbs:
+            tensors = CASES[case].tensors_moved if case in CASES else None
+            floor = same_bytes_gbs.get((tensors, shape, dtype), float("nan"))
+            cells += [f"{floor:.0f}"] + [f"{100 * gbs[i] / floor:.0f}%" if i in gbs else "-" for i in fused_impls]
         if before:
             was = before[0].get((case, shape, dtype), {}).get("fused", float("nan"))
             was_gbs = nbytes[(case, shape, dtype)] / was / 1e9

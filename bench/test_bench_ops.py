@@ -2,11 +2,15 @@
 
 For each case and shape, one run times: the fused op, the eager reference,
 torch.compile of the reference, dst.copy_(src) at the same size (the copy
-bandwidth that bounds these memory-bound ops) and STREAM's triad (a second
-floor, with two reads per write). bench/report.py turns the JSON
-into the table of ratios and GB/s in bench/results/. The dynamic threshold is
+bandwidth that bounds these memory-bound ops), STREAM's triad (a second
+floor, with two reads per write) and a copy of as many bytes as each op
+moves (a third, with the working set in the same level of the memory).
+bench/report.py turns the JSON into the table of ratios and GB/s in
+bench/results/. The dynamic threshold is
 also timed against torch.quantile written the diffusers way.
 """
+
+import math
 
 import pytest
 import torch
@@ -48,6 +52,21 @@ def test_copy(benchmark, shape_name):
     src = torch.randn(SHAPES[shape_name])
     dst = torch.empty_like(src)
     _record(benchmark, "copy", shape_name, "copy", 2 * src.numel() * src.element_size())
+    benchmark(dst.copy_, src)
+
+
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("tensors", sorted({case.tensors_moved for case in benchmarking.CASES.values()} - {2}))
+def test_copy_same_bytes(benchmark, shape_name, tensors):
+    """dst.copy_(src) moving as many bytes as an op that reads and writes
+    `tensors` tensors of the shape (src holds half of them): a third floor,
+    with the working set where the op's is. The copy of one tensor can sit in
+    a cache the op's tensors overflow: at "large" the copy reads and writes
+    32 MiB, the size of the 2-core VM's L3, while ei_step moves 80 MiB."""
+    numel = math.prod(SHAPES[shape_name]) * tensors // 2
+    src = torch.randn(numel)
+    dst = torch.empty_like(src)
+    _record(benchmark, f"copy_same_bytes_{tensors}", shape_name, "copy", 2 * numel * src.element_size())
     benchmark(dst.copy_, src)
 
 

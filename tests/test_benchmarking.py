@@ -177,3 +177,22 @@ def test_report_columns_follow_what_was_timed(tmp_path, capsys):
     first, second = [line for line in text.splitlines() if line.startswith("| error_norm")]
     assert "| 33% |" in first  # 300 us against a 100 us copy
     assert second == "| error_norm | medium | fp32 | 50% | 25% |"
+    # A copy of as many bytes as the op moves is a third floor (error_norm moves three
+    # tensors); for an op that moves two (threshold) it is the copy itself.
+    same_bytes = _benchmark_json(
+        tmp_path / "same_bytes.json",
+        floors
+        + [
+            ("copy_same_bytes_3", "copy", 4e-4),
+            ("error_norm", "fused", 2e-4),
+            ("threshold_dynamic_selected", "fused", 4e-4),
+        ],
+    )
+    report.main(same_bytes)
+    lines = capsys.readouterr().out.splitlines()
+    assert "| same-bytes copy GB/s | fused % same-bytes copy |" in next(
+        line for line in lines if line.startswith("| case")
+    )
+    assert not any(line.startswith("| copy_same_bytes") for line in lines)
+    assert next(line for line in lines if line.startswith("| error_norm")).endswith("| 200% |")
+    assert next(line for line in lines if line.startswith("| threshold_dynamic_selected")).endswith("| 25% |")
