@@ -24,9 +24,10 @@ DA_HOST_DEVICE DA_INLINE double magnitude(double v) { return ::fabs(v); }
 // magnitude() gives them), NaN where either is, as torch.maximum: such floats
 // order as their bit patterns read as signed integers, and every NaN's
 // pattern lies above +inf's, so one integer max is the whole operation where
-// a NaN-propagating float max takes two compares, an or of their masks and
-// a blend (error_norm's sums: 11% less time per element on the 2-core VM). Which NaN comes out
-// when both are NaN is not specified (torch.maximum does not say either).
+// a NaN-propagating float max takes two compares, an or of their masks and a
+// blend (error_norm's sums: 11% less time per element on the 2-core VM).
+// Which NaN comes out when both are NaN is not specified (torch.maximum does
+// not say either).
 DA_HOST_DEVICE DA_INLINE float larger_magnitude(float a, float b) {
   const int ia = __builtin_bit_cast(int, a), ib = __builtin_bit_cast(int, b);
   return __builtin_bit_cast(float, ia > ib ? ia : ib);
