@@ -41,7 +41,7 @@ DA_INLINE void threshold_dynamic_samples_impl(const ThresholdArgs<acc_t>& a, con
   auto selection = [&](int64_t b, auto&& use) DA_LAMBDA_INLINE {
     auto values = [&](int64_t offset, int64_t len, acc_t* buf)
                       DA_LAMBDA_INLINE { return load_block(a.x, b * n + offset, len, buf); };
-    const acc_t* direct = a.x.dtype == dtype_of<acc_t>() ? static_cast<const acc_t*>(a.x.data) + b * n : nullptr;
+    const acc_t* direct = is_direct<acc_t>(a.x) ? static_cast<const acc_t*>(a.x.data) + b * n : nullptr;
     SampledSelection<acc_t, decltype(values)> selected(n, t.ratio, direct, values, scratch);
     use(selected);
   };
