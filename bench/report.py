@@ -65,11 +65,14 @@ def _is_floor(case):
 def _same_bytes_gbs(median, nbytes):
     """(tensors moved, shape, dtype) -> GB/s of the copy that moves as many bytes
     as an op reading and writing that many tensors of the shape (bench/test_bench_ops.py
-    test_copy_same_bytes; two tensors: the copy itself)."""
-    gbs = {(2, s, d): v for (s, d), v in _floor_gbs(median, nbytes, "copy").items()}
-    for (c, s, d), t in median.items():
-        if c.startswith(_SAME_BYTES_COPY):
-            gbs[(int(c[len(_SAME_BYTES_COPY) :]), s, d)] = nbytes[(c, s, d)] / t["copy"] / 1e9
+    test_copy_same_bytes; two tensors: the copy itself); empty for a run without them."""
+    gbs = {
+        (int(c[len(_SAME_BYTES_COPY) :]), s, d): nbytes[(c, s, d)] / t["copy"] / 1e9
+        for (c, s, d), t in median.items()
+        if c.startswith(_SAME_BYTES_COPY)
+    }
+    if gbs:
+        gbs.update({(2, s, d): v for (s, d), v in _floor_gbs(median, nbytes, "copy").items()})
     return gbs
 
 
@@ -125,9 +128,7 @@ def main(*args):
             calls[info["case"]] = info["model_calls"]
     copy_gbs = _floor_gbs(median, nbytes, "copy")
     triad_gbs = _floor_gbs(median, nbytes, "triad")
-    same_bytes_gbs = (
-        _same_bytes_gbs(median, nbytes) if any(c.startswith(_SAME_BYTES_COPY) for c, _, _ in median) else {}
-    )
+    same_bytes_gbs = _same_bytes_gbs(median, nbytes)
     before_copy_gbs = _floor_gbs(*before, "copy") if before else {}
     fused_impls = [i for i in FUSED if any(i in t for t in median.values())]
     gpu = any("device" in b["extra_info"] for b in data["benchmarks"])
