@@ -61,6 +61,29 @@ def test_nan_propagates_to_its_sample_only(dtype, gen):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("errors", ["tiny", "huge", "zero in runs"])
+def test_sums_keep_their_precision_at_any_magnitude(dtype, errors, gen):
+    """Scaled errors whose float squares underflow (below 2^-63) or overflow
+    (from 2^64 up), or runs of exact zeros: the CPU's float runs give way to
+    sums in double there (csrc/cpu/blocks.h add_squares)."""
+    shape = (3, 4800)  # whole runs, a partial one, two norm chunks
+    x_high, x_low, x_prev = _trial(shape, torch.float32, "contiguous", gen)
+    atol, rtol = 0.0078, 0.05
+    if errors == "tiny":  # errors around 1e-30 (delta = atol = 1)
+        x_high, x_low = (1e-30 * make(shape, torch.float32, generator=gen) for _ in range(2))
+        atol, rtol = 1.0, 0.0
+    elif errors == "huge":  # errors around 1e23 (delta = atol = 1e-25)
+        atol, rtol = 1e-25, 0.0
+    else:
+        x_low[:, ::2] = x_high[:, ::2]  # every even lane of every run sums to 0
+    x_high, x_low, x_prev = x_high.to(dtype), x_low.to(dtype), x_prev.to(dtype)
+    got = ops.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
+    want = reference.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
+    assert got.isfinite().all() and (got > 0).all()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
 def test_deterministic_across_calls_and_threads(gen):
     x_high, x_low, x_prev = _trial((4, 4, 64, 64), torch.float32, "contiguous", gen)
     first = ops.error_norm(x_high, x_low, x_prev, atol=0.0078, rtol=0.05)

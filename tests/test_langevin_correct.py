@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffaccel import ops
+from diffaccel import check, ops
 from diffaccel.ops import reference
 
 from conftest import DEVICE, DTYPES, LAYOUTS, SHAPES, assert_close, make
@@ -83,6 +83,33 @@ def test_zero_score_propagates_like_reference(gen):
     want = reference.langevin_correct(x, score, 0.16, noise=z, reduction="sample")
     for g, w in zip(got, want):
         assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("data", ["tiny", "huge", "zeros in runs", "one tiny run"])
+def test_norms_keep_their_precision_at_any_magnitude(dtype, data, gen):
+    """The CPU sums float squares in float runs, where a square below 2^-126
+    underflows and one from 2^64 up overflows (csrc/cpu/blocks.h add_squares):
+    a call whose runs lost precision so is summed in double instead, which
+    these data need (the norms would be 0/0 or inf/inf) or take."""
+    shape = (2, 3, 64, 48)  # 9216 elements a sample: 36 whole runs, three norm chunks
+    x, score, z = (make(shape, torch.float32, generator=gen) for _ in range(3))
+    scale = {"tiny": 1e-25, "huge": 1e22}.get(data, 1.0)
+    if data in ("tiny", "huge"):
+        x, score, z = x * scale, score * scale, z * scale
+    elif data == "zeros in runs":
+        score[..., ::2] = 0  # every even lane of every run sums to 0
+    else:
+        score.view(2, -1)[0, :256] *= 1e-25  # the first run
+    x, score, z = x.to(dtype), score.to(dtype), z.to(dtype)
+    for reduction in ("batch", "sample"):
+        got = ops.langevin_correct(x, score, 0.16, noise=z, reduction=reduction)
+        want = reference.langevin_correct(x, score, 0.16, noise=z, reduction=reduction)
+        for g, w in zip(got, want):
+            assert g.isfinite().all()
+            # The tolerance scaled with the data: at 1e-25 any result would pass an absolute one.
+            tol = check.tolerance(dtype)
+            torch.testing.assert_close(g, w, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
 def test_deterministic_for_a_seed():

@@ -131,15 +131,15 @@ void threshold_dynamic_samples(const ThresholdArgs<float>& args, const DynamicTh
 void threshold_dynamic_samples(const ThresholdArgs<double>& args, const DynamicThreshold& t, double* scale,
                                int64_t sample_begin, int64_t sample_end, bool apply);
 
-// Sums of squares in double over fixed chunks of kNormChunk elements of each
-// sample: partial[b * chunks_per_sample + c]. Chunks [chunk_begin, chunk_end)
-// are flat over the batch. The chunking does not depend on the thread count,
-// so the norms are the same bits however the work is split.
+// Sums of squares (blocks.h add_squares: float runs added in double, or
+// double) over fixed chunks of kNormChunk elements of each sample: partial[b * chunks_per_sample + c]. Chunks
+// [chunk_begin, chunk_end) are flat over the batch. The chunking does not depend on the thread count, so the norms are
+// the same bits however the work is split.
 constexpr int64_t kNormChunk = 4096;
 void sum_squares_chunks(In t, int64_t per_sample, double* partial, int64_t chunk_begin, int64_t chunk_end);
 
 // error_norm, per chunk as sum_squares_chunks: the sum over the chunk of
-// scaled_error(high, low, prev, atol, rtol)^2 (elementwise.h), in double.
+// scaled_error(high, low, prev, atol, rtol)^2 (elementwise.h).
 template <typename acc_t>
 struct ErrorNormArgs {
   int64_t per_sample = 0;
