@@ -370,9 +370,11 @@ DA_INLINE double combine_lanes(const double* lanes) {
 // combined total, so the result does not depend on the thread split.
 // whole_chunks (every operand direct, nothing kept in a block buffer): the
 // chunk is one block. Element i still goes to lane i % kSumLanes and only the
-// chunk's end can be partial, so the sums have the same bits; a loop set up
-// once per chunk instead of once per 256 elements took 17% less time per
-// element in error_norm's sums on the 2-core VM.
+// chunk's end can be partial, so the sums have the same bits as by blocks
+// (but where add_squares falls back on double: it does so for a whole call,
+// a chunk here, a block there); a loop set up once per chunk instead of once
+// per 256 elements took 17% less time per element in error_norm's sums on
+// the 2-core VM.
 template <typename AddBlock>
 DA_INLINE void for_each_norm_chunk(int64_t per_sample, double* partial, int64_t chunk_begin, int64_t chunk_end,
                                    bool whole_chunks, AddBlock&& add_block) {
