@@ -132,9 +132,10 @@ void threshold_dynamic_samples(const ThresholdArgs<double>& args, const DynamicT
                                int64_t sample_begin, int64_t sample_end, bool apply);
 
 // Sums of squares (blocks.h add_squares: float runs added in double, or
-// double) over fixed chunks of kNormChunk elements of each sample: partial[b * chunks_per_sample + c]. Chunks
-// [chunk_begin, chunk_end) are flat over the batch. The chunking does not depend on the thread count, so the norms are
-// the same bits however the work is split.
+// double) over fixed chunks of kNormChunk elements of each sample:
+// partial[b * chunks_per_sample + c]. Chunks [chunk_begin, chunk_end) are
+// flat over the batch. The chunking does not depend on the thread count, so
+// the norms are the same bits however the work is split.
 constexpr int64_t kNormChunk = 4096;
 void sum_squares_chunks(In t, int64_t per_sample, double* partial, int64_t chunk_begin, int64_t chunk_end);
 
