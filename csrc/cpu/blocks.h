@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "kernels.h"
 
@@ -345,7 +346,7 @@ DA_INLINE void add_squares(double* lanes, int64_t n, Value&& value) {
     }
     uint32_t overall = 0;
     for (int l = 0; l < kSumLanes; ++l) overall = worst[l] > overall ? worst[l] : overall;
-    if (overall <= bits_from_float(0x1.fffffep+127f) - low) {
+    if (overall <= bits_from_float(std::numeric_limits<float>::max()) - low) {
       for (int l = 0; l < kSumLanes; ++l) lanes[l] = sums[l];
     } else {
       start = 0;
