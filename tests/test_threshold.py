@@ -199,6 +199,38 @@ def test_selection_when_the_sample_misses(hidden, ratio, n, gen):
     _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
 
 
+@pytest.mark.parametrize("n", SAMPLED_SIZES)
+@pytest.mark.parametrize("hidden", ["large", "small", "nan in x", "inf - inf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ei_step_selection_when_the_sample_misses(hidden, dtype, n, gen):
+    """ei_step selects over its data term d = c_x * x + c_m * m, which the tally
+    computes in its own loop where x and m hold the kernel's dtype: the same
+    misleading samples as above (laid out in x, with m small noise), a NaN in x
+    and an inf - inf where the sample does not look: the same bits as the
+    reference's d, thresholded and combined."""
+    x = torch.rand((2, n), generator=gen, dtype=dtype) + 10
+    m = torch.rand((2, n), generator=gen, dtype=dtype) * 0.1
+    sampled = _sampled_positions(n)
+    unsampled = next(p for p in range(n // 3, n) if p not in set(sampled.tolist()))
+    if hidden == "large":
+        x[:, sampled] = torch.rand((2, len(sampled)), generator=gen, dtype=dtype)
+    elif hidden == "small":
+        x[:, sampled] = torch.rand((2, len(sampled)), generator=gen, dtype=dtype) + 100
+    elif hidden == "nan in x":
+        x[1, unsampled] = float("nan")
+    else:  # c_x * inf + c_m * (-inf) with c_x, c_m > 0
+        x[1, unsampled], m[1, unsampled] = float("inf"), -float("inf")
+    x, m = x.to(DEVICE), m.to(DEVICE)
+    h = torch.randn((2, n), generator=gen, dtype=dtype).to(DEVICE)
+    coeffs = torch.tensor([0.8, 0.5, 0.9, 0.15, -0.05, 0.0], dtype=torch.float64, device=DEVICE)
+    for ratio in (0.5, 0.995):
+        threshold = ops.Threshold("dynamic", ratio, 1e-3, "dpm-solver")
+        got = ops.ei_step(x, m, [h], coeffs, threshold=threshold)
+        want = reference.ei_step(x, m, [h], coeffs, threshold=threshold)
+        for g, w in zip(got, want):
+            _exactly_equal(g, w)
+
+
 def _sample_rank_below(n, ratio, margin_sds, margin_values):
     """The sample rank at the low end of a bracket of csrc/cpu/quantile.cpp
     (brackets_from_sample) for the lower order statistic of ratio."""
@@ -424,29 +456,43 @@ def test_ei_step_dynamic_threshold_in_place_per_sample(batch, sample_shape, gen)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_every_version_of_the_selection_tally_agrees(dtype):
+@pytest.mark.parametrize("source", ["values", "data term"])
+def test_every_version_of_the_selection_tally_agrees(dtype, source):
     """The selection's count-and-collect pass (csrc/cpu/tally.cpp) has a version
     per ISA level; the other tests run the CPU's own level, so here every
     version this CPU has runs on the same values against a plain count: blocks
     of awkward sizes up to the whole array, NaN, infinities, -0.0, candidates
     kept in order and cut at the capacity (reached at the start, in the middle
     and not at all: once it is outgrown the tally stops, saying so by a count
-    past the capacity, as the exact fallback takes over)."""
+    past the capacity, as the exact fallback takes over). The values are read
+    from memory, or computed in the tally's loop as ei_step's data term
+    c_x * x + c_m * m (its selection over x and m in memory), which must give
+    the bits torch's multiply and add give."""
     from diffaccel import _extension
 
     g = torch.Generator().manual_seed(7)
     v = torch.randn(3000, generator=g, dtype=dtype, device="cpu") * 3  # (CPU kernels, whatever DEVICE is)
     v[::97] = float("nan")
     v[5], v[6], v[7], v[8] = float("inf"), -float("inf"), -0.0, -1.0
+    term = {}
+    if source == "data term":
+        m = torch.randn(3000, generator=g, dtype=dtype, device="cpu") * 3
+        m[5], m[9], m[10], m[11] = float("inf"), float("nan"), -0.0, float("inf")  # (inf - inf at 5: NaN)
+        c_x, c_m = 0.7, -1.3
+        values = torch.tensor(c_x, dtype=dtype) * v + torch.tensor(c_m, dtype=dtype) * m
+        term = {"model_out": m, "c_x": c_x, "c_m": c_m}
+    else:
+        values = v
     lo, hi = 1.0, 2.5
-    magnitudes = v.abs()
+    magnitudes = values.abs()
     inside = magnitudes[(magnitudes >= lo) & (magnitudes <= hi)]
     below = int((magnitudes < lo).sum())
+    assert len(inside) > 100 and below > 100
     ran = set()
     for level in ("avx512f", "avx2", "portable"):
         for block in (1, 7, 8, 16, 100, 256, 1000, 3000):  # (3000: the whole sample in one call)
             for capacity in (3000, len(inside) // 2, len(inside) // 5):
-                result = _extension._C.tally(level, v, lo, hi, capacity, block)
+                result = _extension._C.tally(level, v, lo, hi, capacity, block, **term)
                 if result is None:  # no such version on this CPU or build
                     continue
                 ran.add(level)

@@ -99,7 +99,13 @@ DA_INLINE void ei_step_dynamic_samples_impl(const EiStepArgs<acc_t>& a, const Dy
       DA_IVDEP for (int64_t i = 0; i < len; ++i) buf[i] = ei_data_term(row, x[i], m[i]);
       return static_cast<const acc_t*>(buf);
     };
-    SampledSelection<acc_t, decltype(values)> selected(n, t.ratio, nullptr, values, scratch);
+    DataTerm<acc_t> term{};
+    const bool in_memory = is_direct<acc_t>(a.x) && is_direct<acc_t>(a.model_out);
+    if (in_memory) {
+      term = {static_cast<const acc_t*>(a.x.data) + b * n, static_cast<const acc_t*>(a.model_out.data) + b * n, row};
+    }
+    SampledSelection<acc_t, decltype(values)> selected(n, t.ratio, nullptr, in_memory ? &term : nullptr, values,
+                                                       scratch);
     use(selected);
   };
   auto pass = [&](int64_t b) DA_LAMBDA_INLINE { ei_step_range(a, b * n, (b + 1) * n); };

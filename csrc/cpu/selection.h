@@ -30,6 +30,7 @@
 #include <type_traits>
 
 #include "blocks.h"
+#include "diffaccel/elementwise.h"
 
 namespace diffaccel::cpu {
 
@@ -134,28 +135,49 @@ struct Tally {
 };
 void tally_block(const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t);
 void tally_block(const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t);
+// The same over ei_step's data term v[i] = c_x * x[i] + c_m * m[i] (as
+// ei_data_term computes it), computed in the tally's own loop instead of
+// written to a buffer block by block and read back: ei_step with the
+// quantile as the scale took 10-11% less time (a C++ loop over its kernel,
+// one core of the 2-core VM, 16384 and 65536 values a sample) and 6-7% less
+// in the op benchmark (bench/results/2026-12-05-cpu-3.md).
+template <typename acc_t>
+struct DataTerm {
+  const acc_t *x, *m;
+  const acc_t* row;  // ei_step's coefficient row: c_x = row[0], c_m = row[1]
+  DA_INLINE acc_t at(int64_t i) const { return ei_data_term(row, x[i], m[i]); }
+};
+void tally_block(const DataTerm<float>& v, int64_t n, const Bracket<float>& b, Tally<float>& t);
+void tally_block(const DataTerm<double>& v, int64_t n, const Bracket<double>& b, Tally<double>& t);
 // The same by the version of one level ("avx512f", "avx2" or "portable"), so
 // that tests reach every version on one machine; false where this CPU or
 // build has no such version.
 bool tally_block_by(std::string_view level, const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t);
 bool tally_block_by(std::string_view level, const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t);
+bool tally_block_by(std::string_view level, const DataTerm<float>& v, int64_t n, const Bracket<float>& b,
+                    Tally<float>& t);
+bool tally_block_by(std::string_view level, const DataTerm<double>& v, int64_t n, const Bracket<double>& b,
+                    Tally<double>& t);
 
 // The ratio-quantile of |v| over the n values v that values(offset, len, buf)
 // yields (a pointer to len values for elements [offset, offset + len), either
 // into the data or into buf, which holds kBlock values), as torch.quantile
 // finds it; NaN when any is NaN. direct, when not null, holds the n values in
-// memory: the tally then runs over all of them in one call. In two steps, so
-// that a caller can look at the bracket before the tally: draw() takes the
-// sample (once), quantile() the rest. (Inlined, like everything the kernels'
+// memory, and term, when not null, gives them as ei_step's data term over x
+// and m in memory: the tally then runs over all of them in one call. In two
+// steps, so that a caller can look at the bracket before the tally: draw()
+// takes the sample (once), quantile() the rest. (Inlined, like everything the kernels'
 // ISA clones call: a call out of a clone runs the baseline build.)
 template <typename acc_t, typename Values>
 class SampledSelection {
  public:
-  SampledSelection(int64_t n, double ratio, const acc_t* direct, Values& values, SelectionScratch<acc_t>& scratch)
+  SampledSelection(int64_t n, double ratio, const acc_t* direct, const DataTerm<acc_t>* term, Values& values,
+                   SelectionScratch<acc_t>& scratch)
       : n_(n),
         ratio_(ratio),
         rank_(quantile_rank<acc_t>(ratio, n)),
         direct_(direct),
+        term_(term),
         values_(values),
         scratch_(scratch) {}
 
@@ -170,7 +192,8 @@ class SampledSelection {
     acc_t* sample = scratch_.sample.get(size);
     if (direct_ != nullptr) {
       // The sample's cache lines are fetched all at once (each is a miss when
-      // the data is not in cache) before they are read.
+      // the data is not in cache) before they are read. (Not over the data
+      // term's x and m: no faster there.)
       for (int64_t i = 0; i < size; ++i) __builtin_prefetch(direct_ + sample_position(i, n_, log2));
     }
     // The running maximum and NaN flag in locals: as members they would be
@@ -181,7 +204,9 @@ class SampledSelection {
     for (int64_t i = 0; i < size; ++i) {
       const int64_t at = sample_position(i, n_, log2);
       acc_t buf[1];
-      const acc_t v = std::abs(direct_ != nullptr ? direct_[at] : *values_(at, 1, buf));
+      const acc_t v = std::abs(direct_ != nullptr ? direct_[at]
+                               : term_ != nullptr ? term_->at(at)
+                                                  : *values_(at, 1, buf));
       sample[i] = v;
       nan |= v != v;
       most = v > most ? v : most;
@@ -209,6 +234,8 @@ class SampledSelection {
         tally.capacity = bracket->capacity;
         if (direct_ != nullptr) {
           tally_block(direct_, n_, *bracket, tally);
+        } else if (term_ != nullptr) {
+          tally_block(*term_, n_, *bracket, tally);
         } else {
           for_each_block(0, n_, [&](int64_t offset, int64_t len) DA_LAMBDA_INLINE {
             acc_t buf[kBlock];
@@ -236,6 +263,7 @@ class SampledSelection {
   double ratio_;
   QuantileRank<acc_t> rank_;
   const acc_t* direct_;
+  const DataTerm<acc_t>* term_;
   Values& values_;
   SelectionScratch<acc_t>& scratch_;
   bool drawn_ = false, sampled_ = false, nan_ = false;

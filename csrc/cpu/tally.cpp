@@ -1,5 +1,7 @@
 // Step 2 of the sampled selection (selection.h) over one block of values:
-// count the magnitudes below lo, collect those in [lo, hi], note any NaN.
+// count the magnitudes below lo, collect those in [lo, hi], note any NaN. The
+// values are read from memory, or computed in the same loop as ei_step's data
+// term c_x * x + c_m * m (DataTerm).
 // This is the one loop of dynamic thresholding that reads every element, and
 // the auto-vectorizer makes poor code of its count-and-append, so it is
 // written with intrinsics per ISA level (the level cpu_isa_level() reports,
@@ -24,11 +26,24 @@ DA_INLINE void append(Tally<acc_t>& t, acc_t v) {
   ++t.count;
 }
 
+// Value i of a block: the values themselves, or the data term. The vector
+// versions below compute the data term as ei_data_term does (multiply,
+// multiply, add, no fused multiply-add: the same bits in every version).
 template <typename acc_t>
-void tally_portable(const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+DA_INLINE acc_t value_at(const acc_t* v, int64_t i) {
+  return v[i];
+}
+template <typename acc_t>
+DA_INLINE acc_t value_at(const DataTerm<acc_t>& d, int64_t i) {
+  return d.at(i);
+}
+
+// Values [begin, n) of src.
+template <typename acc_t, typename Source>
+void tally_portable(const Source& src, int64_t begin, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
   if (t.overflowed()) return;
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t a = std::abs(v[i]);
+  for (int64_t i = begin; i < n; ++i) {
+    const acc_t a = std::abs(value_at(src, i));
     if (a != a) {
       t.nan = true;
     } else if (a < b.lo) {
@@ -63,8 +78,23 @@ __attribute__((target("avx512f"))) DA_INLINE int64_t sum_of_lanes(__m512i counte
   for (lane_t lane : lanes) sum += lane;
   return sum;
 }
-#define DA_TALLY_AVX512(acc_t, lanes, vec, ivec, load, abs, set1, cmp_mask, mask_cmp_mask, compress, store, iset1,  \
-                        izero, imask_add, iadd, ireduce, full)                                                      \
+// A vector of values from element j of a source.
+__attribute__((target("avx512f"))) DA_INLINE __m512 avx512_values(const float* v, int64_t j) {
+  return _mm512_loadu_ps(v + j);
+}
+__attribute__((target("avx512f"))) DA_INLINE __m512d avx512_values(const double* v, int64_t j) {
+  return _mm512_loadu_pd(v + j);
+}
+__attribute__((target("avx512f"))) DA_INLINE __m512 avx512_values(const DataTerm<float>& d, int64_t j) {
+  return _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d.row[0]), _mm512_loadu_ps(d.x + j)),
+                       _mm512_mul_ps(_mm512_set1_ps(d.row[1]), _mm512_loadu_ps(d.m + j)));
+}
+__attribute__((target("avx512f"))) DA_INLINE __m512d avx512_values(const DataTerm<double>& d, int64_t j) {
+  return _mm512_add_pd(_mm512_mul_pd(_mm512_set1_pd(d.row[0]), _mm512_loadu_pd(d.x + j)),
+                       _mm512_mul_pd(_mm512_set1_pd(d.row[1]), _mm512_loadu_pd(d.m + j)));
+}
+#define DA_TALLY_AVX512(acc_t, lanes, vec, ivec, abs, set1, cmp_mask, mask_cmp_mask, compress, store, iset1, izero, \
+                        imask_add, iadd, ireduce, full)                                                             \
   const vec lo = set1(b.lo), hi = set1(b.hi);                                                                       \
   const ivec one = iset1(1);                                                                                        \
   ivec below0 = izero(), below1 = izero();                                                                          \
@@ -74,7 +104,7 @@ __attribute__((target("avx512f"))) DA_INLINE int64_t sum_of_lanes(__m512i counte
   int64_t i = 0;                                                                                                    \
   for (; i + kTallyStretch <= n && (candidates - t.candidates) + kTallyStretch <= t.capacity; i += kTallyStretch) { \
     for (int64_t j = i; j < i + kTallyStretch; j += 2 * lanes) {                                                    \
-      const vec x0 = abs(load(v + j)), x1 = abs(load(v + j + lanes));                                               \
+      const vec x0 = abs(avx512_values(src, j)), x1 = abs(avx512_values(src, j + lanes));                           \
       const auto below_0 = cmp_mask(x0, lo, _CMP_LT_OQ), below_1 = cmp_mask(x1, lo, _CMP_LT_OQ);                    \
       below0 = imask_add(below0, below_0, below0, one);                                                             \
       below1 = imask_add(below1, below_1, below1, one);                                                             \
@@ -92,51 +122,69 @@ __attribute__((target("avx512f"))) DA_INLINE int64_t sum_of_lanes(__m512i counte
   t.count = candidates - t.candidates;                                                                              \
   t.below += ireduce(iadd(below0, below1));                                                                         \
   t.nan |= unordered != 0;                                                                                          \
-  tally_portable<acc_t>(v + i, n - i, b, t);
+  tally_portable<acc_t>(src, i, n, b, t);
 
-__attribute__((target("avx512f,popcnt"))) void tally_avx512(const float* v, int64_t n, const Bracket<float>& b,
+template <typename Source>
+__attribute__((target("avx512f,popcnt"))) void tally_avx512(const Source& src, int64_t n, const Bracket<float>& b,
                                                             Tally<float>& t) {
-  DA_TALLY_AVX512(float, 16, __m512, __m512i, _mm512_loadu_ps, _mm512_abs_ps, _mm512_set1_ps, _mm512_cmp_ps_mask,
+  DA_TALLY_AVX512(float, 16, __m512, __m512i, _mm512_abs_ps, _mm512_set1_ps, _mm512_cmp_ps_mask,
                   _mm512_mask_cmp_ps_mask, _mm512_maskz_compress_ps, _mm512_storeu_ps, _mm512_set1_epi32,
                   _mm512_setzero_si512, _mm512_mask_add_epi32, _mm512_add_epi32, sum_of_lanes<int32_t>, 0xFFFFu)
 }
-__attribute__((target("avx512f,popcnt"))) void tally_avx512(const double* v, int64_t n, const Bracket<double>& b,
-                                                            Tally<double>& t){
-    DA_TALLY_AVX512(double, 8, __m512d, __m512i, _mm512_loadu_pd, _mm512_abs_pd, _mm512_set1_pd, _mm512_cmp_pd_mask,
-                    _mm512_mask_cmp_pd_mask, _mm512_maskz_compress_pd, _mm512_storeu_pd, _mm512_set1_epi64,
-                    _mm512_setzero_si512, _mm512_mask_add_epi64, _mm512_add_epi64, sum_of_lanes<int64_t>, 0xFFu)}
+template <typename Source>
+__attribute__((target("avx512f,popcnt"))) void tally_avx512(const Source& src, int64_t n, const Bracket<double>& b,
+                                                            Tally<double>& t) {
+  DA_TALLY_AVX512(double, 8, __m512d, __m512i, _mm512_abs_pd, _mm512_set1_pd, _mm512_cmp_pd_mask,
+                  _mm512_mask_cmp_pd_mask, _mm512_maskz_compress_pd, _mm512_storeu_pd, _mm512_set1_epi64,
+                  _mm512_setzero_si512, _mm512_mask_add_epi64, _mm512_add_epi64, sum_of_lanes<int64_t>, 0xFFu)
+}
 #undef DA_TALLY_AVX512
 
 // AVX2 has no compress: the few candidate lanes are appended one by one.
-#define DA_TALLY_AVX2(acc_t, lanes, vec, load, andnot, set1, cmp, movemask)                   \
-  if (t.overflowed()) return;                                                                 \
-  const vec lo = set1(b.lo), hi = set1(b.hi), sign = set1(acc_t(-0.0));                       \
-  int64_t i = 0, not_below = 0;                                                               \
-  unsigned unordered = 0;                                                                     \
-  while (i + lanes <= n && !t.overflowed()) {                                                 \
-    const vec x = andnot(sign, load(v + i));                                                  \
-    const unsigned at_least_lo = movemask(cmp(x, lo, _CMP_GE_OQ));                            \
-    const unsigned nan = movemask(cmp(x, x, _CMP_UNORD_Q));                                   \
-    not_below += __builtin_popcount(at_least_lo | nan);                                       \
-    unordered |= nan;                                                                         \
-    if (at_least_lo) {                                                                        \
-      unsigned inside = at_least_lo & unsigned(movemask(cmp(x, hi, _CMP_LE_OQ)));             \
-      for (; inside; inside &= inside - 1) append(t, std::abs(v[i + __builtin_ctz(inside)])); \
-    }                                                                                         \
-    i += lanes;                                                                               \
-  }                                                                                           \
-  t.below += i - not_below;                                                                   \
-  t.nan |= unordered != 0;                                                                    \
-  tally_portable<acc_t>(v + i, n - i, b, t);
-
-__attribute__((target("avx2,popcnt"))) void tally_avx2(const float* v, int64_t n, const Bracket<float>& b,
-                                                       Tally<float>& t) {
-  DA_TALLY_AVX2(float, 8, __m256, _mm256_loadu_ps, _mm256_andnot_ps, _mm256_set1_ps, _mm256_cmp_ps, _mm256_movemask_ps)
+__attribute__((target("avx2"))) DA_INLINE __m256 avx2_values(const float* v, int64_t i) {
+  return _mm256_loadu_ps(v + i);
 }
-__attribute__((target("avx2,popcnt"))) void tally_avx2(const double* v, int64_t n, const Bracket<double>& b,
+__attribute__((target("avx2"))) DA_INLINE __m256d avx2_values(const double* v, int64_t i) {
+  return _mm256_loadu_pd(v + i);
+}
+__attribute__((target("avx2"))) DA_INLINE __m256 avx2_values(const DataTerm<float>& d, int64_t i) {
+  return _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(d.row[0]), _mm256_loadu_ps(d.x + i)),
+                       _mm256_mul_ps(_mm256_set1_ps(d.row[1]), _mm256_loadu_ps(d.m + i)));
+}
+__attribute__((target("avx2"))) DA_INLINE __m256d avx2_values(const DataTerm<double>& d, int64_t i) {
+  return _mm256_add_pd(_mm256_mul_pd(_mm256_set1_pd(d.row[0]), _mm256_loadu_pd(d.x + i)),
+                       _mm256_mul_pd(_mm256_set1_pd(d.row[1]), _mm256_loadu_pd(d.m + i)));
+}
+#define DA_TALLY_AVX2(acc_t, lanes, vec, andnot, set1, cmp, movemask)                                     \
+  if (t.overflowed()) return;                                                                             \
+  const vec lo = set1(b.lo), hi = set1(b.hi), sign = set1(acc_t(-0.0));                                   \
+  int64_t i = 0, not_below = 0;                                                                           \
+  unsigned unordered = 0;                                                                                 \
+  while (i + lanes <= n && !t.overflowed()) {                                                             \
+    const vec x = andnot(sign, avx2_values(src, i));                                                      \
+    const unsigned at_least_lo = movemask(cmp(x, lo, _CMP_GE_OQ));                                        \
+    const unsigned nan = movemask(cmp(x, x, _CMP_UNORD_Q));                                               \
+    not_below += __builtin_popcount(at_least_lo | nan);                                                   \
+    unordered |= nan;                                                                                     \
+    if (at_least_lo) {                                                                                    \
+      unsigned inside = at_least_lo & unsigned(movemask(cmp(x, hi, _CMP_LE_OQ)));                         \
+      for (; inside; inside &= inside - 1) append(t, std::abs(value_at(src, i + __builtin_ctz(inside)))); \
+    }                                                                                                     \
+    i += lanes;                                                                                           \
+  }                                                                                                       \
+  t.below += i - not_below;                                                                               \
+  t.nan |= unordered != 0;                                                                                \
+  tally_portable<acc_t>(src, i, n, b, t);
+
+template <typename Source>
+__attribute__((target("avx2,popcnt"))) void tally_avx2(const Source& src, int64_t n, const Bracket<float>& b,
+                                                       Tally<float>& t) {
+  DA_TALLY_AVX2(float, 8, __m256, _mm256_andnot_ps, _mm256_set1_ps, _mm256_cmp_ps, _mm256_movemask_ps)
+}
+template <typename Source>
+__attribute__((target("avx2,popcnt"))) void tally_avx2(const Source& src, int64_t n, const Bracket<double>& b,
                                                        Tally<double>& t) {
-  DA_TALLY_AVX2(double, 4, __m256d, _mm256_loadu_pd, _mm256_andnot_pd, _mm256_set1_pd, _mm256_cmp_pd,
-                _mm256_movemask_pd)
+  DA_TALLY_AVX2(double, 4, __m256d, _mm256_andnot_pd, _mm256_set1_pd, _mm256_cmp_pd, _mm256_movemask_pd)
 }
 #undef DA_TALLY_AVX2
 #endif
@@ -154,14 +202,14 @@ TallyVersion version_of(std::string_view level) {
   return TallyVersion::kNone;
 }
 
-template <typename acc_t>
-void tally_with(TallyVersion version, const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+template <typename acc_t, typename Source>
+void tally_with(TallyVersion version, const Source& src, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
   switch (version) {
 #if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
-    case TallyVersion::kAvx512: return tally_avx512(v, n, b, t);
-    case TallyVersion::kAvx2: return tally_avx2(v, n, b, t);
+    case TallyVersion::kAvx512: return tally_avx512(src, n, b, t);
+    case TallyVersion::kAvx2: return tally_avx2(src, n, b, t);
 #endif
-    default: return tally_portable(v, n, b, t);
+    default: return tally_portable(src, 0, n, b, t);
   }
 }
 
@@ -171,10 +219,10 @@ TallyVersion native_version() {
   return version;
 }
 
-template <typename acc_t>
-bool tally_by(std::string_view level, const acc_t* v, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
+template <typename acc_t, typename Source>
+bool tally_by(std::string_view level, const Source& src, int64_t n, const Bracket<acc_t>& b, Tally<acc_t>& t) {
   const TallyVersion version = version_of(level);
-  if (version != TallyVersion::kNone) tally_with(version, v, n, b, t);
+  if (version != TallyVersion::kNone) tally_with(version, src, n, b, t);
   return version != TallyVersion::kNone;
 }
 
@@ -186,11 +234,25 @@ void tally_block(const float* v, int64_t n, const Bracket<float>& b, Tally<float
 void tally_block(const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t) {
   tally_with(native_version(), v, n, b, t);
 }
+void tally_block(const DataTerm<float>& d, int64_t n, const Bracket<float>& b, Tally<float>& t) {
+  tally_with(native_version(), d, n, b, t);
+}
+void tally_block(const DataTerm<double>& d, int64_t n, const Bracket<double>& b, Tally<double>& t) {
+  tally_with(native_version(), d, n, b, t);
+}
 bool tally_block_by(std::string_view level, const float* v, int64_t n, const Bracket<float>& b, Tally<float>& t) {
   return tally_by(level, v, n, b, t);
 }
 bool tally_block_by(std::string_view level, const double* v, int64_t n, const Bracket<double>& b, Tally<double>& t) {
   return tally_by(level, v, n, b, t);
+}
+bool tally_block_by(std::string_view level, const DataTerm<float>& d, int64_t n, const Bracket<float>& b,
+                    Tally<float>& t) {
+  return tally_by(level, d, n, b, t);
+}
+bool tally_block_by(std::string_view level, const DataTerm<double>& d, int64_t n, const Bracket<double>& b,
+                    Tally<double>& t) {
+  return tally_by(level, d, n, b, t);
 }
 
 }  // namespace diffaccel::cpu

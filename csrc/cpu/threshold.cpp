@@ -42,7 +42,7 @@ DA_INLINE void threshold_dynamic_samples_impl(const ThresholdArgs<acc_t>& a, con
     auto values = [&](int64_t offset, int64_t len, acc_t* buf)
                       DA_LAMBDA_INLINE { return load_block(a.x, b * n + offset, len, buf); };
     const acc_t* direct = is_direct<acc_t>(a.x) ? static_cast<const acc_t*>(a.x.data) + b * n : nullptr;
-    SampledSelection<acc_t, decltype(values)> selected(n, t.ratio, direct, values, scratch);
+    SampledSelection<acc_t, decltype(values)> selected(n, t.ratio, direct, nullptr, values, scratch);
     use(selected);
   };
   auto pass = [&](int64_t b) DA_LAMBDA_INLINE { threshold_range_impl<acc_t, false>(a, b * n, (b + 1) * n); };

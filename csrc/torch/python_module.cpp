@@ -168,23 +168,35 @@ at::Tensor error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const a
 // Test hook: the selection's tally (csrc/cpu/tally.cpp) of the magnitudes of
 // `values` (1-d, contiguous, float32 or float64), fed in blocks of `block`
 // elements to the version of `level`: (below, count, nan, stored candidates),
-// or None where this CPU or build has no such version.
+// or None where this CPU or build has no such version. With `model_out` (like
+// values), the tally is over ei_step's data term c_x * values + c_m *
+// model_out, computed in the tally's own loop.
 py::object tally(const std::string& level, const at::Tensor& values, double lo, double hi, int64_t capacity,
-                 int64_t block) {
+                 int64_t block, const std::optional<at::Tensor>& model_out, double c_x, double c_m) {
   TORCH_CHECK_VALUE(values.dim() == 1 && values.is_contiguous() && values.device().is_cpu(),
                     "tally: argument 'values' must be a contiguous 1-d CPU tensor");
+  TORCH_CHECK_VALUE(!model_out || (model_out->sizes() == values.sizes() && model_out->is_contiguous() &&
+                                   model_out->device().is_cpu() && model_out->scalar_type() == values.scalar_type()),
+                    "tally: argument 'model_out' must be a contiguous CPU tensor like 'values'");
   TORCH_CHECK_VALUE(block >= 1 && capacity >= 0, "tally: argument 'block' must be >= 1 and 'capacity' >= 0");
   py::object result = py::none();
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "tally", [&] {
     const scalar_t* v = values.data_ptr<scalar_t>();
+    const scalar_t* m = model_out ? model_out->data_ptr<scalar_t>() : nullptr;
     const int64_t n = values.numel();
     std::vector<scalar_t> stored(capacity + diffaccel::cpu::kTallySlack);
     diffaccel::cpu::Tally<scalar_t> t;
     t.candidates = stored.data();
     t.capacity = capacity;
     const diffaccel::cpu::Bracket<scalar_t> b{scalar_t(lo), scalar_t(hi), capacity};
+    const scalar_t row[2] = {scalar_t(c_x), scalar_t(c_m)};
     for (int64_t offset = 0; offset < n; offset += block) {
-      if (!diffaccel::cpu::tally_block_by(level, v + offset, std::min(block, n - offset), b, t)) return;
+      const int64_t len = std::min(block, n - offset);
+      const bool ran = m == nullptr
+                           ? diffaccel::cpu::tally_block_by(level, v + offset, len, b, t)
+                           : diffaccel::cpu::tally_block_by(
+                                 level, diffaccel::cpu::DataTerm<scalar_t>{v + offset, m + offset, row}, len, b, t);
+      if (!ran) return;
     }
     stored.resize(std::min(t.count, capacity));
     result = py::make_tuple(t.below, t.count, t.nan, at::tensor(stored, values.options()));
@@ -218,7 +230,9 @@ PYBIND11_MODULE(_C, m) {
   below.def("langevin_correct", &langevin_correct);
   below.def("langevin_correct_out", &langevin_correct_out);
   below.def("error_norm", &error_norm);
-  m.def("tally", &tally, "The dynamic threshold's selection tally by one ISA level's version (for tests)");
+  m.def("tally", &tally, py::arg("level"), py::arg("values"), py::arg("lo"), py::arg("hi"), py::arg("capacity"),
+        py::arg("block"), py::arg("model_out") = py::none(), py::arg("c_x") = 0.0, py::arg("c_m") = 0.0,
+        "The dynamic threshold's selection tally by one ISA level's version (for tests)");
 #ifdef DIFFACCEL_WITH_CUDA
   m.attr("with_cuda") = true;
 #else
