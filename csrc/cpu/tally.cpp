@@ -26,9 +26,9 @@ DA_INLINE void append(Tally<acc_t>& t, acc_t v) {
   ++t.count;
 }
 
-// Value i of a block: the values themselves, or the data term. The vector
-// versions below compute the data term as ei_data_term does (multiply,
-// multiply, add, no fused multiply-add: the same bits in every version).
+// Value i of a block: the values themselves, or the data term (ei_data_term:
+// multiply, multiply, add, with no fused multiply-add, which the vector
+// versions below do alike: the same bits in every version).
 template <typename acc_t>
 DA_INLINE acc_t value_at(const acc_t* v, int64_t i) {
   return v[i];
@@ -56,6 +56,20 @@ void tally_portable(const Source& src, int64_t begin, int64_t n, const Bracket<a
 }
 
 #if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
+// A vector of values from element j of a source, by ISA level and vector
+// type: the values themselves, or the data term (as value_at says).
+#define DA_VECTOR_VALUES(name, isa, vec, acc_t, loadu, mul, add, set1)                                \
+  __attribute__((target(isa))) DA_INLINE vec name(const acc_t* v, int64_t j) { return loadu(v + j); } \
+  __attribute__((target(isa))) DA_INLINE vec name(const DataTerm<acc_t>& d, int64_t j) {              \
+    return add(mul(set1(d.row[0]), loadu(d.x + j)), mul(set1(d.row[1]), loadu(d.m + j)));             \
+  }
+DA_VECTOR_VALUES(avx512_values, "avx512f", __m512, float, _mm512_loadu_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_set1_ps)
+DA_VECTOR_VALUES(avx512_values, "avx512f", __m512d, double, _mm512_loadu_pd, _mm512_mul_pd, _mm512_add_pd,
+                 _mm512_set1_pd)
+DA_VECTOR_VALUES(avx2_values, "avx2", __m256, float, _mm256_loadu_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_set1_ps)
+DA_VECTOR_VALUES(avx2_values, "avx2", __m256d, double, _mm256_loadu_pd, _mm256_mul_pd, _mm256_add_pd, _mm256_set1_pd)
+#undef DA_VECTOR_VALUES
+
 // Stretches of kTallyStretch elements, two vectors a step, each stretch taken
 // this way only while its candidates cannot outgrow the capacity (the rest
 // goes to the portable loop). The count below lo goes into vectors of
@@ -77,21 +91,6 @@ __attribute__((target("avx512f"))) DA_INLINE int64_t sum_of_lanes(__m512i counte
   int64_t sum = 0;
   for (lane_t lane : lanes) sum += lane;
   return sum;
-}
-// A vector of values from element j of a source.
-__attribute__((target("avx512f"))) DA_INLINE __m512 avx512_values(const float* v, int64_t j) {
-  return _mm512_loadu_ps(v + j);
-}
-__attribute__((target("avx512f"))) DA_INLINE __m512d avx512_values(const double* v, int64_t j) {
-  return _mm512_loadu_pd(v + j);
-}
-__attribute__((target("avx512f"))) DA_INLINE __m512 avx512_values(const DataTerm<float>& d, int64_t j) {
-  return _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d.row[0]), _mm512_loadu_ps(d.x + j)),
-                       _mm512_mul_ps(_mm512_set1_ps(d.row[1]), _mm512_loadu_ps(d.m + j)));
-}
-__attribute__((target("avx512f"))) DA_INLINE __m512d avx512_values(const DataTerm<double>& d, int64_t j) {
-  return _mm512_add_pd(_mm512_mul_pd(_mm512_set1_pd(d.row[0]), _mm512_loadu_pd(d.x + j)),
-                       _mm512_mul_pd(_mm512_set1_pd(d.row[1]), _mm512_loadu_pd(d.m + j)));
 }
 #define DA_TALLY_AVX512(acc_t, lanes, vec, ivec, abs, set1, cmp_mask, mask_cmp_mask, compress, store, iset1, izero, \
                         imask_add, iadd, ireduce, full)                                                             \
@@ -133,28 +132,13 @@ __attribute__((target("avx512f,popcnt"))) void tally_avx512(const Source& src, i
 }
 template <typename Source>
 __attribute__((target("avx512f,popcnt"))) void tally_avx512(const Source& src, int64_t n, const Bracket<double>& b,
-                                                            Tally<double>& t) {
-  DA_TALLY_AVX512(double, 8, __m512d, __m512i, _mm512_abs_pd, _mm512_set1_pd, _mm512_cmp_pd_mask,
-                  _mm512_mask_cmp_pd_mask, _mm512_maskz_compress_pd, _mm512_storeu_pd, _mm512_set1_epi64,
-                  _mm512_setzero_si512, _mm512_mask_add_epi64, _mm512_add_epi64, sum_of_lanes<int64_t>, 0xFFu)
-}
+                                                            Tally<double>& t){
+    DA_TALLY_AVX512(double, 8, __m512d, __m512i, _mm512_abs_pd, _mm512_set1_pd, _mm512_cmp_pd_mask,
+                    _mm512_mask_cmp_pd_mask, _mm512_maskz_compress_pd, _mm512_storeu_pd, _mm512_set1_epi64,
+                    _mm512_setzero_si512, _mm512_mask_add_epi64, _mm512_add_epi64, sum_of_lanes<int64_t>, 0xFFu)}
 #undef DA_TALLY_AVX512
 
 // AVX2 has no compress: the few candidate lanes are appended one by one.
-__attribute__((target("avx2"))) DA_INLINE __m256 avx2_values(const float* v, int64_t i) {
-  return _mm256_loadu_ps(v + i);
-}
-__attribute__((target("avx2"))) DA_INLINE __m256d avx2_values(const double* v, int64_t i) {
-  return _mm256_loadu_pd(v + i);
-}
-__attribute__((target("avx2"))) DA_INLINE __m256 avx2_values(const DataTerm<float>& d, int64_t i) {
-  return _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(d.row[0]), _mm256_loadu_ps(d.x + i)),
-                       _mm256_mul_ps(_mm256_set1_ps(d.row[1]), _mm256_loadu_ps(d.m + i)));
-}
-__attribute__((target("avx2"))) DA_INLINE __m256d avx2_values(const DataTerm<double>& d, int64_t i) {
-  return _mm256_add_pd(_mm256_mul_pd(_mm256_set1_pd(d.row[0]), _mm256_loadu_pd(d.x + i)),
-                       _mm256_mul_pd(_mm256_set1_pd(d.row[1]), _mm256_loadu_pd(d.m + i)));
-}
 #define DA_TALLY_AVX2(acc_t, lanes, vec, andnot, set1, cmp, movemask)                                     \
   if (t.overflowed()) return;                                                                             \
   const vec lo = set1(b.lo), hi = set1(b.hi), sign = set1(acc_t(-0.0));                                   \
