@@ -138,9 +138,9 @@ void tally_block(const double* v, int64_t n, const Bracket<double>& b, Tally<dou
 // The same over ei_step's data term v[i] = c_x * x[i] + c_m * m[i] (as
 // ei_data_term computes it), computed in the tally's own loop instead of
 // written to a buffer block by block and read back: ei_step with the
-// quantile as the scale took 10-11% less time (a C++ loop over its kernel,
-// one core of the 2-core VM, 16384 and 65536 values a sample) and 6-7% less
-// in the op benchmark (bench/results/2026-12-05-cpu-3.md).
+// quantile as the scale took 9-12% less time (a C++ loop over its kernel,
+// one core of the 2-core VM, 16384 and 65536 values a sample) and 6% less in
+// the op benchmark (bench/results/2026-12-05-cpu-3.md).
 template <typename acc_t>
 struct DataTerm {
   const acc_t *x, *m;
