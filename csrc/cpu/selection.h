@@ -166,8 +166,8 @@ bool tally_block_by(std::string_view level, const DataTerm<double>& v, int64_t n
 // memory, and term, when not null, gives them as ei_step's data term over x
 // and m in memory: the tally then runs over all of them in one call. In two
 // steps, so that a caller can look at the bracket before the tally: draw()
-// takes the sample (once), quantile() the rest. (Inlined, like everything the kernels'
-// ISA clones call: a call out of a clone runs the baseline build.)
+// takes the sample (once), quantile() the rest. (Inlined, like everything the
+// kernels' ISA clones call: a call out of a clone runs the baseline build.)
 template <typename acc_t, typename Values>
 class SampledSelection {
  public:
