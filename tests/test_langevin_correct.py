@@ -112,19 +112,50 @@ def test_norms_keep_their_precision_at_any_magnitude(dtype, data, gen):
             torch.testing.assert_close(g, w, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
-def test_deterministic_for_a_seed():
-    x = torch.randn(4, 4, 64, 64)
-    score = torch.randn(4, 4, 64, 64)
-    a = ops.langevin_correct(x, score, 0.16, generator=torch.Generator(DEVICE).manual_seed(3))
-    b = ops.langevin_correct(x, score, 0.16, generator=torch.Generator(DEVICE).manual_seed(3))
+@pytest.mark.parametrize("shape", [(4, 4, 64, 64), (3, 5, 70, 71), (5, 9000)], ids=str)  # whole, partial norm chunks
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+def test_deterministic_for_a_seed_at_any_thread_count(shape, reduction):
+    """The norms are summed in fixed chunks, whichever thread sums them, and
+    the update runs in the same parallel region: the same bits at 1, 2 and 3
+    threads (3: more threads than chunks of some samples, and than cores on
+    CI)."""
+    x = torch.randn(shape)
+    score = torch.randn(shape)
+
+    def run():
+        return ops.langevin_correct(
+            x, score, 0.16, generator=torch.Generator(DEVICE).manual_seed(3), reduction=reduction
+        )
+
+    first = run()
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        c = ops.langevin_correct(x, score, 0.16, generator=torch.Generator(DEVICE).manual_seed(3))
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for u, v in zip(first, run()):
+                assert torch.equal(u, v), f"{count} threads"
     finally:
         torch.set_num_threads(threads)
-    for u, v, w in zip(a, b, c):
-        assert torch.equal(u, v) and torch.equal(u, w)
+    z = torch.randn(shape, generator=torch.Generator(DEVICE).manual_seed(3))
+    want = reference.langevin_correct(x, score, 0.16, noise=z, reduction=reduction)
+    for g, w in zip(first, want):
+        assert_close(g, w)
+
+
+def test_alpha_one_as_a_number_or_a_tensor(gen):
+    """alpha=1.0 on the CPU reads a tensor made once (not one per call): the
+    same bits as a tensor given, also when first used under inference_mode
+    and then where autograd records the call."""
+    x, score, z = (make((2, 3, 8, 8), torch.float32, generator=gen) for _ in range(3))
+    given = ops.langevin_correct(x, score, 0.16, alpha=torch.tensor(1.0, dtype=torch.float64), noise=z)
+    with torch.inference_mode():
+        number = ops.langevin_correct(x, score, 0.16, alpha=1.0, noise=z)
+    for g, n in zip(given, number):
+        assert torch.equal(g, n)
+    leaf = x.clone().requires_grad_()
+    x_new, x_mean = ops.langevin_correct(leaf, score, 0.16, noise=z)
+    (x_new.sum() + x_mean.sum()).backward()
+    assert torch.equal(x_new.detach(), given[0]) and torch.equal(leaf.grad, torch.full_like(x, 2.0))
 
 
 def test_large_data_streaming_stores(gen):

@@ -20,19 +20,6 @@ namespace {
 
 constexpr const char* kOp = "diffaccel.langevin_correct";
 
-// Per-sample L2 norms of the score (first) and the noise, in double, in one
-// parallel pass (same bits whatever the thread count).
-std::vector<double> score_and_noise_norms(const at::Tensor& score, const at::Tensor& noise) {
-  const int64_t per_sample = per_sample_of(score);
-  const cpu::In in[2] = {kernel_in(score), kernel_in(noise)};
-  std::vector<double> norms =
-      per_sample_totals(2, batch_of(score), per_sample, [&](int64_t r, double* partial, int64_t c0, int64_t c1) {
-        cpu::sum_squares_chunks(in[r], per_sample, partial, c0, c1);
-      });
-  for (double& n : norms) n = std::sqrt(n);
-  return norms;
-}
-
 void check_langevin_correct(const at::Tensor& x, const at::Tensor& score, double snr, const at::Tensor& alpha,
                             const std::optional<at::Tensor>& noise, std::string_view reduction,
                             const at::Tensor& x_new_out, const at::Tensor& x_mean_out) {
@@ -75,46 +62,55 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
   const at::Tensor xc = contiguous_input(x);
   const at::Tensor sc = contiguous_input(score);
 
-  const std::vector<double> norms = score_and_noise_norms(sc, z);
-  const double* grad_norm = norms.data();
-  const double* noise_norm = norms.data() + batch;
   // alpha read in place (a 0-d tensor, or [B] at any stride): converting and
   // expanding it would be a few ATen calls, each as long as a small step.
   const at::Tensor alpha_values = alpha.scalar_type() == at::kDouble ? alpha : alpha.to(at::kDouble);
   const double* alpha_data = alpha_values.const_data_ptr<double>();
   const int64_t alpha_stride = alpha_values.dim() == 0 ? 0 : alpha_values.stride(0);
-  double grad_mean = 0, noise_mean = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    grad_mean += grad_norm[b];
-    noise_mean += noise_norm[b];
-  }
-  grad_mean /= double(batch);
-  noise_mean /= double(batch);
+  const bool per_sample_reduction = reduction == "sample";
+  const int64_t per_sample = per_sample_of(x);
+  const cpu::In norm_of[2] = {kernel_in(sc), kernel_in(z)};
 
-  const at::ScalarType acc = acc_type_of(x);
   KernelOut x_new(x_new_out), x_mean(x_mean_out);
-  AT_DISPATCH_FLOATING_TYPES(acc, "diffaccel_langevin_correct_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(acc_type_of(x), "diffaccel_langevin_correct_cpu", [&] {
     std::vector<scalar_t> step(static_cast<size_t>(batch)), noise_scale(static_cast<size_t>(batch));
-    scalar_t* step_b = step.data();
-    scalar_t* scale_b = noise_scale.data();
-    const bool per_sample = reduction == "sample";
-    for (int64_t b = 0; b < batch; ++b) {
-      const double r = snr * (per_sample ? noise_norm[b] : noise_mean) / (per_sample ? grad_norm[b] : grad_mean);
-      const double s = 2.0 * alpha_data[b * alpha_stride] * r * r;
-      step_b[b] = scalar_t(s);
-      scale_b[b] = scalar_t(std::sqrt(2.0 * s));
-    }
+    // The per-sample step and noise scale, from the sums of squares of the
+    // score (sums[b]) and of the noise (sums[batch + b]).
+    const auto set_steps = [&](std::vector<double> norms) {
+      for (double& n : norms) n = std::sqrt(n);
+      const double* grad_norm = norms.data();
+      const double* noise_norm = norms.data() + batch;
+      double grad_mean = 0, noise_mean = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        grad_mean += grad_norm[b];
+        noise_mean += noise_norm[b];
+      }
+      grad_mean /= double(batch);
+      noise_mean /= double(batch);
+      for (int64_t b = 0; b < batch; ++b) {
+        const double r = snr * (per_sample_reduction ? noise_norm[b] : noise_mean) /
+                         (per_sample_reduction ? grad_norm[b] : grad_mean);
+        const double s = 2.0 * alpha_data[b * alpha_stride] * r * r;
+        step[b] = scalar_t(s);
+        noise_scale[b] = scalar_t(std::sqrt(2.0 * s));
+      }
+    };
     cpu::LangevinArgs<scalar_t> args;
-    args.per_sample = per_sample_of(x);
+    args.per_sample = per_sample;
     args.x = kernel_in(xc);
     args.score = kernel_in(sc);
     args.noise = kernel_in(z);
-    args.step = step_b;
-    args.noise_scale = scale_b;
+    args.step = step.data();
+    args.noise_scale = noise_scale.data();
     const bool streaming = exceeds_last_level_cache(total_bytes({&xc, &sc, &z, &x_new_out, &x_mean_out}));
     args.x_new = x_new.view(streaming);
     args.x_mean = x_mean.view(streaming);
-    parallel_elements(x.numel(), [&](int64_t begin, int64_t end) { cpu::langevin_range(args, begin, end); });
+    per_sample_totals_then_pass(
+        2, batch, per_sample,
+        [&](int64_t r, double* partial, int64_t c0, int64_t c1) {
+          cpu::sum_squares_chunks(norm_of[r], per_sample, partial, c0, c1);
+        },
+        set_steps, [&](int64_t begin, int64_t end) { cpu::langevin_range(args, begin, end); });
   });
   x_new.finish();
   x_mean.finish();
