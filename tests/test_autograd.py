@@ -215,7 +215,7 @@ def test_every_compiled_op_has_an_entry_below_autograd():
     diffaccel._C.below_autograd, which the fronts take when nothing records
     (the boxed redispatch from Python costs about 1 us a call more)."""
     from diffaccel import _extension
-    from diffaccel.ops import _BELOW_AUTOGRAD
+    from diffaccel.ops import _BELOW_AUTOGRAD, _GUARDED
 
     forms = {
         name
@@ -224,6 +224,65 @@ def test_every_compiled_op_has_an_entry_below_autograd():
         if _extension.available() and hasattr(torch.ops.diffaccel, name)
     }
     assert {str(op).removeprefix("diffaccel.") for op in _BELOW_AUTOGRAD} == forms
+    assert {str(op).removeprefix("diffaccel.") for op in _GUARDED} == forms
+
+
+def _guarded_ei_step_args(requires_grad=None):
+    """The arguments of diffaccel._C.guarded.ei_step (the schema's, in order):
+    a 2M row with noise, one history tensor, the named tensor requiring grad."""
+    tensors = {name: torch.randn(2, 3, device=DEVICE) for name in ("x", "model_out", "history", "noise")}
+    tensors["coeffs"] = torch.tensor([0.0, 1.0, 0.9, 0.15, -0.05, 0.3], dtype=torch.float64, device=DEVICE)
+    if requires_grad is not None:
+        tensors[requires_grad].requires_grad_()
+    t = tensors
+    return (t["x"], t["model_out"], [t["history"]], t["coeffs"], t["noise"], None, 0.995, 1.0, "diffusers")
+
+
+@pytest.mark.skipif(not diffaccel._extension.available(), reason="the compiled extension did not load")
+def test_the_guarded_entries_decline_where_the_dispatcher_has_work():
+    """_call takes diffaccel._C.guarded.<op>, the entry below autograd behind
+    the checks it made in Python: it runs the kernel where nothing records,
+    and returns NotImplemented (the front then calls the op through the
+    dispatcher) where grad mode is on and any tensor argument requires grad,
+    under a dispatch mode, or inside a functorch transform."""
+    from diffaccel.ops import _GUARDED
+
+    guarded = _GUARDED[torch.ops.diffaccel.ei_step]
+    first = _guarded_ei_step_args()
+    got = guarded(*first)
+    want = diffaccel._C.below_autograd.ei_step(*first)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    for name in ("x", "model_out", "history", "noise", "coeffs"):
+        args = _guarded_ei_step_args(requires_grad=name)
+        assert guarded(*args) is NotImplemented, name
+        with torch.no_grad():
+            assert guarded(*args) is not NotImplemented, name
+    out = (torch.empty(2, 3, device=DEVICE), torch.empty(2, 3, device=DEVICE).requires_grad_())
+    assert _GUARDED[torch.ops.diffaccel.ei_step_out](*_guarded_ei_step_args(), *out) is NotImplemented
+    version = out[0]._version
+    assert _GUARDED[torch.ops.diffaccel.ei_step_out](*_guarded_ei_step_args(), out[0], out[1].detach()) is None
+    assert out[0]._version > version  # bumped, as the dispatcher would
+
+    class Mode(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        assert guarded(*_guarded_ei_step_args()) is NotImplemented
+
+    seen, rest = [], _guarded_ei_step_args()[1:]
+
+    def per_sample(x):
+        seen.append(guarded(x, *rest))
+        return x
+
+    torch.func.vmap(per_sample)(torch.randn(4, 2, 3, device=DEVICE))
+    assert seen == [NotImplemented]
+    # Through the fronts, each of those gives the dispatcher's result.
+    x, m, h, c, z = (a[0] if isinstance(a, list) else a for a in first[:5])
+    leaf = x.clone().requires_grad_()
+    x_next, _ = ops.ei_step(leaf, m, [h], c, noise=z)
+    assert x_next.grad_fn is not None and torch.equal(x_next.detach(), got[0])
 
 
 def test_a_loop_gets_the_entry_below_autograd_only_where_nothing_sits_between():

@@ -7,9 +7,13 @@
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+
 #include <optional>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -165,6 +169,50 @@ at::Tensor error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const a
   return below_autograd(op, x_high, x_high, x_low, x_prev, atol, rtol);
 }
 
+// The same entry points behind the checks diffaccel.ops._call made in Python
+// before taking them (about 1 us of a call on the dev VM, more after a pass
+// over a large tensor has evicted the interpreter's data from the cache):
+// they run the op where the dispatcher has nothing to do above its kernel (no
+// autograd recording, functorch transform or dispatch mode), and otherwise
+// return NotImplemented, for the caller to go through the dispatcher. (The
+// Python side still checks the tensor subclass and torch.compile.)
+bool records_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+bool records_grad(const std::optional<at::Tensor>& t) { return t && records_grad(*t); }
+bool records_grad(const Tensors& ts) {
+  for (const at::Tensor& t : ts) {
+    if (records_grad(t)) return true;
+  }
+  return false;
+}
+template <typename T>
+bool records_grad(const T&) {
+  return false;
+}
+
+template <typename... Args>
+bool dispatcher_has_work(const Args&... args) {
+  const c10::DispatchKeySet included = c10::impl::tls_local_dispatch_key_set().included_;
+  return (at::GradMode::is_enabled() && (records_grad(args) || ...)) ||
+         included.has(c10::DispatchKey::FuncTorchDynamicLayerFrontMode) ||
+         included.has(c10::DispatchKey::FuncTorchDynamicLayerBackMode) ||
+         c10::impl::TorchDispatchModeTLS::stack_len() > 0;
+}
+
+template <auto Entry>
+struct Guarded;
+template <typename Result, typename... Args, Result (*Entry)(Args...)>
+struct Guarded<Entry> {
+  static py::object call(Args... args) {
+    if (dispatcher_has_work(args...)) return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+    if constexpr (std::is_void_v<Result>) {
+      Entry(args...);
+      return py::none();
+    } else {
+      return py::cast(Entry(args...));
+    }
+  }
+};
+
 // Test hook: the selection's tally (csrc/cpu/tally.cpp) of the magnitudes of
 // `values` (1-d, contiguous, float32 or float64), fed in blocks of `block`
 // elements to the version of `level`: (below, count, nan, stored candidates),
@@ -230,6 +278,19 @@ PYBIND11_MODULE(_C, m) {
   below.def("langevin_correct", &langevin_correct);
   below.def("langevin_correct_out", &langevin_correct_out);
   below.def("error_norm", &error_norm);
+  py::module_ guarded =
+      m.def_submodule("guarded", "below_autograd's entry points, or NotImplemented where the dispatcher has work");
+  guarded.def("ei_step", &Guarded<&ei_step>::call);
+  guarded.def("ei_step_out", &Guarded<&ei_step_out>::call);
+  guarded.def("multistep_combine", &Guarded<&multistep_combine>::call);
+  guarded.def("multistep_combine_out", &Guarded<&multistep_combine_out>::call);
+  guarded.def("multistep_combine_pair", &Guarded<&multistep_combine_pair>::call);
+  guarded.def("multistep_combine_pair_out", &Guarded<&multistep_combine_pair_out>::call);
+  guarded.def("threshold", &Guarded<&threshold>::call);
+  guarded.def("threshold_out", &Guarded<&threshold_out>::call);
+  guarded.def("langevin_correct", &Guarded<&langevin_correct>::call);
+  guarded.def("langevin_correct_out", &Guarded<&langevin_correct_out>::call);
+  guarded.def("error_norm", &Guarded<&error_norm>::call);
   m.def("tally", &tally, py::arg("level"), py::arg("values"), py::arg("lo"), py::arg("hi"), py::arg("capacity"),
         py::arg("block"), py::arg("model_out") = py::none(), py::arg("c_x") = 0.0, py::arg("c_m") = 0.0,
         "The dynamic threshold's selection tally by one ISA level's version (for tests)");

@@ -49,12 +49,16 @@ _CUDA_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 # The C++ ops' unboxed entry points below the autograd key (diffaccel._C.below_autograd,
 # one per op it defines), by op: the same kernels op.default.redispatch reaches, about
 # 1 us a call sooner.
-_BELOW_AUTOGRAD = {}
+# _GUARDED: the same entries behind _call's checks of autograd, functorch
+# transforms and dispatch modes, made in C++ (diffaccel._C.guarded): they
+# return NotImplemented where the dispatcher has work to do.
+_BELOW_AUTOGRAD, _GUARDED = {}, {}
 if _extension.available():
-    _below = _extension._C.below_autograd
+    _below, _guarded = _extension._C.below_autograd, _extension._C.guarded
     _BELOW_AUTOGRAD = {
         getattr(torch.ops.diffaccel, name): getattr(_below, name) for name in dir(_below) if not name.startswith("_")
     }
+    _GUARDED = {op: getattr(_guarded, str(op).removeprefix("diffaccel.")) for op in _BELOW_AUTOGRAD}
 
 
 def _device_type(x: torch.Tensor) -> str:
@@ -81,21 +85,22 @@ def _call(op, args, tensors, explain, outs=()):
     gets the message explain() raises, where it names the problem."""
     x = tensors[0]
     try:
-        if (
-            x.__class__ is torch.Tensor
-            and not autograd.records(tensors)
-            and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active()
-            and not torch._C._len_torch_dispatch_stack()
-        ):
-            below = _BELOW_AUTOGRAD.get(op)
-            if below is not None:
-                return below(*args)
-            result = op.default.redispatch(_CUDA_KEYS if x.is_cuda else _CPU_KEYS, *args)
-            for t in outs:
-                if not t.is_inference():
-                    torch.autograd.graph.increment_version(t)
-            return result
+        if x.__class__ is torch.Tensor and not torch.compiler.is_compiling():
+            guarded = _GUARDED.get(op)
+            if guarded is not None:  # the C++ ops: the rest of the checks in C++
+                result = guarded(*args)
+                if result is not NotImplemented:
+                    return result
+            elif (
+                not autograd.records(tensors)
+                and not torch._C._are_functorch_transforms_active()
+                and not torch._C._len_torch_dispatch_stack()
+            ):
+                result = op.default.redispatch(_CUDA_KEYS if x.is_cuda else _CPU_KEYS, *args)
+                for t in outs:
+                    if not t.is_inference():
+                        torch.autograd.graph.increment_version(t)
+                return result
         return op(*args)
     except (RuntimeError, AttributeError, TypeError):  # (records() meets a list where a tensor belongs)
         explain()
