@@ -379,17 +379,14 @@ DA_INLINE double combine_lanes(const double* lanes) {
 template <typename AddBlock>
 DA_INLINE void for_each_norm_chunk(int64_t per_sample, double* partial, int64_t chunk_begin, int64_t chunk_end,
                                    bool whole_chunks, AddBlock&& add_block) {
-  const int64_t chunks_per_sample = (per_sample + kNormChunk - 1) / kNormChunk;
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
-    const int64_t sample = c / chunks_per_sample;
-    const int64_t start = (c % chunks_per_sample) * kNormChunk;
-    const int64_t len = per_sample - start < kNormChunk ? per_sample - start : kNormChunk;
+    const int64_t first = norm_chunk_start(c, per_sample);
+    const int64_t len = norm_chunk_start(c + 1, per_sample) - first;  // (a sample's last chunk may be short)
     double lanes[kSumLanes] = {};
     if (whole_chunks) {
-      add_block(lanes, sample * per_sample + start, len);
+      add_block(lanes, first, len);
     } else {
-      for_each_block(sample * per_sample + start, len,
-                     [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE { add_block(lanes, offset, n); });
+      for_each_block(first, len, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE { add_block(lanes, offset, n); });
     }
     partial[c] = combine_lanes(lanes);
   }

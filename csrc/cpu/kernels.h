@@ -137,6 +137,12 @@ void threshold_dynamic_samples(const ThresholdArgs<double>& args, const DynamicT
 // flat over the batch. The chunking does not depend on the thread count, so
 // the norms are the same bits however the work is split.
 constexpr int64_t kNormChunk = 4096;
+inline int64_t norm_chunks_of(int64_t per_sample) { return (per_sample + kNormChunk - 1) / kNormChunk; }
+// The flat index of chunk c's first element (c == batch * chunks: the end).
+inline int64_t norm_chunk_start(int64_t c, int64_t per_sample) {
+  const int64_t chunks = norm_chunks_of(per_sample);
+  return (c / chunks) * per_sample + (c % chunks) * kNormChunk;
+}
 void sum_squares_chunks(In t, int64_t per_sample, double* partial, int64_t chunk_begin, int64_t chunk_end);
 
 // error_norm, per chunk as sum_squares_chunks: the sum over the chunk of

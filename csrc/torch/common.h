@@ -245,10 +245,8 @@ inline bool samples_keep_threads_busy(int64_t batch, int64_t per_sample) {
 // one parallel pass, chunk c of every reduction going to the same thread.
 // Each sample's chunks are then added in order, so the totals
 // (totals[r * batch + b]) are the same bits whatever the thread count.
-inline int64_t norm_chunks_of(int64_t per_sample) { return (per_sample + cpu::kNormChunk - 1) / cpu::kNormChunk; }
-
 inline std::vector<double> add_chunk_partials(const std::vector<double>& partial, int64_t totals, int64_t per_sample) {
-  const int64_t chunks_per_sample = norm_chunks_of(per_sample);
+  const int64_t chunks_per_sample = cpu::norm_chunks_of(per_sample);
   std::vector<double> result(totals, 0.0);
   for (int64_t t = 0; t < totals; ++t) {
     for (int64_t c = 0; c < chunks_per_sample; ++c) result[t] += partial[t * chunks_per_sample + c];
@@ -258,7 +256,7 @@ inline std::vector<double> add_chunk_partials(const std::vector<double>& partial
 
 template <typename Chunks>
 std::vector<double> per_sample_totals(int64_t reductions, int64_t batch, int64_t per_sample, Chunks&& chunks) {
-  const int64_t per_reduction = batch * norm_chunks_of(per_sample);
+  const int64_t per_reduction = batch * cpu::norm_chunks_of(per_sample);
   std::vector<double> partial(reductions * per_reduction);
   at::parallel_for(0, per_reduction, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < reductions; ++r) chunks(r, partial.data() + r * per_reduction, c0, c1);
@@ -279,8 +277,7 @@ void per_sample_totals_then_pass(int64_t reductions, int64_t batch, int64_t per_
                                  Prepare&& prepare, Pass&& pass) {
   const int64_t total = batch * per_sample;
 #if AT_PARALLEL_OPENMP && defined(_OPENMP)
-  const int64_t chunks_per_sample = norm_chunks_of(per_sample);
-  const int64_t per_reduction = batch * chunks_per_sample;
+  const int64_t per_reduction = batch * cpu::norm_chunks_of(per_sample);
   // As parallel_elements splits the pass: a thread for every kParallelGrain elements.
   const int64_t threads =
       at::in_parallel_region()
@@ -288,10 +285,6 @@ void per_sample_totals_then_pass(int64_t reductions, int64_t batch, int64_t per_
           : std::min<int64_t>({at::get_num_threads(), (total + kParallelGrain - 1) / kParallelGrain, per_reduction});
   if (threads > 1) {
     std::vector<double> partial(reductions * per_reduction);
-    // The first element of chunk c (c == per_reduction: the end).
-    const auto chunk_start = [&](int64_t c) {
-      return (c / chunks_per_sample) * per_sample + (c % chunks_per_sample) * cpu::kNormChunk;
-    };
 #pragma omp parallel num_threads(threads)
     {
       const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
@@ -301,7 +294,7 @@ void per_sample_totals_then_pass(int64_t reductions, int64_t batch, int64_t per_
 #pragma omp single
       prepare(add_chunk_partials(partial, reductions * batch, per_sample));
       // (the end of single waits for prepare)
-      pass(chunk_start(c0), chunk_start(c1));
+      pass(cpu::norm_chunk_start(c0, per_sample), cpu::norm_chunk_start(c1, per_sample));
     }
     return;
   }

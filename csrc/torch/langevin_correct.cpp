@@ -75,7 +75,7 @@ void langevin_correct_out_cpu(const at::Tensor& x, const at::Tensor& score, doub
   AT_DISPATCH_FLOATING_TYPES(acc_type_of(x), "diffaccel_langevin_correct_cpu", [&] {
     std::vector<scalar_t> step(static_cast<size_t>(batch)), noise_scale(static_cast<size_t>(batch));
     // The per-sample step and noise scale, from the sums of squares of the
-    // score (sums[b]) and of the noise (sums[batch + b]).
+    // score (first batch entries) and of the noise (the next batch).
     const auto set_steps = [&](std::vector<double> norms) {
       for (double& n : norms) n = std::sqrt(n);
       const double* grad_norm = norms.data();
