@@ -13,15 +13,15 @@ namespace {
 // kCount: a pinned pass of dynamic thresholding (kernels.h: PinCounting),
 // counting |d| before it is thresholded.
 template <typename acc_t, int K, bool kNoise, bool kThreshold, bool kCount>
-DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, const PinCounter<acc_t>& counter, int64_t sample, int64_t first,
-                            int64_t count) {
+DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, const PinCounter<acc_t>& counter, Walk walk, int64_t sample,
+                            int64_t first, int64_t count) {
   const acc_t* row = a.coeffs + sample * a.coeff_stride;
   acc_t limit = 0, divisor = 1;
   if (kThreshold) {
     limit = a.limit[sample * a.threshold_stride];
     divisor = a.divisor[sample * a.threshold_stride];
   }
-  for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
+  for_each_block(first, count, walk, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
     acc_t x_buf[kBlock], m_buf[kBlock], z_buf[kBlock], h_buf[K > 0 ? K : 1][kBlock];
     acc_t x_next_buf[kBlock], d_buf[kBlock];
     const acc_t* x = load_block(a.x, offset, n, x_buf);
@@ -32,7 +32,7 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, const PinCounter<acc_t>&
     acc_t* x_next = output_block(a.x_next, offset, x_next_buf);
     acc_t* d_out = output_block(a.d, offset, d_buf);
     typename PinCounter<acc_t>::Block counted;
-    DA_IVDEP for (int64_t i = 0; i < n; ++i) {
+    auto element = [&](int64_t i) DA_LAMBDA_INLINE {
       acc_t d = ei_data_term(row, x[i], m[i]);
       if (kCount) counted.add(counter, d);
       if (kThreshold) d = threshold_element(d, limit, divisor);
@@ -40,7 +40,8 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, const PinCounter<acc_t>&
       for (int j = 0; j < K; ++j) hv[j] = h[j][i];
       x_next[i] = ei_combine<acc_t, K, kNoise>(row, x[i], d, hv, z[i]);
       d_out[i] = d;
-    }
+    };
+    for_each_element<acc_t, kCount>(n, walk, element);
     if (kCount) counter.finish(counted);
     commit_block(a.x_next, offset, n, x_next_buf, x_next);
     commit_block(a.d, offset, n, d_buf, d_out);
@@ -50,8 +51,14 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, const PinCounter<acc_t>&
 template <typename acc_t, int K, bool kNoise, bool kThreshold, bool kCount>
 DA_INLINE void ei_step_spans(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
   const PinCounter<acc_t> counter(a.counting);
+  In inputs[3 + kMaxHistory] = {a.x, a.model_out};
+  int num_inputs = 2;
+  if (kNoise) inputs[num_inputs++] = a.noise;
+  for (int j = 0; j < K; ++j) inputs[num_inputs++] = a.history[j];
+  const Out outputs[2] = {a.x_next, a.d};
+  const Walk walk = walk_for<acc_t>(inputs, num_inputs, outputs, 2);
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t n) DA_LAMBDA_INLINE {
-    ei_step_span<acc_t, K, kNoise, kThreshold, kCount>(a, counter, sample, first, n);
+    ei_step_span<acc_t, K, kNoise, kThreshold, kCount>(a, counter, walk, sample, first, n);
   });
 }
 

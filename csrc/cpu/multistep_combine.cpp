@@ -8,9 +8,10 @@ namespace {
 
 template <typename acc_t, int N, int M>
 DA_INLINE void combine_spans(const CombineArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const Walk walk = walk_for<acc_t>(a.tensors, N, a.y, M);
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
     const acc_t* c = a.coeffs + sample * a.coeff_stride;
-    for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
+    for_each_block(first, count, walk, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t t_buf[N][kBlock], y_buf[M][kBlock];
       const acc_t* t[N];
       for (int j = 0; j < N; ++j) t[j] = load_block(a.tensors[j], offset, n, t_buf[j]);
@@ -18,13 +19,13 @@ DA_INLINE void combine_spans(const CombineArgs<acc_t>& a, int64_t begin, int64_t
       for (int m = 0; m < M; ++m) y[m] = output_block(a.y[m], offset, y_buf[m]);
       // Every output of an element is computed from its inputs before any is
       // stored: an output may be one of the tensors (written in place).
-      DA_IVDEP for (int64_t i = 0; i < n; ++i) {
+      for_each_element<acc_t>(n, walk, [&](int64_t i) DA_LAMBDA_INLINE {
         acc_t v[N];
         for (int j = 0; j < N; ++j) v[j] = t[j][i];
         acc_t r[M];
         for (int m = 0; m < M; ++m) r[m] = combine_element<acc_t, N>(c + m * N, v);
         for (int m = 0; m < M; ++m) y[m][i] = r[m];
-      }
+      });
       for (int m = 0; m < M; ++m) commit_block(a.y[m], offset, n, y_buf[m], y[m]);
     });
   });

@@ -15,18 +15,20 @@ namespace {
 template <typename acc_t, bool kCount>
 DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin, int64_t end) {
   const PinCounter<acc_t> counter(a.counting);
+  const Walk walk = walk_for<acc_t>(&a.x, 1, &a.y, 1);
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
     const acc_t limit = a.limit[sample * a.threshold_stride];
     const acc_t divisor = a.divisor[sample * a.threshold_stride];
-    for_each_block(first, count, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
+    for_each_block(first, count, walk, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t x_buf[kBlock], y_buf[kBlock];
       const acc_t* x = load_block(a.x, offset, n, x_buf);
       acc_t* y = output_block(a.y, offset, y_buf);
       typename PinCounter<acc_t>::Block counted;
-      DA_IVDEP for (int64_t i = 0; i < n; ++i) {
+      auto element = [&](int64_t i) DA_LAMBDA_INLINE {
         if (kCount) counted.add(counter, x[i]);
         y[i] = threshold_element(x[i], limit, divisor);
-      }
+      };
+      for_each_element<acc_t, kCount>(n, walk, element);
       if (kCount) counter.finish(counted);
       commit_block(a.y, offset, n, y_buf, y);
     });
