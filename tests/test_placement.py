@@ -85,11 +85,16 @@ OPS = {
     "ei_step_2m": _ei_step(),
     "ei_step_sde_clip": _ei_step(ops.Threshold("clip", max_value=0.7), noise=True),
     "ei_step_dynamic": _ei_step(ops.Threshold("dynamic", 0.9, 10.0)),
+    # The quantile beyond max_value: the scale is max_value, by a pinned pass
+    # (it counts as it goes, csrc/cpu/selection.h: dynamic_threshold_samples).
+    "ei_step_dynamic_pinned": _ei_step(ops.Threshold("dynamic", 0.995, 1.5)),
     "multistep_combine": (3, 1, _combine),
     "multistep_combine_pair": (3, 2, _combine_pair),
     "langevin_correct": (3, 2, _langevin),
     "threshold_clip": _threshold(kind="clip", max_value=0.7),
     "threshold_dynamic": _threshold(kind="dynamic", ratio=0.9, max_value=10.0),
+    # The quantile below 1: the scale is 1, by a pinned pass.
+    "threshold_dynamic_pinned": _threshold(kind="dynamic", ratio=0.5, max_value=10.0),
 }
 
 # 1000 per sample: three whole blocks of 256 and a partial one, whose last run

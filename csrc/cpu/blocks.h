@@ -268,12 +268,21 @@ DA_INLINE void for_each_block(int64_t first, int64_t count, Body&& body) {
 // several vectors would store one and then load the next, 64 bytes on. One
 // loop for both walks, as for_each_block. kCarriesSum: the body adds into sums from one
 // element to the next (a pinned pass's counts), which runs would reduce across
-// lanes at every run: one upward loop over the block instead (such passes run
-// within dynamic thresholding's selection, where the sample was just read).
+// lanes at every run (ei_step's pinned pass took 80 us at (4,4,128,128)
+// instead of 48): one loop over the block instead, upwards or downwards (gcc
+// vectorizes the downward loop, reversing the lanes of each load and store;
+// the counts are integers, the same in any order). Walking downwards where
+// the walk says so took that pass from 63 to 52 us with its outputs 64 bytes
+// after its inputs modulo 4 KiB, against 48 us at distances that do not
+// alias.
 template <typename acc_t, bool kCarriesSum = false, typename Element>
 DA_INLINE void for_each_element(int64_t n, Walk walk, Element&& element) {
   if constexpr (kCarriesSum) {
-    DA_IVDEP for (int64_t i = 0; i < n; ++i) element(i);
+    if (walk == Walk::kUp) {
+      DA_IVDEP for (int64_t i = 0; i < n; ++i) element(i);
+    } else {
+      DA_IVDEP for (int64_t i = n - 1; i >= 0; --i) element(i);
+    }
   } else {
     constexpr int64_t kRun = 64 / sizeof(acc_t);
     const int64_t runs = n / kRun;
