@@ -121,7 +121,10 @@ struct SelectionScratch {
   // rather than per sample (their 64-bit multiplies, and the loops that
   // would find them twice, prefetch and read, cost about a third of a
   // draw's time).
-  DA_INLINE const int64_t* sample_positions(int64_t n, int log2) {
+  // (n decides everything about them, their count included: the cache is
+  // keyed by n alone.)
+  DA_INLINE const int64_t* sample_positions(int64_t n) {
+    const int log2 = selection_sample_log2(n);
     const int64_t size = int64_t(1) << log2;
     int64_t* at = positions_.get(size);
     if (n != positions_n_) {
@@ -209,7 +212,7 @@ class SampledSelection {
     const int log2 = selection_sample_log2(n_);
     const int64_t size = int64_t(1) << log2;
     acc_t* sample = scratch_.sample.get(size);
-    const int64_t* at = scratch_.sample_positions(n_, log2);
+    const int64_t* at = scratch_.sample_positions(n_);
     if (direct_ != nullptr) {
       // The sample's cache lines are fetched all at once (each is a miss when
       // the data is not in cache) before they are read. (Not over the data
