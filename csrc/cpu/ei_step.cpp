@@ -48,8 +48,15 @@ DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, const PinCounter<acc_t>&
   });
 }
 
+// Each of the update's thirty variants is a function of its own, cloned per
+// ISA level. Inlined into one function with the other twenty-nine (as the
+// dispatch below had them), the SDE row's loop lost registers to theirs: gcc
+// reloaded four of its six pointers from the stack every vector and stored x
+// there. Apart, every loop keeps its pointers in registers: at (4,4,128,128)
+// the SDE row 47.9 -> 46.5 us and the 2M row 41.3 -> 38.8 us (eight
+// alternated runs on the 2-core VM, bench/results/2026-12-06-cpu.md).
 template <typename acc_t, int K, bool kNoise, bool kThreshold, bool kCount>
-DA_INLINE void ei_step_spans(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
+DA_CPU_MULTIVERSION void ei_step_spans(const EiStepArgs<acc_t>& a, int64_t begin, int64_t end) {
   const PinCounter<acc_t> counter(a.counting);
   In inputs[3 + kMaxHistory] = {a.x, a.model_out};
   int num_inputs = 2;
@@ -128,11 +135,11 @@ DA_INLINE void ei_step_dynamic_samples_impl(const EiStepArgs<acc_t>& a, const Dy
 
 }  // namespace
 
-DA_CPU_MULTIVERSION void ei_step_range(const EiStepArgs<float>& a, int64_t begin, int64_t end) {
+void ei_step_range(const EiStepArgs<float>& a, int64_t begin, int64_t end) {
   ei_step_range_impl(a, begin, end);
   streaming_store_fence();
 }
-DA_CPU_MULTIVERSION void ei_step_range(const EiStepArgs<double>& a, int64_t begin, int64_t end) {
+void ei_step_range(const EiStepArgs<double>& a, int64_t begin, int64_t end) {
   ei_step_range_impl(a, begin, end);
   streaming_store_fence();
 }
