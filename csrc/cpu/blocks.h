@@ -167,6 +167,18 @@ DA_INLINE void streaming_store_fence() {
 #endif
 }
 
+// A sample's N coefficients, copied out of the arguments before a loop:
+// read through the arguments' pointer, gcc reloads (and broadcasts again)
+// every coefficient every vector, since an output store might change them as
+// far as it can tell; a local copy stays in registers.
+template <typename acc_t, int N>
+struct LocalRow {
+  acc_t at[N];
+  DA_INLINE explicit LocalRow(const acc_t* row) {
+    for (int j = 0; j < N; ++j) at[j] = row[j];
+  }
+};
+
 template <typename acc_t>
 constexpr DType dtype_of() {
   return sizeof(acc_t) == sizeof(double) ? DType::kFloat64 : DType::kFloat32;

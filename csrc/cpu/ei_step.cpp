@@ -15,11 +15,8 @@ namespace {
 template <typename acc_t, int K, bool kNoise, bool kThreshold, bool kCount>
 DA_INLINE void ei_step_span(const EiStepArgs<acc_t>& a, const PinCounter<acc_t>& counter, Walk walk, int64_t sample,
                             int64_t first, int64_t count) {
-  // The coefficients in a local copy: read through a.coeffs, gcc reloads
-  // them every vector (an output store might change them).
-  constexpr int kRow = kEiFixedCoeffs + K + (kNoise ? 1 : 0);
-  acc_t row[kRow];
-  for (int j = 0; j < kRow; ++j) row[j] = a.coeffs[sample * a.coeff_stride + j];
+  const LocalRow<acc_t, kEiFixedCoeffs + K + (kNoise ? 1 : 0)> coeffs(a.coeffs + sample * a.coeff_stride);
+  const acc_t* row = coeffs.at;
   acc_t limit = 0, divisor = 1;
   if (kThreshold) {
     limit = a.limit[sample * a.threshold_stride];

@@ -10,10 +10,8 @@ template <typename acc_t, int N, int M>
 DA_INLINE void combine_spans(const CombineArgs<acc_t>& a, int64_t begin, int64_t end) {
   const Walk walk = walk_for<acc_t>(a.tensors, N, a.y, M);
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
-    // The coefficients in a local copy: read through a.coeffs, gcc reloads
-    // them every vector (an output store might change them).
-    acc_t c[M * N];
-    for (int j = 0; j < M * N; ++j) c[j] = a.coeffs[sample * a.coeff_stride + j];
+    const LocalRow<acc_t, M * N> coeffs(a.coeffs + sample * a.coeff_stride);
+    const acc_t* c = coeffs.at;
     for_each_block(first, count, walk, [&](int64_t offset, int64_t n) DA_LAMBDA_INLINE {
       acc_t t_buf[N][kBlock], y_buf[M][kBlock];
       const acc_t* t[N];
