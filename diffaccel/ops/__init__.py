@@ -47,18 +47,19 @@ _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 _CUDA_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
 # The C++ ops' unboxed entry points below the autograd key (diffaccel._C.below_autograd,
-# one per op it defines), by op: the same kernels op.default.redispatch reaches, about
-# 1 us a call sooner.
+# one per op form it defines), by op form name ("ei_step", "ei_step_out", ...): the same
+# kernels op.default.redispatch reaches, about 1 us a call sooner.
 # _GUARDED: the same entries behind _call's checks of autograd, functorch
 # transforms and dispatch modes, made in C++ (diffaccel._C.guarded): they
 # return NotImplemented where the dispatcher has work to do.
+# (Keyed by name, not by torch.ops packet: finding the packet by getattr on the
+# torch.ops namespace, and hashing it, cost the fronts 0.3-0.45 us a call on the
+# dev VM.)
 _BELOW_AUTOGRAD, _GUARDED = {}, {}
 if _extension.available():
     _below, _guarded = _extension._C.below_autograd, _extension._C.guarded
-    _BELOW_AUTOGRAD = {
-        getattr(torch.ops.diffaccel, name): getattr(_below, name) for name in dir(_below) if not name.startswith("_")
-    }
-    _GUARDED = {op: getattr(_guarded, str(op).removeprefix("diffaccel.")) for op in _BELOW_AUTOGRAD}
+    _BELOW_AUTOGRAD = {name: getattr(_below, name) for name in dir(_below) if not name.startswith("_")}
+    _GUARDED = {name: getattr(_guarded, name) for name in _BELOW_AUTOGRAD}
 
 
 def _device_type(x: torch.Tensor) -> str:
@@ -70,13 +71,15 @@ def _device_type(x: torch.Tensor) -> str:
     return x.device.type
 
 
-def _call(op, args, tensors, explain, outs=()):
-    """op(*args), where autograd records it through the op's registered
-    gradient (diffaccel.ops.autograd), and otherwise straight to the device's
-    kernel, below the autograd dispatch key: the registered gradient is a
-    Python kernel that costs every call about 4 us on the dev VM, half an
-    eager step's host time. (Under torch.compile, functorch transforms, a
-    dispatch mode or a tensor subclass the dispatcher takes the call as usual.)
+def _call(impl: str, name: str, args, tensors, explain, outs=()):
+    """The op form ``name`` ("ei_step", "ei_step_out", ...) of backend impl
+    ("compiled" or "triton") on args, where autograd records it through the
+    op's registered gradient (diffaccel.ops.autograd), and otherwise straight
+    to the device's kernel, below the autograd dispatch key: the registered
+    gradient is a Python kernel that costs every call about 4 us on the dev
+    VM, half an eager step's host time. (Under torch.compile, functorch
+    transforms, a dispatch mode or a tensor subclass the dispatcher takes the
+    call as usual.)
     tensors: the call's tensors, x first and any out= buffers among them;
     outs: the out= buffers, whose version counters a call below autograd bumps
     as the dispatcher's ADInplaceOrView step would (so autograd notices a
@@ -86,7 +89,7 @@ def _call(op, args, tensors, explain, outs=()):
     x = tensors[0]
     try:
         if x.__class__ is torch.Tensor and not torch.compiler.is_compiling():
-            guarded = _GUARDED.get(op)
+            guarded = _GUARDED.get(name) if impl == "compiled" else None
             if guarded is not None:  # the C++ ops: the rest of the checks in C++
                 result = guarded(*args)
                 if result is not NotImplemented:
@@ -96,12 +99,13 @@ def _call(op, args, tensors, explain, outs=()):
                 and not torch._C._are_functorch_transforms_active()
                 and not torch._C._len_torch_dispatch_stack()
             ):
+                op = getattr(_namespace(impl), name)
                 result = op.default.redispatch(_CUDA_KEYS if x.is_cuda else _CPU_KEYS, *args)
                 for t in outs:
                     if not t.is_inference():
                         torch.autograd.graph.increment_version(t)
                 return result
-        return op(*args)
+        return getattr(_namespace(impl), name)(*args)
     except (RuntimeError, AttributeError, TypeError):  # (records() meets a list where a tensor belongs)
         explain()
         raise
@@ -130,7 +134,7 @@ def loop_entry(op_name: str, x: torch.Tensor):
         or resolve(op_name, _device_type(x)) != "compiled"
     ):
         return None
-    return _BELOW_AUTOGRAD.get(getattr(torch.ops.diffaccel, op_name))
+    return _BELOW_AUTOGRAD.get(op_name)
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,6 @@ def ei_step(
             )
     if impl == "reference":
         return reference.ei_step(x, model_out, history, coeffs, threshold=threshold, noise=noise, out=out)
-    ops = _namespace(impl)
     t = threshold or _NO_THRESHOLD
 
     def explain():
@@ -239,8 +242,8 @@ def ei_step(
         t.style,
     )
     if out is None:
-        return _call(ops.ei_step, args, (x, model_out, coeffs, noise, *history), explain)
-    _call(ops.ei_step_out, (*args, *out), (x, model_out, coeffs, noise, *history, *out), explain, out)
+        return _call(impl, "ei_step", args, (x, model_out, coeffs, noise, *history), explain)
+    _call(impl, "ei_step_out", (*args, *out), (x, model_out, coeffs, noise, *history, *out), explain, out)
     return out[0], out[1]
 
 
@@ -334,13 +337,10 @@ def _combine(name: str, tensors, coeffs, buffers: Optional[tuple]):
             return twin(tensors, coeffs)
         twin(tensors, coeffs, out=buffers[0] if len(buffers) == 1 else buffers)
         return None
-    ops = _namespace(impl)
     explain = lambda: check(tensors, coeffs)  # noqa: E731
     if buffers is None:
-        return _call(getattr(ops, name), (list(tensors), coeffs), (*tensors, coeffs), explain)
-    _call(
-        getattr(ops, f"{name}_out"), (list(tensors), coeffs, *buffers), (*tensors, coeffs, *buffers), explain, buffers
-    )
+        return _call(impl, name, (list(tensors), coeffs), (*tensors, coeffs), explain)
+    _call(impl, f"{name}_out", (list(tensors), coeffs, *buffers), (*tensors, coeffs, *buffers), explain, buffers)
     return None
 
 
@@ -382,10 +382,9 @@ def threshold(
             validation.check_no_partial_overlap("diffaccel.threshold", {"out": out}, {"x": x})
     if impl == "reference":
         return reference.threshold(x, kind=kind, ratio=ratio, max_value=max_value, style=style, out=out)
-    ops = _namespace(impl)
     if out is None:
-        return _call(ops.threshold, (x, kind, ratio, max_value, style), (x,), lambda: None)
-    _call(ops.threshold_out, (x, kind, ratio, max_value, style, out), (x, out), lambda: None, (out,))
+        return _call(impl, "threshold", (x, kind, ratio, max_value, style), (x,), lambda: None)
+    _call(impl, "threshold_out", (x, kind, ratio, max_value, style, out), (x, out), lambda: None, (out,))
     return out
 
 
@@ -463,7 +462,6 @@ def langevin_correct(
             alpha = _CPU_ALPHA_ONE
         else:
             alpha = torch.full((), float(alpha), dtype=torch.float64, device=x.device)
-    ops = _namespace(impl)
     if impl == "triton":  # the Triton op takes the Philox stream, not the generator
         from diffaccel.ops.triton import launch as triton_launch
 
@@ -472,8 +470,8 @@ def langevin_correct(
     else:
         args = (x, score, float(snr), alpha, noise, generator, reduction)
     if out is None:
-        return _call(ops.langevin_correct, args, (x, score, alpha, noise), lambda: None)  # (alpha: a tensor here)
-    _call(ops.langevin_correct_out, (*args, *out), (x, score, alpha, noise, *out), lambda: None, out)
+        return _call(impl, "langevin_correct", args, (x, score, alpha, noise), lambda: None)  # (alpha: a tensor here)
+    _call(impl, "langevin_correct_out", (*args, *out), (x, score, alpha, noise, *out), lambda: None, out)
     return out[0], out[1]
 
 
@@ -505,6 +503,4 @@ def error_norm(
         validation.error_norm(x_high, x_low, x_prev, atol, rtol)
     if impl == "reference":
         return reference.error_norm(x_high, x_low, x_prev, atol=atol, rtol=rtol)
-    return _call(
-        _namespace(impl).error_norm, (x_high, x_low, x_prev, atol, rtol), (x_high, x_low, x_prev), lambda: None
-    )
+    return _call(impl, "error_norm", (x_high, x_low, x_prev, atol, rtol), (x_high, x_low, x_prev), lambda: None)
