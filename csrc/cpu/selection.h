@@ -169,6 +169,18 @@ struct DataTerm {
   const acc_t* row;  // ei_step's coefficient row: c_x = row[0], c_m = row[1]
   DA_INLINE acc_t at(int64_t i) const { return ei_data_term(row, x[i], m[i]); }
 };
+
+// A DataTerm copied into a local before a loop over it (LocalRow's reason:
+// read through the DataTerm, gcc reloads its pointers and coefficients after
+// every store, which might have changed them as far as it can tell).
+template <typename acc_t>
+struct LocalTerm {
+  const acc_t *x, *m;
+  LocalRow<acc_t, 2> row;  // c_x, c_m
+  DA_INLINE explicit LocalTerm(const DataTerm<acc_t>& d) : x(d.x), m(d.m), row(d.row) {}
+  DA_INLINE acc_t at(int64_t i) const { return ei_data_term(row.at, x[i], m[i]); }
+};
+
 void tally_block(const DataTerm<float>& v, int64_t n, const Bracket<float>& b, Tally<float>& t);
 void tally_block(const DataTerm<double>& v, int64_t n, const Bracket<double>& b, Tally<double>& t);
 // The same by the version of one level ("avx512f", "avx2" or "portable"), so
@@ -219,10 +231,13 @@ class SampledSelection {
       // term's x and m: no faster there.)
       for (int64_t i = 0; i < size; ++i) __builtin_prefetch(direct_ + at[i]);
       DA_IVDEP for (int64_t i = 0; i < size; ++i) sample[i] = std::abs(direct_[at[i]]);
+    } else if (term_ != nullptr) {
+      const LocalTerm<acc_t> term(*term_);
+      for (int64_t i = 0; i < size; ++i) sample[i] = std::abs(term.at(at[i]));
     } else {
       for (int64_t i = 0; i < size; ++i) {
         acc_t buf[1];
-        sample[i] = std::abs(term_ != nullptr ? term_->at(at[i]) : *values_(at[i], 1, buf));
+        sample[i] = std::abs(*values_(at[i], 1, buf));
       }
     }
     bool nan = false;

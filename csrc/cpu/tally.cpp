@@ -57,11 +57,19 @@ void tally_portable(const Source& src, int64_t begin, int64_t n, const Bracket<a
 
 #if defined(__x86_64__) && !defined(DIFFACCEL_CPU_BASELINE_ONLY)
 // A vector of values from element j of a source, by ISA level and vector
-// type: the values themselves, or the data term (as value_at says).
+// type: the values themselves, or the data term (as value_at says). A tally
+// reads through its source's local form (name##_source: a DataTerm becomes a
+// LocalTerm), so that the data term's pointers and coefficients stay in
+// registers and its broadcasts leave the loop (read through the DataTerm, gcc
+// broadcast c_x and c_m from memory again every two vectors).
 #define DA_VECTOR_VALUES(name, isa, vec, acc_t, loadu, mul, add, set1)                                \
+  __attribute__((target(isa))) DA_INLINE const acc_t* name##_source(const acc_t* v) { return v; }     \
+  __attribute__((target(isa))) DA_INLINE LocalTerm<acc_t> name##_source(const DataTerm<acc_t>& d) {   \
+    return LocalTerm<acc_t>(d);                                                                       \
+  }                                                                                                   \
   __attribute__((target(isa))) DA_INLINE vec name(const acc_t* v, int64_t j) { return loadu(v + j); } \
-  __attribute__((target(isa))) DA_INLINE vec name(const DataTerm<acc_t>& d, int64_t j) {              \
-    return add(mul(set1(d.row[0]), loadu(d.x + j)), mul(set1(d.row[1]), loadu(d.m + j)));             \
+  __attribute__((target(isa))) DA_INLINE vec name(const LocalTerm<acc_t>& d, int64_t j) {             \
+    return add(mul(set1(d.row.at[0]), loadu(d.x + j)), mul(set1(d.row.at[1]), loadu(d.m + j)));       \
   }
 DA_VECTOR_VALUES(avx512_values, "avx512f", __m512, float, _mm512_loadu_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_set1_ps)
 DA_VECTOR_VALUES(avx512_values, "avx512f", __m512d, double, _mm512_loadu_pd, _mm512_mul_pd, _mm512_add_pd,
@@ -99,11 +107,12 @@ __attribute__((target("avx512f"))) DA_INLINE int64_t sum_of_lanes(__m512i counte
   ivec below0 = izero(), below1 = izero();                                                                          \
   if (t.overflowed()) return;                                                                                       \
   acc_t* candidates = t.candidates + t.count;                                                                       \
+  const auto values = avx512_values_source(src);                                                                    \
   unsigned unordered = 0;                                                                                           \
   int64_t i = 0;                                                                                                    \
   for (; i + kTallyStretch <= n && (candidates - t.candidates) + kTallyStretch <= t.capacity; i += kTallyStretch) { \
     for (int64_t j = i; j < i + kTallyStretch; j += 2 * lanes) {                                                    \
-      const vec x0 = abs(avx512_values(src, j)), x1 = abs(avx512_values(src, j + lanes));                           \
+      const vec x0 = abs(avx512_values(values, j)), x1 = abs(avx512_values(values, j + lanes));                     \
       const auto below_0 = cmp_mask(x0, lo, _CMP_LT_OQ), below_1 = cmp_mask(x1, lo, _CMP_LT_OQ);                    \
       below0 = imask_add(below0, below_0, below0, one);                                                             \
       below1 = imask_add(below1, below_1, below1, one);                                                             \
@@ -142,10 +151,11 @@ __attribute__((target("avx512f,popcnt"))) void tally_avx512(const Source& src, i
 #define DA_TALLY_AVX2(acc_t, lanes, vec, andnot, set1, cmp, movemask)                                     \
   if (t.overflowed()) return;                                                                             \
   const vec lo = set1(b.lo), hi = set1(b.hi), sign = set1(acc_t(-0.0));                                   \
+  const auto values = avx2_values_source(src);                                                            \
   int64_t i = 0, not_below = 0;                                                                           \
   unsigned unordered = 0;                                                                                 \
   while (i + lanes <= n && !t.overflowed()) {                                                             \
-    const vec x = andnot(sign, avx2_values(src, i));                                                      \
+    const vec x = andnot(sign, avx2_values(values, i));                                                   \
     const unsigned at_least_lo = movemask(cmp(x, lo, _CMP_GE_OQ));                                        \
     const unsigned nan = movemask(cmp(x, x, _CMP_UNORD_Q));                                               \
     not_below += __builtin_popcount(at_least_lo | nan);                                                   \
