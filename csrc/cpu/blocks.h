@@ -233,18 +233,23 @@ enum class Walk { kUp, kDown };
 constexpr int64_t kAliasReach = 256;  // bytes: how close counts, from the measurements above
 // A pass that counts as it goes (for_each_element's kCarriesSum) walks
 // downwards with the lanes of every load and store reversed, which costs it
-// about what the aliasing does at 64 and 128 bytes: on the 2-core VM
-// threshold's pinned pass at (4,4,128,128), one thread, took 41-42 us either
-// way at 64 and 128 bytes, and 41-47 us downwards against 35-37 upwards at
-// 192 and 256 (34 us where nothing aliases). It goes down only within this.
+// about what the aliasing does at 64 and 128 bytes and more beyond. On the
+// 2-core VM at (4,4,128,128), one thread, each tensor placed by hand the
+// given distance after the one before it modulo 4 KiB: threshold's pinned
+// pass took 41-42 us either way at 64 and 128 bytes, 41-47 us downwards
+// against 35-37 upwards at 192 and 256 (34 us where nothing aliases);
+// ei_step's (x, model_out, a history, then its two outputs) 85-88 us either
+// way at 64 and 128, 85-88 downwards against 70-73 upwards at 192 (69-70).
+// So it goes down only within this.
 constexpr int64_t kCountingAliasReach = 128;
 
 // The walk for a pass that loads inputs and stores outputs at the same
 // element offsets: each (input, output) pair whose distance modulo 4 KiB is
-// within kAliasReach votes for the direction that leaves it behind. Only
-// pairs that the loop itself loads and stores count (direct operands, the
-// same element size, so the distance is the same for every element); an
-// output that is exactly an input (in place) does not vote.
+// within reach (kAliasReach; kCountingAliasReach for a counting pass) votes
+// for the direction that leaves it behind. Only pairs that the loop itself
+// loads and stores count (direct operands, the same element size, so the
+// distance is the same for every element); an output that is exactly an
+// input (in place) does not vote.
 template <typename acc_t>
 DA_INLINE Walk walk_for(const In* inputs, int num_inputs, const Out* outputs, int num_outputs,
                         int64_t reach = kAliasReach) {
