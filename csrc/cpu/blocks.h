@@ -245,14 +245,14 @@ constexpr int64_t kCountingAliasReach = 128;
 
 // The walk for a pass that loads inputs and stores outputs at the same
 // element offsets: each (input, output) pair whose distance modulo 4 KiB is
-// within reach (kAliasReach; kCountingAliasReach for a counting pass) votes
-// for the direction that leaves it behind. Only pairs that the loop itself
-// loads and stores count (direct operands, the same element size, so the
-// distance is the same for every element); an output that is exactly an
-// input (in place) does not vote.
-template <typename acc_t>
-DA_INLINE Walk walk_for(const In* inputs, int num_inputs, const Out* outputs, int num_outputs,
-                        int64_t reach = kAliasReach) {
+// within kAliasReach (kCountingAliasReach for a pass that counts as it goes,
+// kCarriesSum as for_each_element's) votes for the direction that leaves it
+// behind. Only pairs that the loop itself loads and stores count (direct
+// operands, the same element size, so the distance is the same for every
+// element); an output that is exactly an input (in place) does not vote.
+template <typename acc_t, bool kCarriesSum = false>
+DA_INLINE Walk walk_for(const In* inputs, int num_inputs, const Out* outputs, int num_outputs) {
+  constexpr int64_t reach = kCarriesSum ? kCountingAliasReach : kAliasReach;
   int votes_down = 0;
   for (int o = 0; o < num_outputs; ++o) {
     if (outputs[o].dtype != dtype_of<acc_t>() || outputs[o].streaming) continue;

@@ -64,7 +64,7 @@ DA_CPU_MULTIVERSION void ei_step_spans(const EiStepArgs<acc_t>& a, int64_t begin
   if (kNoise) inputs[num_inputs++] = a.noise;
   for (int j = 0; j < K; ++j) inputs[num_inputs++] = a.history[j];
   const Out outputs[2] = {a.x_next, a.d};
-  const Walk walk = walk_for<acc_t>(inputs, num_inputs, outputs, 2, kCount ? kCountingAliasReach : kAliasReach);
+  const Walk walk = walk_for<acc_t, kCount>(inputs, num_inputs, outputs, 2);
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t n) DA_LAMBDA_INLINE {
     ei_step_span<acc_t, K, kNoise, kThreshold, kCount>(a, counter, walk, sample, first, n);
   });

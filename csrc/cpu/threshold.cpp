@@ -15,7 +15,7 @@ namespace {
 template <typename acc_t, bool kCount>
 DA_INLINE void threshold_range_impl(const ThresholdArgs<acc_t>& a, int64_t begin, int64_t end) {
   const PinCounter<acc_t> counter(a.counting);
-  const Walk walk = walk_for<acc_t>(&a.x, 1, &a.y, 1, kCount ? kCountingAliasReach : kAliasReach);
+  const Walk walk = walk_for<acc_t, kCount>(&a.x, 1, &a.y, 1);
   for_each_sample_span(a.per_sample, begin, end, [&](int64_t sample, int64_t first, int64_t count) DA_LAMBDA_INLINE {
     const acc_t limit = a.limit[sample * a.threshold_stride];
     const acc_t divisor = a.divisor[sample * a.threshold_stride];
