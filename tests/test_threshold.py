@@ -1,7 +1,9 @@
 """diffaccel.ops.threshold against its reference, and the reference's quantile
 against torch.quantile (the semantics both follow)."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,10 +122,11 @@ def test_selection_matches_reference(n, ratio, ties, dtype, gen):
 def test_selection_of_large_samples(n, ratio, values, dtype, gen):
     """Samples of 2^16 elements and more, where the GPU selection spreads each
     sample over many blocks (a partial last chunk included) and finishes on the
-    keys its second pass copied when they fit in a quarter of the sample, else
+    candidates of its sampled bracket, or, when they miss or overflow a quarter
+    of the sample, on the keys its second digit pass copied when they fit, else
     goes on over the whole sample ("three": magnitudes 0, 1 and 2 only, most of
-    them 2, so the top ranks' group never fits); a NaN still poisons only its
-    own sample."""
+    them 2, so neither the bracket's candidates nor the top ranks' group ever
+    fit); a NaN still poisons only its own sample."""
     x = torch.randn((3, n), generator=gen, dtype=dtype) * 3
     if values == "rounded":
         x = x.round()
@@ -149,15 +152,18 @@ def test_ei_step_dynamic_threshold_on_large_samples(gen):
 
 
 # The CPU selection samples 256 magnitudes of a sample of fewer than 32768
-# elements and 512 from there (csrc/cpu/selection.h: selection_sample_log2)
+# elements and 512 from there (diffaccel/quantile.h: selection_sample_log2)
 # when it holds at least SAMPLED_SELECTION_MIN elements; below that it selects
-# exactly. SAMPLED_SIZES has one size for each sample size.
+# exactly. The GPU samples 512 from GPU_SAMPLED_MIN elements (its multi-block
+# selection; csrc/cuda/radix_select.cuh). SAMPLED_SIZES has one size for each
+# sample size, and one the GPU samples.
 SAMPLED_SELECTION_MIN = 8192
-SAMPLED_SIZES = [3 * SAMPLED_SELECTION_MIN + 17, 5 * SAMPLED_SELECTION_MIN + 17]
+GPU_SAMPLED_MIN = 1 << 16
+SAMPLED_SIZES = [3 * SAMPLED_SELECTION_MIN + 17, 5 * SAMPLED_SELECTION_MIN + 17, GPU_SAMPLED_MIN + 17]
 
 
 def _sampled_positions(n):
-    """The positions csrc/cpu/selection.h samples in a sample of n elements (its
+    """The positions diffaccel/quantile.h samples in a sample of n elements (its
     sample_position), so that a test can put values where the sample cannot see them."""
     log2 = 8 if n < 4 * SAMPLED_SELECTION_MIN else 9
     i = torch.arange(1 << log2, dtype=torch.int64)
@@ -178,23 +184,26 @@ def _exactly_equal(actual, expected):
 
 
 @pytest.mark.parametrize("n", SAMPLED_SIZES)
-@pytest.mark.parametrize("hidden", ["large", "small", "nan"])
+@pytest.mark.parametrize("hidden", ["large", "small", "nan", "nan sampled"])
 @pytest.mark.parametrize("ratio", [0.5, 0.995, 1.0])
 def test_selection_when_the_sample_misses(hidden, ratio, n, gen):
     """The sampled selection is exact even when the sample is as misleading as it
     can be: every sampled position holds a small (or a large) value and the rest
     the opposite, so the bracket the sample gives misses the quantile and the
     selection must fall back; a NaN where the sample does not look still poisons
-    the sample. (On a GPU, which does not sample, an exactness test like others.)"""
+    the sample, and one where it does gives no bracket at all. (On a GPU below
+    GPU_SAMPLED_MIN, which it does not sample, an exactness test like others.)"""
     x = torch.rand((2, n), generator=gen, device=DEVICE) + 10
     sampled = _sampled_positions(n).to(DEVICE)
     if hidden == "large":
         x[:, sampled] = torch.rand((2, len(sampled)), generator=gen, device=DEVICE)
     elif hidden == "small":
         x[:, sampled] = torch.rand((2, len(sampled)), generator=gen, device=DEVICE) + 100
-    else:
+    elif hidden == "nan":
         unsampled = next(p for p in range(n // 3, n) if p not in set(sampled.tolist()))
         x[1, unsampled] = float("nan")
+    else:
+        x[1, sampled[len(sampled) // 3]] = float("nan")
     options = dict(SELECTION, ratio=ratio)
     _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
 
@@ -273,16 +282,16 @@ def test_selection_when_only_the_narrow_bracket_misses(n, dtype, gen):
     _exactly_equal(ops.threshold(x, **options), reference.threshold(x, **options))
 
 
+@pytest.mark.parametrize("n", [SAMPLED_SELECTION_MIN + 4099, GPU_SAMPLED_MIN + 4099])
 @pytest.mark.parametrize("values", ["normal", "constant", "two", "heavy", "ulps", "tiny"])
 @pytest.mark.parametrize("ratio", [0.0, 1e-3, 0.5, 0.9, 0.995, 1.0])
-def test_sampled_selection_is_exact(values, ratio, gen):
+def test_sampled_selection_is_exact(values, ratio, n, gen):
     """Samples large enough to be selected by sampling, on data that sampling
     finds easy (normal), that fills the bracket past its capacity (constant, two
     values), with a heavy tail, a few ulps apart with many ties (ulps: the
     ranks' bins hold many values, so the pick among the candidates bins them
     again) and zeros, subnormals and normals mixed (tiny), at many ranks: the
     same bits as the reference."""
-    n = SAMPLED_SELECTION_MIN + 4099
     x = torch.randn((3, n), generator=gen, device=DEVICE)
     if values == "constant":
         x = torch.full((3, n), -2.5, device=DEVICE)
@@ -548,3 +557,16 @@ def test_backward_bad_input(backend, gen):
             autograd.threshold_backward(x[:2], x, torch.ones(3))
         with pytest.raises(TypeError, match="threshold_backward: argument 'scale' must be a floating tensor"):
             autograd.threshold_backward(x, x, torch.ones(3, dtype=torch.int64))
+
+
+def test_gpu_selection_model():
+    """The Python model of the GPU selection's control logic
+    (scripts/radix_select_model.py: the sampled bracket, the digit passes, the
+    compaction and their fallbacks) selects what sorting does, on random and
+    misleading samples: a check of the algorithm the CUDA kernels implement that
+    runs without a GPU."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "radix_select_model.py"
+    spec = importlib.util.spec_from_file_location("radix_select_model", path)
+    model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model)
+    assert model.main(trials=700) == 0

@@ -195,29 +195,24 @@ acc_t quantile_of_magnitudes(const acc_t* values, int64_t n, double ratio) {
   return quantile_among(candidates.data(), int64_t(candidates.size()), before_below, rank);
 }
 
-// The ranks' position in the sample is binomially spread around
-// rank / n * size (the sample's size), with standard deviation sd; each
-// bracket reaches its margin (kNarrowMargin or kWideMargin) to either side, out
-// to the outer edges of the bins of one histogram of the sample that hold the
+// Each bracket reaches from the sample rank bracket_sample_ranks gives for
+// its margin (kNarrowMargin or kWideMargin) below the wanted ranks to the one
+// above them, out to the outer edges of the bins of one histogram of the sample that hold the
 // values there (one pass for both brackets; the exact values would take a
 // selection apiece, and a bin is a small part of a bracket).
 template <typename acc_t>
 SampleBrackets<acc_t> brackets_from_sample(const acc_t* sample, int64_t size, int64_t n,
                                            const QuantileRank<acc_t>& rank) {
-  const double p_below = double(rank.below) / double(n), p_above = double(rank.above + 1) / double(n);
-  const double sd = std::sqrt(double(size) * std::max(p_below * (1 - p_below), p_above * (1 - p_above)));
   const RankBins<acc_t> histogram(sample, size);
   auto bracket = [&](const BracketMargin& margin) {
-    const double spread = margin.sds * sd + margin.values;
-    const int64_t k_lo = int64_t(std::floor(p_below * double(size) - spread));
-    const int64_t k_hi = int64_t(std::ceil(p_above * double(size) + spread));
+    const SampleRanks k = bracket_sample_ranks(rank, n, size, margin);
     int64_t before;
     Bracket<acc_t> b;
-    b.lo = k_lo > 0 ? histogram.lower_edge(histogram.bin_of_rank(k_lo, &before)) : acc_t(0);
-    b.hi = k_hi < size ? histogram.upper_edge(histogram.bin_of_rank(k_hi, &before))
+    b.lo = k.lo > 0 ? histogram.lower_edge(histogram.bin_of_rank(k.lo, &before)) : acc_t(0);
+    b.hi = k.hi < size ? histogram.upper_edge(histogram.bin_of_rank(k.hi, &before))
                        : std::numeric_limits<acc_t>::infinity();
     // Room for four times the expected number of candidates.
-    const int64_t expected = (std::min(k_hi, size) - std::max<int64_t>(k_lo, 0) + 1) * (n / size + 1);
+    const int64_t expected = (std::min(k.hi, size) - std::max<int64_t>(k.lo, 0) + 1) * (n / size + 1);
     b.capacity = std::min(n, 4 * expected + 64);
     return b;
   };

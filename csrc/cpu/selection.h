@@ -15,7 +15,8 @@
 // many values; when the wide one fails too (a misleading sample, or constant
 // data), the exact histogram selection of quantile.cpp runs instead. Each is
 // exact, so the result is torch.quantile's whatever path was taken, and the
-// same bits every run.
+// same bits every run. The sample's size and positions and the brackets'
+// margins are shared with the CUDA selection (diffaccel/quantile.h).
 //
 // Everything here is inlined into the kernels' ISA clones.
 #pragma once
@@ -34,50 +35,12 @@
 
 namespace diffaccel::cpu {
 
-// Samples below this size are selected exactly: the sampling would cost as
-// much as it saves.
-constexpr int64_t kSampledSelectionMin = 8192;
-// The sample holds 2^log2 magnitudes: 256 below 32768 values, 512 from there.
-// Each element of it is a random read (some 8 ns apiece on the 2-core VM
-// where it was measured, the data in cache); a larger sample narrows the
-// bracket (fewer candidates to tally and select among) but costs more than
-// that saves on the benchmark's sizes: 2^9 at 16384 values was 15% slower
-// than 2^8, 2^10 slower at 65536 and 262144.
-DA_INLINE int selection_sample_log2(int64_t n) { return n < 4 * kSampledSelectionMin ? 8 : 9; }
-
-// Element i of the sample (0 <= i < 2^log2) out of n: one element from each
-// of 2^log2 equal windows, at a position within its window that a hash of i
-// picks, so that the sample does not line up with the rows or channels of an
-// image.
-DA_INLINE int64_t sample_position(int64_t i, int64_t n, int log2) {
-  const int64_t window_begin = (i * n) >> log2;
-  const int64_t window = (((i + 1) * n) >> log2) - window_begin;
-  const uint64_t hash = ((uint64_t(i) + 1) * 0x9E3779B97F4A7C15ull) >> 32;
-  return window_begin + int64_t((hash * uint64_t(window)) >> 32);  // (hash / 2^32 of the window: no division)
-}
-
 template <typename acc_t>
 struct Bracket {
   acc_t lo, hi;      // the candidates are the values in [lo, hi]
   int64_t capacity;  // more candidates than this: the bracket fails (as when it misses)
 };
 
-// How far a bracket reaches beyond the ranks' expected position in the
-// sample: sds standard deviations of that position plus values sample values.
-// The narrow bracket misses about one sample in ten (at ratio 0.995, 9% of
-// 400 normal samples of 16384 values, 12% of 200 of 65536), which then costs
-// a second tally, with the wide one, over data the first brought into cache;
-// the wide one misses about one in 4000 or fewer, for the exact selection.
-// Measured on the 2-core VM (a C++ loop over this kernel on 16 x 16384
-// float32, one thread, 64 different samples): the narrow one first took 12%
-// less time than the wide one alone, for it collects and picks among about
-// half the candidates; with no margin at all it missed half the time and was
-// no faster than the wide one alone. In the op benchmark:
-// bench/results/2026-12-04-cpu-2.md.
-struct BracketMargin {
-  double sds, values;
-};
-constexpr BracketMargin kNarrowMargin{0.5, 1.0}, kWideMargin{3.0, 2.0};
 template <typename acc_t>
 struct SampleBrackets {
   Bracket<acc_t> narrow, wide;

@@ -1,5 +1,6 @@
 // Dynamic thresholding's per-sample scale on the GPU: the ratio-quantile of
-// |v| over each sample by radix select on the float bits, never a sort.
+// |v| over each sample by radix select on the float bits, never a sort (large
+// samples first narrow it to a sampled bracket's candidates: below).
 //
 // Magnitudes are >= 0, so their IEEE bit patterns (keys) order like the
 // values. One block per sample builds a histogram of the top kDigitBits of the
@@ -244,13 +245,20 @@ __global__ void __launch_bounds__(kSelectThreads)
 
 // ---- Multi-block selection for large samples ----
 //
-// Pass 0 histograms the top digit of every key over (chunks x samples) blocks.
-// Pass 1 histograms the next digit of the keys in the chosen bin and also
-// copies those keys (the candidates: about 1% of a sample of Gaussian data at
-// the 0.995 quantile) to a buffer of a quarter of the sample. When they fit,
-// one block per sample finishes the selection on them (block_select) and the
-// later full passes return at once, so the sample is read twice, not three
-// times; when they do not (heavy ties, or data that crowds the top of one
+// First the sampled bracket (diffaccel/quantile.h, as on the CPU): one block
+// per sample reads 512 spread-out magnitudes and takes the two at the wide
+// margin's sample ranks as [lo, hi]; one pass over (chunks x samples) blocks
+// counts the keys below lo and copies those in [lo, hi] (the candidates: about
+// 3% of a sample at the 0.995 quantile) to a buffer of a quarter of the
+// sample. When the wanted ranks fall among them, one block per sample finishes
+// the selection on them (block_select) and the digit passes below return at
+// once: the sample is read once before the pass that thresholds it.
+//
+// When the bracket misses (a misleading sample, heavy ties, a NaN in the
+// sample), the digit passes run: pass 0 histograms the top digit of every key;
+// pass 1 histograms the next digit of the keys in the chosen bin and also
+// copies those keys to the buffer. When they fit, the finishing block selects
+// on them; when they do not (heavy ties, or data that crowds the top of one
 // bin), the digit passes go on over the whole sample.
 
 // Samples from 2^16 elements are split into chunks of 4096 to 65536 elements
@@ -266,17 +274,21 @@ __host__ __device__ inline int64_t select_chunk(int64_t per_sample) {
   return rounded < 4096 ? 4096 : (rounded > 65536 ? 65536 : rounded);
 }
 
-constexpr unsigned int kSawNan = 1u, kScaleDone = 2u, kCompacted = 4u;
+// kBracketed: the candidates are the bracket's (with kCompacted); kNoBracket:
+// the sample gave none (it holds a NaN), the digit passes select.
+constexpr unsigned int kSawNan = 1u, kScaleDone = 2u, kCompacted = 4u, kBracketed = 8u, kNoBracket = 16u;
 
 // What a sample's passes hand each other, in the zeroed scratch.
 template <typename key_t>
 struct SelectState {
   key_t prefix;              // the digits fixed so far
   key_t above_inverted;      // ~(the smallest key above a pass's group seen so far); zeroed: none
-  unsigned int remaining;    // the wanted rank among the keys matching prefix
+  key_t lo, hi;              // the sampled bracket's ends
+  unsigned int below;        // keys below lo
+  unsigned int remaining;    // the wanted rank among the keys matching prefix (or among the bracket's)
   unsigned int blocks_done;  // blocks of this pass finished (the last one picks)
-  unsigned int flags;        // kSawNan, kScaleDone, kCompacted
-  unsigned int candidates;   // keys pass 1 found in its group (may exceed the buffer)
+  unsigned int flags;        // kSawNan, kScaleDone, kCompacted, kBracketed, kNoBracket
+  unsigned int candidates;   // keys the bracket's pass or pass 1 found (may exceed the buffer)
 };
 
 __host__ __device__ inline int64_t candidate_capacity(int64_t per_sample) { return (per_sample + 3) / 4; }
@@ -304,6 +316,97 @@ __device__ __forceinline__ void append_candidate(bool take, key_t key, unsigned 
   if (take) {
     const unsigned int slot = base + static_cast<unsigned int>(__popc(mask & ((1u << lane) - 1u)));
     if (slot < capacity) buffer[slot] = key;
+  }
+}
+
+// The multi-block selection samples 512 magnitudes, one per thread.
+constexpr int kBracketSampleThreads = 512;
+static_assert(kMultiBlockSelectMin >= 4 * kSampledSelectionMin, "selection_sample_log2 is 9 from 32768 values");
+
+// The sampled bracket of each sample: the keys at sample ranks ranks.lo and
+// ranks.hi (bracket_sample_ranks with the wide margin) among the sampled
+// magnitudes, ties ordered by position; zero when ranks.lo <= 0, infinity when
+// ranks.hi is past the sample. A NaN in the sample: kNoBracket. Launch: one
+// block of kBracketSampleThreads per sample.
+template <typename acc_t, typename Source>
+__global__ void __launch_bounds__(kBracketSampleThreads)
+    select_sample_bracket(Source source, int64_t per_sample, SampleRanks ranks,
+                          SelectState<typename MagnitudeKey<acc_t>::type>* states) {
+  using Key = MagnitudeKey<acc_t>;
+  using key_t = typename Key::type;
+  __shared__ key_t sampled[kBracketSampleThreads];
+  const int64_t b = blockIdx.x;
+  const int me = threadIdx.x;
+  const key_t key = Key::of(source(b, sample_position(me, per_sample, selection_sample_log2(per_sample))));
+  sampled[me] = key;
+  SelectState<key_t>* state = states + b;
+  if (__syncthreads_or(key > Key::kInf)) {
+    if (me == 0) state->flags = kNoBracket;
+    return;
+  }
+  // This key's rank among the sampled ones: 512 compares a thread, cheaper
+  // than a sort for two order statistics.
+  int64_t rank = 0;
+  for (int j = 0; j < kBracketSampleThreads; ++j) {
+    const key_t other = sampled[j];
+    rank += other < key || (other == key && j < me);
+  }
+  if (rank == ranks.lo) state->lo = key;
+  if (rank == ranks.hi) state->hi = key;
+  if (me == 0 && ranks.hi >= kBracketSampleThreads) state->hi = Key::kInf;
+}
+
+// The bracket's pass: counts the keys below lo, copies those in [lo, hi] to
+// the sample's candidates, notes a NaN. The sample's last block decides:
+// a NaN makes the scale NaN; the wanted ranks among candidates that all fit
+// make them the finishing block's (kCompacted | kBracketed); otherwise the
+// digit passes run (the candidate count is reset for pass 1). Grid: (chunks,
+// batch) blocks of kSelectThreads.
+template <typename acc_t, typename Source>
+__global__ void __launch_bounds__(kSelectThreads)
+    select_bracket_pass(Source source, int64_t per_sample, ThresholdSelect select,
+                        SelectState<typename MagnitudeKey<acc_t>::type>* states,
+                        typename MagnitudeKey<acc_t>::type* candidates, acc_t* scales) {
+  using Key = MagnitudeKey<acc_t>;
+  using key_t = typename Key::type;
+  __shared__ unsigned int block_below;
+  const int64_t b = blockIdx.y;
+  SelectState<key_t>* state = states + b;
+  if (state->flags & kNoBracket) return;
+  const key_t lo = state->lo, hi = state->hi;
+  const unsigned int capacity = static_cast<unsigned int>(candidate_capacity(per_sample));
+  key_t* buffer = candidates + b * int64_t(capacity);
+  if (threadIdx.x == 0) block_below = 0;
+  __syncthreads();
+  const int64_t chunk = select_chunk(per_sample);
+  const int64_t begin = blockIdx.x * chunk;
+  const int64_t end = begin + chunk < per_sample ? begin + chunk : per_sample;
+  bool saw_nan = false;
+  unsigned int below = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kSelectThreads) {
+    const key_t key = Key::of(source(b, i));
+    saw_nan |= key > Key::kInf;  // (above hi: not a candidate)
+    below += key < lo;
+    append_candidate(key >= lo && key <= hi, key, &state->candidates, buffer, capacity);
+  }
+  if (below != 0) atomicAdd(&block_below, below);
+  if (__syncthreads_or(saw_nan) && threadIdx.x == 0) atomicOr(&state->flags, kSawNan);
+  if (threadIdx.x == 0 && block_below != 0) atomicAdd(&state->below, block_below);
+  if (!finished_last(&state->blocks_done, gridDim.x)) return;
+
+  if (threadIdx.x != 0) return;
+  const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
+  const unsigned int flags = __ldcg(&state->flags);
+  const int64_t found = __ldcg(&state->candidates), below_lo = __ldcg(&state->below);
+  state->blocks_done = 0;  // for the digit passes
+  if (flags & kSawNan) {
+    scales[b] = acc_t(NAN);
+    state->flags = flags | kScaleDone;
+  } else if (found <= capacity && rank.below >= below_lo && rank.above < below_lo + found) {
+    state->remaining = static_cast<unsigned int>(rank.below - below_lo);
+    state->flags = flags | kCompacted | kBracketed;
+  } else {
+    state->candidates = 0;
   }
 }
 
@@ -390,8 +493,8 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
 }
 
-// The selection of the samples whose pass 1 kept all its candidates: one
-// block per sample over them, from the digits passes 0 and 1 fixed.
+// The selection of the samples whose bracket or pass 1 kept all its
+// candidates: one block per sample over them.
 template <typename acc_t>
 __global__ void __launch_bounds__(kSelectThreads)
     select_finish_candidates(int64_t per_sample, ThresholdSelect select,
@@ -405,10 +508,15 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int64_t capacity = candidate_capacity(per_sample);
   const key_t* mine = candidates + b * capacity;
   const QuantileRank<acc_t> rank = quantile_rank<acc_t>(select.ratio, per_sample);
-  const SelectStart<key_t> start{state->prefix, Key::kBits - pass_shift(1, Key::kBits), pass_shift(2, Key::kBits),
-                                 state->remaining};
-  block_select<acc_t>([&](int64_t i) { return mine[i]; }, state->candidates, start, false, ~state->above_inverted, rank,
-                      select, scales + b);
+  // The bracket's candidates hold both order statistics: their digits from the
+  // top. Pass 1's share the digits passes 0 and 1 fixed, and the upper order
+  // statistic may lie above them all.
+  const bool bracketed = state->flags & kBracketed;
+  const SelectStart<key_t> start = bracketed ? SelectStart<key_t>{0, 0, pass_shift(0, Key::kBits), state->remaining}
+                                             : SelectStart<key_t>{state->prefix, Key::kBits - pass_shift(1, Key::kBits),
+                                                                  pass_shift(2, Key::kBits), state->remaining};
+  block_select<acc_t>([&](int64_t i) { return mine[i]; }, state->candidates, start, false,
+                      bracketed ? ~key_t(0) : ~state->above_inverted, rank, select, scales + b);
 }
 
 inline int64_t round256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
@@ -456,6 +564,12 @@ cudaError_t launch_select(Source source, int64_t batch, int64_t per_sample, cons
   if (status != cudaSuccess) return status;
   const int64_t chunk = select_chunk(per_sample);
   const dim3 grid(static_cast<unsigned int>((per_sample + chunk - 1) / chunk), static_cast<unsigned int>(batch));
+  const SampleRanks ranks = bracket_sample_ranks(quantile_rank<acc_t>(select.ratio, per_sample), per_sample,
+                                                 kBracketSampleThreads, kWideMargin);
+  select_sample_bracket<acc_t>
+      <<<static_cast<unsigned int>(batch), kBracketSampleThreads, 0, stream>>>(source, per_sample, ranks, states);
+  select_bracket_pass<acc_t>
+      <<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, states, candidates, scales);
   for (int pass = 0; pass < digit_passes(MagnitudeKey<acc_t>::kBits); ++pass) {
     select_digit_pass<acc_t>
         <<<grid, kSelectThreads, 0, stream>>>(source, per_sample, select, pass, states, histograms, candidates, scales);

@@ -43,6 +43,72 @@ DA_HOST_DEVICE inline QuantileRank<acc_t> quantile_rank(double ratio, int64_t n)
   return r;
 }
 
+// ---- The sampled bracket (Floyd and Rivest's idea), shared by the CPU
+// selection (csrc/cpu/selection.h) and the CUDA multi-block one
+// (csrc/cuda/radix_select.cuh): a fixed, spread-out sample of a sample's
+// magnitudes gives two values lo <= hi that bracket the wanted order
+// statistics with high probability; one pass then counts the magnitudes below
+// lo and collects those in [lo, hi], and the order statistics are selected
+// among those candidates. A bracket that misses (or holds too many) costs a
+// fallback, never a wrong result.
+
+// Samples below this size are selected exactly (CPU): the sampling would cost
+// as much as it saves.
+constexpr int64_t kSampledSelectionMin = 8192;
+// The sample holds 2^log2 magnitudes: 256 below 32768 values, 512 from there.
+// Chosen on the CPU, where each element of it is a random read (some 8 ns
+// apiece on the 2-core VM where it was measured, the data in cache); a larger
+// sample narrows the bracket (fewer candidates to tally and select among) but
+// costs more than that saves on the benchmark's sizes: 2^9 at 16384 values was
+// 15% slower than 2^8, 2^10 slower at 65536 and 262144. (The GPU, which
+// samples from 65536 values, takes the same 512.)
+DA_HOST_DEVICE inline int selection_sample_log2(int64_t n) { return n < 4 * kSampledSelectionMin ? 8 : 9; }
+
+// Element i of the sample (0 <= i < 2^log2) out of n: one element from each
+// of 2^log2 equal windows, at a position within its window that a hash of i
+// picks, so that the sample does not line up with the rows or channels of an
+// image.
+DA_HOST_DEVICE inline int64_t sample_position(int64_t i, int64_t n, int log2) {
+  const int64_t window_begin = (i * n) >> log2;
+  const int64_t window = (((i + 1) * n) >> log2) - window_begin;
+  const uint64_t hash = ((uint64_t(i) + 1) * 0x9E3779B97F4A7C15ull) >> 32;
+  return window_begin + int64_t((hash * uint64_t(window)) >> 32);  // (hash / 2^32 of the window: no division)
+}
+
+// How far a bracket reaches beyond the ranks' expected position in the
+// sample: sds standard deviations of that position plus values sample values.
+// The narrow bracket misses about one sample in ten (at ratio 0.995, 9% of
+// 400 normal samples of 16384 values, 12% of 200 of 65536), which then costs
+// a second tally, with the wide one, over data the first brought into cache;
+// the wide one misses about one in 4000 or fewer, for the exact selection.
+// Measured on the 2-core VM (a C++ loop over the CPU kernel on 16 x 16384
+// float32, one thread, 64 different samples): the narrow one first took 12%
+// less time than the wide one alone, for it collects and picks among about
+// half the candidates; with no margin at all it missed half the time and was
+// no faster than the wide one alone. In the op benchmark:
+// bench/results/2026-12-04-cpu-2.md. (The GPU tries the wide one only: a miss
+// there costs three more passes over the sample.)
+struct BracketMargin {
+  double sds, values;
+};
+constexpr BracketMargin kNarrowMargin{0.5, 1.0}, kWideMargin{3.0, 2.0};
+
+// The sample ranks (0 = the smallest of `size` sampled magnitudes) at a
+// bracket's ends for `rank` in n values: lo <= 0 means from zero, hi >= size
+// up to infinity.
+struct SampleRanks {
+  int64_t lo, hi;
+};
+template <typename acc_t>
+inline SampleRanks bracket_sample_ranks(const QuantileRank<acc_t>& rank, int64_t n, int64_t size,
+                                        const BracketMargin& margin) {
+  const double p_below = double(rank.below) / double(n), p_above = double(rank.above + 1) / double(n);
+  const double q_below = p_below * (1 - p_below), q_above = p_above * (1 - p_above);
+  const double sd = std::sqrt(double(size) * (q_below > q_above ? q_below : q_above));
+  const double spread = margin.sds * sd + margin.values;
+  return {int64_t(std::floor(p_below * double(size) - spread)), int64_t(std::ceil(p_above * double(size) + spread))};
+}
+
 // torch.lerp's formula, which switches ends at weight 0.5 for accuracy.
 template <typename acc_t>
 DA_HOST_DEVICE inline acc_t lerp_like_torch(acc_t lo, acc_t hi, acc_t weight) {
