@@ -98,6 +98,23 @@ def random_coeffs(batch, n, per_sample, generator, dtype=torch.float64):
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
 
 
+# The sampled selection (diffaccel/quantile.h) samples 256 magnitudes of a
+# sample of fewer than 32768 elements and 512 from there
+# (selection_sample_log2); the CPU samples from SAMPLED_SELECTION_MIN elements.
+SAMPLED_SELECTION_MIN = 8192
+
+
+def sampled_positions(n):
+    """The positions diffaccel/quantile.h samples in a sample of n elements (its
+    sample_position), so that a test can put values where the sample cannot see them."""
+    log2 = 8 if n < 4 * SAMPLED_SELECTION_MIN else 9
+    i = torch.arange(1 << log2, dtype=torch.int64)
+    begin = (i * n) >> log2
+    window = (((i + 1) * n) >> log2) - begin
+    hashed = [(((k + 1) * 0x9E3779B97F4A7C15) % (1 << 64)) >> 32 for k in range(1 << log2)]
+    return begin + (torch.tensor(hashed, dtype=torch.int64) * window) // (1 << 32)
+
+
 @pytest.fixture
 def gen(request):
     """A seeded generator per test: each test case draws its own inputs, and a

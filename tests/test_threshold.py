@@ -12,7 +12,16 @@ from diffaccel import ops
 from diffaccel.benchmarking import quantile_threshold
 from diffaccel.ops import autograd, reference
 
-from conftest import DEVICE, DTYPES, LAYOUTS, SHAPES, assert_close, make
+from conftest import (
+    DEVICE,
+    DTYPES,
+    LAYOUTS,
+    SAMPLED_SELECTION_MIN,
+    SHAPES,
+    assert_close,
+    make,
+    sampled_positions,
+)
 
 OPTIONS = [
     dict(kind="clip", max_value=1.0),
@@ -151,26 +160,12 @@ def test_ei_step_dynamic_threshold_on_large_samples(gen):
         assert_close(a, b)
 
 
-# The CPU selection samples 256 magnitudes of a sample of fewer than 32768
-# elements and 512 from there (diffaccel/quantile.h: selection_sample_log2)
-# when it holds at least SAMPLED_SELECTION_MIN elements; below that it selects
-# exactly. The GPU samples 512 from GPU_SAMPLED_MIN elements (its multi-block
-# selection; csrc/cuda/radix_select.cuh). SAMPLED_SIZES has one size for each
-# sample size, and one the GPU samples.
-SAMPLED_SELECTION_MIN = 8192
+# The GPU samples 512 magnitudes from GPU_SAMPLED_MIN elements a sample (its
+# multi-block selection; csrc/cuda/radix_select.cuh, and the Triton kernels).
+# SAMPLED_SIZES has one size for each of the CPU's sample sizes
+# (conftest.sampled_positions), and one the GPU samples.
 GPU_SAMPLED_MIN = 1 << 16
 SAMPLED_SIZES = [3 * SAMPLED_SELECTION_MIN + 17, 5 * SAMPLED_SELECTION_MIN + 17, GPU_SAMPLED_MIN + 17]
-
-
-def _sampled_positions(n):
-    """The positions diffaccel/quantile.h samples in a sample of n elements (its
-    sample_position), so that a test can put values where the sample cannot see them."""
-    log2 = 8 if n < 4 * SAMPLED_SELECTION_MIN else 9
-    i = torch.arange(1 << log2, dtype=torch.int64)
-    begin = (i * n) >> log2
-    window = (((i + 1) * n) >> log2) - begin
-    hashed = [(((k + 1) * 0x9E3779B97F4A7C15) % (1 << 64)) >> 32 for k in range(1 << log2)]
-    return begin + (torch.tensor(hashed, dtype=torch.int64) * window) // (1 << 32)
 
 
 def _exactly_equal(actual, expected):
@@ -194,7 +189,7 @@ def test_selection_when_the_sample_misses(hidden, ratio, n, gen):
     the sample, and one where it does gives no bracket at all. (On a GPU below
     GPU_SAMPLED_MIN, which it does not sample, an exactness test like others.)"""
     x = torch.rand((2, n), generator=gen, device=DEVICE) + 10
-    sampled = _sampled_positions(n).to(DEVICE)
+    sampled = sampled_positions(n).to(DEVICE)
     if hidden == "large":
         x[:, sampled] = torch.rand((2, len(sampled)), generator=gen, device=DEVICE)
     elif hidden == "small":
@@ -219,7 +214,7 @@ def test_ei_step_selection_when_the_sample_misses(hidden, dtype, n, gen):
     reference's d, thresholded and combined."""
     x = torch.rand((2, n), generator=gen, dtype=dtype) + 10
     m = torch.rand((2, n), generator=gen, dtype=dtype) * 0.1
-    sampled = _sampled_positions(n)
+    sampled = sampled_positions(n)
     unsampled = next(p for p in range(n // 3, n) if p not in set(sampled.tolist()))
     if hidden == "large":
         x[:, sampled] = torch.rand((2, len(sampled)), generator=gen, dtype=dtype)
@@ -243,7 +238,7 @@ def test_ei_step_selection_when_the_sample_misses(hidden, dtype, n, gen):
 def _sample_rank_below(n, ratio, margin_sds, margin_values):
     """The sample rank at the low end of a bracket of csrc/cpu/quantile.cpp
     (brackets_from_sample) for the lower order statistic of ratio."""
-    size = len(_sampled_positions(n))
+    size = len(sampled_positions(n))
     below = int(torch.tensor(ratio, dtype=torch.float32) * (n - 1))  # torch.quantile's rank, in float32
     p_below, p_above = below / n, (below + 2) / n
     sd = math.sqrt(size * max(p_below * (1 - p_below), p_above * (1 - p_above)))
@@ -266,7 +261,7 @@ def test_selection_when_only_the_narrow_bracket_misses(n, dtype, gen):
     ratio = 0.995
     narrow, from_top = _sample_rank_below(n, ratio, 0.5, 1.0)
     wide, _ = _sample_rank_below(n, ratio, 3.0, 2.0)
-    sampled = _sampled_positions(n)
+    sampled = sampled_positions(n)
     size = len(sampled)
     assert 0 < wide < narrow < size and size - narrow <= from_top
     x = torch.zeros((2, n))
@@ -369,7 +364,7 @@ def test_pinned_scale_at_the_count_that_decides_it(n, ratio, pin, dtype, gen):
     x = torch.stack([_pinned_sample(n, edge, side, k, dtype, gen) for k in off_side]).to(DEVICE)
     # A NaN and an infinity (where the sampled selection's sample does not look)
     # in samples the pin would otherwise hold for, each after one it held for.
-    unsampled = next(p for p in range(n // 3, n) if p not in set(_sampled_positions(n).tolist()))
+    unsampled = next(p for p in range(n // 3, n) if p not in set(sampled_positions(n).tolist()))
     x[6, unsampled] = float("nan")
     x[8, unsampled] = -float("inf")
     options = dict(options, kind="dynamic", ratio=ratio)
@@ -395,7 +390,7 @@ def test_pinned_scale_when_the_bracket_misleads(style, n, gen):
     """The bracket of a thread's first sample predicts a pin (every sampled
     position holds a value on the pin's side) that the rest of the sample
     disproves: the pinned pass is thrown away and the sample selected."""
-    sampled = _sampled_positions(n).to(DEVICE)
+    sampled = sampled_positions(n).to(DEVICE)
     if style == "diffusers":  # the sample says q >= max_value = 1.5; q is about 0.9
         x = torch.rand((2, n), generator=gen, device=DEVICE)
         x[:, sampled] = 100.0

@@ -10,7 +10,7 @@ from diffaccel import ops
 from diffaccel.ops import autograd, reference
 from diffaccel.ops import triton as triton_backend
 
-from conftest import DEVICE, DTYPES, LAYOUTS, assert_close, make, random_coeffs
+from conftest import DEVICE, DTYPES, LAYOUTS, assert_close, make, random_coeffs, sampled_positions
 
 pytestmark = pytest.mark.skipif(
     not triton_backend.available(DEVICE), reason=f"triton backend off: {triton_backend.unavailable_reason}"
@@ -125,6 +125,50 @@ def test_threshold_selection(n, ratio, ties, gen):
     with ops.backend("triton"):
         got = ops.threshold(x, **options)
     assert_close(got, reference.threshold(x, **options))
+
+
+# Samples from this many elements take the sampled bracket first
+# (diffaccel/ops/triton/kernels.py: BRACKET_MIN).
+BRACKETED = (1 << 16) + 17
+
+
+@pytest.mark.parametrize("values", ["normal", "misleading", "nan", "nan sampled", "three"])
+def test_threshold_selection_by_bracket(values, gen):
+    """Large samples select among their sampled bracket's candidates when these
+    hold the ranks (normal data), else over the whole sample: where the sample
+    misleads (small values where it looks, large elsewhere), where it holds a
+    NaN, and where the candidates overflow (magnitudes 0, 1 and 2 only); a NaN
+    the sample does not see still poisons its own sample."""
+    n = BRACKETED
+    rows = 2 if values.startswith("nan") else 1  # (the interpreter's time grows with the elements)
+    x = torch.randn((rows, n), generator=gen, device=DEVICE) * 3
+    sampled = sampled_positions(n).to(DEVICE)
+    if values == "misleading":
+        x = torch.rand((rows, n), generator=gen, device=DEVICE) + 10
+        x[:, sampled] = torch.rand((rows, len(sampled)), generator=gen, device=DEVICE)
+    elif values == "nan":
+        unsampled = next(p for p in range(n // 2, n) if p not in set(sampled.tolist()))
+        x[1, unsampled] = float("nan")
+    elif values == "nan sampled":
+        x[1, sampled[100]] = float("nan")
+    elif values == "three":
+        x = x.round().clamp(-2, 2)
+    options = dict(kind="dynamic", ratio=0.995, max_value=1e-3, style="dpm-solver")
+    with ops.backend("triton"):
+        got = ops.threshold(x, **options)
+    assert_close(got, reference.threshold(x, **options))
+
+
+def test_ei_step_selection_by_bracket(gen):
+    """ei_step's selection over c_x x + c_m m by the bracket, in float64 (64-bit keys)."""
+    x, m, h = (torch.randn((1, BRACKETED), generator=gen, dtype=torch.float64, device=DEVICE) for _ in range(3))
+    coeffs = torch.tensor([0.8, 0.5, 0.9, 0.15, -0.05, 0.0], dtype=torch.float64, device=DEVICE)
+    threshold = ops.Threshold("dynamic", 0.995, 1e-3, "dpm-solver")
+    with ops.backend("triton"):
+        got = ops.ei_step(x, m, [h], coeffs, threshold=threshold)
+    want = reference.ei_step(x, m, [h], coeffs, threshold=threshold)
+    for a, b in zip(got, want):
+        assert_close(a, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

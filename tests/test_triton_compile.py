@@ -88,22 +88,39 @@ def test_threshold_kernel(data, dynamic):
 @pytest.mark.parametrize("data", [tl.float32, tl.bfloat16, tl.float64], ids=str)
 @pytest.mark.parametrize("from_ei", [False, True])
 @pytest.mark.parametrize("size", ["i32", "i64"])  # how Triton types the sizes and ranks: by their values
-def test_selection_kernels(data, from_ei, size):
+@pytest.mark.parametrize("bracket", [False, True])
+def test_selection_kernels(data, from_ei, size, bracket):
     float64 = data == tl.float64
     key_bits = 63 if float64 else 31
+    key_ptr = "*i64" if float64 else "*i32"
+    inf_key = 0x7FF0000000000000 if float64 else 0x7F800000
     key = dict(KEY=tl.int64 if float64 else tl.int32, KEY_BITS=key_bits, DIGIT_BITS=kernels.DIGIT_BITS)
     inputs = dict(x_ptr=POINTER[data], m_ptr=POINTER[data], c_ptr="*fp64", c_stride="i64")
-    sizes = dict(per_sample=size, chunk=size, below=size, above=size, batch="i32", pass_index="i32", passes="i32")
-    options = dict(FROM_EI=from_ei, ACC=ACC[data], BLOCK=kernels.SELECT_BLOCK, **key)
+    sizes = dict(
+        per_sample=size, chunk=size, below=size, above=size, capacity=size, batch="i32", pass_index="i32", passes="i32"
+    )
+    state = dict(found_ptr="*i32", under_ptr="*i32", flags_ptr="*i32", candidates_ptr=key_ptr)
+    options = dict(FROM_EI=from_ei, ACC=ACC[data], BLOCK=kernels.SELECT_BLOCK, BRACKET=bracket, **key)
+    if bracket:
+        element = dict(FROM_EI=from_ei, ACC=ACC[data], KEY=key["KEY"], INF_KEY=inf_key)
+        _compile(
+            kernels.select_bracket_ends_kernel,
+            dict(inputs, ends_ptr=key_ptr, flags_ptr="*i32", per_sample=size, k_lo="i32", k_hi="i32"),
+            dict(element, LOG2=kernels.BRACKET_SAMPLE_LOG2),
+        )
+        _compile(
+            kernels.select_bracket_kernel,
+            dict(inputs, **state, ends_ptr=key_ptr, nan_ptr="*i32", per_sample=size, chunk=size, capacity=size),
+            dict(element, BLOCK=kernels.SELECT_BLOCK),
+        )
     histogram = _compile(
         kernels.select_histogram_kernel,
-        dict(inputs, hist_ptr="*i32", nan_ptr="*i32", **sizes),
-        dict(options, INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000),
+        dict(inputs, **state, hist_ptr="*i32", nan_ptr="*i32", **sizes),
+        dict(options, INF_KEY=inf_key),
     )
-    above_ptr = "*i64" if float64 else "*i32"
     above = _compile(
         kernels.select_above_kernel,
-        dict(inputs, hist_ptr="*i32", above_ptr=above_ptr, **sizes),
+        dict(inputs, **state, hist_ptr="*i32", above_ptr=key_ptr, **sizes),
         dict(options, MAX_KEY=(1 << key_bits) - 1),
     )
     if from_ei:  # the keys of c_x x + c_m m: products rounded alone in both kernels, never fused
@@ -114,7 +131,10 @@ def test_selection_kernels(data, from_ei, size):
         dict(
             hist_ptr="*i32",
             nan_ptr="*i32",
-            above_ptr=above_ptr,
+            above_ptr=key_ptr,
+            found_ptr="*i32",
+            under_ptr="*i32",
+            flags_ptr="*i32",
             scale_ptr="*fp64" if float64 else "*fp32",
             w_hi="fp32",
             w_lo="fp32",
@@ -122,7 +142,7 @@ def test_selection_kernels(data, from_ei, size):
             mv_lo="fp32",
             **sizes,
         ),
-        dict(DPM_SOLVER_STYLE=from_ei, ACC=ACC[data], **key),
+        dict(DPM_SOLVER_STYLE=from_ei, ACC=ACC[data], BRACKET=bracket, **key),
     )
 
 

@@ -80,16 +80,28 @@ def quantile_rank(ratio: float, n: int, float64: bool):
     return below, min(above, n - 1), weight
 
 
+def bracket_sample_ranks(below: int, above: int, n: int, size: int):
+    """The sample ranks at the wide bracket's ends, as diffaccel/quantile.h's
+    bracket_sample_ranks with kWideMargin (3 standard deviations and 2 values)."""
+    p_below, p_above = below / n, (above + 1) / n
+    sd = math.sqrt(size * max(p_below * (1 - p_below), p_above * (1 - p_above)))
+    spread = 3.0 * sd + 2.0
+    return math.floor(p_below * size - spread), math.ceil(p_above * size + spread)
+
+
 # Programs of one selection pass, all samples together: about four per
 # multiprocessor of an H100 / H200, so that a batch of one fills the GPU.
 SELECT_PROGRAMS = 512
 
 
 def _select_scales(x, m, coeffs, per_sample, ratio, max_value, style, from_ei):
-    """One dynamic-threshold scale per sample: the radix select's digit passes
-    (many programs per sample, their histograms added up atomically), the pass
-    for the interpolation's second order statistic where it is another key, and
-    the scale. A few small launches; each pass reads the samples once."""
+    """One dynamic-threshold scale per sample: from kernels.BRACKET_MIN elements
+    a sample, the sampled bracket's ends and its pass (one read of the
+    samples); then the radix select's digit passes (many programs per sample,
+    their histograms added up atomically) over the bracket's candidates where
+    they hold the ranks, else over the whole sample; the pass for the
+    interpolation's second order statistic where it is another key, and the
+    scale. A few small launches, none of which waits on the host."""
     batch = _batch(x)
     float64 = x.dtype == torch.float64
     scales = torch.empty(batch, dtype=_acc_torch(x), device=x.device)
@@ -104,24 +116,46 @@ def _select_scales(x, m, coeffs, per_sample, ratio, max_value, style, from_ei):
     chunk = triton.cdiv(triton.cdiv(per_sample, chunks), block) * block
     chunks = triton.cdiv(per_sample, chunk)
     bins = 1 << kernels.DIGIT_BITS
-    counts = torch.zeros(passes * batch * bins + batch, dtype=torch.int32, device=x.device)
-    hist, nans = counts[: passes * batch * bins], counts[passes * batch * bins :]
-    above_keys = torch.full((batch,), max_key, dtype=torch.int64 if float64 else torch.int32, device=x.device)
+    key_dtype = torch.int64 if float64 else torch.int32
+    inf_key = 0x7FF0000000000000 if float64 else 0x7F800000
+    # Zeroed: the digit passes' histograms, then per sample the NaNs, the
+    # bracket's candidates found, the keys below it, and its flag.
+    counts = torch.zeros(passes * batch * bins + 4 * batch, dtype=torch.int32, device=x.device)
+    hist = counts[: passes * batch * bins]
+    nans, found, under, flags = counts[passes * batch * bins :].split(batch)
+    above_keys = torch.full((batch,), max_key, dtype=key_dtype, device=x.device)
     c_stride = coeffs.shape[1] if coeffs.dim() == 2 else 0
-    common = dict(FROM_EI=from_ei, ACC=_acc(x), KEY=key, KEY_BITS=key_bits, BLOCK=block, DIGIT_BITS=kernels.DIGIT_BITS)
+    common = dict(FROM_EI=from_ei, ACC=_acc(x), KEY=key)
+    bracket = per_sample >= kernels.BRACKET_MIN
+    capacity = -(-per_sample // 4)  # as the CUDA kernels': a quarter of the sample
+    candidates = above_keys  # (not read without the bracket)
+    if bracket:
+        size = 1 << kernels.BRACKET_SAMPLE_LOG2
+        k_lo, k_hi = bracket_sample_ranks(below, above, per_sample, size)
+        ends = torch.empty(2 * batch, dtype=key_dtype, device=x.device)
+        candidates = torch.empty(batch * capacity, dtype=key_dtype, device=x.device)
+        _kernel(kernels.select_bracket_ends_kernel)[(batch,)](
+            x, m, coeffs, c_stride, ends, flags, per_sample, k_lo, k_hi,
+            INF_KEY=inf_key, LOG2=kernels.BRACKET_SAMPLE_LOG2, num_warps=4, **common,
+        )  # fmt: skip
+        _kernel(kernels.select_bracket_kernel)[(batch, chunks)](
+            x, m, coeffs, c_stride, ends, flags, found, under, nans, candidates, per_sample, chunk, capacity,
+            INF_KEY=inf_key, BLOCK=block, num_warps=8, **common,
+        )  # fmt: skip
+    digits = dict(KEY_BITS=key_bits, BLOCK=block, DIGIT_BITS=kernels.DIGIT_BITS, BRACKET=bracket, **common)
     for pass_index in range(passes):
         _kernel(kernels.select_histogram_kernel)[(batch, chunks)](
-            x, m, coeffs, c_stride, hist, nans, per_sample, chunk, below, batch, pass_index,
-            INF_KEY=0x7FF0000000000000 if float64 else 0x7F800000, num_warps=8, **common,
+            x, m, coeffs, c_stride, hist, nans, found, under, flags, candidates, per_sample, chunk, below, above,
+            batch, pass_index, capacity, INF_KEY=inf_key, num_warps=8, **digits,
         )  # fmt: skip
     _kernel(kernels.select_above_kernel)[(batch, chunks)](
-        x, m, coeffs, c_stride, hist, above_keys, per_sample, chunk, below, above, batch, passes,
-        MAX_KEY=max_key, num_warps=8, **common,
+        x, m, coeffs, c_stride, hist, above_keys, found, under, flags, candidates, per_sample, chunk, below, above,
+        batch, passes, capacity, MAX_KEY=max_key, num_warps=8, **digits,
     )  # fmt: skip
     _kernel(kernels.select_scale_kernel)[(batch,)](
-        hist, nans, above_keys, scales, below, above, batch, passes, w_hi, w_lo, mv_hi, mv_lo,
-        DPM_SOLVER_STYLE=style == "dpm-solver", ACC=_acc(x), KEY=key, KEY_BITS=key_bits,
-        DIGIT_BITS=kernels.DIGIT_BITS, num_warps=1,
+        hist, nans, above_keys, found, under, flags, scales, per_sample, below, above, batch, passes, capacity,
+        w_hi, w_lo, mv_hi, mv_lo, BRACKET=bracket, DPM_SOLVER_STYLE=style == "dpm-solver", ACC=_acc(x), KEY=key,
+        KEY_BITS=key_bits, DIGIT_BITS=kernels.DIGIT_BITS, num_warps=1,
     )  # fmt: skip
     return scales
 
