@@ -128,7 +128,7 @@ def test_threshold_selection(n, ratio, ties, gen):
 
 
 # Samples from this many elements take the sampled bracket first
-# (diffaccel/ops/triton/kernels.py: BRACKET_MIN).
+# (diffaccel/ops/triton/selection.py: BRACKET_MIN).
 BRACKETED = (1 << 16) + 17
 
 

@@ -17,7 +17,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from diffaccel.ops.triton import kernels  # noqa: E402
+from diffaccel.ops.triton import kernels, selection  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 POINTER = {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float16: "*fp16", tl.float64: "*fp64"}
@@ -94,32 +94,32 @@ def test_selection_kernels(data, from_ei, size, bracket):
     key_bits = 63 if float64 else 31
     key_ptr = "*i64" if float64 else "*i32"
     inf_key = 0x7FF0000000000000 if float64 else 0x7F800000
-    key = dict(KEY=tl.int64 if float64 else tl.int32, KEY_BITS=key_bits, DIGIT_BITS=kernels.DIGIT_BITS)
+    key = dict(KEY=tl.int64 if float64 else tl.int32, KEY_BITS=key_bits, DIGIT_BITS=selection.DIGIT_BITS)
     inputs = dict(x_ptr=POINTER[data], m_ptr=POINTER[data], c_ptr="*fp64", c_stride="i64")
     sizes = dict(
         per_sample=size, chunk=size, below=size, above=size, capacity=size, batch="i32", pass_index="i32", passes="i32"
     )
     state = dict(found_ptr="*i32", under_ptr="*i32", flags_ptr="*i32", candidates_ptr=key_ptr)
-    options = dict(FROM_EI=from_ei, ACC=ACC[data], BLOCK=kernels.SELECT_BLOCK, BRACKET=bracket, **key)
+    options = dict(FROM_EI=from_ei, ACC=ACC[data], BLOCK=selection.SELECT_BLOCK, BRACKET=bracket, **key)
     if bracket:
         element = dict(FROM_EI=from_ei, ACC=ACC[data], KEY=key["KEY"], INF_KEY=inf_key)
         _compile(
-            kernels.select_bracket_ends_kernel,
+            selection.select_bracket_ends_kernel,
             dict(inputs, ends_ptr=key_ptr, flags_ptr="*i32", per_sample=size, k_lo="i32", k_hi="i32"),
-            dict(element, LOG2=kernels.BRACKET_SAMPLE_LOG2),
+            dict(element, LOG2=selection.BRACKET_SAMPLE_LOG2),
         )
         _compile(
-            kernels.select_bracket_kernel,
+            selection.select_bracket_kernel,
             dict(inputs, **state, ends_ptr=key_ptr, nan_ptr="*i32", per_sample=size, chunk=size, capacity=size),
-            dict(element, BLOCK=kernels.SELECT_BLOCK),
+            dict(element, BLOCK=selection.SELECT_BLOCK),
         )
     histogram = _compile(
-        kernels.select_histogram_kernel,
+        selection.select_histogram_kernel,
         dict(inputs, **state, hist_ptr="*i32", nan_ptr="*i32", **sizes),
         dict(options, INF_KEY=inf_key),
     )
     above = _compile(
-        kernels.select_above_kernel,
+        selection.select_above_kernel,
         dict(inputs, **state, hist_ptr="*i32", above_ptr=key_ptr, **sizes),
         dict(options, MAX_KEY=(1 << key_bits) - 1),
     )
@@ -127,7 +127,7 @@ def test_selection_kernels(data, from_ei, size, bracket):
         for ptx in (histogram, above):
             assert "mul.rn" in ptx and "fma." not in ptx
     _compile(
-        kernels.select_scale_kernel,
+        selection.select_scale_kernel,
         dict(
             hist_ptr="*i32",
             nan_ptr="*i32",

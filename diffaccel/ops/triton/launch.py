@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from diffaccel.ops import validation
-from diffaccel.ops.triton import INTERPRET, kernels
+from diffaccel.ops.triton import INTERPRET, kernels, selection
 
 if INTERPRET:
 
@@ -95,7 +95,7 @@ SELECT_PROGRAMS = 512
 
 
 def _select_scales(x, m, coeffs, per_sample, ratio, max_value, style, from_ei):
-    """One dynamic-threshold scale per sample: from kernels.BRACKET_MIN elements
+    """One dynamic-threshold scale per sample: from selection.BRACKET_MIN elements
     a sample, the sampled bracket's ends and its pass (one read of the
     samples); then the radix select's digit passes (many programs per sample,
     their histograms added up atomically) over the bracket's candidates where
@@ -110,12 +110,12 @@ def _select_scales(x, m, coeffs, per_sample, ratio, max_value, style, from_ei):
     mv_hi, mv_lo = _split(max_value)
     key_bits, key = (63, tl.int64) if float64 else (31, tl.int32)
     max_key = (1 << key_bits) - 1  # the keys are bit patterns of magnitudes: the sign bit is 0
-    passes = -(-key_bits // kernels.DIGIT_BITS)
-    block = kernels.SELECT_BLOCK
+    passes = -(-key_bits // selection.DIGIT_BITS)
+    block = selection.SELECT_BLOCK
     chunks = max(1, min(triton.cdiv(SELECT_PROGRAMS, batch), triton.cdiv(per_sample, block)))
     chunk = triton.cdiv(triton.cdiv(per_sample, chunks), block) * block
     chunks = triton.cdiv(per_sample, chunk)
-    bins = 1 << kernels.DIGIT_BITS
+    bins = 1 << selection.DIGIT_BITS
     key_dtype = torch.int64 if float64 else torch.int32
     inf_key = 0x7FF0000000000000 if float64 else 0x7F800000
     # Zeroed: the digit passes' histograms, then per sample the NaNs, the
@@ -126,36 +126,36 @@ def _select_scales(x, m, coeffs, per_sample, ratio, max_value, style, from_ei):
     above_keys = torch.full((batch,), max_key, dtype=key_dtype, device=x.device)
     c_stride = coeffs.shape[1] if coeffs.dim() == 2 else 0
     common = dict(FROM_EI=from_ei, ACC=_acc(x), KEY=key)
-    bracket = per_sample >= kernels.BRACKET_MIN
+    bracket = per_sample >= selection.BRACKET_MIN
     capacity = -(-per_sample // 4)  # as the CUDA kernels': a quarter of the sample
     candidates = above_keys  # (not read without the bracket)
     if bracket:
-        size = 1 << kernels.BRACKET_SAMPLE_LOG2
+        size = 1 << selection.BRACKET_SAMPLE_LOG2
         k_lo, k_hi = bracket_sample_ranks(below, above, per_sample, size)
         ends = torch.empty(2 * batch, dtype=key_dtype, device=x.device)
         candidates = torch.empty(batch * capacity, dtype=key_dtype, device=x.device)
-        _kernel(kernels.select_bracket_ends_kernel)[(batch,)](
+        _kernel(selection.select_bracket_ends_kernel)[(batch,)](
             x, m, coeffs, c_stride, ends, flags, per_sample, k_lo, k_hi,
-            INF_KEY=inf_key, LOG2=kernels.BRACKET_SAMPLE_LOG2, num_warps=4, **common,
+            INF_KEY=inf_key, LOG2=selection.BRACKET_SAMPLE_LOG2, num_warps=4, **common,
         )  # fmt: skip
-        _kernel(kernels.select_bracket_kernel)[(batch, chunks)](
+        _kernel(selection.select_bracket_kernel)[(batch, chunks)](
             x, m, coeffs, c_stride, ends, flags, found, under, nans, candidates, per_sample, chunk, capacity,
             INF_KEY=inf_key, BLOCK=block, num_warps=8, **common,
         )  # fmt: skip
-    digits = dict(KEY_BITS=key_bits, BLOCK=block, DIGIT_BITS=kernels.DIGIT_BITS, BRACKET=bracket, **common)
+    digits = dict(KEY_BITS=key_bits, BLOCK=block, DIGIT_BITS=selection.DIGIT_BITS, BRACKET=bracket, **common)
     for pass_index in range(passes):
-        _kernel(kernels.select_histogram_kernel)[(batch, chunks)](
+        _kernel(selection.select_histogram_kernel)[(batch, chunks)](
             x, m, coeffs, c_stride, hist, nans, found, under, flags, candidates, per_sample, chunk, below, above,
             batch, pass_index, capacity, INF_KEY=inf_key, num_warps=8, **digits,
         )  # fmt: skip
-    _kernel(kernels.select_above_kernel)[(batch, chunks)](
+    _kernel(selection.select_above_kernel)[(batch, chunks)](
         x, m, coeffs, c_stride, hist, above_keys, found, under, flags, candidates, per_sample, chunk, below, above,
         batch, passes, capacity, MAX_KEY=max_key, num_warps=8, **digits,
     )  # fmt: skip
-    _kernel(kernels.select_scale_kernel)[(batch,)](
+    _kernel(selection.select_scale_kernel)[(batch,)](
         hist, nans, above_keys, found, under, flags, scales, per_sample, below, above, batch, passes, capacity,
         w_hi, w_lo, mv_hi, mv_lo, BRACKET=bracket, DPM_SOLVER_STYLE=style == "dpm-solver", ACC=_acc(x), KEY=key,
-        KEY_BITS=key_bits, DIGIT_BITS=kernels.DIGIT_BITS, num_warps=1,
+        KEY_BITS=key_bits, DIGIT_BITS=selection.DIGIT_BITS, num_warps=1,
     )  # fmt: skip
     return scales
 
