@@ -45,6 +45,10 @@ def _opcheck_cases(gen, namespace):
             ([x, m], torch.randn(2, 2, 2, generator=gen), torch.empty_like(x), torch.empty_like(x)),
         ),
         "threshold": (lib.threshold.default, (x * 3, "dynamic", 0.995, 1.0, "diffusers")),
+        "threshold_bracketed": (
+            lib.threshold.default,
+            (torch.randn(2, (1 << 16) + 17, generator=gen) * 3, "dynamic", 0.995, 2.0, "diffusers"),
+        ),
         "threshold_out": (lib.threshold_out.default, (x * 3, "clip", 0.995, 1.0, "diffusers", torch.empty_like(x))),
         "error_norm": (lib.error_norm.default, (x, m, h, 0.0078, 0.05)),
         "error_norm_backward": (
@@ -77,7 +81,10 @@ def _opcheck_cases(gen, namespace):
         "error_norm",
         "error_norm_backward",
         "threshold_backward",
-    ],
+    ]
+    # Samples of 2^16 elements and more, whose GPU selection takes the sampled
+    # bracket: opchecked (the Triton op through wrap_triton) where they run fast.
+    + (["threshold_bracketed"] if DEVICE == "cuda" else []),
 )
 @pytest.mark.parametrize("namespace", NAMESPACES)
 def test_opcheck(name, namespace, gen):
