@@ -82,10 +82,10 @@ def quantile_rank(ratio: float, n: int, float64: bool):
 
 def bracket_sample_ranks(below: int, above: int, n: int, size: int):
     """The sample ranks at the wide bracket's ends, as diffaccel/quantile.h's
-    bracket_sample_ranks with kWideMargin (3 standard deviations and 2 values)."""
+    bracket_sample_ranks with kWideMargin."""
     p_below, p_above = below / n, (above + 1) / n
     sd = math.sqrt(size * max(p_below * (1 - p_below), p_above * (1 - p_above)))
-    spread = 3.0 * sd + 2.0
+    spread = selection.BRACKET_MARGIN_SDS * sd + selection.BRACKET_MARGIN_VALUES
     return math.floor(p_below * size - spread), math.ceil(p_above * size + spread)
 
 

@@ -24,6 +24,9 @@ SELECT_BLOCK = 2048
 # copies those inside, and the digit passes select among those.
 BRACKET_MIN = 1 << 16
 BRACKET_SAMPLE_LOG2 = 9
+# The bracket's margin, kWideMargin: standard deviations of the ranks' position
+# in the sample, plus sample values (the GPU tries the wide bracket only).
+BRACKET_MARGIN_SDS, BRACKET_MARGIN_VALUES = 3.0, 2.0
 
 
 @triton.jit
