@@ -73,6 +73,8 @@ def _relative_error(a, b):
         ("sample_dpmpp_2m", {}),
         ("sample_lms", {}),
         ("sample_lms", {"order": 2}),
+        ("sample_lms", {"order": 7}),
+        ("sample_lms", {"order": 0}),
         ("sample_dpmpp_2s_ancestral", {}),
         ("sample_dpmpp_2s_ancestral", {"eta": 0.0}),
         ("sample_dpmpp_sde", {}),
@@ -554,3 +556,23 @@ def test_non_finite_sigmas_are_refused_up_front(name, bad):
     with pytest.raises(ValueError, match=r"sigma.* must be finite"):
         sampler(lambda x, s: calls.append(1) or x, torch.randn(1, 2, 4, 4, device=DEVICE), *args)
     assert not calls
+
+
+def test_combine_terms_sums_any_number_of_tensors(monkeypatch):
+    """The weighted sums of LMS's older derivatives and of SA-Solver's terms: each
+    tensor once (a repeated one's weights added), in fused passes of up to 8 tensors
+    (11 distinct here: two passes), against the sum in float64; a lone tensor of
+    weight 1 is returned as it is."""
+    from diffaccel.integrations.k_diffusion import common
+
+    g = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(2, 3, 5, generator=g).to(DEVICE) for _ in range(11)]
+    weights = torch.randn(12, generator=g, dtype=torch.float64).tolist()
+    terms = list(zip(tensors + [tensors[3]], weights))
+    want = sum(w * t.double() for t, w in terms)
+    passes, real = [], common._combine
+    monkeypatch.setattr(common, "_combine", lambda ts, ws: passes.append(len(ts)) or real(ts, ws))
+    got = common.combine_terms(terms)
+    assert passes == [8, 4]
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    assert common.combine_terms([(tensors[0], 1.0)]) is tensors[0]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from diffaccel import ops
 from diffaccel.integrations.comfyui.common import (
     ComfyLoop,
     UnconditionalPrediction,
@@ -22,8 +22,7 @@ from diffaccel.integrations.comfyui.common import (
     patcher_model_sampling,
 )
 from diffaccel.integrations.k_diffusion import common as k_common
-from diffaccel.integrations.k_diffusion.common import _sampler, _step, get_ancestral_step
-from diffaccel.ops.validation import MAX_COMBINE
+from diffaccel.integrations.k_diffusion.common import _sampler, _step, combine_terms, get_ancestral_step
 
 # Adams-Bashforth weights of ipndm, newest derivative first, by order.
 _ADAMS_BASHFORTH = {
@@ -426,9 +425,11 @@ def _sa_solver(
     use_pece,
     simple_order_2,
 ):
-    for name, value in (("predictor_order", predictor_order), ("corrector_order", corrector_order)):
-        if not 1 <= value <= 6:
-            raise ValueError(f"sample_sa_solver: argument '{name}' must be 1 to 6 (the fused combine), got {value}")
+    # Any orders ComfyUI runs (its node takes 1-6 and 0-6): sums of more than the 8
+    # tensors of one fused combine are made in several (combine_terms).
+    for name, value, least in (("predictor_order", predictor_order, 1), ("corrector_order", corrector_order, 0)):
+        if not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"sample_sa_solver: argument '{name}' must be an integer >= {least}, got {value!r}")
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
     noise_sampler = loop.default_noise(x, noise_sampler)
     snr = loop.use_half_log_snr()
@@ -469,7 +470,7 @@ def _sa_solver(
             )
             corrected = [(x_pred, 1.0), *((t, -w) for t, w in predicted), *zip(predictions[-c_order:], b)]
             if use_pece:
-                x_corrected = _combine_terms(corrected)
+                x_corrected = combine_terms(corrected)
                 corrected = [(x_corrected, 1.0)]
                 denoised = predictions[-1] = loop.denoise_at(x_corrected, i)
         if sigma_next == 0:
@@ -487,38 +488,8 @@ def _sa_solver(
             noise = [(noise_sampler(loop.at[i], loop.at[i + 1]), scale)]
         if i < n - 2:  # ComfyUI's last prediction is never used (its noise is drawn all the same)
             state = sigma_next / sigma * np.exp(-(tau**2) * h)
-            terms = [(t, state * w) for t, w in corrected] + predicted + noise
-            if len(_merged(terms)[0]) > MAX_COMBINE:
-                terms = [(_combine_terms(corrected), state)] + predicted + noise
-            x_pred = _combine_terms(terms)
-    return _combine_terms(corrected)
-
-
-def _merged(terms):
-    """(tensors, weights) of sum_j w_j t_j with each tensor once (its weights added)."""
-    tensors, weights = [], []
-    for tensor, weight in terms:
-        for k, seen in enumerate(tensors):
-            if seen is tensor:
-                weights[k] += weight
-                break
-        else:
-            tensors.append(tensor)
-            weights.append(weight)
-    return tensors, weights
-
-
-def _combine_terms(terms):
-    """sum_j w_j t_j in one fused pass (a lone tensor of weight 1 is itself)."""
-    tensors, weights = _merged(terms)
-    if len(tensors) == 1 and weights[0] == 1.0:
-        return tensors[0]
-    return _combine(tensors, weights)
-
-
-def _combine(tensors, weights):
-    """One fused pass: sum_j weights[j] tensors[j]."""
-    return ops.multistep_combine(tensors, k_common._COEFFICIENTS.get([float(w) for w in weights], tensors[0].device))
+            x_pred = combine_terms([(t, state * w) for t, w in corrected] + predicted + noise)
+    return combine_terms(corrected)
 
 
 @_sampler

@@ -21,7 +21,7 @@ from diffaccel.integrations.comfyui.common import (
 )
 from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion import samplers as k_samplers
-from diffaccel.integrations.k_diffusion.common import _churn, _sampler, _step, get_ancestral_step
+from diffaccel.integrations.k_diffusion.common import _churn, _sampler, get_ancestral_step
 from diffaccel.solvers.lms import lagrange_weights
 
 
@@ -293,8 +293,10 @@ def sample_dpmpp_2s_ancestral(
 
 @_sampler
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
-    """Linear multistep in sigma with the last `order` derivatives; the step onto
-    sigma = 0 returns the denoised sample (ComfyUI's, where k-diffusion steps)."""
+    """Linear multistep in sigma with the last `order` derivatives, any order (one
+    fused step for up to five: k_common.lms_step); the step onto sigma = 0 returns
+    the denoised sample (ComfyUI's, where k-diffusion steps)."""
+    order = k_common.lms_order(order)
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
     ds = []  # earlier derivatives (x - denoised) / sigma, newest last
     for i in loop.steps():
@@ -306,16 +308,10 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         cur = min(i + 1, order)
         if cur < 1:  # order 0: ComfyUI adds an empty sum
             continue
-        if cur > 5:
-            raise ValueError(
-                f"sample_lms: 'order' above 5 is not fused (the step holds 4 earlier derivatives), got {order}"
-            )
         w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
-        # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
-        coeffs = k_common._COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
-        history = list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else []
-        x, d = _step(x, denoised, history, coeffs, sigma_dtype=loop.sigmas.dtype, direct=loop.direct)
-        ds = (ds + [d])[-4:]
+        earlier = list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else []
+        x, d = k_common.lms_step(x, denoised, earlier, w, sigma, sigma_dtype=loop.sigmas.dtype, direct=loop.direct)
+        ds = (ds + [d])[-(order - 1) :] if order > 1 else []
     return x
 
 

@@ -21,7 +21,7 @@ import torch
 from diffaccel import ops
 from diffaccel.integrations import float64_if_any
 from diffaccel.integrations.comfyui.common import ComfyLoop
-from diffaccel.integrations.comfyui.multistep import _combine, _merged
+from diffaccel.integrations.k_diffusion.common import _combine, _merged
 from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion.common import _sampler
 

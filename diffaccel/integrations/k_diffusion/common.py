@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from diffaccel import ops
 from diffaccel.brownian import BrownianTree
 from diffaccel.integrations import float64_if_any
+from diffaccel.ops.validation import MAX_COMBINE, MAX_HISTORY
 from diffaccel.transfer import ConstantCache, to_device
 
 # The samplers' coefficient tensors, handed out again when a sampler runs the same
@@ -79,6 +81,64 @@ def combine_pair(tensors, rows, direct=None):
     if direct is not None and _all_plain(tensors[0].dtype, tensors[0], None, tensors[1:]):
         return direct(tensors, coeffs)
     return ops.multistep_combine_pair(float64_if_any(tensors), coeffs)
+
+
+def combine_terms(terms):
+    """sum_j w_j t_j over terms [(tensor, host weight)], each tensor taken once (its
+    weights added), in fused passes of up to MAX_COMBINE tensors (the first pass's sum
+    enters the next as one tensor); a lone tensor of weight 1 is itself."""
+    tensors, weights = _merged(terms)
+    if len(tensors) == 1 and weights[0] == 1.0:
+        return tensors[0]
+    while len(tensors) > MAX_COMBINE:
+        head = _combine(tensors[:MAX_COMBINE], weights[:MAX_COMBINE])
+        tensors, weights = [head, *tensors[MAX_COMBINE:]], [1.0, *weights[MAX_COMBINE:]]
+    return _combine(tensors, weights)
+
+
+def _merged(terms):
+    """(tensors, weights) of sum_j w_j t_j with each tensor once (its weights added)."""
+    tensors, weights = [], []
+    for tensor, weight in terms:
+        for k, seen in enumerate(tensors):
+            if seen is tensor:
+                weights[k] += weight
+                break
+        else:
+            tensors.append(tensor)
+            weights.append(weight)
+    return tensors, weights
+
+
+def _combine(tensors, weights):
+    """One fused pass: sum_j weights[j] tensors[j]."""
+    return ops.multistep_combine(tensors, _COEFFICIENTS.get([float(w) for w in weights], tensors[0].device))
+
+
+def lms_order(order) -> int:
+    """LMS's `order` as an int (k-diffusion and ComfyUI take any: below 1 their sum is
+    empty), or a TypeError naming it (theirs is range()'s, from inside the loop)."""
+    try:
+        return operator.index(order)
+    except TypeError:
+        raise TypeError(f"sample_lms: argument 'order' must be an integer, got {type(order).__name__}") from None
+
+
+def lms_step(x, denoised, earlier, weights, sigma: float, sigma_dtype=None, direct=None):
+    """Linear multistep in sigma: x + sum_j weights[j] d_j, with d_0 = (x - denoised) /
+    sigma (returned, for later steps) and d_1, d_2, ... the earlier derivatives
+    ``earlier``, newest first (len(weights) - 1 of them). One fused ei_step for up to
+    four earlier derivatives; beyond them (k-diffusion's and ComfyUI's LMS take any
+    order) the older ones are summed first (combine_terms) and enter the step as its
+    noise term with weight 1. Returns (x_next, d_0)."""
+    fused, older = earlier[:MAX_HISTORY], earlier[MAX_HISTORY:]
+    noise, s = None, 0.0
+    if older:
+        noise, s = combine_terms(list(zip(older, weights[1 + MAX_HISTORY :]))), 1.0
+    # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
+    w = weights[: 1 + MAX_HISTORY]
+    coeffs = _COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, s], x.device)
+    return _step(x, denoised, fused, coeffs, noise=noise, sigma_dtype=sigma_dtype, direct=direct)
 
 
 def _all_plain(dtype: torch.dtype, denoised, noise, history) -> bool:

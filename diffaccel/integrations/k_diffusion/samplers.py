@@ -14,7 +14,6 @@ from diffaccel.integrations.k_diffusion.common import (
     _churn,
     _Loop,
     _sampler,
-    _step,
     default_noise_sampler,
     get_ancestral_step,
 )
@@ -283,29 +282,22 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 @_sampler
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
     """Linear multistep in sigma with the last `order` derivatives (k-diffusion's
-    sample_lms). The weights integrate the Lagrange polynomials exactly, where
-    k-diffusion calls scipy's quad on the host every step."""
-    if order not in (1, 2, 3, 4, 5):
-        raise ValueError(
-            f"sample_lms: 'order' must be 1 to 5 (the fused step holds 4 earlier derivatives), got {order}"
-        )
+    sample_lms), any order: one fused step for up to five (common.lms_step). The
+    weights integrate the Lagrange polynomials exactly, where k-diffusion calls
+    scipy's quad on the host every step. An order below 1 leaves x where it is, as
+    k-diffusion's empty sum does."""
+    order = common.lms_order(order)
     loop = _Loop(model, x, sigmas, extra_args, callback, disable)
     ds = []  # earlier derivatives (x - denoised) / sigma, newest last
     for i in loop.steps():
         sigma = loop.values[i]
         denoised = loop.evaluate(x, i)
         cur = min(i + 1, order)
+        if cur < 1:
+            continue
         w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
-        # ei_step's data term is the derivative itself: c_x = 1/sigma, c_m = -1/sigma.
-        coeffs = common._COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, 0.0], x.device)
-        x, d = _step(
-            x,
-            denoised,
-            list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else [],
-            coeffs,
-            sigma_dtype=loop.sigmas.dtype,
-            direct=loop.direct,
-        )
+        earlier = list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else []
+        x, d = common.lms_step(x, denoised, earlier, w, sigma, sigma_dtype=loop.sigmas.dtype, direct=loop.direct)
         ds = (ds + [d])[-(order - 1) :] if order > 1 else []
     return x
 
