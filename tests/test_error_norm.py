@@ -8,7 +8,7 @@ import torch
 from diffaccel import ops
 from diffaccel.ops import autograd, reference
 
-from conftest import DTYPES, LAYOUTS, SHAPES, assert_close, make
+from conftest import DTYPES, LAYOUTS, SHAPES, TEST_BACKENDS, assert_close, make
 
 
 def _trial(shape, dtype, layout, gen):
@@ -22,7 +22,7 @@ def _trial(shape, dtype, layout, gen):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES + [(3, 40000)], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("tolerances", [(0.0078, 0.05), (1e-3, 0.0), (0.5, 1.0)], ids=str)
+@pytest.mark.parametrize("tolerances", [(0.0078, 0.05), (1e-3, 0.0), (0.5, 1.0), (0.0, 0.05)], ids=str)
 def test_matches_reference(dtype, shape, layout, tolerances, gen):
     x_high, x_low, x_prev = _trial(shape, dtype, layout, gen)
     atol, rtol = tolerances
@@ -106,12 +106,32 @@ def test_mixed_dtypes(gen):
     assert_close(got, reference.error_norm(x_high, x_low, x_prev, atol=0.01, rtol=0.1))
 
 
+@pytest.mark.parametrize("backend", TEST_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_atol_zero_divides_by_zero_as_the_formula_does(backend, dtype, gen):
+    """atol = 0 (k-diffusion's and ComfyUI's dpm_adaptive take it): where x_low and
+    x_prev are both 0, delta is 0: an error of inf where x_high is not 0 there (sample
+    0), NaN where it is (0 / 0, sample 1); the other samples as usual. Across the
+    CPU kernel's 4096-element blocks."""
+    x_high, x_low, x_prev = (make((3, 2, 2100), dtype, "contiguous", gen) for _ in range(3))
+    for b, high in ((0, 1.0), (1, 0.0)):
+        x_low[b, 1, 2000] = x_prev[b, 1, 2000] = 0.0
+        x_high[b, 1, 2000] = high
+    with ops.backend(backend):
+        got = ops.error_norm(x_high, x_low, x_prev, atol=0.0, rtol=0.05)
+    want = reference.error_norm(x_high, x_low, x_prev, atol=0.0, rtol=0.05)
+    assert torch.isinf(got[0]) and torch.isnan(got[1]) and torch.isfinite(got[2])
+    torch.testing.assert_close(got, want, rtol=1e-6 if dtype != torch.float64 else 1e-12, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_bad_input(backend):
     x = torch.randn(2, 3)
     with ops.backend(backend):
-        with pytest.raises(ValueError, match="'atol'.*> 0"):
-            ops.error_norm(x, x, x, atol=0.0, rtol=0.1)
+        with pytest.raises(ValueError, match="'atol'.*>= 0"):
+            ops.error_norm(x, x, x, atol=-0.1, rtol=0.1)
+        with pytest.raises(ValueError, match="'atol'.*>= 0"):
+            ops.error_norm(x, x, x, atol=float("nan"), rtol=0.1)
         with pytest.raises(ValueError, match="'rtol'.*>= 0"):
             ops.error_norm(x, x, x, atol=0.1, rtol=-1.0)
         with pytest.raises(ValueError, match="'x_prev'.*shape"):
@@ -179,5 +199,5 @@ def test_backward_bad_input(backend, gen):
             autograd.error_norm_backward(torch.ones(2), good["error"], x, x, x, atol=0.1, rtol=0.1)
         with pytest.raises(TypeError, match="error_norm_backward: argument 'error' must be a floating tensor"):
             autograd.error_norm_backward(good["grad"], torch.ones(3, dtype=torch.int64), x, x, x, atol=0.1, rtol=0.1)
-        with pytest.raises(ValueError, match="error_norm_backward: argument 'atol' must be > 0"):
-            autograd.error_norm_backward(good["grad"], good["error"], x, x, x, atol=0.0, rtol=0.1)
+        with pytest.raises(ValueError, match="error_norm_backward: argument 'atol' must be >= 0"):
+            autograd.error_norm_backward(good["grad"], good["error"], x, x, x, atol=-0.1, rtol=0.1)

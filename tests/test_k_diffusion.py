@@ -250,14 +250,15 @@ def test_dpm_fast_refuses_no_evaluations():
 
 @pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_dpm_adaptive_matches_k_diffusion(order, eta):
+@pytest.mark.parametrize("atol", [0.0078, 0.0], ids=["atol=0.0078", "atol=0"])
+def test_dpm_adaptive_matches_k_diffusion(order, eta, atol):
+    """Also with atol = 0, which ComfyUI's SamplerDPMAdaptative node allows."""
     x = _x()
+    options = dict(disable=True, order=order, eta=eta, atol=atol, return_info=True)
     torch.manual_seed(4)
-    got, info = ours.sample_dpm_adaptive(denoiser, x, 0.03, 14.6, disable=True, order=order, eta=eta, return_info=True)
+    got, info = ours.sample_dpm_adaptive(denoiser, x, 0.03, 14.6, **options)
     torch.manual_seed(4)
-    want, want_info = K.sample_dpm_adaptive(
-        denoiser, x, 0.03, 14.6, disable=True, order=order, eta=eta, return_info=True
-    )
+    want, want_info = K.sample_dpm_adaptive(denoiser, x, 0.03, 14.6, **options)
     assert info == want_info  # the same accepted and rejected steps
     assert _relative_error(got, want) < 1e-5
 

@@ -27,7 +27,7 @@ void check_error_norm(const at::Tensor& x_high, const at::Tensor& x_low, const a
   check_float_dtype(op, "x_low", x_low, x_high.scalar_type());
   check_like(op, "x_prev", x_prev, x_high, "x_high");
   check_float_dtype(op, "x_prev", x_prev, x_high.scalar_type());
-  TORCH_CHECK_VALUE(atol > 0.0, op, ": argument 'atol' must be > 0, got ", atol);
+  TORCH_CHECK_VALUE(atol >= 0.0, op, ": argument 'atol' must be >= 0, got ", atol);
   TORCH_CHECK_VALUE(rtol >= 0.0, op, ": argument 'rtol' must be >= 0, got ", rtol);
 }
 

@@ -487,7 +487,8 @@ def error_norm(
     Args:
         x_high, x_low: the higher- and lower-order solutions of a trial step, ``[B, ...]``.
         x_prev: the previous accepted lower-order solution, shaped like ``x_high``.
-        atol: > 0; rtol: >= 0.
+        atol, rtol: >= 0 (with atol 0, a delta of 0 gives an inf or NaN error, as
+            the formula does in PyTorch).
 
     Returns:
         ``[B]`` in float32 (float64 for float64 inputs); the squares are summed

@@ -242,8 +242,8 @@ def error_norm(x_high, x_low, x_prev, atol, rtol, op: str = "diffaccel.error_nor
     for name, t in (("x_low", x_low), ("x_prev", x_prev)):
         check_like(op, name, t, x_high, "x_high")
         check_float_dtype(op, name, t, x_high.dtype)
-    if not real_scalar(op, "atol", atol) > 0.0:
-        raise ValueError(f"{op}: argument 'atol' must be > 0, got {float(atol)}")
+    if not real_scalar(op, "atol", atol) >= 0.0:
+        raise ValueError(f"{op}: argument 'atol' must be >= 0, got {float(atol)}")
     if not real_scalar(op, "rtol", rtol) >= 0.0:
         raise ValueError(f"{op}: argument 'rtol' must be >= 0, got {float(rtol)}")
 
