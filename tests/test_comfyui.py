@@ -312,6 +312,16 @@ def test_deis_rhoab_past_its_order_raises_as_comfyui_does():
             function(model_for("EPS", SHAPE), x, sigmas, deis_mode="rhoab", max_order=2, disable=True)
 
 
+@pytest.mark.parametrize("name", ["sa_solver", "uni_pc", "uni_pc_bh2"])
+def test_a_repeated_sigma_raises_torchs_singular_matrix_error_as_comfyui_does(name):
+    """ComfyUI solves these samplers' weights with torch.linalg.solve, which a repeated
+    sigma makes singular: the same exception type and message (ours solve in numpy)."""
+    x, sigmas = _start("EPS")
+    sigmas = torch.cat([sigmas[:3], sigmas[2:3], sigmas[3:]])
+    with pytest.raises(torch.linalg.LinAlgError, match="input matrix is singular"):
+        ours.sampler_function(name)(model_for("EPS", SHAPE), x, sigmas, disable=True)
+
+
 def test_lcm_calls_a_model_samplings_own_noise_scaling():
     from comfyui_standins import Model
 

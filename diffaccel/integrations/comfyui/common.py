@@ -86,6 +86,18 @@ def first_sigma_offset(values, model_sampling) -> Optional[float]:
     return model_sampling.percent_to_sigma(1e-4)
 
 
+def solve(matrix, b) -> np.ndarray:
+    """np.linalg.solve of a sampler's host weights (float64), where ComfyUI solves
+    them with torch.linalg.solve: a singular system (a repeated sigma) raises
+    torch's error, with torch's message, as ComfyUI's does."""
+    try:
+        return np.linalg.solve(matrix, b)
+    except np.linalg.LinAlgError:
+        raise torch.linalg.LinAlgError(
+            "torch.linalg.solve: The solver failed because the input matrix is singular."
+        ) from None
+
+
 def seeded_noise_sampler(x: torch.Tensor, seed: Optional[int] = None) -> Callable:
     """ComfyUI's default_noise_sampler: standard normal noise in x's shape, dtype and
     device, from a generator on x's device seeded with ``seed`` (ComfyUI passes

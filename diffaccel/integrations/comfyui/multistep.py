@@ -20,6 +20,7 @@ from diffaccel.integrations.comfyui.common import (
     UnconditionalPrediction,
     add_post_cfg_function,
     patcher_model_sampling,
+    solve,
 )
 from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion.common import _sampler, _step, combine_terms, get_ancestral_step
@@ -401,7 +402,7 @@ def _stochastic_adams_weights(
         return [b_2, alpha_t * -np.expm1(-h * tau_mul) - b_2]
     moments = _exponential_moments(lam_s, lam_t, len(lambdas), tau)
     vandermonde = np.vander(np.asarray(lambdas, dtype=np.float64), len(lambdas), increasing=True).T
-    return list(alpha_t * np.linalg.solve(vandermonde, moments))
+    return list(alpha_t * solve(vandermonde, moments))
 
 
 def _tau_interval(start_sigma: float, end_sigma: float, eta: float = 1.0) -> Callable:

@@ -20,7 +20,7 @@ import torch
 
 from diffaccel import ops
 from diffaccel.integrations import float64_if_any
-from diffaccel.integrations.comfyui.common import ComfyLoop
+from diffaccel.integrations.comfyui.common import ComfyLoop, solve
 from diffaccel.integrations.k_diffusion.common import _combine, _merged
 from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion.common import _sampler
@@ -61,9 +61,9 @@ def _weights(lam_prev: Tuple[float, ...], lam_t: float, order: int, variant: str
         elif order == 2:
             rhos = [0.5]
         else:
-            rhos = list(np.linalg.solve(matrix[:-1, :-1], np.array(b[:-1])))
+            rhos = list(solve(matrix[:-1, :-1], np.array(b[:-1])))
     else:
-        rhos = [0.5] if order == 1 else list(np.linalg.solve(matrix, np.array(b)))
+        rhos = [0.5] if order == 1 else list(solve(matrix, np.array(b)))
     return h_phi_1, b_h, tuple(rks[:-1]), tuple(rhos)
 
 
