@@ -359,12 +359,17 @@ def integration_checks(comfy, comfyui_dir, ours, steps, shape) -> list:
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, argv=None) -> argparse.Namespace:
+    """A ComfyUI comparison script's command line: COMFYUI_DIR [--steps N] [--out FILE]."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("comfyui_dir")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--out", help="also write the markdown table to this file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", help="also write the markdown report to this file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = arguments(__doc__, argv)
     comfy = import_comfyui(args.comfyui_dir)
     import comfyui_version
 

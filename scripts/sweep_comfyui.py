@@ -32,7 +32,6 @@ where any cell fails."""
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import os
@@ -42,7 +41,15 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_comfyui import FixedNoise, ToyGuider, _nudged, _relative, import_comfyui, model_samplings  # noqa: E402
+from compare_comfyui import (  # noqa: E402
+    FixedNoise,
+    ToyGuider,
+    _nudged,
+    _relative,
+    arguments,
+    import_comfyui,
+    model_samplings,
+)
 
 SHAPE = (2, 4, 8, 8)
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -242,11 +249,7 @@ def _label(options) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("comfyui_dir")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--out", help="also write the markdown report to this file")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     warnings.filterwarnings("ignore")  # torchsde's and ComfyUI's notices about odd inputs
     comfy = import_comfyui(args.comfyui_dir)
     import comfyui_version
