@@ -22,7 +22,6 @@ from diffaccel.integrations.comfyui.common import (
 from diffaccel.integrations.k_diffusion import common as k_common
 from diffaccel.integrations.k_diffusion import samplers as k_samplers
 from diffaccel.integrations.k_diffusion.common import _churn, _sampler, get_ancestral_step
-from diffaccel.solvers.lms import lagrange_weights
 
 
 def _comfyui_churn(s_churn, s_tmin, s_tmax, s_noise):
@@ -293,26 +292,12 @@ def sample_dpmpp_2s_ancestral(
 
 @_sampler
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
-    """Linear multistep in sigma with the last `order` derivatives, any order (one
-    fused step for up to five: k_common.lms_step); the step onto sigma = 0 returns
-    the denoised sample (ComfyUI's, where k-diffusion steps)."""
+    """Linear multistep in sigma with the last `order` derivatives, any order
+    (k_common.lms_loop); the step onto sigma = 0 returns the denoised sample
+    (ComfyUI's, where k-diffusion steps)."""
     order = k_common.lms_order(order)
     loop = ComfyLoop(model, x, sigmas, extra_args, callback, disable)
-    ds = []  # earlier derivatives (x - denoised) / sigma, newest last
-    for i in loop.steps():
-        sigma = loop.values[i]
-        denoised = loop.evaluate(x, i)
-        if loop.values[i + 1] == 0:
-            x = denoised
-            continue
-        cur = min(i + 1, order)
-        if cur < 1:  # order 0: ComfyUI adds an empty sum
-            continue
-        w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
-        earlier = list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else []
-        x, d = k_common.lms_step(x, denoised, earlier, w, sigma, sigma_dtype=loop.sigmas.dtype, direct=loop.direct)
-        ds = (ds + [d])[-(order - 1) :] if order > 1 else []
-    return x
+    return k_common.lms_loop(loop, x, order, denoised_last=True)
 
 
 sample_dpmpp_2m = k_samplers.sample_dpmpp_2m

@@ -17,6 +17,7 @@ from diffaccel import ops
 from diffaccel.brownian import BrownianTree
 from diffaccel.integrations import float64_if_any
 from diffaccel.ops.validation import MAX_COMBINE, MAX_HISTORY
+from diffaccel.solvers.lms import lagrange_weights
 from diffaccel.transfer import ConstantCache, to_device
 
 # The samplers' coefficient tensors, handed out again when a sampler runs the same
@@ -139,6 +140,30 @@ def lms_step(x, denoised, earlier, weights, sigma: float, sigma_dtype=None, dire
     w = weights[: 1 + MAX_HISTORY]
     coeffs = _COEFFICIENTS.get([1.0 / sigma, -1.0 / sigma, 1.0, *w, s], x.device)
     return _step(x, denoised, fused, coeffs, noise=noise, sigma_dtype=sigma_dtype, direct=direct)
+
+
+def lms_loop(loop, x, order, denoised_last: bool = False):
+    """The LMS sampler's loop over ``loop`` (a _Loop), shared by the k-diffusion and
+    ComfyUI drop-ins: each step combines the last ``order`` derivatives
+    (lms_step), with weights that integrate the Lagrange polynomials over the sigmas
+    exactly; an order below 1 leaves x where it is (their empty sum). With
+    denoised_last (ComfyUI's), the step onto sigma = 0 returns the denoised sample,
+    where k-diffusion steps."""
+    ds = []  # earlier derivatives (x - denoised) / sigma, newest last
+    for i in loop.steps():
+        sigma = loop.values[i]
+        denoised = loop.evaluate(x, i)
+        if denoised_last and loop.values[i + 1] == 0:
+            x = denoised
+            continue
+        cur = min(i + 1, order)
+        if cur < 1:
+            continue
+        w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
+        earlier = list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else []
+        x, d = lms_step(x, denoised, earlier, w, sigma, sigma_dtype=loop.sigmas.dtype, direct=loop.direct)
+        ds = (ds + [d])[-(order - 1) :] if order > 1 else []
+    return x
 
 
 def _all_plain(dtype: torch.dtype, denoised, noise, history) -> bool:

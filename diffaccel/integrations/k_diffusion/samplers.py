@@ -17,7 +17,6 @@ from diffaccel.integrations.k_diffusion.common import (
     default_noise_sampler,
     get_ancestral_step,
 )
-from diffaccel.solvers.lms import lagrange_weights
 
 
 @_sampler
@@ -282,24 +281,11 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 @_sampler
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
     """Linear multistep in sigma with the last `order` derivatives (k-diffusion's
-    sample_lms), any order: one fused step for up to five (common.lms_step). The
+    sample_lms), any order (common.lms_loop: one fused step for up to five). The
     weights integrate the Lagrange polynomials exactly, where k-diffusion calls
-    scipy's quad on the host every step. An order below 1 leaves x where it is, as
-    k-diffusion's empty sum does."""
+    scipy's quad on the host every step."""
     order = common.lms_order(order)
-    loop = _Loop(model, x, sigmas, extra_args, callback, disable)
-    ds = []  # earlier derivatives (x - denoised) / sigma, newest last
-    for i in loop.steps():
-        sigma = loop.values[i]
-        denoised = loop.evaluate(x, i)
-        cur = min(i + 1, order)
-        if cur < 1:
-            continue
-        w = lagrange_weights([loop.values[i - j] for j in range(cur)], sigma, loop.values[i + 1])
-        earlier = list(reversed(ds[len(ds) - (cur - 1) :])) if cur > 1 else []
-        x, d = common.lms_step(x, denoised, earlier, w, sigma, sigma_dtype=loop.sigmas.dtype, direct=loop.direct)
-        ds = (ds + [d])[-(order - 1) :] if order > 1 else []
-    return x
+    return common.lms_loop(_Loop(model, x, sigmas, extra_args, callback, disable), x, order)
 
 
 @_sampler
